@@ -1,0 +1,36 @@
+import type { Address } from './types';
+
+export type RouteKind = 'proxy' | 'direct' | 'reject';
+
+export type ListenerKind = 'http' | 'tls' | 'tcp';
+
+/** One record per intercepted connection; every log line reads from it. */
+export class ConnContext {
+  private static nextId = 1;
+
+  readonly id: number;
+  readonly startedAt: number;
+  readonly kind: ListenerKind;
+  readonly client: Address;
+  readonly destination: Address;
+  /** Name sniffed from the Host header or the TLS SNI, if any. */
+  name: string | undefined;
+  route: RouteKind | undefined;
+  /** Where the connection was sent: the proxy URL's host:port, or the direct target. */
+  via: string | undefined;
+  bytesUp = 0;
+  bytesDown = 0;
+  result = 'ok';
+
+  constructor(kind: ListenerKind, client: Address, destination: Address) {
+    this.id = ConnContext.nextId++;
+    this.startedAt = performance.now();
+    this.kind = kind;
+    this.client = client;
+    this.destination = destination;
+  }
+
+  durationMs(): number {
+    return Math.round(performance.now() - this.startedAt);
+  }
+}

@@ -1,0 +1,56 @@
+/**
+ * One place for every error transgate reports. Each error has a stable code
+ * (tests assert codes, not messages) and, where it came from below, a cause.
+ */
+export const ErrorCodes = {
+  CONFIG: 'TG_ERR_CONFIG',
+  FLAG: 'TG_ERR_FLAG',
+  PERMISSION: 'TG_ERR_PERMISSION',
+  NATIVE: 'TG_ERR_NATIVE',
+  RULES: 'TG_ERR_RULES',
+  LISTEN: 'TG_ERR_LISTEN',
+  ORIGINAL_DST: 'TG_ERR_ORIGINAL_DST',
+  LOOP: 'TG_ERR_LOOP',
+  SNIFF_TIMEOUT: 'TG_ERR_SNIFF_TIMEOUT',
+  UPSTREAM_UNREACHABLE: 'TG_ERR_UPSTREAM_UNREACHABLE',
+  UPSTREAM_TIMEOUT: 'TG_ERR_UPSTREAM_TIMEOUT',
+  UPSTREAM_407: 'TG_ERR_UPSTREAM_407',
+  UPSTREAM_403: 'TG_ERR_UPSTREAM_403',
+  UPSTREAM_STATUS: 'TG_ERR_UPSTREAM_STATUS',
+  UPSTREAM_PROTOCOL: 'TG_ERR_UPSTREAM_PROTOCOL',
+  UPSTREAM_CLOSED: 'TG_ERR_UPSTREAM_CLOSED',
+  DIRECT_UNREACHABLE: 'TG_ERR_DIRECT_UNREACHABLE',
+  DIRECT_TIMEOUT: 'TG_ERR_DIRECT_TIMEOUT',
+  DNS: 'TG_ERR_DNS',
+} as const;
+
+export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
+
+export class GatewayError extends Error {
+  readonly code: ErrorCode;
+  /** Upstream proxy status, where the proxy answered. */
+  readonly status?: number;
+
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown; status?: number }) {
+    super(message, options?.cause !== undefined ? { cause: options.cause } : undefined);
+    this.name = 'GatewayError';
+    this.code = code;
+    if (options?.status !== undefined) this.status = options.status;
+  }
+}
+
+/** Adds context at a boundary, keeping the original as cause: `start listener[tls :443]: EADDRINUSE`. */
+export function withContext(what: string, err: unknown, code: ErrorCode = ErrorCodes.CONFIG): GatewayError {
+  if (err instanceof GatewayError) {
+    return new GatewayError(err.code, `${what}: ${err.message}`, { cause: err, status: err.status });
+  }
+  const msg = err instanceof Error ? err.message : String(err);
+  return new GatewayError(code, `${what}: ${msg}`, { cause: err });
+}
+
+export function errnoOf(err: unknown): string | undefined {
+  if (err && typeof err === 'object' && 'code' in err && typeof (err as { code: unknown }).code === 'string') {
+    return (err as { code: string }).code;
+  }
+  return undefined;
+}
