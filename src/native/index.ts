@@ -1,0 +1,305 @@
+/**
+ * The one loader of the native addon (native/transgate.c, built by
+ * `npm install` into build/Release/transgate.node) and typed, argument-checked
+ * wrappers around it. The addon is loaded on first use, so modules that only
+ * import types from here work without a compiler.
+ *
+ * Errors from the kernel are Errors whose `code` is the errno name
+ * ('EADDRINUSE'), `errno` the negative errno (Node's convention),
+ * `syscall` the call that failed, and message `bind: Address already in use`.
+ * Bad arguments throw TypeError (code ERR_INVALID_ARG_TYPE / _VALUE), checked
+ * before the addon is loaded.
+ */
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import type { Address, Family } from '../core/types';
+import { ErrorCodes, GatewayError } from '../core/errors';
+
+export interface ListenTcpOptions {
+  /** IPv4 or IPv6 literal; the socket's family follows it. */
+  host: string;
+  /** 0 lets the kernel pick; read it back with localPort() or server.address(). */
+  port: number;
+  /** Default 511, like Node. */
+  backlog?: number;
+  /** IP_TRANSPARENT (and IPV6_TRANSPARENT on v6), set before bind; needs CAP_NET_ADMIN. */
+  transparent?: boolean;
+  /** IPv6 only. Default false: '::' also accepts IPv4 (as ::ffff:a.b.c.d). */
+  v6only?: boolean;
+  /** SO_REUSEADDR, default true. On Linux it never lets two listeners share a port. */
+  reuseAddr?: boolean;
+}
+
+export interface CreateTcpSocketOptions {
+  family: Family;
+  /** SO_MARK (0..2^32-1); needs CAP_NET_ADMIN. Left unset when omitted. */
+  mark?: number;
+  /** IP_TRANSPARENT (v4) or IPV6_TRANSPARENT + IP_TRANSPARENT (v6), to bind non-local addresses. */
+  transparent?: boolean;
+}
+
+export interface ConnectMarkedOptions {
+  /** IP literal only: a name would need an asynchronous lookup, see connectMarkedSocket. */
+  host: string;
+  port: number;
+  mark?: number;
+  transparent?: boolean;
+  localAddress?: string;
+  localPort?: number;
+}
+
+/** What the addon's syscall errors look like. */
+export interface NativeSystemError extends Error {
+  code: string;
+  errno: number;
+  syscall: string;
+}
+
+/** The raw addon, as native/transgate.c exports it. Arguments are positional and all required. */
+export interface NativeBinding {
+  listenTcp(host: string, port: number, backlog: number, transparent: boolean, v6only: boolean, reuseAddr: boolean): number;
+  createTcpSocket(family: Family, mark: number | undefined, transparent: boolean): number;
+  localPort(fd: number): number;
+  socketFamily(fd: number): Family;
+  originalDst(fd: number): Address;
+  setMark(fd: number, mark: number): void;
+  getMark(fd: number): number;
+  setTransparent(fd: number, family: Family): void;
+}
+
+const ADDON_NAME = 'transgate.node';
+// From dist/src/native/ up to the package root.
+const PACKAGE_ROOT = path.resolve(__dirname, '..', '..', '..');
+const CANDIDATES = [
+  path.join(PACKAGE_ROOT, 'build', 'Release', ADDON_NAME),
+  path.join(PACKAGE_ROOT, 'build', 'Debug', ADDON_NAME),
+];
+
+let binding: NativeBinding | undefined;
+let loadError: GatewayError | undefined;
+
+/**
+ * Loads the addon once; later calls return the same binding or rethrow the
+ * same error (a rebuild needs a restart anyway).
+ */
+export function loadNative(): NativeBinding {
+  if (binding) return binding;
+  if (loadError) throw loadError;
+  const reasons: string[] = [];
+  let cause: unknown;
+  for (const file of CANDIDATES) {
+    if (!fs.existsSync(file)) {
+      reasons.push(`${file}: not found`);
+      continue;
+    }
+    try {
+      binding = require(file) as NativeBinding;
+      return binding;
+    } catch (err) {
+      cause = err;
+      reasons.push(`${file}: ${err instanceof Error ? err.message : String(err)}`);
+    }
+  }
+  loadError = new GatewayError(
+    ErrorCodes.NATIVE,
+    `transgate's native addon could not be loaded (${reasons.join('; ')}). ` +
+      `Run \`npm install\` in ${PACKAGE_ROOT} to build it; that needs g++, make and python3 ` +
+      `(Debian/Ubuntu: apt-get install g++ make python3).`,
+    cause === undefined ? undefined : { cause },
+  );
+  throw loadError;
+}
+
+/** True when the addon loads; never throws. */
+export function isNativeAvailable(): boolean {
+  try {
+    loadNative();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+// ---- argument checks -------------------------------------------------------
+
+function invalid(name: string, expected: string, value: unknown, code = 'ERR_INVALID_ARG_VALUE'): TypeError {
+  let shown: string;
+  try {
+    shown = typeof value === 'string' ? JSON.stringify(value) : String(value);
+  } catch {
+    shown = typeof value;
+  }
+  const err = new TypeError(`${name} must be ${expected}, got ${shown}`) as TypeError & { code: string };
+  err.code = code;
+  return err;
+}
+
+function checkInt(name: string, value: unknown, min: number, max: number): number {
+  if (typeof value !== 'number') throw invalid(name, `an integer in [${min}, ${max}]`, value, 'ERR_INVALID_ARG_TYPE');
+  if (!Number.isInteger(value) || value < min || value > max) throw invalid(name, `an integer in [${min}, ${max}]`, value);
+  return value;
+}
+
+const checkFd = (fd: unknown): number => checkInt('fd', fd, 0, 0x7fffffff);
+const checkMark = (mark: unknown): number => checkInt('mark', mark, 0, 0xffffffff);
+
+function checkPort(name: string, port: unknown): number {
+  return checkInt(name, port, 0, 65535);
+}
+
+function checkFamily(family: unknown): Family {
+  if (family !== 4 && family !== 6) throw invalid('family', '4 or 6', family, typeof family === 'number' ? 'ERR_INVALID_ARG_VALUE' : 'ERR_INVALID_ARG_TYPE');
+  return family;
+}
+
+function checkBool(name: string, value: unknown, dflt: boolean): boolean {
+  if (value === undefined) return dflt;
+  if (typeof value !== 'boolean') throw invalid(name, 'a boolean', value, 'ERR_INVALID_ARG_TYPE');
+  return value;
+}
+
+function checkIp(name: string, host: unknown): Family {
+  if (typeof host !== 'string') throw invalid(name, 'an IPv4 or IPv6 literal', host, 'ERR_INVALID_ARG_TYPE');
+  const family = net.isIP(host);
+  // Zone ids (fe80::1%eth0) would need scope handling the addon does not do.
+  if (family === 0 || host.includes('%')) throw invalid(name, 'an IPv4 or IPv6 literal', host);
+  return family as Family;
+}
+
+function checkOptions(name: string, opts: unknown): Record<string, unknown> {
+  if (typeof opts !== 'object' || opts === null) throw invalid(name, 'an object', opts, 'ERR_INVALID_ARG_TYPE');
+  return opts as Record<string, unknown>;
+}
+
+// ---- the API ----------------------------------------------------------------
+
+/**
+ * A listening, non-blocking, close-on-exec TCP socket for
+ * `net.createServer().listen({ fd })`. The caller owns the fd until Node
+ * takes it: close it (fs.closeSync) if listen({ fd }) is never reached.
+ */
+export function listenTcp(opts: ListenTcpOptions): number {
+  const o = checkOptions('options', opts);
+  const host = o.host as string;
+  checkIp('options.host', host);
+  const port = checkPort('options.port', o.port);
+  const backlog = o.backlog === undefined ? 511 : checkInt('options.backlog', o.backlog, 1, 0x7fffffff);
+  const transparent = checkBool('options.transparent', o.transparent, false);
+  const v6only = checkBool('options.v6only', o.v6only, false);
+  const reuseAddr = checkBool('options.reuseAddr', o.reuseAddr, true);
+  return loadNative().listenTcp(host, port, backlog, transparent, v6only, reuseAddr);
+}
+
+/** The local port of a socket (getsockname). */
+export function localPort(fd: number): number {
+  const f = checkFd(fd);
+  return loadNative().localPort(f);
+}
+
+/** 4 or 6: the socket's own family (a dual-stack socket is 6 even with a v4 peer). */
+export function socketFamily(fd: number): Family {
+  const f = checkFd(fd);
+  return loadNative().socketFamily(f);
+}
+
+/**
+ * The destination a client dialled before netfilter REDIRECTed / DNATed it
+ * here (SO_ORIGINAL_DST, or IP6T_SO_ORIGINAL_DST for IPv6 peers). IPv4 is
+ * returned unmapped. Throws code 'ENOENT' when conntrack has no entry for
+ * the connection, i.e. it was not redirected (and conntrack is not tracking
+ * in this network namespace).
+ */
+export function originalDst(fd: number): Address {
+  const f = checkFd(fd);
+  return loadNative().originalDst(f);
+}
+
+/** SO_MARK, so netfilter rules can tell transgate's own traffic apart. Needs CAP_NET_ADMIN. */
+export function setMark(fd: number, mark: number): void {
+  const f = checkFd(fd);
+  const m = checkMark(mark);
+  loadNative().setMark(f, m);
+}
+
+/** SO_MARK as the kernel has it (0 when never set). */
+export function getMark(fd: number): number {
+  const f = checkFd(fd);
+  return loadNative().getMark(f);
+}
+
+/** IP_TRANSPARENT (4) or IPV6_TRANSPARENT + IP_TRANSPARENT (6) on an existing socket. */
+export function setTransparent(fd: number, family: Family): void {
+  const f = checkFd(fd);
+  const fam = checkFamily(family);
+  loadNative().setTransparent(f, fam);
+}
+
+/**
+ * An unconnected, non-blocking, close-on-exec TCP socket with SO_MARK set.
+ * Node 20 can connect it, but only if `new net.Socket({ fd })` and
+ * `socket.connect(port, ip)` run in the same tick: Node starts reading at
+ * construction, and once the event loop polls the unconnected socket the
+ * kernel reports a hangup, read() fails with ENOTCONN and Node destroys the
+ * socket. Prefer connectMarkedSocket(), which keeps to that.
+ */
+export function createTcpSocket(opts: CreateTcpSocketOptions): number {
+  const o = checkOptions('options', opts);
+  const family = checkFamily(o.family);
+  const mark = o.mark === undefined ? undefined : checkMark(o.mark);
+  const transparent = checkBool('options.transparent', o.transparent, false);
+  return loadNative().createTcpSocket(family, mark, transparent);
+}
+
+/**
+ * A net.Socket connecting to an IP literal from a socket that carries the
+ * mark from its first packet. Behaves as net.connect(): 'connect' on
+ * success, 'error' (syscall 'connect') on failure. A host name is refused:
+ * the asynchronous DNS lookup would let the event loop poll the unconnected
+ * socket (see createTcpSocket).
+ */
+export function connectMarkedSocket(opts: ConnectMarkedOptions): net.Socket {
+  const o = checkOptions('options', opts);
+  const host = o.host as string;
+  const family = checkIp('options.host', host);
+  const port = checkPort('options.port', o.port);
+  const mark = o.mark === undefined ? undefined : checkMark(o.mark);
+  const transparent = checkBool('options.transparent', o.transparent, false);
+  const localAddress = o.localAddress === undefined ? undefined : (o.localAddress as string);
+  if (localAddress !== undefined && checkIp('options.localAddress', localAddress) !== family) {
+    throw invalid('options.localAddress', `an IPv${family} literal like options.host`, localAddress);
+  }
+  const lport = o.localPort === undefined ? undefined : checkPort('options.localPort', o.localPort);
+
+  const fd = loadNative().createTcpSocket(family, mark, transparent);
+  let sock: net.Socket;
+  try {
+    sock = new net.Socket({ fd, readable: true, writable: true });
+  } catch (err) {
+    fs.closeSync(fd);
+    throw err;
+  }
+  try {
+    sock.connect({ host, port, family, localAddress, localPort: lport });
+  } catch (err) {
+    sock.destroy(); // closes fd
+    throw err;
+  }
+  return sock;
+}
+
+/** The fd of a connected or listening-accepted Node socket. */
+export function socketFd(sock: net.Socket): number {
+  if (!(sock instanceof net.Socket)) throw invalid('sock', 'a net.Socket', sock, 'ERR_INVALID_ARG_TYPE');
+  const handle = (sock as unknown as { _handle?: { fd?: unknown } | null })._handle;
+  const fd = handle?.fd;
+  if (typeof fd !== 'number' || !Number.isInteger(fd) || fd < 0) {
+    const err = new Error('socketFd: socket has no open file descriptor (destroyed, not yet connected, or not a TCP socket)') as NativeSystemError;
+    err.code = 'EBADF';
+    err.syscall = 'socketFd';
+    err.errno = -os.constants.errno.EBADF;
+    throw err;
+  }
+  return fd;
+}
