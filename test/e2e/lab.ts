@@ -1,0 +1,964 @@
+/**
+ * End-to-end lab: four network namespaces wired with veth pairs, real squid,
+ * real nginx and socat echo servers, all on TEST-NET addresses.
+ *
+ *   cl (client) ──eth0/lan0── gw (gateway under test) ──wan0/eth0── up (squid, intranet nginx) ──eth1/eth0── in (origin nginx, echo)
+ *
+ *   cl  eth0 192.0.2.2/24 2001:db8:1::2/64, default via gw
+ *   gw  lan0 192.0.2.1/24 2001:db8:1::1/64, wan0 198.51.100.1/24 2001:db8:2::1/64, no default route, forwarding on
+ *   up  eth0 198.51.100.2,.3/24 2001:db8:2::2,::3/64 (squid on .2:3128, intranet nginx on .3:80), eth1 203.0.113.1/24 2001:db8:3::1/64
+ *   in  eth0 203.0.113.2/24 2001:db8:3::2/64: nginx :80/:443 (test CA), socat echo :22 and :5000
+ *
+ * Nothing touches the host's network: the veth pairs are created directly
+ * inside the namespaces (`ip -n A link add X type veth peer name Y netns B`),
+ * name resolution is done with squid's hosts_file and curl --resolve.
+ */
+import { spawn, spawnSync, type ChildProcess, type StdioOptions } from 'node:child_process';
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+export const LAB_PREFIX = 'tge2e';
+
+export type NsRole = 'cl' | 'gw' | 'up' | 'in';
+const ROLES: readonly NsRole[] = ['cl', 'gw', 'up', 'in'];
+
+/** Every address of the lab. */
+export const ADDR = {
+  client: { v4: '192.0.2.2', v6: '2001:db8:1::2' },
+  gwLan: { v4: '192.0.2.1', v6: '2001:db8:1::1' },
+  gwWan: { v4: '198.51.100.1', v6: '2001:db8:2::1' },
+  proxy: { v4: '198.51.100.2', v6: '2001:db8:2::2', port: 3128 },
+  intranet: { v4: '198.51.100.3', v6: '2001:db8:2::3' },
+  upInet: { v4: '203.0.113.1', v6: '2001:db8:3::1' },
+  origin: { v4: '203.0.113.2', v6: '2001:db8:3::2' },
+  /** Names squid resolves through its hosts_file. */
+  names: {
+    www: 'www.example.test',
+    api: 'api.example.test',
+    git: 'git.example.test',
+    v6: 'v6.example.test',
+    intranet: 'intranet.test',
+  },
+  echoPorts: [22, 5000],
+  proxyUrl: 'http://198.51.100.2:3128',
+  proxyUrl6: 'http://[2001:db8:2::2]:3128',
+  auth: { user: 'alice', password: 's3cr3t p@ss' },
+  /** http_proxy URL with the lab's credentials, percent-encoded. */
+  proxyUrlAuth: `http://alice:${encodeURIComponent('s3cr3t p@ss')}@198.51.100.2:3128`,
+} as const;
+
+export const LAB_HOSTS = [
+  `${ADDR.origin.v4} ${ADDR.names.www} ${ADDR.names.api} ${ADDR.names.git} example.test`,
+  `${ADDR.origin.v6} ${ADDR.names.v6}`,
+  `${ADDR.intranet.v4} ${ADDR.names.intranet}`,
+];
+
+export interface SquidOptions {
+  /** Require basic auth (alice / "s3cr3t p@ss"). */
+  auth?: boolean;
+  /** Deny CONNECT to ports other than 443 (403), like corporate proxies. */
+  connectOnly443?: boolean;
+}
+
+export interface LabOptions {
+  squid?: SquidOptions;
+}
+
+export interface ExecOptions {
+  input?: string | Buffer;
+  /** Kill the whole process group after this long (default 20 s). */
+  timeoutMs?: number;
+  /** Environment (PATH is added). Default: only PATH and LANG=C, so the host's http_proxy never leaks in. */
+  env?: Record<string, string>;
+}
+
+export interface ExecResult {
+  /** Exit code; 128+signal number when killed by a signal. */
+  code: number;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  ms: number;
+  timedOut: boolean;
+}
+
+export interface SpawnOptions {
+  env?: Record<string, string>;
+  /** Default: ['ignore', 'pipe', 'pipe']. Read the pipes, or pass a log file via `logFile`. */
+  stdio?: StdioOptions;
+  /** Send stdout and stderr to this file (overrides stdio). */
+  logFile?: string;
+  /** Signal for a graceful stop at destroy (e.g. SIGTERM for nginx, whose master then reaps its workers). */
+  stopSignal?: NodeJS.Signals;
+}
+
+export interface GatewayStartOptions {
+  /** Default 15 s. */
+  readyTimeoutMs?: number;
+  /** Script to run instead of bin/transgate.js (for testing the lab itself). */
+  script?: string;
+}
+
+const SANE_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+
+function pathEnv(): string {
+  const have = (process.env.PATH ?? '').split(':').filter(Boolean);
+  for (const p of SANE_PATH.split(':')) if (!have.includes(p)) have.push(p);
+  return have.join(':');
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+/** Like sleep, but does not keep the process alive (for races). */
+const grace = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());
+
+function sleepSync(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
+/** A pid is alive when /proc has it and it is not a zombie. */
+export function pidAlive(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    return state !== 'Z' && state !== 'X';
+  } catch {
+    return false;
+  }
+}
+
+function signum(sig: NodeJS.Signals | null): number {
+  if (!sig) return 0;
+  return (os.constants.signals as Record<string, number>)[sig] ?? 0;
+}
+
+function killGroup(pid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(-pid, sig);
+  } catch {
+    /* no such group */
+  }
+  try {
+    process.kill(pid, sig);
+  } catch {
+    /* gone */
+  }
+}
+
+function run(argv: string[], input?: string): { code: number; stdout: string; stderr: string } {
+  const r = spawnSync(argv[0], argv.slice(1), {
+    input,
+    encoding: 'utf8',
+    env: { PATH: pathEnv(), LANG: 'C' },
+    timeout: 20_000,
+    killSignal: 'SIGKILL',
+  });
+  return { code: r.status ?? 128 + signum(r.signal), stdout: r.stdout ?? '', stderr: r.stderr ?? (r.error ? String(r.error) : '') };
+}
+
+function mustRun(argv: string[], input?: string): string {
+  const r = run(argv, input);
+  if (r.code !== 0) throw new Error(`lab: ${argv.join(' ')} failed (${r.code}): ${r.stderr.trim()} ${r.stdout.trim()}`);
+  return r.stdout;
+}
+
+export function listNetns(): string[] {
+  const r = run(['ip', 'netns', 'list']);
+  if (r.code !== 0) return [];
+  return r.stdout
+    .split('\n')
+    .map((l) => l.trim().split(/\s+/)[0])
+    .filter((n): n is string => !!n);
+}
+
+/** Pids of every process in a namespace (`ip netns pids`). */
+export function netnsPids(ns: string): number[] {
+  const r = run(['ip', 'netns', 'pids', ns]);
+  if (r.code !== 0) return [];
+  return r.stdout
+    .split(/\s+/)
+    .filter(Boolean)
+    .map(Number)
+    .filter((n) => Number.isInteger(n) && n > 0 && n !== process.pid);
+}
+
+function creatorAlive(pid: number): boolean {
+  if (pid === process.pid) return true;
+  if (!pidAlive(pid)) return false;
+  try {
+    // The creator is a node process; anything else is a recycled pid.
+    return /node/.test(fs.readFileSync(`/proc/${pid}/comm`, 'utf8'));
+  } catch {
+    return false;
+  }
+}
+
+/** Removes namespaces and temp dirs of earlier runs whose creating process is dead. Returns what it removed. */
+export function removeLeftovers(): string[] {
+  const removed: string[] = [];
+  const re = new RegExp(`^${LAB_PREFIX}-(\\d+)-[0-9a-z]+-(?:${ROLES.join('|')}|probe)$`);
+  const stale = listNetns().filter((n) => {
+    const m = re.exec(n);
+    return m && !creatorAlive(Number(m[1]));
+  });
+  for (const ns of stale) for (const pid of netnsPids(ns)) killGroup(pid, 'SIGKILL');
+  for (const ns of stale) {
+    for (let i = 0; i < 50 && netnsPids(ns).some(pidAlive); i++) sleepSync(20);
+    run(['ip', 'netns', 'del', ns]);
+    removed.push(ns);
+  }
+  const dirRe = new RegExp(`^${LAB_PREFIX}-(\\d+)-[0-9a-z]+$`);
+  for (const d of fs.readdirSync(os.tmpdir())) {
+    const m = dirRe.exec(d);
+    if (m && !creatorAlive(Number(m[1]))) {
+      fs.rmSync(path.join(os.tmpdir(), d), { recursive: true, force: true });
+      removed.push(path.join(os.tmpdir(), d));
+    }
+  }
+  return removed;
+}
+
+/**
+ * Why the e2e suite cannot run here, or undefined when it can. With CI=true
+ * it always returns undefined: in CI the suite must run (and fail loudly).
+ */
+export function e2eSkipReason(): string | undefined {
+  if (process.env.CI === 'true') return undefined;
+  if (process.platform !== 'linux') return 'e2e lab needs Linux network namespaces';
+  if (typeof process.getuid === 'function' && process.getuid() !== 0) return 'e2e lab needs root (ip netns, nftables)';
+  const probe = `${LAB_PREFIX}-${process.pid}-${crypto.randomBytes(2).toString('hex')}-probe`;
+  const r = run(['ip', 'netns', 'add', probe]);
+  if (r.code !== 0) return `ip netns unavailable: ${r.stderr.trim() || 'exit ' + r.code}`;
+  run(['ip', 'netns', 'del', probe]);
+  for (const bin of ['squid', 'nginx', 'socat', 'curl', 'openssl', 'htpasswd', 'nft']) {
+    if (run(['sh', '-c', `command -v ${bin}`]).code !== 0) return `${bin} not installed`;
+  }
+  return undefined;
+}
+
+/** Walks up from this file to the repository root (the package.json named transgate). */
+export function repoRoot(): string {
+  let dir = __dirname;
+  for (;;) {
+    try {
+      const pkg = JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8')) as { name?: string };
+      if (pkg.name === 'transgate') return dir;
+    } catch {
+      /* keep going */
+    }
+    const up = path.dirname(dir);
+    if (up === dir) throw new Error('lab: repository root not found');
+    dir = up;
+  }
+}
+
+/** key=value tokens of a log line (`conn id=1 kind=http ...` → {id:'1', kind:'http', ...}). */
+export function parseKv(line: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const m of line.matchAll(/([A-Za-z_][\w.-]*)=("(?:[^"\\]|\\.)*"|\S*)/g)) {
+    let v = m[2];
+    if (v.startsWith('"')) v = v.slice(1, -1);
+    out[m[1]] = v;
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// Process exit cleanup: every live lab is destroyed synchronously.
+
+const liveLabs = new Set<Lab>();
+let hooksInstalled = false;
+
+function installExitHooks(): void {
+  if (hooksInstalled) return;
+  hooksInstalled = true;
+  process.on('exit', () => {
+    for (const lab of [...liveLabs]) lab.destroySync();
+  });
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    const handler = () => {
+      for (const lab of [...liveLabs]) lab.destroySync();
+      process.removeListener(sig, handler);
+      process.kill(process.pid, sig);
+    };
+    process.on(sig, handler);
+  }
+  // A monitor does not change the default crash behaviour; 'exit' runs too.
+  process.on('uncaughtExceptionMonitor', () => {
+    for (const lab of [...liveLabs]) lab.destroySync();
+  });
+}
+
+// ---------------------------------------------------------------------------
+
+export class Gw {
+  readonly lines: string[] = [];
+  readonly proc: ChildProcess;
+  readonly pid: number;
+  /** Resolves with the exit code (128+signal when killed by a signal). */
+  readonly exited: Promise<number>;
+  exitCode: number | undefined;
+  private waiters = new Set<() => void>();
+
+  constructor(proc: ChildProcess, logFile: string) {
+    this.proc = proc;
+    this.pid = proc.pid ?? -1;
+    const log = fs.createWriteStream(logFile, { flags: 'a' });
+    const onData = (prefix: string) => {
+      let buf = '';
+      return (chunk: Buffer) => {
+        buf += chunk.toString('utf8');
+        let i: number;
+        while ((i = buf.indexOf('\n')) >= 0) {
+          this.push(buf.slice(0, i).replace(/\r$/, ''), log, prefix);
+          buf = buf.slice(i + 1);
+        }
+      };
+    };
+    proc.stdout?.on('data', onData('out'));
+    proc.stderr?.on('data', onData('err'));
+    this.exited = new Promise<number>((resolve) => {
+      proc.on('close', (code, sig) => {
+        this.exitCode = code ?? 128 + signum(sig);
+        log.end();
+        this.notify();
+        resolve(this.exitCode);
+      });
+    });
+  }
+
+  private push(line: string, log: fs.WriteStream, prefix: string): void {
+    this.lines.push(line);
+    log.write(`${prefix}: ${line}\n`);
+    this.notify();
+  }
+
+  private notify(): void {
+    for (const w of [...this.waiters]) w();
+  }
+
+  get running(): boolean {
+    return this.exitCode === undefined;
+  }
+
+  /** Index to pass to waitFor / linesSince to see only later lines. */
+  mark(): number {
+    return this.lines.length;
+  }
+
+  linesSince(from: number): string[] {
+    return this.lines.slice(from);
+  }
+
+  output(): string {
+    return this.lines.join('\n');
+  }
+
+  /** Waits for a line matching `re` (searching from line index `from`). */
+  waitFor(re: RegExp, timeoutMs = 5000, from = 0): Promise<string> {
+    return new Promise<string>((resolve, reject) => {
+      let done = false;
+      const check = () => {
+        if (done) return;
+        for (let i = from; i < this.lines.length; i++) {
+          if (re.test(this.lines[i])) return finish(undefined, this.lines[i]);
+        }
+        if (this.exitCode !== undefined) {
+          finish(new Error(`gateway exited (${this.exitCode}) before a line matched ${re}; output:\n${this.output()}`));
+        }
+      };
+      const finish = (err: Error | undefined, line?: string) => {
+        done = true;
+        clearTimeout(timer);
+        this.waiters.delete(check);
+        if (err) reject(err);
+        else resolve(line as string);
+      };
+      const timer = setTimeout(
+        () => finish(new Error(`no gateway line matched ${re} within ${timeoutMs} ms; output:\n${this.output()}`)),
+        timeoutMs,
+      );
+      this.waiters.add(check);
+      check();
+    });
+  }
+
+  /** Sends `signal` and waits for the exit; SIGKILL after timeoutMs. Returns the exit code. */
+  async stop(signal: NodeJS.Signals = 'SIGTERM', timeoutMs = 10_000): Promise<number> {
+    if (this.exitCode !== undefined) return this.exitCode;
+    try {
+      process.kill(this.pid, signal);
+    } catch {
+      /* already gone */
+    }
+    const t = setTimeout(() => killGroup(this.pid, 'SIGKILL'), timeoutMs);
+    try {
+      return await this.exited;
+    } finally {
+      clearTimeout(t);
+    }
+  }
+
+  async kill9(): Promise<number> {
+    if (this.exitCode !== undefined) return this.exitCode;
+    killGroup(this.pid, 'SIGKILL');
+    return this.exited;
+  }
+}
+
+// ---------------------------------------------------------------------------
+
+export class Lab {
+  readonly id: string;
+  readonly ns: Record<NsRole, string>;
+  readonly addr = ADDR;
+  readonly dir: string;
+  readonly caFile: string;
+  readonly repo: string;
+  squidOptions: SquidOptions = {};
+  private procs = new Set<ChildProcess>();
+  private stopSignals = new Map<ChildProcess, NodeJS.Signals>();
+  private allPids: number[] = [];
+  private squid?: ChildProcess;
+  private destroyed = false;
+  private gwCount = 0;
+
+  private constructor() {
+    const suffix = crypto.randomBytes(2).toString('hex');
+    this.id = `${LAB_PREFIX}-${process.pid}-${suffix}`;
+    this.ns = { cl: `${this.id}-cl`, gw: `${this.id}-gw`, up: `${this.id}-up`, in: `${this.id}-in` };
+    this.dir = path.join(os.tmpdir(), this.id);
+    this.caFile = path.join(this.dir, 'tls', 'ca.crt');
+    this.repo = repoRoot();
+  }
+
+  static async create(opts: LabOptions = {}): Promise<Lab> {
+    removeLeftovers();
+    installExitHooks();
+    const lab = new Lab();
+    liveLabs.add(lab);
+    try {
+      await lab.build(opts);
+    } catch (err) {
+      await lab.destroy();
+      throw err;
+    }
+    return lab;
+  }
+
+  /** Every pid this lab has started (servers, execs, gateways). */
+  pids(): number[] {
+    return [...this.allPids];
+  }
+
+  private nsName(ns: NsRole | string): string {
+    return (this.ns as Record<string, string>)[ns] ?? ns;
+  }
+
+  // -- building -------------------------------------------------------------
+
+  private async build(opts: LabOptions): Promise<void> {
+    fs.mkdirSync(this.dir, { recursive: true, mode: 0o755 });
+    fs.chmodSync(this.dir, 0o755);
+    for (const sub of ['tls', 'www', 'squid', 'nginx-in', 'nginx-up']) fs.mkdirSync(path.join(this.dir, sub), { mode: 0o755 });
+
+    this.buildNetwork();
+    this.makeCerts();
+    fs.writeFileSync(path.join(this.dir, 'www', 'big.bin'), crypto.randomBytes(1 << 20), { mode: 0o644 });
+    fs.writeFileSync(path.join(this.dir, 'squid', 'hosts'), LAB_HOSTS.join('\n') + '\n', { mode: 0o644 });
+    mustRun(['htpasswd', '-b', '-c', '-m', path.join(this.dir, 'squid', 'htpasswd'), ADDR.auth.user, ADDR.auth.password]);
+    fs.chmodSync(path.join(this.dir, 'squid', 'htpasswd'), 0o644);
+    mustRun(['chown', '-R', 'proxy:proxy', path.join(this.dir, 'squid')]);
+
+    await Promise.all([this.startOriginServers(), this.startIntranet(), this.startSquid(opts.squid ?? {})]);
+  }
+
+  private buildNetwork(): void {
+    const { cl, gw, up } = this.ns;
+    const inn = this.ns.in;
+    for (const n of ROLES) mustRun(['ip', 'netns', 'add', this.ns[n]]);
+    // Veth pairs are created inside the namespaces: the host never sees them.
+    mustRun(['ip', '-n', cl, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'lan0', 'netns', gw]);
+    mustRun(['ip', '-n', gw, 'link', 'add', 'wan0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', up]);
+    mustRun(['ip', '-n', up, 'link', 'add', 'eth1', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', inn]);
+
+    mustRun([
+      'ip', 'netns', 'exec', gw, 'sysctl', '-q', '-w',
+      'net.ipv4.ip_forward=1',
+      'net.ipv6.conf.all.forwarding=1',
+      'net.ipv4.conf.all.send_redirects=0',
+      'net.ipv4.conf.default.send_redirects=0',
+      'net.ipv4.conf.lan0.send_redirects=0',
+      'net.ipv4.conf.wan0.send_redirects=0',
+    ]);
+
+    const batch = (ns: string, cmds: string[]) => mustRun(['ip', '-n', ns, '-batch', '-'], cmds.join('\n') + '\n');
+    batch(cl, [
+      'link set lo up',
+      'addr add 192.0.2.2/24 dev eth0',
+      'addr add 2001:db8:1::2/64 dev eth0 nodad',
+      'link set eth0 up',
+      'route add default via 192.0.2.1',
+      'route add default via 2001:db8:1::1',
+    ]);
+    batch(gw, [
+      'link set lo up',
+      'addr add 192.0.2.1/24 dev lan0',
+      'addr add 2001:db8:1::1/64 dev lan0 nodad',
+      'addr add 198.51.100.1/24 dev wan0',
+      'addr add 2001:db8:2::1/64 dev wan0 nodad',
+      'link set lan0 up',
+      'link set wan0 up',
+    ]);
+    batch(up, [
+      'link set lo up',
+      'addr add 198.51.100.2/24 dev eth0',
+      'addr add 198.51.100.3/24 dev eth0',
+      'addr add 2001:db8:2::2/64 dev eth0 nodad',
+      'addr add 2001:db8:2::3/64 dev eth0 nodad',
+      'addr add 203.0.113.1/24 dev eth1',
+      'addr add 2001:db8:3::1/64 dev eth1 nodad',
+      'link set eth0 up',
+      'link set eth1 up',
+    ]);
+    batch(inn, [
+      'link set lo up',
+      'addr add 203.0.113.2/24 dev eth0',
+      'addr add 2001:db8:3::2/64 dev eth0 nodad',
+      'link set eth0 up',
+    ]);
+  }
+
+  private makeCerts(): void {
+    const t = path.join(this.dir, 'tls');
+    const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+    mustRun([
+      'openssl', 'req', '-x509', ...ec, '-keyout', path.join(t, 'ca.key'), '-out', path.join(t, 'ca.crt'),
+      '-days', '7', '-subj', '/CN=transgate e2e lab CA',
+      '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign',
+    ]);
+    mustRun(['openssl', 'req', ...ec, '-keyout', path.join(t, 'server.key'), '-out', path.join(t, 'server.csr'), '-subj', '/CN=*.example.test']);
+    fs.writeFileSync(
+      path.join(t, 'ext.cnf'),
+      [
+        'basicConstraints=CA:FALSE',
+        'keyUsage=critical,digitalSignature',
+        'extendedKeyUsage=serverAuth',
+        `subjectAltName=DNS:*.example.test,DNS:example.test,IP:${ADDR.origin.v4},IP:${ADDR.origin.v6}`,
+      ].join('\n') + '\n',
+    );
+    mustRun([
+      'openssl', 'x509', '-req', '-in', path.join(t, 'server.csr'), '-CA', path.join(t, 'ca.crt'), '-CAkey', path.join(t, 'ca.key'),
+      '-set_serial', '0x' + crypto.randomBytes(8).toString('hex'), '-days', '7', '-extfile', path.join(t, 'ext.cnf'),
+      '-out', path.join(t, 'server.crt'),
+    ]);
+    fs.chmodSync(path.join(t, 'ca.crt'), 0o644);
+  }
+
+  private nginxConf(name: string, listens: string[], body: string, ssl: boolean): string {
+    const d = path.join(this.dir, name);
+    const tls = path.join(this.dir, 'tls');
+    return [
+      'daemon off;',
+      'worker_processes 1;',
+      `pid ${d}/nginx.pid;`,
+      `error_log ${d}/error.log warn;`,
+      'events { worker_connections 1024; }',
+      'http {',
+      `  access_log ${d}/access.log;`,
+      `  client_body_temp_path ${d}/body;`,
+      `  proxy_temp_path ${d}/proxy;`,
+      `  fastcgi_temp_path ${d}/fastcgi;`,
+      `  uwsgi_temp_path ${d}/uwsgi;`,
+      `  scgi_temp_path ${d}/scgi;`,
+      '  default_type text/plain;',
+      '  keepalive_timeout 30s;',
+      '  server {',
+      ...listens.map((l) => `    listen ${l};`),
+      '    server_name _;',
+      ...(ssl ? [`    ssl_certificate ${tls}/server.crt;`, `    ssl_certificate_key ${tls}/server.key;`] : []),
+      `    root ${this.dir}/www;`,
+      '    location = /big.bin { default_type application/octet-stream; }',
+      `    location / { return 200 "${body}\\n"; }`,
+      '  }',
+      '}',
+      '',
+    ].join('\n');
+  }
+
+  private async startOriginServers(): Promise<void> {
+    const conf = path.join(this.dir, 'nginx-in', 'nginx.conf');
+    fs.writeFileSync(
+      conf,
+      this.nginxConf('nginx-in', ['80', '[::]:80', '443 ssl', '[::]:443 ssl'], 'origin host=$host uri=$request_uri proto=$scheme', true),
+    );
+    const nlog = path.join(this.dir, 'nginx-in', 'stderr.log');
+    this.spawn('in', ['nginx', '-e', path.join(this.dir, 'nginx-in', 'error.log'), '-p', path.join(this.dir, 'nginx-in'), '-c', conf], { logFile: nlog, stopSignal: 'SIGTERM' });
+    for (const port of ADDR.echoPorts) {
+      this.spawn('in', ['socat', `TCP6-LISTEN:${port},fork,reuseaddr,ipv6only=0`, 'PIPE'], {
+        logFile: path.join(this.dir, `echo-${port}.log`),
+      });
+    }
+    await this.waitListening('in', ['0.0.0.0:80', '[::]:80', '0.0.0.0:443', '[::]:443', '*:22', '*:5000'], nlog);
+  }
+
+  private async startIntranet(): Promise<void> {
+    const conf = path.join(this.dir, 'nginx-up', 'nginx.conf');
+    fs.writeFileSync(
+      conf,
+      this.nginxConf('nginx-up', [`${ADDR.intranet.v4}:80`, `[${ADDR.intranet.v6}]:80`], 'intranet host=$host uri=$request_uri', false),
+    );
+    const nlog = path.join(this.dir, 'nginx-up', 'stderr.log');
+    this.spawn('up', ['nginx', '-e', path.join(this.dir, 'nginx-up', 'error.log'), '-p', path.join(this.dir, 'nginx-up'), '-c', conf], { logFile: nlog, stopSignal: 'SIGTERM' });
+    await this.waitListening('up', [`${ADDR.intranet.v4}:80`, `[${ADDR.intranet.v6}]:80`], nlog);
+  }
+
+  /** Listening TCP sockets of a namespace, as ss prints them ("0.0.0.0:80", "[::]:80", "*:22"). */
+  async listening(ns: NsRole | string): Promise<string[]> {
+    const r = await this.exec(ns, ['ss', '-Hltn'], { timeoutMs: 5000 });
+    return r.stdout
+      .split('\n')
+      .map((l) => l.trim().split(/\s+/)[3])
+      .filter((s): s is string => !!s);
+  }
+
+  private async waitListening(ns: NsRole, want: string[], logFile?: string, timeoutMs = 15_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    let have: string[] = [];
+    while (Date.now() < deadline) {
+      have = await this.listening(ns);
+      if (want.every((w) => have.includes(w))) return;
+      await sleep(50);
+    }
+    let extra = '';
+    if (logFile) {
+      try {
+        extra = fs.readFileSync(logFile, 'utf8').slice(-3000);
+      } catch {
+        /* none */
+      }
+    }
+    throw new Error(`lab: ${ns} not listening on ${want.join(' ')} after ${timeoutMs} ms (have ${have.join(' ')})\n${extra}`);
+  }
+
+  // -- squid ----------------------------------------------------------------
+
+  get squidDir(): string {
+    return path.join(this.dir, 'squid');
+  }
+
+  get squidAccessLog(): string {
+    return path.join(this.squidDir, 'access.log');
+  }
+
+  private squidConf(o: SquidOptions): string {
+    const d = this.squidDir;
+    const lines = [
+      'visible_hostname transgate-lab-squid',
+      `pid_filename ${d}/squid.pid`,
+      `cache_log ${d}/cache.log`,
+      'logformat tg %ts.%03tu %>a %rm %ru %>Hs %<st',
+      `access_log stdio:${d}/access.log tg`,
+      'buffered_logs off',
+      'logfile_rotate 0',
+      `coredump_dir ${d}`,
+      'cache deny all',
+      'cache_mem 8 MB',
+      'netdb_filename none',
+      'pinger_enable off',
+      'shutdown_lifetime 0 seconds',
+      `hosts_file ${d}/hosts`,
+      'dns_nameservers 127.0.0.1',
+      'dns_timeout 3 seconds',
+      'connect_timeout 5 seconds',
+      `http_port ${ADDR.proxy.v4}:${ADDR.proxy.port}`,
+      `http_port [${ADDR.proxy.v6}]:${ADDR.proxy.port}`,
+      'acl CONNECT method CONNECT',
+      'acl SSL_ports port 443',
+    ];
+    if (o.connectOnly443) lines.push('http_access deny CONNECT !SSL_ports');
+    if (o.auth) {
+      lines.push(
+        `auth_param basic program /usr/lib/squid/basic_ncsa_auth ${d}/htpasswd`,
+        'auth_param basic children 2 startup=1 idle=1',
+        'auth_param basic realm transgate-lab',
+        'acl authed proxy_auth REQUIRED',
+        'http_access allow authed',
+        'http_access deny all',
+      );
+    } else {
+      lines.push('http_access allow all');
+    }
+    return lines.join('\n') + '\n';
+  }
+
+  /** Starts squid (if not running) with these options and waits until it listens. */
+  async startSquid(o: SquidOptions = {}): Promise<void> {
+    if (this.squid && this.squid.exitCode === null && this.squid.signalCode === null) throw new Error('lab: squid already running');
+    this.squidOptions = { ...o };
+    const conf = path.join(this.squidDir, 'squid.conf');
+    fs.writeFileSync(conf, this.squidConf(o), { mode: 0o644 });
+    const logFile = path.join(this.squidDir, 'stderr.log');
+    this.squid = this.spawn('up', ['squid', '-N', '-f', conf], { logFile });
+    const want = [`${ADDR.proxy.v4}:${ADDR.proxy.port}`, `[${ADDR.proxy.v6}]:${ADDR.proxy.port}`];
+    const proc = this.squid;
+    await Promise.race([
+      this.waitListening('up', want, logFile),
+      new Promise<never>((_, reject) =>
+        proc.once('exit', (code, sig) => {
+          let log = '';
+          try {
+            log = fs.readFileSync(path.join(this.squidDir, 'cache.log'), 'utf8').slice(-3000) + fs.readFileSync(logFile, 'utf8').slice(-2000);
+          } catch {
+            /* none */
+          }
+          reject(new Error(`lab: squid exited (${code ?? sig}) while starting\n${log}`));
+        }),
+      ),
+    ]);
+  }
+
+  /** SIGKILLs squid (and its helpers) and waits until its port is closed: a dead upstream. */
+  async stopSquid(): Promise<void> {
+    const proc = this.squid;
+    this.squid = undefined;
+    if (proc?.pid) {
+      const children = childPids(proc.pid);
+      killGroup(proc.pid, 'SIGKILL');
+      for (const c of children) killGroup(c, 'SIGKILL');
+      if (proc.exitCode === null && proc.signalCode === null) await new Promise((r) => proc.once('exit', r));
+      for (let i = 0; i < 100 && children.some(pidAlive); i++) await sleep(20);
+    }
+    const deadline = Date.now() + 10_000;
+    while (Date.now() < deadline) {
+      const have = await this.listening('up');
+      if (!have.some((a) => a.endsWith(`:${ADDR.proxy.port}`))) return;
+      await sleep(50);
+    }
+    throw new Error('lab: squid port still open after stop');
+  }
+
+  async restartSquid(o: SquidOptions = {}): Promise<void> {
+    await this.stopSquid();
+    await this.startSquid(o);
+  }
+
+  /** Access log lines so far (`ts client method url status bytes`). */
+  async squidLog(): Promise<string[]> {
+    try {
+      const s = await fs.promises.readFile(this.squidAccessLog, 'utf8');
+      return s.split('\n').filter(Boolean);
+    } catch {
+      return [];
+    }
+  }
+
+  /** Polls the access log (from line index `from`) until a line matches. */
+  async waitSquidLog(re: RegExp, timeoutMs = 3000, from = 0): Promise<string> {
+    const deadline = Date.now() + timeoutMs;
+    let lines: string[] = [];
+    do {
+      lines = (await this.squidLog()).slice(from);
+      const hit = lines.find((l) => re.test(l));
+      if (hit !== undefined) return hit;
+      await sleep(50);
+    } while (Date.now() < deadline);
+    throw new Error(`squid log has no line matching ${re} within ${timeoutMs} ms; lines since ${from}:\n${lines.join('\n')}`);
+  }
+
+  /** Number of access log lines, for `waitSquidLog(re, t, from)` / `squidLogSince`. */
+  async squidMark(): Promise<number> {
+    return (await this.squidLog()).length;
+  }
+
+  /** Lines logged since `from`, after giving squid `settleMs` to write pending entries. */
+  async squidLogSince(from: number, settleMs = 300): Promise<string[]> {
+    if (settleMs > 0) await sleep(settleMs);
+    return (await this.squidLog()).slice(from);
+  }
+
+  // -- processes ------------------------------------------------------------
+
+  /** Starts a tracked process in a namespace, in its own process group. */
+  spawn(ns: NsRole | string, argv: string[], opts: SpawnOptions = {}): ChildProcess {
+    if (this.destroyed) throw new Error('lab: destroyed');
+    let stdio: StdioOptions = opts.stdio ?? ['ignore', 'pipe', 'pipe'];
+    let fd: number | undefined;
+    if (opts.logFile) {
+      fd = fs.openSync(opts.logFile, 'a');
+      stdio = ['ignore', fd, fd];
+    }
+    const child = spawn('ip', ['netns', 'exec', this.nsName(ns), ...argv], {
+      env: { PATH: pathEnv(), LANG: 'C', ...(opts.env ?? {}) },
+      stdio,
+      detached: true,
+    });
+    if (fd !== undefined) fs.closeSync(fd);
+    if (child.pid) this.allPids.push(child.pid);
+    this.procs.add(child);
+    if (opts.stopSignal) this.stopSignals.set(child, opts.stopSignal);
+    const forget = () => {
+      this.procs.delete(child);
+      this.stopSignals.delete(child);
+    };
+    child.on('exit', forget);
+    child.on('error', forget);
+    return child;
+  }
+
+  /** Runs argv (no shell; use ['sh','-c',...] for one) in a namespace; kills the process group on timeout. */
+  async exec(ns: NsRole | string, argv: string[], opts: ExecOptions = {}): Promise<ExecResult> {
+    const timeoutMs = opts.timeoutMs ?? 20_000;
+    const started = Date.now();
+    const child = this.spawn(ns, argv, { env: opts.env, stdio: [opts.input !== undefined ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
+    return new Promise<ExecResult>((resolve, reject) => {
+      const out: Buffer[] = [];
+      const err: Buffer[] = [];
+      let timedOut = false;
+      child.stdout?.on('data', (b: Buffer) => out.push(b));
+      child.stderr?.on('data', (b: Buffer) => err.push(b));
+      const timer = setTimeout(() => {
+        timedOut = true;
+        if (child.pid) killGroup(child.pid, 'SIGKILL');
+      }, timeoutMs);
+      child.on('error', (e) => {
+        clearTimeout(timer);
+        reject(e);
+      });
+      child.on('close', (code, sig) => {
+        clearTimeout(timer);
+        // A pipeline may leave members of the group behind: end them.
+        if (child.pid) killGroup(child.pid, 'SIGKILL');
+        resolve({
+          code: code ?? 128 + signum(sig),
+          signal: sig,
+          stdout: Buffer.concat(out).toString('utf8'),
+          stderr: Buffer.concat(err).toString('utf8'),
+          ms: Date.now() - started,
+          timedOut,
+        });
+      });
+      if (opts.input !== undefined && child.stdin) {
+        child.stdin.on('error', () => {
+          /* the command may not read its input */
+        });
+        child.stdin.end(opts.input);
+      }
+    });
+  }
+
+  // -- the gateway ------------------------------------------------------------
+
+  get transgateBin(): string {
+    return path.join(this.repo, 'bin', 'transgate.js');
+  }
+
+  /** Environment for a transgate CLI run: exactly `env` plus PATH. */
+  gatewayEnv(env: Record<string, string> = {}): Record<string, string> {
+    return { ...env, PATH: pathEnv() };
+  }
+
+  /** Runs `node bin/transgate.js ...args` in gw to completion (rules, clear, --help). */
+  transgate(args: string[], env: Record<string, string> = {}, timeoutMs = 20_000): Promise<ExecResult> {
+    return this.exec('gw', [process.execPath, this.transgateBin, ...args], { env: this.gatewayEnv(env), timeoutMs });
+  }
+
+  /**
+   * Starts the gateway in gw with exactly `env` (plus PATH) and waits up to
+   * readyTimeoutMs for a line containing the word "ready".
+   */
+  async startGateway(args: string[], env: Record<string, string> = {}, opts: GatewayStartOptions = {}): Promise<Gw> {
+    if (this.destroyed) throw new Error('lab: destroyed');
+    const readyTimeoutMs = opts.readyTimeoutMs ?? 15_000;
+    const n = ++this.gwCount;
+    const child = spawn('ip', ['netns', 'exec', this.ns.gw, process.execPath, opts.script ?? this.transgateBin, ...args], {
+      env: this.gatewayEnv(env),
+      stdio: ['ignore', 'pipe', 'pipe'],
+      detached: true,
+    });
+    if (child.pid) this.allPids.push(child.pid);
+    this.procs.add(child);
+    child.on('exit', () => this.procs.delete(child));
+    const gw = new Gw(child, path.join(this.dir, `gateway-${n}.log`));
+    child.on('error', (e) => gw.lines.push(`spawn error: ${e.message}`));
+    try {
+      await gw.waitFor(/\bready\b/, readyTimeoutMs);
+    } catch (err) {
+      await gw.kill9();
+      throw new Error(`gateway did not become ready (args: ${args.join(' ')}): ${(err as Error).message}`);
+    }
+    return gw;
+  }
+
+  // -- teardown -------------------------------------------------------------
+
+  /** Kills every process, deletes namespaces and the temp dir. Idempotent. */
+  async destroy(): Promise<void> {
+    if (this.destroyed) return;
+    const exitOf = (p: ChildProcess) =>
+      new Promise<void>((r) => (p.exitCode !== null || p.signalCode !== null ? r() : p.once('exit', () => r())));
+    // Graceful first where it avoids orphans (nginx masters reap their workers).
+    const gentle = [...this.stopSignals];
+    for (const [p, sig] of gentle) {
+      try {
+        if (p.pid) process.kill(p.pid, sig);
+      } catch {
+        /* gone */
+      }
+    }
+    await Promise.race([Promise.all(gentle.map(([p]) => exitOf(p))), grace(1000)]);
+    const waits = [...this.procs].map(exitOf);
+    this.killEverything();
+    await Promise.race([Promise.all(waits), grace(5000)]);
+    this.destroySync();
+  }
+
+  /** Pids of tracked processes not yet reaped (a reaped pid could belong to someone else by now). */
+  private livePids(): number[] {
+    return [...this.procs].filter((p) => p.exitCode === null && p.signalCode === null && p.pid).map((p) => p.pid as number);
+  }
+
+  private killEverything(): void {
+    for (const pid of this.livePids()) killGroup(pid, 'SIGKILL');
+    for (const n of ROLES) for (const pid of netnsPids(this.ns[n])) killGroup(pid, 'SIGKILL');
+  }
+
+  /** Synchronous teardown, used by the exit hooks. */
+  destroySync(): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    liveLabs.delete(this);
+    const existing = new Set(listNetns());
+    this.killEverything();
+    const deadline = Date.now() + 5000;
+    const remaining = () => [
+      ...this.livePids().filter(pidAlive),
+      ...ROLES.flatMap((n) => (existing.has(this.ns[n]) ? netnsPids(this.ns[n]) : [])).filter(pidAlive),
+    ];
+    let left = remaining();
+    while (left.length && Date.now() < deadline) {
+      for (const pid of left) killGroup(pid, 'SIGKILL');
+      sleepSync(20);
+      left = remaining();
+    }
+    for (const n of ROLES) if (existing.has(this.ns[n])) run(['ip', 'netns', 'del', this.ns[n]]);
+    fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** Direct children of a pid (by /proc/<pid>/stat ppid). */
+function childPids(ppid: number): number[] {
+  const out: number[] = [];
+  for (const e of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${e}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(fields[1]) === ppid) out.push(Number(e));
+    } catch {
+      /* raced */
+    }
+  }
+  return out;
+}
