@@ -151,6 +151,7 @@ describe('e2e lab', { skip, timeout: 180_000 }, () => {
       assert.equal(tls.code, 0, tls.stderr);
       assert.match(tls.stdout, /proto=https/);
       await lab.waitSquidLog(/ GET http:\/\/www\.example\.test\/ 407 /);
+      await lab.waitSquidLog(/ GET http:\/\/www\.example\.test\/authed 200 \d+ alice$/);
     } finally {
       await lab.restartSquid({});
     }

@@ -658,7 +658,7 @@ export class Lab {
       'visible_hostname transgate-lab-squid',
       `pid_filename ${d}/squid.pid`,
       `cache_log ${d}/cache.log`,
-      'logformat tg %ts.%03tu %>a %rm %ru %>Hs %<st',
+      'logformat tg %ts.%03tu %>a %rm %ru %>Hs %<st %un',
       `access_log stdio:${d}/access.log tg`,
       'buffered_logs off',
       'logfile_rotate 0',
@@ -744,7 +744,7 @@ export class Lab {
     await this.startSquid(o);
   }
 
-  /** Access log lines so far (`ts client method url status bytes`). */
+  /** Access log lines so far (`ts client method url status bytes user`). */
   async squidLog(): Promise<string[]> {
     try {
       const s = await fs.promises.readFile(this.squidAccessLog, 'utf8');
