@@ -21,6 +21,10 @@ export class ConnContext {
   bytesUp = 0;
   bytesDown = 0;
   result = 'ok';
+  /** Human-readable reason when result is not ok. */
+  error: string | undefined;
+  /** HTTP requests carried on this connection. */
+  requests = 0;
 
   constructor(kind: ListenerKind, client: Address, destination: Address) {
     this.id = ConnContext.nextId++;

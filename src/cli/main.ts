@@ -1,0 +1,119 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { buildConfig, type Config } from '../config/config';
+import { helpText, parseArgs, type ParsedArgs } from '../config/flags';
+import { GatewayError } from '../core/errors';
+import { Logger } from '../core/log';
+import { Gateway } from '../gateway';
+import { NftBackend, describePlan, rulesConfigFor } from '../netfilter/backend';
+
+function version(): string {
+  try {
+    const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, '../../../package.json'), 'utf8')) as { version: string };
+    return pkg.version;
+  } catch {
+    return 'unknown';
+  }
+}
+
+/** Prints a failure the way a user can act on it: the message, and the error code for searching. */
+function report(err: unknown): void {
+  if (err instanceof GatewayError) {
+    process.stderr.write(`transgate: ${err.message} [${err.code}]\n`);
+  } else {
+    process.stderr.write(`transgate: unexpected error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  }
+}
+
+async function run(cfg: Config, log: Logger): Promise<number> {
+  for (const w of cfg.warnings) log.warn(w);
+  const backend = new NftBackend();
+  const gw = new Gateway(cfg, log, backend);
+  let exitCode = 0;
+  let stopping = false;
+  const stop = (why: string, code: number): void => {
+    if (stopping) {
+      log.warn(`${why} again: exiting now`);
+      process.exit(code || 1);
+    }
+    stopping = true;
+    exitCode = code;
+    log.info(`${why}: stopping`);
+    void gw.close().then(() => {
+      log.info('stopped');
+      process.exit(exitCode);
+    });
+  };
+  process.on('SIGINT', () => stop('SIGINT', 0));
+  process.on('SIGTERM', () => stop('SIGTERM', 0));
+  process.on('SIGHUP', () => stop('SIGHUP', 0));
+  // A bug must not leave clients' traffic pointed at a dead listener: remove the rules, then exit.
+  process.on('uncaughtException', (err) => {
+    log.error(`internal error: ${err.stack ?? err.message}`);
+    stop('fatal error', 70);
+  });
+  process.on('unhandledRejection', (err) => {
+    log.error(`internal error (promise): ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+    stop('fatal error', 70);
+  });
+
+  try {
+    await gw.start();
+  } catch (err) {
+    await gw.close();
+    report(err);
+    return 1;
+  }
+  const up = (p: typeof cfg.upstream.http): string => p?.display ?? 'direct';
+  log.info(
+    `ready mode=${cfg.mode} http_proxy=${up(cfg.upstream.http)} https_proxy=${up(cfg.upstream.https)} ` +
+      `http=${cfg.httpPorts.join(',') || '-'}:${cfg.listen.http} tls=${cfg.tlsPorts.join(',') || '-'}:${cfg.listen.tls} ` +
+      `tcp=${cfg.tcpPorts.join(',') || '-'}:${cfg.listen.tcp} rules=${cfg.installRules ? 'installed' : 'not installed (--no-rules)'}`,
+  );
+  return new Promise<number>(() => {
+    // Runs until a signal.
+  });
+}
+
+export async function main(argv: string[]): Promise<void> {
+  let args: ParsedArgs;
+  let cfg: Config;
+  try {
+    args = parseArgs(argv);
+    if (args.values['help']) {
+      process.stdout.write(helpText(version()) + '\n');
+      return;
+    }
+    if (args.values['version']) {
+      process.stdout.write(version() + '\n');
+      return;
+    }
+    cfg = buildConfig(args.values, process.env);
+  } catch (err) {
+    report(err);
+    process.exitCode = 2;
+    return;
+  }
+  const log = new Logger(cfg.logLevel);
+  try {
+    switch (args.command) {
+      case 'rules': {
+        process.stdout.write(describePlan(rulesConfigFor(cfg)) + '\n');
+        return;
+      }
+      case 'clear': {
+        const backend = new NftBackend();
+        const removed = await backend.clear(rulesConfigFor(cfg));
+        process.stdout.write(removed ? 'transgate: removed rules and routes\n' : 'transgate: nothing installed\n');
+        return;
+      }
+      default: {
+        const code = await run(cfg, log);
+        process.exitCode = code;
+      }
+    }
+  } catch (err) {
+    report(err);
+    process.exitCode = 1;
+  }
+}

@@ -1,0 +1,200 @@
+import type net from 'node:net';
+import type { Config } from './config/config';
+import type { ConnContext, ListenerKind } from './core/context';
+import { GatewayError } from './core/errors';
+import { field, type Logger } from './core/log';
+import { formatAddress, type Address } from './core/types';
+import { LocalAddresses } from './inbound/local-addresses';
+import { TcpListener } from './inbound/tcp-listener';
+import { rulesConfigFor, type RuleBackend } from './netfilter/backend';
+import { Outbounds } from './outbound/outbounds';
+import { JsRelay } from './relay/js-relay';
+import type { Relay } from './relay/relay';
+import { Router } from './route/router';
+import { HttpSession } from './session/http';
+import { handleStream } from './session/stream';
+import { HTTP_SNIFF_MAX_BYTES, sniffHttp } from './sniff/http';
+import { readFirstBytes } from './session/first-bytes';
+
+/** Where intercepting listeners bind: loopback only under TPROXY, so that nobody can reach them directly. */
+export function listenerBind(cfg: Config): string[] {
+  if (cfg.mode === 'tproxy') {
+    const out: string[] = [];
+    if (cfg.ipv4) out.push('127.0.0.1');
+    if (cfg.ipv6) out.push('::1');
+    return out;
+  }
+  // REDIRECT rewrites the destination to the incoming interface's address, so
+  // the listener must accept on every address; direct connections are refused
+  // by the original-destination check.
+  return cfg.ipv6 ? ['::'] : ['0.0.0.0'];
+}
+
+/**
+ * The composition root: builds routing, outbounds, relay and listeners from
+ * the configuration and starts them in stages. Rules go in last (nothing is
+ * intercepted before a listener can take it) and come out first.
+ */
+export class Gateway {
+  private readonly listeners: TcpListener[] = [];
+  private readonly active = new Set<net.Socket>();
+  private readonly local = new LocalAddresses();
+  private readonly router: Router;
+  private readonly outbounds: Outbounds;
+  private readonly relay: Relay;
+  private readonly http: HttpSession;
+  private rulesInstalled = false;
+  private closing: Promise<void> | undefined;
+
+  constructor(
+    private readonly cfg: Config,
+    private readonly log: Logger,
+    private readonly rules: RuleBackend | undefined,
+  ) {
+    this.router = new Router(cfg.upstream, cfg.noProxy);
+    this.outbounds = new Outbounds(cfg.connectTimeoutMs);
+    this.relay = new JsRelay();
+    this.http = new HttpSession({
+      router: this.router,
+      outbounds: this.outbounds,
+      relay: this.relay,
+      log,
+      connectTimeoutMs: cfg.connectTimeoutMs,
+      idleTimeoutMs: cfg.idleTimeoutMs,
+    });
+  }
+
+  async start(): Promise<void> {
+    const bind = listenerBind(this.cfg);
+    const kinds: Array<[ListenerKind, number[], number]> = [
+      ['http', this.cfg.httpPorts, this.cfg.listen.http],
+      ['tls', this.cfg.tlsPorts, this.cfg.listen.tls],
+      ['tcp', this.cfg.tcpPorts, this.cfg.listen.tcp],
+    ];
+    for (const [kind, ports, port] of kinds) {
+      if (ports.length === 0) continue;
+      const l = new TcpListener({
+        kind,
+        mode: this.cfg.mode,
+        port,
+        bind,
+        onConnection: (sock, ctx) => this.onConnection(sock, ctx),
+        onUnusable: (sock, client, err) => this.onUnusable(sock, client, err),
+      });
+      await l.start();
+      this.listeners.push(l);
+      this.log.info(`started ${l.description} for ports ${ports.join(',')}`);
+    }
+    if (this.rules && this.cfg.installRules) {
+      await this.rules.apply(rulesConfigFor(this.cfg));
+      this.rulesInstalled = true;
+      this.log.info(`installed ${this.cfg.mode} rules (nftables table inet transgate)`);
+    }
+  }
+
+  /** Idempotent; safe after a failed start. Rules first, so clients stop being sent to listeners that are going away. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      if (this.rulesInstalled && this.rules) {
+        try {
+          await this.rules.revert();
+          this.log.info('removed rules');
+        } catch (err) {
+          this.log.error(`removing rules failed: ${(err as Error).message}; run 'transgate clear'`);
+        }
+        this.rulesInstalled = false;
+      }
+      await Promise.all(this.listeners.map((l) => l.close()));
+      this.http.close();
+      for (const s of this.active) s.destroy();
+      this.active.clear();
+    })();
+    return this.closing;
+  }
+
+  get activeConnections(): number {
+    return this.active.size;
+  }
+
+  private track(sock: net.Socket): void {
+    this.active.add(sock);
+    sock.once('close', () => this.active.delete(sock));
+  }
+
+  private onUnusable(sock: net.Socket, client: Address, err: GatewayError): void {
+    this.log.warn(`conn rejected client=${formatAddress(client)} result=${err.code} ${field(err.message)}`);
+    sock.destroy();
+  }
+
+  private onConnection(sock: net.Socket, ctx: ConnContext): void {
+    if (this.closing) {
+      sock.destroy();
+      return;
+    }
+    if (this.local.has(ctx.destination.address)) {
+      ctx.route = 'reject';
+      ctx.result = 'TG_ERR_LOOP';
+      ctx.error = 'destination is this gateway: listeners serve intercepted connections only';
+      sock.destroy();
+      this.logConn(ctx);
+      return;
+    }
+    this.track(sock);
+    const done = (c: ConnContext): void => this.logConn(c);
+    if (ctx.kind === 'http') {
+      void this.acceptHttp(sock, ctx, done);
+    } else {
+      void handleStream(sock, ctx, this.streamDeps(done)).catch((err: unknown) => this.internalError(sock, ctx, err));
+    }
+  }
+
+  private streamDeps(onDone: (ctx: ConnContext) => void) {
+    return {
+      router: this.router,
+      outbounds: this.outbounds,
+      relay: this.relay,
+      idleTimeoutMs: this.cfg.idleTimeoutMs,
+      sniffTimeoutMs: this.cfg.sniffTimeoutMs,
+      onDone,
+    };
+  }
+
+  /** HTTP ports carry other protocols too: only what starts like an HTTP request goes to the HTTP parser. */
+  private async acceptHttp(sock: net.Socket, ctx: ConnContext, done: (ctx: ConnContext) => void): Promise<void> {
+    try {
+      const first = await readFirstBytes(sock, sniffHttp, HTTP_SNIFF_MAX_BYTES, this.cfg.sniffTimeoutMs);
+      if (first.outcome === 'closed' && first.head.length === 0) {
+        ctx.result = 'client-closed';
+        sock.destroy();
+        done(ctx);
+        return;
+      }
+      if (first.outcome === 'match' || first.outcome === 'too-big' || (first.outcome === 'closed' && first.result?.status !== 'no-match')) {
+        this.http.accept(sock, ctx, first.head, done);
+        return;
+      }
+      // Not HTTP (or a server-speaks-first protocol): carry it as plain TCP.
+      sock.unshift(first.head);
+      await handleStream(sock, ctx, this.streamDeps(done));
+    } catch (err) {
+      this.internalError(sock, ctx, err);
+    }
+  }
+
+  private internalError(sock: net.Socket, ctx: ConnContext, err: unknown): void {
+    ctx.result = 'internal-error';
+    ctx.error = err instanceof Error ? (err.stack ?? err.message) : String(err);
+    sock.destroy();
+    this.logConn(ctx);
+  }
+
+  private logConn(ctx: ConnContext): void {
+    const line =
+      `conn id=${ctx.id} kind=${ctx.kind} client=${formatAddress(ctx.client)} dst=${formatAddress(ctx.destination)} ` +
+      `name=${field(ctx.name)} route=${ctx.route ?? '-'} via=${field(ctx.via)} up=${ctx.bytesUp} down=${ctx.bytesDown} ` +
+      `ms=${ctx.durationMs()}${ctx.kind === 'http' ? ` requests=${ctx.requests}` : ''} result=${ctx.result}` +
+      (ctx.error ? ` error=${field(ctx.error)}` : '');
+    if (ctx.result === 'ok') this.log.info(line);
+    else this.log.warn(line);
+  }
+}

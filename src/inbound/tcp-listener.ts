@@ -1,0 +1,104 @@
+import fs from 'node:fs';
+import net from 'node:net';
+import type { Mode } from '../config/config';
+import { ConnContext, type ListenerKind } from '../core/context';
+import { ErrorCodes, GatewayError, errnoOf } from '../core/errors';
+import { unmapAddress, type Address } from '../core/types';
+import * as native from '../native/index';
+
+export type ConnHandler = (sock: net.Socket, ctx: ConnContext) => void;
+export type RejectHandler = (sock: net.Socket, ctx: ConnContext) => void;
+
+export interface TcpListenerOptions {
+  kind: ListenerKind;
+  mode: Mode;
+  port: number;
+  /** Addresses to bind, e.g. ['::'] (dual-stack) or ['127.0.0.1', '::1']. */
+  bind: string[];
+  onConnection: ConnHandler;
+  /** Connections that failed the original-destination step. */
+  onUnusable: (sock: net.Socket, client: Address, err: GatewayError) => void;
+}
+
+function addressOf(address: string | undefined, port: number | undefined): Address {
+  const u = unmapAddress(address ?? '');
+  return { address: u.address, port: port ?? 0, family: u.family };
+}
+
+/**
+ * An intercepting TCP listener. Under TPROXY the accepted socket's local
+ * address is where the client wanted to go; after REDIRECT the kernel keeps
+ * it in conntrack and SO_ORIGINAL_DST reads it back.
+ */
+export class TcpListener {
+  private readonly servers: net.Server[] = [];
+
+  constructor(private readonly opts: TcpListenerOptions) {}
+
+  get description(): string {
+    return `listener[${this.opts.kind} ${this.opts.bind.map((b) => (b.includes(':') ? `[${b}]` : b)).join(',')}:${this.opts.port}]`;
+  }
+
+  async start(): Promise<void> {
+    for (const host of this.opts.bind) {
+      let fd: number;
+      try {
+        fd = native.listenTcp({ host, port: this.opts.port, transparent: this.opts.mode === 'tproxy', v6only: host !== '::' });
+      } catch (err) {
+        const errno = errnoOf(err);
+        const hint =
+          errno === 'EADDRINUSE' ? `: port ${this.opts.port} is taken by another program; pick another with the listen flags`
+          : errno === 'EPERM' || errno === 'EACCES' ? ': run as root or with CAP_NET_ADMIN (sudo -E npx transgate)'
+          : errno === 'EADDRNOTAVAIL' ? `: address ${host} is not available (is IPv6 disabled? try --no-ipv6)`
+          : '';
+        throw new GatewayError(ErrorCodes.LISTEN, `start ${this.description}: ${(err as Error).message}${hint}`, { cause: err });
+      }
+      const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, (sock) => this.onAccept(sock));
+      server.on('error', () => {
+        // Accept errors (EMFILE) are reported per connection attempt by libuv; the listener stays.
+      });
+      await new Promise<void>((resolve, reject) => {
+        const onError = (err: Error): void => {
+          fs.closeSync(fd);
+          reject(new GatewayError(ErrorCodes.LISTEN, `start ${this.description}: ${err.message}`, { cause: err }));
+        };
+        server.once('error', onError);
+        server.listen({ fd }, () => {
+          server.off('error', onError);
+          resolve();
+        });
+      });
+      this.servers.push(server);
+    }
+  }
+
+  private onAccept(sock: net.Socket): void {
+    // Every socket has an error listener from its first moment: a reset
+    // during any stage must never become an uncaught exception.
+    sock.on('error', noop);
+    const client = addressOf(sock.remoteAddress, sock.remotePort);
+    let destination: Address;
+    if (this.opts.mode === 'tproxy') {
+      destination = addressOf(sock.localAddress, sock.localPort);
+    } else {
+      try {
+        destination = native.originalDst(native.socketFd(sock));
+      } catch (err) {
+        this.opts.onUnusable(sock, client, new GatewayError(
+          ErrorCodes.ORIGINAL_DST,
+          `no original destination for ${client.address}:${client.port} (${errnoOf(err) ?? (err as Error).message}): not a redirected connection`,
+          { cause: err },
+        ));
+        return;
+      }
+    }
+    this.opts.onConnection(sock, new ConnContext(this.opts.kind, client, destination));
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+    this.servers.length = 0;
+  }
+}
+
+function noop(): void {}

@@ -1,0 +1,118 @@
+import type net from 'node:net';
+import type { ProxyEndpoint } from '../config/proxy-url';
+import { ErrorCodes, GatewayError } from '../core/errors';
+import { hostPort } from '../core/types';
+import { UPSTREAM_CODES, dialTcp } from './dial';
+
+const MAX_RESPONSE_HEAD = 16 * 1024;
+const HEAD_END = Buffer.from('\r\n\r\n');
+
+export interface TunnelOptions {
+  proxy: ProxyEndpoint;
+  /** Name or address literal (unbracketed). */
+  host: string;
+  port: number;
+  timeoutMs: number;
+  signal?: AbortSignal;
+}
+
+/** The request head for `CONNECT host:port`, with the proxy's credentials. */
+export function connectRequest(proxy: ProxyEndpoint, host: string, port: number): string {
+  const authority = hostPort(host, port);
+  let head = `CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n`;
+  if (proxy.authorization) head += `Proxy-Authorization: ${proxy.authorization}\r\n`;
+  return head + '\r\n';
+}
+
+/** Parses `HTTP/1.1 200 Connection established`; undefined when it is not a status line. */
+export function parseStatusLine(line: string): { status: number; reason: string } | undefined {
+  const m = /^HTTP\/\d\.\d (\d{3})(?: (.*))?$/.exec(line);
+  if (!m) return undefined;
+  return { status: Number(m[1]), reason: (m[2] ?? '').trim() };
+}
+
+/** Turns a refused CONNECT into an error that says what the user can do. */
+export function connectRefusal(proxy: ProxyEndpoint, authority: string, port: number, status: number, reason: string): GatewayError {
+  const said = `proxy ${proxy.display} answered ${status}${reason ? ` ${reason}` : ''} to CONNECT ${authority}`;
+  if (status === 407) {
+    const fix = proxy.authorization
+      ? 'the credentials in https_proxy/http_proxy were rejected: check user and password (percent-encode @ : / and spaces)'
+      : 'the proxy wants credentials: put them in the URL, http://user:password@proxy:port';
+    return new GatewayError(ErrorCodes.UPSTREAM_407, `${said}: ${fix}`, { status });
+  }
+  if (status === 403) {
+    const hint = port !== 443 ? `; many proxies allow CONNECT only to port 443 (port ${port} refused)` : '';
+    return new GatewayError(ErrorCodes.UPSTREAM_403, `${said}: the proxy's policy refuses this destination${hint}`, { status });
+  }
+  return new GatewayError(ErrorCodes.UPSTREAM_STATUS, said, { status });
+}
+
+/**
+ * Opens a tunnel through an HTTP proxy with CONNECT. Resolves once the proxy
+ * said 2xx; bytes the proxy sent after its head are put back on the socket.
+ */
+export async function openTunnel(opts: TunnelOptions): Promise<net.Socket> {
+  const { proxy, host, port } = opts;
+  const authority = hostPort(host, port);
+  const sock = await dialTcp(
+    { host: proxy.host, port: proxy.port, timeoutMs: opts.timeoutMs, signal: opts.signal },
+    UPSTREAM_CODES,
+    `proxy ${proxy.display}`,
+  );
+  sock.write(connectRequest(proxy, host, port));
+  return new Promise((resolve, reject) => {
+    let buffered: Buffer = Buffer.alloc(0);
+    const timer = setTimeout(() => {
+      fail(new GatewayError(ErrorCodes.UPSTREAM_TIMEOUT, `proxy ${proxy.display} did not answer CONNECT ${authority} within ${opts.timeoutMs} ms`));
+    }, opts.timeoutMs);
+    const onAbort = (): void => fail(new GatewayError(ErrorCodes.UPSTREAM_CLOSED, `CONNECT ${authority}: cancelled`));
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+
+    function cleanup(): void {
+      clearTimeout(timer);
+      opts.signal?.removeEventListener('abort', onAbort);
+      sock.off('data', onData);
+      sock.off('error', onError);
+      sock.off('end', onEnd);
+    }
+    function fail(err: GatewayError): void {
+      cleanup();
+      sock.destroy();
+      reject(err);
+    }
+    function onData(chunk: Buffer): void {
+      buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk]);
+      const end = buffered.indexOf(HEAD_END);
+      if (end < 0) {
+        if (buffered.length > MAX_RESPONSE_HEAD) {
+          fail(new GatewayError(ErrorCodes.UPSTREAM_PROTOCOL, `proxy ${proxy.display} sent an oversized answer to CONNECT`));
+        }
+        return;
+      }
+      const head = buffered.subarray(0, end).toString('latin1');
+      const statusLine = parseStatusLine(head.split('\r\n', 1)[0]!);
+      if (!statusLine) {
+        fail(new GatewayError(ErrorCodes.UPSTREAM_PROTOCOL, `proxy ${proxy.display} did not answer CONNECT with HTTP: is ${proxy.display} an HTTP proxy?`));
+        return;
+      }
+      if (statusLine.status < 200 || statusLine.status > 299) {
+        fail(connectRefusal(proxy, authority, port, statusLine.status, statusLine.reason));
+        return;
+      }
+      cleanup();
+      sock.pause();
+      const rest = buffered.subarray(end + HEAD_END.length);
+      if (rest.length > 0) sock.unshift(rest);
+      resolve(sock);
+    }
+    function onError(err: Error): void {
+      fail(new GatewayError(ErrorCodes.UPSTREAM_UNREACHABLE, `proxy ${proxy.display}: ${err.message}`, { cause: err }));
+    }
+    function onEnd(): void {
+      fail(new GatewayError(ErrorCodes.UPSTREAM_CLOSED, `proxy ${proxy.display} closed the connection before answering CONNECT ${authority}`));
+    }
+    sock.on('data', onData);
+    sock.once('error', onError);
+    sock.once('end', onEnd);
+  });
+}

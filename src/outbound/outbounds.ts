@@ -1,0 +1,31 @@
+import type net from 'node:net';
+import type { ConnContext } from '../core/context';
+import { hostPort } from '../core/types';
+import type { RouteDecision } from '../route/router';
+import { DIRECT_CODES, dialTcp } from './dial';
+import { openTunnel } from './http-connect';
+
+/**
+ * Opens the upstream side of a stream: a CONNECT tunnel through the proxy
+ * (to the sniffed name when there is one, so the proxy's name-based policy
+ * applies), or a direct connection to the original destination address.
+ */
+export class Outbounds {
+  constructor(private readonly connectTimeoutMs: number) {}
+
+  open(decision: RouteDecision, ctx: ConnContext, signal?: AbortSignal): Promise<net.Socket> {
+    const port = ctx.destination.port;
+    if (decision.kind === 'proxy' && decision.proxy) {
+      const host = ctx.name ?? ctx.destination.address;
+      ctx.via = `${decision.proxy.host.includes(':') ? `[${decision.proxy.host}]` : decision.proxy.host}:${decision.proxy.port}`;
+      return openTunnel({ proxy: decision.proxy, host, port, timeoutMs: this.connectTimeoutMs, signal });
+    }
+    // Direct: the client already chose the address; the gateway need not resolve anything.
+    ctx.via = hostPort(ctx.destination.address, port);
+    return dialTcp(
+      { host: ctx.destination.address, port, timeoutMs: this.connectTimeoutMs, signal },
+      DIRECT_CODES,
+      `direct ${ctx.via}`,
+    );
+  }
+}

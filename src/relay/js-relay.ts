@@ -1,0 +1,52 @@
+import type net from 'node:net';
+import { errnoOf } from '../core/errors';
+import type { Relay, RelayOptions, RelayResult } from './relay';
+
+/**
+ * Stream relay on Node's sockets: pipe() gives backpressure and forwards a
+ * half-close (end) to the other side because both sockets allow half-open.
+ * Byte counts come from the sockets' own counters, so nothing is done per chunk.
+ */
+export class JsRelay implements Relay {
+  readonly name = 'js';
+
+  run(client: net.Socket, upstream: net.Socket, opts: RelayOptions): Promise<RelayResult> {
+    const upBase = upstream.bytesWritten;
+    const downBase = client.bytesWritten;
+    return new Promise((resolve) => {
+      let outcome = 'ok';
+      let open = 2;
+      const onClose = (): void => {
+        if (--open > 0) {
+          // One side is gone for good: the other cannot carry anything useful any more.
+          if (client.destroyed !== upstream.destroyed) (client.destroyed ? upstream : client).destroy();
+          return;
+        }
+        resolve({ up: upstream.bytesWritten - upBase, down: client.bytesWritten - downBase, outcome });
+      };
+      // A reset on one side is passed on as a reset, so that the peer sees the
+      // failure instead of a clean end of stream.
+      const onError = (from: net.Socket, to: net.Socket) => (err: Error): void => {
+        if (outcome === 'ok') outcome = `${from === client ? 'client' : 'upstream'} ${errnoOf(err) ?? err.message}`;
+        if (!to.destroyed) to.resetAndDestroy();
+      };
+      const onTimeout = (): void => {
+        if (outcome === 'ok') outcome = 'idle-timeout';
+        client.destroy();
+        upstream.destroy();
+      };
+      client.once('close', onClose);
+      upstream.once('close', onClose);
+      client.on('error', onError(client, upstream));
+      upstream.on('error', onError(upstream, client));
+      if (opts.idleTimeoutMs > 0) {
+        client.setTimeout(opts.idleTimeoutMs, onTimeout);
+        upstream.setTimeout(opts.idleTimeoutMs, onTimeout);
+      }
+      client.pipe(upstream);
+      upstream.pipe(client);
+      client.resume();
+      upstream.resume();
+    });
+  }
+}

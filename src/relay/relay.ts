@@ -1,0 +1,25 @@
+import type net from 'node:net';
+
+export interface RelayOptions {
+  /** Close both sides after this long without traffic in either direction. */
+  idleTimeoutMs: number;
+}
+
+export interface RelayResult {
+  /** Bytes carried client → upstream during the relay. */
+  up: number;
+  /** Bytes carried upstream → client during the relay. */
+  down: number;
+  /** 'ok', 'idle-timeout', or the errno/message of the side that failed. */
+  outcome: string;
+}
+
+/**
+ * The byte pump between an accepted client socket and a connected upstream.
+ * Implementations must honour backpressure and half-close, reset the other
+ * side when one side resets, and resolve exactly once when both are closed.
+ */
+export interface Relay {
+  readonly name: string;
+  run(client: net.Socket, upstream: net.Socket, opts: RelayOptions): Promise<RelayResult>;
+}

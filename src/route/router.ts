@@ -1,0 +1,44 @@
+import type { ProxyEndpoint } from '../config/proxy-url';
+import type { ListenerKind, RouteKind } from '../core/context';
+import type { NoProxy } from './no-proxy';
+
+export interface RouteDecision {
+  kind: Exclude<RouteKind, 'reject'>;
+  /** Set when kind is 'proxy'. */
+  proxy?: ProxyEndpoint;
+  /** Why: the no_proxy entry class that matched, or which proxy variable applies. */
+  reason: string;
+}
+
+export interface RouteInput {
+  kind: ListenerKind;
+  /** Sniffed name (Host/SNI), if any. */
+  name: string | undefined;
+  /** Original destination. */
+  address: string;
+  port: number;
+}
+
+/**
+ * Policy only, no I/O: which way a connection leaves. HTTP ports use
+ * http_proxy; TLS and other TCP use https_proxy (which already falls back to
+ * http_proxy). no_proxy matches the name and the original destination.
+ */
+export class Router {
+  constructor(
+    private readonly upstream: { http?: ProxyEndpoint; https?: ProxyEndpoint },
+    private readonly noProxy: NoProxy,
+  ) {}
+
+  select(input: RouteInput): RouteDecision {
+    if (input.name !== undefined && this.noProxy.matchName(input.name, input.port)) {
+      return { kind: 'direct', reason: 'no_proxy name' };
+    }
+    if (this.noProxy.matchAddress(input.address, input.port)) {
+      return { kind: 'direct', reason: 'no_proxy address' };
+    }
+    const proxy = input.kind === 'http' ? this.upstream.http : this.upstream.https;
+    if (!proxy) return { kind: 'direct', reason: 'no proxy configured' };
+    return { kind: 'proxy', proxy, reason: input.kind === 'http' ? 'http_proxy' : 'https_proxy' };
+  }
+}

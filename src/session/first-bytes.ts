@@ -1,0 +1,53 @@
+import type net from 'node:net';
+
+export type SniffStatus = 'need-more' | 'no-match' | 'match';
+
+export interface FirstBytes<R> {
+  /** Everything read so far; to be written upstream before relaying. */
+  head: Buffer;
+  /** The sniffer's last verdict, or why reading stopped. */
+  outcome: 'match' | 'no-match' | 'timeout' | 'closed' | 'too-big';
+  result?: R;
+}
+
+/**
+ * Reads a client's first bytes until the sniffer decides, without consuming
+ * anything that the relay must carry: the bytes are returned and the socket
+ * is left paused. Clients that wait for the server to speak first (SMTP,
+ * SSH servers greet first) hit the timeout and are relayed without a name.
+ */
+export function readFirstBytes<R extends { status: SniffStatus }>(
+  sock: net.Socket,
+  sniff: (buf: Buffer) => R,
+  maxBytes: number,
+  timeoutMs: number,
+): Promise<FirstBytes<R>> {
+  return new Promise((resolve) => {
+    let head: Buffer = Buffer.alloc(0);
+    const timer = setTimeout(() => done('timeout'), timeoutMs);
+
+    function done(outcome: FirstBytes<R>['outcome'], result?: R): void {
+      clearTimeout(timer);
+      sock.off('data', onData);
+      sock.off('end', onEnd);
+      sock.off('close', onEnd);
+      sock.off('error', onEnd);
+      sock.pause();
+      resolve({ head, outcome, result });
+    }
+    function onData(chunk: Buffer): void {
+      head = head.length === 0 ? chunk : Buffer.concat([head, chunk]);
+      const r = sniff(head);
+      if (r.status === 'match') done('match', r);
+      else if (r.status === 'no-match') done('no-match', r);
+      else if (head.length >= maxBytes) done('too-big');
+    }
+    function onEnd(): void {
+      done('closed');
+    }
+    sock.on('data', onData);
+    sock.once('end', onEnd);
+    sock.once('close', onEnd);
+    sock.once('error', onEnd);
+  });
+}

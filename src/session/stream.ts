@@ -1,0 +1,68 @@
+import type net from 'node:net';
+import type { ConnContext } from '../core/context';
+import { GatewayError, errnoOf } from '../core/errors';
+import type { Outbounds } from '../outbound/outbounds';
+import type { Relay } from '../relay/relay';
+import type { Router } from '../route/router';
+import { TLS_SNIFF_MAX_BYTES, sniffTls } from '../sniff/tls';
+import { readFirstBytes } from './first-bytes';
+
+export interface StreamDeps {
+  router: Router;
+  outbounds: Outbounds;
+  relay: Relay;
+  idleTimeoutMs: number;
+  sniffTimeoutMs: number;
+  onDone(ctx: ConnContext): void;
+}
+
+/**
+ * TLS and other TCP: find a name (TLS: the ClientHello's SNI), pick the
+ * route, open the tunnel, write what was read while sniffing, relay.
+ * The client's bytes are never altered.
+ */
+export async function handleStream(sock: net.Socket, ctx: ConnContext, deps: StreamDeps): Promise<void> {
+  let head: Buffer = Buffer.alloc(0);
+  if (ctx.kind === 'tls') {
+    const first = await readFirstBytes(sock, sniffTls, TLS_SNIFF_MAX_BYTES, deps.sniffTimeoutMs);
+    head = first.head;
+    if (first.outcome === 'closed' && head.length === 0) {
+      ctx.result = 'client-closed';
+      sock.destroy();
+      deps.onDone(ctx);
+      return;
+    }
+    if (first.result?.status === 'match') ctx.name = first.result.sni;
+  }
+
+  const decision = deps.router.select({ kind: ctx.kind, name: ctx.name, address: ctx.destination.address, port: ctx.destination.port });
+  ctx.route = decision.kind;
+  const abort = new AbortController();
+  const onEarlyClose = (): void => abort.abort();
+  sock.once('close', onEarlyClose);
+  let upstream: net.Socket;
+  try {
+    upstream = await deps.outbounds.open(decision, ctx, abort.signal);
+  } catch (err) {
+    sock.off('close', onEarlyClose);
+    ctx.result = err instanceof GatewayError ? err.code : (errnoOf(err) ?? 'error');
+    ctx.error = err instanceof Error ? err.message : String(err);
+    // Not a hang: a reset tells the client at once that its destination failed.
+    if (!sock.destroyed) sock.resetAndDestroy();
+    deps.onDone(ctx);
+    return;
+  }
+  sock.off('close', onEarlyClose);
+  if (sock.destroyed) {
+    upstream.destroy();
+    ctx.result = 'client-closed';
+    deps.onDone(ctx);
+    return;
+  }
+  if (head.length > 0) upstream.write(head);
+  const r = await deps.relay.run(sock, upstream, { idleTimeoutMs: deps.idleTimeoutMs });
+  ctx.bytesUp = head.length + r.up;
+  ctx.bytesDown = r.down;
+  if (r.outcome !== 'ok') ctx.result = r.outcome;
+  deps.onDone(ctx);
+}
