@@ -97,7 +97,7 @@ export class Gateway {
     this.closing ??= (async () => {
       if (this.rulesInstalled && this.rules) {
         try {
-          await this.rules.revert();
+          await this.rules.revert(rulesConfigFor(this.cfg));
           this.log.info('removed rules');
         } catch (err) {
           this.log.error(`removing rules failed: ${(err as Error).message}; run 'transgate clear'`);
