@@ -1,0 +1,366 @@
+/**
+ * plan(): turns a RulesConfig into the exact nftables script and `ip`
+ * commands that apply() will run. Pure and deterministic: same config, same
+ * text — `transgate rules` prints it, tests compare it.
+ *
+ * The script is one `nft -f` transaction that replaces any earlier
+ * `table inet transgate` (e.g. a leftover of a crashed run) atomically:
+ *
+ *   table inet transgate {}          # make sure it exists ...
+ *   delete table inet transgate      # ... so this cannot fail
+ *   table inet transgate { ... }     # the new contents
+ */
+import { isIPv4, isIPv6 } from 'node:net';
+import { ErrorCodes, GatewayError } from '../core/errors';
+import { formatCommand } from './exec';
+import { formatMark, policyRoute, validatePolicyIds, type PolicyRoute } from './policy-routing';
+
+export const TABLE_FAMILY = 'inet';
+export const TABLE_NAME = 'transgate';
+/** `inet transgate` */
+export const TABLE = `${TABLE_FAMILY} ${TABLE_NAME}`;
+
+export const DEFAULT_FWMARK = 0x7467;
+export const DEFAULT_ROUTE_TABLE = 7467;
+export const DEFAULT_RULE_PRIORITY = 7467;
+
+export const DEFAULT_BYPASS4: readonly string[] = Object.freeze([
+  '0.0.0.0/8',
+  '10.0.0.0/8',
+  '100.64.0.0/10',
+  '127.0.0.0/8',
+  '169.254.0.0/16',
+  '172.16.0.0/12',
+  '192.168.0.0/16',
+  '224.0.0.0/4',
+  '240.0.0.0/4',
+  '255.255.255.255/32',
+]);
+
+export const DEFAULT_BYPASS6: readonly string[] = Object.freeze(['::/128', '::1/128', 'fc00::/7', 'fe80::/10', 'ff00::/8', '::ffff:0:0/96']);
+
+export interface PortGroup {
+  ports: number[];
+  listenPort: number;
+}
+
+export interface RulesConfig {
+  mode: 'tproxy' | 'redirect';
+  /** intercepted TCP ports → local listener port */
+  tcp: PortGroup[];
+  /** optional UDP interception (DNS), same shape; may be empty */
+  udp: PortGroup[];
+  ipv4: boolean;
+  ipv6: boolean;
+  /** CIDRs never intercepted (caller passes the defaults + --bypass). A bare address means /32 (/128). */
+  bypass4: string[];
+  bypass6: string[];
+  /** empty = every interface except lo */
+  lanInterfaces: string[];
+  /** mark for tproxy policy routing, e.g. 0x7467 */
+  fwmark: number;
+  /** e.g. 7467 (not 253/254/255: those are the system's tables) */
+  routeTable: number;
+  /** ip rule pref, e.g. 7467 */
+  rulePriority: number;
+  /**
+   * tproxy mode: where the IPv4 listeners are bound, normally '127.0.0.1'.
+   * Verified for forwarded traffic: `tproxy ip to 127.0.0.1:PORT` reaches a
+   * transparent listener on 127.0.0.1:PORT *and* one on 0.0.0.0/:: (wildcard).
+   * Empty/undefined → `tproxy ip to :PORT`, which only reaches a wildcard
+   * listener (or one bound to the receiving interface's address).
+   */
+  tproxyAddress4?: string;
+  /** Same for IPv6, normally '::1'. */
+  tproxyAddress6?: string;
+}
+
+export interface RulesPlan {
+  mode: RulesConfig['mode'];
+  /** One `nft -f -` transaction. */
+  nftScript: string;
+  /** Policy routing (tproxy mode only; empty in redirect mode). */
+  routes: PolicyRoute[];
+  /** Human-readable: what is intercepted, to where, what is bypassed. */
+  summary: string;
+  /** Kept so revert(plan) can remove the policy routing. */
+  fwmark: number;
+  routeTable: number;
+  rulePriority: number;
+}
+
+// ---------------------------------------------------------------------------
+// validation helpers
+
+function configError(msg: string): GatewayError {
+  return new GatewayError(ErrorCodes.CONFIG, `rules: ${msg}`);
+}
+
+function checkPort(p: unknown, what: string): number {
+  if (typeof p !== 'number' || !Number.isInteger(p) || p < 1 || p > 65535) {
+    throw configError(`${what} must be an integer port in 1..65535, got ${JSON.stringify(p)}`);
+  }
+  return p;
+}
+
+interface NormGroup {
+  ports: number[];
+  listenPort: number;
+}
+
+function normalizeGroups(groups: readonly PortGroup[] | undefined, proto: 'tcp' | 'udp'): NormGroup[] {
+  const seen = new Map<number, number>();
+  const out: NormGroup[] = [];
+  for (const [i, g] of (groups ?? []).entries()) {
+    const listenPort = checkPort(g?.listenPort, `${proto}[${i}].listenPort`);
+    if (!Array.isArray(g.ports) || g.ports.length === 0) throw configError(`${proto}[${i}].ports must list at least one port`);
+    const ports: number[] = [];
+    for (const p of g.ports) {
+      checkPort(p, `${proto}[${i}].ports`);
+      if (ports.includes(p)) continue;
+      const other = seen.get(p);
+      if (other !== undefined) throw configError(`${proto} port ${p} is in two groups (→ ${other} and → ${listenPort})`);
+      seen.set(p, listenPort);
+      ports.push(p);
+    }
+    out.push({ ports, listenPort });
+  }
+  return out;
+}
+
+function parseIPv4(s: string): number {
+  const parts = s.split('.').map(Number);
+  return (((parts[0]! << 24) | (parts[1]! << 16) | (parts[2]! << 8) | parts[3]!) >>> 0);
+}
+
+function formatIPv4(n: number): string {
+  return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join('.');
+}
+
+function parseIPv6(s: string): bigint {
+  let text = s.toLowerCase();
+  // embedded IPv4 tail (::ffff:1.2.3.4) → two hex groups
+  const v4 = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
+  if (v4) {
+    const n = parseIPv4(v4[1]!);
+    text = `${text.slice(0, v4.index)}${(n >>> 16).toString(16)}:${(n & 0xffff).toString(16)}`;
+  }
+  const [head, tail] = text.includes('::') ? (text.split('::') as [string, string]) : [text, undefined];
+  const h = head ? head.split(':') : [];
+  const t = tail !== undefined && tail !== '' ? tail.split(':') : [];
+  const groups = tail === undefined ? h : [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t];
+  let v = 0n;
+  for (const g of groups) v = (v << 16n) | BigInt(parseInt(g, 16));
+  return v;
+}
+
+/** RFC 5952 text: lower case, longest run (≥2) of zero groups as "::". */
+function formatIPv6(v: bigint): string {
+  const groups: number[] = [];
+  for (let i = 7; i >= 0; i--) groups.push(Number((v >> BigInt(i * 16)) & 0xffffn));
+  let bestStart = -1;
+  let bestLen = 0;
+  for (let i = 0; i < 8; ) {
+    if (groups[i] !== 0) {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && groups[j] === 0) j++;
+    if (j - i > bestLen && j - i >= 2) {
+      bestStart = i;
+      bestLen = j - i;
+    }
+    i = j;
+  }
+  const hex = groups.map((g) => g.toString(16));
+  if (bestStart < 0) return hex.join(':');
+  return `${hex.slice(0, bestStart).join(':')}::${hex.slice(bestStart + bestLen).join(':')}`;
+}
+
+/** Validates a CIDR of the given family and returns it canonical, host bits cleared. */
+export function normalizeCidr(cidr: string, family: 4 | 6): string {
+  if (typeof cidr !== 'string') throw configError(`bypass${family} entries must be strings, got ${JSON.stringify(cidr)}`);
+  const text = cidr.trim();
+  const slash = text.indexOf('/');
+  const addr = slash >= 0 ? text.slice(0, slash) : text;
+  const max = family === 4 ? 32 : 128;
+  let prefix = max;
+  if (slash >= 0) {
+    const p = text.slice(slash + 1);
+    if (!/^\d{1,3}$/.test(p) || Number(p) > max) throw configError(`bad prefix length in bypass${family} entry "${cidr}"`);
+    prefix = Number(p);
+  }
+  if (family === 4) {
+    if (!isIPv4(addr)) throw configError(`bypass4 entry "${cidr}" is not an IPv4 address or CIDR`);
+    const mask = prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
+    return `${formatIPv4((parseIPv4(addr) & mask) >>> 0)}/${prefix}`;
+  }
+  if (!isIPv6(addr) || addr.includes('%')) throw configError(`bypass6 entry "${cidr}" is not an IPv6 address or CIDR`);
+  const all = (1n << 128n) - 1n;
+  const mask = prefix === 0 ? 0n : (all << BigInt(128 - prefix)) & all;
+  return `${formatIPv6(parseIPv6(addr) & mask)}/${prefix}`;
+}
+
+function normalizeBypass(list: readonly string[] | undefined, family: 4 | 6): string[] {
+  const out: string[] = [];
+  for (const c of list ?? []) {
+    const n = normalizeCidr(c, family);
+    if (!out.includes(n)) out.push(n);
+  }
+  return out;
+}
+
+function normalizeInterfaces(list: readonly string[] | undefined): string[] {
+  const out: string[] = [];
+  for (const name of list ?? []) {
+    // IFNAMSIZ is 16 including the NUL; no quotes/space/slash; a trailing * is an nft wildcard.
+    if (typeof name !== 'string' || !/^[A-Za-z0-9_.:@-]{1,15}\*?$/.test(name) || name.length > 15) {
+      throw configError(`bad interface name ${JSON.stringify(name)}`);
+    }
+    if (!out.includes(name)) out.push(name);
+  }
+  return out;
+}
+
+function checkAddress(addr: string | undefined, family: 4 | 6): string | undefined {
+  if (addr === undefined || addr === '') return undefined;
+  if (family === 4 ? !isIPv4(addr) : !isIPv6(addr) || addr.includes('%')) {
+    throw configError(`tproxyAddress${family} must be an IPv${family} address, got ${JSON.stringify(addr)}`);
+  }
+  return family === 4 ? formatIPv4(parseIPv4(addr)) : formatIPv6(parseIPv6(addr));
+}
+
+// ---------------------------------------------------------------------------
+// plan
+
+function portSet(ports: readonly number[]): string {
+  return `{ ${ports.join(', ')} }`;
+}
+
+function setBlock(name: string, type: string, elements: readonly string[]): string[] {
+  const lines = [`\tset ${name} {`, `\t\ttype ${type}`, '\t\tflags interval', '\t\tauto-merge'];
+  // nft rejects `elements = { }`: an empty set is declared without the line.
+  if (elements.length > 0) lines.push(`\t\telements = { ${elements.join(', ')} }`);
+  lines.push('\t}');
+  return lines;
+}
+
+function tproxyTarget(family: 4 | 6, address: string | undefined, port: number): string {
+  if (family === 4) return `tproxy ip to ${address ?? ''}:${port}`;
+  return `tproxy ip6 to ${address ? `[${address}]` : ''}:${port}`;
+}
+
+export function plan(cfg: RulesConfig): RulesPlan {
+  if (cfg.mode !== 'tproxy' && cfg.mode !== 'redirect') throw configError(`mode must be "tproxy" or "redirect", got ${JSON.stringify(cfg.mode)}`);
+  if (!cfg.ipv4 && !cfg.ipv6) throw configError('at least one of ipv4/ipv6 must be enabled');
+  validatePolicyIds(cfg);
+  if (!Number.isInteger(cfg.rulePriority) || cfg.rulePriority < 1 || cfg.rulePriority > 32765) {
+    throw configError(`rulePriority must be an integer in 1..32765 (before the main table's 32766), got ${String(cfg.rulePriority)}`);
+  }
+  const tcp = normalizeGroups(cfg.tcp, 'tcp');
+  const udp = normalizeGroups(cfg.udp, 'udp');
+  if (tcp.length === 0 && udp.length === 0) throw configError('nothing to intercept: no tcp or udp port groups');
+  const bypass4 = cfg.ipv4 ? normalizeBypass(cfg.bypass4, 4) : [];
+  const bypass6 = cfg.ipv6 ? normalizeBypass(cfg.bypass6, 6) : [];
+  const lan = normalizeInterfaces(cfg.lanInterfaces);
+  const tproxy = cfg.mode === 'tproxy';
+  const addr4 = tproxy && cfg.ipv4 ? checkAddress(cfg.tproxyAddress4, 4) : undefined;
+  const addr6 = tproxy && cfg.ipv6 ? checkAddress(cfg.tproxyAddress6, 6) : undefined;
+  const mark = formatMark(cfg.fwmark);
+  const families: Array<4 | 6> = [...(cfg.ipv4 ? [4 as const] : []), ...(cfg.ipv6 ? [6 as const] : [])];
+
+  const rules: string[] = [];
+  rules.push(lan.length > 0 ? `iifname != { ${lan.map((n) => `"${n}"`).join(', ')} } return` : 'iifname "lo" return');
+  if (tproxy) rules.push(`meta l4proto tcp socket transparent 1 meta mark set ${mark} accept`);
+  rules.push('fib daddr type local return');
+  if (cfg.ipv4) rules.push('ip daddr @bypass4 return');
+  if (cfg.ipv6) rules.push('ip6 daddr @bypass6 return');
+  for (const [proto, groups] of [['tcp', tcp], ['udp', udp]] as const) {
+    for (const g of groups) {
+      for (const family of families) {
+        const match = `meta nfproto ipv${family} ${proto} dport ${portSet(g.ports)}`;
+        if (tproxy) {
+          rules.push(`${match} ${tproxyTarget(family, family === 4 ? addr4 : addr6, g.listenPort)} meta mark set ${mark} accept`);
+        } else {
+          rules.push(`${match} redirect to :${g.listenPort}`);
+        }
+      }
+    }
+  }
+
+  const lines: string[] = [`table ${TABLE} {}`, `delete table ${TABLE}`, `table ${TABLE} {`];
+  if (cfg.ipv4) lines.push(...setBlock('bypass4', 'ipv4_addr', bypass4), '');
+  if (cfg.ipv6) lines.push(...setBlock('bypass6', 'ipv6_addr', bypass6), '');
+  lines.push(
+    '\tchain prerouting {',
+    tproxy ? '\t\ttype filter hook prerouting priority mangle; policy accept;' : '\t\ttype nat hook prerouting priority dstnat; policy accept;',
+    ...rules.map((r) => `\t\t${r}`),
+    '\t}',
+    '}',
+  );
+  const nftScript = `${lines.join('\n')}\n`;
+
+  const routes = tproxy ? families.map((f) => policyRoute(f, cfg)) : [];
+
+  // summary
+  const fam = families.map((f) => `IPv${f}`).join(' + ');
+  const s: string[] = [];
+  s.push(`transgate netfilter rules: ${cfg.mode} mode, ${fam}, nftables table "${TABLE}"`);
+  s.push(
+    lan.length > 0
+      ? `  intercepting traffic arriving on: ${lan.join(', ')}`
+      : '  intercepting traffic arriving on: every interface except lo',
+  );
+  const dest = (family: 4 | 6, port: number): string => {
+    if (!tproxy) return `local port ${port} (REDIRECT to the receiving interface's address)`;
+    const a = family === 4 ? addr4 : addr6;
+    if (a) return family === 4 ? `${a}:${port}` : `[${a}]:${port}`;
+    return `${family === 4 ? '0.0.0.0' : '[::]'}:${port} (any local address)`;
+  };
+  for (const [proto, groups] of [['TCP', tcp], ['UDP', udp]] as const) {
+    for (const g of groups) {
+      const targets = families.map((f) => dest(f, g.listenPort));
+      const uniq = targets.filter((t, i) => targets.indexOf(t) === i);
+      s.push(`  ${proto} ${g.ports.length > 1 ? 'ports' : 'port'} ${g.ports.join(', ')} → ${uniq.join(', ')}`);
+    }
+  }
+  s.push('  never intercepted: traffic addressed to this host itself, traffic from lo' + (lan.length > 0 ? ' and non-LAN interfaces' : ''));
+  if (cfg.ipv4) s.push(`  IPv4 bypass: ${bypass4.length > 0 ? bypass4.join(', ') : '(none)'}`);
+  if (cfg.ipv6) s.push(`  IPv6 bypass: ${bypass6.length > 0 ? bypass6.join(', ') : '(none)'}`);
+  if (tproxy) {
+    s.push(
+      `  policy routing: packets marked ${mark} use routing table ${cfg.routeTable} (every destination local, via lo), ip rule pref ${cfg.rulePriority}`,
+    );
+    s.push(`  established flows of transgate's transparent sockets are marked ${mark} and delivered locally`);
+  } else {
+    s.push('  no policy routing (redirect mode)');
+  }
+
+  return {
+    mode: cfg.mode,
+    nftScript,
+    routes,
+    summary: s.join('\n'),
+    fwmark: cfg.fwmark,
+    routeTable: cfg.routeTable,
+    rulePriority: cfg.rulePriority,
+  };
+}
+
+/** The `ip` command lines of a plan, in the order apply() runs them. */
+export function routeCommands(p: RulesPlan): string[] {
+  const out: string[] = [];
+  for (const r of p.routes) {
+    out.push(`ip ${formatCommand(r.routeArgs)}`, `ip ${formatCommand(r.ruleArgs)}`);
+  }
+  return out;
+}
+
+/** What `transgate rules` prints: summary, the exact script, the ip commands. */
+export function renderPlan(p: RulesPlan): string {
+  const parts = [p.summary, '', "# nftables (applied atomically with: nft -f -)", "nft -f - <<'EOF'", p.nftScript.trimEnd(), 'EOF'];
+  const cmds = routeCommands(p);
+  if (cmds.length > 0) parts.push('', '# policy routing', ...cmds);
+  return `${parts.join('\n')}\n`;
+}
