@@ -23,6 +23,7 @@ export function readFirstBytes<R extends { status: SniffStatus }>(
   timeoutMs: number,
 ): Promise<FirstBytes<R>> {
   return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
     let head: Buffer = Buffer.alloc(0);
     const timer = setTimeout(() => done('timeout'), timeoutMs);
 
@@ -36,7 +37,9 @@ export function readFirstBytes<R extends { status: SniffStatus }>(
       resolve({ head, outcome, result });
     }
     function onData(chunk: Buffer): void {
-      head = head.length === 0 ? chunk : Buffer.concat([head, chunk]);
+      // Most clients send the whole ClientHello or request head in one segment; join only when they do not.
+      chunks.push(chunk);
+      head = chunks.length === 1 ? chunk : Buffer.concat(chunks);
       const r = sniff(head);
       if (r.status === 'match') done('match', r);
       else if (r.status === 'no-match') done('no-match', r);
@@ -49,5 +52,7 @@ export function readFirstBytes<R extends { status: SniffStatus }>(
     sock.once('end', onEnd);
     sock.once('close', onEnd);
     sock.once('error', onEnd);
+    // Accepted with pauseOnConnect: a data listener alone does not start the flow.
+    sock.resume();
   });
 }
