@@ -9,6 +9,8 @@ import { TcpListener } from './inbound/tcp-listener';
 import { rulesConfigFor, type RuleBackend } from './netfilter/backend';
 import { Outbounds } from './outbound/outbounds';
 import { JsRelay } from './relay/js-relay';
+import { SpliceRelay } from './relay/splice-relay';
+import { hasSplice } from './native';
 import type { Relay } from './relay/relay';
 import { Router } from './route/router';
 import { HttpSession } from './session/http';
@@ -53,7 +55,9 @@ export class Gateway {
   ) {
     this.router = new Router(cfg.upstream, cfg.noProxy);
     this.outbounds = new Outbounds(cfg.connectTimeoutMs);
-    this.relay = new JsRelay();
+    // The splice relay needs the addon; without it the JS relay carries the same traffic, only with more copies.
+    this.relay = cfg.relay === 'splice' && hasSplice() ? new SpliceRelay() : new JsRelay();
+    if (this.relay.name !== cfg.relay) log.warn(`--relay ${cfg.relay}: the native addon is not built; using the js relay (run npm install to build it)`);
     this.http = new HttpSession({
       router: this.router,
       outbounds: this.outbounds,
@@ -65,6 +69,7 @@ export class Gateway {
   }
 
   async start(): Promise<void> {
+    this.log.info(`relay ${this.relay.name}`);
     const bind = listenerBind(this.cfg);
     const kinds: Array<[ListenerKind, number[], number]> = [
       ['http', this.cfg.httpPorts, this.cfg.listen.http],
@@ -106,6 +111,7 @@ export class Gateway {
       }
       await Promise.all(this.listeners.map((l) => l.close()));
       this.http.close();
+      this.relay.close?.();
       for (const s of this.active) s.destroy();
       this.active.clear();
     })();

@@ -26,6 +26,8 @@ export interface Config {
   routeTable: number;
   connectTimeoutMs: number;
   idleTimeoutMs: number;
+  /** Byte pump after the tunnel is open; splice falls back to js when the addon lacks it. */
+  relay: 'splice' | 'js';
   sniffTimeoutMs: number;
   logLevel: LogLevel;
   warnings: string[];
@@ -106,6 +108,7 @@ export function buildConfig(values: FlagValues, env: NodeJS.ProcessEnv): Config 
     routeTable: values['route-table'] as number,
     connectTimeoutMs: values['connect-timeout'] as number,
     idleTimeoutMs: values['idle-timeout'] as number,
+    relay: values['relay'] as Config['relay'],
     sniffTimeoutMs: values['sniff-timeout'] as number,
     logLevel: values['log-level'] as LogLevel,
     warnings,

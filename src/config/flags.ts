@@ -47,6 +47,8 @@ export const FLAGS: readonly FlagSpec[] = [
   { name: 'route-table', type: 'int', default: 7467, arg: 'TABLE', help: 'routing table (and ip rule priority) for TPROXY' },
   { name: 'connect-timeout', type: 'duration', default: 10_000, arg: 'DUR', help: 'timeout to reach the proxy or a direct destination' },
   { name: 'idle-timeout', type: 'duration', default: 300_000, arg: 'DUR', help: 'close a connection idle in both directions this long' },
+  { name: 'relay', type: 'string', default: 'splice', choices: ['splice', 'js'], arg: 'RELAY',
+    help: 'byte pump once a tunnel is open: splice (zero-copy in the kernel, needs the addon; js is used when it is not built) or js (Node streams)' },
   { name: 'sniff-timeout', type: 'duration', default: 2_000, arg: 'DUR',
     help: 'how long to wait for a client\'s first bytes (Host/SNI) before relaying without a name' },
   { name: 'log-level', type: 'string', default: 'info', choices: LOG_LEVELS, arg: 'LEVEL', aliases: ['loglevel'],

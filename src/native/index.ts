@@ -67,6 +67,25 @@ export interface NativeBinding {
   setMark(fd: number, mark: number): void;
   getMark(fd: number): number;
   setTransparent(fd: number, family: Family): void;
+  // native/splice.c
+  spliceRelay(clientFd: number, upstreamFd: number, idleTimeoutMs: number, clientEof: boolean, upstreamEof: boolean, onDone: SpliceDoneCallback): void;
+  spliceAbortAll(): number;
+  spliceActive(): number;
+}
+
+/**
+ * The end of a splice relay: bytes written to the upstream (up) and to the
+ * client (down), and 'ok', 'idle-timeout', 'aborted', '<client|upstream> <ERRNO>'
+ * (the other side was reset) or 'relay <ERRNO>' (a local failure, e.g. EMFILE).
+ */
+export type SpliceDoneCallback = (up: number, down: number, outcome: string) => void;
+
+export interface SpliceRelayOptions {
+  /** 0 turns the idle timeout off. */
+  idleTimeoutMs: number;
+  /** The client already sent EOF (Node read it): half-close the upstream at once. */
+  clientEof?: boolean;
+  upstreamEof?: boolean;
 }
 
 const ADDON_NAME = 'transgate.node';
@@ -302,4 +321,41 @@ export function socketFd(sock: net.Socket): number {
     throw err;
   }
   return fd;
+}
+
+/** True when the loaded addon has the splice relay (an addon built before it was added has not). */
+export function hasSplice(): boolean {
+  try {
+    return typeof loadNative().spliceRelay === 'function';
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Relays two connected TCP sockets with splice(2) on Node's event loop until
+ * both directions are closed, then calls onDone once (never synchronously).
+ * The addon dup()s both fds: the caller must stop Node reading them and then
+ * close its own (destroy the net.Socket), see src/relay/splice-relay.ts.
+ */
+export function spliceRelay(clientFd: number, upstreamFd: number, opts: SpliceRelayOptions, onDone: SpliceDoneCallback): void {
+  const c = checkInt('clientFd', clientFd, 0, 0x7fffffff);
+  const u = checkInt('upstreamFd', upstreamFd, 0, 0x7fffffff);
+  if (c === u) throw invalid('upstreamFd', 'a different fd than clientFd', upstreamFd);
+  const o = checkOptions('options', opts);
+  const idle = checkInt('options.idleTimeoutMs', o.idleTimeoutMs, 0, 0x7fffffff);
+  const clientEof = checkBool('options.clientEof', o.clientEof, false);
+  const upstreamEof = checkBool('options.upstreamEof', o.upstreamEof, false);
+  if (typeof onDone !== 'function') throw invalid('onDone', 'a function', onDone, 'ERR_INVALID_ARG_TYPE');
+  loadNative().spliceRelay(c, u, idle, clientEof, upstreamEof, onDone);
+}
+
+/** Ends every running splice relay (outcome 'aborted'); for shutdown. Returns how many. */
+export function spliceAbortAll(): number {
+  return hasSplice() ? loadNative().spliceAbortAll() : 0;
+}
+
+/** How many splice relays are running. */
+export function spliceActive(): number {
+  return hasSplice() ? loadNative().spliceActive() : 0;
 }

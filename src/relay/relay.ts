@@ -22,4 +22,9 @@ export interface RelayResult {
 export interface Relay {
   readonly name: string;
   run(client: net.Socket, upstream: net.Socket, opts: RelayOptions): Promise<RelayResult>;
+  /**
+   * Ends every running relay (gateway shutdown) for relays that own
+   * connections beyond Node's sockets (the splice relay); each run() still resolves.
+   */
+  close?(): void;
 }

@@ -60,10 +60,14 @@ export interface SquidOptions {
   auth?: boolean;
   /** Deny CONNECT to ports other than 443 (403), like corporate proxies. */
   connectOnly443?: boolean;
+  /** max_filedescriptors (the bench holds thousands of idle tunnels); squid raises its own limit as root. */
+  maxFds?: number;
 }
 
 export interface LabOptions {
   squid?: SquidOptions;
+  /** Also serve www/files/large.bin of this many MiB (random; relay tests, bench) from both nginx servers. */
+  largeFileMiB?: number;
 }
 
 export interface ExecOptions {
@@ -466,12 +470,29 @@ export class Lab {
     this.buildNetwork();
     this.makeCerts();
     fs.writeFileSync(path.join(this.dir, 'www', 'big.bin'), crypto.randomBytes(1 << 20), { mode: 0o644 });
+    if (opts.largeFileMiB) this.writeLargeFile(opts.largeFileMiB);
     fs.writeFileSync(path.join(this.dir, 'squid', 'hosts'), LAB_HOSTS.join('\n') + '\n', { mode: 0o644 });
     mustRun(['htpasswd', '-b', '-c', '-m', path.join(this.dir, 'squid', 'htpasswd'), ADDR.auth.user, ADDR.auth.password]);
     fs.chmodSync(path.join(this.dir, 'squid', 'htpasswd'), 0o644);
     mustRun(['chown', '-R', 'proxy:proxy', path.join(this.dir, 'squid')]);
 
     await Promise.all([this.startOriginServers(), this.startIntranet(), this.startSquid(opts.squid ?? {})]);
+  }
+
+  /** Path of the file behind /files/large.bin (see LabOptions.largeFileMiB). */
+  get largeFile(): string {
+    return path.join(this.dir, 'www', 'files', 'large.bin');
+  }
+
+  private writeLargeFile(mib: number): void {
+    fs.mkdirSync(path.join(this.dir, 'www', 'files'), { mode: 0o755 });
+    const fd = fs.openSync(this.largeFile, 'w', 0o644);
+    try {
+      // One random MiB repeated would compress and dedupe; fresh bytes per MiB keep every byte checked.
+      for (let i = 0; i < mib; i++) fs.writeSync(fd, crypto.randomBytes(1 << 20));
+    } finally {
+      fs.closeSync(fd);
+    }
   }
 
   private buildNetwork(): void {
@@ -580,6 +601,7 @@ export class Lab {
       ...(ssl ? [`    ssl_certificate ${tls}/server.crt;`, `    ssl_certificate_key ${tls}/server.key;`] : []),
       `    root ${this.dir}/www;`,
       '    location = /big.bin { default_type application/octet-stream; }',
+      '    location /files/ { default_type application/octet-stream; }',
       `    location / { return 200 "${body}\\n"; }`,
       '  }',
       '}',
@@ -674,6 +696,7 @@ export class Lab {
       'connect_timeout 5 seconds',
       `http_port ${ADDR.proxy.v4}:${ADDR.proxy.port}`,
       `http_port [${ADDR.proxy.v6}]:${ADDR.proxy.port}`,
+      ...(o.maxFds ? [`max_filedescriptors ${o.maxFds}`] : []),
       'acl CONNECT method CONNECT',
       'acl SSL_ports port 443',
     ];

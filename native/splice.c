@@ -1,0 +1,451 @@
+/*
+ * The zero-copy relay: once a tunnel is open, the bytes between the client
+ * socket and the upstream socket move socket -> pipe -> socket with
+ * splice(2), so they never enter user space. One pipe per direction, created
+ * on the first byte (an idle connection costs no pipe fds). Event-driven on
+ * Node's own libuv loop with uv_poll (level-triggered), no thread per
+ * connection.
+ *
+ * Ownership: spliceRelay() dup()s both fds and owns the duplicates; the
+ * caller closes its own fds (Node destroys its sockets) right after the call.
+ * The duplicate keeps the connection open, and Node's close then neither
+ * sends a FIN nor frees a descriptor number that this code still polls. The
+ * relay closes its duplicates exactly once, when it finishes.
+ *
+ * The result is one callback(up, down, outcome) on the loop thread after all
+ * handles are closed: outcome is "ok" (both directions reached EOF and were
+ * half-closed in turn), "idle-timeout", "aborted", "<side> <ERRNO>" when a
+ * side failed (the other side is then reset: SO_LINGER 0 before close), or
+ * "relay <ERRNO>" for a local failure (pipe2 out of fds).
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* splice, pipe2, F_DUPFD_CLOEXEC, strerrorname_np */
+#endif
+
+#include "splice.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/socket.h>
+
+#include <uv.h>
+
+/* Default pipe capacity (16 pages). Splice moves whole skb fragments into
+ * pipe slots, so the pipe can be "full" with fewer bytes than this. */
+#define PIPE_CAP (64 * 1024)
+
+enum { CLIENT = 0, UPSTREAM = 1 };
+static const char *const SIDE_NAME[2] = {"client", "upstream"};
+
+typedef struct tg_relay {
+  uv_poll_t poll[2];      /* poll[i] watches fd[i] */
+  uv_timer_t timer;       /* idle timeout; unused when idle_ms == 0 */
+  int fd[2];              /* our duplicates; -1 once closed */
+  /* Direction d carries side d's bytes to side 1-d through pipe[d]. */
+  int pipe_r[2], pipe_w[2];
+  size_t inpipe[2];       /* bytes in pipe[d] not yet written out */
+  uint64_t bytes[2];      /* bytes written to side 1-d */
+  bool rd_eof[2];         /* side d reached EOF */
+  bool in_full[2];        /* splice into pipe[d] said EAGAIN with data in it: the pipe is full */
+  bool wr_blocked[2];     /* writing to side 1-d said EAGAIN */
+  bool shut[2];           /* side 1-d was half-closed after direction d finished */
+  int events[2];          /* what poll[i] currently waits for */
+  uint64_t idle_ms, last_active;
+  int open_handles;
+  bool finished;
+  char outcome[64];
+  napi_env env;
+  napi_ref cb;
+  napi_async_context actx;
+  struct tg_relay *prev, *next;
+} tg_relay;
+
+/* Live relays, for spliceAbortAll (gateway shutdown). Loop-thread only. */
+static tg_relay *live_head;
+static uint32_t live_count;
+
+static const char *errno_name(int err) {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
+  const char *name = strerrorname_np(err);
+  if (name != NULL) return name;
+#endif
+  (void)err;
+  return "EUNKNOWN";
+}
+
+static void finish(tg_relay *r, const char *outcome);
+
+static void on_handle_closed(uv_handle_t *h) {
+  tg_relay *r = (tg_relay *)h->data;
+  if (--r->open_handles > 0) return;
+
+  napi_env env = r->env;
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) == napi_ok) {
+    napi_value cb, recv, argv[3], result;
+    if (napi_get_reference_value(env, r->cb, &cb) == napi_ok && cb != NULL &&
+        napi_get_global(env, &recv) == napi_ok && /* MakeCallback wants an object */
+        napi_create_double(env, (double)r->bytes[CLIENT], &argv[0]) == napi_ok &&
+        napi_create_double(env, (double)r->bytes[UPSTREAM], &argv[1]) == napi_ok &&
+        napi_create_string_utf8(env, r->outcome, NAPI_AUTO_LENGTH, &argv[2]) == napi_ok) {
+      if (napi_make_callback(env, r->actx, recv, cb, 3, argv, &result) != napi_ok) {
+        /* An exception in the callback: hand it to process 'uncaughtException'
+         * as Node does for its own callbacks, instead of losing it. */
+        napi_value exc;
+        if (napi_get_and_clear_last_exception(env, &exc) == napi_ok) napi_fatal_exception(env, exc);
+      }
+    }
+    napi_close_handle_scope(env, scope);
+  }
+  napi_delete_reference(env, r->cb);
+  napi_async_destroy(env, r->actx);
+  free(r);
+}
+
+static void on_poll(uv_poll_t *h, int status, int events);
+static void local_fail(tg_relay *r, int err);
+
+static void update_polls(tg_relay *r) {
+  for (int side = 0; side < 2; side++) {
+    int d_in = side, d_out = 1 - side;
+    int ev = 0;
+    if (!r->rd_eof[d_in] && !r->in_full[d_in] && r->inpipe[d_in] < PIPE_CAP) ev |= UV_READABLE;
+    if (r->wr_blocked[d_out]) ev |= UV_WRITABLE;
+    if (ev == r->events[side]) continue;
+    r->events[side] = ev;
+    if (ev == 0) {
+      uv_poll_stop(&r->poll[side]);
+    } else {
+      int rc = uv_poll_start(&r->poll[side], ev, on_poll);
+      if (rc != 0) {
+        local_fail(r, -rc);
+        return;
+      }
+    }
+  }
+}
+
+static void set_linger0(int fd) {
+  struct linger lg = {.l_onoff = 1, .l_linger = 0};
+  if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+}
+
+/* Side `side` failed with err: the other side gets a reset, as a transparent
+ * path would have delivered. */
+static void fail(tg_relay *r, int side, int err) {
+  char msg[64];
+  snprintf(msg, sizeof msg, "%s %s", SIDE_NAME[side], errno_name(err));
+  set_linger0(r->fd[1 - side]);
+  finish(r, msg);
+}
+
+static void local_fail(tg_relay *r, int err) {
+  char msg[64];
+  snprintf(msg, sizeof msg, "relay %s", errno_name(err));
+  finish(r, msg);
+}
+
+/* Moves what can move in direction d without blocking. Returns false when the relay finished. */
+static bool pump(tg_relay *r, int d) {
+  const int src = d, dst = 1 - d;
+  for (;;) {
+    bool progress = false;
+    if (r->inpipe[d] > 0) {
+      ssize_t n = splice(r->pipe_r[d], NULL, r->fd[dst], NULL, r->inpipe[d],
+                         SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (n > 0) {
+        r->inpipe[d] -= (size_t)n;
+        r->bytes[d] += (uint64_t)n;
+        r->wr_blocked[d] = false;
+        r->in_full[d] = false;
+        progress = true;
+      } else if (n < 0 && errno == EAGAIN) {
+        r->wr_blocked[d] = true;
+      } else if (n < 0 && errno == EINTR) {
+        continue;
+      } else {
+        fail(r, dst, n < 0 ? errno : EPIPE);
+        return false;
+      }
+    }
+    if (!r->rd_eof[d] && !r->in_full[d] && r->inpipe[d] < PIPE_CAP) {
+      if (r->pipe_r[d] < 0) {
+        int p[2];
+        if (pipe2(p, O_NONBLOCK | O_CLOEXEC) != 0) {
+          local_fail(r, errno);
+          return false;
+        }
+        r->pipe_r[d] = p[0];
+        r->pipe_w[d] = p[1];
+      }
+      ssize_t n = splice(r->fd[src], NULL, r->pipe_w[d], NULL, PIPE_CAP - r->inpipe[d],
+                         SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (n > 0) {
+        r->inpipe[d] += (size_t)n;
+        progress = true;
+      } else if (n == 0) {
+        r->rd_eof[d] = true;
+        progress = true;
+      } else if (errno == EAGAIN) {
+        /* With bytes in the pipe this may be the pipe, not the socket:
+         * stop polling the socket until the pipe drains, or a
+         * level-triggered readable socket would spin the loop. */
+        if (r->inpipe[d] > 0) r->in_full[d] = true;
+      } else if (errno != EINTR) {
+        fail(r, src, errno);
+        return false;
+      }
+    }
+    if (progress) r->last_active = uv_now(r->poll[0].loop);
+    if (!progress) break;
+  }
+  if (r->rd_eof[d] && r->inpipe[d] == 0 && !r->shut[d]) {
+    r->shut[d] = true;
+    /* ENOTCONN: the peer is already gone; the other direction reports it. */
+    if (shutdown(r->fd[dst], SHUT_WR) != 0 && errno != ENOTCONN) {
+      fail(r, dst, errno);
+      return false;
+    }
+  }
+  if (r->shut[0] && r->shut[1]) {
+    finish(r, "ok");
+    return false;
+  }
+  return true;
+}
+
+static void on_poll(uv_poll_t *h, int status, int events) {
+  tg_relay *r = (tg_relay *)h->data;
+  const int side = h == &r->poll[CLIENT] ? CLIENT : UPSTREAM;
+  if (r->finished) return;
+  if (status < 0) {
+    /* libuv reports EPOLLERR as UV_EBADF; the socket knows the real error (ECONNRESET). */
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(r->fd[side], SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err == 0) err = -status;
+    fail(r, side, err);
+    return;
+  }
+  /* Readable: side's bytes can move on (direction side). Writable: the
+   * other direction can drain into side. */
+  if ((events & UV_READABLE) && !pump(r, side)) return;
+  if ((events & UV_WRITABLE) && !pump(r, 1 - side)) return;
+  update_polls(r);
+}
+
+static void on_timer(uv_timer_t *t) {
+  tg_relay *r = (tg_relay *)t->data;
+  uint64_t idle = uv_now(t->loop) - r->last_active;
+  if (idle >= r->idle_ms) {
+    finish(r, "idle-timeout");
+    return;
+  }
+  uv_timer_start(t, on_timer, r->idle_ms - idle, 0);
+}
+
+static void finish(tg_relay *r, const char *outcome) {
+  if (r->finished) return;
+  r->finished = true;
+  snprintf(r->outcome, sizeof r->outcome, "%s", outcome);
+  if (r->prev) r->prev->next = r->next;
+  else live_head = r->next;
+  if (r->next) r->next->prev = r->prev;
+  live_count--;
+  /* uv_close stops the polls at once, so the fds can be closed right after. */
+  r->open_handles = 3;
+  uv_close((uv_handle_t *)&r->poll[0], on_handle_closed);
+  uv_close((uv_handle_t *)&r->poll[1], on_handle_closed);
+  uv_close((uv_handle_t *)&r->timer, on_handle_closed);
+  for (int i = 0; i < 2; i++) {
+    if (r->fd[i] >= 0) close(r->fd[i]);
+    if (r->pipe_r[i] >= 0) close(r->pipe_r[i]);
+    if (r->pipe_w[i] >= 0) close(r->pipe_w[i]);
+    r->fd[i] = r->pipe_r[i] = r->pipe_w[i] = -1;
+  }
+}
+
+/* ---- JS entry points ------------------------------------------------------ */
+
+static void free_on_close(uv_handle_t *h) { free(h->data); }
+
+static napi_value throw_type(napi_env env, const char *msg) {
+  napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
+  return NULL;
+}
+
+static napi_value throw_sys(napi_env env, const char *syscall, int err) {
+  char msg[160];
+  napi_value code, message, error, errno_val, syscall_val;
+  snprintf(msg, sizeof msg, "%s: %s", syscall, strerror(err));
+  if (napi_create_string_utf8(env, errno_name(err), NAPI_AUTO_LENGTH, &code) == napi_ok &&
+      napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &message) == napi_ok &&
+      napi_create_error(env, code, message, &error) == napi_ok &&
+      napi_create_int32(env, -err, &errno_val) == napi_ok &&
+      napi_set_named_property(env, error, "errno", errno_val) == napi_ok &&
+      napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &syscall_val) == napi_ok &&
+      napi_set_named_property(env, error, "syscall", syscall_val) == napi_ok) {
+    napi_throw(env, error);
+  } else {
+    napi_throw_error(env, "ERR_TRANSGATE_NAPI", msg);
+  }
+  return NULL;
+}
+
+static bool arg_int(napi_env env, napi_value v, const char *name, double max, double *out) {
+  char msg[96];
+  napi_valuetype t;
+  double d;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_number ||
+      napi_get_value_double(env, v, &d) != napi_ok || d != d || d < 0 || d > max ||
+      d != (double)(long long)d) {
+    snprintf(msg, sizeof msg, "%s must be an integer in [0, %.0f]", name, max);
+    throw_type(env, msg);
+    return false;
+  }
+  *out = d;
+  return true;
+}
+
+static bool arg_bool(napi_env env, napi_value v, const char *name, bool *out) {
+  char msg[96];
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_boolean || napi_get_value_bool(env, v, out) != napi_ok) {
+    snprintf(msg, sizeof msg, "%s must be a boolean", name);
+    throw_type(env, msg);
+    return false;
+  }
+  return true;
+}
+
+/* 0 for a stream socket, else the errno to report. */
+static int stream_socket_error(int fd) {
+  int type = 0;
+  socklen_t len = sizeof type;
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0) return errno;
+  return type == SOCK_STREAM ? 0 : ENOTSOCK;
+}
+
+/* spliceRelay(clientFd, upstreamFd, idleTimeoutMs, clientEof, upstreamEof, callback) */
+static napi_value js_splice_relay(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  double fd_d[2], idle_d;
+  bool eof[2];
+  napi_valuetype t;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return throw_type(env, "bad call");
+  if (argc < 6) return throw_type(env, "spliceRelay needs 6 arguments");
+  if (!arg_int(env, argv[0], "clientFd", INT_MAX, &fd_d[0]) ||
+      !arg_int(env, argv[1], "upstreamFd", INT_MAX, &fd_d[1]) ||
+      !arg_int(env, argv[2], "idleTimeoutMs", 2147483647.0, &idle_d) ||
+      !arg_bool(env, argv[3], "clientEof", &eof[0]) || !arg_bool(env, argv[4], "upstreamEof", &eof[1]))
+    return NULL;
+  if (napi_typeof(env, argv[5], &t) != napi_ok || t != napi_function)
+    return throw_type(env, "callback must be a function");
+  if (fd_d[0] == fd_d[1]) return throw_type(env, "clientFd and upstreamFd must differ");
+  for (int i = 0; i < 2; i++) {
+    int e = stream_socket_error((int)fd_d[i]);
+    if (e != 0) return throw_sys(env, "getsockopt(SO_TYPE)", e);
+  }
+
+  uv_loop_t *loop;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok) return throw_type(env, "no event loop");
+
+  tg_relay *r = calloc(1, sizeof *r);
+  if (r == NULL) return throw_sys(env, "calloc", ENOMEM);
+  r->env = env;
+  r->idle_ms = (uint64_t)idle_d;
+  for (int i = 0; i < 2; i++) {
+    r->fd[i] = r->pipe_r[i] = r->pipe_w[i] = -1;
+    r->rd_eof[i] = eof[i];
+  }
+  napi_value name;
+  if (napi_create_reference(env, argv[5], 1, &r->cb) != napi_ok) {
+    free(r);
+    return throw_sys(env, "napi_create_reference", ENOMEM);
+  }
+  if (napi_create_string_utf8(env, "transgate.splice", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_async_init(env, NULL, name, &r->actx) != napi_ok) {
+    napi_delete_reference(env, r->cb);
+    free(r);
+    return throw_sys(env, "napi_async_init", ENOMEM);
+  }
+  int err = 0;
+  const char *what = NULL;
+  for (int i = 0; i < 2 && err == 0; i++) {
+    r->fd[i] = fcntl((int)fd_d[i], F_DUPFD_CLOEXEC, 0);
+    if (r->fd[i] < 0) err = errno, what = "fcntl(F_DUPFD_CLOEXEC)";
+  }
+  int inited = 0;
+  for (int i = 0; i < 2 && err == 0; i++) {
+    int rc = uv_poll_init_socket(loop, &r->poll[i], r->fd[i]);
+    if (rc != 0) err = -rc, what = "uv_poll_init_socket";
+    else r->poll[i].data = r, inited++;
+  }
+  if (err != 0) {
+    for (int i = 0; i < 2; i++)
+      if (r->fd[i] >= 0) close(r->fd[i]);
+    napi_delete_reference(env, r->cb);
+    napi_async_destroy(env, r->actx);
+    if (inited == 0) {
+      free(r);
+    } else {
+      /* libuv owns an initialised handle until its close callback. */
+      r->poll[0].data = r;
+      uv_close((uv_handle_t *)&r->poll[0], free_on_close);
+    }
+    return throw_sys(env, what, err);
+  }
+  uv_timer_init(loop, &r->timer);
+  r->timer.data = r;
+  r->last_active = uv_now(loop);
+  if (r->idle_ms > 0) uv_timer_start(&r->timer, on_timer, r->idle_ms, 0);
+  /* Keep the loop alive while bytes flow, like Node's own sockets. */
+  r->next = live_head;
+  if (live_head) live_head->prev = r;
+  live_head = r;
+  live_count++;
+
+  /* Bytes may already wait in the kernel (and EOF flags may already be set):
+   * move them now rather than on the first poll. */
+  if (pump(r, CLIENT) && pump(r, UPSTREAM)) update_polls(r);
+  napi_value undef;
+  napi_get_undefined(env, &undef);
+  return undef;
+}
+
+/* spliceAbortAll() -> how many relays were aborted. Each still gets its callback. */
+static napi_value js_splice_abort_all(napi_env env, napi_callback_info info) {
+  (void)info;
+  uint32_t n = 0;
+  while (live_head != NULL) {
+    finish(live_head, "aborted");
+    n++;
+  }
+  napi_value out;
+  if (napi_create_uint32(env, n, &out) != napi_ok) return NULL;
+  return out;
+}
+
+/* spliceActive() -> relays running now. */
+static napi_value js_splice_active(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value out;
+  if (napi_create_uint32(env, live_count, &out) != napi_ok) return NULL;
+  return out;
+}
+
+napi_status tg_splice_register(napi_env env, napi_value exports) {
+  const napi_property_descriptor props[] = {
+      {"spliceRelay", NULL, js_splice_relay, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"spliceAbortAll", NULL, js_splice_abort_all, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"spliceActive", NULL, js_splice_active, NULL, NULL, NULL, napi_enumerable, NULL},
+  };
+  return napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+}
