@@ -1,0 +1,108 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { buildConfig } from '../../src/config/config';
+import { FLAGS, helpText, parseArgs, parseDuration, parsePorts } from '../../src/config/flags';
+import { GatewayError } from '../../src/core/errors';
+
+function flagCode(fn: () => unknown): string | undefined {
+  try {
+    fn();
+  } catch (err) {
+    return err instanceof GatewayError ? err.code : 'not-a-gateway-error';
+  }
+  return undefined;
+}
+
+describe('parseArgs', () => {
+  test('defaults', () => {
+    const a = parseArgs([]);
+    assert.equal(a.command, 'run');
+    assert.equal(a.values['mode'], 'tproxy');
+    assert.deepEqual(a.values['http-ports'], [80]);
+    assert.deepEqual(a.values['tls-ports'], [443]);
+    assert.deepEqual(a.values['tcp-proxy-dports'], [22]);
+    assert.equal(a.given.size, 0);
+  });
+
+  test('go-transproxy single-dash spelling and --flag=value', () => {
+    const a = parseArgs(['-tcp-proxy-dports', '22,5000', '--mode=redirect', '-loglevel', 'debug']);
+    assert.deepEqual(a.values['tcp-proxy-dports'], [22, 5000]);
+    assert.equal(a.values['mode'], 'redirect');
+    assert.equal(a.values['log-level'], 'debug');
+    assert.deepEqual([...a.given].sort(), ['log-level', 'mode', 'tcp-proxy-dports']);
+  });
+
+  test('commands and negations', () => {
+    assert.equal(parseArgs(['rules', '--mode', 'redirect']).command, 'rules');
+    assert.equal(parseArgs(['clear']).command, 'clear');
+    assert.equal(parseArgs(['--no-ipv6']).values['ipv6'], false);
+    assert.equal(parseArgs(['-disable-iptables']).values['rules'], false);
+    assert.equal(parseArgs(['--ipv4=false']).values['ipv4'], false);
+  });
+
+  test('wrong flags say what is wrong', () => {
+    assert.equal(flagCode(() => parseArgs(['--bogus'])), 'TG_ERR_FLAG');
+    assert.equal(flagCode(() => parseArgs(['--mode', 'nat'])), 'TG_ERR_FLAG');
+    assert.equal(flagCode(() => parseArgs(['--http-ports'])), 'TG_ERR_FLAG');
+    assert.equal(flagCode(() => parseArgs(['--http-ports', '0'])), 'TG_ERR_FLAG');
+    assert.equal(flagCode(() => parseArgs(['--http-ports', '70000'])), 'TG_ERR_FLAG');
+    assert.equal(flagCode(() => parseArgs(['stray'])), 'TG_ERR_FLAG');
+    assert.equal(flagCode(() => parseArgs(['--fwmark', 'x'])), 'TG_ERR_FLAG');
+    assert.match(String((() => { try { parseArgs(['--mode', 'nat']); } catch (e) { return (e as Error).message; } return ''; })()), /tproxy, redirect/);
+  });
+
+  test('ports and ranges', () => {
+    assert.deepEqual(parsePorts('22, 5000-5002,22', 'x'), [22, 5000, 5001, 5002]);
+    assert.throws(() => parsePorts('5-1', 'x'));
+    assert.throws(() => parsePorts('1-5000', 'x'), /too wide/);
+  });
+
+  test('durations', () => {
+    assert.equal(parseDuration('500ms', 'x'), 500);
+    assert.equal(parseDuration('10', 'x'), 10_000);
+    assert.equal(parseDuration('1.5s', 'x'), 1500);
+    assert.equal(parseDuration('5m', 'x'), 300_000);
+    assert.throws(() => parseDuration('soon', 'x'));
+  });
+
+  test('--help documents every flag with its default', () => {
+    const help = helpText('0.0.0');
+    for (const f of FLAGS) assert.ok(help.includes(`--${f.name}`), `--${f.name} missing from --help`);
+    assert.match(help, /--tcp-proxy-dports.*\n?.*\(default: 22\)/);
+    assert.match(help, /http_proxy/);
+  });
+});
+
+describe('buildConfig', () => {
+  const env = { http_proxy: 'http://alice:p%40ss@proxy.example:3128', no_proxy: '.corp.example,10.0.0.0/8,bad/99' };
+
+  test('proxy and no_proxy from the environment', () => {
+    const cfg = buildConfig(parseArgs([]).values, env);
+    assert.equal(cfg.upstream.http?.host, 'proxy.example');
+    assert.equal(cfg.upstream.https?.port, 3128, 'https falls back to http_proxy');
+    assert.equal(cfg.upstream.http?.auth?.password, 'p@ss');
+    assert.ok(cfg.noProxy.matchName('git.corp.example', 22));
+    assert.ok(cfg.warnings.some((w) => w.includes('bad/99')), 'invalid no_proxy entries are warned about');
+  });
+
+  test('no proxy at all: direct, with a warning that says how to set one', () => {
+    const cfg = buildConfig(parseArgs([]).values, {});
+    assert.equal(cfg.upstream.http, undefined);
+    assert.ok(cfg.warnings.some((w) => /http_proxy/.test(w)));
+  });
+
+  test('conflicting and invalid settings fail before start-up', () => {
+    assert.equal(flagCode(() => buildConfig(parseArgs(['--tls-ports', '80']).values, env)), 'TG_ERR_CONFIG');
+    assert.equal(flagCode(() => buildConfig(parseArgs(['--http-proxy-listen', '3143']).values, env)), 'TG_ERR_CONFIG');
+    assert.equal(flagCode(() => buildConfig(parseArgs(['--bypass', 'nope']).values, env)), 'TG_ERR_CONFIG');
+    assert.equal(flagCode(() => buildConfig(parseArgs(['--no-ipv4', '--no-ipv6']).values, env)), 'TG_ERR_CONFIG');
+    assert.equal(flagCode(() => buildConfig(parseArgs([]).values, { http_proxy: 'socks5://x:1080' })), 'TG_ERR_CONFIG');
+    assert.equal(flagCode(() => buildConfig(parseArgs(['--lan', 'a b;rm']).values, env)), 'TG_ERR_CONFIG');
+  });
+
+  test('--bypass splits families and makes host routes', () => {
+    const cfg = buildConfig(parseArgs(['--bypass', '203.0.113.0/24,2001:db8::1']).values, env);
+    assert.deepEqual(cfg.bypass4, ['203.0.113.0/24']);
+    assert.deepEqual(cfg.bypass6, ['2001:db8::1/128']);
+  });
+});

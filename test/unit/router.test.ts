@@ -1,0 +1,30 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { parseProxyUrl } from '../../src/config/proxy-url';
+import { parseNoProxy } from '../../src/route/no-proxy';
+import { Router } from '../../src/route/router';
+
+const httpProxy = parseProxyUrl('http://proxy-http.example:3128');
+const httpsProxy = parseProxyUrl('http://proxy-tls.example:8080');
+
+test('HTTP ports use http_proxy, TLS and other TCP use https_proxy', () => {
+  const r = new Router({ http: httpProxy, https: httpsProxy }, parseNoProxy(''));
+  assert.equal(r.select({ kind: 'http', name: 'a.example', address: '203.0.113.2', port: 80 }).proxy, httpProxy);
+  assert.equal(r.select({ kind: 'tls', name: 'a.example', address: '203.0.113.2', port: 443 }).proxy, httpsProxy);
+  assert.equal(r.select({ kind: 'tcp', name: undefined, address: '203.0.113.2', port: 22 }).proxy, httpsProxy);
+});
+
+test('no_proxy matches the sniffed name or the original destination', () => {
+  const r = new Router({ http: httpProxy, https: httpsProxy }, parseNoProxy('.corp.example,198.51.100.0/24,[2001:db8::5]'));
+  assert.deepEqual(r.select({ kind: 'tls', name: 'git.corp.example', address: '203.0.113.2', port: 443 }).kind, 'direct');
+  assert.deepEqual(r.select({ kind: 'tcp', name: undefined, address: '198.51.100.3', port: 22 }).kind, 'direct');
+  assert.deepEqual(r.select({ kind: 'http', name: 'www.example', address: '2001:db8::5', port: 80 }).kind, 'direct');
+  assert.deepEqual(r.select({ kind: 'http', name: 'www.example', address: '203.0.113.2', port: 80 }).kind, 'proxy');
+});
+
+test('without a proxy everything goes direct', () => {
+  const r = new Router({}, parseNoProxy(''));
+  const d = r.select({ kind: 'tls', name: 'a.example', address: '203.0.113.2', port: 443 });
+  assert.equal(d.kind, 'direct');
+  assert.equal(d.proxy, undefined);
+});
