@@ -1,11 +1,33 @@
+import dns from 'node:dns';
 import net from 'node:net';
 import { ErrorCodes, GatewayError, errnoOf, type ErrorCode } from '../core/errors';
+import { connectMarkedSocket } from '../native';
 
 export interface DialOptions {
   host: string;
   port: number;
   timeoutMs: number;
   signal?: AbortSignal;
+  /**
+   * SO_MARK for the socket, set before connect() (--local: the OUTPUT rules
+   * skip packets carrying it, so transgate never intercepts itself).
+   */
+  mark?: number;
+}
+
+/**
+ * A connecting socket: plain net.connect, or a marked socket from the addon.
+ * Must be called in the same tick as connecting(): a connect() that fails at
+ * once (ENETUNREACH) reports on the next tick, before any promise callback
+ * could attach an error listener.
+ */
+function openSocket(opts: DialOptions, host: string): net.Socket {
+  if (opts.mark === undefined) return net.connect({ host, port: opts.port, allowHalfOpen: true, noDelay: true });
+  const sock = connectMarkedSocket({ host, port: opts.port, mark: opts.mark });
+  // Read by net.Socket when the peer ends: keep our side writable so a half-close is carried through.
+  sock.allowHalfOpen = true;
+  sock.setNoDelay(true);
+  return sock;
 }
 
 /**
@@ -13,17 +35,37 @@ export interface DialOptions {
  * given codes; the socket is created with allowHalfOpen so that the relay can
  * carry a half-close through.
  */
-export function dialTcp(
+export async function dialTcp(
   opts: DialOptions,
   codes: { unreachable: ErrorCode; timeout: ErrorCode },
   what: string,
 ): Promise<net.Socket> {
+  const started = Date.now();
+  let host = opts.host;
+  // The addon connects IP literals only: names (a proxy given by name) are looked up first.
+  if (opts.mark !== undefined && !net.isIP(host)) {
+    try {
+      host = (await dns.promises.lookup(host)).address;
+    } catch (err) {
+      throw new GatewayError(codes.unreachable, `${what}: cannot resolve ${opts.host} (${errnoOf(err) ?? (err as Error).message})`, { cause: err });
+    }
+  }
+  let sock: net.Socket;
+  try {
+    sock = openSocket(opts, host);
+  } catch (err) {
+    throw new GatewayError(codes.unreachable, `${what}: ${errnoOf(err) ?? (err as Error).message}`, { cause: err });
+  }
+  return connecting(sock, { ...opts, timeoutMs: Math.max(1, opts.timeoutMs - (Date.now() - started)) }, codes, what);
+}
+
+function connecting(sock: net.Socket, opts: DialOptions, codes: { unreachable: ErrorCode; timeout: ErrorCode }, what: string): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     if (opts.signal?.aborted) {
+      sock.destroy();
       reject(new GatewayError(codes.unreachable, `${what}: cancelled`));
       return;
     }
-    const sock = net.connect({ host: opts.host, port: opts.port, allowHalfOpen: true, noDelay: true });
     const timer = setTimeout(() => {
       finish(new GatewayError(codes.timeout, `${what}: no answer within ${opts.timeoutMs} ms`));
     }, opts.timeoutMs);

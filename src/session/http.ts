@@ -54,8 +54,28 @@ export function errorStatus(err: unknown): number {
   return 502;
 }
 
+/**
+ * A 5xx that the proxy made itself (it could not resolve or reach the
+ * origin) rather than one it relayed from the origin. Proxies mark their own
+ * errors: Proxy-Status (RFC 9209), squid's X-Squid-Error.
+ */
+export function proxyOwnError(res: { statusCode?: number; headers: http.IncomingHttpHeaders }): string | undefined {
+  if ((res.statusCode ?? 0) < 500) return undefined;
+  const ps = res.headers['proxy-status'];
+  if (typeof ps === 'string' && /error=/.test(ps)) return `(Proxy-Status: ${ps})`;
+  const squid = res.headers['x-squid-error'];
+  if (typeof squid === 'string') {
+    const what = /^ERR_DNS_FAIL/.test(squid) ? 'name not found by the proxy' : /^ERR_CONNECT_FAIL/.test(squid) ? 'origin unreachable from the proxy' : /^ERR_READ_TIMEOUT|^ERR_CONNECT_TIMEOUT/.test(squid) ? 'origin timed out at the proxy' : 'proxy error';
+    return `${what} (${squid})`;
+  }
+  return undefined;
+}
+
 interface ConnState {
   ctx: ConnContext;
+  /** Set once an Upgrade took the connection over: the relay reports its end. */
+  upgraded: boolean;
+  onDone: (ctx: ConnContext) => void;
 }
 
 /**
@@ -98,8 +118,10 @@ export class HttpSession {
 
   /** Hands an accepted client connection, with the bytes already read, to the HTTP parser. */
   accept(sock: net.Socket, ctx: ConnContext, head: Buffer, onDone: (ctx: ConnContext) => void): void {
-    this.states.set(sock, { ctx });
+    const st: ConnState = { ctx, upgraded: false, onDone };
+    this.states.set(sock, st);
     sock.once('close', () => {
+      if (st.upgraded) return;
       ctx.bytesUp = sock.bytesRead;
       ctx.bytesDown = sock.bytesWritten;
       onDone(ctx);
@@ -177,44 +199,82 @@ export class HttpSession {
       }
     };
 
-    const preq = http.request(options);
-    const connectTimer = setTimeout(() => {
-      preq.destroy(new GatewayError(
-        decision.kind === 'proxy' ? ErrorCodes.UPSTREAM_TIMEOUT : ErrorCodes.DIRECT_TIMEOUT,
-        `${decision.kind === 'proxy' ? 'proxy' : 'destination'} ${ctx.via} did not answer within ${this.deps.connectTimeoutMs} ms`,
-      ));
-    }, this.deps.connectTimeoutMs);
-    preq.setTimeout(this.deps.idleTimeoutMs, () => {
-      preq.destroy(new GatewayError(ErrorCodes.UPSTREAM_TIMEOUT, `no response from ${ctx.via} within ${this.deps.idleTimeoutMs} ms`));
-    });
-    preq.on('error', (err) => {
-      clearTimeout(connectTimer);
-      fail(err);
-    });
-    preq.on('response', (pres) => {
-      clearTimeout(connectTimer);
-      if (decision.kind === 'proxy' && pres.statusCode === 407) {
-        pres.resume();
-        const p = decision.proxy!;
-        fail(new GatewayError(
-          ErrorCodes.UPSTREAM_407,
-          p.authorization
-            ? `proxy ${p.display} rejected the credentials in http_proxy (407): check user and password`
-            : `proxy ${p.display} requires authentication (407): put user:password in http_proxy`,
-          { status: 407 },
+    // A request without a body can be sent again when a kept-alive upstream
+    // connection turns out to have been closed under it (the classic
+    // keep-alive race); one with a body cannot, its bytes are gone.
+    const replayable = !req.headers['content-length'] && !req.headers['transfer-encoding'] && /^(GET|HEAD|OPTIONS)$/.test(req.method ?? '');
+    const send = (mayRetry: boolean): void => {
+      const preq = http.request(options);
+      let connected = false;
+      const connectTimer = setTimeout(() => {
+        preq.destroy(new GatewayError(
+          decision.kind === 'proxy' ? ErrorCodes.UPSTREAM_TIMEOUT : ErrorCodes.DIRECT_TIMEOUT,
+          `${decision.kind === 'proxy' ? 'proxy' : 'destination'} ${ctx.via} did not answer within ${this.deps.connectTimeoutMs} ms`,
         ));
-        return;
-      }
-      logReq(pres.statusCode ?? 0);
-      res.writeHead(pres.statusCode ?? 502, pres.statusMessage, endToEndHeaders(pres.rawHeaders, pres.headers.connection));
-      pres.pipe(res);
-      pres.on('error', () => res.destroy());
-    });
-    req.on('error', () => preq.destroy());
-    res.on('close', () => {
-      if (!res.writableFinished) preq.destroy();
-    });
-    req.pipe(preq);
+      }, this.deps.connectTimeoutMs);
+      preq.on('socket', (s: net.Socket) => {
+        const onConnected = (): void => {
+          connected = true;
+          clearTimeout(connectTimer);
+        };
+        if (s.connecting) s.once('connect', onConnected);
+        else onConnected();
+      });
+      preq.setTimeout(this.deps.idleTimeoutMs, () => {
+        preq.destroy(new GatewayError(ErrorCodes.UPSTREAM_TIMEOUT, `no response from ${ctx.via} within ${this.deps.idleTimeoutMs} ms`));
+      });
+      let answered = false;
+      preq.on('error', (err) => {
+        clearTimeout(connectTimer);
+        if (answered) {
+          res.destroy();
+          return;
+        }
+        const errno = errnoOf(err);
+        if (mayRetry && connected && preq.reusedSocket && (errno === 'ECONNRESET' || errno === 'EPIPE')) {
+          send(false);
+          return;
+        }
+        fail(err);
+      });
+      preq.on('response', (pres) => {
+        answered = true;
+        clearTimeout(connectTimer);
+        if (decision.kind === 'proxy' && pres.statusCode === 407) {
+          pres.resume();
+          const p = decision.proxy!;
+          fail(new GatewayError(
+            ErrorCodes.UPSTREAM_407,
+            p.authorization
+              ? `proxy ${p.display} rejected the credentials in http_proxy (407): check user and password`
+              : `proxy ${p.display} requires authentication (407): put user:password in http_proxy`,
+            { status: 407 },
+          ));
+          return;
+        }
+        const proxyError = decision.kind === 'proxy' ? proxyOwnError(pres) : undefined;
+        if (proxyError) {
+          pres.resume();
+          fail(new GatewayError(
+            pres.statusCode === 504 ? ErrorCodes.UPSTREAM_TIMEOUT : ErrorCodes.UPSTREAM_STATUS,
+            `proxy ${decision.proxy!.display} could not fetch ${absoluteUri(name, port, req.url ?? '/')}: ${pres.statusCode} ${proxyError}`,
+            { status: pres.statusCode },
+          ));
+          return;
+        }
+        logReq(pres.statusCode ?? 0);
+        res.writeHead(pres.statusCode ?? 502, pres.statusMessage, endToEndHeaders(pres.rawHeaders, pres.headers.connection));
+        pres.pipe(res);
+        pres.on('error', () => res.destroy());
+      });
+      res.on('close', () => {
+        if (!res.writableFinished) preq.destroy();
+      });
+      if (replayable) preq.end();
+      else req.pipe(preq);
+    };
+    req.on('error', () => res.destroy());
+    send(replayable);
   }
 
   private classify(err: unknown, decision: RouteDecision, ctx: ConnContext): GatewayError {
@@ -252,9 +312,16 @@ export class HttpSession {
     }
     let reqHead = `${req.method} ${req.url} HTTP/${req.httpVersion}\r\n`;
     for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) reqHead += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
-    upstream.write(reqHead + '\r\n');
+    reqHead += '\r\n';
+    upstream.write(reqHead);
     if (head.length > 0) upstream.write(head);
+    st.upgraded = true;
+    const before = { up: sock.bytesRead, down: sock.bytesWritten };
     const r = await this.deps.relay.run(sock, upstream, { idleTimeoutMs: this.deps.idleTimeoutMs });
+    // The relay may move bytes outside Node's counters (splice): add what it reports.
+    ctx.bytesUp = before.up + r.up;
+    ctx.bytesDown = before.down + r.down;
     if (r.outcome !== 'ok' && ctx.result === 'ok') ctx.result = r.outcome;
+    st.onDone(ctx);
   }
 }
