@@ -6,7 +6,10 @@ import { field, type Logger } from './core/log';
 import { formatAddress, type Address } from './core/types';
 import { LocalAddresses } from './inbound/local-addresses';
 import { TcpListener } from './inbound/tcp-listener';
+import { UdpListener } from './inbound/udp-listener';
+import { DnsService, resolvConfServer } from './dns/service';
 import { rulesConfigFor, type RuleBackend } from './netfilter/backend';
+import { applySysctls, describeChange, ipv4Interfaces, planSysctls, readSysctl, restoreSysctls, sysctlWants, type SysctlChange } from './netfilter/sysctl';
 import { Outbounds } from './outbound/outbounds';
 import { JsRelay } from './relay/js-relay';
 import { SpliceRelay } from './relay/splice-relay';
@@ -45,7 +48,11 @@ export class Gateway {
   private readonly outbounds: Outbounds;
   private readonly relay: Relay;
   private readonly http: HttpSession;
+  private readonly dns: DnsService | undefined;
+  private udp: UdpListener | undefined;
   private rulesInstalled = false;
+  /** What start() changed in /proc/sys, put back by close(). */
+  private sysctlsChanged: SysctlChange[] = [];
   private closing: Promise<void> | undefined;
 
   constructor(
@@ -54,10 +61,27 @@ export class Gateway {
     private readonly rules: RuleBackend | undefined,
   ) {
     this.router = new Router(cfg.upstream, cfg.noProxy);
-    this.outbounds = new Outbounds(cfg.connectTimeoutMs);
+    this.outbounds = new Outbounds(cfg.connectTimeoutMs, cfg.local ? cfg.socketMark : undefined);
     // The splice relay needs the addon; without it the JS relay carries the same traffic, only with more copies.
     this.relay = cfg.relay === 'splice' && hasSplice() ? new SpliceRelay() : new JsRelay();
     if (this.relay.name !== cfg.relay) log.warn(`--relay ${cfg.relay}: the native addon is not built; using the js relay (run npm install to build it)`);
+    if (cfg.dns) {
+      // After REDIRECT a UDP query's destination is gone (no SO_ORIGINAL_DST for UDP).
+      const fallback = cfg.mode === 'redirect' && !cfg.dns.publicDns ? resolvConfServer() : undefined;
+      if (cfg.mode === 'redirect' && !cfg.dns.publicDns) {
+        log.warn(
+          `dns: in redirect mode a UDP query's destination is unknown; public names asked over UDP go to ` +
+            `${fallback ? `${fallback.host} (from /etc/resolv.conf)` : 'no server (SERVFAIL)'}: set --public-dns ADDR`,
+        );
+      }
+      this.dns = new DnsService({
+        dns: cfg.dns,
+        proxy: cfg.upstream.https ?? cfg.upstream.http,
+        connectTimeoutMs: cfg.connectTimeoutMs,
+        fallbackServer: fallback,
+        log,
+      });
+    }
     this.http = new HttpSession({
       router: this.router,
       outbounds: this.outbounds,
@@ -66,6 +90,11 @@ export class Gateway {
       connectTimeoutMs: cfg.connectTimeoutMs,
       idleTimeoutMs: cfg.idleTimeoutMs,
     });
+  }
+
+  /** The DNS gateway, when on (for tests and metrics). */
+  get dnsService(): DnsService | undefined {
+    return this.dns;
   }
 
   async start(): Promise<void> {
@@ -90,6 +119,16 @@ export class Gateway {
       this.listeners.push(l);
       this.log.info(`started ${l.description} for ports ${ports.join(',')}`);
     }
+    if (this.dns) await this.startDns(bind);
+    if (this.rules && this.cfg.installRules && this.cfg.sysctl) {
+      // Forwarding on, redirects off: without them the clients' other traffic
+      // dies here, or ICMP redirects teach them to skip this gateway.
+      const interfaces = this.cfg.lan.length > 0 ? this.cfg.lan : ipv4Interfaces();
+      const p = planSysctls(sysctlWants({ ipv4: this.cfg.ipv4, ipv6: this.cfg.ipv6, interfaces }), readSysctl);
+      for (const m of p.missing) this.log.warn(`sysctl ${m.key}: not present here, not set (${m.why})`);
+      this.sysctlsChanged = applySysctls(p.changes);
+      for (const c of this.sysctlsChanged) this.log.info(describeChange(c));
+    }
     if (this.rules && this.cfg.installRules) {
       await this.rules.apply(rulesConfigFor(this.cfg));
       this.rulesInstalled = true;
@@ -109,7 +148,19 @@ export class Gateway {
         }
         this.rulesInstalled = false;
       }
+      if (this.sysctlsChanged.length > 0) {
+        const changed = this.sysctlsChanged;
+        this.sysctlsChanged = [];
+        try {
+          restoreSysctls(changed);
+          for (const c of changed) this.log.info(describeChange(c, true));
+        } catch (err) {
+          this.log.error(`restoring sysctls failed: ${(err as Error).message}; set them back by hand: ${changed.map((c) => `${c.key}=${c.from}`).join(' ')}`);
+        }
+      }
       await Promise.all(this.listeners.map((l) => l.close()));
+      this.udp?.close();
+      this.dns?.close();
       this.http.close();
       this.relay.close?.();
       for (const s of this.active) s.destroy();
@@ -146,6 +197,10 @@ export class Gateway {
       return;
     }
     this.track(sock);
+    if (ctx.kind === 'dns' && this.dns) {
+      this.dns.acceptTcp(sock, ctx);
+      return;
+    }
     const done = (c: ConnContext): void => this.logConn(c);
     if (ctx.kind === 'http') {
       void this.acceptHttp(sock, ctx, done);
@@ -161,8 +216,35 @@ export class Gateway {
       relay: this.relay,
       idleTimeoutMs: this.cfg.idleTimeoutMs,
       sniffTimeoutMs: this.cfg.sniffTimeoutMs,
+      names: this.dns?.names,
       onDone,
     };
+  }
+
+  /** DNS on port 53: UDP (TPROXY: native transparent socket; REDIRECT: dgram) and TCP on one listen port. */
+  private async startDns(bind: string[]): Promise<void> {
+    const dns = this.dns!;
+    const port = this.cfg.dns!.listenPort;
+    const tcp = new TcpListener({
+      kind: 'dns',
+      mode: this.cfg.mode,
+      port,
+      bind,
+      onConnection: (sock, ctx) => this.onConnection(sock, ctx),
+      onUnusable: (sock, client, err) => this.onUnusable(sock, client, err),
+    });
+    await tcp.start();
+    this.listeners.push(tcp);
+    const udp = new UdpListener({
+      mode: this.cfg.mode,
+      port,
+      bind,
+      onDatagram: (d) => dns.onDatagram(d),
+      onSendError: (err, to) => this.log.debug(`dns answer to ${formatAddress(to)} dropped: ${(err as Error).message}`),
+    });
+    await udp.start();
+    this.udp = udp;
+    this.log.info(`started ${tcp.description} and ${udp.description} for port 53`);
   }
 
   /** HTTP ports carry other protocols too: only what starts like an HTTP request goes to the HTTP parser. */

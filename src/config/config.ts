@@ -1,4 +1,6 @@
+import { isIP } from 'node:net';
 import { ErrorCodes, GatewayError } from '../core/errors';
+import type { DnsSettings } from '../dns/service';
 import type { LogLevel } from '../core/log';
 import { parseCidr } from '../route/cidr';
 import { parseNoProxy, type NoProxy } from '../route/no-proxy';
@@ -24,13 +26,90 @@ export interface Config {
   installRules: boolean;
   fwmark: number;
   routeTable: number;
+  /** Set ip_forward/forwarding/send_redirects while running (--no-sysctl: leave them). */
+  sysctl: boolean;
+  /** Let clients' QUIC (UDP/443) through instead of rejecting it. */
+  allowQuic: boolean;
+  /** Uplink interfaces to masquerade forwarded traffic on. */
+  masquerade: string[];
+  /** Also intercept this host's own connections. */
+  local: boolean;
+  /** SO_MARK on transgate's outgoing sockets when local (loop avoidance). */
+  socketMark: number;
+  firewall: 'auto' | 'nftables' | 'iptables' | 'iptables-legacy';
+  /** doctor: host:port to CONNECT to through the proxy. */
+  doctorTarget: string;
+  json: boolean;
   connectTimeoutMs: number;
   idleTimeoutMs: number;
   /** Byte pump after the tunnel is open; splice falls back to js when the addon lacks it. */
   relay: 'splice' | 'js';
   sniffTimeoutMs: number;
+  /** The DNS gateway; undefined with --no-dns. */
+  dns: DnsSettings | undefined;
   logLevel: LogLevel;
   warnings: string[];
+}
+
+/** ADDR or ADDR:PORT ([v6]:port for IPv6 with a port); port 53 by default. */
+export function parseDnsServer(raw: string, flag: string): { host: string; port: number } {
+  const text = raw.trim();
+  let host = text;
+  let port = 53;
+  const bracketed = /^\[([^\]]+)\](?::(\d+))?$/.exec(text);
+  if (bracketed) {
+    host = bracketed[1]!;
+    if (bracketed[2] !== undefined) port = Number(bracketed[2]);
+  } else if (isIP(text) === 0) {
+    const m = /^([^:]+):(\d+)$/.exec(text);
+    if (m) {
+      host = m[1]!;
+      port = Number(m[2]);
+    }
+  }
+  if (isIP(host) === 0) throw configError(`--${flag}: '${raw}' is not an address or address:port (e.g. 10.0.0.53, 10.0.0.53:5353, [2001:db8::53]:53)`);
+  if (!Number.isInteger(port) || port < 1 || port > 65535) throw configError(`--${flag}: port in '${raw}' must be between 1 and 65535`);
+  return { host, port };
+}
+
+function buildDns(values: FlagValues, noProxy: NoProxy, listenPorts: number[]): DnsSettings | undefined {
+  if (!(values['dns'] as boolean)) return undefined;
+  const listenPort = values['dns-proxy-listen'] as number;
+  if (listenPort < 1 || listenPort > 65535) throw configError(`--dns-proxy-listen must be between 1 and 65535, not ${listenPort}`);
+  if (listenPorts.includes(listenPort)) throw configError(`--dns-proxy-listen ${listenPort} is already another listener's port: pick a free one`);
+  const given = values['private-domains'] as string[];
+  const privateDomains = given.length > 0 ? given : noProxy.domainSuffixes();
+  for (const d of privateDomains) {
+    if (!/^(\*?\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?$/.test(d)) throw configError(`--private-domains: '${d}' is not a domain name`);
+  }
+  const privateRaw = values['private-dns'] as string;
+  const publicRaw = values['public-dns'] as string;
+  const dohEnabled = values['dns-over-https-enabled'] as boolean;
+  let dohUrl: URL | undefined;
+  if (dohEnabled) {
+    try {
+      dohUrl = new URL(values['doh-url'] as string);
+    } catch {
+      throw configError(`--doh-url: '${String(values['doh-url'])}' is not a URL (e.g. https://dns.example/dns-query)`);
+    }
+    if (dohUrl.protocol !== 'https:') throw configError(`--doh-url must be an https:// URL, not ${dohUrl.protocol}`);
+  }
+  const dohCa = values['doh-ca'] as string;
+  const cacheSize = values['dns-cache-size'] as number;
+  const timeoutMs = values['dns-timeout'] as number;
+  if (timeoutMs < 1) throw configError('--dns-timeout must be longer than 0');
+  return {
+    listenPort,
+    privateDomains,
+    privateDns: privateRaw ? parseDnsServer(privateRaw, 'private-dns') : undefined,
+    publicDns: publicRaw ? parseDnsServer(publicRaw, 'public-dns') : undefined,
+    overTcpDisabled: values['dns-over-tcp-disabled'] as boolean,
+    dohEnabled,
+    dohUrl,
+    dohCaFile: dohCa === '' ? undefined : dohCa,
+    timeoutMs,
+    cacheSize,
+  };
 }
 
 function configError(message: string): GatewayError {
@@ -85,6 +164,15 @@ export function buildConfig(values: FlagValues, env: NodeJS.ProcessEnv): Config 
   for (const iface of values['lan'] as string[]) {
     if (!/^[A-Za-z0-9_.:@+-]{1,15}$/.test(iface)) throw configError(`--lan: '${iface}' is not an interface name`);
   }
+  const masquerade = values['masquerade'] as string[];
+  for (const iface of masquerade) {
+    if (!/^[A-Za-z0-9_.:@+-]{1,15}$/.test(iface)) throw configError(`--masquerade: '${iface}' is not an interface name (the uplink, e.g. eth0)`);
+  }
+  const local = values['local'] as boolean;
+  const socketMark = values['socket-mark'] as number;
+  if (socketMark < 1 || socketMark === (values['fwmark'] as number)) {
+    throw configError('--socket-mark must be a non-zero mark different from --fwmark');
+  }
   if (!proxies.http && !proxies.https) {
     warnings.push('no http_proxy/https_proxy set: connections go directly (export http_proxy=http://proxy:3128 to use a proxy)');
   }
@@ -106,10 +194,19 @@ export function buildConfig(values: FlagValues, env: NodeJS.ProcessEnv): Config 
     installRules: values['rules'] as boolean,
     fwmark: values['fwmark'] as number,
     routeTable: values['route-table'] as number,
+    sysctl: values['sysctl'] as boolean,
+    allowQuic: values['allow-quic'] as boolean,
+    masquerade,
+    local,
+    socketMark,
+    firewall: values['firewall'] as Config['firewall'],
+    doctorTarget: values['doctor-target'] as string,
+    json: values['json'] as boolean,
     connectTimeoutMs: values['connect-timeout'] as number,
     idleTimeoutMs: values['idle-timeout'] as number,
     relay: values['relay'] as Config['relay'],
     sniffTimeoutMs: values['sniff-timeout'] as number,
+    dns: buildDns(values, noProxy, Object.values(listen)),
     logLevel: values['log-level'] as LogLevel,
     warnings,
   };

@@ -51,8 +51,41 @@ export const FLAGS: readonly FlagSpec[] = [
     help: 'byte pump once a tunnel is open: splice (zero-copy in the kernel, needs the addon; js is used when it is not built) or js (Node streams)' },
   { name: 'sniff-timeout', type: 'duration', default: 2_000, arg: 'DUR',
     help: 'how long to wait for a client\'s first bytes (Host/SNI) before relaying without a name' },
+  { name: 'dns', type: 'bool', default: true,
+    help: 'answer clients\' DNS on port 53 (UDP and TCP): private names to --private-dns, public names through the proxy (--no-dns to turn off)' },
+  { name: 'dns-proxy-listen', type: 'int', default: 3153, arg: 'PORT', help: 'local port of the DNS listeners (UDP and TCP)' },
+  { name: 'private-domains', type: 'list', default: [], arg: 'DOMAINS',
+    help: 'names under these domains go to --private-dns (default: the domain entries of no_proxy)' },
+  { name: 'private-dns', type: 'string', default: '', arg: 'ADDR[:PORT]',
+    help: 'internal DNS server for private names, asked directly (default: the server the client asked)' },
+  { name: 'public-dns', type: 'string', default: '', arg: 'ADDR[:PORT]',
+    help: 'DNS server for public names, asked over TCP through the proxy (default: the server the client asked)' },
+  { name: 'dns-over-tcp-disabled', type: 'bool', default: false,
+    help: 'send public names directly (UDP, TCP when truncated) instead of through the proxy' },
+  { name: 'dns-over-https-enabled', type: 'bool', default: false,
+    help: 'send public names to --doh-url (DNS over HTTPS through the proxy), for proxies that allow only port 443' },
+  { name: 'doh-url', type: 'string', default: 'https://cloudflare-dns.com/dns-query', arg: 'URL',
+    help: 'DNS-over-HTTPS endpoint (RFC 8484)' },
+  { name: 'doh-ca', type: 'string', default: '', arg: 'FILE', help: 'extra CA certificates (PEM) to trust for the DoH server' },
+  { name: 'dns-timeout', type: 'duration', default: 2_000, arg: 'DUR', help: 'answer SERVFAIL when the upstream DNS has not answered by then' },
+  { name: 'dns-cache-size', type: 'int', default: 10_000, arg: 'N', help: 'DNS answers kept in the cache (0: no cache)' },
   { name: 'log-level', type: 'string', default: 'info', choices: LOG_LEVELS, arg: 'LEVEL', aliases: ['loglevel'],
     help: 'debug, info, warn or error' },
+  { name: 'sysctl', type: 'bool', default: true,
+    help: 'set ip_forward/forwarding on and send_redirects off while running, restore them at stop (--no-sysctl to leave them alone)' },
+  { name: 'allow-quic', type: 'bool', default: false,
+    help: 'let clients\' UDP/443 (QUIC) through; by default it is rejected so browsers fall back to TCP at once' },
+  { name: 'masquerade', type: 'list', default: [], arg: 'IFACES',
+    help: 'masquerade forwarded traffic (IPv4 and IPv6) leaving these uplink interfaces; removed at stop' },
+  { name: 'local', type: 'bool', default: false,
+    help: 'also intercept this host\'s own outgoing connections (transgate\'s own sockets carry --socket-mark)' },
+  { name: 'socket-mark', type: 'int', default: 0x7468, arg: 'MARK',
+    help: 'SO_MARK on transgate\'s own outgoing sockets, skipped by the --local rules' },
+  { name: 'firewall', type: 'string', default: 'auto', choices: ['auto', 'nftables', 'iptables', 'iptables-legacy'], arg: 'BACKEND',
+    help: 'rule backend: nftables, iptables (nft-based), iptables-legacy; auto = nftables, iptables when nft is missing' },
+  { name: 'doctor-target', type: 'string', default: 'example.com:443', arg: 'HOST:PORT',
+    help: 'doctor: where to test CONNECT through the upstream proxy' },
+  { name: 'json', type: 'bool', default: false, help: 'doctor: print the checks as JSON' },
   { name: 'help', type: 'bool', default: false, aliases: ['h'], help: 'show this help' },
   { name: 'version', type: 'bool', default: false, help: 'print the version' },
 ];
@@ -71,7 +104,7 @@ export interface ParsedArgs {
   given: Set<string>;
 }
 
-export const COMMANDS = ['run', 'rules', 'clear'] as const;
+export const COMMANDS = ['run', 'rules', 'clear', 'doctor'] as const;
 
 function flagError(message: string): GatewayError {
   return new GatewayError(ErrorCodes.FLAG, `${message} (see transgate --help)`);
@@ -188,7 +221,7 @@ function formatDefault(spec: FlagSpec): string {
   if (d === undefined || (Array.isArray(d) && d.length === 0)) return '';
   if (spec.type === 'bool') return d ? ' (default: on)' : '';
   if (spec.type === 'duration') return ` (default: ${Number(d) >= 1000 ? `${Number(d) / 1000}s` : `${String(d)}ms`})`;
-  if (spec.name === 'fwmark') return ` (default: 0x${Number(d).toString(16)})`;
+  if (spec.name === 'fwmark' || spec.name === 'socket-mark') return ` (default: 0x${Number(d).toString(16)})`;
   return ` (default: ${Array.isArray(d) ? d.join(',') : String(d)})`;
 }
 
@@ -200,6 +233,7 @@ export function helpText(version: string): string {
     '  sudo -E transgate [run] [flags]   intercept clients\' TCP and carry it through the upstream proxy',
     '  transgate rules [flags]           print the netfilter rules and routes that run would install',
     '  sudo transgate clear [flags]      remove transgate\'s rules and routes (also after a crash)',
+    '  sudo -E transgate doctor [flags]  check this host, its kernel and the upstream proxy; exit 1 on any FAIL',
     '',
     'Upstream proxy (from the environment, like curl and go-transproxy):',
     '  http_proxy    proxy for HTTP ports, e.g. http://user:password@proxy.example:3128',

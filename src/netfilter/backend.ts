@@ -10,10 +10,12 @@ export function rulesConfigFor(cfg: Config): RulesConfig {
     { ports: cfg.tlsPorts, listenPort: cfg.listen.tls },
     { ports: cfg.tcpPorts, listenPort: cfg.listen.tcp },
   ].filter((g) => g.ports.length > 0);
+  // DNS: UDP and TCP port 53 to the DNS listeners (one port for both).
+  const dns = cfg.dns ? [{ ports: [53], listenPort: cfg.dns.listenPort }] : [];
   return {
     mode: cfg.mode,
-    tcp,
-    udp: [],
+    tcp: [...tcp, ...dns],
+    udp: dns,
     ipv4: cfg.ipv4,
     ipv6: cfg.ipv6,
     bypass4: [...DEFAULT_BYPASS4, ...cfg.bypass4],
@@ -25,5 +27,9 @@ export function rulesConfigFor(cfg: Config): RulesConfig {
     // Listeners bind loopback under TPROXY (see listenerBind), so nobody reaches them without the rules.
     tproxyAddress4: '127.0.0.1',
     tproxyAddress6: '::1',
+    rejectQuic: !cfg.allowQuic,
+    masquerade: cfg.masquerade,
+    local: cfg.local,
+    socketMark: cfg.socketMark,
   };
 }

@@ -73,6 +73,18 @@ export interface RulesConfig {
   tproxyAddress4?: string;
   /** Same for IPv6, normally '::1'. */
   tproxyAddress6?: string;
+  /**
+   * Reject UDP/443 (QUIC) that intercepted clients send through this box with
+   * ICMP port-unreachable, so browsers fall back to TCP at once instead of
+   * after a timeout. Destinations in the bypass sets are left alone.
+   */
+  rejectQuic?: boolean;
+  /** Masquerade (SNAT to the interface address, both families) forwarded traffic leaving these interfaces. */
+  masquerade?: string[];
+  /** Also intercept this host's own outgoing connections (OUTPUT hook). Needs socketMark. */
+  local?: boolean;
+  /** The SO_MARK on transgate's own sockets: the OUTPUT rules skip it, so transgate never intercepts itself. */
+  socketMark?: number;
 }
 
 export interface RulesPlan {
@@ -270,8 +282,30 @@ export function plan(cfg: RulesConfig): RulesPlan {
   const mark = formatMark(cfg.fwmark);
   const families: Array<4 | 6> = [...(cfg.ipv4 ? [4 as const] : []), ...(cfg.ipv6 ? [6 as const] : [])];
 
+  const local = cfg.local === true;
+  let ownMark: string | undefined;
+  if (local) {
+    const m = cfg.socketMark;
+    if (m === undefined || !Number.isInteger(m) || m < 1 || m > 0xffffffff || m === cfg.fwmark) {
+      throw configError(`local interception needs a socketMark in 1..0xffffffff different from fwmark, got ${String(m)}`);
+    }
+    ownMark = formatMark(m);
+  }
+  const masq = normalizeInterfaces(cfg.masquerade);
+  const quic = cfg.rejectQuic === true;
+
   const rules: string[] = [];
-  rules.push(lan.length > 0 ? `iifname != { ${lan.map((n) => `"${n}"`).join(', ')} } return` : 'iifname "lo" return');
+  if (local) {
+    // This host's own connections come back in on lo after the OUTPUT chain
+    // marked them (tproxy: rerouted to lo by the policy route). Anything else
+    // arriving on lo is local traffic we leave alone.
+    rules.push(
+      lan.length > 0 ? `iifname != { ${[...lan, 'lo'].map((n) => `"${n}"`).join(', ')} } return` : '',
+      tproxy ? `iifname "lo" meta mark != ${mark} return` : '',
+    );
+  } else {
+    rules.push(lan.length > 0 ? `iifname != { ${lan.map((n) => `"${n}"`).join(', ')} } return` : 'iifname "lo" return');
+  }
   if (tproxy) rules.push(`meta l4proto tcp socket transparent 1 meta mark set ${mark} accept`);
   rules.push('fib daddr type local return');
   if (cfg.ipv4) rules.push('ip daddr @bypass4 return');
@@ -289,16 +323,64 @@ export function plan(cfg: RulesConfig): RulesPlan {
     }
   }
 
+  const bypassRules = [...(cfg.ipv4 ? ['ip daddr @bypass4 return'] : []), ...(cfg.ipv6 ? ['ip6 daddr @bypass6 return'] : [])];
+  const allTcpPorts = tcp.flatMap((g) => g.ports).sort((a, b) => a - b);
+  const nfprotos = families.length === 2 ? '' : `meta nfproto ipv${families[0]} `;
+
+  // This host's own connections: skip transgate's own sockets (their SO_MARK),
+  // then send the intercepted ports to the listeners.
+  const output: string[] = [];
+  if (local) {
+    output.push(`meta mark ${ownMark} return`, 'oifname "lo" return', 'fib daddr type local return', ...bypassRules);
+    if (tproxy) {
+      // A mark in a `type route` chain makes the kernel route the packet again:
+      // the policy route sends it to lo, where prerouting does the TPROXY.
+      output.push(`${nfprotos}tcp dport ${portSet(allTcpPorts)} meta mark set ${mark}`);
+    } else {
+      for (const g of tcp) output.push(`${nfprotos}tcp dport ${portSet(g.ports)} redirect to :${g.listenPort}`);
+    }
+  }
+
+  // QUIC: forwarded clients' UDP/443 (and this host's own, with local) is refused at once.
+  const quicRules = (forward: boolean): string[] => [
+    forward ? (lan.length > 0 ? `iifname != { ${lan.map((n) => `"${n}"`).join(', ')} } return` : 'iifname "lo" return') : `meta mark ${ownMark ?? mark} return`,
+    ...bypassRules,
+    `${nfprotos}udp dport 443 reject`,
+  ];
+
   const lines: string[] = [`table ${TABLE} {}`, `delete table ${TABLE}`, `table ${TABLE} {`];
   if (cfg.ipv4) lines.push(...setBlock('bypass4', 'ipv4_addr', bypass4), '');
   if (cfg.ipv6) lines.push(...setBlock('bypass6', 'ipv6_addr', bypass6), '');
-  lines.push(
-    '\tchain prerouting {',
-    tproxy ? '\t\ttype filter hook prerouting priority mangle; policy accept;' : '\t\ttype nat hook prerouting priority dstnat; policy accept;',
-    ...rules.map((r) => `\t\t${r}`),
+  const chain = (name: string, head: string, body: readonly string[]): string[] => [
+    `\tchain ${name} {`,
+    `\t\t${head}`,
+    ...body.filter((r) => r !== '').map((r) => `\t\t${r}`),
     '\t}',
-    '}',
+  ];
+  lines.push(
+    ...chain(
+      'prerouting',
+      tproxy ? 'type filter hook prerouting priority mangle; policy accept;' : 'type nat hook prerouting priority dstnat; policy accept;',
+      rules,
+    ),
   );
+  if (local) {
+    lines.push(
+      ...chain('output', tproxy ? 'type route hook output priority mangle; policy accept;' : 'type nat hook output priority -100; policy accept;', output),
+    );
+  }
+  if (quic) {
+    lines.push(...chain('quic_forward', 'type filter hook forward priority filter; policy accept;', quicRules(true)));
+    if (local) lines.push(...chain('quic_output', 'type filter hook output priority filter; policy accept;', quicRules(false)));
+  }
+  if (masq.length > 0) {
+    lines.push(
+      ...chain('postrouting', 'type nat hook postrouting priority srcnat; policy accept;', [
+        `oifname { ${masq.map((n) => `"${n}"`).join(', ')} } ${nfprotos}masquerade`,
+      ]),
+    );
+  }
+  lines.push('}');
   const nftScript = `${lines.join('\n')}\n`;
 
   const routes = tproxy ? families.map((f) => policyRoute(f, cfg)) : [];
@@ -325,9 +407,21 @@ export function plan(cfg: RulesConfig): RulesPlan {
       s.push(`  ${proto} ${g.ports.length > 1 ? 'ports' : 'port'} ${g.ports.join(', ')} → ${uniq.join(', ')}`);
     }
   }
-  s.push('  never intercepted: traffic addressed to this host itself, traffic from lo' + (lan.length > 0 ? ' and non-LAN interfaces' : ''));
+  s.push(
+    '  never intercepted: traffic addressed to this host itself, traffic from lo' +
+      (local ? " (except this host's own connections, see below)" : '') +
+      (lan.length > 0 ? ' and non-LAN interfaces' : ''),
+  );
   if (cfg.ipv4) s.push(`  IPv4 bypass: ${bypass4.length > 0 ? bypass4.join(', ') : '(none)'}`);
   if (cfg.ipv6) s.push(`  IPv6 bypass: ${bypass6.length > 0 ? bypass6.join(', ') : '(none)'}`);
+  if (local) {
+    s.push(
+      `  this host's own connections to TCP ${allTcpPorts.join(', ')} are intercepted too (OUTPUT hook); transgate's own sockets carry mark ${ownMark} and are skipped`,
+    );
+  }
+  if (quic) s.push(`  QUIC: UDP port 443 from ${local ? 'clients and this host' : 'clients'} is rejected (ICMP port unreachable), so browsers use TCP`);
+  else s.push('  QUIC: UDP port 443 is left alone (--allow-quic): it is not intercepted');
+  if (masq.length > 0) s.push(`  masquerade: forwarded traffic leaving ${masq.join(', ')} gets that interface's address`);
   if (tproxy) {
     s.push(
       `  policy routing: packets marked ${mark} use routing table ${cfg.routeTable} (every destination local, via lo), ip rule pref ${cfg.rulePriority}`,

@@ -13,6 +13,8 @@ export interface TunnelOptions {
   host: string;
   port: number;
   timeoutMs: number;
+  /** SO_MARK for the connection to the proxy (see DialOptions.mark). */
+  mark?: number;
   signal?: AbortSignal;
 }
 
@@ -55,7 +57,7 @@ export async function openTunnel(opts: TunnelOptions): Promise<net.Socket> {
   const { proxy, host, port } = opts;
   const authority = hostPort(host, port);
   const sock = await dialTcp(
-    { host: proxy.host, port: proxy.port, timeoutMs: opts.timeoutMs, signal: opts.signal },
+    { host: proxy.host, port: proxy.port, timeoutMs: opts.timeoutMs, signal: opts.signal, mark: opts.mark },
     UPSTREAM_CODES,
     `proxy ${proxy.display}`,
   );

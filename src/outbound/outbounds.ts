@@ -11,19 +11,23 @@ import { openTunnel } from './http-connect';
  * applies), or a direct connection to the original destination address.
  */
 export class Outbounds {
-  constructor(private readonly connectTimeoutMs: number) {}
+  /** `mark`: SO_MARK on every outgoing socket (--local), so our own traffic is not intercepted again. */
+  constructor(
+    private readonly connectTimeoutMs: number,
+    private readonly mark?: number,
+  ) {}
 
   open(decision: RouteDecision, ctx: ConnContext, signal?: AbortSignal): Promise<net.Socket> {
     const port = ctx.destination.port;
     if (decision.kind === 'proxy' && decision.proxy) {
       const host = ctx.name ?? ctx.destination.address;
       ctx.via = `${decision.proxy.host.includes(':') ? `[${decision.proxy.host}]` : decision.proxy.host}:${decision.proxy.port}`;
-      return openTunnel({ proxy: decision.proxy, host, port, timeoutMs: this.connectTimeoutMs, signal });
+      return openTunnel({ proxy: decision.proxy, host, port, timeoutMs: this.connectTimeoutMs, signal, mark: this.mark });
     }
     // Direct: the client already chose the address; the gateway need not resolve anything.
     ctx.via = hostPort(ctx.destination.address, port);
     return dialTcp(
-      { host: ctx.destination.address, port, timeoutMs: this.connectTimeoutMs, signal },
+      { host: ctx.destination.address, port, timeoutMs: this.connectTimeoutMs, signal, mark: this.mark },
       DIRECT_CODES,
       `direct ${ctx.via}`,
     );

@@ -1,0 +1,183 @@
+/**
+ * The kernel settings a forwarding gateway needs, planned (pure), applied by
+ * writing /proc/sys, and restored at stop to exactly what was there before.
+ *
+ *   const wants = sysctlWants({ ipv4: true, ipv6: true, interfaces: ['lan0'] });
+ *   const p = planSysctls(wants, readSysctl);   // pure given the reader
+ *   const applied = applySysctls(p.changes);     // throws, after undoing, on the first failure
+ *   ...
+ *   restoreSysctls(applied);
+ *
+ * rp_filter is deliberately not among the wants: TPROXY and REDIRECT keep the
+ * client's source address on the interface it came in on, so strict reverse
+ * path filtering passes (test/e2e/network.test.ts runs every mode with
+ * rp_filter=1 to keep that true). The doctor reports it, it does not change it.
+ */
+import fs from 'node:fs';
+import { ErrorCodes, GatewayError, errnoOf } from '../core/errors';
+
+export interface SysctlWant {
+  /** Path under /proc/sys, one segment per level; an interface name is one segment even when it holds a dot. */
+  path: string[];
+  value: string;
+  /** Why transgate needs it: printed with the change. */
+  why: string;
+}
+
+export interface SysctlChange {
+  path: string[];
+  /** The sysctl(8) spelling: dots between levels, `/` for a dot inside an interface name. */
+  key: string;
+  from: string;
+  to: string;
+  why: string;
+}
+
+export interface SysctlPlan {
+  changes: SysctlChange[];
+  /** Settings already right. */
+  unchanged: string[];
+  /** Settings that do not exist here (no IPv6, interface gone): key and reason. */
+  missing: Array<{ key: string; why: string }>;
+}
+
+export interface SysctlNeeds {
+  ipv4: boolean;
+  ipv6: boolean;
+  /** LAN interfaces whose own send_redirects must be off (the kernel ORs `all` with the interface's value). */
+  interfaces: string[];
+}
+
+/** Returns the current value, or undefined when the file does not exist. */
+export type SysctlReader = (path: string[]) => string | undefined;
+export type SysctlWriter = (path: string[], value: string) => void;
+
+export function sysctlKey(path: readonly string[]): string {
+  return path.map((p) => p.replace(/\./g, '/')).join('.');
+}
+
+export function sysctlFile(path: readonly string[]): string {
+  for (const p of path) {
+    if (p === '' || p === '.' || p === '..' || p.includes('/') || p.includes('\0')) {
+      throw new GatewayError(ErrorCodes.CONFIG, `sysctl: bad path segment ${JSON.stringify(p)}`);
+    }
+  }
+  return `/proc/sys/${path.join('/')}`;
+}
+
+/** Pure: what a gateway forwarding for `interfaces` needs. Wildcard interface names (`veth*`) are skipped. */
+export function sysctlWants(n: SysctlNeeds): SysctlWant[] {
+  const out: SysctlWant[] = [];
+  const lan = [...new Set(n.interfaces)].filter((i) => i !== 'lo' && !i.endsWith('*'));
+  if (n.ipv4) {
+    out.push({ path: ['net', 'ipv4', 'ip_forward'], value: '1', why: 'forward the LAN clients\' other IPv4 traffic' });
+    const why = 'no ICMP redirects: they teach clients to bypass this gateway';
+    out.push({ path: ['net', 'ipv4', 'conf', 'all', 'send_redirects'], value: '0', why });
+    for (const i of lan) out.push({ path: ['net', 'ipv4', 'conf', i, 'send_redirects'], value: '0', why });
+  }
+  if (n.ipv6) {
+    out.push({ path: ['net', 'ipv6', 'conf', 'all', 'forwarding'], value: '1', why: 'forward the LAN clients\' other IPv6 traffic' });
+  }
+  return out;
+}
+
+/** Pure given `read`: the changes needed to get from what is there to `wants`. */
+export function planSysctls(wants: readonly SysctlWant[], read: SysctlReader): SysctlPlan {
+  const plan: SysctlPlan = { changes: [], unchanged: [], missing: [] };
+  const seen = new Set<string>();
+  for (const w of wants) {
+    const key = sysctlKey(w.path);
+    if (seen.has(key)) continue;
+    seen.add(key);
+    const cur = read(w.path);
+    if (cur === undefined) {
+      plan.missing.push({ key, why: w.why });
+    } else if (cur.trim() === w.value) {
+      plan.unchanged.push(key);
+    } else {
+      plan.changes.push({ path: [...w.path], key, from: cur.trim(), to: w.value, why: w.why });
+    }
+  }
+  return plan;
+}
+
+/** Reads /proc/sys; undefined when the setting does not exist. */
+export const readSysctl: SysctlReader = (path) => {
+  try {
+    return fs.readFileSync(sysctlFile(path), 'utf8').trim();
+  } catch (err) {
+    if (errnoOf(err) === 'ENOENT') return undefined;
+    throw sysctlError('read', path, err);
+  }
+};
+
+export const writeSysctl: SysctlWriter = (path, value) => {
+  try {
+    fs.writeFileSync(sysctlFile(path), `${value}\n`);
+  } catch (err) {
+    throw sysctlError('write', path, err);
+  }
+};
+
+function sysctlError(op: 'read' | 'write', path: readonly string[], err: unknown): GatewayError {
+  const code = errnoOf(err);
+  const key = sysctlKey(path);
+  if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') {
+    return new GatewayError(
+      ErrorCodes.PERMISSION,
+      `sysctl ${key}: cannot ${op} ${sysctlFile(path)} (${code}): run as root with a writable /proc/sys, or set it yourself and pass --no-sysctl`,
+      { cause: err },
+    );
+  }
+  return new GatewayError(ErrorCodes.CONFIG, `sysctl ${key}: ${op} failed: ${code ?? String(err)}`, { cause: err });
+}
+
+/**
+ * Writes every change in order. All-or-nothing: on a failure the ones
+ * already written are put back and the error is thrown. Returns what was
+ * applied (pass it to restoreSysctls).
+ */
+export function applySysctls(changes: readonly SysctlChange[], write: SysctlWriter = writeSysctl): SysctlChange[] {
+  const done: SysctlChange[] = [];
+  for (const c of changes) {
+    try {
+      write(c.path, c.to);
+    } catch (err) {
+      try {
+        restoreSysctls(done, write);
+      } catch {
+        /* report the original failure */
+      }
+      throw err;
+    }
+    done.push(c);
+  }
+  return done;
+}
+
+/** Puts the previous values back, last change first. Tries every one; throws the first failure after trying all. */
+export function restoreSysctls(applied: readonly SysctlChange[], write: SysctlWriter = writeSysctl): void {
+  let first: unknown;
+  for (const c of [...applied].reverse()) {
+    try {
+      write(c.path, c.from);
+    } catch (err) {
+      first ??= err;
+    }
+  }
+  if (first !== undefined) throw first;
+}
+
+/** Interfaces with IPv4 settings here, except lo and the all/default pseudo-entries. */
+export function ipv4Interfaces(): string[] {
+  try {
+    return fs.readdirSync('/proc/sys/net/ipv4/conf').filter((n) => n !== 'all' && n !== 'default' && n !== 'lo');
+  } catch {
+    return [];
+  }
+}
+
+/** One line per change, as printed at start and stop. */
+export function describeChange(c: SysctlChange, restoring = false): string {
+  return restoring ? `sysctl ${c.key}: restored ${c.from} (was set to ${c.to})` : `sysctl ${c.key}: ${c.from} -> ${c.to} (${c.why})`;
+}
