@@ -1,10 +1,12 @@
 /*
  * The zero-copy relay: once a tunnel is open, the bytes between the client
  * socket and the upstream socket move socket -> pipe -> socket with
- * splice(2), so they never enter user space. One pipe per direction, created
- * on the first byte (an idle connection costs no pipe fds). Event-driven on
- * Node's own libuv loop with uv_poll (level-triggered), no thread per
- * connection.
+ * splice(2), so they never enter user space. A direction holds a pipe only
+ * while bytes are in it: empty pipes go back to a small pool shared by all
+ * relays (as HAProxy does), so an idle connection costs its two sockets and
+ * nothing else, and a busy one takes a pipe from the pool without syscalls.
+ * Event-driven on Node's own libuv loop with uv_poll (level-triggered), no
+ * thread per connection.
  *
  * Ownership: spliceRelay() dup()s both fds and owns the duplicates; the
  * caller closes its own fds (Node destroys its sockets) right after the call.
@@ -66,6 +68,37 @@ typedef struct tg_relay {
   napi_async_context actx;
   struct tg_relay *prev, *next;
 } tg_relay;
+
+/* Empty pipes ready for reuse. Loop-thread only, like everything here. */
+#define PIPE_POOL_MAX 256
+static int pool_r[PIPE_POOL_MAX], pool_w[PIPE_POOL_MAX];
+static int pool_n;
+
+static int pipe_get(int *r, int *w) {
+  if (pool_n > 0) {
+    pool_n--;
+    *r = pool_r[pool_n];
+    *w = pool_w[pool_n];
+    return 0;
+  }
+  int p[2];
+  if (pipe2(p, O_NONBLOCK | O_CLOEXEC) != 0) return -1;
+  *r = p[0];
+  *w = p[1];
+  return 0;
+}
+
+/* Only empty pipes may be pooled: a byte left behind would reach another connection. */
+static void pipe_put(int r, int w, bool empty) {
+  if (empty && pool_n < PIPE_POOL_MAX) {
+    pool_r[pool_n] = r;
+    pool_w[pool_n] = w;
+    pool_n++;
+    return;
+  }
+  close(r);
+  close(w);
+}
 
 /* Live relays, for spliceAbortAll (gateway shutdown). Loop-thread only. */
 static tg_relay *live_head;
@@ -176,14 +209,9 @@ static bool pump(tg_relay *r, int d) {
       }
     }
     if (!r->rd_eof[d] && !r->in_full[d] && r->inpipe[d] < PIPE_CAP) {
-      if (r->pipe_r[d] < 0) {
-        int p[2];
-        if (pipe2(p, O_NONBLOCK | O_CLOEXEC) != 0) {
-          local_fail(r, errno);
-          return false;
-        }
-        r->pipe_r[d] = p[0];
-        r->pipe_w[d] = p[1];
+      if (r->pipe_r[d] < 0 && pipe_get(&r->pipe_r[d], &r->pipe_w[d]) != 0) {
+        local_fail(r, errno);
+        return false;
       }
       ssize_t n = splice(r->fd[src], NULL, r->pipe_w[d], NULL, PIPE_CAP - r->inpipe[d],
                          SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
@@ -205,6 +233,11 @@ static bool pump(tg_relay *r, int d) {
     }
     if (progress) r->last_active = uv_now(r->poll[0].loop);
     if (!progress) break;
+  }
+  if (r->inpipe[d] == 0 && r->pipe_r[d] >= 0) {
+    pipe_put(r->pipe_r[d], r->pipe_w[d], true);
+    r->pipe_r[d] = r->pipe_w[d] = -1;
+    r->in_full[d] = false;
   }
   if (r->rd_eof[d] && r->inpipe[d] == 0 && !r->shut[d]) {
     r->shut[d] = true;
@@ -265,8 +298,7 @@ static void finish(tg_relay *r, const char *outcome) {
   uv_close((uv_handle_t *)&r->timer, on_handle_closed);
   for (int i = 0; i < 2; i++) {
     if (r->fd[i] >= 0) close(r->fd[i]);
-    if (r->pipe_r[i] >= 0) close(r->pipe_r[i]);
-    if (r->pipe_w[i] >= 0) close(r->pipe_w[i]);
+    if (r->pipe_r[i] >= 0) pipe_put(r->pipe_r[i], r->pipe_w[i], r->inpipe[i] == 0);
     r->fd[i] = r->pipe_r[i] = r->pipe_w[i] = -1;
   }
 }

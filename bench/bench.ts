@@ -1,0 +1,461 @@
+/**
+ * `sudo npm run bench`: transgate against redsocks and against the client
+ * using the proxy itself, side by side, in one namespace lab (test/e2e/lab.ts)
+ * with the same squid upstream. Prints a table and the target ratios and
+ * writes bench-results/bench-<time>.json.
+ *
+ * Variants (each on its own, one after another):
+ *   transgate          --relay splice (the default)
+ *   transgate-js       --relay js
+ *   redsocks           Debian's redsocks, http-connect, nat REDIRECT, its defaults
+ *                      (which splice: two pipes per connection)
+ *   redsocks-copy      the same with `splice = off` (its read/write pump)
+ *   explicit           no gateway: curl -x / hey -x / CONNECT from the client (the limit)
+ * and, without squid, straight to the intranet nginx in `up`:
+ *   transgate-direct   no_proxy: the gateway dials the server itself
+ *   forward            no gateway process: kernel forwarding (the limit)
+ *
+ * Gateway CPU is utime+stime from /proc/<pid>/stat around each workload;
+ * RSS is VmRSS from /proc/<pid>/status.
+ *
+ * Knobs (environment): BENCH_ONLY=transgate,redsocks (variants to run),
+ * BENCH_FILE_MIB, BENCH_PARALLEL, BENCH_CONN_REQUESTS, BENCH_CONN_CONCURRENCY,
+ * BENCH_LATENCY_SAMPLES, BENCH_IDLE, and BENCH_CPU_PROF=DIR for V8 CPU
+ * profiles of the transgate runs (node --cpu-prof).
+ */
+import { type ChildProcess, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { ADDR, type Gw, Lab } from '../test/e2e/lab';
+
+const MIB = 1 << 20;
+const GIB = 1 << 30;
+const opt = (name: string, dflt: number): number => {
+  const v = process.env[`BENCH_${name}`];
+  return v && /^\d+$/.test(v) ? Number(v) : dflt;
+};
+/** Sizes can be lowered for a quick run (BENCH_FILE_MIB=64 ...). */
+const FILE_MIB = opt('FILE_MIB', 256);
+const PARALLEL = opt('PARALLEL', 8);
+const CONN_REQUESTS = opt('CONN_REQUESTS', 2000);
+const CONN_CONCURRENCY = opt('CONN_CONCURRENCY', 16);
+const LATENCY_SAMPLES = opt('LATENCY_SAMPLES', 300);
+/**
+ * Held idle connections. Each costs the gateway two descriptors (client and
+ * upstream) and squid two; this host's hard RLIMIT_NOFILE is read below and
+ * the count is capped to fit under it.
+ */
+const IDLE_WANTED = opt('IDLE', 10_000);
+const ECHO_PORT = 5001;
+const REDSOCKS_PORT = 12345;
+const O4 = ADDR.origin.v4;
+const INTRA = ADDR.intranet.v4;
+const PROXY = { host: ADDR.proxy.v4, port: ADDR.proxy.port };
+
+const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
+
+function cpuTicks(pid: number): number {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // Fields after the command name, which may contain spaces and ends with ')'.
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return Number(f[11]) + Number(f[12]); // utime, stime (fields 14 and 15)
+}
+
+function rssMiB(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) / 1024 : NaN;
+}
+
+function hardNofile(): number {
+  const m = /Max open files\s+\d+\s+(\d+)/.exec(fs.readFileSync('/proc/self/limits', 'utf8'));
+  return m ? Number(m[1]) : 1024;
+}
+
+function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+interface Result {
+  variant: string;
+  bulk1MBps?: number;
+  bulkNMBps?: number;
+  cpuSecPerGiB?: number;
+  connsPerSec?: number;
+  cpuUsPerConn?: number;
+  connErrors?: number;
+  latencyP50Ms?: number;
+  latencyP99Ms?: number;
+  rssIdleMiB?: number;
+  rssHeldMiB?: number;
+  /** RSS just before the idle connections were opened (after the other workloads). */
+  rssBeforeHeldMiB?: number;
+  held?: number;
+  notes: string[];
+}
+
+/** What a variant changes: how the client reaches the target and which process is the gateway. */
+interface Variant {
+  name: string;
+  /** Upstream squid in the path. */
+  squid: boolean;
+  /** Sets up the gateway; returns its pid (undefined: no gateway process). */
+  start(): Promise<number | undefined>;
+  stop(): Promise<void>;
+  /** Extra client arguments: curl -x / hey -x for the explicit variant. */
+  explicit: boolean;
+}
+
+class Bench {
+  readonly results: Result[] = [];
+  private gw: Gw | undefined;
+  private redsocks: ChildProcess | undefined;
+  readonly idleCount: number;
+
+  constructor(
+    readonly lab: Lab,
+    readonly probe: string,
+  ) {
+    // Gateway and squid each hold 2 fds per idle connection, plus their own (~100 with headroom).
+    this.idleCount = Math.min(IDLE_WANTED, Math.floor((hardNofile() - 300) / 2));
+  }
+
+  variants(): Variant[] {
+    const lab = this.lab;
+    const proxyEnv = { http_proxy: ADDR.proxyUrl, https_proxy: ADDR.proxyUrl };
+    const transgate = (name: string, relay: string, direct: boolean): Variant => ({
+      name,
+      squid: !direct,
+      explicit: false,
+      start: async () => {
+        const args = ['--mode', 'tproxy', '--relay', relay];
+        // Direct: port 80 is carried as plain TCP (the relay path), straight to the intranet server.
+        args.push(...(direct ? ['--http-ports', '', '-tcp-proxy-dports', '80'] : ['-tcp-proxy-dports', `22,${ECHO_PORT}`]));
+        const env: Record<string, string> = direct ? { ...proxyEnv, no_proxy: INTRA } : { ...proxyEnv };
+        // BENCH_CPU_PROF=DIR: a V8 CPU profile of each transgate run, written when it exits.
+        const prof = process.env['BENCH_CPU_PROF'];
+        if (prof) env['NODE_OPTIONS'] = `--cpu-prof --cpu-prof-dir=${path.resolve(prof)} --cpu-prof-name=${name}-${Date.now()}.cpuprofile`;
+        this.gw = await lab.startGateway(args, env);
+        await this.gw.waitFor(new RegExp(`\\brelay ${relay}\\b`), 3000);
+        return this.gw.pid;
+      },
+      stop: async () => {
+        await this.gw?.stop('SIGTERM', 5000).catch(() => this.gw?.kill9());
+        this.gw = undefined;
+      },
+    });
+    const redsocks = (name: string, copy: boolean): Variant => ({
+      name,
+      squid: true,
+      explicit: false,
+      start: () => this.startRedsocks(copy),
+      stop: () => this.stopRedsocks(),
+    });
+    // No gateway process: the gw namespace only forwards, with source NAT
+    // because `up` has no route back to the clients' network.
+    const nat = 'table ip tgbench_nat {\n chain post {\n  type nat hook postrouting priority srcnat; policy accept;\n  oifname "wan0" masquerade\n }\n}\n';
+    const none = (name: string, squid: boolean, explicit: boolean): Variant => ({
+      name,
+      squid,
+      explicit,
+      start: async () => {
+        const r = await lab.exec('gw', ['nft', '-f', '-'], { input: nat });
+        if (r.code !== 0) throw new Error(`masquerade rule: ${r.stderr}`);
+        return undefined;
+      },
+      stop: async () => {
+        await lab.exec('gw', ['nft', 'delete', 'table', 'ip', 'tgbench_nat']);
+      },
+    });
+    return [
+      transgate('transgate', 'splice', false),
+      transgate('transgate-js', 'js', false),
+      redsocks('redsocks', false),
+      redsocks('redsocks-copy', true),
+      none('explicit', true, true),
+      transgate('transgate-direct', 'splice', true),
+      none('forward', false, false),
+    ];
+  }
+
+  private async startRedsocks(copy: boolean): Promise<number> {
+    const dir = fs.mkdtempSync(path.join(this.lab.dir, 'redsocks-'));
+    fs.chmodSync(dir, 0o755);
+    const conf = path.join(dir, 'redsocks.conf');
+    fs.writeFileSync(
+      conf,
+      [
+        'base {',
+        '  log_debug = off;',
+        '  log_info = on;',
+        `  log = "file:${dir}/redsocks.log";`,
+        '  daemon = off;',
+        '  redirector = iptables;',
+        `  rlimit_nofile = ${hardNofile()};`,
+        `  redsocks_conn_max = ${this.idleCount + 100};`,
+        '}',
+        'redsocks {',
+        '  local_ip = 0.0.0.0;',
+        `  local_port = ${REDSOCKS_PORT};`,
+        `  ip = ${PROXY.host};`,
+        `  port = ${PROXY.port};`,
+        '  type = http-connect;',
+        // Debian's redsocks splices by default (when the kernel supports it); copy turns it off.
+        ...(copy ? ['  splice = off;'] : []),
+        '}',
+        '',
+      ].join('\n'),
+    );
+    const rules = [
+      'table ip tgbench_redsocks {',
+      '  chain pre {',
+      '    type nat hook prerouting priority dstnat; policy accept;',
+      `    iifname "lan0" ip daddr ${O4} tcp dport { 22, 443, ${ECHO_PORT} } redirect to :${REDSOCKS_PORT}`,
+      '  }',
+      '}',
+      '',
+    ].join('\n');
+    const r = await this.lab.exec('gw', ['nft', '-f', '-'], { input: rules });
+    if (r.code !== 0) throw new Error(`redsocks rules: ${r.stderr}`);
+    this.redsocks = this.lab.spawn('gw', ['redsocks', '-c', conf], { logFile: path.join(dir, 'stderr.log') });
+    for (let i = 0; i < 100; i++) {
+      if ((await this.lab.listening('gw')).includes(`0.0.0.0:${REDSOCKS_PORT}`)) return this.redsocks.pid!;
+      await sleep(50);
+    }
+    throw new Error(`redsocks did not start: ${fs.readFileSync(path.join(dir, 'stderr.log'), 'utf8')}`);
+  }
+
+  private async stopRedsocks(): Promise<void> {
+    await this.lab.exec('gw', ['nft', 'delete', 'table', 'ip', 'tgbench_redsocks']);
+    const p = this.redsocks;
+    this.redsocks = undefined;
+    if (p && p.exitCode === null && p.signalCode === null) {
+      const gone = new Promise((r) => p.once('exit', r));
+      p.kill('SIGTERM');
+      await Promise.race([gone, sleep(3000)]);
+      if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
+    }
+  }
+
+  private bulkUrl(v: Variant): string {
+    return v.squid ? 'https://www.example.test/files/large.bin' : `http://${INTRA}/files/large.bin`;
+  }
+
+  private curlArgs(v: Variant): string {
+    const tls = `--cacert ${this.lab.caFile} --resolve www.example.test:443:${O4}`;
+    if (v.explicit) return `-x ${ADDR.proxyUrl} --cacert ${this.lab.caFile}`;
+    return v.squid ? tls : '';
+  }
+
+  /** N parallel downloads of the large file; returns aggregate MB/s and gateway CPU seconds. */
+  private async bulk(v: Variant, pid: number | undefined, n: number): Promise<{ mbps: number; cpuSec: number; bytes: number }> {
+    const one = `curl -sS --fail -o /dev/null -w '%{size_download}\\n' --max-time 120 ${this.curlArgs(v)} ${this.bulkUrl(v)}`;
+    const script = Array.from({ length: n }, () => `${one} &`).join('\n') + '\nwait\n';
+    const c0 = pid ? cpuTicks(pid) : 0;
+    const t0 = process.hrtime.bigint();
+    const r = await this.lab.exec('cl', ['sh', '-c', script], { timeoutMs: 180_000 });
+    const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+    const cpuSec = pid ? (cpuTicks(pid) - c0) / CLK_TCK : NaN;
+    const sizes = r.stdout.split('\n').filter(Boolean).map(Number);
+    const bytes = sizes.reduce((a, b) => a + b, 0);
+    if (sizes.length !== n || sizes.some((s) => s !== FILE_MIB * MIB)) {
+      throw new Error(`${v.name}: bulk x${n} incomplete (${sizes.join(',')}): ${r.stderr.slice(0, 500)}`);
+    }
+    return { mbps: bytes / MIB / secs, cpuSec, bytes };
+  }
+
+  private async conns(v: Variant, pid: number | undefined): Promise<{ perSec: number; cpuUsPerConn: number; errors: number }> {
+    const url = v.squid ? `https://${O4}/` : `http://${INTRA}/`;
+    const args = ['hey', '-n', String(CONN_REQUESTS), '-c', String(CONN_CONCURRENCY), '-disable-keepalive', '-t', '10'];
+    if (v.explicit) args.push('-x', ADDR.proxyUrl);
+    args.push(url);
+    const c0 = pid ? cpuTicks(pid) : 0;
+    const r = await this.lab.exec('cl', args, { timeoutMs: 180_000 });
+    const cpu = pid ? (cpuTicks(pid) - c0) / CLK_TCK : NaN;
+    const rps = /Requests\/sec:\s+([\d.]+)/.exec(r.stdout);
+    const ok = /\[200\]\s+(\d+) responses/.exec(r.stdout);
+    if (!rps) throw new Error(`${v.name}: hey printed no rate: ${r.stdout.slice(-800)} ${r.stderr.slice(0, 400)}`);
+    const okCount = ok ? Number(ok[1]) : 0;
+    return { perSec: Number(rps[1]), cpuUsPerConn: (cpu * 1e6) / CONN_REQUESTS, errors: CONN_REQUESTS - okCount };
+  }
+
+  private probeArgs(v: Variant, mode: string, n: number): string[] {
+    const args = [process.execPath, this.probe, mode, O4, String(ECHO_PORT), String(n)];
+    if (v.explicit) args.push(PROXY.host, String(PROXY.port));
+    return args;
+  }
+
+  private async latency(v: Variant): Promise<{ p50: number; p99: number }> {
+    const r = await this.lab.exec('cl', this.probeArgs(v, 'latency', LATENCY_SAMPLES), { timeoutMs: 120_000 });
+    const out = JSON.parse(r.stdout.trim() || '{}') as { samplesMs?: number[]; failed?: number };
+    if (!out.samplesMs || out.failed) throw new Error(`${v.name}: latency probe: ${r.stdout.slice(0, 300)} ${r.stderr.slice(0, 300)}`);
+    const s = out.samplesMs.sort((a, b) => a - b);
+    return { p50: percentile(s, 50), p99: percentile(s, 99) };
+  }
+
+  /** Opens idleCount connections through the gateway, reads its RSS, closes them. */
+  private async held(v: Variant, pid: number): Promise<{ before: number; after: number; open: number }> {
+    const before = rssMiB(pid);
+    const child = this.lab.spawn('cl', this.probeArgs(v, 'idle', this.idleCount), { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    let err = '';
+    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    const deadline = Date.now() + 120_000;
+    while (!out.includes('\n')) {
+      if (Date.now() > deadline || child.exitCode !== null) throw new Error(`${v.name}: idle probe (exit ${child.exitCode}): ${out} ${err}`);
+      await sleep(100);
+    }
+    const got = JSON.parse(out.trim()) as { open: number; failed: number };
+    await sleep(1000); // let the gateway settle (timers, GC) before reading RSS
+    const after = rssMiB(pid);
+    child.stdin!.end();
+    await new Promise((r) => (child.exitCode !== null ? r(undefined) : child.once('exit', r)));
+    // Wait for the gateway to let go of them before the next workload.
+    await sleep(1500);
+    return { before, after, open: got.open };
+  }
+
+  async run(v: Variant): Promise<Result> {
+    const res: Result = { variant: v.name, notes: [] };
+    const pid = await v.start();
+    try {
+      await sleep(500);
+      // RSS at idle is read before any load: what a freshly started gateway holds.
+      const rssIdle = pid ? rssMiB(pid) : undefined;
+      const b1 = await this.bulk(v, pid, 1);
+      res.bulk1MBps = b1.mbps;
+      const bn = await this.bulk(v, pid, PARALLEL);
+      res.bulkNMBps = bn.mbps;
+      if (pid) res.cpuSecPerGiB = (b1.cpuSec + bn.cpuSec) / ((b1.bytes + bn.bytes) / GIB);
+      const c = await this.conns(v, pid);
+      res.connsPerSec = c.perSec;
+      res.cpuUsPerConn = pid ? c.cpuUsPerConn : undefined;
+      res.connErrors = c.errors;
+      if (v.squid) {
+        const l = await this.latency(v);
+        res.latencyP50Ms = l.p50;
+        res.latencyP99Ms = l.p99;
+      }
+      // Last: a gateway that runs out of descriptors here must not spoil the other workloads.
+      if (pid && v.squid) {
+        const h = await this.held(v, pid);
+        res.rssIdleMiB = rssIdle;
+        res.rssHeldMiB = h.after;
+        res.rssBeforeHeldMiB = h.before;
+        res.held = h.open;
+        if (h.open < this.idleCount) res.notes.push(`${this.idleCount - h.open} of ${this.idleCount} idle connections failed`);
+      }
+    } finally {
+      await v.stop();
+    }
+    this.results.push(res);
+    return res;
+  }
+}
+
+const fmt = (n: number | undefined, digits = 1): string => (n === undefined || Number.isNaN(n) ? '-' : n.toFixed(digits));
+
+function table(results: Result[]): string {
+  const head = ['variant', '1x MB/s', `${PARALLEL}x MB/s`, 'CPU s/GiB', 'conn/s', 'CPU µs/conn', 'p50 ms', 'p99 ms', 'RSS idle MiB', 'RSS +held MiB', 'held'];
+  const rows = results.map((r) => [
+    r.variant, fmt(r.bulk1MBps, 0), fmt(r.bulkNMBps, 0), fmt(r.cpuSecPerGiB, 2), fmt(r.connsPerSec, 0), fmt(r.cpuUsPerConn, 0),
+    fmt(r.latencyP50Ms, 2), fmt(r.latencyP99Ms, 2), fmt(r.rssIdleMiB), r.rssHeldMiB === undefined || r.rssBeforeHeldMiB === undefined ? '-' : fmt(r.rssHeldMiB - r.rssBeforeHeldMiB), r.held === undefined ? '-' : String(r.held),
+  ]);
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
+  const line = (cells: string[]) => '| ' + cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(' | ') + ' |';
+  return [line(head), '|' + widths.map((w, i) => (i === 0 ? '-'.repeat(w + 1) + '-' : '-'.repeat(w + 1) + ':')).join('|') + '|', ...rows.map(line)].join('\n');
+}
+
+interface Ratio {
+  name: string;
+  value: number;
+  target: string;
+  ok: boolean;
+}
+
+function ratios(results: Result[]): Ratio[] {
+  const by = (n: string) => results.find((r) => r.variant === n);
+  const t = by('transgate');
+  const rs = by('redsocks');
+  const ex = by('explicit');
+  const out: Ratio[] = [];
+  const add = (name: string, a: number | undefined, b: number | undefined, target: string, ok: (x: number) => boolean) => {
+    if (a === undefined || b === undefined || !b) return;
+    const value = a / b;
+    out.push({ name, value, target, ok: ok(value) });
+  };
+  if (t && rs) {
+    add('throughput 1x / redsocks', t.bulk1MBps, rs.bulk1MBps, '>= 1.0', (x) => x >= 1.0);
+    add(`throughput ${PARALLEL}x / redsocks`, t.bulkNMBps, rs.bulkNMBps, '>= 1.0', (x) => x >= 1.0);
+    add('CPU per GiB / redsocks', t.cpuSecPerGiB, rs.cpuSecPerGiB, '<= 0.8', (x) => x <= 0.8);
+    add('CPU per new conn / redsocks', t.cpuUsPerConn, rs.cpuUsPerConn, '<= 1.5', (x) => x <= 1.5);
+    add('new conns/s / redsocks', t.connsPerSec, rs.connsPerSec, '>= 1.0', (x) => x >= 1.0);
+  }
+  if (t && ex) {
+    add('throughput 1x / explicit', t.bulk1MBps, ex.bulk1MBps, '>= 0.9', (x) => x >= 0.9);
+    add(`throughput ${PARALLEL}x / explicit`, t.bulkNMBps, ex.bulkNMBps, '>= 0.9', (x) => x >= 0.9);
+  }
+  if (t?.rssHeldMiB !== undefined && t.rssBeforeHeldMiB !== undefined && t.held) {
+    const growth = t.rssHeldMiB - t.rssBeforeHeldMiB;
+    out.push({ name: `RSS growth for ${t.held} held conns (MiB)`, value: growth, target: '<= 40 (per 10,000)', ok: (growth * 10_000) / t.held <= 40 });
+  }
+  return out;
+}
+
+async function main(): Promise<void> {
+  if (process.getuid?.() !== 0) {
+    console.error('bench: needs root for network namespaces: sudo npm run bench');
+    process.exit(1);
+  }
+  const started = Date.now();
+  const probe = path.join(__dirname, 'probe.js');
+  console.log(`bench: building the lab with a ${FILE_MIB} MiB file ...`);
+  const lab = await Lab.create({ largeFileMiB: FILE_MIB, squid: { maxFds: hardNofile() } });
+  try {
+    // One echo server (not socat's fork per connection) for latency and held connections.
+    lab.spawn('in', [process.execPath, '-e', `require('net').createServer((s) => { s.on('error', () => {}); s.pipe(s); }).listen(${ECHO_PORT}, '${O4}')`]);
+    for (let i = 0; !(await lab.listening('in')).includes(`${O4}:${ECHO_PORT}`); i++) {
+      if (i > 100) throw new Error('echo server did not start');
+      await sleep(50);
+    }
+    const bench = new Bench(lab, probe);
+    const only = process.env['BENCH_ONLY']?.split(',');
+    for (const v of bench.variants()) {
+      if (only && !only.includes(v.name)) continue;
+      const t0 = Date.now();
+      process.stdout.write(`bench: ${v.name} ... `);
+      const r = await bench.run(v);
+      console.log(`${((Date.now() - t0) / 1000).toFixed(0)} s${r.notes.length ? ` (${r.notes.join('; ')})` : ''}`);
+    }
+    const rs = ratios(bench.results);
+    const nofile = hardNofile();
+    const meta = {
+      date: new Date().toISOString(),
+      host: { cpus: spawnSync('nproc', { encoding: 'utf8' }).stdout.trim(), kernel: spawnSync('uname', ['-r'], { encoding: 'utf8' }).stdout.trim(), node: process.version, nofileHard: nofile },
+      params: { fileMiB: FILE_MIB, parallel: PARALLEL, connRequests: CONN_REQUESTS, connConcurrency: CONN_CONCURRENCY, latencySamples: LATENCY_SAMPLES, idleWanted: IDLE_WANTED, idleHeld: bench.idleCount },
+      durationS: (Date.now() - started) / 1000,
+    };
+    console.log('');
+    console.log(table(bench.results));
+    console.log('');
+    for (const r of rs) console.log(`${r.ok ? 'ok  ' : 'MISS'} ${r.name}: ${r.value.toFixed(2)} (target ${r.target})`);
+    if (bench.idleCount < IDLE_WANTED) {
+      console.log(`note: held ${bench.idleCount} idle connections, not ${IDLE_WANTED}: the hard RLIMIT_NOFILE is ${nofile} and the gateway and squid need 2 fds per connection`);
+    }
+    const outDir = path.join(lab.repo, 'bench-results');
+    fs.mkdirSync(outDir, { recursive: true });
+    const file = path.join(outDir, `bench-${meta.date.replace(/[:.]/g, '-')}.json`);
+    fs.writeFileSync(file, JSON.stringify({ meta, results: bench.results, ratios: rs }, null, 2) + '\n');
+    console.log(`\nbench: ${meta.durationS.toFixed(0)} s; results in ${path.relative(process.cwd(), file)}`);
+  } finally {
+    await lab.destroy();
+  }
+}
+
+main().catch((err: unknown) => {
+  console.error(`bench: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+  process.exit(1);
+});
