@@ -89,6 +89,7 @@ export class Gateway {
       log,
       connectTimeoutMs: cfg.connectTimeoutMs,
       idleTimeoutMs: cfg.idleTimeoutMs,
+      socketMark: cfg.local ? cfg.socketMark : undefined,
     });
   }
 

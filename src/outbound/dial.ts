@@ -97,3 +97,34 @@ function connecting(sock: net.Socket, opts: DialOptions, codes: { unreachable: E
 
 export const DIRECT_CODES = { unreachable: ErrorCodes.DIRECT_UNREACHABLE, timeout: ErrorCodes.DIRECT_TIMEOUT } as const;
 export const UPSTREAM_CODES = { unreachable: ErrorCodes.UPSTREAM_UNREACHABLE, timeout: ErrorCodes.UPSTREAM_TIMEOUT } as const;
+
+type ConnectCallback = (err: Error | null, sock?: net.Socket) => void;
+
+/**
+ * An http.Agent createConnection that opens marked sockets (--local), for the
+ * HTTP path's keep-alive agents. IP literals connect in the calling tick;
+ * names are looked up first and handed over through the callback.
+ */
+export function markedConnector(mark: number): (opts: { host?: string | null; port?: number | string | null }, cb: ConnectCallback) => net.Socket | undefined {
+  return (opts, cb) => {
+    const host = opts.host ?? 'localhost';
+    const port = Number(opts.port ?? 80);
+    const open = (addr: string): net.Socket => {
+      const sock = connectMarkedSocket({ host: addr, port, mark });
+      sock.setNoDelay(true);
+      return sock;
+    };
+    if (net.isIP(host)) return open(host);
+    dns.lookup(host, (err, address) => {
+      if (err) cb(err);
+      else {
+        try {
+          cb(null, open(address));
+        } catch (e) {
+          cb(e as Error);
+        }
+      }
+    });
+    return undefined;
+  };
+}

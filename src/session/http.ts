@@ -8,6 +8,7 @@ import type { Outbounds } from '../outbound/outbounds';
 import type { Relay } from '../relay/relay';
 import type { RouteDecision, Router } from '../route/router';
 import { parseHostHeader } from '../sniff/http';
+import { markedConnector } from '../outbound/dial';
 
 export interface HttpDeps {
   router: Router;
@@ -16,6 +17,8 @@ export interface HttpDeps {
   log: Logger;
   connectTimeoutMs: number;
   idleTimeoutMs: number;
+  /** SO_MARK for upstream sockets (--local), so this host's interception skips them. */
+  socketMark?: number;
 }
 
 /** Hop-by-hop headers (RFC 9110 7.6.1) and proxy headers a transparent client never meant for the proxy. */
@@ -94,6 +97,12 @@ export class HttpSession {
   constructor(private readonly deps: HttpDeps) {
     this.proxyAgent = new http.Agent({ keepAlive: true, maxSockets: Infinity, maxFreeSockets: 256, scheduling: 'lifo' });
     this.directAgent = new http.Agent({ keepAlive: true, maxSockets: Infinity, maxFreeSockets: 256, scheduling: 'lifo' });
+    if (deps.socketMark !== undefined) {
+      // --local: without the mark, the OUTPUT rules would send our own requests back to us.
+      const connect = markedConnector(deps.socketMark) as unknown as http.Agent['createConnection'];
+      this.proxyAgent.createConnection = connect;
+      this.directAgent.createConnection = connect;
+    }
     this.server = http.createServer({ requireHostHeader: false, joinDuplicateHeaders: false });
     this.server.keepAliveTimeout = 60_000;
     this.server.headersTimeout = 60_000;

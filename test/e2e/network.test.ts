@@ -1,0 +1,289 @@
+/**
+ * End-to-end tests of what transgate does to the network around it, in the
+ * namespace lab (cl → gw → up → in): sysctls set and restored, QUIC
+ * rejected, --masquerade, --local from the gateway namespace itself.
+ *
+ * This file gives the lab real forwarding paths (its own namespaces only):
+ * gw gets default routes via up, up forwards, in routes back via up. up has
+ * no route back to the client LAN, like a real uplink: forwarded client
+ * traffic only comes back when gw masquerades it.
+ *
+ * Every gateway here runs with strict reverse path filtering (rp_filter=1) in
+ * gw: transgate does not loosen it, so these tests show it is not needed.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { ADDR, type ExecResult, type Gw, Lab, e2eSkipReason, parseKv } from './lab';
+
+const skip = e2eSkipReason();
+const O4 = ADDR.origin.v4;
+const O6 = ADDR.origin.v6;
+const WWW = ADDR.names.www;
+const PEER_PORT = 7000;
+
+function proxyEnv(extra: Record<string, string> = {}): Record<string, string> {
+  return { http_proxy: ADDR.proxyUrl, https_proxy: ADDR.proxyUrl, ...extra };
+}
+
+function show(r: ExecResult): string {
+  return `code=${r.code} ms=${r.ms} timedOut=${r.timedOut}\nstdout: ${JSON.stringify(r.stdout.slice(0, 800))}\nstderr: ${JSON.stringify(r.stderr.slice(0, 800))}`;
+}
+
+let lastGw: Gw | undefined;
+
+function gtest(name: string, fn: () => Promise<void>): void {
+  test(name, async () => {
+    try {
+      await fn();
+    } catch (err) {
+      if (err instanceof Error && lastGw) err.message += `\n--- gateway (pid ${lastGw.pid}) last lines ---\n${lastGw.lines.slice(-25).join('\n')}`;
+      throw err;
+    }
+  });
+}
+
+async function startGw(lab: Lab, args: string[], env: Record<string, string> = proxyEnv()): Promise<Gw> {
+  lastGw = undefined;
+  const gw = await lab.startGateway(args, env);
+  lastGw = gw;
+  return gw;
+}
+
+async function stopGw(lab: Lab, gw: Gw | undefined): Promise<void> {
+  if (gw) {
+    const code = await gw.stop('SIGTERM', 8000).catch(async () => {
+      await gw.kill9();
+      return -1;
+    });
+    assert.equal(code, 0, `gateway exit code on SIGTERM:\n${gw.lines.slice(-20).join('\n')}`);
+  }
+  await lab.transgate(['clear']).catch(() => undefined);
+}
+
+async function sysctl(lab: Lab, key: string): Promise<string> {
+  const r = await lab.exec('gw', ['sysctl', '-n', key]);
+  assert.equal(r.code, 0, show(r));
+  return r.stdout.trim();
+}
+
+async function setSysctls(lab: Lab, kv: string[]): Promise<void> {
+  const r = await lab.exec('gw', ['sysctl', '-q', '-w', ...kv]);
+  assert.equal(r.code, 0, show(r));
+}
+
+/** A UDP datagram to host:443 from `ns`: 'refused <ms>', 'reply <text> <ms>', 'timeout' or 'error <errno>'. */
+async function udpProbe(lab: Lab, ns: 'cl' | 'gw', host: string, port = 443): Promise<string> {
+  const py = [
+    'import socket,sys,time',
+    `fam=socket.AF_INET6 if ':' in ${JSON.stringify(host)} else socket.AF_INET`,
+    's=socket.socket(fam,socket.SOCK_DGRAM); s.settimeout(2)',
+    `s.connect((${JSON.stringify(host)},${port})); t=time.time()`,
+    'try:',
+    "  s.send(b'quic-initial'); d=s.recv(100); print('reply',d.decode(),int((time.time()-t)*1000))",
+    'except ConnectionRefusedError: print("refused",int((time.time()-t)*1000))',
+    'except PermissionError: print("refused-local",int((time.time()-t)*1000))',
+    'except socket.timeout: print("timeout")',
+    'except OSError as e: print("error",e.errno)',
+  ].join('\n');
+  const r = await lab.exec(ns, ['python3', '-c', py], { timeoutMs: 10_000 });
+  assert.equal(r.code, 0, show(r));
+  return r.stdout.trim();
+}
+
+/** Connects from cl to in's peer-address service: what `in` saw as our address, or undefined when it did not work. */
+async function peerSeen(lab: Lab, host: string): Promise<string | undefined> {
+  const target = host.includes(':') ? `TCP6:[${host}]:${PEER_PORT}` : `TCP4:${host}:${PEER_PORT}`;
+  const r = await lab.exec('cl', ['socat', '-t', '2', '-T', '3', '-', `${target},connect-timeout=3`], { timeoutMs: 10_000 });
+  return r.code === 0 && r.stdout.trim() ? r.stdout.trim() : undefined;
+}
+
+async function waitConn(gw: Gw, from: number, pred: (f: Record<string, string>) => boolean, what: string, timeoutMs = 5000): Promise<Record<string, string>> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    for (const line of gw.linesSince(from)) {
+      if (!/(^|\s)conn\s+id=/.test(line)) continue;
+      const f = parseKv(line);
+      if (pred(f)) return f;
+    }
+    if (Date.now() > deadline) throw new Error(`no conn line for ${what}; gateway output since mark:\n${gw.linesSince(from).join('\n')}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+describe('network e2e', { skip, timeout: 300_000 }, () => {
+  let lab: Lab;
+
+  before(async () => {
+    lab = await Lab.create();
+    const ip = async (ns: 'gw' | 'up' | 'in', cmds: string[]): Promise<void> => {
+      const r = await lab.exec(ns, ['ip', '-batch', '-'], { input: cmds.join('\n') + '\n' });
+      assert.equal(r.code, 0, show(r));
+    };
+    await ip('gw', ['route add default via 198.51.100.2', 'route add default via 2001:db8:2::2']);
+    await ip('in', ['route add default via 203.0.113.1', 'route add default via 2001:db8:3::1']);
+    const fw = await lab.exec('up', ['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1']);
+    assert.equal(fw.code, 0, show(fw));
+    // in: a UDP echo on 443 (so a refusal can only come from the gateway) and a service that prints the peer address.
+    lab.spawn('in', ['socat', 'UDP4-RECVFROM:443,fork,reuseaddr', 'SYSTEM:cat']);
+    lab.spawn('in', ['socat', `TCP4-LISTEN:${PEER_PORT},fork,reuseaddr`, 'SYSTEM:echo $SOCAT_PEERADDR']);
+    lab.spawn('in', ['socat', `TCP6-LISTEN:${PEER_PORT},fork,reuseaddr,ipv6only=1`, 'SYSTEM:echo $SOCAT_PEERADDR']);
+    await setSysctls(lab, ['net.ipv4.conf.all.rp_filter=1', 'net.ipv4.conf.lan0.rp_filter=1', 'net.ipv4.conf.wan0.rp_filter=1', 'net.ipv4.conf.lo.rp_filter=1']);
+    for (let i = 0; i < 50; i++) {
+      const l = await lab.exec('in', ['ss', '-Hlnu', 'sport = :443']);
+      const t = await lab.exec('in', ['ss', '-Hlnt', `sport = :${PEER_PORT}`]);
+      if (l.stdout.trim() && t.stdout.trim()) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  });
+
+  after(async () => {
+    if (lab) await lab.transgate(['clear']).catch(() => undefined);
+    await lab?.destroy();
+  });
+
+  describe('forwarding gateway: sysctls, QUIC, masquerade (tproxy, strict rp_filter)', () => {
+    let gw: Gw | undefined;
+    before(async () => {
+      // A box that is not yet a router, and sends redirects: transgate must fix both while it runs.
+      await setSysctls(lab, [
+        'net.ipv4.ip_forward=0',
+        'net.ipv6.conf.all.forwarding=0',
+        'net.ipv4.conf.all.send_redirects=1',
+        'net.ipv4.conf.lan0.send_redirects=1',
+      ]);
+      gw = await startGw(lab, ['--lan', 'lan0', '--masquerade', 'wan0']);
+    });
+    after(async () => {
+      await stopGw(lab, gw).catch(() => undefined);
+      gw = undefined;
+    });
+
+    gtest('sets forwarding on and redirects off, printing each change', async () => {
+      assert.equal(await sysctl(lab, 'net.ipv4.ip_forward'), '1');
+      assert.equal(await sysctl(lab, 'net.ipv6.conf.all.forwarding'), '1');
+      assert.equal(await sysctl(lab, 'net.ipv4.conf.all.send_redirects'), '0');
+      assert.equal(await sysctl(lab, 'net.ipv4.conf.lan0.send_redirects'), '0');
+      const out = gw!.output();
+      assert.match(out, /sysctl net\.ipv4\.ip_forward: 0 -> 1/);
+      assert.match(out, /sysctl net\.ipv6\.conf\.all\.forwarding: 0 -> 1/);
+      assert.match(out, /sysctl net\.ipv4\.conf\.all\.send_redirects: 1 -> 0/);
+      assert.match(out, /sysctl net\.ipv4\.conf\.lan0\.send_redirects: 1 -> 0/);
+      assert.equal(await sysctl(lab, 'net.ipv4.conf.lan0.rp_filter'), '1', 'rp_filter is left strict');
+    });
+
+    gtest('HTTP and HTTPS are intercepted with strict rp_filter', async () => {
+      const m = await lab.squidMark();
+      const h = await lab.exec('cl', ['curl', '-sS', '--max-time', '8', `http://${WWW}/rp`, '--resolve', `${WWW}:80:${O4}`]);
+      assert.equal(h.code, 0, show(h));
+      assert.match(h.stdout, /origin host=www\.example\.test uri=\/rp/);
+      const s = await lab.exec('cl', ['curl', '-sS', '--max-time', '8', '--cacert', lab.caFile, `https://${WWW}/rp6`, '--resolve', `${WWW}:443:${O6}`]);
+      assert.equal(s.code, 0, show(s));
+      assert.match(s.stdout, /proto=https/);
+      await lab.waitSquidLog(/CONNECT www\.example\.test:443/, 3000, m);
+    });
+
+    gtest('QUIC (UDP/443) from a client is refused at once with ICMP port unreachable', async () => {
+      const r4 = await udpProbe(lab, 'cl', O4);
+      const m = /^refused (\d+)$/.exec(r4);
+      assert.ok(m, `expected a refusal, got: ${r4}`);
+      assert.ok(Number(m[1]) < 1000, `refusal took ${m[1]} ms`);
+      const r6 = await udpProbe(lab, 'cl', O6);
+      assert.match(r6, /^refused \d+$/, 'IPv6 too');
+      const t = await lab.exec('gw', ['nft', 'list', 'chain', 'inet', 'transgate', 'quic_forward']);
+      assert.match(t.stdout, /udp dport 443 reject/);
+    });
+
+    gtest('--masquerade: forwarded non-intercepted traffic leaves with the uplink address', async () => {
+      const seen4 = await peerSeen(lab, O4);
+      assert.ok(seen4 && seen4.includes(ADDR.gwWan.v4), `IPv4 peer seen: ${String(seen4)}`);
+      const seen6 = await peerSeen(lab, O6);
+      // socat prints the address fully expanded and bracketed; URL compresses it.
+      const canon6 = seen6 ? new URL(`http://${seen6.startsWith('[') ? seen6 : `[${seen6}]`}/`).hostname : undefined;
+      assert.equal(canon6, `[${ADDR.gwWan.v6}]`, `IPv6 peer seen: ${String(seen6)}`);
+    });
+
+    gtest('stop restores the sysctls and removes the masquerade and QUIC rules', async () => {
+      await stopGw(lab, gw);
+      const out = gw!.output();
+      gw = undefined;
+      assert.equal(await sysctl(lab, 'net.ipv4.ip_forward'), '0');
+      assert.equal(await sysctl(lab, 'net.ipv6.conf.all.forwarding'), '0');
+      assert.equal(await sysctl(lab, 'net.ipv4.conf.all.send_redirects'), '1');
+      assert.equal(await sysctl(lab, 'net.ipv4.conf.lan0.send_redirects'), '1');
+      assert.match(out, /sysctl net\.ipv4\.ip_forward: restored 0/);
+      const t = await lab.exec('gw', ['nft', 'list', 'tables']);
+      assert.doesNotMatch(t.stdout, /transgate/);
+      // Forwarding on again by hand: without the masquerade, in's replies have no way back.
+      await setSysctls(lab, ['net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1']);
+      assert.equal(await peerSeen(lab, O4), undefined, 'masquerade must be gone after stop');
+    });
+  });
+
+  describe('--allow-quic and --no-sysctl', () => {
+    let gw: Gw | undefined;
+    before(async () => {
+      await setSysctls(lab, ['net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1', 'net.ipv4.conf.all.send_redirects=1']);
+      gw = await startGw(lab, ['--allow-quic', '--no-sysctl', '--masquerade', 'wan0']);
+    });
+    after(async () => {
+      await stopGw(lab, gw).catch(() => undefined);
+      await setSysctls(lab, ['net.ipv4.conf.all.send_redirects=0']);
+    });
+
+    gtest('UDP/443 reaches the origin, and no sysctl is touched', async () => {
+      const r = await udpProbe(lab, 'cl', O4);
+      assert.match(r, /^reply quic-initial \d+$/);
+      assert.equal(await sysctl(lab, 'net.ipv4.conf.all.send_redirects'), '1');
+      assert.doesNotMatch(gw!.output(), /sysctl /);
+    });
+  });
+
+  for (const mode of ['tproxy', 'redirect'] as const) {
+    describe(`--local --mode ${mode}: this host's own connections`, () => {
+      let gw: Gw | undefined;
+      before(async () => {
+        gw = await startGw(lab, ['--local', '--mode', mode, '--no-sysctl', '--log-level', 'debug'], proxyEnv({ no_proxy: ADDR.names.api }));
+      });
+      after(async () => {
+        await stopGw(lab, gw).catch(() => undefined);
+      });
+
+      gtest('curl in gw reaches origins through squid (HTTP v4, HTTPS v4 and v6)', async () => {
+        const from = gw!.mark();
+        const m = await lab.squidMark();
+        const h = await lab.exec('gw', ['curl', '-sS', '--max-time', '8', `http://${WWW}/local-${mode}`, '--resolve', `${WWW}:80:${O4}`]);
+        assert.equal(h.code, 0, show(h));
+        assert.match(h.stdout, new RegExp(`origin host=www\\.example\\.test uri=/local-${mode}`));
+        await lab.waitSquidLog(new RegExp(`GET http://www\\.example\\.test/local-${mode}`), 3000, m);
+        for (const addr of [O4, O6]) {
+          const s = await lab.exec('gw', ['curl', '-sS', '--max-time', '8', '--cacert', lab.caFile, `https://${WWW}/`, '--resolve', `${WWW}:443:${addr}`]);
+          assert.equal(s.code, 0, `${addr}: ${show(s)}`);
+          assert.match(s.stdout, /proto=https/);
+        }
+        await lab.waitSquidLog(/CONNECT www\.example\.test:443/, 3000, m);
+        await waitConn(gw!, from, (f) => f['kind'] === 'tls' && f['route'] === 'proxy' && f['result'] === 'ok', 'local TLS via proxy');
+      });
+
+      gtest('transgate\'s own direct connection (no_proxy) carries its mark and is not intercepted again', async () => {
+        const from = gw!.mark();
+        const h = await lab.exec('gw', ['curl', '-sS', '--max-time', '8', `http://${ADDR.names.api}/direct`, '--resolve', `${ADDR.names.api}:80:${O4}`]);
+        assert.equal(h.code, 0, show(h));
+        assert.match(h.stdout, /origin host=api\.example\.test uri=\/direct/);
+        const f = await waitConn(gw!, from, (c) => c['kind'] === 'http' && c['route'] === 'direct', 'direct request');
+        assert.equal(f['result'], 'ok');
+        // Had the mark been missing, the gateway would have intercepted its own connection: a second conn line.
+        await new Promise((r) => setTimeout(r, 300));
+        const conns = gw!.linesSince(from).filter((l) => /(^|\s)conn\s+id=/.test(l));
+        assert.equal(conns.length, 1, `one connection expected:\n${conns.join('\n')}`);
+      });
+
+      gtest('QUIC from this host is refused too', async () => {
+        // A locally generated packet that netfilter rejects fails send() itself (EPERM): just as fast a fallback.
+        const r = await udpProbe(lab, 'gw', O4);
+        const m = /^refused(?:-local)? (\d+)$/.exec(r);
+        assert.ok(m, `expected a refusal, got: ${r}`);
+        assert.ok(Number(m[1]) < 1000, `refusal took ${m[1]} ms`);
+      });
+    });
+  }
+});
