@@ -423,6 +423,9 @@ static napi_value js_set_transparent(napi_env env, napi_callback_info info) {
 /* native/splice.c: the zero-copy relay. */
 #include "splice.h"
 
+/* native/udp.c: transparent UDP (DNS under TPROXY). */
+napi_status transgate_register_udp(napi_env env, napi_value exports);
+
 static napi_value init(napi_env env, napi_value exports) {
   const napi_property_descriptor props[] = {
       {"listenTcp", NULL, js_listen_tcp, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -435,6 +438,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"setTransparent", NULL, js_set_transparent, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   NAPI_CALL(env, napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
+  NAPI_CALL(env, transgate_register_udp(env, exports));
   NAPI_CALL(env, tg_splice_register(env, exports));
   return exports;
 }

@@ -2,7 +2,8 @@ import type { Address } from './types';
 
 export type RouteKind = 'proxy' | 'direct' | 'reject';
 
-export type ListenerKind = 'http' | 'tls' | 'tcp';
+/** 'dns': clients' DNS over TCP (port 53), answered by the gateway itself. */
+export type ListenerKind = 'http' | 'tls' | 'tcp' | 'dns';
 
 /** One record per intercepted connection; every log line reads from it. */
 export class ConnContext {

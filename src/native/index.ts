@@ -67,6 +67,12 @@ export interface NativeBinding {
   setMark(fd: number, mark: number): void;
   getMark(fd: number): number;
   setTransparent(fd: number, family: Family): void;
+  // native/udp.c
+  udpListen(host: string, port: number, transparent: boolean, onPacket: UdpPacketCallback): UdpHandle;
+  udpClose(handle: UdpHandle): void;
+  udpListenerPort(handle: UdpHandle): number;
+  udpReplySocket(host: string, port: number): number;
+  udpSend(fd: number, data: Buffer, host: string, port: number): number;
   // native/splice.c
   spliceRelay(clientFd: number, upstreamFd: number, idleTimeoutMs: number, clientEof: boolean, upstreamEof: boolean, onDone: SpliceDoneCallback): void;
   spliceAbortAll(): number;
@@ -86,6 +92,20 @@ export interface SpliceRelayOptions {
   /** The client already sent EOF (Node read it): half-close the upstream at once. */
   clientEof?: boolean;
   upstreamEof?: boolean;
+}
+
+/** One datagram: its bytes, who sent it, and where it was going (IP_ORIGDSTADDR). IPv4 arrives unmapped. */
+export type UdpPacketCallback = (data: Buffer, clientHost: string, clientPort: number, dstHost: string, dstPort: number) => void;
+
+/** An open native UDP listener (opaque). */
+export type UdpHandle = { readonly __udpHandle: unique symbol };
+
+export interface UdpListenOptions {
+  /** IPv4 or IPv6 literal; one socket per family (IPv6 sockets are v6-only). */
+  host: string;
+  port: number;
+  /** IP_TRANSPARENT / IPV6_TRANSPARENT before bind, for TPROXY; needs CAP_NET_ADMIN. */
+  transparent?: boolean;
 }
 
 const ADDON_NAME = 'transgate.node';
@@ -321,6 +341,48 @@ export function socketFd(sock: net.Socket): number {
     throw err;
   }
   return fd;
+}
+
+/**
+ * A UDP socket watched on Node's event loop (uv_poll): every datagram that
+ * carries its original destination (IP_RECVORIGDSTADDR) is passed to
+ * onPacket. Close it with udpClose; until then it keeps the process alive.
+ */
+export function udpListen(opts: UdpListenOptions, onPacket: UdpPacketCallback): UdpHandle {
+  const o = checkOptions('options', opts);
+  checkIp('options.host', o.host);
+  const port = checkPort('options.port', o.port);
+  const transparent = checkBool('options.transparent', o.transparent, false);
+  if (typeof onPacket !== 'function') throw invalid('onPacket', 'a function', onPacket, 'ERR_INVALID_ARG_TYPE');
+  return loadNative().udpListen(o.host as string, port, transparent, onPacket);
+}
+
+/** Stops a udpListen socket; idempotent. The fd closes once libuv has released it. */
+export function udpClose(handle: UdpHandle): void {
+  loadNative().udpClose(handle);
+}
+
+/** The port a udpListen socket is bound to. */
+export function udpListenerPort(handle: UdpHandle): number {
+  return loadNative().udpListenerPort(handle);
+}
+
+/**
+ * A transparent UDP socket bound to host:port, which need not be local:
+ * answers sent from it carry the address the client asked. Close with
+ * fs.closeSync. Needs CAP_NET_ADMIN.
+ */
+export function udpReplySocket(host: string, port: number): number {
+  checkIp('host', host);
+  return loadNative().udpReplySocket(host, checkPort('port', port));
+}
+
+/** sendto without blocking; throws EAGAIN (and any other errno) for the caller to drop the datagram. */
+export function udpSend(fd: number, data: Buffer, host: string, port: number): number {
+  const f = checkFd(fd);
+  if (!Buffer.isBuffer(data)) throw invalid('data', 'a Buffer', data, 'ERR_INVALID_ARG_TYPE');
+  checkIp('host', host);
+  return loadNative().udpSend(f, data, host, checkPort('port', port));
 }
 
 /** True when the loaded addon has the splice relay (an addon built before it was added has not). */

@@ -4,6 +4,7 @@ import { GatewayError, errnoOf } from '../core/errors';
 import type { Outbounds } from '../outbound/outbounds';
 import type { Relay } from '../relay/relay';
 import type { Router } from '../route/router';
+import type { NameLookup } from '../dns/name-map';
 import { TLS_SNIFF_MAX_BYTES, sniffTls } from '../sniff/tls';
 import { readFirstBytes } from './first-bytes';
 
@@ -13,6 +14,8 @@ export interface StreamDeps {
   relay: Relay;
   idleTimeoutMs: number;
   sniffTimeoutMs: number;
+  /** Names the DNS gateway answered for addresses (per client); absent with --no-dns. */
+  names?: NameLookup;
   onDone(ctx: ConnContext): void;
 }
 
@@ -34,6 +37,10 @@ export async function handleStream(sock: net.Socket, ctx: ConnContext, deps: Str
     }
     if (first.result?.status === 'match') ctx.name = first.result.sni;
   }
+  // No Host or SNI (SSH, a TLS client without SNI): the name this client
+  // resolved to this address through the gateway, so the proxy gets
+  // `CONNECT name:port` and no_proxy names apply.
+  if (ctx.name === undefined) ctx.name = deps.names?.lookup(ctx.client.address, ctx.destination.address);
 
   const decision = deps.router.select({ kind: ctx.kind, name: ctx.name, address: ctx.destination.address, port: ctx.destination.port });
   ctx.route = decision.kind;

@@ -49,6 +49,17 @@ export const ADDR = {
   proxyUrlAuth: `http://alice:${encodeURIComponent('s3cr3t p@ss')}@198.51.100.2:3128`,
 } as const;
 
+/** The DNS servers startDnsServers() adds (not part of the default lab). */
+export const DNS_ADDR = {
+  /** dnsmasq in `in`: public names; gw reaches it only through squid. */
+  public: { v4: '203.0.113.53', v6: '2001:db8:3::53' },
+  /** dnsmasq in `up`: private names (corp.test); gw reaches it directly. */
+  private: { v4: '198.51.100.53', v6: '2001:db8:2::53' },
+  /** unbound's DNS-over-HTTPS port on the origin address (nginx has 443). */
+  dohPort: 8443,
+  dohUrl: 'https://203.0.113.2:8443/dns-query',
+} as const;
+
 export const LAB_HOSTS = [
   `${ADDR.origin.v4} ${ADDR.names.www} ${ADDR.names.api} ${ADDR.names.git} example.test`,
   `${ADDR.origin.v6} ${ADDR.names.v6}`,
@@ -799,6 +810,92 @@ export class Lab {
   async squidLogSince(from: number, settleMs = 300): Promise<string[]> {
     if (settleMs > 0) await sleep(settleMs);
     return (await this.squidLog()).slice(from);
+  }
+
+  // -- DNS (test/e2e/dns.test.ts) ---------------------------------------------
+
+  /**
+   * Starts the lab's DNS servers (on demand: only the DNS tests need them):
+   * a public dnsmasq in `in` (reachable from gw only through squid), a
+   * private dnsmasq in `up` (reachable from gw directly) and unbound as a
+   * DNS-over-HTTPS server in `in` (HTTP/2, test CA cert) forwarding to the
+   * public dnsmasq. Each dnsmasq logs its queries to its own file.
+   */
+  async startDnsServers(): Promise<void> {
+    const inn = this.ns.in;
+    mustRun(['ip', '-n', inn, 'addr', 'add', `${DNS_ADDR.public.v4}/24`, 'dev', 'eth0']);
+    mustRun(['ip', '-n', inn, 'addr', 'add', `${DNS_ADDR.public.v6}/64`, 'dev', 'eth0', 'nodad']);
+    mustRun(['ip', '-n', this.ns.up, 'addr', 'add', `${DNS_ADDR.private.v4}/24`, 'dev', 'eth0']);
+    mustRun(['ip', '-n', this.ns.up, 'addr', 'add', `${DNS_ADDR.private.v6}/64`, 'dev', 'eth0', 'nodad']);
+    const d = path.join(this.dir, 'dns');
+    fs.mkdirSync(d, { recursive: true, mode: 0o755 });
+    const dnsmasq = (name: string, addrs: { v4: string; v6: string }, extra: string[]): string[] => [
+      'dnsmasq', '-k', '--conf-file=/dev/null', '--no-resolv', '--no-hosts', '--user=root', '--group=root',
+      `--pid-file=${path.join(d, `${name}.pid`)}`, '--bind-interfaces', `--listen-address=${addrs.v4}`, `--listen-address=${addrs.v6}`,
+      '--local-ttl=300', '--log-queries', `--log-facility=${path.join(d, `${name}.log`)}`, '--cache-size=0', ...extra,
+    ];
+    const big = 'x'.repeat(200);
+    this.spawn('in', dnsmasq('public', DNS_ADDR.public, [
+      `--address=/example.test/${ADDR.origin.v4}`, `--address=/example.test/${ADDR.origin.v6}`,
+      // The wrong answers for private names: if one ever shows up, a private name went public.
+      '--address=/corp.test/203.0.113.99',
+      ...Array.from({ length: 12 }, (_, i) => `--txt-record=big.example.test,"${i} ${big}"`),
+    ]), { logFile: path.join(d, 'public.stderr') });
+    this.spawn('up', dnsmasq('private', DNS_ADDR.private, [
+      `--address=/corp.test/${ADDR.intranet.v4}`, `--address=/corp.test/${ADDR.intranet.v6}`,
+      '--address=/example.test/198.51.100.99',
+    ]), { logFile: path.join(d, 'private.stderr') });
+    const t = path.join(this.dir, 'tls');
+    fs.writeFileSync(path.join(d, 'unbound.conf'), [
+      'server:',
+      `  interface: ${ADDR.origin.v4}@${DNS_ADDR.dohPort}`,
+      `  https-port: ${DNS_ADDR.dohPort}`,
+      `  tls-service-key: "${t}/server.key"`,
+      `  tls-service-pem: "${t}/server.crt"`,
+      '  do-daemonize: no',
+      '  username: ""',
+      '  chroot: ""',
+      `  directory: "${d}"`,
+      `  pidfile: "${d}/unbound.pid"`,
+      '  use-syslog: no',
+      `  logfile: "${d}/unbound.log"`,
+      '  log-queries: yes',
+      '  verbosity: 1',
+      '  access-control: 0.0.0.0/0 allow',
+      '  module-config: "iterator"',
+      '  do-not-query-localhost: no',
+      '  cache-max-ttl: 0',
+      // unbound answers test. itself (RFC 6761 defaults); the lab's names live on the public dnsmasq.
+      '  local-zone: "test." nodefault',
+      'forward-zone:',
+      '  name: "."',
+      `  forward-addr: ${DNS_ADDR.public.v4}`,
+      '',
+    ].join('\n'));
+    this.spawn('in', ['unbound', '-d', '-c', path.join(d, 'unbound.conf')], { logFile: path.join(d, 'unbound.stderr') });
+    await Promise.all([
+      this.waitListening('in', [`${DNS_ADDR.public.v4}:53`, `[${DNS_ADDR.public.v6}]:53`], path.join(d, 'public.stderr')),
+      this.waitListening('up', [`${DNS_ADDR.private.v4}:53`, `[${DNS_ADDR.private.v6}]:53`], path.join(d, 'private.stderr')),
+      this.waitListening('in', [`${ADDR.origin.v4}:${DNS_ADDR.dohPort}`], path.join(d, 'unbound.stderr')),
+    ]);
+  }
+
+  /** Query lines ("query[A] git.example.test from 203.0.113.1") a lab DNS server logged so far. */
+  dnsQueries(server: 'public' | 'private'): string[] {
+    try {
+      return fs.readFileSync(path.join(this.dir, 'dns', `${server}.log`), 'utf8').split('\n').filter((l) => /query\[/.test(l));
+    } catch {
+      return [];
+    }
+  }
+
+  /** unbound's log (DoH queries show up as "info: <client> <name> <type> IN"). */
+  dohLog(): string {
+    try {
+      return fs.readFileSync(path.join(this.dir, 'dns', 'unbound.log'), 'utf8');
+    } catch {
+      return '';
+    }
   }
 
   // -- processes ------------------------------------------------------------

@@ -1,0 +1,428 @@
+/*
+ * Transparent UDP for DNS under TPROXY. Node's dgram cannot set
+ * IP_TRANSPARENT or read IP_ORIGDSTADDR, so the receive side lives here:
+ * a non-blocking socket watched with uv_poll on Node's own event loop (no
+ * thread, no blocking call), each datagram handed to a JS callback as
+ * (data, clientHost, clientPort, dstHost, dstPort). Replies leave from the
+ * address the client asked (a transparent socket bound to it), so the
+ * client's resolver accepts them.
+ *
+ * Errors follow transgate.c: code = errno name, errno = -errno, syscall.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <node_api.h>
+#include <uv.h>
+
+#define UDP_MAX_DATAGRAM 65536
+/* Datagrams read per poll wakeup before yielding to the rest of the loop. */
+#define UDP_BATCH 64
+
+typedef struct udp_listener {
+  uv_poll_t poll;
+  int fd;
+  int family;
+  napi_env env;
+  napi_ref callback;
+  napi_async_context async;
+  bool closing;
+} udp_listener;
+
+static unsigned char recv_buf[UDP_MAX_DATAGRAM];
+
+static const char *udp_errno_name(int err) {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
+  const char *name = strerrorname_np(err);
+  if (name != NULL) return name;
+#endif
+  (void)err;
+  return "EUNKNOWN";
+}
+
+static napi_value udp_throw_errno(napi_env env, const char *syscall, int err) {
+  char msg[256];
+  napi_value code, message, error, errno_val, syscall_val;
+  snprintf(msg, sizeof msg, "%s: %s", syscall, strerror(err));
+  if (napi_create_string_utf8(env, udp_errno_name(err), NAPI_AUTO_LENGTH, &code) != napi_ok ||
+      napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &message) != napi_ok ||
+      napi_create_error(env, code, message, &error) != napi_ok ||
+      napi_create_int32(env, -err, &errno_val) != napi_ok ||
+      napi_set_named_property(env, error, "errno", errno_val) != napi_ok ||
+      napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &syscall_val) != napi_ok ||
+      napi_set_named_property(env, error, "syscall", syscall_val) != napi_ok ||
+      napi_throw(env, error) != napi_ok) {
+    napi_throw_error(env, "ERR_TRANSGATE_NAPI", msg);
+  }
+  return NULL;
+}
+
+static napi_value udp_throw_arg(napi_env env, const char *msg) {
+  napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
+  return NULL;
+}
+
+static void udp_close_keep_errno(int fd) {
+  int saved = errno;
+  close(fd);
+  errno = saved;
+}
+
+/* host (IPv4/IPv6 literal) and port into a sockaddr; false with a TypeError pending otherwise. */
+static bool udp_get_sockaddr(napi_env env, napi_value host_v, napi_value port_v,
+                             struct sockaddr_storage *ss, socklen_t *len) {
+  char host[64];
+  size_t got = 0;
+  double port;
+  napi_valuetype t;
+  if (napi_typeof(env, host_v, &t) != napi_ok || t != napi_string ||
+      napi_get_value_string_utf8(env, host_v, host, sizeof host, &got) != napi_ok ||
+      got >= sizeof host - 1) {
+    udp_throw_arg(env, "host must be an IPv4 or IPv6 literal");
+    return false;
+  }
+  if (napi_typeof(env, port_v, &t) != napi_ok || t != napi_number ||
+      napi_get_value_double(env, port_v, &port) != napi_ok || port != port || port < 0 ||
+      port > 65535 || port != (double)(int)port) {
+    udp_throw_arg(env, "port must be an integer in [0, 65535]");
+    return false;
+  }
+  memset(ss, 0, sizeof *ss);
+  struct sockaddr_in *sin = (struct sockaddr_in *)ss;
+  struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
+  if (inet_pton(AF_INET, host, &sin->sin_addr) == 1) {
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons((uint16_t)port);
+    *len = sizeof *sin;
+    return true;
+  }
+  if (inet_pton(AF_INET6, host, &sin6->sin6_addr) == 1) {
+    sin6->sin6_family = AF_INET6;
+    sin6->sin6_port = htons((uint16_t)port);
+    *len = sizeof *sin6;
+    return true;
+  }
+  udp_throw_arg(env, "host must be an IPv4 or IPv6 literal");
+  return false;
+}
+
+/* Text address and port of a sockaddr; v4-mapped IPv6 comes out as IPv4. */
+static bool udp_format(const struct sockaddr_storage *ss, char *text, size_t size, uint16_t *port) {
+  if (ss->ss_family == AF_INET) {
+    const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
+    *port = ntohs(sin->sin_port);
+    return inet_ntop(AF_INET, &sin->sin_addr, text, size) != NULL;
+  }
+  if (ss->ss_family == AF_INET6) {
+    const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
+    *port = ntohs(sin6->sin6_port);
+    if (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr))
+      return inet_ntop(AF_INET, &sin6->sin6_addr.s6_addr[12], text, size) != NULL;
+    return inet_ntop(AF_INET6, &sin6->sin6_addr, text, size) != NULL;
+  }
+  return false;
+}
+
+static int udp_socket(int family, bool transparent, const char **failed) {
+  int one = 1;
+  *failed = "socket";
+  int fd = socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  if (transparent) {
+    if (family == AF_INET6) {
+      *failed = "setsockopt(IPV6_TRANSPARENT)";
+      if (setsockopt(fd, SOL_IPV6, IPV6_TRANSPARENT, &one, sizeof one) != 0) goto fail;
+    }
+    *failed = "setsockopt(IP_TRANSPARENT)";
+    if (setsockopt(fd, SOL_IP, IP_TRANSPARENT, &one, sizeof one) != 0) goto fail;
+  }
+  *failed = "setsockopt(SO_REUSEADDR)";
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0) goto fail;
+  return fd;
+fail:
+  udp_close_keep_errno(fd);
+  return -1;
+}
+
+/* Calls the JS callback for one datagram. */
+static void deliver(udp_listener *l, size_t n, const struct sockaddr_storage *from,
+                    const struct sockaddr_storage *dst) {
+  napi_env env = l->env;
+  char from_text[INET6_ADDRSTRLEN], dst_text[INET6_ADDRSTRLEN];
+  uint16_t from_port, dst_port;
+  if (!udp_format(from, from_text, sizeof from_text, &from_port) ||
+      !udp_format(dst, dst_text, sizeof dst_text, &dst_port))
+    return;
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+  napi_value cb, recv, argv[5], result;
+  void *data = NULL;
+  if (napi_get_reference_value(env, l->callback, &cb) == napi_ok && cb != NULL &&
+      /* MakeCallback needs an object as receiver: undefined would throw. */
+      napi_get_global(env, &recv) == napi_ok &&
+      napi_create_buffer_copy(env, n, recv_buf, &data, &argv[0]) == napi_ok &&
+      napi_create_string_utf8(env, from_text, NAPI_AUTO_LENGTH, &argv[1]) == napi_ok &&
+      napi_create_uint32(env, from_port, &argv[2]) == napi_ok &&
+      napi_create_string_utf8(env, dst_text, NAPI_AUTO_LENGTH, &argv[3]) == napi_ok &&
+      napi_create_uint32(env, dst_port, &argv[4]) == napi_ok) {
+    if (napi_make_callback(env, l->async, recv, cb, 5, argv, &result) != napi_ok) {
+      /* A throwing callback is a bug in transgate: report it as uncaught, like any other. */
+      bool pending = false;
+      napi_value exc;
+      if (napi_is_exception_pending(env, &pending) == napi_ok && pending &&
+          napi_get_and_clear_last_exception(env, &exc) == napi_ok)
+        napi_fatal_exception(env, exc);
+    }
+  }
+  napi_close_handle_scope(env, scope);
+}
+
+static void on_readable(uv_poll_t *handle, int status, int events) {
+  udp_listener *l = (udp_listener *)handle->data;
+  (void)events;
+  if (status < 0 || l->closing) return;
+  for (int i = 0; i < UDP_BATCH && !l->closing; i++) {
+    struct sockaddr_storage from, dst;
+    char control[256];
+    struct iovec iov = {recv_buf, sizeof recv_buf};
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    memset(&dst, 0, sizeof dst);
+    msg.msg_name = &from;
+    msg.msg_namelen = sizeof from;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    ssize_t n = recvmsg(l->fd, &msg, MSG_DONTWAIT);
+    if (n < 0) {
+      /* EAGAIN: drained. Anything else (ICMP errors queued on the socket) is per datagram: go on next time. */
+      return;
+    }
+    if (msg.msg_flags & MSG_TRUNC) continue; /* larger than any DNS message: drop */
+    bool have_dst = false;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level == SOL_IP && c->cmsg_type == IP_ORIGDSTADDR &&
+          c->cmsg_len >= CMSG_LEN(sizeof(struct sockaddr_in))) {
+        memcpy(&dst, CMSG_DATA(c), sizeof(struct sockaddr_in));
+        have_dst = true;
+      } else if (c->cmsg_level == SOL_IPV6 && c->cmsg_type == IPV6_ORIGDSTADDR &&
+                 c->cmsg_len >= CMSG_LEN(sizeof(struct sockaddr_in6))) {
+        memcpy(&dst, CMSG_DATA(c), sizeof(struct sockaddr_in6));
+        have_dst = true;
+      }
+    }
+    /* Without the original destination there is no address to answer from. */
+    if (!have_dst) continue;
+    deliver(l, (size_t)n, &from, &dst);
+  }
+}
+
+/* udpListen(host, port, transparent, callback) -> handle */
+static napi_value js_udp_listen(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  struct sockaddr_storage ss;
+  socklen_t len;
+  bool transparent;
+  napi_valuetype t;
+  const char *failed = NULL;
+  int one = 1;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
+  if (!udp_get_sockaddr(env, argv[0], argv[1], &ss, &len)) return NULL;
+  if (napi_get_value_bool(env, argv[2], &transparent) != napi_ok)
+    return udp_throw_arg(env, "transparent must be a boolean");
+  if (napi_typeof(env, argv[3], &t) != napi_ok || t != napi_function)
+    return udp_throw_arg(env, "callback must be a function");
+
+  int family = ss.ss_family;
+  int fd = udp_socket(family, transparent, &failed);
+  if (fd < 0) return udp_throw_errno(env, failed, errno);
+  if (family == AF_INET6) {
+    failed = "setsockopt(IPV6_V6ONLY)";
+    if (setsockopt(fd, SOL_IPV6, IPV6_V6ONLY, &one, sizeof one) != 0) goto fail;
+    failed = "setsockopt(IPV6_RECVORIGDSTADDR)";
+    if (setsockopt(fd, SOL_IPV6, IPV6_RECVORIGDSTADDR, &one, sizeof one) != 0) goto fail;
+  } else {
+    failed = "setsockopt(IP_RECVORIGDSTADDR)";
+    if (setsockopt(fd, SOL_IP, IP_RECVORIGDSTADDR, &one, sizeof one) != 0) goto fail;
+  }
+  failed = "bind";
+  if (bind(fd, (struct sockaddr *)&ss, len) != 0) goto fail;
+
+  uv_loop_t *loop = NULL;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == NULL) {
+    close(fd);
+    napi_throw_error(env, "ERR_TRANSGATE_NAPI", "napi_get_uv_event_loop failed");
+    return NULL;
+  }
+  udp_listener *l = calloc(1, sizeof *l);
+  if (l == NULL) {
+    close(fd);
+    return udp_throw_errno(env, "calloc", ENOMEM);
+  }
+  l->fd = fd;
+  l->family = family;
+  l->env = env;
+  napi_value resource_name, handle;
+  if (napi_create_reference(env, argv[3], 1, &l->callback) != napi_ok ||
+      napi_create_string_utf8(env, "transgate.udp", NAPI_AUTO_LENGTH, &resource_name) != napi_ok ||
+      napi_async_init(env, NULL, resource_name, &l->async) != napi_ok) {
+    if (l->callback) napi_delete_reference(env, l->callback);
+    close(fd);
+    free(l);
+    napi_throw_error(env, "ERR_TRANSGATE_NAPI", "udpListen: could not keep the callback");
+    return NULL;
+  }
+  int rc = uv_poll_init(loop, &l->poll, fd);
+  if (rc == 0) {
+    l->poll.data = l;
+    rc = uv_poll_start(&l->poll, UV_READABLE, on_readable);
+    if (rc != 0) uv_close((uv_handle_t *)&l->poll, NULL);
+  }
+  if (rc != 0) {
+    /* The poll handle (if initialised) is closing; leak l rather than free it under libuv. */
+    napi_async_destroy(env, l->async);
+    napi_delete_reference(env, l->callback);
+    close(fd);
+    return udp_throw_errno(env, "uv_poll_start", -rc);
+  }
+  if (napi_create_external(env, l, NULL, NULL, &handle) != napi_ok) return NULL;
+  return handle;
+fail:
+  udp_close_keep_errno(fd);
+  return udp_throw_errno(env, failed, errno);
+}
+
+static void on_closed(uv_handle_t *h) {
+  udp_listener *l = (udp_listener *)h->data;
+  close(l->fd);
+  free(l);
+}
+
+/* udpClose(handle): stops polling, closes the socket once libuv let go of it. Idempotent. */
+static napi_value js_udp_close(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], undef;
+  void *p = NULL;
+  napi_valuetype t;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
+  if (napi_typeof(env, argv[0], &t) != napi_ok || t != napi_external ||
+      napi_get_value_external(env, argv[0], &p) != napi_ok || p == NULL)
+    return udp_throw_arg(env, "handle must be a handle from udpListen");
+  udp_listener *l = (udp_listener *)p;
+  napi_get_undefined(env, &undef);
+  if (l->closing) return undef;
+  l->closing = true;
+  uv_poll_stop(&l->poll);
+  napi_async_destroy(env, l->async);
+  napi_delete_reference(env, l->callback);
+  uv_close((uv_handle_t *)&l->poll, on_closed);
+  return undef;
+}
+
+/* udpListenerPort(handle) -> the bound port (for port 0). */
+static napi_value js_udp_listener_port(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], out;
+  void *p = NULL;
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  char text[INET6_ADDRSTRLEN];
+  uint16_t port;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
+  if (napi_get_value_external(env, argv[0], &p) != napi_ok || p == NULL)
+    return udp_throw_arg(env, "handle must be a handle from udpListen");
+  udp_listener *l = (udp_listener *)p;
+  if (l->closing) return udp_throw_errno(env, "getsockname", EBADF);
+  if (getsockname(l->fd, (struct sockaddr *)&ss, &len) != 0) return udp_throw_errno(env, "getsockname", errno);
+  if (!udp_format(&ss, text, sizeof text, &port)) return udp_throw_errno(env, "getsockname", EAFNOSUPPORT);
+  if (napi_create_uint32(env, port, &out) != napi_ok) return NULL;
+  return out;
+}
+
+/*
+ * udpReplySocket(host, port) -> fd: a transparent UDP socket bound to
+ * host:port (an address that is not this host's: the one the client asked),
+ * for sending answers from it. It never reads: receiving is shut down.
+ */
+static napi_value js_udp_reply_socket(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2], out;
+  struct sockaddr_storage ss;
+  socklen_t len;
+  const char *failed = NULL;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
+  if (!udp_get_sockaddr(env, argv[0], argv[1], &ss, &len)) return NULL;
+  int fd = udp_socket(ss.ss_family, true, &failed);
+  if (fd < 0) return udp_throw_errno(env, failed, errno);
+  if (ss.ss_family == AF_INET6) {
+    int one = 1;
+    failed = "setsockopt(IPV6_V6ONLY)";
+    if (setsockopt(fd, SOL_IPV6, IPV6_V6ONLY, &one, sizeof one) != 0) goto fail;
+  }
+  /* Nothing should queue up on a socket that is only written to. */
+  int small = 1;
+  failed = "setsockopt(SO_RCVBUF)";
+  if (setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small) != 0) goto fail;
+  failed = "bind";
+  if (bind(fd, (struct sockaddr *)&ss, len) != 0) goto fail;
+  if (napi_create_int32(env, fd, &out) != napi_ok) {
+    close(fd);
+    return NULL;
+  }
+  return out;
+fail:
+  udp_close_keep_errno(fd);
+  return udp_throw_errno(env, failed, errno);
+}
+
+/* udpSend(fd, buffer, host, port) -> bytes sent; EAGAIN is thrown like any errno (UDP: the caller drops). */
+static napi_value js_udp_send(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4], out;
+  struct sockaddr_storage ss;
+  socklen_t len;
+  double fd_d;
+  void *data = NULL;
+  size_t size = 0;
+  bool is_buffer = false;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
+  if (napi_get_value_double(env, argv[0], &fd_d) != napi_ok || fd_d != fd_d || fd_d < 0 ||
+      fd_d > INT_MAX || fd_d != (double)(int)fd_d)
+    return udp_throw_arg(env, "fd must be an integer in [0, 2147483647]");
+  if (napi_is_buffer(env, argv[1], &is_buffer) != napi_ok || !is_buffer ||
+      napi_get_buffer_info(env, argv[1], &data, &size) != napi_ok)
+    return udp_throw_arg(env, "data must be a Buffer");
+  if (!udp_get_sockaddr(env, argv[2], argv[3], &ss, &len)) return NULL;
+  ssize_t n = sendto((int)fd_d, data, size, MSG_DONTWAIT | MSG_NOSIGNAL, (struct sockaddr *)&ss, len);
+  if (n < 0) return udp_throw_errno(env, "sendto", errno);
+  if (napi_create_uint32(env, (uint32_t)n, &out) != napi_ok) return NULL;
+  return out;
+}
+
+/* Called once from the module init in transgate.c. */
+napi_status transgate_register_udp(napi_env env, napi_value exports) {
+  const napi_property_descriptor props[] = {
+      {"udpListen", NULL, js_udp_listen, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"udpClose", NULL, js_udp_close, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"udpListenerPort", NULL, js_udp_listener_port, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"udpReplySocket", NULL, js_udp_reply_socket, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"udpSend", NULL, js_udp_send, NULL, NULL, NULL, napi_enumerable, NULL},
+  };
+  return napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+}

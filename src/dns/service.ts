@@ -1,0 +1,187 @@
+import fs from 'node:fs';
+import type net from 'node:net';
+import type { ProxyEndpoint } from '../config/proxy-url';
+import type { ConnContext } from '../core/context';
+import { ErrorCodes, GatewayError } from '../core/errors';
+import type { Logger } from '../core/log';
+import { hostPort } from '../core/types';
+import type { Datagram } from '../inbound/udp-listener';
+import { DIRECT_CODES, dialTcp } from '../outbound/dial';
+import { openTunnel } from '../outbound/http-connect';
+import { NameMap } from './name-map';
+import { DnsResolver, isPrivateName, type DnsRoute, type DnsRouter } from './resolver';
+import { DohTransport, TcpTransport, UdpTransport, frame, unframe, type DnsTransport, type Server, type StreamOpener } from './transports';
+
+export interface DnsSettings {
+  listenPort: number;
+  privateDomains: string[];
+  privateDns: Server | undefined;
+  publicDns: Server | undefined;
+  overTcpDisabled: boolean;
+  dohEnabled: boolean;
+  dohUrl: URL | undefined;
+  /** Extra CA certificates (PEM file) trusted for the DoH server. */
+  dohCaFile: string | undefined;
+  timeoutMs: number;
+  cacheSize: number;
+}
+
+export interface DnsServiceOptions {
+  dns: DnsSettings;
+  proxy: ProxyEndpoint | undefined;
+  connectTimeoutMs: number;
+  /** Where public names go when the destination of a query is unknown (UDP after REDIRECT). */
+  fallbackServer: Server | undefined;
+  log: Logger;
+}
+
+/** A TCP DNS client that sends nothing for this long is closed (RFC 7766 6.2.3 suggests seconds). */
+const TCP_IDLE_MS = 10_000;
+/** Queries one TCP client may have outstanding; more wait until earlier ones are answered. */
+const TCP_MAX_PENDING = 128;
+
+/**
+ * The DNS gateway: routes each name (private names to the internal DNS
+ * directly, public names over TCP through the proxy, over DoH, or directly),
+ * answers UDP datagrams and TCP connections from the interception listeners,
+ * and remembers names for addresses (NameMap) so that connections without
+ * Host/SNI can be sent to the proxy by name.
+ */
+export class DnsService implements DnsRouter {
+  readonly names = new NameMap(65536);
+  readonly resolver: DnsResolver;
+  private readonly transports = new Map<string, DnsTransport>();
+  private readonly privateSuffixes: string[];
+  private readonly tcpClients = new Set<net.Socket>();
+  private readonly ca: string[] | undefined;
+
+  constructor(private readonly opts: DnsServiceOptions) {
+    this.privateSuffixes = opts.dns.privateDomains.map((d) => d.toLowerCase().replace(/^\*?\./, '').replace(/\.$/, ''));
+    if (opts.dns.dohCaFile) {
+      try {
+        this.ca = [fs.readFileSync(opts.dns.dohCaFile, 'utf8')];
+      } catch (err) {
+        throw new GatewayError(ErrorCodes.CONFIG, `--doh-ca ${opts.dns.dohCaFile}: ${(err as Error).message}`, { cause: err });
+      }
+    }
+    this.resolver = new DnsResolver({
+      router: this,
+      timeoutMs: opts.dns.timeoutMs,
+      cacheSize: opts.dns.cacheSize,
+      names: this.names,
+      log: opts.log,
+    });
+  }
+
+  /** How a name leaves; undefined when there is no server to ask. */
+  route(name: string, asked: Server | undefined): DnsRoute | undefined {
+    const d = this.opts.dns;
+    if (isPrivateName(name, this.privateSuffixes)) {
+      const server = d.privateDns ?? asked ?? this.opts.fallbackServer;
+      if (!server) return undefined;
+      return { kind: 'private', transport: this.direct(server), upstream: `udp ${hostPort(server.host, server.port)}` };
+    }
+    if (d.dohEnabled && d.dohUrl) {
+      return { kind: 'doh', transport: this.doh(d.dohUrl), upstream: d.dohUrl.href };
+    }
+    const server = d.publicDns ?? asked ?? this.opts.fallbackServer;
+    if (!server) return undefined;
+    if (this.opts.proxy && !d.overTcpDisabled) {
+      return { kind: 'proxy', transport: this.viaProxy(server, this.opts.proxy), upstream: `tcp ${hostPort(server.host, server.port)}` };
+    }
+    return { kind: 'direct', transport: this.direct(server), upstream: `udp ${hostPort(server.host, server.port)}` };
+  }
+
+  private cached(key: string, make: () => DnsTransport): DnsTransport {
+    let t = this.transports.get(key);
+    if (!t) {
+      t = make();
+      this.transports.set(key, t);
+    }
+    return t;
+  }
+
+  private readonly openDirect: StreamOpener = (host, port, signal) =>
+    dialTcp({ host, port, timeoutMs: this.opts.connectTimeoutMs, signal }, DIRECT_CODES, `direct ${hostPort(host, port)}`);
+
+  private openProxy(proxy: ProxyEndpoint): StreamOpener {
+    return (host, port, signal) => openTunnel({ proxy, host, port, timeoutMs: this.opts.connectTimeoutMs, signal });
+  }
+
+  private direct(server: Server): DnsTransport {
+    const where = hostPort(server.host, server.port);
+    return this.cached(`direct ${where}`, () => new UdpTransport(server, new TcpTransport(server, this.openDirect, `tcp ${where}`)));
+  }
+
+  private viaProxy(server: Server, proxy: ProxyEndpoint): DnsTransport {
+    const where = hostPort(server.host, server.port);
+    return this.cached(`proxy ${where}`, () => new TcpTransport(server, this.openProxy(proxy), `tcp ${where} via proxy ${proxy.display}`));
+  }
+
+  private doh(url: URL): DnsTransport {
+    const open = this.opts.proxy ? this.openProxy(this.opts.proxy) : this.openDirect;
+    return this.cached(`doh ${url.href}`, () => new DohTransport({ url, open, ca: this.ca, connectTimeoutMs: this.opts.connectTimeoutMs }));
+  }
+
+  /** A datagram from the UDP listener. */
+  onDatagram(d: Datagram): void {
+    void this.resolver.handle(d.data, { client: d.client, destination: d.destination, protocol: 'udp' }).then((answer) => {
+      if (answer) d.reply(answer);
+    });
+  }
+
+  /** A client's DNS-over-TCP connection (RFC 1035 4.2.2 framing; pipelined queries answered as they complete). */
+  acceptTcp(sock: net.Socket, ctx: ConnContext): void {
+    this.tcpClients.add(sock);
+    let buffered: Buffer = Buffer.alloc(0);
+    let pending = 0;
+    sock.setTimeout(TCP_IDLE_MS, () => sock.destroy());
+    sock.on('close', () => this.tcpClients.delete(sock));
+    sock.on('end', () => {
+      if (pending === 0) sock.end();
+    });
+    sock.on('data', (chunk: Buffer) => {
+      buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk]);
+      const { messages, rest } = unframe(buffered);
+      buffered = rest;
+      for (const m of messages) {
+        pending++;
+        if (pending >= TCP_MAX_PENDING) sock.pause();
+        void this.resolver.handle(m, { client: ctx.client, destination: ctx.destination, protocol: 'tcp' }).then((answer) => {
+          pending--;
+          if (sock.destroyed) return;
+          if (answer) sock.write(frame(answer));
+          if (pending < TCP_MAX_PENDING && sock.isPaused()) sock.resume();
+          if (pending === 0 && sock.readableEnded) sock.end();
+        });
+      }
+    });
+    sock.resume();
+  }
+
+  close(): void {
+    this.resolver.close();
+    for (const t of this.transports.values()) t.close();
+    this.transports.clear();
+    for (const s of this.tcpClients) s.destroy();
+    this.tcpClients.clear();
+  }
+}
+
+/** The first usable nameserver in a resolv.conf (loopback ones would be the gateway's own stub, not the clients'). */
+export function resolvConfServer(file = '/etc/resolv.conf'): Server | undefined {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch {
+    return undefined;
+  }
+  for (const line of text.split('\n')) {
+    const m = /^\s*nameserver\s+(\S+)/.exec(line);
+    if (!m) continue;
+    const host = m[1]!.replace(/%.*$/, '');
+    if (host.startsWith('127.') || host === '::1') continue;
+    return { host, port: 53 };
+  }
+  return undefined;
+}

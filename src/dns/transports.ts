@@ -1,0 +1,501 @@
+import dgram from 'node:dgram';
+import http from 'node:http';
+import http2 from 'node:http2';
+import net from 'node:net';
+import tls from 'node:tls';
+import { ErrorCodes, GatewayError } from '../core/errors';
+import { hostPort } from '../core/types';
+import { readHeader } from './message';
+
+/** Sends one DNS message and resolves with the answer; rejects with a GatewayError (code TG_ERR_DNS) or on abort. */
+export interface DnsTransport {
+  readonly description: string;
+  query(msg: Buffer, signal: AbortSignal): Promise<Buffer>;
+  close(): void;
+}
+
+export interface Server {
+  host: string;
+  port: number;
+}
+
+/** Opens a stream to host:port: directly, or a CONNECT tunnel through the proxy. */
+export type StreamOpener = (host: string, port: number, signal: AbortSignal) => Promise<net.Socket>;
+
+function dnsError(message: string, cause?: unknown): GatewayError {
+  return new GatewayError(ErrorCodes.DNS, message, cause === undefined ? undefined : { cause });
+}
+
+function aborted(signal: AbortSignal, what: string): GatewayError {
+  return dnsError(`${what}: ${signal.reason instanceof Error ? signal.reason.message : 'cancelled'}`);
+}
+
+/** Frames a message for DNS over TCP (RFC 1035 4.2.2): a 16-bit length first. */
+export function frame(msg: Buffer): Buffer {
+  const out = Buffer.allocUnsafe(msg.length + 2);
+  out.writeUInt16BE(msg.length, 0);
+  msg.copy(out, 2);
+  return out;
+}
+
+/**
+ * Splits a TCP byte stream into DNS messages. Returns the messages complete
+ * so far and the bytes left over.
+ */
+export function unframe(buf: Buffer): { messages: Buffer[]; rest: Buffer } {
+  const messages: Buffer[] = [];
+  let off = 0;
+  while (buf.length - off >= 2) {
+    const len = buf.readUInt16BE(off);
+    if (buf.length - off - 2 < len) break;
+    messages.push(buf.subarray(off + 2, off + 2 + len));
+    off += 2 + len;
+  }
+  return { messages, rest: off === 0 ? buf : buf.subarray(off) };
+}
+
+function withId(msg: Buffer, id: number): Buffer {
+  const out = Buffer.from(msg);
+  out.writeUInt16BE(id, 0);
+  return out;
+}
+
+interface Pending {
+  resolve(answer: Buffer): void;
+  reject(err: Error): void;
+}
+
+/** One DNS-over-TCP connection carrying many queries at once, told apart by ID (RFC 7766 6.2.1.1). */
+class PipelinedConnection {
+  readonly pending = new Map<number, Pending>();
+  private buffered: Buffer = Buffer.alloc(0);
+  private idleTimer: NodeJS.Timeout | undefined;
+  dead = false;
+  used = 0;
+
+  constructor(
+    private readonly sock: net.Socket,
+    private readonly idleMs: number,
+    private readonly onDead: (c: PipelinedConnection) => void,
+  ) {
+    sock.setNoDelay(true);
+    sock.on('data', (chunk: Buffer) => this.onData(chunk));
+    sock.on('error', (err) => this.fail(dnsError(`DNS over TCP connection failed: ${err.message}`, err)));
+    sock.on('close', () => this.fail(dnsError('DNS over TCP connection closed by the server or proxy')));
+    sock.resume();
+    this.armIdle();
+  }
+
+  send(msg: Buffer, signal: AbortSignal): Promise<Buffer> {
+    let id: number;
+    do id = (Math.random() * 0x10000) | 0;
+    while (this.pending.has(id));
+    this.used++;
+    this.disarmIdle();
+    return new Promise<Buffer>((resolve, reject) => {
+      const onAbort = (): void => {
+        this.pending.delete(id);
+        this.armIdle();
+        reject(aborted(signal, 'DNS over TCP'));
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.pending.set(id, {
+        resolve: (a) => {
+          signal.removeEventListener('abort', onAbort);
+          resolve(a);
+        },
+        reject: (e) => {
+          signal.removeEventListener('abort', onAbort);
+          reject(e);
+        },
+      });
+      this.sock.write(frame(withId(msg, id)));
+    });
+  }
+
+  private onData(chunk: Buffer): void {
+    this.buffered = this.buffered.length === 0 ? chunk : Buffer.concat([this.buffered, chunk]);
+    const { messages, rest } = unframe(this.buffered);
+    this.buffered = rest;
+    for (const m of messages) {
+      if (m.length < 2) continue;
+      const id = m.readUInt16BE(0);
+      const p = this.pending.get(id);
+      if (!p) continue; // answer to a query given up on
+      this.pending.delete(id);
+      p.resolve(m);
+    }
+    this.armIdle();
+  }
+
+  private armIdle(): void {
+    if (this.pending.size > 0 || this.dead) return;
+    this.disarmIdle();
+    this.idleTimer = setTimeout(() => this.close(), this.idleMs);
+    this.idleTimer.unref();
+  }
+
+  private disarmIdle(): void {
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
+  }
+
+  private fail(err: Error): void {
+    if (!this.dead) {
+      this.dead = true;
+      this.disarmIdle();
+      this.onDead(this);
+      this.sock.destroy();
+    }
+    for (const p of this.pending.values()) p.reject(err);
+    this.pending.clear();
+  }
+
+  close(): void {
+    this.fail(dnsError('DNS over TCP connection closed'));
+  }
+}
+
+/**
+ * DNS over TCP to one server, over connections from `open` (a proxy tunnel
+ * or a direct connection): a few connections, each pipelining many queries,
+ * reconnecting after a failure. A query that fails on a connection that had
+ * already been used (the server or proxy may have closed it while idle) is
+ * retried once on a fresh one.
+ */
+export class TcpTransport implements DnsTransport {
+  private readonly conns = new Set<PipelinedConnection>();
+  private connecting: Promise<PipelinedConnection> | undefined;
+  private closed = false;
+
+  constructor(
+    readonly server: Server,
+    private readonly open: StreamOpener,
+    readonly description: string,
+    private readonly opts: { maxConnections?: number; perConnection?: number; idleMs?: number } = {},
+  ) {}
+
+  async query(msg: Buffer, signal: AbortSignal): Promise<Buffer> {
+    const conn = await this.pick(signal);
+    const reused = conn.used > 0;
+    try {
+      return await conn.send(msg, signal);
+    } catch (err) {
+      if (!reused || signal.aborted || this.closed || !conn.dead) throw err;
+      const fresh = await this.pick(signal);
+      return fresh.send(msg, signal);
+    }
+  }
+
+  private async pick(signal: AbortSignal): Promise<PipelinedConnection> {
+    if (this.closed) throw dnsError(`${this.description}: closed`);
+    let best: PipelinedConnection | undefined;
+    for (const c of this.conns) if (!c.dead && (!best || c.pending.size < best.pending.size)) best = c;
+    const per = this.opts.perConnection ?? 64;
+    const max = this.opts.maxConnections ?? 4;
+    if (best && (best.pending.size < per || this.conns.size >= max)) return best;
+    if (best && this.connecting) return best;
+    this.connecting ??= this.connect(signal).finally(() => {
+      this.connecting = undefined;
+    });
+    return this.connecting;
+  }
+
+  private async connect(signal: AbortSignal): Promise<PipelinedConnection> {
+    let sock: net.Socket;
+    try {
+      sock = await this.open(this.server.host, this.server.port, signal);
+    } catch (err) {
+      throw dnsError(`${this.description}: ${(err as Error).message}`, err);
+    }
+    if (this.closed) {
+      sock.destroy();
+      throw dnsError(`${this.description}: closed`);
+    }
+    const c = new PipelinedConnection(sock, this.opts.idleMs ?? 30_000, (dead) => this.conns.delete(dead));
+    this.conns.add(c);
+    return c;
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const c of [...this.conns]) c.close();
+    this.conns.clear();
+  }
+}
+
+/** DNS over UDP to one server, one socket (random source port) per query; truncated answers are asked again over TCP. */
+export class UdpTransport implements DnsTransport {
+  readonly description: string;
+
+  constructor(
+    readonly server: Server,
+    private readonly tcp: TcpTransport,
+  ) {
+    this.description = `udp ${hostPort(server.host, server.port)}`;
+  }
+
+  async query(msg: Buffer, signal: AbortSignal): Promise<Buffer> {
+    const answer = await this.udp(msg, signal);
+    if (readHeader(answer).tc) return this.tcp.query(msg, signal);
+    return answer;
+  }
+
+  private udp(msg: Buffer, signal: AbortSignal): Promise<Buffer> {
+    return new Promise((resolve, reject) => {
+      if (signal.aborted) {
+        reject(aborted(signal, this.description));
+        return;
+      }
+      const family = net.isIPv6(this.server.host) ? 'udp6' : 'udp4';
+      const sock = dgram.createSocket(family);
+      const id = msg.readUInt16BE(0);
+      const done = (err: Error | undefined, answer?: Buffer): void => {
+        signal.removeEventListener('abort', onAbort);
+        sock.close();
+        if (err) reject(err);
+        else resolve(answer!);
+      };
+      const onAbort = (): void => done(aborted(signal, this.description));
+      signal.addEventListener('abort', onAbort, { once: true });
+      sock.on('error', (err) => done(dnsError(`${this.description}: ${err.message}`, err)));
+      sock.on('message', (data, rinfo) => {
+        // Only the server's answer to this ID counts: anything else could be spoofed.
+        if (rinfo.port !== this.server.port || data.length < 12 || data.readUInt16BE(0) !== id) return;
+        done(undefined, data);
+      });
+      sock.send(msg, this.server.port, this.server.host, (err) => {
+        if (err) done(dnsError(`${this.description}: ${err.message}`, err));
+      });
+    });
+  }
+
+  close(): void {
+    this.tcp.close();
+  }
+}
+
+export interface DohOptions {
+  url: URL;
+  open: StreamOpener;
+  /** Extra trusted CA certificates (PEM), on top of Node's roots. */
+  ca?: string[];
+  connectTimeoutMs: number;
+}
+
+/**
+ * DNS over HTTPS (RFC 8484, POST with application/dns-message) through a
+ * stream from `open`, TLS from the gateway. HTTP/2 when the server offers it
+ * (one session, many streams); otherwise HTTP/1.1, one connection per query.
+ */
+export class DohTransport implements DnsTransport {
+  readonly description: string;
+  private session: Promise<{ h2?: http2.ClientHttp2Session; socket?: tls.TLSSocket }> | undefined;
+  private closed = false;
+  private readonly host: string;
+  private readonly port: number;
+  private readonly ca: string[] | undefined;
+
+  constructor(private readonly opts: DohOptions) {
+    this.description = `doh ${opts.url.href}`;
+    this.host = opts.url.hostname.replace(/^\[|\]$/g, '');
+    this.port = Number(opts.url.port || 443);
+    this.ca = opts.ca && opts.ca.length > 0 ? [...tls.rootCertificates, ...opts.ca] : undefined;
+  }
+
+  async query(msg: Buffer, signal: AbortSignal): Promise<Buffer> {
+    // RFC 8484 4.1: ID 0 keeps HTTP caches effective; the caller matches by question.
+    const body = withId(msg, 0);
+    const s = await this.connect(signal);
+    if (s.h2) {
+      try {
+        return await this.h2Query(s.h2, body, signal);
+      } catch (err) {
+        if (signal.aborted || this.closed || !s.h2.destroyed) throw err;
+        // The session died under us (GOAWAY, idle close): once more on a new one.
+        return this.h2Query((await this.connect(signal)).h2!, body, signal);
+      }
+    }
+    return this.h1Query(s.socket!, body, signal);
+  }
+
+  private connect(signal: AbortSignal): Promise<{ h2?: http2.ClientHttp2Session; socket?: tls.TLSSocket }> {
+    if (this.closed) return Promise.reject(dnsError(`${this.description}: closed`));
+    if (this.session) return this.session;
+    const p = this.handshake(signal).then(
+      (s) => {
+        if (!s.h2) {
+          // HTTP/1.1: this connection is used by one query; the next one handshakes again.
+          if (this.session === p) this.session = undefined;
+          return s;
+        }
+        const forget = (): void => {
+          if (this.session === p) this.session = undefined;
+        };
+        s.h2.on('close', forget);
+        s.h2.on('goaway', forget);
+        s.h2.on('error', forget);
+        s.h2.setTimeout(60_000, () => s.h2!.close());
+        s.h2.unref();
+        return s;
+      },
+      (err: unknown) => {
+        if (this.session === p) this.session = undefined;
+        throw err;
+      },
+    );
+    this.session = p;
+    return p;
+  }
+
+  private async handshake(signal: AbortSignal): Promise<{ h2?: http2.ClientHttp2Session; socket?: tls.TLSSocket }> {
+    let raw: net.Socket;
+    try {
+      raw = await this.opts.open(this.host, this.port, signal);
+    } catch (err) {
+      throw dnsError(`${this.description}: ${(err as Error).message}`, err);
+    }
+    const socket = await new Promise<tls.TLSSocket>((resolve, reject) => {
+      const t = tls.connect({
+        socket: raw,
+        // The certificate is checked against host (an IP literal gets no SNI but must still match).
+        host: this.host,
+        servername: net.isIP(this.host) ? undefined : this.host,
+        ALPNProtocols: ['h2', 'http/1.1'],
+        ca: this.ca,
+      });
+      const timer = setTimeout(() => {
+        t.destroy();
+        reject(dnsError(`${this.description}: TLS handshake took longer than ${this.opts.connectTimeoutMs} ms`));
+      }, this.opts.connectTimeoutMs);
+      t.once('secureConnect', () => {
+        clearTimeout(timer);
+        t.off('error', onErr);
+        t.on('error', () => {
+          /* reported through the request that uses it */
+        });
+        resolve(t);
+      });
+      const onErr = (err: Error): void => {
+        clearTimeout(timer);
+        t.destroy();
+        const hint = /certificate|self.signed|issuer/i.test(err.message) ? ' (is the server\'s CA trusted? see --doh-ca)' : '';
+        reject(dnsError(`${this.description}: TLS: ${err.message}${hint}`, err));
+      };
+      t.once('error', onErr);
+    });
+    if (socket.alpnProtocol === 'h2') {
+      const h2 = http2.connect(this.opts.url.origin, { createConnection: () => socket });
+      h2.on('error', () => {
+        /* reported through the streams */
+      });
+      return { h2 };
+    }
+    return { socket };
+  }
+
+  private path(): string {
+    return `${this.opts.url.pathname}${this.opts.url.search}`;
+  }
+
+  private h2Query(h2: http2.ClientHttp2Session, body: Buffer, signal: AbortSignal): Promise<Buffer> {
+    return new Promise((resolve, reject) => {
+      let req: http2.ClientHttp2Stream;
+      try {
+        req = h2.request({
+          ':method': 'POST',
+          ':path': this.path(),
+          'content-type': 'application/dns-message',
+          accept: 'application/dns-message',
+          'content-length': body.length,
+        });
+      } catch (err) {
+        reject(dnsError(`${this.description}: ${(err as Error).message}`, err));
+        return;
+      }
+      const onAbort = (): void => {
+        req.close(http2.constants.NGHTTP2_CANCEL);
+        reject(aborted(signal, this.description));
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      let status = 0;
+      const chunks: Buffer[] = [];
+      let size = 0;
+      req.on('response', (headers) => {
+        status = Number(headers[':status']);
+      });
+      req.on('data', (c: Buffer) => {
+        size += c.length;
+        if (size > 65535) req.close(http2.constants.NGHTTP2_CANCEL);
+        else chunks.push(c);
+      });
+      req.on('end', () => {
+        signal.removeEventListener('abort', onAbort);
+        if (status !== 200) reject(dnsError(`${this.description}: HTTP status ${status}`));
+        else resolve(Buffer.concat(chunks));
+      });
+      req.on('error', (err) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(dnsError(`${this.description}: ${err.message}`, err));
+      });
+      req.end(body);
+    });
+  }
+
+  private h1Query(socket: tls.TLSSocket, body: Buffer, signal: AbortSignal): Promise<Buffer> {
+    return new Promise((resolve, reject) => {
+      const req = http.request({
+        createConnection: () => socket,
+        method: 'POST',
+        host: this.host,
+        path: this.path(),
+        headers: {
+          host: this.opts.url.host,
+          'content-type': 'application/dns-message',
+          accept: 'application/dns-message',
+          'content-length': body.length,
+          connection: 'close',
+        },
+      });
+      const onAbort = (): void => {
+        req.destroy();
+        reject(aborted(signal, this.description));
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      req.on('response', (res) => {
+        const chunks: Buffer[] = [];
+        let size = 0;
+        res.on('data', (c: Buffer) => {
+          size += c.length;
+          if (size > 65535) req.destroy(new Error('answer longer than 65535 bytes'));
+          else chunks.push(c);
+        });
+        res.on('end', () => {
+          signal.removeEventListener('abort', onAbort);
+          socket.destroy();
+          if (res.statusCode !== 200) reject(dnsError(`${this.description}: HTTP status ${res.statusCode}`));
+          else resolve(Buffer.concat(chunks));
+        });
+      });
+      req.on('error', (err) => {
+        signal.removeEventListener('abort', onAbort);
+        socket.destroy();
+        reject(dnsError(`${this.description}: ${err.message}`, err));
+      });
+      req.end(body);
+    });
+  }
+
+  close(): void {
+    this.closed = true;
+    const s = this.session;
+    this.session = undefined;
+    void s?.then(
+      (x) => {
+        x.h2?.destroy();
+        x.socket?.destroy();
+      },
+      () => undefined,
+    );
+  }
+}
