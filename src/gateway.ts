@@ -133,7 +133,7 @@ export class Gateway {
     if (this.rules && this.cfg.installRules) {
       await this.rules.apply(rulesConfigFor(this.cfg));
       this.rulesInstalled = true;
-      this.log.info(`installed ${this.cfg.mode} rules (nftables table inet transgate)`);
+      this.log.info(`installed ${this.cfg.mode} rules (${this.rules.name === 'nftables' ? 'nftables table inet transgate' : `${this.rules.name} chains TRANSGATE*`})`);
     }
   }
 

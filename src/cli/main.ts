@@ -5,7 +5,7 @@ import { helpText, parseArgs, type ParsedArgs } from '../config/flags';
 import { GatewayError } from '../core/errors';
 import { Logger } from '../core/log';
 import { Gateway } from '../gateway';
-import { NftBackend, describePlan, rulesConfigFor } from '../netfilter/backend';
+import { clearAll, createBackend, describeRules } from '../netfilter/backend';
 
 function version(): string {
   try {
@@ -27,7 +27,7 @@ function report(err: unknown): void {
 
 async function run(cfg: Config, log: Logger): Promise<number> {
   for (const w of cfg.warnings) log.warn(w);
-  const backend = new NftBackend();
+  const backend = createBackend(cfg);
   const gw = new Gateway(cfg, log, backend);
   let exitCode = 0;
   let stopping = false;
@@ -98,13 +98,13 @@ export async function main(argv: string[]): Promise<void> {
   try {
     switch (args.command) {
       case 'rules': {
-        process.stdout.write(describePlan(rulesConfigFor(cfg)) + '\n');
+        process.stdout.write(describeRules(cfg) + '\n');
         return;
       }
       case 'clear': {
-        const backend = new NftBackend();
-        const removed = await backend.clear(rulesConfigFor(cfg));
-        process.stdout.write(removed ? 'transgate: removed rules and routes\n' : 'transgate: nothing installed\n');
+        // Both backends: a crashed run may have used either.
+        const removed = await clearAll(cfg);
+        process.stdout.write(removed.length > 0 ? `transgate: removed rules and routes (${removed.join(', ')})\n` : 'transgate: nothing installed\n');
         return;
       }
       default: {

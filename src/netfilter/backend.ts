@@ -1,7 +1,67 @@
+import fs from 'node:fs';
+import path from 'node:path';
 import type { Config } from '../config/config';
+import { describePlan, NftablesRuleBackend } from './index';
+import { IptablesRuleBackend, planIptables, renderIptablesPlan, type IptablesVariant } from './iptables';
 import { DEFAULT_BYPASS4, DEFAULT_BYPASS6, type RulesConfig } from './plan';
 
-export { describePlan, NftBackend, type RuleBackend } from './index';
+export { describePlan, NftBackend } from './index';
+
+/** What the gateway needs of a rule backend, nftables or iptables. */
+export interface RuleBackend {
+  readonly name: string;
+  apply(cfg: RulesConfig): Promise<unknown>;
+  revert(cfg: RulesConfig): Promise<boolean>;
+}
+
+/** Whether an executable of this name is on PATH (or in /usr/sbin, /sbin). */
+export function haveBinary(name: string, env: NodeJS.ProcessEnv = process.env): boolean {
+  const dirs = [...(env.PATH ?? '').split(':').filter(Boolean), '/usr/sbin', '/sbin'];
+  return dirs.some((d) => {
+    try {
+      fs.accessSync(path.join(d, name), fs.constants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}
+
+/** --firewall: nftables unless asked otherwise; auto falls back to iptables when nft is missing. */
+export function backendName(cfg: Pick<Config, 'firewall'>, have: (bin: string) => boolean = haveBinary): 'nftables' | IptablesVariant {
+  if (cfg.firewall !== 'auto') return cfg.firewall;
+  if (have('nft')) return 'nftables';
+  if (have('iptables')) return 'iptables';
+  if (have('iptables-legacy')) return 'iptables-legacy';
+  return 'nftables'; // its error says what to install
+}
+
+export function createBackend(cfg: Config): NftablesRuleBackend | IptablesRuleBackend {
+  const name = backendName(cfg);
+  return name === 'nftables' ? new NftablesRuleBackend() : new IptablesRuleBackend(name);
+}
+
+/** `transgate rules`: the plan of the backend `run` would use. */
+export function describeRules(cfg: Config): string {
+  const name = backendName(cfg);
+  return name === 'nftables' ? describePlan(rulesConfigFor(cfg)) : renderIptablesPlan(planIptables(rulesConfigFor(cfg), name));
+}
+
+/**
+ * `transgate clear`: removes what any backend may have left (the nftables
+ * table, iptables and iptables-legacy chains, the policy routes). Returns
+ * the names of the backends that had something installed.
+ */
+export async function clearAll(cfg: Config): Promise<string[]> {
+  const rc = rulesConfigFor(cfg);
+  const removed: string[] = [];
+  if (await new NftablesRuleBackend().clear(rc)) removed.push('nftables');
+  for (const v of ['iptables', 'iptables-legacy'] as const) {
+    if (!haveBinary(v)) continue;
+    if (await new IptablesRuleBackend(v).clear(rc)) removed.push(v);
+  }
+  return removed;
+}
 
 /** The rules a run configuration needs: defaults for special ranges plus --bypass, one port group per listener. */
 export function rulesConfigFor(cfg: Config): RulesConfig {

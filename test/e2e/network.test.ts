@@ -238,6 +238,84 @@ describe('network e2e', { skip, timeout: 300_000 }, () => {
     });
   });
 
+  for (const firewall of ['iptables', 'iptables-legacy'] as const) {
+    const cmd = firewall === 'iptables' ? 'iptables' : 'iptables-legacy';
+    const cmd6 = firewall === 'iptables' ? 'ip6tables' : 'ip6tables-legacy';
+    /** Every rule line that names one of our chains, both families and all tables. */
+    const ours = async (): Promise<string[]> => {
+      const out: string[] = [];
+      for (const c of [cmd, cmd6]) {
+        for (const table of ['mangle', 'nat', 'filter']) {
+          const r = await lab.exec('gw', [c, '-w', '-t', table, '-S']);
+          assert.equal(r.code, 0, show(r));
+          out.push(...r.stdout.split('\n').filter((l) => l.includes('TRANSGATE')).map((l) => `${c} ${table}: ${l}`));
+        }
+      }
+      return out;
+    };
+    for (const mode of ['tproxy', 'redirect'] as const) {
+      describe(`--firewall ${firewall} --mode ${mode}`, () => {
+        let gw: Gw | undefined;
+        before(async () => {
+          gw = await startGw(lab, ['--firewall', firewall, '--mode', mode, '--no-sysctl', '--lan', 'lan0']);
+        });
+        after(async () => {
+          await stopGw(lab, gw).catch(() => undefined);
+        });
+
+        gtest('HTTP, HTTPS (v4 and v6) and other TCP go through squid; no nftables table', async () => {
+          const m = await lab.squidMark();
+          const h = await lab.exec('cl', ['curl', '-sS', '--max-time', '8', `http://${WWW}/${firewall}-${mode}`, '--resolve', `${WWW}:80:${O4}`]);
+          assert.equal(h.code, 0, show(h));
+          assert.match(h.stdout, new RegExp(`uri=/${firewall}-${mode}`));
+          for (const addr of [O4, O6]) {
+            const r = await lab.exec('cl', ['curl', '-sS', '--max-time', '8', '--cacert', lab.caFile, `https://${WWW}/`, '--resolve', `${WWW}:443:${addr}`]);
+            assert.equal(r.code, 0, `${addr}: ${show(r)}`);
+            assert.match(r.stdout, /proto=https/);
+          }
+          const t = await lab.exec('cl', ['sh', '-c', `(printf 'ping-${mode}\\n'; sleep 1) | socat -t 2 - TCP:${O4}:22,connect-timeout=5`]);
+          assert.equal(t.stdout.trim(), `ping-${mode}`, show(t));
+          await lab.waitSquidLog(new RegExp(`GET http://www\\.example\\.test/${firewall}-${mode}`), 3000, m);
+          await lab.waitSquidLog(/CONNECT www\.example\.test:443/, 3000, m);
+          await lab.waitSquidLog(/CONNECT 203\.0\.113\.2:22/, 3000, m);
+          const nft = await lab.exec('gw', ['nft', 'list', 'tables']);
+          assert.doesNotMatch(nft.stdout, /transgate/);
+          const jumps = (await ours()).filter((l) => /-A (PREROUTING|OUTPUT|FORWARD|POSTROUTING) /.test(l));
+          // One jump into TRANSGATE from PREROUTING and one into TRANSGATE_QUIC from FORWARD, per family.
+          assert.equal(jumps.length, 4, jumps.join('\n'));
+        });
+
+        gtest('a crashed run leaves chains; the next start replaces them without duplicates; stop removes all', async () => {
+          await gw!.kill9();
+          gw = undefined;
+          const left = await ours();
+          assert.ok(left.length > 0, 'SIGKILL leaves the chains behind');
+          gw = await startGw(lab, ['--firewall', firewall, '--mode', mode, '--no-sysctl', '--lan', 'lan0']);
+          const jumps = (await ours()).filter((l) => /-A (PREROUTING|OUTPUT|FORWARD|POSTROUTING) /.test(l));
+          assert.equal(jumps.length, 4, jumps.join('\n'));
+          const h = await lab.exec('cl', ['curl', '-sS', '--max-time', '8', `http://${WWW}/again`, '--resolve', `${WWW}:80:${O4}`]);
+          assert.match(h.stdout, /uri=\/again/, show(h));
+          await gw.stop('SIGTERM', 8000);
+          gw = undefined;
+          assert.deepEqual(await ours(), []);
+          const rules = await lab.exec('gw', ['ip', 'rule', 'show']);
+          assert.doesNotMatch(rules.stdout, /lookup 7467/);
+        });
+
+        gtest('`transgate clear` removes leftovers of either backend', async () => {
+          gw = await startGw(lab, ['--firewall', firewall, '--mode', mode, '--no-sysctl']);
+          await gw.kill9();
+          gw = undefined;
+          assert.ok((await ours()).length > 0);
+          const c = await lab.transgate(['clear']);
+          assert.equal(c.code, 0, show(c));
+          assert.match(c.stdout, new RegExp(`removed rules and routes \\(.*${firewall}`));
+          assert.deepEqual(await ours(), []);
+        });
+      });
+    }
+  }
+
   for (const mode of ['tproxy', 'redirect'] as const) {
     describe(`--local --mode ${mode}: this host's own connections`, () => {
       let gw: Gw | undefined;
