@@ -6,6 +6,7 @@ import { GatewayError } from '../core/errors';
 import { Logger } from '../core/log';
 import { Gateway } from '../gateway';
 import { clearAll, createBackend, describeRules } from '../netfilter/backend';
+import { doctorCommand } from './doctor';
 
 function version(): string {
   try {
@@ -99,6 +100,10 @@ export async function main(argv: string[]): Promise<void> {
     switch (args.command) {
       case 'rules': {
         process.stdout.write(describeRules(cfg) + '\n');
+        return;
+      }
+      case 'doctor': {
+        process.exitCode = await doctorCommand(cfg);
         return;
       }
       case 'clear': {

@@ -316,6 +316,66 @@ describe('network e2e', { skip, timeout: 300_000 }, () => {
     }
   }
 
+  describe('transgate doctor', () => {
+    const doctor = (env: Record<string, string>, extra: string[] = []): Promise<ExecResult> =>
+      lab.transgate(['doctor', '--lan', 'lan0', '--doctor-target', `${WWW}:443`, ...extra], env, 30_000);
+    after(async () => {
+      await setSysctls(lab, ['net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1']);
+      await lab.restartSquid({});
+    });
+
+    gtest('broken: forwarding off, proxy down → each FAIL with its fix, exit 1', async () => {
+      await setSysctls(lab, ['net.ipv4.ip_forward=0', 'net.ipv6.conf.all.forwarding=0']);
+      const r = await doctor({ http_proxy: `http://${ADDR.proxy.v4}:3999` });
+      console.log(`--- doctor, broken lab (forwarding off, proxy down) ---\n${r.stdout}`);
+      assert.equal(r.code, 1, show(r));
+      assert.match(r.stdout, /^FAIL +sysctl: net\.ipv4\.ip_forward = 0.*\n +fix: sysctl -w net\.ipv4\.ip_forward=1/m);
+      assert.match(r.stdout, /^FAIL +sysctl: net\.ipv6\.conf\.all\.forwarding = 0.*\n +fix: sysctl -w net\.ipv6\.conf\.all\.forwarding=1/m);
+      assert.match(r.stdout, /^FAIL +proxy: http_proxy .*cannot connect to 198\.51\.100\.2:3999 \(ECONNREFUSED\)\n +fix: check the host and port/m);
+      assert.match(r.stdout, /^OK +kernel: nftables accepts/m);
+      await setSysctls(lab, ['net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1']);
+    });
+
+    gtest('broken: wrong password → FAIL 407 with the fix; --json for scripts', async () => {
+      await lab.restartSquid({ auth: true });
+      const bad = `http://${ADDR.auth.user}:wrong@${ADDR.proxy.v4}:${ADDR.proxy.port}`;
+      const r = await doctor({ http_proxy: bad });
+      console.log(`--- doctor, wrong password ---\n${r.stdout}`);
+      assert.equal(r.code, 1, show(r));
+      assert.match(r.stdout, /^FAIL +proxy: http_proxy: CONNECT www\.example\.test:443: 407, the proxy rejects the credentials\n +fix: check user and password/m);
+      const j = await doctor({ http_proxy: bad }, ['--json']);
+      const parsed = JSON.parse(j.stdout) as { ok: boolean; checks: Array<{ name: string; status: string; fix?: string }> };
+      assert.equal(parsed.ok, false);
+      assert.ok(parsed.checks.some((c) => c.name === 'proxy' && c.status === 'FAIL' && c.fix));
+      assert.equal(j.code, 1);
+    });
+
+    gtest('crash leftovers → FAIL with `transgate clear`', async () => {
+      await lab.restartSquid({});
+      const gw = await startGw(lab, ['--no-sysctl']);
+      await gw.kill9();
+      const r = await doctor(proxyEnv());
+      assert.equal(r.code, 1, show(r));
+      assert.match(r.stdout, /^FAIL +leftovers: .*no transgate runs.*\n +fix: sudo npx transgate clear/m);
+      await lab.transgate(['clear']);
+    });
+
+    gtest('healthy lab (auth proxy, right password) → no FAIL, exit 0; a 443-only proxy is a WARN', async () => {
+      await lab.restartSquid({ auth: true });
+      await setSysctls(lab, ['net.ipv4.conf.lan0.send_redirects=0']);
+      const r = await doctor({ http_proxy: ADDR.proxyUrlAuth });
+      console.log(`--- doctor, healthy lab ---\n${r.stdout}`);
+      assert.equal(r.code, 0, show(r));
+      assert.doesNotMatch(r.stdout, /^FAIL/m);
+      assert.match(r.stdout, /^OK +proxy: http_proxy: CONNECT www\.example\.test:443 allowed \(credentials accepted\)/m);
+      assert.match(r.stdout, /^OK +leftovers: no transgate rules installed/m);
+      await lab.restartSquid({ connectOnly443: true });
+      const w = await doctor(proxyEnv());
+      assert.equal(w.code, 0, show(w));
+      assert.match(w.stdout, /^WARN +proxy: http_proxy: CONNECT www\.example\.test:22: 403, the proxy allows CONNECT to 443 only/m);
+    });
+  });
+
   for (const mode of ['tproxy', 'redirect'] as const) {
     describe(`--local --mode ${mode}: this host's own connections`, () => {
       let gw: Gw | undefined;

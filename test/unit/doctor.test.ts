@@ -1,0 +1,55 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { parseArgs } from '../../src/config/flags';
+import { buildConfig } from '../../src/config/config';
+import { _internal, formatChecks, runDoctor, type DoctorDeps } from '../../src/cli/doctor';
+import { sysctlKey } from '../../src/netfilter/sysctl';
+
+function cfgOf(argv: string[], env: Record<string, string> = {}) {
+  return buildConfig(parseArgs(['doctor', ...argv]).values, env);
+}
+
+function deps(values: Record<string, string>, root = false): DoctorDeps {
+  return {
+    runner: async () => ({ code: 1, stdout: '', stderr: 'not in unit tests' }),
+    readSysctl: (p) => values[sysctlKey(p)],
+    isRoot: () => root,
+    runningTransgate: () => [],
+    timeoutMs: 500,
+  };
+}
+
+describe('doctor', () => {
+  it('sysctls: forwarding off is a FAIL with the command that fixes it; redirects on a WARN', () => {
+    const checks = _internal.checkSysctls(cfgOf(['--lan', 'lan0']), deps({
+      'net.ipv4.ip_forward': '0',
+      'net.ipv6.conf.all.forwarding': '1',
+      'net.ipv4.conf.all.send_redirects': '0',
+      'net.ipv4.conf.lan0.send_redirects': '1',
+      'net.ipv4.conf.all.rp_filter': '1',
+    }));
+    const fwd = checks.find((c) => c.message.startsWith('net.ipv4.ip_forward'))!;
+    assert.equal(fwd.status, 'FAIL');
+    assert.match(fwd.fix!, /sysctl -w net\.ipv4\.ip_forward=1/);
+    const red = checks.find((c) => c.message.startsWith('send_redirects'))!;
+    assert.equal(red.status, 'WARN');
+    assert.match(red.fix!, /net\.ipv4\.conf\.lan0\.send_redirects=0/);
+    assert.equal(checks.find((c) => c.message.startsWith('net.ipv6'))!.status, 'OK');
+  });
+
+  it('parses --doctor-target, refusing what is not host:port', () => {
+    assert.deepEqual(_internal.splitTarget('example.com:443'), { host: 'example.com', port: 443 });
+    assert.deepEqual(_internal.splitTarget('[2001:db8::1]:8443'), { host: '2001:db8::1', port: 8443 });
+    for (const bad of ['example.com', 'x:0', 'x:70000', ':443']) assert.equal(_internal.splitTarget(bad), undefined, bad);
+  });
+
+  it('without privileges: FAIL first, no kernel/leftover probing, never throws; output has a fix line per problem', async () => {
+    const checks = await runDoctor(cfgOf(['--doctor-target', 'nonsense']), deps({ 'net.ipv4.ip_forward': '1', 'net.ipv6.conf.all.forwarding': '1' }));
+    assert.equal(checks[0]!.name, 'privileges');
+    assert.equal(checks[0]!.status, 'FAIL');
+    assert.ok(!checks.some((c) => c.name === 'kernel' || c.name === 'leftovers'));
+    const text = formatChecks(checks);
+    assert.match(text, /^FAIL  privileges: .*\n      fix: run as root/m);
+    assert.match(text, /\d+ FAIL, \d+ WARN, \d+ OK\n$/);
+  });
+});
