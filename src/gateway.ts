@@ -79,6 +79,7 @@ export class Gateway {
         proxy: cfg.upstream.https ?? cfg.upstream.http,
         connectTimeoutMs: cfg.connectTimeoutMs,
         fallbackServer: fallback,
+        mark: cfg.local ? cfg.socketMark : undefined,
         log,
       });
     }

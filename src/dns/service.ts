@@ -32,6 +32,8 @@ export interface DnsServiceOptions {
   connectTimeoutMs: number;
   /** Where public names go when the destination of a query is unknown (UDP after REDIRECT). */
   fallbackServer: Server | undefined;
+  /** SO_MARK on every upstream socket (--local), so the gateway's own DNS is not intercepted again. */
+  mark?: number;
   log: Logger;
 }
 
@@ -102,15 +104,15 @@ export class DnsService implements DnsRouter {
   }
 
   private readonly openDirect: StreamOpener = (host, port, signal) =>
-    dialTcp({ host, port, timeoutMs: this.opts.connectTimeoutMs, signal }, DIRECT_CODES, `direct ${hostPort(host, port)}`);
+    dialTcp({ host, port, timeoutMs: this.opts.connectTimeoutMs, signal, mark: this.opts.mark }, DIRECT_CODES, `direct ${hostPort(host, port)}`);
 
   private openProxy(proxy: ProxyEndpoint): StreamOpener {
-    return (host, port, signal) => openTunnel({ proxy, host, port, timeoutMs: this.opts.connectTimeoutMs, signal });
+    return (host, port, signal) => openTunnel({ proxy, host, port, timeoutMs: this.opts.connectTimeoutMs, signal, mark: this.opts.mark });
   }
 
   private direct(server: Server): DnsTransport {
     const where = hostPort(server.host, server.port);
-    return this.cached(`direct ${where}`, () => new UdpTransport(server, new TcpTransport(server, this.openDirect, `tcp ${where}`)));
+    return this.cached(`direct ${where}`, () => new UdpTransport(server, new TcpTransport(server, this.openDirect, `tcp ${where}`), this.opts.mark));
   }
 
   private viaProxy(server: Server, proxy: ProxyEndpoint): DnsTransport {

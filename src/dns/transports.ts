@@ -5,6 +5,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { ErrorCodes, GatewayError } from '../core/errors';
 import { hostPort } from '../core/types';
+import { setMark } from '../native/index';
 import { readHeader } from './message';
 
 /** Sends one DNS message and resolves with the answer; rejects with a GatewayError (code TG_ERR_DNS) or on abort. */
@@ -231,6 +232,7 @@ export class UdpTransport implements DnsTransport {
   constructor(
     readonly server: Server,
     private readonly tcp: TcpTransport,
+    private readonly mark?: number,
   ) {
     this.description = `udp ${hostPort(server.host, server.port)}`;
   }
@@ -264,8 +266,25 @@ export class UdpTransport implements DnsTransport {
         if (rinfo.port !== this.server.port || data.length < 12 || data.readUInt16BE(0) !== id) return;
         done(undefined, data);
       });
-      sock.send(msg, this.server.port, this.server.host, (err) => {
-        if (err) done(dnsError(`${this.description}: ${err.message}`, err));
+      const send = (): void =>
+        sock.send(msg, this.server.port, this.server.host, (err) => {
+          if (err) done(dnsError(`${this.description}: ${err.message}`, err));
+        });
+      if (this.mark === undefined) {
+        send();
+        return;
+      }
+      // The mark must be on the socket before its first packet: bind, mark, then send.
+      sock.bind(0, () => {
+        try {
+          const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd;
+          if (typeof fd !== 'number' || fd < 0) throw new Error('no file descriptor for the UDP socket');
+          setMark(fd, this.mark!);
+        } catch (err) {
+          done(dnsError(`${this.description}: SO_MARK: ${(err as Error).message}`, err));
+          return;
+        }
+        send();
       });
     });
   }
