@@ -21,7 +21,7 @@
  * Knobs (environment): BENCH_ONLY=transgate,redsocks (variants to run),
  * BENCH_FILE_MIB, BENCH_PARALLEL, BENCH_CONN_REQUESTS, BENCH_CONN_CONCURRENCY,
  * BENCH_LATENCY_SAMPLES, BENCH_IDLE, and BENCH_CPU_PROF=DIR for V8 CPU
- * profiles of the transgate runs (node --cpu-prof).
+ * profiles of the transgate runs (bench/profiled-gateway.ts).
  */
 import { type ChildProcess, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -136,12 +136,18 @@ class Bench {
         const env: Record<string, string> = direct ? { ...proxyEnv, no_proxy: INTRA } : { ...proxyEnv };
         // BENCH_CPU_PROF=DIR: a V8 CPU profile of each transgate run, written when it exits.
         const prof = process.env['BENCH_CPU_PROF'];
-        if (prof) env['NODE_OPTIONS'] = `--cpu-prof --cpu-prof-dir=${path.resolve(prof)} --cpu-prof-name=${name}-${Date.now()}.cpuprofile`;
-        this.gw = await lab.startGateway(args, env);
+        if (prof) {
+          fs.mkdirSync(prof, { recursive: true });
+          env['TRANSGATE_CPU_PROF'] = path.resolve(prof, `${name}-${Date.now()}.cpuprofile`);
+        }
+        for (const k of ['TRANSGATE_MEM_LOG', 'TRANSGATE_HEAP_SNAPSHOT', 'TRANSGATE_V8_FLAGS']) if (process.env[k]) env[k] = process.env[k]!;
+        const wrapped = prof || env['TRANSGATE_MEM_LOG'] || env['TRANSGATE_HEAP_SNAPSHOT'] || env['TRANSGATE_V8_FLAGS'];
+        this.gw = await lab.startGateway(args, env, wrapped ? { script: path.join(__dirname, 'profiled-gateway.js') } : {});
         await this.gw.waitFor(new RegExp(`\\brelay ${relay}\\b`), 3000);
         return this.gw.pid;
       },
       stop: async () => {
+        if (process.env['TRANSGATE_MEM_LOG']) for (const l of this.gw?.lines ?? []) if (/\bmem rss=/.test(l)) console.log(l);
         await this.gw?.stop('SIGTERM', 5000).catch(() => this.gw?.kill9());
         this.gw = undefined;
       },
@@ -311,6 +317,10 @@ class Bench {
     const got = JSON.parse(out.trim()) as { open: number; failed: number };
     await sleep(1000); // let the gateway settle (timers, GC) before reading RSS
     const after = rssMiB(pid);
+    if (process.env['TRANSGATE_HEAP_SNAPSHOT']) {
+      process.kill(pid, 'SIGUSR2');
+      await this.gw?.waitFor(/heap snapshot /, 60_000);
+    }
     child.stdin!.end();
     await new Promise((r) => (child.exitCode !== null ? r(undefined) : child.once('exit', r)));
     // Wait for the gateway to let go of them before the next workload.

@@ -65,7 +65,6 @@ typedef struct tg_relay {
   char outcome[64];
   napi_env env;
   napi_ref cb;
-  napi_async_context actx;
   struct tg_relay *prev, *next;
 } tg_relay;
 
@@ -104,6 +103,10 @@ static void pipe_put(int r, int w, bool empty) {
 static tg_relay *live_head;
 static uint32_t live_count;
 
+/* One async context for every relay: a context per connection would cost a
+ * JS object and async-hook events per connection for nothing transgate reads. */
+static napi_async_context shared_actx;
+
 static const char *errno_name(int err) {
 #if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
   const char *name = strerrorname_np(err);
@@ -128,7 +131,7 @@ static void on_handle_closed(uv_handle_t *h) {
         napi_create_double(env, (double)r->bytes[CLIENT], &argv[0]) == napi_ok &&
         napi_create_double(env, (double)r->bytes[UPSTREAM], &argv[1]) == napi_ok &&
         napi_create_string_utf8(env, r->outcome, NAPI_AUTO_LENGTH, &argv[2]) == napi_ok) {
-      if (napi_make_callback(env, r->actx, recv, cb, 3, argv, &result) != napi_ok) {
+      if (napi_make_callback(env, shared_actx, recv, cb, 3, argv, &result) != napi_ok) {
         /* An exception in the callback: hand it to process 'uncaughtException'
          * as Node does for its own callbacks, instead of losing it. */
         napi_value exc;
@@ -138,7 +141,6 @@ static void on_handle_closed(uv_handle_t *h) {
     napi_close_handle_scope(env, scope);
   }
   napi_delete_reference(env, r->cb);
-  napi_async_destroy(env, r->actx);
   free(r);
 }
 
@@ -397,16 +399,18 @@ static napi_value js_splice_relay(napi_env env, napi_callback_info info) {
     r->fd[i] = r->pipe_r[i] = r->pipe_w[i] = -1;
     r->rd_eof[i] = eof[i];
   }
-  napi_value name;
+  if (shared_actx == NULL) {
+    napi_value name;
+    if (napi_create_string_utf8(env, "transgate.splice", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+        napi_async_init(env, NULL, name, &shared_actx) != napi_ok) {
+      shared_actx = NULL;
+      free(r);
+      return throw_sys(env, "napi_async_init", ENOMEM);
+    }
+  }
   if (napi_create_reference(env, argv[5], 1, &r->cb) != napi_ok) {
     free(r);
     return throw_sys(env, "napi_create_reference", ENOMEM);
-  }
-  if (napi_create_string_utf8(env, "transgate.splice", NAPI_AUTO_LENGTH, &name) != napi_ok ||
-      napi_async_init(env, NULL, name, &r->actx) != napi_ok) {
-    napi_delete_reference(env, r->cb);
-    free(r);
-    return throw_sys(env, "napi_async_init", ENOMEM);
   }
   int err = 0;
   const char *what = NULL;
@@ -424,7 +428,6 @@ static napi_value js_splice_relay(napi_env env, napi_callback_info info) {
     for (int i = 0; i < 2; i++)
       if (r->fd[i] >= 0) close(r->fd[i]);
     napi_delete_reference(env, r->cb);
-    napi_async_destroy(env, r->actx);
     if (inited == 0) {
       free(r);
     } else {

@@ -207,7 +207,11 @@ export class Gateway {
     if (ctx.kind === 'http') {
       void this.acceptHttp(sock, ctx, done);
     } else {
-      void handleStream(sock, ctx, this.streamDeps(done)).catch((err: unknown) => this.internalError(sock, ctx, err));
+      // A weak reference: the handler lives as long as the connection, and a
+      // strong one would keep the (by then destroyed) socket of every
+      // spliced connection in memory.
+      const ref = new WeakRef(sock);
+      void handleStream(sock, ctx, this.streamDeps(done)).catch((err: unknown) => this.internalError(ref.deref(), ctx, err));
     }
   }
 
@@ -271,10 +275,10 @@ export class Gateway {
     }
   }
 
-  private internalError(sock: net.Socket, ctx: ConnContext, err: unknown): void {
+  private internalError(sock: net.Socket | undefined, ctx: ConnContext, err: unknown): void {
     ctx.result = 'internal-error';
     ctx.error = err instanceof Error ? (err.stack ?? err.message) : String(err);
-    sock.destroy();
+    sock?.destroy();
     this.logConn(ctx);
   }
 

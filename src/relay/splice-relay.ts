@@ -1,6 +1,6 @@
 import type net from 'node:net';
 import { errnoOf } from '../core/errors';
-import { socketFd, spliceAbortAll, spliceRelay } from '../native';
+import { socketFd, spliceAbortAll, spliceRelay, type SpliceRelayOptions } from '../native';
 import type { Relay, RelayOptions, RelayResult } from './relay';
 
 /** The parts of Node's internal TCP handle the hand-over needs. */
@@ -43,6 +43,39 @@ function flushed(sock: net.Socket): Promise<void> {
 }
 
 /**
+ * Starts the native relay. A function of its own so that the callback the
+ * addon holds for the connection's lifetime closes over numbers only: a
+ * closure inside run() would keep run()'s whole scope, both destroyed
+ * net.Sockets included, alive for as long as the connection is idle.
+ */
+function handOver(clientFd: number, upstreamFd: number, opts: SpliceRelayOptions, up: number, down: number): Promise<RelayResult> {
+  return new Promise((resolve) => {
+    spliceRelay(clientFd, upstreamFd, opts, (splicedUp, splicedDown, outcome) => resolve({ up: up + splicedUp, down: down + splicedDown, outcome }));
+  });
+}
+
+/**
+ * Hands both connections to the addon and lets Node's sockets go. `up` and
+ * `down` are the bytes Node already carried during the hand-over.
+ */
+function start(client: net.Socket, upstream: net.Socket, opts: RelayOptions, c: Detached, u: Detached, up: number, down: number): Promise<RelayResult> | RelayResult {
+  let result: Promise<RelayResult>;
+  try {
+    result = handOver(socketFd(client), socketFd(upstream), { idleTimeoutMs: opts.idleTimeoutMs, clientEof: c.eof, upstreamEof: u.eof }, up, down);
+  } catch (err) {
+    // EMFILE for the duplicates, most likely: nothing was handed over, so
+    // the connection ends here with the reason.
+    client.resetAndDestroy();
+    upstream.resetAndDestroy();
+    return { up, down, outcome: `relay ${errnoOf(err) ?? (err as Error).message}` };
+  }
+  // Node's descriptors go; the addon's duplicates carry the connection.
+  client.destroy();
+  upstream.destroy();
+  return result;
+}
+
+/**
  * The zero-copy relay: after the tunnel is open, the addon moves the bytes
  * with splice(2) between the two sockets (native/splice.c) and Node only
  * hears about the end.
@@ -57,9 +90,18 @@ function flushed(sock: net.Socket): Promise<void> {
 export class SpliceRelay implements Relay {
   readonly name = 'splice';
 
-  async run(client: net.Socket, upstream: net.Socket, opts: RelayOptions): Promise<RelayResult> {
+  run(client: net.Socket, upstream: net.Socket, opts: RelayOptions): Promise<RelayResult> {
     const c = detach(client);
     const u = detach(upstream);
+    // The usual case (nothing buffered in Node, the CONNECT and the sniffed
+    // head already in the kernel) hands over at once, without an await.
+    if (c.pending.length === 0 && u.pending.length === 0 && client.writableLength === 0 && upstream.writableLength === 0 && !client.destroyed && !upstream.destroyed) {
+      return Promise.resolve(start(client, upstream, opts, c, u, 0, 0));
+    }
+    return this.flushThenStart(client, upstream, opts, c, u);
+  }
+
+  private async flushThenStart(client: net.Socket, upstream: net.Socket, opts: RelayOptions, c: Detached, u: Detached): Promise<RelayResult> {
     let up = 0;
     let down = 0;
     for (const b of c.pending) up += b.length;
@@ -81,35 +123,15 @@ export class SpliceRelay implements Relay {
     } catch (err) {
       failure ??= `relay ${errnoOf(err) ?? (err as Error).message}`;
     }
+    client.off('error', onClientError);
+    upstream.off('error', onUpstreamError);
     if (failure === undefined && (client.destroyed || upstream.destroyed)) failure = `${client.destroyed ? 'client' : 'upstream'} closed`;
     if (failure !== undefined) {
       client.destroy();
       upstream.destroy();
       return { up, down, outcome: failure };
     }
-
-    let done!: (r: RelayResult) => void;
-    const result = new Promise<RelayResult>((resolve) => (done = resolve));
-    try {
-      spliceRelay(
-        socketFd(client),
-        socketFd(upstream),
-        { idleTimeoutMs: opts.idleTimeoutMs, clientEof: c.eof, upstreamEof: u.eof },
-        (splicedUp, splicedDown, outcome) => done({ up: up + splicedUp, down: down + splicedDown, outcome }),
-      );
-    } catch (err) {
-      // EMFILE for the duplicates, most likely: nothing was handed over, so
-      // the connection ends here with the reason.
-      client.resetAndDestroy();
-      upstream.resetAndDestroy();
-      return { up, down, outcome: `relay ${errnoOf(err) ?? (err as Error).message}` };
-    }
-    client.off('error', onClientError);
-    upstream.off('error', onUpstreamError);
-    // Node's descriptors go; the addon's duplicates carry the connection.
-    client.destroy();
-    upstream.destroy();
-    return result;
+    return start(client, upstream, opts, c, u, up, down);
   }
 
   /** Ends every spliced connection (gateway shutdown); each run() still resolves, with outcome 'aborted'. */

@@ -2,7 +2,7 @@ import type net from 'node:net';
 import type { ConnContext } from '../core/context';
 import { GatewayError, errnoOf } from '../core/errors';
 import type { Outbounds } from '../outbound/outbounds';
-import type { Relay } from '../relay/relay';
+import type { Relay, RelayResult } from '../relay/relay';
 import type { Router } from '../route/router';
 import type { NameLookup } from '../dns/name-map';
 import { TLS_SNIFF_MAX_BYTES, sniffTls } from '../sniff/tls';
@@ -67,9 +67,17 @@ export async function handleStream(sock: net.Socket, ctx: ConnContext, deps: Str
     return;
   }
   if (head.length > 0) upstream.write(head);
-  const r = await deps.relay.run(sock, upstream, { idleTimeoutMs: deps.idleTimeoutMs });
-  ctx.bytesUp = head.length + r.up;
-  ctx.bytesDown = r.down;
-  if (r.outcome !== 'ok') ctx.result = r.outcome;
-  deps.onDone(ctx);
+  // Returned, not awaited: this frame (both sockets, the head, the abort
+  // controller) ends here instead of living as long as the connection; an
+  // idle spliced connection then keeps only its context in memory.
+  return finishRelay(deps.relay.run(sock, upstream, { idleTimeoutMs: deps.idleTimeoutMs }), ctx, head.length, deps.onDone);
+}
+
+function finishRelay(run: Promise<RelayResult>, ctx: ConnContext, headLength: number, onDone: (ctx: ConnContext) => void): Promise<void> {
+  return run.then((r) => {
+    ctx.bytesUp = headLength + r.up;
+    ctx.bytesDown = r.down;
+    if (r.outcome !== 'ok') ctx.result = r.outcome;
+    onDone(ctx);
+  });
 }
