@@ -162,7 +162,8 @@ export function buildConfig(values: FlagValues, env: NodeJS.ProcessEnv): Config 
   const ipv6 = values['ipv6'] as boolean;
   if (!ipv4 && !ipv6) throw configError('--no-ipv4 and --no-ipv6 together leave nothing to intercept');
   for (const iface of values['lan'] as string[]) {
-    if (!/^[A-Za-z0-9_.:@+-]{1,15}$/.test(iface)) throw configError(`--lan: '${iface}' is not an interface name`);
+    // A trailing * matches a prefix (docker's br-*), as in nft.
+    if (!/^[A-Za-z0-9_.:@-]{1,15}\*?$/.test(iface)) throw configError(`--lan: '${iface}' is not an interface name (or a prefix with *, like br-*)`);
   }
   const masquerade = values['masquerade'] as string[];
   for (const iface of masquerade) {
