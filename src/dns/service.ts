@@ -127,9 +127,12 @@ export class DnsService implements DnsRouter {
 
   /** A datagram from the UDP listener. */
   onDatagram(d: Datagram): void {
-    void this.resolver.handle(d.data, { client: d.client, destination: d.destination, protocol: 'udp' }).then((answer) => {
-      if (answer) d.reply(answer);
-    });
+    this.resolver.handle(d.data, { client: d.client, destination: d.destination, protocol: 'udp' }).then(
+      (answer) => {
+        if (answer) d.reply(answer);
+      },
+      (err: unknown) => this.internalError(err),
+    );
   }
 
   /** A client's DNS-over-TCP connection (RFC 1035 4.2.2 framing; pipelined queries answered as they complete). */
@@ -149,16 +152,27 @@ export class DnsService implements DnsRouter {
       for (const m of messages) {
         pending++;
         if (pending >= TCP_MAX_PENDING) sock.pause();
-        void this.resolver.handle(m, { client: ctx.client, destination: ctx.destination, protocol: 'tcp' }).then((answer) => {
-          pending--;
-          if (sock.destroyed) return;
-          if (answer) sock.write(frame(answer));
-          if (pending < TCP_MAX_PENDING && sock.isPaused()) sock.resume();
-          if (pending === 0 && sock.readableEnded) sock.end();
-        });
+        this.resolver.handle(m, { client: ctx.client, destination: ctx.destination, protocol: 'tcp' }).then(
+          (answer) => {
+            pending--;
+            if (sock.destroyed) return;
+            if (answer) sock.write(frame(answer));
+            if (pending < TCP_MAX_PENDING && sock.isPaused()) sock.resume();
+            if (pending === 0 && sock.readableEnded) sock.end();
+          },
+          (err: unknown) => {
+            this.internalError(err);
+            sock.destroy();
+          },
+        );
       }
     });
     sock.resume();
+  }
+
+  /** handle() turns every traffic error into an answer; reaching here is a bug, logged rather than crashing the gateway. */
+  private internalError(err: unknown): void {
+    this.opts.log.error(`dns internal error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
   }
 
   close(): void {

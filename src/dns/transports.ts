@@ -311,6 +311,7 @@ export class DohTransport implements DnsTransport {
   readonly description: string;
   private session: Promise<{ h2?: http2.ClientHttp2Session; socket?: tls.TLSSocket }> | undefined;
   private closed = false;
+  private readonly usedH1 = new WeakSet<tls.TLSSocket>();
   private readonly host: string;
   private readonly port: number;
   private readonly ca: string[] | undefined;
@@ -335,7 +336,16 @@ export class DohTransport implements DnsTransport {
         return this.h2Query((await this.connect(signal)).h2!, body, signal);
       }
     }
-    return this.h1Query(s.socket!, body, signal);
+    // HTTP/1.1 carries one query per connection: a query that shared a
+    // handshake with another one gets its own.
+    let socket = s.socket!;
+    if (this.usedH1.has(socket)) {
+      const fresh = await this.handshake(signal);
+      if (fresh.h2) return this.h2Query(fresh.h2, body, signal);
+      socket = fresh.socket!;
+    }
+    this.usedH1.add(socket);
+    return this.h1Query(socket, body, signal);
   }
 
   private connect(signal: AbortSignal): Promise<{ h2?: http2.ClientHttp2Session; socket?: tls.TLSSocket }> {
