@@ -102,7 +102,7 @@ export class DnsResolver {
     const route = this.opts.router.route(question.name, asked);
     if (!route) {
       this.stats.servfail++;
-      this.logLine(info, question, '-', 'SERVFAIL', false, started, 'no upstream DNS server known (set --public-dns)');
+      this.logLine(info, question, '-', 'SERVFAIL', false, started, 'no DNS server to ask for this name (set --public-dns / --private-dns)');
       return buildError(query, Rcode.SERVFAIL);
     }
     const key = cacheKey(route.upstream, question, message);

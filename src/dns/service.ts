@@ -86,7 +86,10 @@ export class DnsService implements DnsRouter {
     if (d.dohEnabled && d.dohUrl) {
       return { kind: 'doh', transport: this.doh(d.dohUrl), upstream: d.dohUrl.href };
     }
-    const server = d.publicDns ?? asked ?? this.opts.fallbackServer;
+    let server = d.publicDns ?? asked ?? this.opts.fallbackServer;
+    // A client that asked the internal DNS for a public name: that name must
+    // not reach the internal DNS, and no public server is known.
+    if (!d.publicDns && server && d.privateDns && sameServer(server, d.privateDns)) server = this.opts.fallbackServer;
     if (!server) return undefined;
     if (this.opts.proxy && !d.overTcpDisabled) {
       return { kind: 'proxy', transport: this.viaProxy(server, this.opts.proxy), upstream: `tcp ${hostPort(server.host, server.port)}` };
@@ -182,6 +185,10 @@ export class DnsService implements DnsRouter {
     for (const s of this.tcpClients) s.destroy();
     this.tcpClients.clear();
   }
+}
+
+function sameServer(a: Server, b: Server): boolean {
+  return a.port === b.port && a.host.toLowerCase() === b.host.toLowerCase();
 }
 
 /** The first usable nameserver in a resolv.conf (loopback ones would be the gateway's own stub, not the clients'). */

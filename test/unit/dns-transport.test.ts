@@ -5,6 +5,8 @@ import { buildQuery } from '../../src/dns/message';
 import { TcpTransport, frame, unframe } from '../../src/dns/transports';
 import { buildConfig } from '../../src/config/config';
 import { parseArgs } from '../../src/config/flags';
+import { Logger } from '../../src/core/log';
+import { DnsService } from '../../src/dns/service';
 
 /** A DNS-over-TCP server on loopback that answers each query by echoing it with QR set, in reverse order per read. */
 function echoServer(opts: { closeAfterAnswer?: boolean }) {
@@ -101,5 +103,49 @@ describe('dns configuration', () => {
     assert.throws(() => cfg(['--public-dns', '10.0.0.1:99999']), { code: 'TG_ERR_CONFIG' });
     assert.throws(() => cfg(['--dns-over-https-enabled', '--doh-url', 'http://x/dns-query']), { code: 'TG_ERR_CONFIG' });
     assert.throws(() => cfg(['--dns-proxy-listen', '3180']), { code: 'TG_ERR_CONFIG' });
+  });
+});
+
+describe('dns routes', () => {
+  const settings = (over: Record<string, unknown> = {}) => ({
+    listenPort: 3153,
+    privateDomains: ['corp.test'],
+    privateDns: { host: '198.51.100.53', port: 53 },
+    publicDns: undefined,
+    overTcpDisabled: false,
+    dohEnabled: false,
+    dohUrl: undefined,
+    dohCaFile: undefined,
+    timeoutMs: 2000,
+    cacheSize: 10,
+    ...over,
+  });
+  const proxy = { host: '198.51.100.2', port: 3128, display: '198.51.100.2:3128' } as never;
+  const svc = (over: Record<string, unknown> = {}, withProxy = true) =>
+    new DnsService({ dns: settings(over), proxy: withProxy ? proxy : undefined, connectTimeoutMs: 1000, fallbackServer: undefined, log: new Logger('error') });
+  const asked = { host: '203.0.113.53', port: 53 };
+
+  it('private names to the private server, public names through the proxy to the server asked', () => {
+    const s = svc();
+    assert.deepEqual([s.route('git.corp.test', asked)?.kind, s.route('git.corp.test', asked)?.upstream], ['private', 'udp 198.51.100.53:53']);
+    assert.deepEqual([s.route('www.example.test', asked)?.kind, s.route('www.example.test', asked)?.upstream], ['proxy', 'tcp 203.0.113.53:53']);
+    s.close();
+  });
+
+  it('a public name asked of the private server is never sent to it', () => {
+    const s = svc();
+    assert.equal(s.route('www.example.test', { host: '198.51.100.53', port: 53 }), undefined);
+    s.close();
+    const withPublic = svc({ publicDns: { host: '203.0.113.53', port: 53 } });
+    assert.equal(withPublic.route('www.example.test', { host: '198.51.100.53', port: 53 })?.upstream, 'tcp 203.0.113.53:53');
+    withPublic.close();
+  });
+
+  it('no proxy or --dns-over-tcp-disabled: direct; DoH when enabled', () => {
+    assert.equal(svc({}, false).route('www.example.test', asked)?.kind, 'direct');
+    assert.equal(svc({ overTcpDisabled: true }).route('www.example.test', asked)?.kind, 'direct');
+    const doh = svc({ dohEnabled: true, dohUrl: new URL('https://dns.example/dns-query') });
+    assert.equal(doh.route('www.example.test', asked)?.kind, 'doh');
+    assert.equal(doh.route('x.corp.test', asked)?.kind, 'private');
   });
 });
