@@ -218,7 +218,7 @@ export function parseArgs(argv: readonly string[]): ParsedArgs {
 
 function formatDefault(spec: FlagSpec): string {
   const d = spec.default;
-  if (d === undefined || (Array.isArray(d) && d.length === 0)) return '';
+  if (d === undefined || d === '' || (Array.isArray(d) && d.length === 0)) return '';
   if (spec.type === 'bool') return d ? ' (default: on)' : '';
   if (spec.type === 'duration') return ` (default: ${Number(d) >= 1000 ? `${Number(d) / 1000}s` : `${String(d)}ms`})`;
   if (spec.name === 'fwmark' || spec.name === 'socket-mark') return ` (default: 0x${Number(d).toString(16)})`;
