@@ -216,6 +216,23 @@ describe('dns gateway', { skip }, () => {
         assert.ok(r.ms < 3000, `took ${r.ms} ms`);
       });
 
+      // Only under TPROXY does the client's choice of server (unbound on the origin address) count.
+      if (mode === 'tproxy') test('negative answers are cached for the SOA minimum (RFC 2308)', async () => {
+        const name = 'missing.neg.test';
+        const from = gw.mark();
+        const first = await dig(lab, [`@${ADDR.origin.v4}`, name, 'A']);
+        assert.equal(status(first), 'NXDOMAIN', show(first));
+        assert.match(first.stdout, /AUTHORITY SECTION:\s+neg\.test\.\s+\d+\s+IN\s+SOA/, show(first));
+        const second = await dig(lab, [`@${ADDR.origin.v4}`, name, 'A']);
+        assert.equal(status(second), 'NXDOMAIN', show(second));
+        const hit = await dnsLine(gw, from, (x) => x.name === name && x.cached === '1', 'cached NXDOMAIN');
+        assert.equal(hit.rcode, 'NXDOMAIN');
+        const seen = lab.dohLog().split('\n').filter((l) => l.includes(` ${name}. A IN`));
+        assert.equal(seen.length, 1, `unbound saw:\n${seen.join('\n')}`);
+        const ttl = Number(/neg\.test\.\s+(\d+)\s+IN\s+SOA/.exec(second.stdout)?.[1]);
+        assert.ok(ttl <= 45, `SOA TTL ${ttl} served from the cache, at most the SOA minimum 45`);
+      });
+
       test('garbage and malformed packets: dropped or FORMERR, and the gateway keeps answering', async () => {
         const badPointer = '1234' + '0100' + '0001' + '0000' + '0000' + '0000' + 'c00c' + '00010001';
         const twoQuestions = 'abcd' + '0100' + '0002' + '0000' + '0000' + '0000' + '0161000001' + '0001' + '0161000001' + '0001';

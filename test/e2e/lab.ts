@@ -849,6 +849,8 @@ export class Lab {
     fs.writeFileSync(path.join(d, 'unbound.conf'), [
       'server:',
       `  interface: ${ADDR.origin.v4}@${DNS_ADDR.dohPort}`,
+      // Plain DNS too, for a zone whose negative answers carry an SOA (negative caching, RFC 2308).
+      `  interface: ${ADDR.origin.v4}@53`,
       `  https-port: ${DNS_ADDR.dohPort}`,
       `  tls-service-key: "${t}/server.key"`,
       `  tls-service-pem: "${t}/server.crt"`,
@@ -867,6 +869,8 @@ export class Lab {
       '  cache-max-ttl: 0',
       // unbound answers test. itself (RFC 6761 defaults); the lab's names live on the public dnsmasq.
       '  local-zone: "test." nodefault',
+      '  local-zone: "neg.test." static',
+      '  local-data: "neg.test. 3600 IN SOA ns.neg.test. hostmaster.neg.test. 1 3600 600 86400 45"',
       'forward-zone:',
       '  name: "."',
       `  forward-addr: ${DNS_ADDR.public.v4}`,
@@ -876,7 +880,7 @@ export class Lab {
     await Promise.all([
       this.waitListening('in', [`${DNS_ADDR.public.v4}:53`, `[${DNS_ADDR.public.v6}]:53`], path.join(d, 'public.stderr')),
       this.waitListening('up', [`${DNS_ADDR.private.v4}:53`, `[${DNS_ADDR.private.v6}]:53`], path.join(d, 'private.stderr')),
-      this.waitListening('in', [`${ADDR.origin.v4}:${DNS_ADDR.dohPort}`], path.join(d, 'unbound.stderr')),
+      this.waitListening('in', [`${ADDR.origin.v4}:${DNS_ADDR.dohPort}`, `${ADDR.origin.v4}:53`], path.join(d, 'unbound.stderr')),
     ]);
   }
 
