@@ -9,6 +9,7 @@ import { TcpListener } from './inbound/tcp-listener';
 import { UdpListener } from './inbound/udp-listener';
 import { DnsService, resolvConfServer } from './dns/service';
 import { rulesConfigFor, type RuleBackend } from './netfilter/backend';
+import type { RulesConfig } from './netfilter/plan';
 import { applySysctls, describeChange, ipv4Interfaces, planSysctls, readSysctl, restoreSysctls, sysctlWants, type SysctlChange } from './netfilter/sysctl';
 import { Outbounds } from './outbound/outbounds';
 import { JsRelay } from './relay/js-relay';
@@ -53,6 +54,8 @@ export class Gateway {
   private rulesInstalled = false;
   /** What start() changed in /proc/sys, put back by close(). */
   private sysctlsChanged: SysctlChange[] = [];
+  /** The rules as applied (bridge MAC included), for close(). */
+  private appliedRules: RulesConfig | undefined;
   private closing: Promise<void> | undefined;
 
   constructor(
@@ -126,13 +129,15 @@ export class Gateway {
       // Forwarding on, redirects off: without them the clients' other traffic
       // dies here, or ICMP redirects teach them to skip this gateway.
       const interfaces = this.cfg.lan.length > 0 ? this.cfg.lan : ipv4Interfaces();
-      const p = planSysctls(sysctlWants({ ipv4: this.cfg.ipv4, ipv6: this.cfg.ipv6, interfaces }), readSysctl);
+      const bridgeTproxy = this.cfg.bridge !== undefined && this.cfg.mode === 'tproxy';
+      const p = planSysctls(sysctlWants({ ipv4: this.cfg.ipv4, ipv6: this.cfg.ipv6, interfaces, bridgeTproxy }), readSysctl);
       for (const m of p.missing) this.log.warn(`sysctl ${m.key}: not present here, not set (${m.why})`);
       this.sysctlsChanged = applySysctls(p.changes);
       for (const c of this.sysctlsChanged) this.log.info(describeChange(c));
     }
     if (this.rules && this.cfg.installRules) {
-      await this.rules.apply(rulesConfigFor(this.cfg));
+      this.appliedRules = rulesConfigFor(this.cfg);
+      await this.rules.apply(this.appliedRules);
       this.rulesInstalled = true;
       this.log.info(`installed ${this.cfg.mode} rules (${this.rules.name === 'nftables' ? 'nftables table inet transgate' : `${this.rules.name} chains TRANSGATE*`})`);
     }
@@ -143,7 +148,7 @@ export class Gateway {
     this.closing ??= (async () => {
       if (this.rulesInstalled && this.rules) {
         try {
-          await this.rules.revert(rulesConfigFor(this.cfg));
+          await this.rules.revert(this.appliedRules ?? rulesConfigFor(this.cfg));
           this.log.info('removed rules');
         } catch (err) {
           this.log.error(`removing rules failed: ${(err as Error).message}; run 'transgate clear'`);

@@ -37,6 +37,8 @@ export interface Config {
   /** SO_MARK on transgate's outgoing sockets when local (loop avoidance). */
   socketMark: number;
   firewall: 'auto' | 'nftables' | 'iptables' | 'iptables-legacy';
+  /** Bridge mode: the bridge whose frames to the intercepted ports are taken up to IP. */
+  bridge?: string;
   /** doctor: host:port to CONNECT to through the proxy. */
   doctorTarget: string;
   json: boolean;
@@ -169,6 +171,11 @@ export function buildConfig(values: FlagValues, env: NodeJS.ProcessEnv): Config 
   for (const iface of masquerade) {
     if (!/^[A-Za-z0-9_.:@+-]{1,15}$/.test(iface)) throw configError(`--masquerade: '${iface}' is not an interface name (the uplink, e.g. eth0)`);
   }
+  const bridge = values['bridge'] as string;
+  if (bridge && !/^[A-Za-z0-9_.:@-]{1,15}$/.test(bridge)) throw configError(`--bridge: '${bridge}' is not an interface name`);
+  if (bridge && (values['firewall'] === 'iptables' || values['firewall'] === 'iptables-legacy')) {
+    throw configError('--bridge needs the nftables backend (bridge-family rules): drop --firewall or use --firewall nftables');
+  }
   const local = values['local'] as boolean;
   const socketMark = values['socket-mark'] as number;
   if (socketMark < 1 || socketMark === (values['fwmark'] as number)) {
@@ -201,6 +208,7 @@ export function buildConfig(values: FlagValues, env: NodeJS.ProcessEnv): Config 
     local,
     socketMark,
     firewall: values['firewall'] as Config['firewall'],
+    ...(bridge ? { bridge } : {}),
     doctorTarget: values['doctor-target'] as string,
     json: values['json'] as boolean,
     connectTimeoutMs: values['connect-timeout'] as number,

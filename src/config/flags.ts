@@ -81,6 +81,8 @@ export const FLAGS: readonly FlagSpec[] = [
     help: 'also intercept this host\'s own outgoing connections (transgate\'s own sockets carry --socket-mark)' },
   { name: 'socket-mark', type: 'int', default: 0x7468, arg: 'MARK',
     help: 'SO_MARK on transgate\'s own outgoing sockets, skipped by the --local rules' },
+  { name: 'bridge', type: 'string', default: '', arg: 'BRIDGE',
+    help: 'bridge mode: take frames to the intercepted ports on this bridge up to IP (nft bridge family); with --lan naming its client-side ports' },
   { name: 'firewall', type: 'string', default: 'auto', choices: ['auto', 'nftables', 'iptables', 'iptables-legacy'], arg: 'BACKEND',
     help: 'rule backend: nftables, iptables (nft-based), iptables-legacy; auto = nftables, iptables when nft is missing' },
   { name: 'doctor-target', type: 'string', default: 'example.com:443', arg: 'HOST:PORT',

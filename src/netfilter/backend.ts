@@ -1,9 +1,12 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Config } from '../config/config';
+import { ErrorCodes, GatewayError } from '../core/errors';
 import { describePlan, NftablesRuleBackend } from './index';
 import { IptablesRuleBackend, planIptables, renderIptablesPlan, type IptablesVariant } from './iptables';
-import { DEFAULT_BYPASS4, DEFAULT_BYPASS6, type RulesConfig } from './plan';
+import { run } from './exec';
+import { nftDeleteTable } from './nftables';
+import { BRIDGE_TABLE, DEFAULT_BYPASS4, DEFAULT_BYPASS6, type RulesConfig } from './plan';
 
 export { describePlan, NftBackend } from './index';
 
@@ -53,14 +56,30 @@ export function describeRules(cfg: Config): string {
  * the names of the backends that had something installed.
  */
 export async function clearAll(cfg: Config): Promise<string[]> {
-  const rc = rulesConfigFor(cfg);
+  // Without the bridge: clearing must work when the bridge is gone; the bridge table is removed below anyway.
+  const rc = rulesConfigFor({ ...cfg, bridge: undefined });
   const removed: string[] = [];
   if (await new NftablesRuleBackend().clear(rc)) removed.push('nftables');
+  // A crashed --bridge run's table, whether or not --bridge was given now.
+  if ((await nftDeleteTable(run, BRIDGE_TABLE)) && !removed.includes('nftables')) removed.push('nftables');
   for (const v of ['iptables', 'iptables-legacy'] as const) {
     if (!haveBinary(v)) continue;
     if (await new IptablesRuleBackend(v).clear(rc)) removed.push(v);
   }
   return removed;
+}
+
+/** The bridge's MAC address (frames for it go up to IP), from sysfs of this network namespace. */
+export function bridgeMac(name: string): string {
+  try {
+    if (!fs.existsSync(`/sys/class/net/${name}/bridge`)) throw new Error('not a bridge');
+    return fs.readFileSync(`/sys/class/net/${name}/address`, 'utf8').trim();
+  } catch (err) {
+    throw new GatewayError(
+      ErrorCodes.CONFIG,
+      `--bridge ${name}: no such bridge here (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}): ip link show type bridge lists them`,
+    );
+  }
 }
 
 /** The rules a run configuration needs: defaults for special ranges plus --bypass, one port group per listener. */
@@ -91,5 +110,6 @@ export function rulesConfigFor(cfg: Config): RulesConfig {
     masquerade: cfg.masquerade,
     local: cfg.local,
     socketMark: cfg.socketMark,
+    ...(cfg.bridge ? { bridge: { name: cfg.bridge, mac: bridgeMac(cfg.bridge) } } : {}),
   };
 }

@@ -12,7 +12,7 @@
 import { ErrorCodes, GatewayError, withContext } from '../core/errors';
 import { isNotFound, netnsRunner, run, type Runner } from './exec';
 import { nftApplyScript, nftDeleteTable, nftListTable, nftPreflight } from './nftables';
-import { DEFAULT_FWMARK, DEFAULT_ROUTE_TABLE, TABLE, plan, renderPlan, type RulesConfig, type RulesPlan } from './plan';
+import { BRIDGE_TABLE, DEFAULT_FWMARK, DEFAULT_ROUTE_TABLE, TABLE, plan, renderPlan, type RulesConfig, type RulesPlan } from './plan';
 import { installPolicyRoutes, listRules, listTableRoutes, removePolicyRoutes, validatePolicyIds, type PolicyIds } from './policy-routing';
 
 export * from './plan';
@@ -116,7 +116,7 @@ export class NftablesRuleBackend implements RuleBackend {
       }
     } catch (err) {
       try {
-        await this.revert(ids);
+        await this.revert(p.bridge ? p : ids);
       } catch {
         /* report the original failure */
       }
@@ -132,6 +132,8 @@ export class NftablesRuleBackend implements RuleBackend {
     let first: unknown;
     try {
       removed = await nftDeleteTable(this.runner);
+      // Bridge mode's table (--bridge); `transgate clear` removes it whatever the flags.
+      if (target && 'bridge' in target && target.bridge && (await nftDeleteTable(this.runner, BRIDGE_TABLE))) removed = true;
     } catch (err) {
       first = err;
     }

@@ -87,17 +87,17 @@ function noSuchTable(stderr: string): boolean {
  * without nftables has nothing of ours to remove there). Returns whether a
  * table was deleted.
  */
-export async function nftDeleteTable(runner: Runner): Promise<boolean> {
+export async function nftDeleteTable(runner: Runner, table: string = TABLE): Promise<boolean> {
   let res;
   try {
-    res = await runner(['nft', 'delete', 'table', ...TABLE.split(' ')]);
+    res = await runner(['nft', 'delete', 'table', ...table.split(' ')]);
   } catch (err) {
     if (isNotFound(err)) return false;
     throw err;
   }
   if (res.code === 0) return true;
   if (noSuchTable(res.stderr)) return false;
-  throw nftError(res.stderr, '', `nft delete table ${TABLE}`);
+  throw nftError(res.stderr, '', `nft delete table ${table}`);
 }
 
 /** The current table as `nft list table inet transgate` prints it, or undefined when absent. */

@@ -19,6 +19,8 @@ export const TABLE_FAMILY = 'inet';
 export const TABLE_NAME = 'transgate';
 /** `inet transgate` */
 export const TABLE = `${TABLE_FAMILY} ${TABLE_NAME}`;
+/** `bridge transgate`: bridge mode's table (--bridge). */
+export const BRIDGE_TABLE = `bridge ${TABLE_NAME}`;
 
 export const DEFAULT_FWMARK = 0x7467;
 export const DEFAULT_ROUTE_TABLE = 7467;
@@ -85,6 +87,13 @@ export interface RulesConfig {
   local?: boolean;
   /** The SO_MARK on transgate's own sockets: the OUTPUT rules skip it, so transgate never intercepts itself. */
   socketMark?: number;
+  /**
+   * Bridge mode: the box is a transparent bridge. Frames to the intercepted
+   * ports (entering on lanInterfaces, when given: bridge ports) are taken up
+   * to the IP layer — the nft form of ebtables' broute — and everything else
+   * is bridged untouched. Needs the bridge's MAC address.
+   */
+  bridge?: { name: string; mac: string };
 }
 
 export interface RulesPlan {
@@ -99,6 +108,8 @@ export interface RulesPlan {
   fwmark: number;
   routeTable: number;
   rulePriority: number;
+  /** Bridge mode: revert(plan) removes the bridge table too. */
+  bridge?: { name: string; mac: string };
 }
 
 // ---------------------------------------------------------------------------
@@ -294,8 +305,22 @@ export function plan(cfg: RulesConfig): RulesPlan {
   const masq = normalizeInterfaces(cfg.masquerade);
   const quic = cfg.rejectQuic === true;
 
+  const bridge = cfg.bridge;
+  if (bridge) {
+    normalizeInterfaces([bridge.name]);
+    if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(bridge.mac)) throw configError(`bridge ${bridge.name}: bad MAC address ${JSON.stringify(bridge.mac)}`);
+  }
+
   const rules: string[] = [];
-  if (local) {
+  if (bridge) {
+    // Frames the bridge table took up arrive on the bridge carrying our mark;
+    // other bridged IP traffic (br_netfilter) must not be intercepted here.
+    rules.push(`iifname "${bridge.name}" meta mark != ${mark} return`);
+  }
+  if (bridge && lan.length > 0) {
+    rules.push(`iifname != { ${[...lan, bridge.name, ...(local ? ['lo'] : [])].map((n) => `"${n}"`).join(', ')} } return`);
+    if (local && tproxy) rules.push(`iifname "lo" meta mark != ${mark} return`);
+  } else if (local) {
     // This host's own connections come back in on lo after the OUTPUT chain
     // marked them (tproxy: rerouted to lo by the policy route). Anything else
     // arriving on lo is local traffic we leave alone.
@@ -343,7 +368,11 @@ export function plan(cfg: RulesConfig): RulesPlan {
 
   // QUIC: forwarded clients' UDP/443 (and this host's own, with local) is refused at once.
   const quicRules = (forward: boolean): string[] => [
-    forward ? (lan.length > 0 ? `iifname != { ${lan.map((n) => `"${n}"`).join(', ')} } return` : 'iifname "lo" return') : `meta mark ${ownMark ?? mark} return`,
+    forward
+      ? lan.length > 0
+        ? `iifname != { ${[...lan, ...(bridge ? [bridge.name] : [])].map((n) => `"${n}"`).join(', ')} } return`
+        : 'iifname "lo" return'
+      : `meta mark ${ownMark ?? mark} return`,
     ...bypassRules,
     `${nfprotos}udp dport 443 reject`,
   ];
@@ -381,6 +410,31 @@ export function plan(cfg: RulesConfig): RulesPlan {
     );
   }
   lines.push('}');
+  if (bridge) {
+    // The bridge family cannot see inet sets: the bypass lists are repeated here.
+    const b: string[] = [`table ${BRIDGE_TABLE} {}`, `delete table ${BRIDGE_TABLE}`, `table ${BRIDGE_TABLE} {`];
+    if (cfg.ipv4) b.push(...setBlock('bypass4', 'ipv4_addr', bypass4), '');
+    if (cfg.ipv6) b.push(...setBlock('bypass6', 'ipv6_addr', bypass6), '');
+    const port = lan.length > 0 ? `iifname { ${lan.map((n) => `"${n}"`).join(', ')} } ` : '';
+    const body: string[] = [];
+    for (const family of families) {
+      const et = family === 4 ? 'ip' : 'ip6';
+      body.push(`${port}ether type ${et} ${et} daddr @bypass${family} return`);
+      for (const [proto, groups] of [['tcp', tcp], ['udp', udp]] as const) {
+        const ports = groups.flatMap((g) => g.ports).sort((x, y) => x - y);
+        if (ports.length === 0) continue;
+        // Addressed to the bridge itself (PACKET_HOST), the frame goes up to IP instead of being forwarded.
+        body.push(`${port}ether type ${et} ${proto} dport ${portSet(ports)} meta mark set ${mark} meta pkttype set host ether daddr set ${bridge.mac.toLowerCase()} accept`);
+      }
+      // Bridged QUIC goes up to IP as well (the bridge family cannot reject
+      // on every kernel), unmarked, so it is routed into quic_forward and
+      // rejected there. Marked, tproxy's local route would swallow it: the
+      // kernel's own port-unreachable cannot leave from a foreign address.
+      if (quic) body.push(`${port}ether type ${et} udp dport 443 meta pkttype set host ether daddr set ${bridge.mac.toLowerCase()} accept`);
+    }
+    b.push(...chain('prerouting', 'type filter hook prerouting priority -300; policy accept;', body), '}');
+    lines.push(...b);
+  }
   const nftScript = `${lines.join('\n')}\n`;
 
   const routes = tproxy ? families.map((f) => policyRoute(f, cfg)) : [];
@@ -422,6 +476,11 @@ export function plan(cfg: RulesConfig): RulesPlan {
   if (quic) s.push(`  QUIC: UDP port 443 from ${local ? 'clients and this host' : 'clients'} is rejected (ICMP port unreachable), so browsers use TCP`);
   else s.push('  QUIC: UDP port 443 is left alone (--allow-quic): it is not intercepted');
   if (masq.length > 0) s.push(`  masquerade: forwarded traffic leaving ${masq.join(', ')} gets that interface's address`);
+  if (bridge) {
+    s.push(
+      `  bridge ${bridge.name}: frames to the intercepted ports${lan.length > 0 ? ` entering on ${lan.join(', ')}` : ''} are taken up to IP (table ${BRIDGE_TABLE}, dst MAC ${bridge.mac}); everything else is bridged untouched`,
+    );
+  }
   if (tproxy) {
     s.push(
       `  policy routing: packets marked ${mark} use routing table ${cfg.routeTable} (every destination local, via lo), ip rule pref ${cfg.rulePriority}`,
@@ -439,6 +498,7 @@ export function plan(cfg: RulesConfig): RulesPlan {
     fwmark: cfg.fwmark,
     routeTable: cfg.routeTable,
     rulePriority: cfg.rulePriority,
+    ...(bridge ? { bridge } : {}),
   };
 }
 

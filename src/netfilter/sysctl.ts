@@ -46,6 +46,8 @@ export interface SysctlNeeds {
   ipv6: boolean;
   /** LAN interfaces whose own send_redirects must be off (the kernel ORs `all` with the interface's value). */
   interfaces: string[];
+  /** Bridge mode with TPROXY: br_netfilter must not run the IP hooks on bridged frames. */
+  bridgeTproxy?: boolean;
 }
 
 /** Returns the current value, or undefined when the file does not exist. */
@@ -77,6 +79,14 @@ export function sysctlWants(n: SysctlNeeds): SysctlWant[] {
   }
   if (n.ipv6) {
     out.push({ path: ['net', 'ipv6', 'conf', 'all', 'forwarding'], value: '1', why: 'forward the LAN clients\' other IPv6 traffic' });
+  }
+  if (n.bridgeTproxy) {
+    // Measured (test/e2e/network.test.ts): with br_netfilter calling the IP
+    // hooks, TPROXY runs inside the bridge path and the connection never
+    // completes; with 0 the frames we take up meet it in the normal IP input.
+    const why = 'bridge mode: TPROXY must see the frames in IP input, not inside br_netfilter';
+    out.push({ path: ['net', 'bridge', 'bridge-nf-call-iptables'], value: '0', why });
+    if (n.ipv6) out.push({ path: ['net', 'bridge', 'bridge-nf-call-ip6tables'], value: '0', why });
   }
   return out;
 }

@@ -411,7 +411,8 @@ describe('network e2e', { skip, timeout: 300_000 }, () => {
         assert.equal(f['result'], 'ok');
         // Had the mark been missing, the gateway would have intercepted its own connection: a second conn line.
         await new Promise((r) => setTimeout(r, 300));
-        const conns = gw!.linesSince(from).filter((l) => /(^|\s)conn\s+id=/.test(l));
+        // Only this request's lines: a previous test's connection may log its close late.
+        const conns = gw!.linesSince(from).filter((l) => /(^|\s)conn\s+id=/.test(l) && l.includes('name=api.example.test'));
         assert.equal(conns.length, 1, `one connection expected:\n${conns.join('\n')}`);
       });
 
@@ -424,4 +425,80 @@ describe('network e2e', { skip, timeout: 300_000 }, () => {
       });
     });
   }
+  // Last: this rewires the lab. gw becomes a transparent bridge (lan0 + wan0 in br0),
+  // cl moves onto the uplink subnet with up as its router.
+  describe('--bridge: a gateway that is a bridge', () => {
+    const CL = { v4: '198.51.100.50', v6: '2001:db8:2::50' };
+    before(async () => {
+      const batch = async (ns: 'gw' | 'cl', cmds: string[]): Promise<void> => {
+        const r = await lab.exec(ns, ['ip', '-batch', '-'], { input: cmds.join('\n') + '\n' });
+        assert.equal(r.code, 0, show(r));
+      };
+      await batch('gw', [
+        'addr flush dev lan0',
+        'addr flush dev wan0',
+        'link add br0 type bridge forward_delay 0',
+        'link set lan0 master br0',
+        'link set wan0 master br0',
+        'link set br0 up',
+        'addr add 198.51.100.1/24 dev br0',
+        'addr add 2001:db8:2::1/64 dev br0 nodad',
+        'route replace default via 198.51.100.2',
+        'route replace default via 2001:db8:2::2',
+      ]);
+      await batch('cl', [
+        'addr flush dev eth0',
+        `addr add ${CL.v4}/24 dev eth0`,
+        `addr add ${CL.v6}/64 dev eth0 nodad`,
+        'route replace default via 198.51.100.2',
+        'route replace default via 2001:db8:2::2',
+      ]);
+    });
+
+    for (const mode of ['tproxy', 'redirect'] as const) {
+      describe(`--mode ${mode}`, () => {
+        let gw: Gw | undefined;
+        before(async () => {
+          // Sysctls on: TPROXY in bridge mode needs bridge-nf-call-iptables=0 (br_netfilter present here).
+          await setSysctls(lab, ['net.bridge.bridge-nf-call-iptables=1', 'net.bridge.bridge-nf-call-ip6tables=1']);
+          gw = await startGw(lab, ['--bridge', 'br0', '--lan', 'lan0', '--mode', mode]);
+        });
+        after(async () => {
+          await stopGw(lab, gw).catch(() => undefined);
+        });
+
+        gtest('intercepted ports go up to transgate and through squid; other traffic is bridged untouched', async () => {
+          const from = gw!.mark();
+          const m = await lab.squidMark();
+          const h = await lab.exec('cl', ['curl', '-sS', '--max-time', '8', `http://${WWW}/bridge-${mode}`, '--resolve', `${WWW}:80:${O4}`]);
+          assert.equal(h.code, 0, show(h));
+          assert.match(h.stdout, new RegExp(`uri=/bridge-${mode}`));
+          await lab.waitSquidLog(new RegExp(`GET http://www\\.example\\.test/bridge-${mode}`), 3000, m);
+          const s6 = await lab.exec('cl', ['curl', '-sS', '--max-time', '8', '--cacert', lab.caFile, `https://${WWW}/`, '--resolve', `${WWW}:443:${O6}`]);
+          assert.equal(s6.code, 0, show(s6));
+          await lab.waitSquidLog(/CONNECT www\.example\.test:443/, 3000, m);
+          const c = await waitConn(gw!, from, (f) => f['kind'] === 'http' && f['result'] === 'ok', 'bridged HTTP');
+          assert.match(c['client'] ?? '', new RegExp(CL.v4.replace(/\./g, '\\.')));
+          // Not intercepted, not routed, not NATed: in sees the client's own address.
+          const seen = await peerSeen(lab, O4);
+          assert.ok(seen && seen.includes(CL.v4), `peer seen: ${String(seen)}`);
+          const q = await udpProbe(lab, 'cl', O4);
+          assert.match(q, /^refused \d+$/, 'bridged QUIC is refused');
+        });
+
+        gtest('stop removes the bridge table; the bridge keeps forwarding, now untouched', async () => {
+          await stopGw(lab, gw);
+          gw = undefined;
+          const t = await lab.exec('gw', ['nft', 'list', 'tables']);
+          assert.doesNotMatch(t.stdout, /transgate/);
+          assert.equal(await sysctl(lab, 'net.bridge.bridge-nf-call-iptables'), '1', 'restored');
+          const m = await lab.squidMark();
+          const h = await lab.exec('cl', ['curl', '-sS', '--max-time', '8', `http://${WWW}/after-${mode}`, '--resolve', `${WWW}:80:${O4}`]);
+          assert.equal(h.code, 0, show(h));
+          const lines = await lab.squidLogSince(m, 300);
+          assert.deepEqual(lines.filter((l) => l.includes(`after-${mode}`)), [], 'squid must not see it: nothing is intercepted');
+        });
+      });
+    }
+  });
 });

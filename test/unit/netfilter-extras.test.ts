@@ -123,3 +123,31 @@ describe('plan: local', () => {
     }
   });
 });
+
+describe('plan: bridge', () => {
+  const bridge = { name: 'br0', mac: '02:00:00:00:00:01' };
+
+  it('takes frames to the intercepted ports up to IP from the LAN ports only, bypass first', () => {
+    const p = plan(cfg({ bridge, lanInterfaces: ['lan0'], ipv6: false, rejectQuic: true }));
+    const m = /table bridge transgate \{[\s\S]*?\tchain prerouting \{\n([\s\S]*?)\n\t\}/.exec(p.nftScript);
+    assert.ok(m, p.nftScript);
+    assert.deepEqual(m[1]!.split('\n').map((l) => l.trim()), [
+      'type filter hook prerouting priority -300; policy accept;',
+      'iifname { "lan0" } ether type ip ip daddr @bypass4 return',
+      'iifname { "lan0" } ether type ip tcp dport { 80, 443 } meta mark set 0x7467 meta pkttype set host ether daddr set 02:00:00:00:00:01 accept',
+      'iifname { "lan0" } ether type ip udp dport 443 meta pkttype set host ether daddr set 02:00:00:00:00:01 accept',
+    ]);
+    assert.match(p.nftScript, /^table bridge transgate \{\}\ndelete table bridge transgate$/m);
+    const pre = chain(p.nftScript, 'prerouting')!;
+    assert.equal(pre[1], 'iifname "br0" meta mark != 0x7467 return', 'unmarked bridged traffic (br_netfilter) is left alone');
+    assert.equal(pre[2], 'iifname != { "lan0", "br0" } return');
+    assert.ok(chain(p.nftScript, 'quic_forward')!.includes('iifname != { "lan0", "br0" } return'));
+    assert.deepEqual(p.bridge, bridge);
+    assert.match(p.summary, /bridge br0: frames to the intercepted ports entering on lan0 are taken up to IP/);
+  });
+
+  it('no bridge table without --bridge; a bad MAC is a config error', () => {
+    assert.doesNotMatch(plan(cfg()).nftScript, /bridge/);
+    assert.throws(() => plan(cfg({ bridge: { name: 'br0', mac: 'nope' } })), (e: unknown) => e instanceof GatewayError && e.code === ErrorCodes.CONFIG);
+  });
+});

@@ -123,3 +123,12 @@ describe('applySysctls / restoreSysctls', () => {
     assert.equal(proc.values.get('b'), '0');
   });
 });
+
+describe('sysctlWants: bridge mode with TPROXY', () => {
+  it('turns off br_netfilter\'s IP hooks for both families', () => {
+    const keys = sysctlWants({ ipv4: true, ipv6: true, interfaces: [], bridgeTproxy: true }).map((w) => `${sysctlKey(w.path)}=${w.value}`);
+    assert.ok(keys.includes('net.bridge.bridge-nf-call-iptables=0'));
+    assert.ok(keys.includes('net.bridge.bridge-nf-call-ip6tables=0'));
+    assert.ok(!sysctlWants({ ipv4: true, ipv6: true, interfaces: [] }).some((w) => w.path[1] === 'bridge'));
+  });
+});
