@@ -182,6 +182,16 @@ function checkSysctls(cfg: Config, d: DoctorDeps): Check[] {
     const rp = read(['net', 'ipv4', 'conf', 'all', 'rp_filter']);
     out.push(ok('sysctl', `net.ipv4.conf.all.rp_filter = ${rp ?? '?'}: strict (1) and loose (2) both work with ${cfg.mode}, the clients' source stays on the interface it came in on`));
   }
+  if (cfg.bridge && cfg.mode === 'tproxy') {
+    const v = read(['net', 'bridge', 'bridge-nf-call-iptables']);
+    if (v === '1') {
+      const msg = 'net.bridge.bridge-nf-call-iptables = 1: br_netfilter runs TPROXY inside the bridge path, where intercepted connections never complete';
+      const fix = 'sysctl -w net.bridge.bridge-nf-call-iptables=0 net.bridge.bridge-nf-call-ip6tables=0, or --mode redirect';
+      out.push(cfg.sysctl ? warn('sysctl', `${msg} (\`transgate run\` sets it to 0 while it runs)`, fix) : fail('sysctl', msg, fix));
+    } else {
+      out.push(ok('sysctl', `bridge mode: net.bridge.bridge-nf-call-iptables = ${v ?? 'absent (no br_netfilter)'}`));
+    }
+  }
   if (cfg.ipv6) {
     const v = read(['net', 'ipv6', 'conf', 'all', 'forwarding']);
     if (v === undefined) out.push(warn('sysctl', 'IPv6 is not available here', 'run with --no-ipv6, or enable IPv6'));

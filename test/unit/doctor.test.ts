@@ -53,3 +53,16 @@ describe('doctor', () => {
     assert.match(text, /\d+ FAIL, \d+ WARN, \d+ OK\n$/);
   });
 });
+
+describe('doctor: bridge mode', () => {
+  it('br_netfilter calling iptables is a FAIL with --no-sysctl, a WARN otherwise, OK when off', () => {
+    const vals = { 'net.ipv4.ip_forward': '1', 'net.bridge.bridge-nf-call-iptables': '1' };
+    const pick = (argv: string[], v: Record<string, string>) =>
+      _internal.checkSysctls(cfgOf(['--bridge', 'br0', '--no-ipv6', ...argv]), deps(v)).find((c) => c.message.includes('bridge'))!;
+    assert.equal(pick(['--no-sysctl'], vals).status, 'FAIL');
+    assert.match(pick(['--no-sysctl'], vals).fix!, /bridge-nf-call-iptables=0/);
+    assert.equal(pick([], vals).status, 'WARN');
+    assert.equal(pick([], { ...vals, 'net.bridge.bridge-nf-call-iptables': '0' }).status, 'OK');
+    assert.equal(_internal.checkSysctls(cfgOf(['--bridge', 'br0', '--mode', 'redirect']), deps(vals)).some((c) => c.message.includes('bridge-nf')), false);
+  });
+});
