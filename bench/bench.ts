@@ -46,6 +46,7 @@ const LATENCY_SAMPLES = opt('LATENCY_SAMPLES', 300);
  * the count is capped to fit under it.
  */
 const IDLE_WANTED = opt('IDLE', 10_000);
+const IDLE_SETTLE_MS = opt('IDLE_SETTLE_MS', 8000);
 const ECHO_PORT = 5001;
 const REDSOCKS_PORT = 12345;
 const O4 = ADDR.origin.v4;
@@ -55,10 +56,16 @@ const PROXY = { host: ADDR.proxy.v4, port: ADDR.proxy.port };
 const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
 
 function cpuTicks(pid: number): number {
+  const [user, sys] = cpuSplit(pid);
+  return user + sys;
+}
+
+/** [utime, stime] in clock ticks (fields 14 and 15 of /proc/<pid>/stat). */
+function cpuSplit(pid: number): [number, number] {
   const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
   // Fields after the command name, which may contain spaces and ends with ')'.
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return Number(f[11]) + Number(f[12]); // utime, stime (fields 14 and 15)
+  return [Number(f[11]), Number(f[12])];
 }
 
 function rssMiB(pid: number): number {
@@ -86,10 +93,14 @@ interface Result {
   connsPerSec?: number;
   cpuUsPerConn?: number;
   connErrors?: number;
+  /** Share of the per-connection CPU spent in user space (the rest is the kernel's). */
+  connCpuUserShare?: number;
   latencyP50Ms?: number;
   latencyP99Ms?: number;
   rssIdleMiB?: number;
   rssHeldMiB?: number;
+  /** RSS one second after the idle connections were opened (rssHeldMiB: after IDLE_SETTLE_MS more). */
+  rssHeldBurstMiB?: number;
   /** RSS just before the idle connections were opened (after the other workloads). */
   rssBeforeHeldMiB?: number;
   held?: number;
@@ -140,6 +151,8 @@ class Bench {
           fs.mkdirSync(prof, { recursive: true });
           env['TRANSGATE_CPU_PROF'] = path.resolve(prof, `${name}-${Date.now()}.cpuprofile`);
         }
+        // BENCH_GW_NODE_OPTIONS: NODE_OPTIONS for the gateway (e.g. --max-semi-space-size=1).
+        if (process.env['BENCH_GW_NODE_OPTIONS']) env['NODE_OPTIONS'] = process.env['BENCH_GW_NODE_OPTIONS'];
         for (const k of ['TRANSGATE_MEM_LOG', 'TRANSGATE_HEAP_SNAPSHOT', 'TRANSGATE_V8_FLAGS']) if (process.env[k]) env[k] = process.env[k]!;
         const wrapped = prof || env['TRANSGATE_MEM_LOG'] || env['TRANSGATE_HEAP_SNAPSHOT'] || env['TRANSGATE_V8_FLAGS'];
         this.gw = await lab.startGateway(args, env, wrapped ? { script: path.join(__dirname, 'profiled-gateway.js') } : {});
@@ -272,19 +285,21 @@ class Bench {
     return { mbps: bytes / MIB / secs, cpuSec, bytes };
   }
 
-  private async conns(v: Variant, pid: number | undefined): Promise<{ perSec: number; cpuUsPerConn: number; errors: number }> {
+  private async conns(v: Variant, pid: number | undefined): Promise<{ perSec: number; cpuUsPerConn: number; errors: number; userShare: number }> {
     const url = v.squid ? `https://${O4}/` : `http://${INTRA}/`;
     const args = ['hey', '-n', String(CONN_REQUESTS), '-c', String(CONN_CONCURRENCY), '-disable-keepalive', '-t', '10'];
     if (v.explicit) args.push('-x', ADDR.proxyUrl);
     args.push(url);
-    const c0 = pid ? cpuTicks(pid) : 0;
+    const c0 = pid ? cpuSplit(pid) : [0, 0];
     const r = await this.lab.exec('cl', args, { timeoutMs: 180_000 });
-    const cpu = pid ? (cpuTicks(pid) - c0) / CLK_TCK : NaN;
+    const c1 = pid ? cpuSplit(pid) : [NaN, NaN];
+    const cpu = (c1[0]! - c0[0]! + c1[1]! - c0[1]!) / CLK_TCK;
+    const userShare = (c1[0]! - c0[0]!) / (c1[0]! - c0[0]! + c1[1]! - c0[1]!);
     const rps = /Requests\/sec:\s+([\d.]+)/.exec(r.stdout);
     const ok = /\[200\]\s+(\d+) responses/.exec(r.stdout);
     if (!rps) throw new Error(`${v.name}: hey printed no rate: ${r.stdout.slice(-800)} ${r.stderr.slice(0, 400)}`);
     const okCount = ok ? Number(ok[1]) : 0;
-    return { perSec: Number(rps[1]), cpuUsPerConn: (cpu * 1e6) / CONN_REQUESTS, errors: CONN_REQUESTS - okCount };
+    return { perSec: Number(rps[1]), cpuUsPerConn: (cpu * 1e6) / CONN_REQUESTS, errors: CONN_REQUESTS - okCount, userShare };
   }
 
   private probeArgs(v: Variant, mode: string, n: number): string[] {
@@ -302,7 +317,7 @@ class Bench {
   }
 
   /** Opens idleCount connections through the gateway, reads its RSS, closes them. */
-  private async held(v: Variant, pid: number): Promise<{ before: number; after: number; open: number }> {
+  private async held(v: Variant, pid: number): Promise<{ before: number; burst: number; after: number; open: number }> {
     const before = rssMiB(pid);
     const child = this.lab.spawn('cl', this.probeArgs(v, 'idle', this.idleCount), { stdio: ['pipe', 'pipe', 'pipe'] });
     let out = '';
@@ -315,7 +330,12 @@ class Bench {
       await sleep(100);
     }
     const got = JSON.parse(out.trim()) as { open: number; failed: number };
-    await sleep(1000); // let the gateway settle (timers, GC) before reading RSS
+    // RSS right after the burst of connection set-ups, and once the
+    // connections have been idle for a while (V8 shrinks its young
+    // generation again when allocation stops; that is the steady state).
+    await sleep(1000);
+    const burst = rssMiB(pid);
+    await sleep(IDLE_SETTLE_MS);
     const after = rssMiB(pid);
     if (process.env['TRANSGATE_HEAP_SNAPSHOT']) {
       process.kill(pid, 'SIGUSR2');
@@ -325,7 +345,7 @@ class Bench {
     await new Promise((r) => (child.exitCode !== null ? r(undefined) : child.once('exit', r)));
     // Wait for the gateway to let go of them before the next workload.
     await sleep(1500);
-    return { before, after, open: got.open };
+    return { before, burst, after, open: got.open };
   }
 
   async run(v: Variant): Promise<Result> {
@@ -344,6 +364,7 @@ class Bench {
       res.connsPerSec = c.perSec;
       res.cpuUsPerConn = pid ? c.cpuUsPerConn : undefined;
       res.connErrors = c.errors;
+      if (pid) res.connCpuUserShare = c.userShare;
       if (v.squid) {
         const l = await this.latency(v);
         res.latencyP50Ms = l.p50;
@@ -354,6 +375,7 @@ class Bench {
         const h = await this.held(v, pid);
         res.rssIdleMiB = rssIdle;
         res.rssHeldMiB = h.after;
+        res.rssHeldBurstMiB = h.burst;
         res.rssBeforeHeldMiB = h.before;
         res.held = h.open;
         if (h.open < this.idleCount) res.notes.push(`${this.idleCount - h.open} of ${this.idleCount} idle connections failed`);

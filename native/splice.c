@@ -39,9 +39,14 @@
 
 #include <uv.h>
 
-/* Default pipe capacity (16 pages). Splice moves whole skb fragments into
- * pipe slots, so the pipe can be "full" with fewer bytes than this. */
-#define PIPE_CAP (64 * 1024)
+/* Pipe capacity asked for with F_SETPIPE_SZ: four times the default 64 KiB,
+ * so that a bulk transfer needs a quarter of the wake-ups and splice calls.
+ * Pages are only allocated while bytes sit in the pipe. Splice moves whole
+ * skb fragments into pipe slots, so a pipe can be "full" with fewer bytes;
+ * see in_full. pipe_cap is what the kernel granted (64 KiB if it refused). */
+#define PIPE_WANT (256 * 1024)
+static size_t pipe_cap = 64 * 1024;
+#define PIPE_CAP pipe_cap
 
 enum { CLIENT = 0, UPSTREAM = 1 };
 static const char *const SIDE_NAME[2] = {"client", "upstream"};
@@ -82,6 +87,8 @@ static int pipe_get(int *r, int *w) {
   }
   int p[2];
   if (pipe2(p, O_NONBLOCK | O_CLOEXEC) != 0) return -1;
+  int got = fcntl(p[1], F_SETPIPE_SZ, PIPE_WANT);
+  if (got > 0 && (size_t)got > pipe_cap) pipe_cap = (size_t)got;
   *r = p[0];
   *w = p[1];
   return 0;
@@ -188,53 +195,70 @@ static void local_fail(tg_relay *r, int err) {
 }
 
 /* Moves what can move in direction d without blocking. Returns false when the relay finished. */
+/* Writes what the pipe of direction d holds. False when the relay failed.
+ * A short write means the socket buffer is full: wait for POLLOUT instead of
+ * learning it from one more splice that says EAGAIN. */
+static bool drain(tg_relay *r, int d) {
+  for (;;) {
+    ssize_t n = splice(r->pipe_r[d], NULL, r->fd[1 - d], NULL, r->inpipe[d], SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (n > 0) {
+      r->inpipe[d] -= (size_t)n;
+      r->bytes[d] += (uint64_t)n;
+      r->in_full[d] = false;
+      r->wr_blocked[d] = r->inpipe[d] > 0;
+      r->last_active = uv_now(r->poll[0].loop);
+      return true;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) {
+      r->wr_blocked[d] = true;
+      return true;
+    }
+    fail(r, 1 - d, n < 0 ? errno : EPIPE);
+    return false;
+  }
+}
+
+/* Moves what can move in direction d without blocking. Returns false when
+ * the relay finished. Level-triggered polls make stopping early safe: the
+ * loop ends after a short read (the socket is most likely empty) rather than
+ * paying for a splice that says EAGAIN; if bytes remain, the poll fires
+ * again. On return, bytes left in the pipe always have a writer waiting for
+ * POLLOUT (wr_blocked), so nothing can stall in the pipe. */
 static bool pump(tg_relay *r, int d) {
   const int src = d, dst = 1 - d;
   for (;;) {
-    bool progress = false;
-    if (r->inpipe[d] > 0) {
-      ssize_t n = splice(r->pipe_r[d], NULL, r->fd[dst], NULL, r->inpipe[d],
-                         SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-      if (n > 0) {
-        r->inpipe[d] -= (size_t)n;
-        r->bytes[d] += (uint64_t)n;
-        r->wr_blocked[d] = false;
-        r->in_full[d] = false;
-        progress = true;
-      } else if (n < 0 && errno == EAGAIN) {
-        r->wr_blocked[d] = true;
-      } else if (n < 0 && errno == EINTR) {
-        continue;
-      } else {
-        fail(r, dst, n < 0 ? errno : EPIPE);
-        return false;
-      }
+    if (r->inpipe[d] > 0 && !r->wr_blocked[d] && !drain(r, d)) return false;
+    if (r->rd_eof[d] || r->in_full[d] || r->inpipe[d] >= PIPE_CAP) break;
+    if (r->pipe_r[d] < 0 && pipe_get(&r->pipe_r[d], &r->pipe_w[d]) != 0) {
+      local_fail(r, errno);
+      return false;
     }
-    if (!r->rd_eof[d] && !r->in_full[d] && r->inpipe[d] < PIPE_CAP) {
-      if (r->pipe_r[d] < 0 && pipe_get(&r->pipe_r[d], &r->pipe_w[d]) != 0) {
-        local_fail(r, errno);
-        return false;
-      }
-      ssize_t n = splice(r->fd[src], NULL, r->pipe_w[d], NULL, PIPE_CAP - r->inpipe[d],
-                         SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-      if (n > 0) {
-        r->inpipe[d] += (size_t)n;
-        progress = true;
-      } else if (n == 0) {
-        r->rd_eof[d] = true;
-        progress = true;
-      } else if (errno == EAGAIN) {
-        /* With bytes in the pipe this may be the pipe, not the socket:
-         * stop polling the socket until the pipe drains, or a
-         * level-triggered readable socket would spin the loop. */
-        if (r->inpipe[d] > 0) r->in_full[d] = true;
-      } else if (errno != EINTR) {
-        fail(r, src, errno);
-        return false;
-      }
+    size_t want = PIPE_CAP - r->inpipe[d];
+    ssize_t n = splice(r->fd[src], NULL, r->pipe_w[d], NULL, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (n > 0) {
+      r->inpipe[d] += (size_t)n;
+      r->last_active = uv_now(r->poll[0].loop);
+      if ((size_t)n == want) continue; /* a full read: more may be waiting */
+      if (!r->wr_blocked[d] && !drain(r, d)) return false;
+      break;
     }
-    if (progress) r->last_active = uv_now(r->poll[0].loop);
-    if (!progress) break;
+    if (n == 0) {
+      r->rd_eof[d] = true;
+      r->last_active = uv_now(r->poll[0].loop);
+      if (r->inpipe[d] > 0 && !r->wr_blocked[d] && !drain(r, d)) return false;
+      break;
+    }
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN) {
+      fail(r, src, errno);
+      return false;
+    }
+    /* With bytes in the pipe this may be the pipe, not the socket: stop
+     * polling the socket until the pipe drains, or a level-triggered
+     * readable socket would spin the loop. */
+    if (r->inpipe[d] > 0) r->in_full[d] = true;
+    break;
   }
   if (r->inpipe[d] == 0 && r->pipe_r[d] >= 0) {
     pipe_put(r->pipe_r[d], r->pipe_w[d], true);
@@ -271,7 +295,10 @@ static void on_poll(uv_poll_t *h, int status, int events) {
   /* Readable: side's bytes can move on (direction side). Writable: the
    * other direction can drain into side. */
   if ((events & UV_READABLE) && !pump(r, side)) return;
-  if ((events & UV_WRITABLE) && !pump(r, 1 - side)) return;
+  if (events & UV_WRITABLE) {
+    r->wr_blocked[1 - side] = false;
+    if (!pump(r, 1 - side)) return;
+  }
   update_polls(r);
 }
 

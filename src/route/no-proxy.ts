@@ -127,6 +127,8 @@ export function parseNoProxy(value: string): NoProxy {
 
   const matchAddress = (ip: string, port: number): boolean => {
     if (matchesAll) return true;
+    // Asked for every connection: without address rules, skip parsing the address.
+    if (addresses.length === 0) return false;
     const parsed = parseIp(stripBrackets(ip.trim()));
     if (!parsed) return false;
     return addresses.some((r) => portAllows(r.port, port) && cidrContains(r.cidr, parsed));
