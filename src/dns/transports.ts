@@ -225,9 +225,32 @@ export class TcpTransport implements DnsTransport {
   }
 }
 
-/** DNS over UDP to one server, one socket (random source port) per query; truncated answers are asked again over TCP. */
+/** A UDP socket of the pool, with the queries it has outstanding by ID. */
+interface PooledSocket {
+  sock: dgram.Socket;
+  pending: Map<number, Pending>;
+  ready: Promise<void>;
+  uses: number;
+  retired: boolean;
+}
+
+/** Sockets per server, and how many queries each carries before a fresh source port replaces it. */
+const UDP_POOL = 8;
+const UDP_USES_PER_SOCKET = 500;
+
+/**
+ * DNS over UDP to one server. A small pool of sockets with random IDs (a
+ * socket per query costs a bind and a close each time); each socket is
+ * replaced after a few hundred queries, so source ports keep changing.
+ * Truncated answers are asked again over TCP.
+ */
 export class UdpTransport implements DnsTransport {
   readonly description: string;
+  private readonly sockets: PooledSocket[] = [];
+  private next = 0;
+  private closed = false;
+  /** The server's address as dgram reports senders (IPv6 in canonical form). */
+  private readonly serverAddress: string;
 
   constructor(
     readonly server: Server,
@@ -235,6 +258,7 @@ export class UdpTransport implements DnsTransport {
     private readonly mark?: number,
   ) {
     this.description = `udp ${hostPort(server.host, server.port)}`;
+    this.serverAddress = net.isIPv6(server.host) ? new URL(`http://[${server.host}]/`).hostname.slice(1, -1) : server.host;
   }
 
   async query(msg: Buffer, signal: AbortSignal): Promise<Buffer> {
@@ -243,53 +267,111 @@ export class UdpTransport implements DnsTransport {
     return answer;
   }
 
-  private udp(msg: Buffer, signal: AbortSignal): Promise<Buffer> {
-    return new Promise((resolve, reject) => {
-      if (signal.aborted) {
-        reject(aborted(signal, this.description));
-        return;
-      }
-      const family = net.isIPv6(this.server.host) ? 'udp6' : 'udp4';
-      const sock = dgram.createSocket(family);
-      const id = msg.readUInt16BE(0);
-      const done = (err: Error | undefined, answer?: Buffer): void => {
-        signal.removeEventListener('abort', onAbort);
-        sock.close();
-        if (err) reject(err);
-        else resolve(answer!);
-      };
-      const onAbort = (): void => done(aborted(signal, this.description));
-      signal.addEventListener('abort', onAbort, { once: true });
-      sock.on('error', (err) => done(dnsError(`${this.description}: ${err.message}`, err)));
-      sock.on('message', (data, rinfo) => {
-        // Only the server's answer to this ID counts: anything else could be spoofed.
-        if (rinfo.port !== this.server.port || data.length < 12 || data.readUInt16BE(0) !== id) return;
-        done(undefined, data);
-      });
-      const send = (): void =>
-        sock.send(msg, this.server.port, this.server.host, (err) => {
-          if (err) done(dnsError(`${this.description}: ${err.message}`, err));
-        });
-      if (this.mark === undefined) {
-        send();
-        return;
-      }
+  private pick(): PooledSocket {
+    if (this.sockets.length < UDP_POOL) {
+      const s = this.open();
+      this.sockets.push(s);
+      return s;
+    }
+    const i = this.next++ % this.sockets.length;
+    let s = this.sockets[i]!;
+    if (s.uses >= UDP_USES_PER_SOCKET) {
+      this.retire(s);
+      s = this.open();
+      this.sockets[i] = s;
+    }
+    return s;
+  }
+
+  private open(): PooledSocket {
+    const sock = dgram.createSocket(net.isIPv6(this.server.host) ? 'udp6' : 'udp4');
+    const s: PooledSocket = { sock, pending: new Map(), ready: Promise.resolve(), uses: 0, retired: false };
+    sock.on('error', (err) => this.fail(s, dnsError(`${this.description}: ${err.message}`, err)));
+    sock.on('message', (data, rinfo) => {
+      // Only the server's answer to an ID this socket asked counts: anything else could be spoofed.
+      if (rinfo.port !== this.server.port || rinfo.address !== this.serverAddress || data.length < 12) return;
+      const p = s.pending.get(data.readUInt16BE(0));
+      if (!p) return;
+      s.pending.delete(data.readUInt16BE(0));
+      p.resolve(data);
+      if (s.retired && s.pending.size === 0) sock.close();
+    });
+    // Pooled sockets must not keep the process alive; close() ends them anyway.
+    sock.unref();
+    if (this.mark !== undefined) {
       // The mark must be on the socket before its first packet: bind, mark, then send.
-      sock.bind(0, () => {
-        try {
-          const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd;
-          if (typeof fd !== 'number' || fd < 0) throw new Error('no file descriptor for the UDP socket');
-          setMark(fd, this.mark!);
-        } catch (err) {
-          done(dnsError(`${this.description}: SO_MARK: ${(err as Error).message}`, err));
-          return;
-        }
-        send();
+      s.ready = new Promise<void>((resolve, reject) => {
+        sock.bind(0, () => {
+          try {
+            const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd;
+            if (typeof fd !== 'number' || fd < 0) throw new Error('no file descriptor for the UDP socket');
+            setMark(fd, this.mark!);
+            resolve();
+          } catch (err) {
+            reject(dnsError(`${this.description}: SO_MARK: ${(err as Error).message}`, err));
+          }
+        });
+      });
+      s.ready.catch(() => undefined);
+    }
+    return s;
+  }
+
+  private retire(s: PooledSocket): void {
+    s.retired = true;
+    if (s.pending.size === 0) s.sock.close();
+  }
+
+  private fail(s: PooledSocket, err: Error): void {
+    const i = this.sockets.indexOf(s);
+    if (i >= 0) this.sockets.splice(i, 1);
+    for (const p of s.pending.values()) p.reject(err);
+    s.pending.clear();
+    try {
+      s.sock.close();
+    } catch {
+      /* already closed */
+    }
+  }
+
+  private async udp(msg: Buffer, signal: AbortSignal): Promise<Buffer> {
+    if (this.closed) throw dnsError(`${this.description}: closed`);
+    if (signal.aborted) throw aborted(signal, this.description);
+    const s = this.pick();
+    s.uses++;
+    await s.ready;
+    let id: number;
+    do id = (Math.random() * 0x10000) | 0;
+    while (s.pending.has(id));
+    return new Promise<Buffer>((resolve, reject) => {
+      const onAbort = (): void => {
+        s.pending.delete(id);
+        if (s.retired && s.pending.size === 0) s.sock.close();
+        reject(aborted(signal, this.description));
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      s.pending.set(id, {
+        resolve: (a) => {
+          signal.removeEventListener('abort', onAbort);
+          resolve(a);
+        },
+        reject: (e) => {
+          signal.removeEventListener('abort', onAbort);
+          reject(e);
+        },
+      });
+      s.sock.send(withId(msg, id), this.server.port, this.server.host, (err) => {
+        if (!err) return;
+        const p = s.pending.get(id);
+        s.pending.delete(id);
+        p?.reject(dnsError(`${this.description}: ${err.message}`, err));
       });
     });
   }
 
   close(): void {
+    this.closed = true;
+    for (const s of [...this.sockets]) this.fail(s, dnsError(`${this.description}: closed`));
     this.tcp.close();
   }
 }

@@ -149,3 +149,58 @@ describe('dns routes', () => {
     assert.equal(doh.route('x.corp.test', asked)?.kind, 'private');
   });
 });
+
+describe('dns over UDP transport (pooled sockets)', () => {
+  it('answers by ID over a few sockets, ignores other senders, and asks again over TCP when truncated', async () => {
+    const { UdpTransport } = await import('../../src/dns/transports');
+    const dgram = await import('node:dgram');
+    const srv = dgram.createSocket('udp4');
+    await new Promise<void>((r) => srv.bind(0, '127.0.0.1', () => r()));
+    const port = srv.address().port;
+    const spoofer = dgram.createSocket('udp4');
+    const sources = new Set<number>();
+    srv.on('message', (m, rinfo) => {
+      sources.add(rinfo.port);
+      const a = Buffer.from(m);
+      // "big" names come back truncated: the client must retry over TCP.
+      a.writeUInt16BE(0x8180 | (m.includes(Buffer.from('big')) ? 0x0200 : 0), 2);
+      // A forged answer from another port arrives first; it must be ignored.
+      const forged = Buffer.from(a);
+      forged.writeUInt16BE(0x8183, 2);
+      spoofer.send(forged, rinfo.port, rinfo.address, () => srv.send(a, rinfo.port, rinfo.address));
+    });
+    const tcpSrv = net.createServer((sock) => {
+      let buf: Buffer = Buffer.alloc(0);
+      sock.on('data', (c: Buffer) => {
+        buf = Buffer.concat([buf, c]);
+        const { messages, rest } = unframe(buf);
+        buf = rest;
+        for (const m of messages) {
+          const a = Buffer.from(m);
+          a.writeUInt16BE(0x8180, 2);
+          sock.write(frame(Buffer.concat([a, Buffer.from('tcp-extra')])));
+        }
+      });
+    });
+    await new Promise<void>((r) => tcpSrv.listen(port, '127.0.0.1', () => r()));
+    const open = (host: string, p: number): Promise<net.Socket> =>
+      new Promise((resolve, reject) => {
+        const s = net.connect({ host, port: p }, () => resolve(s));
+        s.once('error', reject);
+      });
+    const server = { host: '127.0.0.1', port };
+    const t = new UdpTransport(server, new TcpTransport(server, open, 'tcp'));
+    const answers = await Promise.all(Array.from({ length: 60 }, (_, i) => t.query(buildQuery(i, `q${i}.test`, 1), AbortSignal.timeout(2000))));
+    answers.forEach((a, i) => {
+      assert.equal(a.readUInt16BE(2) & 0xf, 0, 'forged NXDOMAIN ignored');
+      assert.ok(a.includes(Buffer.from(`q${i}`)));
+    });
+    assert.ok(sources.size <= 8, `${sources.size} source ports`);
+    const big = await t.query(buildQuery(1, 'big.test', 1), AbortSignal.timeout(2000));
+    assert.ok(big.includes(Buffer.from('tcp-extra')), 'truncated over UDP, full answer over TCP');
+    t.close();
+    srv.close();
+    spoofer.close();
+    tcpSrv.close();
+  });
+});
