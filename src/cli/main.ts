@@ -69,7 +69,8 @@ async function run(cfg: Config, log: Logger): Promise<number> {
   log.info(
     `ready mode=${cfg.mode} http_proxy=${up(cfg.upstream.http)} https_proxy=${up(cfg.upstream.https)} ` +
       `http=${cfg.httpPorts.join(',') || '-'}:${cfg.listen.http} tls=${cfg.tlsPorts.join(',') || '-'}:${cfg.listen.tls} ` +
-      `tcp=${cfg.tcpPorts.join(',') || '-'}:${cfg.listen.tcp} rules=${cfg.installRules ? 'installed' : 'not installed (--no-rules)'}`,
+      `tcp=${cfg.tcpPorts.join(',') || '-'}:${cfg.listen.tcp} dns=${cfg.dns ? `53:${cfg.dns.listenPort}` : 'off'} ` +
+      `rules=${cfg.installRules ? 'installed' : 'not installed (--no-rules)'}`,
   );
   return new Promise<number>(() => {
     // Runs until a signal.
