@@ -10,7 +10,7 @@ import { UdpListener } from './inbound/udp-listener';
 import { DnsService, resolvConfServer } from './dns/service';
 import { rulesConfigFor, type RuleBackend } from './netfilter/backend';
 import type { RulesConfig } from './netfilter/plan';
-import { applySysctls, describeChange, ipv4Interfaces, planSysctls, readSysctl, restoreSysctls, sysctlWants, type SysctlChange } from './netfilter/sysctl';
+import { applySysctls, describeChange, ipv4Interfaces, ipv6Interfaces, planSysctls, readSysctl, restoreSysctls, sysctlWants, type SysctlChange } from './netfilter/sysctl';
 import { Outbounds } from './outbound/outbounds';
 import { JsRelay } from './relay/js-relay';
 import { SpliceRelay } from './relay/splice-relay';
@@ -130,7 +130,9 @@ export class Gateway {
       // dies here, or ICMP redirects teach them to skip this gateway.
       const interfaces = this.cfg.lan.length > 0 ? this.cfg.lan : ipv4Interfaces();
       const bridgeTproxy = this.cfg.bridge !== undefined && this.cfg.mode === 'tproxy';
-      const p = planSysctls(sysctlWants({ ipv4: this.cfg.ipv4, ipv6: this.cfg.ipv6, interfaces, bridgeTproxy }), readSysctl);
+      // Uplinks: with --lan, every other interface; without, all (a LAN interface may be the uplink too).
+      const raInterfaces = ipv6Interfaces().filter((i) => !this.cfg.lan.includes(i));
+      const p = planSysctls(sysctlWants({ ipv4: this.cfg.ipv4, ipv6: this.cfg.ipv6, interfaces, bridgeTproxy, raInterfaces }), readSysctl);
       for (const m of p.missing) this.log.warn(`sysctl ${m.key}: not present here, not set (${m.why})`);
       this.sysctlsChanged = applySysctls(p.changes);
       for (const c of this.sysctlsChanged) this.log.info(describeChange(c));

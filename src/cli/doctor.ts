@@ -14,7 +14,7 @@ import { backendName, haveBinary, rulesConfigFor } from '../netfilter/backend';
 import { run, type Runner } from '../netfilter/exec';
 import { NftablesRuleBackend } from '../netfilter/index';
 import { IptablesRuleBackend, iptablesBinaries } from '../netfilter/iptables';
-import { ipv4Interfaces, readSysctl, type SysctlReader } from '../netfilter/sysctl';
+import { ipv4Interfaces, ipv6Interfaces, readSysctl, type SysctlReader } from '../netfilter/sysctl';
 import { openTunnel } from '../outbound/http-connect';
 
 export type CheckStatus = 'OK' | 'WARN' | 'FAIL';
@@ -195,7 +195,19 @@ function checkSysctls(cfg: Config, d: DoctorDeps): Check[] {
   if (cfg.ipv6) {
     const v = read(['net', 'ipv6', 'conf', 'all', 'forwarding']);
     if (v === undefined) out.push(warn('sysctl', 'IPv6 is not available here', 'run with --no-ipv6, or enable IPv6'));
-    else
+    // With forwarding on, accept_ra=1 means RAs are ignored: an uplink's RA default route expires.
+    const uplinks = ipv6Interfaces().filter((i) => !cfg.lan.includes(i));
+    const ignoring = uplinks.filter((i) => read(['net', 'ipv6', 'conf', i, 'accept_ra']) === '1');
+    if (v === '1' && ignoring.length > 0) {
+      out.push(
+        warn(
+          'sysctl',
+          `IPv6 forwarding is on and accept_ra is 1 on ${ignoring.join(', ')}: router advertisements are ignored there, so a default route learned from them expires`,
+          `sysctl -w ${ignoring.map((i) => `net.ipv6.conf.${i.replace(/\./g, '/')}.accept_ra=2`).join(' ')}${cfg.sysctl ? ' (`transgate run` does this while it runs)' : ''}`,
+        ),
+      );
+    }
+    if (v !== undefined)
       out.push(
         v === '1'
           ? ok('sysctl', 'net.ipv6.conf.all.forwarding = 1')

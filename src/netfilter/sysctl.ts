@@ -22,6 +22,8 @@ export interface SysctlWant {
   value: string;
   /** Why transgate needs it: printed with the change. */
   why: string;
+  /** Change it only from this value (accept_ra: 1 → 2, never 0 → 2). */
+  onlyIf?: string;
 }
 
 export interface SysctlChange {
@@ -48,6 +50,14 @@ export interface SysctlNeeds {
   interfaces: string[];
   /** Bridge mode with TPROXY: br_netfilter must not run the IP hooks on bridged frames. */
   bridgeTproxy?: boolean;
+  /**
+   * IPv6 interfaces that must keep accepting router advertisements (the
+   * uplinks: every interface but lo and the LAN ones). With forwarding on
+   * the kernel ignores RAs where accept_ra is 1, and enabling forwarding
+   * purges the default routes they gave: the box would lose its IPv6
+   * uplink. accept_ra=2 keeps them.
+   */
+  raInterfaces?: string[];
 }
 
 /** Returns the current value, or undefined when the file does not exist. */
@@ -75,9 +85,15 @@ export function sysctlWants(n: SysctlNeeds): SysctlWant[] {
     out.push({ path: ['net', 'ipv4', 'ip_forward'], value: '1', why: 'forward the LAN clients\' other IPv4 traffic' });
     const why = 'no ICMP redirects: they teach clients to bypass this gateway';
     out.push({ path: ['net', 'ipv4', 'conf', 'all', 'send_redirects'], value: '0', why });
+    out.push({ path: ['net', 'ipv4', 'conf', 'default', 'send_redirects'], value: '0', why });
     for (const i of lan) out.push({ path: ['net', 'ipv4', 'conf', i, 'send_redirects'], value: '0', why });
   }
   if (n.ipv6) {
+    // Before forwarding: turning forwarding on purges RA default routes except where accept_ra is 2.
+    const uplinks = [...new Set(n.raInterfaces ?? [])].filter((i) => i !== 'lo' && !i.endsWith('*'));
+    for (const i of uplinks) {
+      out.push({ path: ['net', 'ipv6', 'conf', i, 'accept_ra'], value: '2', onlyIf: '1', why: 'keep the router advertisements (and IPv6 default route) of this uplink with forwarding on' });
+    }
     out.push({ path: ['net', 'ipv6', 'conf', 'all', 'forwarding'], value: '1', why: 'forward the LAN clients\' other IPv6 traffic' });
   }
   if (n.bridgeTproxy) {
@@ -102,7 +118,7 @@ export function planSysctls(wants: readonly SysctlWant[], read: SysctlReader): S
     const cur = read(w.path);
     if (cur === undefined) {
       plan.missing.push({ key, why: w.why });
-    } else if (cur.trim() === w.value) {
+    } else if (cur.trim() === w.value || (w.onlyIf !== undefined && cur.trim() !== w.onlyIf)) {
       plan.unchanged.push(key);
     } else {
       plan.changes.push({ path: [...w.path], key, from: cur.trim(), to: w.value, why: w.why });
@@ -182,6 +198,15 @@ export function restoreSysctls(applied: readonly SysctlChange[], write: SysctlWr
 export function ipv4Interfaces(): string[] {
   try {
     return fs.readdirSync('/proc/sys/net/ipv4/conf').filter((n) => n !== 'all' && n !== 'default' && n !== 'lo');
+  } catch {
+    return [];
+  }
+}
+
+/** Interfaces with IPv6 settings here, except lo and all/default. */
+export function ipv6Interfaces(): string[] {
+  try {
+    return fs.readdirSync('/proc/sys/net/ipv6/conf').filter((n) => n !== 'all' && n !== 'default' && n !== 'lo');
   } catch {
     return [];
   }

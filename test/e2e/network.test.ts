@@ -150,6 +150,8 @@ describe('network e2e', { skip, timeout: 300_000 }, () => {
         'net.ipv6.conf.all.forwarding=0',
         'net.ipv4.conf.all.send_redirects=1',
         'net.ipv4.conf.lan0.send_redirects=1',
+        'net.ipv6.conf.wan0.accept_ra=1',
+        'net.ipv6.conf.lan0.accept_ra=1',
       ]);
       gw = await startGw(lab, ['--lan', 'lan0', '--masquerade', 'wan0']);
     });
@@ -169,6 +171,10 @@ describe('network e2e', { skip, timeout: 300_000 }, () => {
       assert.match(out, /sysctl net\.ipv4\.conf\.all\.send_redirects: 1 -> 0/);
       assert.match(out, /sysctl net\.ipv4\.conf\.lan0\.send_redirects: 1 -> 0/);
       assert.equal(await sysctl(lab, 'net.ipv4.conf.lan0.rp_filter'), '1', 'rp_filter is left strict');
+      // The uplink keeps its router advertisements with forwarding on; the LAN side does not need them.
+      assert.equal(await sysctl(lab, 'net.ipv6.conf.wan0.accept_ra'), '2');
+      assert.equal(await sysctl(lab, 'net.ipv6.conf.lan0.accept_ra'), '1');
+      assert.match(out, /sysctl net\.ipv6\.conf\.wan0\.accept_ra: 1 -> 2/);
     });
 
     gtest('HTTP and HTTPS are intercepted with strict rp_filter', async () => {
@@ -210,6 +216,7 @@ describe('network e2e', { skip, timeout: 300_000 }, () => {
       assert.equal(await sysctl(lab, 'net.ipv6.conf.all.forwarding'), '0');
       assert.equal(await sysctl(lab, 'net.ipv4.conf.all.send_redirects'), '1');
       assert.equal(await sysctl(lab, 'net.ipv4.conf.lan0.send_redirects'), '1');
+      assert.equal(await sysctl(lab, 'net.ipv6.conf.wan0.accept_ra'), '1');
       assert.match(out, /sysctl net\.ipv4\.ip_forward: restored 0/);
       const t = await lab.exec('gw', ['nft', 'list', 'tables']);
       assert.doesNotMatch(t.stdout, /transgate/);
@@ -362,13 +369,14 @@ describe('network e2e', { skip, timeout: 300_000 }, () => {
 
     gtest('healthy lab (auth proxy, right password) → no FAIL, exit 0; a 443-only proxy is a WARN', async () => {
       await lab.restartSquid({ auth: true });
-      await setSysctls(lab, ['net.ipv4.conf.lan0.send_redirects=0']);
+      await setSysctls(lab, ['net.ipv4.conf.lan0.send_redirects=0', 'net.ipv6.conf.wan0.accept_ra=2']);
       const r = await doctor({ http_proxy: ADDR.proxyUrlAuth });
       console.log(`--- doctor, healthy lab ---\n${r.stdout}`);
       assert.equal(r.code, 0, show(r));
       assert.doesNotMatch(r.stdout, /^FAIL/m);
       assert.match(r.stdout, /^OK +proxy: http_proxy: CONNECT www\.example\.test:443 allowed \(credentials accepted\)/m);
       assert.match(r.stdout, /^OK +leftovers: no transgate rules installed/m);
+      assert.match(r.stdout, /^0 FAIL, 0 WARN, \d+ OK$/m);
       await lab.restartSquid({ connectOnly443: true });
       const w = await doctor(proxyEnv());
       assert.equal(w.code, 0, show(w));

@@ -32,6 +32,7 @@ describe('sysctlWants', () => {
     assert.deepEqual(keys, [
       'net.ipv4.ip_forward=1',
       'net.ipv4.conf.all.send_redirects=0',
+      'net.ipv4.conf.default.send_redirects=0',
       'net.ipv4.conf.lan0.send_redirects=0',
       // sysctl(8) spells a dot inside an interface name as '/'
       'net.ipv4.conf.eth0/100.send_redirects=0',
@@ -43,7 +44,7 @@ describe('sysctlWants', () => {
     const keys = sysctlWants({ ipv4: false, ipv6: true, interfaces: ['lo', 'veth*'] }).map((w) => sysctlKey(w.path));
     assert.deepEqual(keys, ['net.ipv6.conf.all.forwarding']);
     const v4 = sysctlWants({ ipv4: true, ipv6: false, interfaces: ['lo', 'veth*', 'lan0', 'lan0'] }).map((w) => sysctlKey(w.path));
-    assert.deepEqual(v4, ['net.ipv4.ip_forward', 'net.ipv4.conf.all.send_redirects', 'net.ipv4.conf.lan0.send_redirects']);
+    assert.deepEqual(v4, ['net.ipv4.ip_forward', 'net.ipv4.conf.all.send_redirects', 'net.ipv4.conf.default.send_redirects', 'net.ipv4.conf.lan0.send_redirects']);
   });
 
   it('maps an interface with a dot to its /proc/sys file', () => {
@@ -58,6 +59,7 @@ describe('planSysctls', () => {
     const proc = fakeProc({
       'net.ipv4.ip_forward': '0',
       'net.ipv4.conf.all.send_redirects': '1',
+      'net.ipv4.conf.default.send_redirects': '0',
       'net.ipv4.conf.lan0.send_redirects': '0',
     });
     const p = planSysctls(sysctlWants({ ipv4: true, ipv6: true, interfaces: ['lan0'] }), proc.read);
@@ -68,22 +70,32 @@ describe('planSysctls', () => {
         ['net.ipv4.conf.all.send_redirects', '1', '0'],
       ],
     );
-    assert.deepEqual(p.unchanged, ['net.ipv4.conf.lan0.send_redirects']);
+    assert.deepEqual(p.unchanged, ['net.ipv4.conf.default.send_redirects', 'net.ipv4.conf.lan0.send_redirects']);
     assert.deepEqual(p.missing.map((m) => m.key), ['net.ipv6.conf.all.forwarding']);
     assert.match(describeChange(p.changes[0]!), /^sysctl net\.ipv4\.ip_forward: 0 -> 1 \(forward/);
   });
 
   it('plans nothing when everything is already right', () => {
-    const proc = fakeProc({ 'net.ipv4.ip_forward': '1\n', 'net.ipv4.conf.all.send_redirects': '0', 'net.ipv6.conf.all.forwarding': '1' });
+    const proc = fakeProc({
+      'net.ipv4.ip_forward': '1\n',
+      'net.ipv4.conf.all.send_redirects': '0',
+      'net.ipv4.conf.default.send_redirects': '0',
+      'net.ipv6.conf.all.forwarding': '1',
+    });
     const p = planSysctls(sysctlWants({ ipv4: true, ipv6: true, interfaces: [] }), proc.read);
     assert.equal(p.changes.length, 0);
-    assert.equal(p.unchanged.length, 3);
+    assert.equal(p.unchanged.length, 4);
   });
 });
 
 describe('applySysctls / restoreSysctls', () => {
   it('restores exactly the previous values, last change first', () => {
-    const proc = fakeProc({ 'net.ipv4.ip_forward': '0', 'net.ipv4.conf.all.send_redirects': '1', 'net.ipv6.conf.all.forwarding': '0' });
+    const proc = fakeProc({
+      'net.ipv4.ip_forward': '0',
+      'net.ipv4.conf.all.send_redirects': '1',
+      'net.ipv4.conf.default.send_redirects': '0',
+      'net.ipv6.conf.all.forwarding': '0',
+    });
     const p = planSysctls(sysctlWants({ ipv4: true, ipv6: true, interfaces: [] }), proc.read);
     const applied = applySysctls(p.changes, proc.write);
     assert.equal(applied.length, 3);
@@ -93,13 +105,14 @@ describe('applySysctls / restoreSysctls', () => {
     assert.deepEqual(Object.fromEntries(proc.values), {
       'net.ipv4.ip_forward': '0',
       'net.ipv4.conf.all.send_redirects': '1',
+      'net.ipv4.conf.default.send_redirects': '0',
       'net.ipv6.conf.all.forwarding': '0',
     });
     assert.deepEqual(proc.writes.slice(3), ['net.ipv6.conf.all.forwarding=0', 'net.ipv4.conf.all.send_redirects=1', 'net.ipv4.ip_forward=0']);
   });
 
   it('is all-or-nothing: a failing write undoes the earlier ones and throws', () => {
-    const proc = fakeProc({ 'net.ipv4.ip_forward': '0', 'net.ipv4.conf.all.send_redirects': '1' });
+    const proc = fakeProc({ 'net.ipv4.ip_forward': '0', 'net.ipv4.conf.all.send_redirects': '1', 'net.ipv4.conf.default.send_redirects': '0' });
     const p = planSysctls(sysctlWants({ ipv4: true, ipv6: false, interfaces: [] }), proc.read);
     let n = 0;
     const failing = (path: string[], v: string): void => {
@@ -130,5 +143,20 @@ describe('sysctlWants: bridge mode with TPROXY', () => {
     assert.ok(keys.includes('net.bridge.bridge-nf-call-iptables=0'));
     assert.ok(keys.includes('net.bridge.bridge-nf-call-ip6tables=0'));
     assert.ok(!sysctlWants({ ipv4: true, ipv6: true, interfaces: [] }).some((w) => w.path[1] === 'bridge'));
+  });
+});
+
+describe('sysctlWants: IPv6 uplinks keep their router advertisements', () => {
+  it('accept_ra 1 -> 2 before forwarding goes on; 0 (RAs off on purpose) is left alone', () => {
+    const wants = sysctlWants({ ipv4: false, ipv6: true, interfaces: ['lan0'], raInterfaces: ['wan0', 'wan1', 'lo'] });
+    assert.deepEqual(wants.map((w) => sysctlKey(w.path)), ['net.ipv6.conf.wan0.accept_ra', 'net.ipv6.conf.wan1.accept_ra', 'net.ipv6.conf.all.forwarding']);
+    const proc = fakeProc({ 'net.ipv6.conf.wan0.accept_ra': '1', 'net.ipv6.conf.wan1.accept_ra': '0', 'net.ipv6.conf.all.forwarding': '0' });
+    const p = planSysctls(wants, proc.read);
+    assert.deepEqual(p.changes.map((c) => `${c.key}=${c.to}`), ['net.ipv6.conf.wan0.accept_ra=2', 'net.ipv6.conf.all.forwarding=1']);
+    assert.ok(p.unchanged.includes('net.ipv6.conf.wan1.accept_ra'));
+    const applied = applySysctls(p.changes, proc.write);
+    restoreSysctls(applied, proc.write);
+    // Restored in reverse: forwarding off first, then accept_ra back to 1.
+    assert.deepEqual(proc.writes.slice(2), ['net.ipv6.conf.all.forwarding=0', 'net.ipv6.conf.wan0.accept_ra=1']);
   });
 });
