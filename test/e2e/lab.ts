@@ -996,6 +996,10 @@ export class Lab {
     if (this.destroyed) throw new Error('lab: destroyed');
     const readyTimeoutMs = opts.readyTimeoutMs ?? 15_000;
     const n = ++this.gwCount;
+    // TG_E2E_RELAY=js|splice runs every transgate of a suite with that relay
+    // (the suites must pass with both); an explicit --relay in args wins.
+    const relay = process.env['TG_E2E_RELAY'];
+    if (relay && !opts.script && !args.includes('--relay')) args = [...args, '--relay', relay];
     const child = spawn('ip', ['netns', 'exec', this.ns.gw, process.execPath, opts.script ?? this.transgateBin, ...args], {
       env: this.gatewayEnv(env),
       stdio: ['ignore', 'pipe', 'pipe'],
