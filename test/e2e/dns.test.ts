@@ -216,6 +216,33 @@ describe('dns gateway', { skip }, () => {
         assert.ok(r.ms < 3000, `took ${r.ms} ms`);
       });
 
+      test('DNS over TCP: several queries in one write are all answered (RFC 7766 pipelining)', async () => {
+        const script = `
+          const net = require('node:net');
+          const q = (id, name) => {
+            const labels = name.split('.').map((l) => Buffer.concat([Buffer.from([l.length]), Buffer.from(l)]));
+            const m = Buffer.concat([Buffer.from([id >> 8, id & 255, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0]), ...labels, Buffer.from([0, 0, 1, 0, 1])]);
+            return Buffer.concat([Buffer.from([m.length >> 8, m.length & 255]), m]);
+          };
+          const s = net.connect(53, ${JSON.stringify(PUB4)}, () => s.write(Buffer.concat([q(1, 'p1-${mode}.example.test'), q(2, 'p2-${mode}.corp.test'), q(3, 'p3-${mode}.example.test')])));
+          let buf = Buffer.alloc(0);
+          const ids = [];
+          s.on('data', (c) => {
+            buf = Buffer.concat([buf, c]);
+            while (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) {
+              const m = buf.subarray(2, 2 + buf.readUInt16BE(0));
+              ids.push(m.readUInt16BE(0) + ':' + (m.readUInt16BE(2) & 15) + ':' + m.readUInt16BE(6));
+              buf = buf.subarray(2 + m.length);
+            }
+            if (ids.length === 3) { console.log(ids.sort().join(' ')); s.end(); }
+          });
+          // After our end the gateway closes its side too: the process then exits by itself.
+          const t = setTimeout(() => { console.log('timeout ' + ids.join(' ')); process.exit(1); }, 5000);
+          s.on('close', () => clearTimeout(t));`;
+        const r = await lab.exec('cl', [process.execPath, '-e', script], { timeoutMs: 15_000 });
+        assert.equal(r.stdout.trim(), '1:0:1 2:0:1 3:0:1', show(r));
+      });
+
       // Only under TPROXY does the client's choice of server (unbound on the origin address) count.
       if (mode === 'tproxy') test('negative answers are cached for the SOA minimum (RFC 2308)', async () => {
         const name = 'missing.neg.test';
@@ -253,6 +280,16 @@ describe('dns gateway', { skip }, () => {
       });
     });
   }
+
+  test('--no-dns: port 53 is not intercepted', async () => {
+    const on = await lab.transgate(['rules']);
+    const off = await lab.transgate(['rules', '--no-dns']);
+    assert.equal(on.code, 0, show(on));
+    assert.match(on.stdout, /udp dport \{ 53 \}/);
+    assert.match(on.stdout, /tcp dport \{ 53 \}/);
+    assert.equal(off.code, 0, show(off));
+    assert.doesNotMatch(off.stdout, /dport \{ 53 \}/);
+  });
 
   describe('DNS over HTTPS', () => {
     let gw: Gw;
