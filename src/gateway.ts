@@ -171,7 +171,7 @@ export class Gateway {
       this.udp?.close();
       this.dns?.close();
       this.http.close();
-      this.relay.close?.();
+      await this.relay.close?.();
       for (const s of this.active) s.destroy();
       this.active.clear();
     })();

@@ -24,7 +24,8 @@ export interface Relay {
   run(client: net.Socket, upstream: net.Socket, opts: RelayOptions): Promise<RelayResult>;
   /**
    * Ends every running relay (gateway shutdown) for relays that own
-   * connections beyond Node's sockets (the splice relay); each run() still resolves.
+   * connections beyond Node's sockets (the splice relay); each run() still
+   * resolves, before the returned promise does.
    */
-  close?(): void;
+  close?(): void | Promise<void>;
 }

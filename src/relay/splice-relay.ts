@@ -48,9 +48,13 @@ function flushed(sock: net.Socket): Promise<void> {
  * closure inside run() would keep run()'s whole scope, both destroyed
  * net.Sockets included, alive for as long as the connection is idle.
  */
-function handOver(clientFd: number, upstreamFd: number, opts: SpliceRelayOptions, up: number, down: number): Promise<RelayResult> {
+function handOver(clientFd: number, upstreamFd: number, opts: SpliceRelayOptions, up: number, down: number, onEnd: () => void): Promise<RelayResult> {
   return new Promise((resolve) => {
-    spliceRelay(clientFd, upstreamFd, opts, (splicedUp, splicedDown, outcome) => resolve({ up: up + splicedUp, down: down + splicedDown, outcome }));
+    spliceRelay(clientFd, upstreamFd, opts, (splicedUp, splicedDown, outcome) => {
+      // Resolve first: the connection's log line is then queued before a waiting close() goes on.
+      resolve({ up: up + splicedUp, down: down + splicedDown, outcome });
+      onEnd();
+    });
   });
 }
 
@@ -58,10 +62,10 @@ function handOver(clientFd: number, upstreamFd: number, opts: SpliceRelayOptions
  * Hands both connections to the addon and lets Node's sockets go. `up` and
  * `down` are the bytes Node already carried during the hand-over.
  */
-function start(client: net.Socket, upstream: net.Socket, opts: RelayOptions, c: Detached, u: Detached, up: number, down: number): Promise<RelayResult> | RelayResult {
+function start(client: net.Socket, upstream: net.Socket, opts: RelayOptions, c: Detached, u: Detached, up: number, down: number, onEnd: () => void): Promise<RelayResult> | RelayResult {
   let result: Promise<RelayResult>;
   try {
-    result = handOver(socketFd(client), socketFd(upstream), { idleTimeoutMs: opts.idleTimeoutMs, clientEof: c.eof, upstreamEof: u.eof }, up, down);
+    result = handOver(socketFd(client), socketFd(upstream), { idleTimeoutMs: opts.idleTimeoutMs, clientEof: c.eof, upstreamEof: u.eof }, up, down, onEnd);
   } catch (err) {
     // EMFILE for the duplicates, most likely: nothing was handed over, so
     // the connection ends here with the reason.
@@ -89,6 +93,15 @@ function start(client: net.Socket, upstream: net.Socket, opts: RelayOptions, c: 
  */
 export class SpliceRelay implements Relay {
   readonly name = 'splice';
+  /** Connections the addon carries now, and who waits for them to end (close()). */
+  private live = 0;
+  private drained: (() => void) | undefined;
+  private readonly ended = (): void => {
+    if (--this.live === 0 && this.drained) {
+      this.drained();
+      this.drained = undefined;
+    }
+  };
 
   run(client: net.Socket, upstream: net.Socket, opts: RelayOptions): Promise<RelayResult> {
     const c = detach(client);
@@ -96,7 +109,7 @@ export class SpliceRelay implements Relay {
     // The usual case (nothing buffered in Node, the CONNECT and the sniffed
     // head already in the kernel) hands over at once, without an await.
     if (c.pending.length === 0 && u.pending.length === 0 && client.writableLength === 0 && upstream.writableLength === 0 && !client.destroyed && !upstream.destroyed) {
-      return Promise.resolve(start(client, upstream, opts, c, u, 0, 0));
+      return Promise.resolve(this.start(client, upstream, opts, c, u, 0, 0));
     }
     return this.flushThenStart(client, upstream, opts, c, u);
   }
@@ -131,11 +144,22 @@ export class SpliceRelay implements Relay {
       upstream.destroy();
       return { up, down, outcome: failure };
     }
-    return start(client, upstream, opts, c, u, up, down);
+    return this.start(client, upstream, opts, c, u, up, down);
   }
 
-  /** Ends every spliced connection (gateway shutdown); each run() still resolves, with outcome 'aborted'. */
-  close(): void {
+  private start(client: net.Socket, upstream: net.Socket, opts: RelayOptions, c: Detached, u: Detached, up: number, down: number): Promise<RelayResult> | RelayResult {
+    const r = start(client, upstream, opts, c, u, up, down, this.ended);
+    if (r instanceof Promise) this.live++;
+    return r;
+  }
+
+  /**
+   * Ends every spliced connection (gateway shutdown) and resolves once each
+   * run() has resolved, with outcome 'aborted', so their log lines are out.
+   */
+  close(): Promise<void> {
     spliceAbortAll();
+    if (this.live === 0) return Promise.resolve();
+    return new Promise((resolve) => (this.drained = resolve));
   }
 }

@@ -87,6 +87,18 @@ s.on('error', () => {});
 setTimeout(() => { console.log(JSON.stringify({ got, ms: Date.now() - t0, stillOpen: true })); process.exit(0); }, 8000);
 `;
 
+// Holds a tunnel open until the gateway ends it; prints "up" once through, then how it ended.
+const HOLD_CLIENT = `
+const net = require('net');
+const s = net.connect({ host: '${INTRA}', port: ${PORT_ECHO}, allowHalfOpen: true });
+s.on('connect', () => s.write('ping\\n'));
+s.once('data', () => console.log('up'));
+const report = (how) => { console.log(how); process.exit(0); };
+s.on('end', () => report('end'));
+s.on('error', (e) => report(e.code));
+setTimeout(() => report('still-open'), 10000);
+`;
+
 const RESET_SERVER = `
 const net = require('net');
 net.createServer((s) => s.once('data', () => s.resetAndDestroy())).listen(${PORT_RST}, '${INTRA}', () => console.log('listening'));
@@ -173,6 +185,32 @@ describe('relay e2e', { skip, timeout: 300_000 }, () => {
         assert.ok(out.ms >= 1400 && out.ms < 6000, `closed after ${out.ms} ms`);
         const f = await connLine(gw, from, (x) => dstPort(x) === PORT_ECHO);
         assert.equal(f['result'], 'idle-timeout');
+      });
+
+      // Last in the group: it stops the gateway. A spliced connection lives in
+      // the addon, not in a net.Socket, so shutdown must end it explicitly
+      // and wait for it, or its log line is lost.
+      test('SIGTERM with a tunnel open: the gateway ends it, logs it and exits promptly', async () => {
+        const from = gw.mark();
+        const client = lab.spawn('cl', [process.execPath, '-e', HOLD_CLIENT]);
+        let out = '';
+        client.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+        const deadline = Date.now() + 5000;
+        while (!out.includes('up')) {
+          assert.ok(Date.now() < deadline, `the tunnel did not come up: ${out}`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        const t0 = Date.now();
+        const code = await gw.stop('SIGTERM', 8000);
+        assert.equal(code, 0, `gateway exit code; it said:\n${gw.lines.slice(-10).join('\n')}`);
+        assert.ok(Date.now() - t0 < 6000, `stopping took ${Date.now() - t0} ms`);
+        await new Promise((r) => (client.exitCode !== null ? r(undefined) : client.once('exit', r)));
+        assert.match(out, /up\n(end|ECONNRESET)\n/, 'the client saw its connection end');
+        if (relay === 'splice') {
+          const f = await connLine(gw, from, (x) => dstPort(x) === PORT_ECHO, 1000);
+          assert.equal(f['result'], 'aborted');
+          assert.equal(f['up'], '5');
+        }
       });
     });
   }
