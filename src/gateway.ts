@@ -10,7 +10,20 @@ import { UdpListener } from './inbound/udp-listener';
 import { DnsService, resolvConfServer } from './dns/service';
 import { rulesConfigFor, type RuleBackend } from './netfilter/backend';
 import type { RulesConfig } from './netfilter/plan';
-import { applySysctls, describeChange, ipv4Interfaces, ipv6Interfaces, planSysctls, readSysctl, restoreSysctls, sysctlWants, type SysctlChange } from './netfilter/sysctl';
+import {
+  applySysctls,
+  describeChange,
+  dropSysctlState,
+  ipv4Interfaces,
+  ipv6Interfaces,
+  planSysctls,
+  readSysctl,
+  restoreSysctls,
+  saveSysctlState,
+  sysctlStateFile,
+  sysctlWants,
+  type SysctlChange,
+} from './netfilter/sysctl';
 import { Outbounds } from './outbound/outbounds';
 import { JsRelay } from './relay/js-relay';
 import { SpliceRelay } from './relay/splice-relay';
@@ -136,6 +149,13 @@ export class Gateway {
       for (const m of p.missing) this.log.warn(`sysctl ${m.key}: not present here, not set (${m.why})`);
       this.sysctlsChanged = applySysctls(p.changes);
       for (const c of this.sysctlsChanged) this.log.info(describeChange(c));
+      if (this.sysctlsChanged.length > 0) {
+        try {
+          saveSysctlState(this.sysctlsChanged);
+        } catch (err) {
+          this.log.warn(`cannot save ${sysctlStateFile()} (${(err as Error).message}): after a crash, 'transgate clear' cannot restore the sysctls`);
+        }
+      }
     }
     if (this.rules && this.cfg.installRules) {
       this.appliedRules = rulesConfigFor(this.cfg);
@@ -162,6 +182,7 @@ export class Gateway {
         this.sysctlsChanged = [];
         try {
           restoreSysctls(changed);
+          dropSysctlState();
           for (const c of changed) this.log.info(describeChange(c, true));
         } catch (err) {
           this.log.error(`restoring sysctls failed: ${(err as Error).message}; set them back by hand: ${changed.map((c) => `${c.key}=${c.from}`).join(' ')}`);

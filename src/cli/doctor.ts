@@ -14,7 +14,7 @@ import { backendName, haveBinary, rulesConfigFor } from '../netfilter/backend';
 import { run, type Runner } from '../netfilter/exec';
 import { NftablesRuleBackend } from '../netfilter/index';
 import { IptablesRuleBackend, iptablesBinaries } from '../netfilter/iptables';
-import { ipv4Interfaces, ipv6Interfaces, readSysctl, type SysctlReader } from '../netfilter/sysctl';
+import { ipv4Interfaces, ipv6Interfaces, loadSysctlState, readSysctl, type SysctlReader } from '../netfilter/sysctl';
 import { openTunnel } from '../outbound/http-connect';
 
 export type CheckStatus = 'OK' | 'WARN' | 'FAIL';
@@ -387,6 +387,8 @@ async function checkLeftovers(cfg: Config, d: DoctorDeps): Promise<Check[]> {
       /* as above */
     }
   }
+  const sysctls = loadSysctlState().filter((c) => d.readSysctl(c.path) === c.to);
+  if (sysctls.length > 0) found.push(`sysctls set by transgate (${sysctls.map((c) => `${c.key}=${c.to}, was ${c.from}`).join('; ')})`);
   const running = d.runningTransgate();
   if (found.length === 0) return [ok('leftovers', 'no transgate rules installed')];
   if (running.length > 0) return [ok('leftovers', `${found.join(', ')} installed by the running transgate (pid ${running.join(', ')})`)];

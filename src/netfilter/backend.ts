@@ -6,6 +6,7 @@ import { describePlan, NftablesRuleBackend } from './index';
 import { IptablesRuleBackend, planIptables, renderIptablesPlan, type IptablesVariant } from './iptables';
 import { run } from './exec';
 import { nftDeleteTable } from './nftables';
+import { dropSysctlState, loadSysctlState, readSysctl, restorableAfterCrash, restoreSysctls } from './sysctl';
 import { BRIDGE_TABLE, DEFAULT_BYPASS4, DEFAULT_BYPASS6, type RulesConfig } from './plan';
 
 export { describePlan, NftBackend } from './index';
@@ -65,6 +66,14 @@ export async function clearAll(cfg: Config): Promise<string[]> {
   for (const v of ['iptables', 'iptables-legacy'] as const) {
     if (!haveBinary(v)) continue;
     if (await new IptablesRuleBackend(v).clear(rc)) removed.push(v);
+  }
+  // Sysctls a crashed run changed: put back those still holding transgate's value.
+  const left = loadSysctlState();
+  if (left.length > 0) {
+    const back = restorableAfterCrash(left, readSysctl);
+    restoreSysctls(back);
+    dropSysctlState();
+    if (back.length > 0) removed.push(`sysctls ${back.map((c) => `${c.key}=${c.from}`).join(' ')}`);
   }
   return removed;
 }

@@ -216,3 +216,55 @@ export function ipv6Interfaces(): string[] {
 export function describeChange(c: SysctlChange, restoring = false): string {
   return restoring ? `sysctl ${c.key}: restored ${c.from} (was set to ${c.to})` : `sysctl ${c.key}: ${c.from} -> ${c.to} (${c.why})`;
 }
+
+// ---------------------------------------------------------------------------
+// Crash safety: what start() changed is kept in a state file per network
+// namespace, so `transgate clear` can put it back after a crash (SIGKILL,
+// power loss of the process). A value is only restored while it still holds
+// what transgate wrote: if someone changed it since, theirs wins.
+
+const STATE_DIR = '/run/transgate';
+
+/** The state file of this network namespace (namespaces share /run). */
+export function sysctlStateFile(dir: string = STATE_DIR): string {
+  let id = 'host';
+  try {
+    id = String(fs.statSync('/proc/self/ns/net').ino);
+  } catch {
+    /* no /proc: one file */
+  }
+  return `${dir}/sysctl-netns-${id}.json`;
+}
+
+export function saveSysctlState(applied: readonly SysctlChange[], file: string = sysctlStateFile()): void {
+  fs.mkdirSync(file.slice(0, file.lastIndexOf('/')), { recursive: true, mode: 0o755 });
+  fs.writeFileSync(file, `${JSON.stringify({ pid: process.pid, changes: applied }, null, 1)}\n`, { mode: 0o644 });
+}
+
+export function dropSysctlState(file: string = sysctlStateFile()): void {
+  fs.rmSync(file, { force: true });
+  try {
+    fs.rmdirSync(file.slice(0, file.lastIndexOf('/'))); // only when empty: leave nothing behind in /run
+  } catch {
+    /* other namespaces' files are still there */
+  }
+}
+
+/** Changes a crashed run left (from its state file), or [] when there is none or it is unreadable. */
+export function loadSysctlState(file: string = sysctlStateFile()): SysctlChange[] {
+  try {
+    const data = JSON.parse(fs.readFileSync(file, 'utf8')) as { changes?: unknown };
+    if (!Array.isArray(data.changes)) return [];
+    return data.changes.filter(
+      (c): c is SysctlChange =>
+        !!c && Array.isArray(c.path) && c.path.every((p: unknown) => typeof p === 'string') && typeof c.from === 'string' && typeof c.to === 'string',
+    );
+  } catch {
+    return [];
+  }
+}
+
+/** Pure given `read`: which of a crashed run's changes may be put back (still holding the value transgate wrote). */
+export function restorableAfterCrash(changes: readonly SysctlChange[], read: SysctlReader): SysctlChange[] {
+  return changes.filter((c) => read(c.path) === c.to);
+}

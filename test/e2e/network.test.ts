@@ -226,6 +226,25 @@ describe('network e2e', { skip, timeout: 300_000 }, () => {
     });
   });
 
+  describe('sysctls after a crash', () => {
+    gtest('SIGKILL leaves them set; `transgate clear` restores them (and doctor reports them first)', async () => {
+      await setSysctls(lab, ['net.ipv4.ip_forward=0']);
+      const gw = await startGw(lab, ['--lan', 'lan0']);
+      assert.equal(await sysctl(lab, 'net.ipv4.ip_forward'), '1');
+      await gw.kill9();
+      assert.equal(await sysctl(lab, 'net.ipv4.ip_forward'), '1', 'nobody restored it');
+      const d = await lab.transgate(['doctor', '--lan', 'lan0', '--doctor-target', `${WWW}:443`], proxyEnv(), 30_000);
+      assert.match(d.stdout, /^FAIL +leftovers: .*sysctls set by transgate \(net\.ipv4\.ip_forward=1, was 0/m, d.stdout);
+      const c = await lab.transgate(['clear']);
+      assert.equal(c.code, 0, show(c));
+      assert.match(c.stdout, /sysctls net\.ipv4\.ip_forward=0/);
+      assert.equal(await sysctl(lab, 'net.ipv4.ip_forward'), '0');
+      const again = await lab.transgate(['clear']);
+      assert.match(again.stdout, /nothing installed/, 'the state is gone with the restore');
+      await setSysctls(lab, ['net.ipv4.ip_forward=1']);
+    });
+  });
+
   describe('--allow-quic and --no-sysctl', () => {
     let gw: Gw | undefined;
     before(async () => {

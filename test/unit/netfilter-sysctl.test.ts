@@ -5,6 +5,7 @@ import {
   applySysctls,
   describeChange,
   planSysctls,
+  restorableAfterCrash,
   restoreSysctls,
   sysctlFile,
   sysctlKey,
@@ -158,5 +159,17 @@ describe('sysctlWants: IPv6 uplinks keep their router advertisements', () => {
     restoreSysctls(applied, proc.write);
     // Restored in reverse: forwarding off first, then accept_ra back to 1.
     assert.deepEqual(proc.writes.slice(2), ['net.ipv6.conf.all.forwarding=0', 'net.ipv6.conf.wan0.accept_ra=1']);
+  });
+});
+
+describe('restorableAfterCrash', () => {
+  it('puts back only what still holds the value transgate wrote', () => {
+    const proc = fakeProc({ 'net.ipv4.ip_forward': '1', 'net.ipv6.conf.all.forwarding': '0' });
+    const left = [
+      { path: ['net', 'ipv4', 'ip_forward'], key: 'net.ipv4.ip_forward', from: '0', to: '1', why: '' },
+      // Someone turned it off again since: theirs wins.
+      { path: ['net', 'ipv6', 'conf', 'all', 'forwarding'], key: 'net.ipv6.conf.all.forwarding', from: '0', to: '1', why: '' },
+    ];
+    assert.deepEqual(restorableAfterCrash(left, proc.read).map((c) => c.key), ['net.ipv4.ip_forward']);
   });
 });
