@@ -195,6 +195,7 @@ describe('network e2e', { skip, timeout: 300_000 }, () => {
       assert.ok(Number(m[1]) < 1000, `refusal took ${m[1]} ms`);
       const r6 = await udpProbe(lab, 'cl', O6);
       assert.match(r6, /^refused \d+$/, 'IPv6 too');
+      console.log(`QUIC probe from a client: IPv4 ${r4} ms, IPv6 ${r6} ms`);
       const t = await lab.exec('gw', ['nft', 'list', 'chain', 'inet', 'transgate', 'quic_forward']);
       assert.match(t.stdout, /udp dport 443 reject/);
     });
