@@ -339,6 +339,23 @@ describe('network e2e', { skip, timeout: 300_000 }, () => {
           assert.match(c.stdout, new RegExp(`removed rules and routes \\(.*${firewall}`));
           assert.deepEqual(await ours(), []);
         });
+
+        gtest('--local: curl in gw goes through squid; transgate\'s own direct connection is not intercepted again', async () => {
+          gw = await startGw(lab, ['--firewall', firewall, '--mode', mode, '--no-sysctl', '--local', '--log-level', 'debug'], proxyEnv({ no_proxy: ADDR.names.api }));
+          const m = await lab.squidMark();
+          const h = await lab.exec('gw', ['curl', '-sS', '--max-time', '8', `http://${WWW}/ipt-local-${mode}`, '--resolve', `${WWW}:80:${O4}`]);
+          assert.equal(h.code, 0, show(h));
+          await lab.waitSquidLog(new RegExp(`GET http://www\\.example\\.test/ipt-local-${mode}`), 3000, m);
+          const s6 = await lab.exec('gw', ['curl', '-sS', '--max-time', '8', '--cacert', lab.caFile, `https://${WWW}/`, '--resolve', `${WWW}:443:${O6}`]);
+          assert.equal(s6.code, 0, show(s6));
+          const from = gw.mark();
+          const d = await lab.exec('gw', ['curl', '-sS', '--max-time', '8', `http://${ADDR.names.api}/ipt-direct`, '--resolve', `${ADDR.names.api}:80:${O4}`]);
+          assert.match(d.stdout, /uri=\/ipt-direct/, show(d));
+          await waitConn(gw, from, (c) => c['route'] === 'direct' && c['result'] === 'ok', 'direct');
+          await new Promise((r) => setTimeout(r, 300));
+          const conns = gw.linesSince(from).filter((l) => /(^|\s)conn\s+id=/.test(l) && l.includes('name=api.example.test'));
+          assert.equal(conns.length, 1, conns.join('\n'));
+        });
       });
     }
   }
