@@ -9,6 +9,7 @@ import { TcpListener } from './inbound/tcp-listener';
 import { UdpListener } from './inbound/udp-listener';
 import { DnsService, resolvConfServer } from './dns/service';
 import { rulesConfigFor, type RuleBackend } from './netfilter/backend';
+import { DEFAULT_BYPASS4, DEFAULT_BYPASS6 } from './netfilter/plan';
 import type { RulesConfig } from './netfilter/plan';
 import {
   applySysctls,
@@ -29,6 +30,7 @@ import { JsRelay } from './relay/js-relay';
 import { SpliceRelay } from './relay/splice-relay';
 import { hasSplice } from './native';
 import type { Relay } from './relay/relay';
+import { CidrSet } from './route/cidr';
 import { Router } from './route/router';
 import { HttpSession } from './session/http';
 import { handleStream } from './session/stream';
@@ -90,11 +92,15 @@ export class Gateway {
             `${fallback ? `${fallback.host} (from /etc/resolv.conf)` : 'no server (SERVFAIL)'}: set --public-dns ADDR`,
         );
       }
+      const internal = new CidrSet();
+      // ::ffff:0:0/96 is left out: CidrSet reads mapped addresses as IPv4, where it would mean every address.
+      for (const c of [...DEFAULT_BYPASS4, ...DEFAULT_BYPASS6, ...cfg.bypass4, ...cfg.bypass6]) if (!c.startsWith('::ffff:')) internal.add(c);
       this.dns = new DnsService({
         dns: cfg.dns,
         proxy: cfg.upstream.https ?? cfg.upstream.http,
         connectTimeoutMs: cfg.connectTimeoutMs,
         fallbackServer: fallback,
+        classify: (address) => (this.local.has(address) ? 'local' : internal.has(address) ? 'internal' : 'public'),
         mark: cfg.local ? cfg.socketMark : undefined,
         log,
       });

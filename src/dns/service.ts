@@ -32,6 +32,11 @@ export interface DnsServiceOptions {
   connectTimeoutMs: number;
   /** Where public names go when the destination of a query is unknown (UDP after REDIRECT). */
   fallbackServer: Server | undefined;
+  /**
+   * Classifies the address a client asked: 'local' (this gateway), 'internal'
+   * (a private or bypassed range: an internal resolver), or 'public'.
+   */
+  classify?: (address: string) => 'local' | 'internal' | 'public';
   /** SO_MARK on every upstream socket (--local), so the gateway's own DNS is not intercepted again. */
   mark?: number;
   log: Logger;
@@ -78,6 +83,9 @@ export class DnsService implements DnsRouter {
   /** How a name leaves; undefined when there is no server to ask. */
   route(name: string, asked: Server | undefined): DnsRoute | undefined {
     const d = this.opts.dns;
+    const where = asked && this.opts.classify ? this.opts.classify(asked.host) : 'public';
+    // A client that asked this gateway itself: there is no server here but us.
+    if (where === 'local') asked = undefined;
     if (isPrivateName(name, this.privateSuffixes)) {
       const server = d.privateDns ?? asked ?? this.opts.fallbackServer;
       if (!server) return undefined;
@@ -91,6 +99,11 @@ export class DnsService implements DnsRouter {
     // not reach the internal DNS, and no public server is known.
     if (!d.publicDns && server && d.privateDns && sameServer(server, d.privateDns)) server = this.opts.fallbackServer;
     if (!server) return undefined;
+    // Without --public-dns, a query to an internal resolver goes to it
+    // directly, as it would without the gateway: the proxy cannot reach it.
+    if (!d.publicDns && where === 'internal' && server === asked) {
+      return { kind: 'direct', transport: this.direct(server), upstream: `udp ${hostPort(server.host, server.port)}` };
+    }
     if (this.opts.proxy && !d.overTcpDisabled) {
       return { kind: 'proxy', transport: this.viaProxy(server, this.opts.proxy), upstream: `tcp ${hostPort(server.host, server.port)}` };
     }

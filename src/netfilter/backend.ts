@@ -99,7 +99,8 @@ export function rulesConfigFor(cfg: Config): RulesConfig {
     { ports: cfg.tcpPorts, listenPort: cfg.listen.tcp },
   ].filter((g) => g.ports.length > 0);
   // DNS: UDP and TCP port 53 to the DNS listeners (one port for both).
-  const dns = cfg.dns ? [{ ports: [53], listenPort: cfg.dns.listenPort }] : [];
+  // Every destination: DHCP hands clients the gateway or an internal resolver, and those must be answered too.
+  const dns = cfg.dns ? [{ ports: [53], listenPort: cfg.dns.listenPort, allDestinations: true }] : [];
   return {
     mode: cfg.mode,
     tcp: [...tcp, ...dns],

@@ -117,14 +117,21 @@ function familyRestore(cfg: RulesConfig, family: 4 | 6): string {
     if (local) mangle.push(`:${C.out} - [0:0]`);
     mangle.push(`-A ${C.divert} -j MARK --set-xmark ${fullMark}`, `-A ${C.divert} -j ACCEPT`);
     // Packets of connections our transparent sockets already own: deliver locally.
-    mangle.push(`-A ${C.pre} -p tcp -m socket --transparent -j ${C.divert}`, ...bypassRules(C.pre));
-    for (const [proto, groups] of [['tcp', cfg.tcp], ['udp', cfg.udp]] as const) {
-      for (const g of groups) {
-        for (const ports of chunks(g.ports)) {
-          mangle.push(`-A ${C.pre} -p ${proto} -m multiport --dports ${ports.join(',')} -j TPROXY${addr ? ` --on-ip ${addr}` : ''} --on-port ${g.listenPort} --tproxy-mark ${fullMark}`);
+    mangle.push(`-A ${C.pre} -p tcp -m socket --transparent -j ${C.divert}`);
+    // Groups for every destination (DNS) come before the local and bypass returns.
+    const tproxyRules = (everywhere: boolean): void => {
+      for (const [proto, groups] of [['tcp', cfg.tcp], ['udp', cfg.udp]] as const) {
+        for (const g of groups) {
+          if ((g.allDestinations === true) !== everywhere) continue;
+          for (const ports of chunks(g.ports)) {
+            mangle.push(`-A ${C.pre} -p ${proto} -m multiport --dports ${ports.join(',')} -j TPROXY${addr ? ` --on-ip ${addr}` : ''} --on-port ${g.listenPort} --tproxy-mark ${fullMark}`);
+          }
         }
       }
-    }
+    };
+    tproxyRules(true);
+    mangle.push(...bypassRules(C.pre));
+    tproxyRules(false);
     mangle.push(...fromClients('PREROUTING', C.pre));
     if (local) {
       // This host's own connections come back in on lo after OUTPUT marked them.
@@ -137,10 +144,14 @@ function familyRestore(cfg: RulesConfig, family: 4 | 6): string {
   } else {
     nat.push(`:${C.pre} - [0:0]`);
     if (local) nat.push(`:${C.out} - [0:0]`);
-    nat.push(...bypassRules(C.pre));
     const redirects = (chain: string, proto: 'tcp' | 'udp', groups: RulesConfig['tcp']): string[] =>
       groups.flatMap((g) => chunks(g.ports).map((ports) => `-A ${chain} -p ${proto} -m multiport --dports ${ports.join(',')} -j REDIRECT --to-ports ${g.listenPort}`));
-    nat.push(...redirects(C.pre, 'tcp', cfg.tcp), ...redirects(C.pre, 'udp', cfg.udp), ...fromClients('PREROUTING', C.pre));
+    // Groups for every destination (DNS) come before the local and bypass returns.
+    const everywhere = (groups: RulesConfig['tcp']): RulesConfig['tcp'] => groups.filter((g) => g.allDestinations === true);
+    const elsewhere = (groups: RulesConfig['tcp']): RulesConfig['tcp'] => groups.filter((g) => g.allDestinations !== true);
+    nat.push(...redirects(C.pre, 'tcp', everywhere(cfg.tcp)), ...redirects(C.pre, 'udp', everywhere(cfg.udp)));
+    nat.push(...bypassRules(C.pre));
+    nat.push(...redirects(C.pre, 'tcp', elsewhere(cfg.tcp)), ...redirects(C.pre, 'udp', elsewhere(cfg.udp)), ...fromClients('PREROUTING', C.pre));
     if (local) {
       nat.push(`-A ${C.out} -m mark --mark ${ownMark} -j RETURN`, `-A ${C.out} -o lo -j RETURN`, ...bypassRules(C.out), ...redirects(C.out, 'tcp', cfg.tcp));
       nat.push(`-A OUTPUT -j ${C.out}`);

@@ -44,6 +44,13 @@ export const DEFAULT_BYPASS6: readonly string[] = Object.freeze(['::/128', '::1/
 export interface PortGroup {
   ports: number[];
   listenPort: number;
+  /**
+   * Intercept whatever the destination: the gateway's own addresses and the
+   * bypass ranges too. For DNS: clients are handed the gateway or an internal
+   * resolver (private addresses) by DHCP, and those are exactly the queries a
+   * proxy-only network cannot answer for public names.
+   */
+  allDestinations?: boolean;
 }
 
 export interface RulesConfig {
@@ -129,6 +136,7 @@ function checkPort(p: unknown, what: string): number {
 interface NormGroup {
   ports: number[];
   listenPort: number;
+  allDestinations: boolean;
 }
 
 function normalizeGroups(groups: readonly PortGroup[] | undefined, proto: 'tcp' | 'udp'): NormGroup[] {
@@ -146,7 +154,7 @@ function normalizeGroups(groups: readonly PortGroup[] | undefined, proto: 'tcp' 
       seen.set(p, listenPort);
       ports.push(p);
     }
-    out.push({ ports, listenPort });
+    out.push({ ports, listenPort, allDestinations: g.allDestinations === true });
   }
   return out;
 }
@@ -332,21 +340,26 @@ export function plan(cfg: RulesConfig): RulesPlan {
     rules.push(lan.length > 0 ? `iifname != { ${lan.map((n) => `"${n}"`).join(', ')} } return` : 'iifname "lo" return');
   }
   if (tproxy) rules.push(`meta l4proto tcp socket transparent 1 meta mark set ${mark} accept`);
-  rules.push('fib daddr type local return');
-  if (cfg.ipv4) rules.push('ip daddr @bypass4 return');
-  if (cfg.ipv6) rules.push('ip6 daddr @bypass6 return');
-  for (const [proto, groups] of [['tcp', tcp], ['udp', udp]] as const) {
-    for (const g of groups) {
-      for (const family of families) {
-        const match = `meta nfproto ipv${family} ${proto} dport ${portSet(g.ports)}`;
-        if (tproxy) {
-          rules.push(`${match} ${tproxyTarget(family, family === 4 ? addr4 : addr6, g.listenPort)} meta mark set ${mark} accept`);
-        } else {
-          rules.push(`${match} redirect to :${g.listenPort}`);
+  const interceptRules = (everywhere: boolean): void => {
+    for (const [proto, groups] of [['tcp', tcp], ['udp', udp]] as const) {
+      for (const g of groups) {
+        if ((g.allDestinations === true) !== everywhere) continue;
+        for (const family of families) {
+          const match = `meta nfproto ipv${family} ${proto} dport ${portSet(g.ports)}`;
+          if (tproxy) {
+            rules.push(`${match} ${tproxyTarget(family, family === 4 ? addr4 : addr6, g.listenPort)} meta mark set ${mark} accept`);
+          } else {
+            rules.push(`${match} redirect to :${g.listenPort}`);
+          }
         }
       }
     }
-  }
+  };
+  interceptRules(true);
+  rules.push('fib daddr type local return');
+  if (cfg.ipv4) rules.push('ip daddr @bypass4 return');
+  if (cfg.ipv6) rules.push('ip6 daddr @bypass6 return');
+  interceptRules(false);
 
   const bypassRules = [...(cfg.ipv4 ? ['ip daddr @bypass4 return'] : []), ...(cfg.ipv6 ? ['ip6 daddr @bypass6 return'] : [])];
   const allTcpPorts = tcp.flatMap((g) => g.ports).sort((a, b) => a - b);

@@ -143,6 +143,27 @@ describe('dns gateway', { skip }, () => {
         assert.equal(f.route, 'private');
       });
 
+      test('clients whose resolver is the gateway itself or an internal (private) address are answered too', async () => {
+        // DHCP hands clients the gateway or an internal resolver: port 53 is intercepted whatever the destination.
+        for (const [asked, label] of [[ADDR.gwLan.v4, 'gw'], ['10.0.0.53', 'internal']] as const) {
+          const name = `asked-${label}-${mode}.corp.test`;
+          const r = await dig(lab, [`@${asked}`, name, 'A', '+noall', '+answer']);
+          assert.deepEqual(answers(r), [ADDR.intranet.v4], `@${asked}: ${show(r)}\n${gw.output()}`);
+          assert.equal(queriesFor(lab, 'private', name).length, 1, `@${asked}: the private server answers private names`);
+        }
+        if (mode === 'redirect') {
+          // With --public-dns, public names asked of the gateway or of an internal resolver go through the proxy.
+          for (const [asked, label] of [[ADDR.gwLan.v4, 'gw'], ['10.0.0.53', 'internal']] as const) {
+            const name = `asked-${label}.example.test`;
+            const r = await dig(lab, [`@${asked}`, name, 'A', '+noall', '+answer']);
+            assert.deepEqual(answers(r), [ADDR.origin.v4], `@${asked}: ${show(r)}`);
+            const q = queriesFor(lab, 'public', name);
+            assert.equal(q.length, 1, q.join('\n'));
+            assert.match(q[0]!, new RegExp(`from ${SQUID_SRC.replace(/\./g, '\\.')}$`), 'through the proxy');
+          }
+        }
+      });
+
       test('cache: the second identical query does not reach the server, and keeps the case asked', async () => {
         const name = `cache-${mode}.example.test`;
         const from = gw.mark();

@@ -140,3 +140,18 @@ describe('backend choice', () => {
     assert.deepEqual(iptablesBinaries('iptables-legacy', 6), { cmd: 'ip6tables-legacy', restore: 'ip6tables-legacy-restore', save: 'ip6tables-legacy-save' });
   });
 });
+
+describe('planIptables: groups for every destination (DNS)', () => {
+  for (const mode of ['tproxy', 'redirect'] as const) {
+    it(`${mode}: port 53 before the LOCAL and bypass returns, port 80 after`, () => {
+      const dns = { ports: [53], listenPort: 3153, allDestinations: true };
+      const l = lines(planIptables(cfg({ mode, ipv6: false, tcp: [{ ports: [80], listenPort: 3180 }, dns], udp: [dns] })).restore4);
+      const at = (re: RegExp): number => l.findIndex((x) => re.test(x));
+      const local = at(/--dst-type LOCAL -j RETURN/);
+      assert.ok(local > 0, l.join('\n'));
+      assert.ok(at(/-p udp .*--dports 53 /) >= 0 && at(/-p udp .*--dports 53 /) < local, l.join('\n'));
+      assert.ok(at(/-p tcp .*--dports 53 /) < local, l.join('\n'));
+      assert.ok(at(/-p tcp .*--dports 80 /) > local, l.join('\n'));
+    });
+  }
+});

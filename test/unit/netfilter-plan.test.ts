@@ -527,3 +527,22 @@ describe('netfilter exec', () => {
     assert.ok(Date.now() - t0 < 5000);
   });
 });
+
+describe('plan: groups for every destination (DNS)', () => {
+  for (const mode of ['tproxy', 'redirect'] as const) {
+    it(`${mode}: port 53 is intercepted before the local and bypass returns, other ports after`, () => {
+      const dns = { ports: [53], listenPort: 3153, allDestinations: true };
+      const p = plan(baseConfig({ mode, tcp: [{ ports: [80], listenPort: 3180 }, dns], udp: [dns] }));
+      const lines = p.nftScript.split('\n').map((l) => l.trim());
+      const at = (re: RegExp): number => lines.findIndex((l) => re.test(l));
+      const local = at(/^fib daddr type local return$/);
+      const bypass = at(/^ip daddr @bypass4 return$/);
+      assert.ok(local > 0 && bypass > local, p.nftScript);
+      for (const re of [/ipv4 udp dport \{ 53 \}/, /ipv6 udp dport \{ 53 \}/, /ipv4 tcp dport \{ 53 \}/]) {
+        const i = at(re);
+        assert.ok(i > 0 && i < local, `${re} must come before the local return:\n${p.nftScript}`);
+      }
+      assert.ok(at(/ipv4 tcp dport \{ 80 \}/) > bypass, 'HTTP stays behind the bypass returns');
+    });
+  }
+});
