@@ -21,10 +21,11 @@
  * "relay <ERRNO>" for a local failure (pipe2 out of fds).
  */
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE /* splice, pipe2, F_DUPFD_CLOEXEC, strerrorname_np */
+#define _GNU_SOURCE /* splice, pipe2, F_DUPFD_CLOEXEC */
 #endif
 
 #include "splice.h"
+#include "common.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -114,15 +115,6 @@ static uint32_t live_count;
  * JS object and async-hook events per connection for nothing transgate reads. */
 static napi_async_context shared_actx;
 
-static const char *errno_name(int err) {
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
-  const char *name = strerrorname_np(err);
-  if (name != NULL) return name;
-#endif
-  (void)err;
-  return "EUNKNOWN";
-}
-
 static void finish(tg_relay *r, const char *outcome);
 
 static void on_handle_closed(uv_handle_t *h) {
@@ -183,14 +175,14 @@ static void set_linger0(int fd) {
  * path would have delivered. */
 static void fail(tg_relay *r, int side, int err) {
   char msg[64];
-  snprintf(msg, sizeof msg, "%s %s", SIDE_NAME[side], errno_name(err));
+  snprintf(msg, sizeof msg, "%s %s", SIDE_NAME[side], tg_errno_name(err));
   set_linger0(r->fd[1 - side]);
   finish(r, msg);
 }
 
 static void local_fail(tg_relay *r, int err) {
   char msg[64];
-  snprintf(msg, sizeof msg, "relay %s", errno_name(err));
+  snprintf(msg, sizeof msg, "relay %s", tg_errno_name(err));
   finish(r, msg);
 }
 
@@ -336,55 +328,6 @@ static void finish(tg_relay *r, const char *outcome) {
 
 static void free_on_close(uv_handle_t *h) { free(h->data); }
 
-static napi_value throw_type(napi_env env, const char *msg) {
-  napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
-  return NULL;
-}
-
-static napi_value throw_sys(napi_env env, const char *syscall, int err) {
-  char msg[160];
-  napi_value code, message, error, errno_val, syscall_val;
-  snprintf(msg, sizeof msg, "%s: %s", syscall, strerror(err));
-  if (napi_create_string_utf8(env, errno_name(err), NAPI_AUTO_LENGTH, &code) == napi_ok &&
-      napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &message) == napi_ok &&
-      napi_create_error(env, code, message, &error) == napi_ok &&
-      napi_create_int32(env, -err, &errno_val) == napi_ok &&
-      napi_set_named_property(env, error, "errno", errno_val) == napi_ok &&
-      napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &syscall_val) == napi_ok &&
-      napi_set_named_property(env, error, "syscall", syscall_val) == napi_ok) {
-    napi_throw(env, error);
-  } else {
-    napi_throw_error(env, "ERR_TRANSGATE_NAPI", msg);
-  }
-  return NULL;
-}
-
-static bool arg_int(napi_env env, napi_value v, const char *name, double max, double *out) {
-  char msg[96];
-  napi_valuetype t;
-  double d;
-  if (napi_typeof(env, v, &t) != napi_ok || t != napi_number ||
-      napi_get_value_double(env, v, &d) != napi_ok || d != d || d < 0 || d > max ||
-      d != (double)(long long)d) {
-    snprintf(msg, sizeof msg, "%s must be an integer in [0, %.0f]", name, max);
-    throw_type(env, msg);
-    return false;
-  }
-  *out = d;
-  return true;
-}
-
-static bool arg_bool(napi_env env, napi_value v, const char *name, bool *out) {
-  char msg[96];
-  napi_valuetype t;
-  if (napi_typeof(env, v, &t) != napi_ok || t != napi_boolean || napi_get_value_bool(env, v, out) != napi_ok) {
-    snprintf(msg, sizeof msg, "%s must be a boolean", name);
-    throw_type(env, msg);
-    return false;
-  }
-  return true;
-}
-
 /* 0 for a stream socket, else the errno to report. */
 static int stream_socket_error(int fd) {
   int type = 0;
@@ -400,26 +343,26 @@ static napi_value js_splice_relay(napi_env env, napi_callback_info info) {
   double fd_d[2], idle_d;
   bool eof[2];
   napi_valuetype t;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return throw_type(env, "bad call");
-  if (argc < 6) return throw_type(env, "spliceRelay needs 6 arguments");
-  if (!arg_int(env, argv[0], "clientFd", INT_MAX, &fd_d[0]) ||
-      !arg_int(env, argv[1], "upstreamFd", INT_MAX, &fd_d[1]) ||
-      !arg_int(env, argv[2], "idleTimeoutMs", 2147483647.0, &idle_d) ||
-      !arg_bool(env, argv[3], "clientEof", &eof[0]) || !arg_bool(env, argv[4], "upstreamEof", &eof[1]))
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return tg_throw_arg(env, "bad call");
+  if (argc < 6) return tg_throw_arg(env, "spliceRelay needs 6 arguments");
+  if (!tg_get_int(env, argv[0], "clientFd", 0, INT_MAX, &fd_d[0]) ||
+      !tg_get_int(env, argv[1], "upstreamFd", 0, INT_MAX, &fd_d[1]) ||
+      !tg_get_int(env, argv[2], "idleTimeoutMs", 0, 2147483647.0, &idle_d) ||
+      !tg_get_bool(env, argv[3], "clientEof", &eof[0]) || !tg_get_bool(env, argv[4], "upstreamEof", &eof[1]))
     return NULL;
   if (napi_typeof(env, argv[5], &t) != napi_ok || t != napi_function)
-    return throw_type(env, "callback must be a function");
-  if (fd_d[0] == fd_d[1]) return throw_type(env, "clientFd and upstreamFd must differ");
+    return tg_throw_arg(env, "callback must be a function");
+  if (fd_d[0] == fd_d[1]) return tg_throw_arg(env, "clientFd and upstreamFd must differ");
   for (int i = 0; i < 2; i++) {
     int e = stream_socket_error((int)fd_d[i]);
-    if (e != 0) return throw_sys(env, "getsockopt(SO_TYPE)", e);
+    if (e != 0) return tg_throw_errno(env, "getsockopt(SO_TYPE)", e);
   }
 
   uv_loop_t *loop;
-  if (napi_get_uv_event_loop(env, &loop) != napi_ok) return throw_type(env, "no event loop");
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok) return tg_throw_arg(env, "no event loop");
 
   tg_relay *r = calloc(1, sizeof *r);
-  if (r == NULL) return throw_sys(env, "calloc", ENOMEM);
+  if (r == NULL) return tg_throw_errno(env, "calloc", ENOMEM);
   r->env = env;
   r->idle_ms = (uint64_t)idle_d;
   for (int i = 0; i < 2; i++) {
@@ -432,12 +375,12 @@ static napi_value js_splice_relay(napi_env env, napi_callback_info info) {
         napi_async_init(env, NULL, name, &shared_actx) != napi_ok) {
       shared_actx = NULL;
       free(r);
-      return throw_sys(env, "napi_async_init", ENOMEM);
+      return tg_throw_errno(env, "napi_async_init", ENOMEM);
     }
   }
   if (napi_create_reference(env, argv[5], 1, &r->cb) != napi_ok) {
     free(r);
-    return throw_sys(env, "napi_create_reference", ENOMEM);
+    return tg_throw_errno(env, "napi_create_reference", ENOMEM);
   }
   int err = 0;
   const char *what = NULL;
@@ -462,7 +405,7 @@ static napi_value js_splice_relay(napi_env env, napi_callback_info info) {
       r->poll[0].data = r;
       uv_close((uv_handle_t *)&r->poll[0], free_on_close);
     }
-    return throw_sys(env, what, err);
+    return tg_throw_errno(env, what, err);
   }
   uv_timer_init(loop, &r->timer);
   r->timer.data = r;

@@ -2,20 +2,20 @@
  * transgate native helpers: the few socket options Node cannot set itself
  * (IP_TRANSPARENT, SO_MARK, SO_ORIGINAL_DST). Every syscall failure becomes
  * a JS Error with code = errno name, errno = -errno (Node's convention, so
- * util.getSystemErrorName works) and syscall = the call that failed.
+ * util.getSystemErrorName works) and syscall = the call that failed
+ * (tg_throw_errno, native/common.c).
  *
  * Callers (src/native/index.ts) validate arguments first; the checks here
  * are a second line so that a direct caller cannot crash the process.
  */
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE /* strerrorname_np */
+#define _GNU_SOURCE
 #endif
 
 #include <errno.h>
 #include <limits.h>
 #include <stdbool.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 #include <arpa/inet.h>
@@ -27,122 +27,19 @@
 
 #include <node_api.h>
 
+#include "common.h"
+
 #define HOST_MAX 64 /* longer than any IPv6 literal; longer input is refused */
-
-/* Returns NULL from the calling function when N-API itself fails. */
-#define NAPI_CALL(env, call)                                                   \
-  do {                                                                         \
-    if ((call) != napi_ok) {                                                   \
-      throw_napi_failure(env, #call);                                          \
-      return NULL;                                                             \
-    }                                                                          \
-  } while (0)
-
-static void throw_napi_failure(napi_env env, const char *what) {
-  bool pending = false;
-  if (napi_is_exception_pending(env, &pending) == napi_ok && pending) return;
-  const napi_extended_error_info *info = NULL;
-  const char *msg = what;
-  if (napi_get_last_error_info(env, &info) == napi_ok && info != NULL &&
-      info->error_message != NULL)
-    msg = info->error_message;
-  napi_throw_error(env, "ERR_TRANSGATE_NAPI", msg);
-}
-
-static const char *errno_name(int err) {
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
-  const char *name = strerrorname_np(err);
-  if (name != NULL) return name;
-#endif
-  (void)err;
-  return "EUNKNOWN";
-}
-
-/* Always returns NULL so callers can `return throw_errno(...)`. */
-static napi_value throw_errno(napi_env env, const char *syscall, int err) {
-  char msg[256];
-  napi_value code, message, error, errno_val, syscall_val;
-  snprintf(msg, sizeof msg, "%s: %s", syscall, strerror(err));
-  if (napi_create_string_utf8(env, errno_name(err), NAPI_AUTO_LENGTH, &code) != napi_ok ||
-      napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &message) != napi_ok ||
-      napi_create_error(env, code, message, &error) != napi_ok ||
-      napi_create_int32(env, -err, &errno_val) != napi_ok ||
-      napi_set_named_property(env, error, "errno", errno_val) != napi_ok ||
-      napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &syscall_val) != napi_ok ||
-      napi_set_named_property(env, error, "syscall", syscall_val) != napi_ok ||
-      napi_throw(env, error) != napi_ok) {
-    throw_napi_failure(env, msg);
-  }
-  return NULL;
-}
-
-static napi_value throw_arg(napi_env env, const char *msg) {
-  napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
-  return NULL;
-}
-
-/* close() must not clobber the errno we are about to report. */
-static void close_keep_errno(int fd) {
-  int saved = errno;
-  close(fd);
-  errno = saved;
-}
-
-/* An integer in [min, max]; false (with a TypeError pending) otherwise. */
-static bool get_int(napi_env env, napi_value v, const char *name, double min,
-                    double max, double *out) {
-  char msg[128];
-  napi_valuetype t;
-  double d;
-  if (napi_typeof(env, v, &t) != napi_ok || t != napi_number ||
-      napi_get_value_double(env, v, &d) != napi_ok || d != d /* NaN */ ||
-      d < min || d > max || d != (double)(long long)d) {
-    snprintf(msg, sizeof msg, "%s must be an integer in [%.0f, %.0f]", name, min, max);
-    throw_arg(env, msg);
-    return false;
-  }
-  *out = d;
-  return true;
-}
-
-static bool get_fd(napi_env env, napi_value v, int *fd) {
-  double d;
-  if (!get_int(env, v, "fd", 0, INT_MAX, &d)) return false;
-  *fd = (int)d;
-  return true;
-}
-
-static bool get_bool(napi_env env, napi_value v, const char *name, bool *out) {
-  char msg[128];
-  napi_valuetype t;
-  if (napi_typeof(env, v, &t) != napi_ok || t != napi_boolean ||
-      napi_get_value_bool(env, v, out) != napi_ok) {
-    snprintf(msg, sizeof msg, "%s must be a boolean", name);
-    throw_arg(env, msg);
-    return false;
-  }
-  return true;
-}
 
 static bool get_family(napi_env env, napi_value v, int *family) {
   double d;
-  if (!get_int(env, v, "family", 4, 6, &d) || (d != 4 && d != 6)) {
+  if (!tg_get_int(env, v, "family", 4, 6, &d) || (d != 4 && d != 6)) {
     bool pending = false;
     if (napi_is_exception_pending(env, &pending) == napi_ok && !pending)
-      throw_arg(env, "family must be 4 or 6");
+      tg_throw_arg(env, "family must be 4 or 6");
     return false;
   }
   *family = d == 4 ? AF_INET : AF_INET6;
-  return true;
-}
-
-/* Reads exactly argc arguments; missing ones arrive as undefined. */
-static bool get_args(napi_env env, napi_callback_info info, size_t argc, napi_value *argv) {
-  size_t got = argc;
-  if (napi_get_cb_info(env, info, &got, argv, NULL, NULL) != napi_ok) {
-    throw_napi_failure(env, "napi_get_cb_info");
-    return false;
-  }
   return true;
 }
 
@@ -152,13 +49,24 @@ static int set_int_opt(int fd, int level, int name, int value) {
 
 static napi_value make_u32(napi_env env, uint32_t v) {
   napi_value out;
-  NAPI_CALL(env, napi_create_uint32(env, v, &out));
+  TG_NAPI_CALL(env, napi_create_uint32(env, v, &out));
   return out;
 }
 
 static napi_value make_undefined(napi_env env) {
   napi_value out;
-  NAPI_CALL(env, napi_get_undefined(env, &out));
+  TG_NAPI_CALL(env, napi_get_undefined(env, &out));
+  return out;
+}
+
+/* A new socket's fd as a JS number; the fd is closed if even that fails. */
+static napi_value fd_value(napi_env env, int fd) {
+  napi_value out;
+  if (napi_create_int32(env, fd, &out) != napi_ok) {
+    close(fd);
+    tg_throw_napi_failure(env, "napi_create_int32");
+    return NULL;
+  }
   return out;
 }
 
@@ -193,18 +101,18 @@ static napi_value make_endpoint(napi_env env, const struct sockaddr_storage *ss)
       af = AF_INET6, src = &sin6->sin6_addr, family_num = 6;
     }
   } else {
-    return throw_errno(env, "getsockopt(SO_ORIGINAL_DST)", EAFNOSUPPORT);
+    return tg_throw_errno(env, "getsockopt(SO_ORIGINAL_DST)", EAFNOSUPPORT);
   }
-  if (inet_ntop(af, src, text, sizeof text) == NULL) return throw_errno(env, "inet_ntop", errno);
+  if (inet_ntop(af, src, text, sizeof text) == NULL) return tg_throw_errno(env, "inet_ntop", errno);
 
   napi_value obj, address, port_val, family_val;
-  NAPI_CALL(env, napi_create_object(env, &obj));
-  NAPI_CALL(env, napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &address));
-  NAPI_CALL(env, napi_create_uint32(env, port, &port_val));
-  NAPI_CALL(env, napi_create_uint32(env, (uint32_t)family_num, &family_val));
-  NAPI_CALL(env, napi_set_named_property(env, obj, "address", address));
-  NAPI_CALL(env, napi_set_named_property(env, obj, "port", port_val));
-  NAPI_CALL(env, napi_set_named_property(env, obj, "family", family_val));
+  TG_NAPI_CALL(env, napi_create_object(env, &obj));
+  TG_NAPI_CALL(env, napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &address));
+  TG_NAPI_CALL(env, napi_create_uint32(env, port, &port_val));
+  TG_NAPI_CALL(env, napi_create_uint32(env, (uint32_t)family_num, &family_val));
+  TG_NAPI_CALL(env, napi_set_named_property(env, obj, "address", address));
+  TG_NAPI_CALL(env, napi_set_named_property(env, obj, "port", port_val));
+  TG_NAPI_CALL(env, napi_set_named_property(env, obj, "family", family_val));
   return obj;
 }
 
@@ -221,16 +129,16 @@ static napi_value js_listen_tcp(napi_env env, napi_callback_info info) {
   int family, fd;
   const char *failed = NULL;
 
-  if (!get_args(env, info, 6, argv)) return NULL;
+  if (!tg_get_args(env, info, 6, argv)) return NULL;
   if (napi_typeof(env, argv[0], &t) != napi_ok || t != napi_string ||
       napi_get_value_string_utf8(env, argv[0], host, sizeof host, &host_len) != napi_ok ||
       host_len >= sizeof host - 1 || strlen(host) != host_len)
-    return throw_arg(env, "host must be an IPv4 or IPv6 literal");
-  if (!get_int(env, argv[1], "port", 0, 65535, &port) ||
-      !get_int(env, argv[2], "backlog", 1, INT_MAX, &backlog) ||
-      !get_bool(env, argv[3], "transparent", &transparent) ||
-      !get_bool(env, argv[4], "v6only", &v6only) ||
-      !get_bool(env, argv[5], "reuseAddr", &reuse))
+    return tg_throw_arg(env, "host must be an IPv4 or IPv6 literal");
+  if (!tg_get_int(env, argv[1], "port", 0, 65535, &port) ||
+      !tg_get_int(env, argv[2], "backlog", 1, INT_MAX, &backlog) ||
+      !tg_get_bool(env, argv[3], "transparent", &transparent) ||
+      !tg_get_bool(env, argv[4], "v6only", &v6only) ||
+      !tg_get_bool(env, argv[5], "reuseAddr", &reuse))
     return NULL;
 
   memset(&ss, 0, sizeof ss);
@@ -245,13 +153,13 @@ static napi_value js_listen_tcp(napi_env env, napi_callback_info info) {
     sin6->sin6_port = htons((uint16_t)port);
     ss_len = sizeof *sin6;
   } else {
-    return throw_arg(env, "host must be an IPv4 or IPv6 literal");
+    return tg_throw_arg(env, "host must be an IPv4 or IPv6 literal");
   }
 
   /* Non-blocking because libuv expects it; CLOEXEC so the rule-applying
    * child processes (iptables/nft) don't inherit a listener. */
   fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return throw_errno(env, "socket", errno);
+  if (fd < 0) return tg_throw_errno(env, "socket", errno);
 
   if (reuse && set_int_opt(fd, SOL_SOCKET, SO_REUSEADDR, 1) != 0) {
     failed = "setsockopt(SO_REUSEADDR)";
@@ -274,17 +182,11 @@ static napi_value js_listen_tcp(napi_env env, napi_callback_info info) {
     goto fail;
   }
 
-  napi_value out;
-  if (napi_create_int32(env, fd, &out) != napi_ok) {
-    close(fd);
-    throw_napi_failure(env, "napi_create_int32");
-    return NULL;
-  }
-  return out;
+  return fd_value(env, fd);
 
 fail:
-  close_keep_errno(fd);
-  return throw_errno(env, failed, errno);
+  tg_close_keep_errno(fd);
+  return tg_throw_errno(env, failed, errno);
 }
 
 /* createTcpSocket(family, mark | undefined, transparent) -> fd */
@@ -296,14 +198,14 @@ static napi_value js_create_tcp_socket(napi_env env, napi_callback_info info) {
   bool has_mark, transparent;
   const char *failed = NULL;
 
-  if (!get_args(env, info, 3, argv) || !get_family(env, argv[0], &family)) return NULL;
-  if (napi_typeof(env, argv[1], &t) != napi_ok) return throw_arg(env, "mark must be an integer");
+  if (!tg_get_args(env, info, 3, argv) || !get_family(env, argv[0], &family)) return NULL;
+  if (napi_typeof(env, argv[1], &t) != napi_ok) return tg_throw_arg(env, "mark must be an integer");
   has_mark = t != napi_undefined;
-  if (has_mark && !get_int(env, argv[1], "mark", 0, UINT32_MAX, &mark)) return NULL;
-  if (!get_bool(env, argv[2], "transparent", &transparent)) return NULL;
+  if (has_mark && !tg_get_int(env, argv[1], "mark", 0, UINT32_MAX, &mark)) return NULL;
+  if (!tg_get_bool(env, argv[2], "transparent", &transparent)) return NULL;
 
   fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return throw_errno(env, "socket", errno);
+  if (fd < 0) return tg_throw_errno(env, "socket", errno);
   /* Before connect: the mark must be on the SYN so netfilter skips it. */
   if (has_mark && set_int_opt(fd, SOL_SOCKET, SO_MARK, (int)(uint32_t)mark) != 0) {
     failed = "setsockopt(SO_MARK)";
@@ -311,17 +213,11 @@ static napi_value js_create_tcp_socket(napi_env env, napi_callback_info info) {
   }
   if (transparent && set_transparent(fd, family, &failed) != 0) goto fail;
 
-  napi_value out;
-  if (napi_create_int32(env, fd, &out) != napi_ok) {
-    close(fd);
-    throw_napi_failure(env, "napi_create_int32");
-    return NULL;
-  }
-  return out;
+  return fd_value(env, fd);
 
 fail:
-  close_keep_errno(fd);
-  return throw_errno(env, failed, errno);
+  tg_close_keep_errno(fd);
+  return tg_throw_errno(env, failed, errno);
 }
 
 static int local_name(int fd, struct sockaddr_storage *ss) {
@@ -335,11 +231,11 @@ static napi_value js_local_port(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   struct sockaddr_storage ss;
   int fd;
-  if (!get_args(env, info, 1, argv) || !get_fd(env, argv[0], &fd)) return NULL;
-  if (local_name(fd, &ss) != 0) return throw_errno(env, "getsockname", errno);
+  if (!tg_get_args(env, info, 1, argv) || !tg_get_fd(env, argv[0], &fd)) return NULL;
+  if (local_name(fd, &ss) != 0) return tg_throw_errno(env, "getsockname", errno);
   if (ss.ss_family == AF_INET) return make_u32(env, ntohs(((struct sockaddr_in *)&ss)->sin_port));
   if (ss.ss_family == AF_INET6) return make_u32(env, ntohs(((struct sockaddr_in6 *)&ss)->sin6_port));
-  return throw_errno(env, "getsockname", EAFNOSUPPORT);
+  return tg_throw_errno(env, "getsockname", EAFNOSUPPORT);
 }
 
 /* socketFamily(fd) -> 4 | 6 */
@@ -347,11 +243,11 @@ static napi_value js_socket_family(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   struct sockaddr_storage ss;
   int fd;
-  if (!get_args(env, info, 1, argv) || !get_fd(env, argv[0], &fd)) return NULL;
-  if (local_name(fd, &ss) != 0) return throw_errno(env, "getsockname", errno);
+  if (!tg_get_args(env, info, 1, argv) || !tg_get_fd(env, argv[0], &fd)) return NULL;
+  if (local_name(fd, &ss) != 0) return tg_throw_errno(env, "getsockname", errno);
   if (ss.ss_family == AF_INET) return make_u32(env, 4);
   if (ss.ss_family == AF_INET6) return make_u32(env, 6);
-  return throw_errno(env, "getsockname", EAFNOSUPPORT);
+  return tg_throw_errno(env, "getsockname", EAFNOSUPPORT);
 }
 
 /* originalDst(fd) -> {address, port, family} */
@@ -360,8 +256,8 @@ static napi_value js_original_dst(napi_env env, napi_callback_info info) {
   struct sockaddr_storage local, dst;
   socklen_t len;
   int fd;
-  if (!get_args(env, info, 1, argv) || !get_fd(env, argv[0], &fd)) return NULL;
-  if (local_name(fd, &local) != 0) return throw_errno(env, "getsockname", errno);
+  if (!tg_get_args(env, info, 1, argv) || !tg_get_fd(env, argv[0], &fd)) return NULL;
+  if (local_name(fd, &local) != 0) return tg_throw_errno(env, "getsockname", errno);
 
   memset(&dst, 0, sizeof dst);
   /* A dual-stack socket's v4 client is tracked by IPv4 conntrack; SOL_IP
@@ -372,13 +268,13 @@ static napi_value js_original_dst(napi_env env, napi_callback_info info) {
   if (v4) {
     len = sizeof(struct sockaddr_in);
     if (getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &dst, &len) != 0)
-      return throw_errno(env, "getsockopt(SO_ORIGINAL_DST)", errno);
+      return tg_throw_errno(env, "getsockopt(SO_ORIGINAL_DST)", errno);
   } else if (local.ss_family == AF_INET6) {
     len = sizeof(struct sockaddr_in6);
     if (getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, &dst, &len) != 0)
-      return throw_errno(env, "getsockopt(IP6T_SO_ORIGINAL_DST)", errno);
+      return tg_throw_errno(env, "getsockopt(IP6T_SO_ORIGINAL_DST)", errno);
   } else {
-    return throw_errno(env, "getsockname", EAFNOSUPPORT);
+    return tg_throw_errno(env, "getsockname", EAFNOSUPPORT);
   }
   return make_endpoint(env, &dst);
 }
@@ -388,11 +284,11 @@ static napi_value js_set_mark(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   double mark;
   int fd;
-  if (!get_args(env, info, 2, argv) || !get_fd(env, argv[0], &fd) ||
-      !get_int(env, argv[1], "mark", 0, UINT32_MAX, &mark))
+  if (!tg_get_args(env, info, 2, argv) || !tg_get_fd(env, argv[0], &fd) ||
+      !tg_get_int(env, argv[1], "mark", 0, UINT32_MAX, &mark))
     return NULL;
   if (set_int_opt(fd, SOL_SOCKET, SO_MARK, (int)(uint32_t)mark) != 0)
-    return throw_errno(env, "setsockopt(SO_MARK)", errno);
+    return tg_throw_errno(env, "setsockopt(SO_MARK)", errno);
   return make_undefined(env);
 }
 
@@ -402,9 +298,9 @@ static napi_value js_get_mark(napi_env env, napi_callback_info info) {
   uint32_t mark = 0;
   socklen_t len = sizeof mark;
   int fd;
-  if (!get_args(env, info, 1, argv) || !get_fd(env, argv[0], &fd)) return NULL;
+  if (!tg_get_args(env, info, 1, argv) || !tg_get_fd(env, argv[0], &fd)) return NULL;
   if (getsockopt(fd, SOL_SOCKET, SO_MARK, &mark, &len) != 0)
-    return throw_errno(env, "getsockopt(SO_MARK)", errno);
+    return tg_throw_errno(env, "getsockopt(SO_MARK)", errno);
   return make_u32(env, mark);
 }
 
@@ -413,10 +309,10 @@ static napi_value js_set_transparent(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   int fd, family;
   const char *failed = NULL;
-  if (!get_args(env, info, 2, argv) || !get_fd(env, argv[0], &fd) ||
+  if (!tg_get_args(env, info, 2, argv) || !tg_get_fd(env, argv[0], &fd) ||
       !get_family(env, argv[1], &family))
     return NULL;
-  if (set_transparent(fd, family, &failed) != 0) return throw_errno(env, failed, errno);
+  if (set_transparent(fd, family, &failed) != 0) return tg_throw_errno(env, failed, errno);
   return make_undefined(env);
 }
 
@@ -437,9 +333,9 @@ static napi_value init(napi_env env, napi_value exports) {
       {"getMark", NULL, js_get_mark, NULL, NULL, NULL, napi_enumerable, NULL},
       {"setTransparent", NULL, js_set_transparent, NULL, NULL, NULL, napi_enumerable, NULL},
   };
-  NAPI_CALL(env, napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
-  NAPI_CALL(env, transgate_register_udp(env, exports));
-  NAPI_CALL(env, tg_splice_register(env, exports));
+  TG_NAPI_CALL(env, napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
+  TG_NAPI_CALL(env, transgate_register_udp(env, exports));
+  TG_NAPI_CALL(env, tg_splice_register(env, exports));
   return exports;
 }
 

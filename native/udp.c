@@ -7,7 +7,8 @@
  * address the client asked (a transparent socket bound to it), so the
  * client's resolver accepts them.
  *
- * Errors follow transgate.c: code = errno name, errno = -errno, syscall.
+ * Errors follow transgate.c (native/common.c): code = errno name,
+ * errno = -errno, syscall.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -15,10 +16,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <stdbool.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -28,6 +27,8 @@
 
 #include <node_api.h>
 #include <uv.h>
+
+#include "common.h"
 
 #define UDP_MAX_DATAGRAM 65536
 /* Datagrams read per poll wakeup before yielding to the rest of the loop. */
@@ -45,43 +46,6 @@ typedef struct udp_listener {
 
 static unsigned char recv_buf[UDP_MAX_DATAGRAM];
 
-static const char *udp_errno_name(int err) {
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
-  const char *name = strerrorname_np(err);
-  if (name != NULL) return name;
-#endif
-  (void)err;
-  return "EUNKNOWN";
-}
-
-static napi_value udp_throw_errno(napi_env env, const char *syscall, int err) {
-  char msg[256];
-  napi_value code, message, error, errno_val, syscall_val;
-  snprintf(msg, sizeof msg, "%s: %s", syscall, strerror(err));
-  if (napi_create_string_utf8(env, udp_errno_name(err), NAPI_AUTO_LENGTH, &code) != napi_ok ||
-      napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &message) != napi_ok ||
-      napi_create_error(env, code, message, &error) != napi_ok ||
-      napi_create_int32(env, -err, &errno_val) != napi_ok ||
-      napi_set_named_property(env, error, "errno", errno_val) != napi_ok ||
-      napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &syscall_val) != napi_ok ||
-      napi_set_named_property(env, error, "syscall", syscall_val) != napi_ok ||
-      napi_throw(env, error) != napi_ok) {
-    napi_throw_error(env, "ERR_TRANSGATE_NAPI", msg);
-  }
-  return NULL;
-}
-
-static napi_value udp_throw_arg(napi_env env, const char *msg) {
-  napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
-  return NULL;
-}
-
-static void udp_close_keep_errno(int fd) {
-  int saved = errno;
-  close(fd);
-  errno = saved;
-}
-
 /* host (IPv4/IPv6 literal) and port into a sockaddr; false with a TypeError pending otherwise. */
 static bool udp_get_sockaddr(napi_env env, napi_value host_v, napi_value port_v,
                              struct sockaddr_storage *ss, socklen_t *len) {
@@ -92,15 +56,10 @@ static bool udp_get_sockaddr(napi_env env, napi_value host_v, napi_value port_v,
   if (napi_typeof(env, host_v, &t) != napi_ok || t != napi_string ||
       napi_get_value_string_utf8(env, host_v, host, sizeof host, &got) != napi_ok ||
       got >= sizeof host - 1) {
-    udp_throw_arg(env, "host must be an IPv4 or IPv6 literal");
+    tg_throw_arg(env, "host must be an IPv4 or IPv6 literal");
     return false;
   }
-  if (napi_typeof(env, port_v, &t) != napi_ok || t != napi_number ||
-      napi_get_value_double(env, port_v, &port) != napi_ok || port != port || port < 0 ||
-      port > 65535 || port != (double)(int)port) {
-    udp_throw_arg(env, "port must be an integer in [0, 65535]");
-    return false;
-  }
+  if (!tg_get_int(env, port_v, "port", 0, 65535, &port)) return false;
   memset(ss, 0, sizeof *ss);
   struct sockaddr_in *sin = (struct sockaddr_in *)ss;
   struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
@@ -116,7 +75,7 @@ static bool udp_get_sockaddr(napi_env env, napi_value host_v, napi_value port_v,
     *len = sizeof *sin6;
     return true;
   }
-  udp_throw_arg(env, "host must be an IPv4 or IPv6 literal");
+  tg_throw_arg(env, "host must be an IPv4 or IPv6 literal");
   return false;
 }
 
@@ -154,7 +113,7 @@ static int udp_socket(int family, bool transparent, const char **failed) {
   if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0) goto fail;
   return fd;
 fail:
-  udp_close_keep_errno(fd);
+  tg_close_keep_errno(fd);
   return -1;
 }
 
@@ -244,14 +203,13 @@ static napi_value js_udp_listen(napi_env env, napi_callback_info info) {
   int one = 1;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
   if (!udp_get_sockaddr(env, argv[0], argv[1], &ss, &len)) return NULL;
-  if (napi_get_value_bool(env, argv[2], &transparent) != napi_ok)
-    return udp_throw_arg(env, "transparent must be a boolean");
+  if (!tg_get_bool(env, argv[2], "transparent", &transparent)) return NULL;
   if (napi_typeof(env, argv[3], &t) != napi_ok || t != napi_function)
-    return udp_throw_arg(env, "callback must be a function");
+    return tg_throw_arg(env, "callback must be a function");
 
   int family = ss.ss_family;
   int fd = udp_socket(family, transparent, &failed);
-  if (fd < 0) return udp_throw_errno(env, failed, errno);
+  if (fd < 0) return tg_throw_errno(env, failed, errno);
   if (family == AF_INET6) {
     failed = "setsockopt(IPV6_V6ONLY)";
     if (setsockopt(fd, SOL_IPV6, IPV6_V6ONLY, &one, sizeof one) != 0) goto fail;
@@ -273,7 +231,7 @@ static napi_value js_udp_listen(napi_env env, napi_callback_info info) {
   udp_listener *l = calloc(1, sizeof *l);
   if (l == NULL) {
     close(fd);
-    return udp_throw_errno(env, "calloc", ENOMEM);
+    return tg_throw_errno(env, "calloc", ENOMEM);
   }
   l->fd = fd;
   l->family = family;
@@ -299,13 +257,13 @@ static napi_value js_udp_listen(napi_env env, napi_callback_info info) {
     napi_async_destroy(env, l->async);
     napi_delete_reference(env, l->callback);
     close(fd);
-    return udp_throw_errno(env, "uv_poll_start", -rc);
+    return tg_throw_errno(env, "uv_poll_start", -rc);
   }
   if (napi_create_external(env, l, NULL, NULL, &handle) != napi_ok) return NULL;
   return handle;
 fail:
-  udp_close_keep_errno(fd);
-  return udp_throw_errno(env, failed, errno);
+  tg_close_keep_errno(fd);
+  return tg_throw_errno(env, failed, errno);
 }
 
 static void on_closed(uv_handle_t *h) {
@@ -323,7 +281,7 @@ static napi_value js_udp_close(napi_env env, napi_callback_info info) {
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
   if (napi_typeof(env, argv[0], &t) != napi_ok || t != napi_external ||
       napi_get_value_external(env, argv[0], &p) != napi_ok || p == NULL)
-    return udp_throw_arg(env, "handle must be a handle from udpListen");
+    return tg_throw_arg(env, "handle must be a handle from udpListen");
   udp_listener *l = (udp_listener *)p;
   napi_get_undefined(env, &undef);
   if (l->closing) return undef;
@@ -346,11 +304,11 @@ static napi_value js_udp_listener_port(napi_env env, napi_callback_info info) {
   uint16_t port;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
   if (napi_get_value_external(env, argv[0], &p) != napi_ok || p == NULL)
-    return udp_throw_arg(env, "handle must be a handle from udpListen");
+    return tg_throw_arg(env, "handle must be a handle from udpListen");
   udp_listener *l = (udp_listener *)p;
-  if (l->closing) return udp_throw_errno(env, "getsockname", EBADF);
-  if (getsockname(l->fd, (struct sockaddr *)&ss, &len) != 0) return udp_throw_errno(env, "getsockname", errno);
-  if (!udp_format(&ss, text, sizeof text, &port)) return udp_throw_errno(env, "getsockname", EAFNOSUPPORT);
+  if (l->closing) return tg_throw_errno(env, "getsockname", EBADF);
+  if (getsockname(l->fd, (struct sockaddr *)&ss, &len) != 0) return tg_throw_errno(env, "getsockname", errno);
+  if (!udp_format(&ss, text, sizeof text, &port)) return tg_throw_errno(env, "getsockname", EAFNOSUPPORT);
   if (napi_create_uint32(env, port, &out) != napi_ok) return NULL;
   return out;
 }
@@ -369,7 +327,7 @@ static napi_value js_udp_reply_socket(napi_env env, napi_callback_info info) {
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
   if (!udp_get_sockaddr(env, argv[0], argv[1], &ss, &len)) return NULL;
   int fd = udp_socket(ss.ss_family, true, &failed);
-  if (fd < 0) return udp_throw_errno(env, failed, errno);
+  if (fd < 0) return tg_throw_errno(env, failed, errno);
   if (ss.ss_family == AF_INET6) {
     int one = 1;
     failed = "setsockopt(IPV6_V6ONLY)";
@@ -387,8 +345,8 @@ static napi_value js_udp_reply_socket(napi_env env, napi_callback_info info) {
   }
   return out;
 fail:
-  udp_close_keep_errno(fd);
-  return udp_throw_errno(env, failed, errno);
+  tg_close_keep_errno(fd);
+  return tg_throw_errno(env, failed, errno);
 }
 
 /* udpSend(fd, buffer, host, port) -> bytes sent; EAGAIN is thrown like any errno (UDP: the caller drops). */
@@ -397,20 +355,18 @@ static napi_value js_udp_send(napi_env env, napi_callback_info info) {
   napi_value argv[4], out;
   struct sockaddr_storage ss;
   socklen_t len;
-  double fd_d;
+  int fd;
   void *data = NULL;
   size_t size = 0;
   bool is_buffer = false;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
-  if (napi_get_value_double(env, argv[0], &fd_d) != napi_ok || fd_d != fd_d || fd_d < 0 ||
-      fd_d > INT_MAX || fd_d != (double)(int)fd_d)
-    return udp_throw_arg(env, "fd must be an integer in [0, 2147483647]");
+  if (!tg_get_fd(env, argv[0], &fd)) return NULL;
   if (napi_is_buffer(env, argv[1], &is_buffer) != napi_ok || !is_buffer ||
       napi_get_buffer_info(env, argv[1], &data, &size) != napi_ok)
-    return udp_throw_arg(env, "data must be a Buffer");
+    return tg_throw_arg(env, "data must be a Buffer");
   if (!udp_get_sockaddr(env, argv[2], argv[3], &ss, &len)) return NULL;
-  ssize_t n = sendto((int)fd_d, data, size, MSG_DONTWAIT | MSG_NOSIGNAL, (struct sockaddr *)&ss, len);
-  if (n < 0) return udp_throw_errno(env, "sendto", errno);
+  ssize_t n = sendto(fd, data, size, MSG_DONTWAIT | MSG_NOSIGNAL, (struct sockaddr *)&ss, len);
+  if (n < 0) return tg_throw_errno(env, "sendto", errno);
   if (napi_create_uint32(env, (uint32_t)n, &out) != napi_ok) return NULL;
   return out;
 }

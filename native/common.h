@@ -1,0 +1,56 @@
+/*
+ * Helpers shared by transgate.c, udp.c and splice.c (native/common.c):
+ * errors thrown the same way from every entry point, and the argument
+ * readers. Every syscall failure becomes a JS Error with code = errno name,
+ * errno = -errno (Node's convention, so util.getSystemErrorName works) and
+ * syscall = the call that failed; a bad argument becomes a TypeError with
+ * code ERR_INVALID_ARG_TYPE.
+ */
+#ifndef TRANSGATE_COMMON_H
+#define TRANSGATE_COMMON_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <node_api.h>
+
+/* Returns NULL from the calling function when N-API itself fails. */
+#define TG_NAPI_CALL(env, call)                                                \
+  do {                                                                         \
+    if ((call) != napi_ok) {                                                   \
+      tg_throw_napi_failure(env, #call);                                       \
+      return NULL;                                                             \
+    }                                                                          \
+  } while (0)
+
+/* Throws ERR_TRANSGATE_NAPI with N-API's own message (else `what`), unless
+ * an exception is already pending. */
+void tg_throw_napi_failure(napi_env env, const char *what);
+
+/* "ECONNRESET" for ECONNRESET; "EUNKNOWN" where libc cannot name it. */
+const char *tg_errno_name(int err);
+
+/* Throws the Error described above. Always returns NULL so callers can
+ * `return tg_throw_errno(...)`. */
+napi_value tg_throw_errno(napi_env env, const char *syscall, int err);
+
+/* Throws a TypeError with code ERR_INVALID_ARG_TYPE. Always returns NULL. */
+napi_value tg_throw_arg(napi_env env, const char *msg);
+
+/* close() must not clobber the errno we are about to report. */
+void tg_close_keep_errno(int fd);
+
+/* An integer in [min, max]; false (with a TypeError pending) otherwise. */
+bool tg_get_int(napi_env env, napi_value v, const char *name, double min, double max,
+                double *out);
+
+/* A descriptor number: an integer in [0, INT_MAX]; false (with a TypeError pending) otherwise. */
+bool tg_get_fd(napi_env env, napi_value v, int *fd);
+
+/* A boolean; false (with a TypeError pending) otherwise. */
+bool tg_get_bool(napi_env env, napi_value v, const char *name, bool *out);
+
+/* Reads exactly argc arguments; missing ones arrive as undefined. */
+bool tg_get_args(napi_env env, napi_callback_info info, size_t argc, napi_value *argv);
+
+#endif
