@@ -112,7 +112,8 @@ export function rulesConfigFor(cfg: Config): RulesConfig {
     lanInterfaces: cfg.lan,
     fwmark: cfg.fwmark,
     routeTable: cfg.routeTable,
-    rulePriority: cfg.routeTable,
+    // The rule must come before the main table's (32766), whatever the table number.
+    rulePriority: Math.min(cfg.routeTable, 32765),
     // Listeners bind loopback under TPROXY (see listenerBind), so nobody reaches them without the rules.
     tproxyAddress4: '127.0.0.1',
     tproxyAddress6: '::1',
