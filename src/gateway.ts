@@ -13,8 +13,10 @@ import { DEFAULT_BYPASS4, DEFAULT_BYPASS6 } from './netfilter/plan';
 import type { RulesConfig } from './netfilter/plan';
 import {
   applySysctls,
+  bridgesBlockingTproxy,
   describeChange,
   dropSysctlState,
+  hostBridges,
   ipv4Interfaces,
   ipv6Interfaces,
   planSysctls,
@@ -123,6 +125,16 @@ export class Gateway {
 
   async start(): Promise<void> {
     this.log.info(`relay ${this.relay.name}`);
+    if (this.cfg.mode === 'tproxy' && !this.cfg.bridge) {
+      const blocked = bridgesBlockingTproxy({ lan: this.cfg.lan, read: readSysctl, bridges: hostBridges() });
+      if (blocked.length > 0) {
+        this.log.warn(
+          `clients behind bridge ${blocked.join(', ')} will not be intercepted in tproxy mode: net.bridge.bridge-nf-call-iptables = 1 ` +
+            `(br_netfilter, as Docker sets it) runs the TPROXY rule inside the bridge path, where it cannot work. ` +
+            `Use --mode redirect (Docker hosts), or set the sysctl to 0 if nothing on this host needs it`,
+        );
+      }
+    }
     const bind = listenerBind(this.cfg);
     const kinds: Array<[ListenerKind, number[], number]> = [
       ['http', this.cfg.httpPorts, this.cfg.listen.http],

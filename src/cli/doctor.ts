@@ -14,7 +14,7 @@ import { backendName, haveBinary, rulesConfigFor } from '../netfilter/backend';
 import { run, type Runner } from '../netfilter/exec';
 import { NftablesRuleBackend } from '../netfilter/index';
 import { IptablesRuleBackend, iptablesBinaries } from '../netfilter/iptables';
-import { ipv4Interfaces, ipv6Interfaces, loadSysctlState, readSysctl, type SysctlReader } from '../netfilter/sysctl';
+import { bridgesBlockingTproxy, hostBridges, ipv4Interfaces, ipv6Interfaces, loadSysctlState, readSysctl, type SysctlReader } from '../netfilter/sysctl';
 import { openTunnel } from '../outbound/http-connect';
 
 export type CheckStatus = 'OK' | 'WARN' | 'FAIL';
@@ -34,6 +34,8 @@ export interface DoctorDeps {
   isRoot: () => boolean;
   /** Other transgate processes in this network namespace. */
   runningTransgate: () => number[];
+  /** Bridges on this host (default: read from sysfs). */
+  bridges?: () => string[];
   timeoutMs: number;
 }
 
@@ -181,6 +183,16 @@ function checkSysctls(cfg: Config, d: DoctorDeps): Check[] {
     );
     const rp = read(['net', 'ipv4', 'conf', 'all', 'rp_filter']);
     out.push(ok('sysctl', `net.ipv4.conf.all.rp_filter = ${rp ?? '?'}: strict (1) and loose (2) both work with ${cfg.mode}, the clients' source stays on the interface it came in on`));
+  }
+  if (!cfg.bridge && cfg.mode === 'tproxy') {
+    const blocked = bridgesBlockingTproxy({ lan: cfg.lan, read: (p) => read(p), bridges: d.bridges ? d.bridges() : hostBridges() });
+    if (blocked.length > 0) {
+      out.push(fail(
+        'sysctl',
+        `net.bridge.bridge-nf-call-iptables = 1 and clients arrive through bridge ${blocked.join(', ')}: br_netfilter runs TPROXY inside the bridge path, where intercepted connections never complete`,
+        '--mode redirect (works with br_netfilter; what Docker hosts need), or sysctl -w net.bridge.bridge-nf-call-iptables=0 if nothing here needs it (Docker does, for its filtering between containers)',
+      ));
+    }
   }
   if (cfg.bridge && cfg.mode === 'tproxy') {
     const v = read(['net', 'bridge', 'bridge-nf-call-iptables']);

@@ -268,3 +268,29 @@ export function loadSysctlState(file: string = sysctlStateFile()): SysctlChange[
 export function restorableAfterCrash(changes: readonly SysctlChange[], read: SysctlReader): SysctlChange[] {
   return changes.filter((c) => read(c.path) === c.to);
 }
+
+/** Bridges on this host (interfaces with a bridge/ directory in sysfs). */
+export function hostBridges(): string[] {
+  try {
+    return fs.readdirSync('/sys/class/net').filter((n) => fs.existsSync(`/sys/class/net/${n}/bridge`)).sort();
+  } catch {
+    return [];
+  }
+}
+
+/** Whether an interface name matches a --lan entry (a trailing * matches any suffix, as nftables reads it). */
+function lanMatches(name: string, entry: string): boolean {
+  return entry.endsWith('*') ? name.startsWith(entry.slice(0, -1)) : name === entry;
+}
+
+/**
+ * Bridges whose clients TPROXY cannot intercept: with br_netfilter calling
+ * the IP hooks (bridge-nf-call-iptables=1, as Docker sets it), the tproxy
+ * rule runs inside the bridge path and the socket it assigns is dropped
+ * before IP input, so connections through the bridge never complete
+ * (verified in the lab; REDIRECT is not affected). Empty when none.
+ */
+export function bridgesBlockingTproxy(opts: { lan: readonly string[]; read: SysctlReader; bridges: readonly string[] }): string[] {
+  if (opts.read(['net', 'bridge', 'bridge-nf-call-iptables']) !== '1') return [];
+  return opts.bridges.filter((b) => opts.lan.length === 0 || opts.lan.some((e) => lanMatches(b, e)));
+}

@@ -212,7 +212,8 @@ function creatorAlive(pid: number): boolean {
 /** Removes namespaces and temp dirs of earlier runs whose creating process is dead. Returns what it removed. */
 export function removeLeftovers(): string[] {
   const removed: string[] = [];
-  const re = new RegExp(`^${LAB_PREFIX}-(\\d+)-[0-9a-z]+-(?:${ROLES.join('|')}|probe)$`);
+  // Suites may add namespaces of their own named `<lab id>-x-<name>` (a container, say): leftovers too.
+  const re = new RegExp(`^${LAB_PREFIX}-(\\d+)-[0-9a-z]+-(?:${ROLES.join('|')}|probe|x-[0-9a-z]+)$`);
   const stale = listNetns().filter((n) => {
     const m = re.exec(n);
     return m && !creatorAlive(Number(m[1]));

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { ErrorCodes, GatewayError } from '../../src/core/errors';
 import {
   applySysctls,
+  bridgesBlockingTproxy,
   describeChange,
   planSysctls,
   restorableAfterCrash,
@@ -171,5 +172,19 @@ describe('restorableAfterCrash', () => {
       { path: ['net', 'ipv6', 'conf', 'all', 'forwarding'], key: 'net.ipv6.conf.all.forwarding', from: '0', to: '1', why: '' },
     ];
     assert.deepEqual(restorableAfterCrash(left, proc.read).map((c) => c.key), ['net.ipv4.ip_forward']);
+  });
+});
+
+describe('bridgesBlockingTproxy', () => {
+  const reader = (v: string | undefined) => (p: string[]) => (p.join('.') === 'net.bridge.bridge-nf-call-iptables' ? v : undefined);
+  it('names the client bridges when br_netfilter calls the IP hooks', () => {
+    const bridges = ['br-1a2b', 'docker0', 'lanbr'];
+    assert.deepEqual(bridgesBlockingTproxy({ lan: [], read: reader('1'), bridges }), bridges);
+    assert.deepEqual(bridgesBlockingTproxy({ lan: ['docker0', 'br-*'], read: reader('1'), bridges }), ['br-1a2b', 'docker0']);
+    assert.deepEqual(bridgesBlockingTproxy({ lan: ['eth1'], read: reader('1'), bridges }), []);
+  });
+  it('is empty without br_netfilter or with it not calling iptables', () => {
+    assert.deepEqual(bridgesBlockingTproxy({ lan: [], read: reader(undefined), bridges: ['docker0'] }), []);
+    assert.deepEqual(bridgesBlockingTproxy({ lan: [], read: reader('0'), bridges: ['docker0'] }), []);
   });
 });
