@@ -2,28 +2,11 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { ErrorCodes, GatewayError } from '../../src/core/errors';
-import { DEFAULT_BYPASS4, DEFAULT_BYPASS6, plan, type RulesConfig } from '../../src/netfilter/index';
+import { plan, type RulesConfig } from '../../src/netfilter/index';
+import { HTTP_AND_TLS, rulesConfig } from '../support/rules-config';
 
 function cfg(over: Partial<RulesConfig> = {}): RulesConfig {
-  return {
-    mode: 'tproxy',
-    tcp: [
-      { ports: [80], listenPort: 3180 },
-      { ports: [443], listenPort: 3143 },
-    ],
-    udp: [],
-    ipv4: true,
-    ipv6: true,
-    bypass4: [...DEFAULT_BYPASS4],
-    bypass6: [...DEFAULT_BYPASS6],
-    lanInterfaces: [],
-    fwmark: 0x7467,
-    routeTable: 7467,
-    rulePriority: 7467,
-    tproxyAddress4: '127.0.0.1',
-    tproxyAddress6: '::1',
-    ...over,
-  };
+  return rulesConfig({ tcp: HTTP_AND_TLS, ...over });
 }
 
 /** The body lines of one chain of a script, without tabs. */

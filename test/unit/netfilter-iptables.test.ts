@@ -4,27 +4,10 @@ import { ErrorCodes, GatewayError } from '../../src/core/errors';
 import { backendName } from '../../src/netfilter/backend';
 import { iptablesBinaries, jumpDeletes, planIptables, renderIptablesPlan } from '../../src/netfilter/iptables';
 import type { RulesConfig } from '../../src/netfilter/plan';
+import { HTTP_AND_TLS, rulesConfig } from '../support/rules-config';
 
 function cfg(over: Partial<RulesConfig> = {}): RulesConfig {
-  return {
-    mode: 'tproxy',
-    tcp: [
-      { ports: [80], listenPort: 3180 },
-      { ports: [443], listenPort: 3143 },
-    ],
-    udp: [],
-    ipv4: true,
-    ipv6: true,
-    bypass4: ['10.0.0.0/8', '192.0.2.7'],
-    bypass6: ['fc00::/7'],
-    lanInterfaces: [],
-    fwmark: 0x7467,
-    routeTable: 7467,
-    rulePriority: 7467,
-    tproxyAddress4: '127.0.0.1',
-    tproxyAddress6: '::1',
-    ...over,
-  };
+  return rulesConfig({ tcp: HTTP_AND_TLS, bypass4: ['10.0.0.0/8', '192.0.2.7'], bypass6: ['fc00::/7'], ...over });
 }
 
 function lines(text: string | undefined): string[] {

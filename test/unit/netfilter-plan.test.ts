@@ -2,8 +2,6 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { ErrorCodes, GatewayError } from '../../src/core/errors';
 import {
-  DEFAULT_BYPASS4,
-  DEFAULT_BYPASS6,
   NftablesRuleBackend,
   describePlan,
   nftError,
@@ -15,28 +13,10 @@ import {
   type Runner,
 } from '../../src/netfilter/index';
 import { isNotFound, notFoundError, run } from '../../src/netfilter/exec';
+import { rulesConfig } from '../support/rules-config';
 
 function baseConfig(over: Partial<RulesConfig> = {}): RulesConfig {
-  return {
-    mode: 'tproxy',
-    tcp: [
-      { ports: [80], listenPort: 3180 },
-      { ports: [443], listenPort: 3143 },
-      { ports: [22], listenPort: 3122 },
-    ],
-    udp: [],
-    ipv4: true,
-    ipv6: true,
-    bypass4: [...DEFAULT_BYPASS4],
-    bypass6: [...DEFAULT_BYPASS6],
-    lanInterfaces: [],
-    fwmark: 0x7467,
-    routeTable: 7467,
-    rulePriority: 7467,
-    tproxyAddress4: '127.0.0.1',
-    tproxyAddress6: '::1',
-    ...over,
-  };
+  return rulesConfig(over);
 }
 
 const DEFAULT_TPROXY_SCRIPT = `table inet transgate {}
