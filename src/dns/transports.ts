@@ -66,6 +66,28 @@ interface Pending {
   reject(err: Error): void;
 }
 
+/**
+ * The answer to one query in flight: settled by the answer, by an error, or
+ * when the query's signal aborts (then `onAbort` forgets the query and says
+ * why). The abort listener never outlives the query.
+ */
+function awaitAnswer(signal: AbortSignal, onAbort: () => Error, register: (p: Pending) => void): Promise<Buffer> {
+  return new Promise<Buffer>((resolve, reject) => {
+    const abort = (): void => reject(onAbort());
+    signal.addEventListener('abort', abort, { once: true });
+    register({
+      resolve: (a) => {
+        signal.removeEventListener('abort', abort);
+        resolve(a);
+      },
+      reject: (e) => {
+        signal.removeEventListener('abort', abort);
+        reject(e);
+      },
+    });
+  });
+}
+
 /** One DNS-over-TCP connection carrying many queries at once, told apart by ID (RFC 7766 6.2.1.1). */
 class PipelinedConnection {
   readonly pending = new Map<number, Pending>();
@@ -93,25 +115,17 @@ class PipelinedConnection {
     while (this.pending.has(id));
     this.used++;
     this.disarmIdle();
-    return new Promise<Buffer>((resolve, reject) => {
-      const onAbort = (): void => {
+    const answer = awaitAnswer(
+      signal,
+      () => {
         this.pending.delete(id);
         this.armIdle();
-        reject(aborted(signal, 'DNS over TCP'));
-      };
-      signal.addEventListener('abort', onAbort, { once: true });
-      this.pending.set(id, {
-        resolve: (a) => {
-          signal.removeEventListener('abort', onAbort);
-          resolve(a);
-        },
-        reject: (e) => {
-          signal.removeEventListener('abort', onAbort);
-          reject(e);
-        },
-      });
-      this.sock.write(frame(withId(msg, id)));
-    });
+        return aborted(signal, 'DNS over TCP');
+      },
+      (p) => this.pending.set(id, p),
+    );
+    this.sock.write(frame(withId(msg, id)));
+    return answer;
   }
 
   private onData(chunk: Buffer): void {
@@ -343,30 +357,22 @@ export class UdpTransport implements DnsTransport {
     let id: number;
     do id = (Math.random() * 0x10000) | 0;
     while (s.pending.has(id));
-    return new Promise<Buffer>((resolve, reject) => {
-      const onAbort = (): void => {
+    const answer = awaitAnswer(
+      signal,
+      () => {
         s.pending.delete(id);
         if (s.retired && s.pending.size === 0) s.sock.close();
-        reject(aborted(signal, this.description));
-      };
-      signal.addEventListener('abort', onAbort, { once: true });
-      s.pending.set(id, {
-        resolve: (a) => {
-          signal.removeEventListener('abort', onAbort);
-          resolve(a);
-        },
-        reject: (e) => {
-          signal.removeEventListener('abort', onAbort);
-          reject(e);
-        },
-      });
-      s.sock.send(withId(msg, id), this.server.port, this.server.host, (err) => {
-        if (!err) return;
-        const p = s.pending.get(id);
-        s.pending.delete(id);
-        p?.reject(dnsError(`${this.description}: ${err.message}`, err));
-      });
+        return aborted(signal, this.description);
+      },
+      (p) => s.pending.set(id, p),
+    );
+    s.sock.send(withId(msg, id), this.server.port, this.server.host, (err) => {
+      if (!err) return;
+      const p = s.pending.get(id);
+      s.pending.delete(id);
+      p?.reject(dnsError(`${this.description}: ${err.message}`, err));
     });
+    return answer;
   }
 
   close(): void {
