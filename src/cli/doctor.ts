@@ -241,6 +241,30 @@ interface IpAddr {
  * out where they came in), and this box has a default route (so forwarded
  * and proxied traffic can leave).
  */
+/** Another address in the subnet of `local` (the first host that is not `local`), for route look-ups. */
+export function neighbourOf(local: string, prefixlen: number, family: 4 | 6): string | undefined {
+  if (family === 4) {
+    if (prefixlen > 30) return undefined;
+    const n = local.split('.').reduce((acc, o) => acc * 256 + Number(o), 0);
+    const mask = prefixlen === 0 ? 0 : (0xffffffff << (32 - prefixlen)) >>> 0;
+    const net = (n & mask) >>> 0;
+    const host = net + 1 === n ? net + 2 : net + 1;
+    return [24, 16, 8, 0].map((s) => (host >>> s) & 255).join('.');
+  }
+  if (prefixlen > 126 || prefixlen % 16 !== 0) return undefined;
+  const groups = local.includes('::')
+    ? (() => {
+        const [h, t] = local.split('::');
+        const head = h ? h.split(':') : [];
+        const tail = t ? t.split(':') : [];
+        return [...head, ...Array<string>(8 - head.length - tail.length).fill('0'), ...tail];
+      })()
+    : local.split(':');
+  const net = groups.map((g, k) => (k < prefixlen / 16 ? parseInt(g, 16) : 0));
+  net[7] = parseInt(groups[7]!, 16) === 1 && prefixlen / 16 <= 7 ? 2 : 1;
+  return net.map((g) => g.toString(16)).join(':');
+}
+
 async function checkReturnPath(cfg: Config, d: DoctorDeps): Promise<Check[]> {
   const out: Check[] = [];
   const res = await d.runner(['ip', '-j', 'addr', 'show']).catch(() => undefined);
@@ -270,6 +294,22 @@ async function checkReturnPath(cfg: Config, d: DoctorDeps): Promise<Check[]> {
       prefixes.push(p);
       if (!hasConnected) {
         out.push(warn('return-path', `no connected route for ${p}: replies to clients there may leave by another way`, `ip route add <client prefix> dev ${a.ifname}, or give ${a.ifname} an address in the clients' subnet`));
+        continue;
+      }
+      // A more specific route (or a policy rule) can still send replies to
+      // part of the clients' subnet out another interface: ask the kernel
+      // where a reply to a neighbour of ours would go.
+      const probe = neighbourOf(i.local, i.prefixlen, i.family === 'inet6' ? 6 : 4);
+      if (probe) {
+        const g = await d.runner(['ip', i.family === 'inet6' ? '-6' : '-4', 'route', 'get', probe]);
+        const dev = /\bdev (\S+)/.exec(g.stdout)?.[1];
+        if (g.code === 0 && dev && dev !== a.ifname) {
+          out.push(fail(
+            'return-path',
+            `replies to clients in ${p} leave by ${dev}, not ${a.ifname} (ip route get ${probe}: ${g.stdout.trim().split('\n')[0]}): the clients see answers from the wrong way or none (asymmetric routing)`,
+            `remove the route that takes ${probe} out of ${dev} (ip route show match ${probe}), or give the clients a subnet of their own on ${a.ifname}`,
+          ));
+        }
       }
     }
   }

@@ -380,6 +380,21 @@ describe('network e2e', { skip, timeout: 300_000 }, () => {
       await setSysctls(lab, ['net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1']);
     });
 
+    gtest('broken: asymmetric route (part of the LAN routed out the uplink) → FAIL return-path with its fix', async () => {
+      const add = await lab.exec('gw', ['ip', 'route', 'add', '192.0.2.0/25', 'via', ADDR.proxy.v4, 'dev', 'wan0']);
+      assert.equal(add.code, 0, show(add));
+      try {
+        const r = await doctor(proxyEnv());
+        console.log(`--- doctor, asymmetric route ---\n${r.stdout}`);
+        assert.equal(r.code, 1, show(r));
+        assert.match(r.stdout, /^FAIL +return-path: replies to clients in 192\.0\.2\.1\/24 on lan0 leave by wan0, not lan0 .*\n +fix: remove the route that takes 192\.0\.2\.2 out of wan0/m);
+      } finally {
+        await lab.exec('gw', ['ip', 'route', 'del', '192.0.2.0/25']);
+      }
+      const healthy = await doctor(proxyEnv());
+      assert.doesNotMatch(healthy.stdout, /^FAIL +return-path/m, healthy.stdout);
+    });
+
     gtest('broken: wrong password → FAIL 407 with the fix; --json for scripts', async () => {
       await lab.restartSquid({ auth: true });
       const bad = `http://${ADDR.auth.user}:wrong@${ADDR.proxy.v4}:${ADDR.proxy.port}`;

@@ -2,7 +2,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { parseArgs } from '../../src/config/flags';
 import { buildConfig } from '../../src/config/config';
-import { _internal, formatChecks, runDoctor, type DoctorDeps } from '../../src/cli/doctor';
+import { _internal, formatChecks, neighbourOf, runDoctor, type DoctorDeps } from '../../src/cli/doctor';
 import { sysctlKey } from '../../src/netfilter/sysctl';
 
 function cfgOf(argv: string[], env: Record<string, string> = {}) {
@@ -64,5 +64,20 @@ describe('doctor: bridge mode', () => {
     assert.equal(pick([], vals).status, 'WARN');
     assert.equal(pick([], { ...vals, 'net.bridge.bridge-nf-call-iptables': '0' }).status, 'OK');
     assert.equal(_internal.checkSysctls(cfgOf(['--bridge', 'br0', '--mode', 'redirect']), deps(vals)).some((c) => c.message.includes('bridge-nf')), false);
+  });
+});
+
+describe('neighbourOf: the address whose route shows where replies to clients go', () => {
+  it('picks the first host of the subnet that is not ours', () => {
+    assert.equal(neighbourOf('192.0.2.1', 24, 4), '192.0.2.2');
+    assert.equal(neighbourOf('192.0.2.7', 24, 4), '192.0.2.1');
+    assert.equal(neighbourOf('10.1.2.3', 8, 4), '10.0.0.1');
+    assert.equal(neighbourOf('2001:db8:1::1', 64, 6), '2001:db8:1:0:0:0:0:2');
+    assert.equal(neighbourOf('fd00:1:2:3:4:5:6:7', 64, 6), 'fd00:1:2:3:0:0:0:1');
+  });
+  it('has nothing to look up for host routes and odd IPv6 prefixes', () => {
+    assert.equal(neighbourOf('192.0.2.1', 32, 4), undefined);
+    assert.equal(neighbourOf('192.0.2.1', 31, 4), undefined);
+    assert.equal(neighbourOf('2001:db8::1', 56, 6), undefined);
   });
 });
