@@ -284,6 +284,7 @@ async function checkReturnPath(cfg: Config, d: DoctorDeps): Promise<Check[]> {
     }
   }
   const prefixes: string[] = [];
+  const asymmetric = new Set<string>();
   for (const a of lan) {
     for (const i of a.addr_info ?? []) {
       if (i.scope !== 'global') continue;
@@ -304,6 +305,7 @@ async function checkReturnPath(cfg: Config, d: DoctorDeps): Promise<Check[]> {
         const g = await d.runner(['ip', i.family === 'inet6' ? '-6' : '-4', 'route', 'get', probe]);
         const dev = /\bdev (\S+)/.exec(g.stdout)?.[1];
         if (g.code === 0 && dev && dev !== a.ifname) {
+          asymmetric.add(p);
           out.push(fail(
             'return-path',
             `replies to clients in ${p} leave by ${dev}, not ${a.ifname} (ip route get ${probe}: ${g.stdout.trim().split('\n')[0]}): the clients see answers from the wrong way or none (asymmetric routing)`,
@@ -315,11 +317,11 @@ async function checkReturnPath(cfg: Config, d: DoctorDeps): Promise<Check[]> {
   }
   if (prefixes.length === 0) {
     out.push(warn('return-path', `no global address on ${cfg.lan.length > 0 ? cfg.lan.join(', ') : 'any interface'}: clients cannot use this box as their gateway`, 'give the LAN interface an address in the clients\' subnet'));
-  } else {
+  } else if (prefixes.some((p) => !asymmetric.has(p))) {
     out.push(
       ok(
         'return-path',
-        `this box's LAN addresses ${prefixes.join(', ')} have connected routes, so replies to clients there leave where the clients came in; the clients must use one of them as their default gateway (checked: addresses, connected and default routes; not checkable from here: the clients' own routes)`,
+        `this box's LAN addresses ${prefixes.filter((p) => !asymmetric.has(p)).join(', ')} have connected routes, so replies to clients there leave where the clients came in; the clients must use one of them as their default gateway (checked: addresses, connected and default routes; not checkable from here: the clients' own routes)`,
       ),
     );
   }
