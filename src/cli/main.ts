@@ -97,6 +97,8 @@ export async function main(argv: string[]): Promise<void> {
     return;
   }
   const log = new Logger(cfg.logLevel);
+  // Lines are written once per loop turn; whatever is pending goes out before the process ends.
+  process.on('exit', () => log.flush());
   try {
     switch (args.command) {
       case 'rules': {

@@ -10,10 +10,14 @@ export const LOG_LEVELS: readonly LogLevel[] = ['debug', 'info', 'warn', 'error'
  */
 export class Logger {
   private threshold: number;
+  /** Lines of this event-loop turn, written together (one write(2) instead of one per connection). */
+  private pending: string[] = [];
+  private scheduled = false;
+  private readonly flushNow = (): void => this.flush();
 
   constructor(
     level: LogLevel = 'info',
-    private readonly write: (line: string) => void = (line) => process.stderr.write(line + '\n'),
+    private readonly write: (chunk: string) => void = (chunk) => process.stderr.write(chunk),
   ) {
     this.threshold = ORDER[level];
   }
@@ -38,12 +42,27 @@ export class Logger {
     if (this.threshold <= ORDER.warn) this.emit('warn', msg);
   }
 
+  /** Errors are written at once, with everything before them: the process may be about to end. */
   error(msg: string): void {
     this.emit('error', msg);
+    this.flush();
+  }
+
+  /** Writes what is pending; called at the end of each loop turn and before exit. */
+  flush(): void {
+    this.scheduled = false;
+    if (this.pending.length === 0) return;
+    const chunk = this.pending.join('\n') + '\n';
+    this.pending = [];
+    this.write(chunk);
   }
 
   private emit(level: LogLevel, msg: string): void {
-    this.write(`${new Date().toISOString()} ${level.padEnd(5)} ${msg}`);
+    this.pending.push(`${new Date().toISOString()} ${level.padEnd(5)} ${msg}`);
+    if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(this.flushNow);
+    }
   }
 }
 
