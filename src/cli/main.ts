@@ -99,6 +99,8 @@ export async function main(argv: string[]): Promise<void> {
   const log = new Logger(cfg.logLevel);
   // Lines are written once per loop turn; whatever is pending goes out before the process ends.
   process.on('exit', () => log.flush());
+  // A log reader that went away (EPIPE) must not take the gateway and the clients' traffic with it.
+  process.stderr.on('error', () => {});
   try {
     switch (args.command) {
       case 'rules': {
