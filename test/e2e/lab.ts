@@ -984,9 +984,10 @@ export class Lab {
     return { ...env, PATH: pathEnv() };
   }
 
-  /** Runs `node bin/transgate.js ...args` in gw to completion (rules, clear, --help). */
+  /** Runs `bin/transgate.js ...args` in gw to completion (rules, clear, --help). */
   transgate(args: string[], env: Record<string, string> = {}, timeoutMs = 20_000): Promise<ExecResult> {
-    return this.exec('gw', [process.execPath, this.transgateBin, ...args], { env: this.gatewayEnv(env), timeoutMs });
+    // The bin itself, as `npx transgate` runs it: its shebang carries the node flags.
+    return this.exec('gw', [this.transgateBin, ...args], { env: this.gatewayEnv(env), timeoutMs });
   }
 
   /**
@@ -1001,7 +1002,8 @@ export class Lab {
     // (the suites must pass with both); an explicit --relay in args wins.
     const relay = process.env['TG_E2E_RELAY'];
     if (relay && !opts.script && !args.includes('--relay')) args = [...args, '--relay', relay];
-    const child = spawn('ip', ['netns', 'exec', this.ns.gw, process.execPath, opts.script ?? this.transgateBin, ...args], {
+    const command = opts.script ? [process.execPath, opts.script] : [this.transgateBin];
+    const child = spawn('ip', ['netns', 'exec', this.ns.gw, ...command, ...args], {
       env: this.gatewayEnv(env),
       stdio: ['ignore', 'pipe', 'pipe'],
       detached: true,
