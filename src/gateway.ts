@@ -1,7 +1,7 @@
 import type net from 'node:net';
 import type { Config } from './config/config';
 import type { ConnContext, ListenerKind } from './core/context';
-import { GatewayError } from './core/errors';
+import { ErrorCodes, GatewayError } from './core/errors';
 import { field, type Logger } from './core/log';
 import { formatAddress, type Address } from './core/types';
 import { LocalAddresses } from './inbound/local-addresses';
@@ -238,7 +238,7 @@ export class Gateway {
     }
     if (this.local.has(ctx.destination.address)) {
       ctx.route = 'reject';
-      ctx.result = 'TG_ERR_LOOP';
+      ctx.result = ErrorCodes.LOOP;
       ctx.error = 'destination is this gateway: listeners serve intercepted connections only';
       sock.destroy();
       this.logConn(ctx);

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import type { Config } from '../config/config';
 import type { ProxyEndpoint } from '../config/proxy-url';
-import { GatewayError } from '../core/errors';
+import { ErrorCodes, GatewayError } from '../core/errors';
 import { hostPort } from '../core/types';
 import { backendName, haveBinary, rulesConfigFor } from '../netfilter/backend';
 import { run, type Runner } from '../netfilter/exec';
@@ -346,7 +346,7 @@ async function tryConnect(proxy: ProxyEndpoint, host: string, port: number, time
     sock.destroy();
     return undefined;
   } catch (err) {
-    return err instanceof GatewayError ? err : new GatewayError('TG_ERR_UPSTREAM_STATUS', errText(err));
+    return err instanceof GatewayError ? err : new GatewayError(ErrorCodes.UPSTREAM_STATUS, errText(err));
   }
 }
 
