@@ -20,6 +20,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { rulesConfig } from '../support/rules-config';
 import { ErrorCodes, GatewayError } from '../../src/core/errors';
 import {
   DEFAULT_BYPASS4,
@@ -46,26 +47,17 @@ function skipReason(): string | undefined {
 const skip = skipReason();
 
 function config(over: Partial<RulesConfig> = {}): RulesConfig {
-  return {
-    mode: 'tproxy',
+  return rulesConfig({
     tcp: [
       { ports: [80], listenPort: 3180 },
       { ports: [443], listenPort: 3143 },
       { ports: [22, 5000], listenPort: 3122 },
     ],
-    udp: [],
-    ipv4: true,
-    ipv6: true,
-    bypass4: [...DEFAULT_BYPASS4],
-    bypass6: [...DEFAULT_BYPASS6],
-    lanInterfaces: [],
     fwmark: MARK,
     routeTable: TABLE,
     rulePriority: TABLE,
-    tproxyAddress4: '127.0.0.1',
-    tproxyAddress6: '::1',
     ...over,
-  };
+  });
 }
 
 async function sh(argv: string[], input?: string): Promise<{ code: number; stdout: string; stderr: string }> {
