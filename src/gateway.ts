@@ -143,16 +143,7 @@ export class Gateway {
     ];
     for (const [kind, ports, port] of kinds) {
       if (ports.length === 0) continue;
-      const l = new TcpListener({
-        kind,
-        mode: this.cfg.mode,
-        port,
-        bind,
-        onConnection: (sock, ctx) => this.onConnection(sock, ctx),
-        onUnusable: (sock, client, err) => this.onUnusable(sock, client, err),
-      });
-      await l.start();
-      this.listeners.push(l);
+      const l = await this.startTcpListener(kind, port, bind);
       this.log.info(`started ${l.description} for ports ${ports.join(',')}`);
     }
     if (this.dns) await this.startDns(bind);
@@ -273,20 +264,26 @@ export class Gateway {
     };
   }
 
-  /** DNS on port 53: UDP (TPROXY: native transparent socket; REDIRECT: dgram) and TCP on one listen port. */
-  private async startDns(bind: string[]): Promise<void> {
-    const dns = this.dns!;
-    const port = this.cfg.dns!.listenPort;
-    const tcp = new TcpListener({
-      kind: 'dns',
+  /** Starts an intercepting TCP listener and keeps it for close(). */
+  private async startTcpListener(kind: ListenerKind, port: number, bind: string[]): Promise<TcpListener> {
+    const l = new TcpListener({
+      kind,
       mode: this.cfg.mode,
       port,
       bind,
       onConnection: (sock, ctx) => this.onConnection(sock, ctx),
       onUnusable: (sock, client, err) => this.onUnusable(sock, client, err),
     });
-    await tcp.start();
-    this.listeners.push(tcp);
+    await l.start();
+    this.listeners.push(l);
+    return l;
+  }
+
+  /** DNS on port 53: UDP (TPROXY: native transparent socket; REDIRECT: dgram) and TCP on one listen port. */
+  private async startDns(bind: string[]): Promise<void> {
+    const dns = this.dns!;
+    const port = this.cfg.dns!.listenPort;
+    const tcp = await this.startTcpListener('dns', port, bind);
     const udp = new UdpListener({
       mode: this.cfg.mode,
       port,
