@@ -10,6 +10,11 @@
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+/* After <netinet/in.h>, so the uapi headers skip what libc already defined. */
+#include <linux/netfilter_ipv4.h>
+#include <linux/netfilter_ipv6/ip6_tables.h>
 
 void tg_throw_napi_failure(napi_env env, const char *what) {
   bool pending = false;
@@ -101,4 +106,56 @@ bool tg_get_args(napi_env env, napi_callback_info info, size_t argc, napi_value 
     return false;
   }
   return true;
+}
+
+int tg_original_dst(int fd, struct sockaddr_storage *dst, const char **failed) {
+  struct sockaddr_storage local;
+  socklen_t len = sizeof local;
+  memset(&local, 0, sizeof local);
+  memset(dst, 0, sizeof *dst);
+  if (getsockname(fd, (struct sockaddr *)&local, &len) != 0) {
+    *failed = "getsockname";
+    return -1;
+  }
+  /* A dual-stack socket's v4 client is tracked by IPv4 conntrack; SOL_IP
+   * is accepted on an AF_INET6 TCP socket and reaches that table. */
+  bool v4 = local.ss_family == AF_INET ||
+            (local.ss_family == AF_INET6 &&
+             IN6_IS_ADDR_V4MAPPED(&((struct sockaddr_in6 *)&local)->sin6_addr));
+  if (v4) {
+    len = sizeof(struct sockaddr_in);
+    *failed = "getsockopt(SO_ORIGINAL_DST)";
+    return getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, dst, &len) == 0 ? 0 : -1;
+  }
+  if (local.ss_family == AF_INET6) {
+    len = sizeof(struct sockaddr_in6);
+    *failed = "getsockopt(IP6T_SO_ORIGINAL_DST)";
+    return getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, dst, &len) == 0 ? 0 : -1;
+  }
+  *failed = "getsockname";
+  errno = EAFNOSUPPORT;
+  return -1;
+}
+
+int tg_format_addr(const struct sockaddr_storage *ss, char *text, uint16_t *port) {
+  struct in_addr v4;
+  const void *src;
+  int af;
+  if (ss->ss_family == AF_INET) {
+    const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
+    af = AF_INET, src = &sin->sin_addr, *port = ntohs(sin->sin_port);
+  } else if (ss->ss_family == AF_INET6) {
+    const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
+    *port = ntohs(sin6->sin6_port);
+    if (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr)) {
+      memcpy(&v4, &sin6->sin6_addr.s6_addr[12], sizeof v4);
+      af = AF_INET, src = &v4;
+    } else {
+      af = AF_INET6, src = &sin6->sin6_addr;
+    }
+  } else {
+    return 0;
+  }
+  if (inet_ntop(af, src, text, INET6_ADDRSTRLEN) == NULL) return 0;
+  return af == AF_INET ? 4 : 6;
 }

@@ -12,6 +12,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include <stdint.h>
+#include <sys/socket.h>
+
 #include <node_api.h>
 
 /* Returns NULL from the calling function when N-API itself fails. */
@@ -52,5 +55,14 @@ bool tg_get_bool(napi_env env, napi_value v, const char *name, bool *out);
 
 /* Reads exactly argc arguments; missing ones arrive as undefined. */
 bool tg_get_args(napi_env env, napi_callback_info info, size_t argc, napi_value *argv);
+
+/* Where a REDIRECTed connection was going (SO_ORIGINAL_DST, or
+ * IP6T_SO_ORIGINAL_DST for IPv6). 0, or -1 with errno set and *failed naming
+ * the call. */
+int tg_original_dst(int fd, struct sockaddr_storage *dst, const char **failed);
+
+/* The address as text, a v4-mapped IPv6 address as plain IPv4, and the port.
+ * Returns 4 or 6, or 0 for another family. `text` holds INET6_ADDRSTRLEN. */
+int tg_format_addr(const struct sockaddr_storage *ss, char *text, uint16_t *port);
 
 #endif

@@ -69,8 +69,8 @@ typedef struct tg_relay {
   int open_handles;
   bool finished;
   char outcome[64];
-  napi_env env;
-  napi_ref cb;
+  tg_relay_done_fn done; /* called once, after every handle is closed */
+  void *user;
   struct tg_relay *prev, *next;
 } tg_relay;
 
@@ -111,35 +111,13 @@ static void pipe_put(int r, int w, bool empty) {
 static tg_relay *live_head;
 static uint32_t live_count;
 
-/* One async context for every relay: a context per connection would cost a
- * JS object and async-hook events per connection for nothing transgate reads. */
-static napi_async_context shared_actx;
-
 static void finish(tg_relay *r, const char *outcome);
+static void free_on_close(uv_handle_t *h) { free(h->data); }
 
 static void on_handle_closed(uv_handle_t *h) {
   tg_relay *r = (tg_relay *)h->data;
   if (--r->open_handles > 0) return;
-
-  napi_env env = r->env;
-  napi_handle_scope scope;
-  if (napi_open_handle_scope(env, &scope) == napi_ok) {
-    napi_value cb, recv, argv[3], result;
-    if (napi_get_reference_value(env, r->cb, &cb) == napi_ok && cb != NULL &&
-        napi_get_global(env, &recv) == napi_ok && /* MakeCallback wants an object */
-        napi_create_double(env, (double)r->bytes[CLIENT], &argv[0]) == napi_ok &&
-        napi_create_double(env, (double)r->bytes[UPSTREAM], &argv[1]) == napi_ok &&
-        napi_create_string_utf8(env, r->outcome, NAPI_AUTO_LENGTH, &argv[2]) == napi_ok) {
-      if (napi_make_callback(env, shared_actx, recv, cb, 3, argv, &result) != napi_ok) {
-        /* An exception in the callback: hand it to process 'uncaughtException'
-         * as Node does for its own callbacks, instead of losing it. */
-        napi_value exc;
-        if (napi_get_and_clear_last_exception(env, &exc) == napi_ok) napi_fatal_exception(env, exc);
-      }
-    }
-    napi_close_handle_scope(env, scope);
-  }
-  napi_delete_reference(env, r->cb);
+  r->done(r->user, r->bytes[CLIENT], r->bytes[UPSTREAM], r->outcome);
   free(r);
 }
 
@@ -324,9 +302,106 @@ static void finish(tg_relay *r, const char *outcome) {
   }
 }
 
+/* ---- C entry point ---------------------------------------------------------- */
+
+int tg_relay_start(uv_loop_t *loop, int client_fd, int upstream_fd, uint64_t idle_ms, bool client_eof,
+                   bool upstream_eof, tg_relay_done_fn done, void *user) {
+  tg_relay *r = calloc(1, sizeof *r);
+  if (r == NULL) return -ENOMEM;
+  r->done = done;
+  r->user = user;
+  r->idle_ms = idle_ms;
+  r->fd[CLIENT] = client_fd;
+  r->fd[UPSTREAM] = upstream_fd;
+  r->rd_eof[CLIENT] = client_eof;
+  r->rd_eof[UPSTREAM] = upstream_eof;
+  for (int i = 0; i < 2; i++) r->pipe_r[i] = r->pipe_w[i] = -1;
+  int rc = uv_poll_init_socket(loop, &r->poll[CLIENT], client_fd);
+  if (rc != 0) {
+    free(r);
+    return rc;
+  }
+  r->poll[CLIENT].data = r;
+  rc = uv_poll_init_socket(loop, &r->poll[UPSTREAM], upstream_fd);
+  if (rc != 0) {
+    /* libuv owns an initialised handle until its close callback. */
+    uv_close((uv_handle_t *)&r->poll[CLIENT], free_on_close);
+    return rc;
+  }
+  r->poll[UPSTREAM].data = r;
+  uv_timer_init(loop, &r->timer);
+  r->timer.data = r;
+  r->last_active = uv_now(loop);
+  if (r->idle_ms > 0) uv_timer_start(&r->timer, on_timer, r->idle_ms, 0);
+  /* Keep the loop alive while bytes flow, like Node's own sockets. */
+  r->next = live_head;
+  if (live_head) live_head->prev = r;
+  live_head = r;
+  live_count++;
+
+  /* Bytes may already wait in the kernel (and EOF flags may already be set):
+   * move them now rather than on the first poll. */
+  if (pump(r, CLIENT) && pump(r, UPSTREAM)) update_polls(r);
+  return 0;
+}
+
 /* ---- JS entry points ------------------------------------------------------ */
 
-static void free_on_close(uv_handle_t *h) { free(h->data); }
+/* One async context for every relay: a context per connection would cost a
+ * JS object and async-hook events per connection for nothing transgate reads. */
+static napi_async_context shared_actx;
+
+static napi_status tg_shared_async_context(napi_env env, napi_async_context *out) {
+  if (shared_actx == NULL) {
+    napi_value name;
+    napi_status st = napi_create_string_utf8(env, "transgate.native", NAPI_AUTO_LENGTH, &name);
+    if (st == napi_ok) st = napi_async_init(env, NULL, name, &shared_actx);
+    if (st != napi_ok) {
+      shared_actx = NULL;
+      return st;
+    }
+  }
+  *out = shared_actx;
+  return napi_ok;
+}
+
+napi_value tg_call_js(napi_env env, napi_ref fn, size_t argc, const napi_value *argv) {
+  napi_value cb, recv, result;
+  napi_async_context actx;
+  if (napi_get_reference_value(env, fn, &cb) != napi_ok || cb == NULL) return NULL;
+  if (napi_get_global(env, &recv) != napi_ok) return NULL; /* MakeCallback wants an object */
+  if (tg_shared_async_context(env, &actx) != napi_ok) return NULL;
+  if (napi_make_callback(env, actx, recv, cb, argc, argv, &result) != napi_ok) {
+    /* An exception in the callback: hand it to process 'uncaughtException'
+     * as Node does for its own callbacks, instead of losing it. */
+    napi_value exc;
+    if (napi_get_and_clear_last_exception(env, &exc) == napi_ok) napi_fatal_exception(env, exc);
+    return NULL;
+  }
+  return result;
+}
+
+/* What spliceRelay's caller waits for: the JS callback of one relay. */
+typedef struct {
+  napi_env env;
+  napi_ref cb;
+} js_done;
+
+static void js_relay_done(void *user, uint64_t up, uint64_t down, const char *outcome) {
+  js_done *d = user;
+  napi_env env = d->env;
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) == napi_ok) {
+    napi_value argv[3];
+    if (napi_create_double(env, (double)up, &argv[0]) == napi_ok &&
+        napi_create_double(env, (double)down, &argv[1]) == napi_ok &&
+        napi_create_string_utf8(env, outcome, NAPI_AUTO_LENGTH, &argv[2]) == napi_ok)
+      tg_call_js(env, d->cb, 3, argv);
+    napi_close_handle_scope(env, scope);
+  }
+  napi_delete_reference(env, d->cb);
+  free(d);
+}
 
 /* 0 for a stream socket, else the errno to report. */
 static int stream_socket_error(int fd) {
@@ -360,66 +435,34 @@ static napi_value js_splice_relay(napi_env env, napi_callback_info info) {
 
   uv_loop_t *loop;
   if (napi_get_uv_event_loop(env, &loop) != napi_ok) return tg_throw_arg(env, "no event loop");
+  napi_async_context actx;
+  if (tg_shared_async_context(env, &actx) != napi_ok) return tg_throw_errno(env, "napi_async_init", ENOMEM);
 
-  tg_relay *r = calloc(1, sizeof *r);
-  if (r == NULL) return tg_throw_errno(env, "calloc", ENOMEM);
-  r->env = env;
-  r->idle_ms = (uint64_t)idle_d;
-  for (int i = 0; i < 2; i++) {
-    r->fd[i] = r->pipe_r[i] = r->pipe_w[i] = -1;
-    r->rd_eof[i] = eof[i];
-  }
-  if (shared_actx == NULL) {
-    napi_value name;
-    if (napi_create_string_utf8(env, "transgate.splice", NAPI_AUTO_LENGTH, &name) != napi_ok ||
-        napi_async_init(env, NULL, name, &shared_actx) != napi_ok) {
-      shared_actx = NULL;
-      free(r);
-      return tg_throw_errno(env, "napi_async_init", ENOMEM);
-    }
-  }
-  if (napi_create_reference(env, argv[5], 1, &r->cb) != napi_ok) {
-    free(r);
+  js_done *d = calloc(1, sizeof *d);
+  if (d == NULL) return tg_throw_errno(env, "calloc", ENOMEM);
+  d->env = env;
+  if (napi_create_reference(env, argv[5], 1, &d->cb) != napi_ok) {
+    free(d);
     return tg_throw_errno(env, "napi_create_reference", ENOMEM);
   }
+  int fd[2] = {-1, -1};
   int err = 0;
   const char *what = NULL;
   for (int i = 0; i < 2 && err == 0; i++) {
-    r->fd[i] = fcntl((int)fd_d[i], F_DUPFD_CLOEXEC, 0);
-    if (r->fd[i] < 0) err = errno, what = "fcntl(F_DUPFD_CLOEXEC)";
+    fd[i] = fcntl((int)fd_d[i], F_DUPFD_CLOEXEC, 0);
+    if (fd[i] < 0) err = errno, what = "fcntl(F_DUPFD_CLOEXEC)";
   }
-  int inited = 0;
-  for (int i = 0; i < 2 && err == 0; i++) {
-    int rc = uv_poll_init_socket(loop, &r->poll[i], r->fd[i]);
+  if (err == 0) {
+    int rc = tg_relay_start(loop, fd[0], fd[1], (uint64_t)idle_d, eof[0], eof[1], js_relay_done, d);
     if (rc != 0) err = -rc, what = "uv_poll_init_socket";
-    else r->poll[i].data = r, inited++;
   }
   if (err != 0) {
     for (int i = 0; i < 2; i++)
-      if (r->fd[i] >= 0) close(r->fd[i]);
-    napi_delete_reference(env, r->cb);
-    if (inited == 0) {
-      free(r);
-    } else {
-      /* libuv owns an initialised handle until its close callback. */
-      r->poll[0].data = r;
-      uv_close((uv_handle_t *)&r->poll[0], free_on_close);
-    }
+      if (fd[i] >= 0) close(fd[i]);
+    napi_delete_reference(env, d->cb);
+    free(d);
     return tg_throw_errno(env, what, err);
   }
-  uv_timer_init(loop, &r->timer);
-  r->timer.data = r;
-  r->last_active = uv_now(loop);
-  if (r->idle_ms > 0) uv_timer_start(&r->timer, on_timer, r->idle_ms, 0);
-  /* Keep the loop alive while bytes flow, like Node's own sockets. */
-  r->next = live_head;
-  if (live_head) live_head->prev = r;
-  live_head = r;
-  live_count++;
-
-  /* Bytes may already wait in the kernel (and EOF flags may already be set):
-   * move them now rather than on the first poll. */
-  if (pump(r, CLIENT) && pump(r, UPSTREAM)) update_polls(r);
   napi_value undef;
   napi_get_undefined(env, &undef);
   return undef;

@@ -21,9 +21,6 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
-/* After <netinet/in.h>, so the uapi headers skip what libc already defined. */
-#include <linux/netfilter_ipv4.h>
-#include <linux/netfilter_ipv6/ip6_tables.h>
 
 #include <node_api.h>
 
@@ -84,26 +81,9 @@ static int set_transparent(int fd, int family, const char **failed) {
 /* {address, port, family} with v4-mapped IPv6 shown as plain IPv4. */
 static napi_value make_endpoint(napi_env env, const struct sockaddr_storage *ss) {
   char text[INET6_ADDRSTRLEN];
-  struct in_addr v4;
-  const void *src;
-  int af, family_num;
   uint16_t port;
-  if (ss->ss_family == AF_INET) {
-    const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
-    af = AF_INET, src = &sin->sin_addr, port = ntohs(sin->sin_port), family_num = 4;
-  } else if (ss->ss_family == AF_INET6) {
-    const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
-    port = ntohs(sin6->sin6_port);
-    if (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr)) {
-      memcpy(&v4, &sin6->sin6_addr.s6_addr[12], sizeof v4);
-      af = AF_INET, src = &v4, family_num = 4;
-    } else {
-      af = AF_INET6, src = &sin6->sin6_addr, family_num = 6;
-    }
-  } else {
-    return tg_throw_errno(env, "getsockopt(SO_ORIGINAL_DST)", EAFNOSUPPORT);
-  }
-  if (inet_ntop(af, src, text, sizeof text) == NULL) return tg_throw_errno(env, "inet_ntop", errno);
+  int family_num = tg_format_addr(ss, text, &port);
+  if (family_num == 0) return tg_throw_errno(env, "getsockopt(SO_ORIGINAL_DST)", EAFNOSUPPORT);
 
   napi_value obj, address, port_val, family_val;
   TG_NAPI_CALL(env, napi_create_object(env, &obj));
@@ -253,29 +233,11 @@ static napi_value js_socket_family(napi_env env, napi_callback_info info) {
 /* originalDst(fd) -> {address, port, family} */
 static napi_value js_original_dst(napi_env env, napi_callback_info info) {
   napi_value argv[1];
-  struct sockaddr_storage local, dst;
-  socklen_t len;
+  struct sockaddr_storage dst;
+  const char *failed = NULL;
   int fd;
   if (!tg_get_args(env, info, 1, argv) || !tg_get_fd(env, argv[0], &fd)) return NULL;
-  if (local_name(fd, &local) != 0) return tg_throw_errno(env, "getsockname", errno);
-
-  memset(&dst, 0, sizeof dst);
-  /* A dual-stack socket's v4 client is tracked by IPv4 conntrack; SOL_IP
-   * is accepted on an AF_INET6 TCP socket and reaches that table. */
-  bool v4 = local.ss_family == AF_INET ||
-            (local.ss_family == AF_INET6 &&
-             IN6_IS_ADDR_V4MAPPED(&((struct sockaddr_in6 *)&local)->sin6_addr));
-  if (v4) {
-    len = sizeof(struct sockaddr_in);
-    if (getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &dst, &len) != 0)
-      return tg_throw_errno(env, "getsockopt(SO_ORIGINAL_DST)", errno);
-  } else if (local.ss_family == AF_INET6) {
-    len = sizeof(struct sockaddr_in6);
-    if (getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, &dst, &len) != 0)
-      return tg_throw_errno(env, "getsockopt(IP6T_SO_ORIGINAL_DST)", errno);
-  } else {
-    return tg_throw_errno(env, "getsockname", EAFNOSUPPORT);
-  }
+  if (tg_original_dst(fd, &dst, &failed) != 0) return tg_throw_errno(env, failed, errno);
   return make_endpoint(env, &dst);
 }
 
@@ -336,6 +298,7 @@ static napi_value init(napi_env env, napi_value exports) {
   TG_NAPI_CALL(env, napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   TG_NAPI_CALL(env, transgate_register_udp(env, exports));
   TG_NAPI_CALL(env, tg_splice_register(env, exports));
+  TG_NAPI_CALL(env, tg_tunnel_register(env, exports));
   return exports;
 }
 

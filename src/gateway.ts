@@ -30,12 +30,13 @@ import {
 import { Outbounds } from './outbound/outbounds';
 import { JsRelay } from './relay/js-relay';
 import { SpliceRelay } from './relay/splice-relay';
-import { hasSplice } from './native';
+import { hasSplice, hasTunnel } from './native';
 import type { Relay } from './relay/relay';
 import { CidrSet } from './route/cidr';
 import { Router } from './route/router';
 import { HttpSession } from './session/http';
 import { handleStream } from './session/stream';
+import { NativeStreams } from './session/native-stream';
 import { HTTP_SNIFF_MAX_BYTES, sniffHttp } from './sniff/http';
 import { readFirstBytes } from './session/first-bytes';
 
@@ -66,6 +67,8 @@ export class Gateway {
   private readonly outbounds: Outbounds;
   private readonly relay: Relay;
   private readonly http: HttpSession;
+  /** TLS and TCP ports carried by the addon from accept to splice; undefined with --relay js. */
+  private readonly streams: NativeStreams | undefined;
   private readonly dns: DnsService | undefined;
   private udp: UdpListener | undefined;
   private rulesInstalled = false;
@@ -105,6 +108,26 @@ export class Gateway {
         classify: (address) => (this.local.has(address) ? 'local' : internal.has(address) ? 'internal' : 'public'),
         mark: cfg.local ? cfg.socketMark : undefined,
         log,
+      });
+    }
+    if (this.relay.name === 'splice' && hasTunnel()) {
+      this.streams = new NativeStreams({
+        router: this.router,
+        names: this.dns?.names,
+        sniffTimeoutMs: cfg.sniffTimeoutMs,
+        connectTimeoutMs: cfg.connectTimeoutMs,
+        idleTimeoutMs: cfg.idleTimeoutMs,
+        mark: cfg.local ? cfg.socketMark : undefined,
+        redirect: cfg.mode === 'redirect',
+        isLocal: (address) => this.local.has(address),
+        closing: () => this.closing !== undefined,
+        onDone: (ctx) => this.logConn(ctx),
+        takeOver: (sock, ctx, head) => {
+          this.track(sock);
+          this.runStream(sock, ctx, head);
+        },
+        onUnusable: (client, err) => this.logRejected(client, err),
+        warn: (message) => this.log.warn(message),
       });
     }
     this.http = new HttpSession({
@@ -198,6 +221,7 @@ export class Gateway {
         }
       }
       await Promise.all(this.listeners.map((l) => l.close()));
+      await this.streams?.close();
       this.udp?.close();
       this.dns?.close();
       this.http.close();
@@ -209,7 +233,7 @@ export class Gateway {
   }
 
   get activeConnections(): number {
-    return this.active.size;
+    return this.active.size + (this.streams?.active ?? 0);
   }
 
   private track(sock: net.Socket): void {
@@ -218,8 +242,12 @@ export class Gateway {
   }
 
   private onUnusable(sock: net.Socket, client: Address, err: GatewayError): void {
-    this.log.warn(`conn rejected client=${formatAddress(client)} result=${err.code} ${field(err.message)}`);
+    this.logRejected(client, err);
     sock.destroy();
+  }
+
+  private logRejected(client: Address, err: GatewayError): void {
+    this.log.warn(`conn rejected client=${formatAddress(client)} result=${err.code} ${field(err.message)}`);
   }
 
   private onConnection(sock: net.Socket, ctx: ConnContext): void {
@@ -244,12 +272,17 @@ export class Gateway {
     if (ctx.kind === 'http') {
       void this.acceptHttp(sock, ctx, done);
     } else {
-      // A weak reference: the handler lives as long as the connection, and a
-      // strong one would keep the (by then destroyed) socket of every
-      // spliced connection in memory.
-      const ref = new WeakRef(sock);
-      void handleStream(sock, ctx, this.streamDeps(done)).catch((err: unknown) => this.internalError(ref.deref(), ctx, err));
+      this.runStream(sock, ctx);
     }
+  }
+
+  /** TLS and TCP on Node's sockets; `head`: first bytes already read (see NativeStreams). */
+  private runStream(sock: net.Socket, ctx: ConnContext, head?: Buffer): void {
+    // A weak reference: the handler lives as long as the connection, and a
+    // strong one would keep the (by then destroyed) socket of every
+    // spliced connection in memory.
+    const ref = new WeakRef(sock);
+    handleStream(sock, ctx, this.streamDeps((c) => this.logConn(c)), head).catch((err: unknown) => this.internalError(ref.deref(), ctx, err));
   }
 
   private streamDeps(onDone: (ctx: ConnContext) => void) {
@@ -273,6 +306,7 @@ export class Gateway {
       bind,
       onConnection: (sock, ctx) => this.onConnection(sock, ctx),
       onUnusable: (sock, client, err) => this.onUnusable(sock, client, err),
+      nativeAccept: this.streams && (kind === 'tls' || kind === 'tcp') ? (fd) => this.streams!.listen(kind, fd) : undefined,
     });
     await l.start();
     this.listeners.push(l);

@@ -18,6 +18,12 @@ export interface TcpListenerOptions {
   onConnection: ConnHandler;
   /** Connections that failed the original-destination step. */
   onUnusable: (sock: net.Socket, client: Address, err: GatewayError) => void;
+  /**
+   * Hands each listening fd to a native acceptor instead of a net.Server
+   * (src/session/native-stream.ts); onConnection and onUnusable are then
+   * not called.
+   */
+  nativeAccept?: (fd: number) => { close(): void };
 }
 
 function addressOf(address: string | undefined, port: number | undefined): Address {
@@ -32,6 +38,7 @@ function addressOf(address: string | undefined, port: number | undefined): Addre
  */
 export class TcpListener {
   private readonly servers: net.Server[] = [];
+  private readonly acceptors: Array<{ close(): void }> = [];
 
   constructor(private readonly opts: TcpListenerOptions) {}
 
@@ -52,6 +59,15 @@ export class TcpListener {
           : errno === 'EADDRNOTAVAIL' ? `: address ${host} is not available (is IPv6 disabled? try --no-ipv6)`
           : '';
         throw new GatewayError(ErrorCodes.LISTEN, `start ${this.description}: ${(err as Error).message}${hint}`, { cause: err });
+      }
+      if (this.opts.nativeAccept) {
+        try {
+          this.acceptors.push(this.opts.nativeAccept(fd));
+        } catch (err) {
+          fs.closeSync(fd);
+          throw new GatewayError(ErrorCodes.LISTEN, `start ${this.description}: ${(err as Error).message}`, { cause: err });
+        }
+        continue;
       }
       const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, (sock) => this.onAccept(sock));
       server.on('error', () => {
@@ -96,6 +112,8 @@ export class TcpListener {
   }
 
   async close(): Promise<void> {
+    for (const a of this.acceptors) a.close();
+    this.acceptors.length = 0;
     await Promise.all(this.servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
     this.servers.length = 0;
   }

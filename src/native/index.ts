@@ -77,6 +77,51 @@ export interface NativeBinding {
   spliceRelay(clientFd: number, upstreamFd: number, idleTimeoutMs: number, clientEof: boolean, upstreamEof: boolean, onDone: SpliceDoneCallback): void;
   spliceAbortAll(): number;
   spliceActive(): number;
+  // native/tunnel.c
+  tunnelListen(
+    fd: number, sniff: boolean, redirect: boolean, mark: number, sniffMaxBytes: number, sniffMs: number, connectMs: number, idleMs: number,
+    decide: TunnelDecide, done: TunnelDone, unusable: TunnelUnusable,
+  ): TunnelHandle;
+  tunnelClose(handle: TunnelHandle): void;
+  tunnelAbortAll(): number;
+  tunnelPending(): number;
+}
+
+/**
+ * What native/tunnel.c asks of TypeScript for each accepted connection (see
+ * the comment at the top of that file). `head` is a copy of the client's
+ * first bytes on a sniffing listener, else undefined.
+ */
+export type TunnelDecide = (
+  id: number, fd: number, clientIp: string, clientPort: number, dstIp: string, dstPort: number,
+  head: Buffer | undefined, final: boolean, eof: boolean,
+) => TunnelAction | null;
+
+/** [0]: close (JS logged it); [1, ip, port, request?]: connect and relay; [2]: JS took the fd. */
+export type TunnelAction = readonly [0] | readonly [1, string, number, string | undefined] | readonly [2];
+
+/** The end of a connection decide() sent on: bytes each way, outcome, and the proxy's status and reason for "answer-status". */
+export type TunnelDone = (id: number, up: number, down: number, outcome: string, status: number, reason: string) => void;
+
+/** A connection without an original destination, or (clientIp null) an accept error such as EMFILE. */
+export type TunnelUnusable = (clientIp: string | null, clientPort: number, errnoName: string) => void;
+
+/** A native stream listener (opaque). */
+export type TunnelHandle = { readonly __tunnelHandle: unique symbol };
+
+export interface TunnelListenOptions {
+  /** The listening fd (listenTcp); the addon closes it on tunnelClose. */
+  fd: number;
+  /** Read the client's first bytes (TLS) before deciding. */
+  sniff: boolean;
+  /** REDIRECT mode: the destination is SO_ORIGINAL_DST, not the local address. */
+  redirect: boolean;
+  /** SO_MARK for upstream sockets. */
+  mark?: number;
+  sniffMaxBytes: number;
+  sniffTimeoutMs: number;
+  connectTimeoutMs: number;
+  idleTimeoutMs: number;
 }
 
 /**
@@ -420,4 +465,48 @@ export function spliceAbortAll(): number {
 /** How many splice relays are running. */
 export function spliceActive(): number {
   return hasSplice() ? loadNative().spliceActive() : 0;
+}
+
+/** True when the addon has the native stream front end (native/tunnel.c). */
+export function hasTunnel(): boolean {
+  try {
+    return typeof loadNative().tunnelListen === 'function';
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Accepts on a listening fd in the addon and carries each connection from
+ * accept to the splice relay; TypeScript decides the route (decide) and
+ * hears the end (done). See native/tunnel.c.
+ */
+export function tunnelListen(opts: TunnelListenOptions, decide: TunnelDecide, done: TunnelDone, unusable: TunnelUnusable): TunnelHandle {
+  const o = checkOptions('options', opts);
+  const fd = checkInt('options.fd', o.fd, 0, 0x7fffffff);
+  const mark = o.mark === undefined ? -1 : checkMark(o.mark);
+  for (const [name, fn] of [['decide', decide], ['done', done], ['unusable', unusable]] as const) {
+    if (typeof fn !== 'function') throw invalid(name, 'a function', fn, 'ERR_INVALID_ARG_TYPE');
+  }
+  return loadNative().tunnelListen(
+    fd, checkBool('options.sniff', o.sniff, false), checkBool('options.redirect', o.redirect, false), mark,
+    checkInt('options.sniffMaxBytes', o.sniffMaxBytes, 1, 1 << 20), checkInt('options.sniffTimeoutMs', o.sniffTimeoutMs, 1, 0x7fffffff),
+    checkInt('options.connectTimeoutMs', o.connectTimeoutMs, 1, 0x7fffffff), checkInt('options.idleTimeoutMs', o.idleTimeoutMs, 0, 0x7fffffff),
+    decide, done, unusable,
+  );
+}
+
+/** Stops accepting and closes the listening fd; connections already accepted go on. */
+export function tunnelClose(handle: TunnelHandle): void {
+  loadNative().tunnelClose(handle);
+}
+
+/** Ends every connection that is not relaying yet (shutdown); each gets done('aborted'). */
+export function tunnelAbortAll(): number {
+  return hasTunnel() ? loadNative().tunnelAbortAll() : 0;
+}
+
+/** Connections accepted by the addon and not relaying yet. */
+export function tunnelPending(): number {
+  return hasTunnel() ? loadNative().tunnelPending() : 0;
 }

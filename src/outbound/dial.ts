@@ -54,7 +54,7 @@ export async function dialTcp(
   try {
     sock = openSocket(opts, host);
   } catch (err) {
-    throw new GatewayError(codes.unreachable, `${what}: ${errnoOf(err) ?? (err as Error).message}`, { cause: err });
+    throw dialFailure.error(codes, what, errnoOf(err) ?? (err as Error).message, err);
   }
   return connecting(sock, { ...opts, timeoutMs: Math.max(1, opts.timeoutMs - (Date.now() - started)) }, codes, what);
 }
@@ -66,9 +66,7 @@ function connecting(sock: net.Socket, opts: DialOptions, codes: { unreachable: E
       reject(new GatewayError(codes.unreachable, `${what}: cancelled`));
       return;
     }
-    const timer = setTimeout(() => {
-      finish(new GatewayError(codes.timeout, `${what}: no answer within ${opts.timeoutMs} ms`));
-    }, opts.timeoutMs);
+    const timer = setTimeout(() => finish(dialFailure.timeout(codes, what, opts.timeoutMs)), opts.timeoutMs);
     const onAbort = (): void => finish(new GatewayError(codes.unreachable, `${what}: cancelled`));
     opts.signal?.addEventListener('abort', onAbort, { once: true });
 
@@ -88,12 +86,19 @@ function connecting(sock: net.Socket, opts: DialOptions, codes: { unreachable: E
       finish();
     }
     function onError(err: Error): void {
-      finish(new GatewayError(codes.unreachable, `${what}: ${errnoOf(err) ?? err.message}`, { cause: err }));
+      finish(dialFailure.error(codes, what, errnoOf(err) ?? err.message, err));
     }
     sock.once('connect', onConnect);
     sock.once('error', onError);
   });
 }
+
+/** How a connect fails, in the same words wherever it runs (here or in the addon). */
+export const dialFailure = {
+  timeout: (codes: { timeout: ErrorCode }, what: string, ms: number): GatewayError => new GatewayError(codes.timeout, `${what}: no answer within ${ms} ms`),
+  error: (codes: { unreachable: ErrorCode }, what: string, detail: string, cause?: unknown): GatewayError =>
+    new GatewayError(codes.unreachable, `${what}: ${detail}`, cause === undefined ? undefined : { cause }),
+};
 
 export const DIRECT_CODES = { unreachable: ErrorCodes.DIRECT_UNREACHABLE, timeout: ErrorCodes.DIRECT_TIMEOUT } as const;
 export const UPSTREAM_CODES = { unreachable: ErrorCodes.UPSTREAM_UNREACHABLE, timeout: ErrorCodes.UPSTREAM_TIMEOUT } as const;

@@ -49,6 +49,20 @@ export function connectRefusal(proxy: ProxyEndpoint, authority: string, port: nu
   return new GatewayError(ErrorCodes.UPSTREAM_STATUS, said, { status });
 }
 
+/** How a CONNECT exchange fails, in the same words wherever the exchange runs (here or in the addon). */
+export const tunnelFailure = {
+  timeout: (proxy: ProxyEndpoint, authority: string, ms: number): GatewayError =>
+    new GatewayError(ErrorCodes.UPSTREAM_TIMEOUT, `proxy ${proxy.display} did not answer CONNECT ${authority} within ${ms} ms`),
+  closed: (proxy: ProxyEndpoint, authority: string): GatewayError =>
+    new GatewayError(ErrorCodes.UPSTREAM_CLOSED, `proxy ${proxy.display} closed the connection before answering CONNECT ${authority}`),
+  notHttp: (proxy: ProxyEndpoint): GatewayError =>
+    new GatewayError(ErrorCodes.UPSTREAM_PROTOCOL, `proxy ${proxy.display} did not answer CONNECT with HTTP: is ${proxy.display} an HTTP proxy?`),
+  oversized: (proxy: ProxyEndpoint): GatewayError =>
+    new GatewayError(ErrorCodes.UPSTREAM_PROTOCOL, `proxy ${proxy.display} sent an oversized answer to CONNECT`),
+  error: (proxy: ProxyEndpoint, detail: string, cause?: unknown): GatewayError =>
+    new GatewayError(ErrorCodes.UPSTREAM_UNREACHABLE, `proxy ${proxy.display}: ${detail}`, cause === undefined ? undefined : { cause }),
+};
+
 /**
  * Opens a tunnel through an HTTP proxy with CONNECT. Resolves once the proxy
  * said 2xx; bytes the proxy sent after its head are put back on the socket.
@@ -64,9 +78,7 @@ export async function openTunnel(opts: TunnelOptions): Promise<net.Socket> {
   sock.write(connectRequest(proxy, host, port));
   return new Promise((resolve, reject) => {
     let buffered: Buffer = Buffer.alloc(0);
-    const timer = setTimeout(() => {
-      fail(new GatewayError(ErrorCodes.UPSTREAM_TIMEOUT, `proxy ${proxy.display} did not answer CONNECT ${authority} within ${opts.timeoutMs} ms`));
-    }, opts.timeoutMs);
+    const timer = setTimeout(() => fail(tunnelFailure.timeout(proxy, authority, opts.timeoutMs)), opts.timeoutMs);
     const onAbort = (): void => fail(new GatewayError(ErrorCodes.UPSTREAM_CLOSED, `CONNECT ${authority}: cancelled`));
     opts.signal?.addEventListener('abort', onAbort, { once: true });
 
@@ -87,14 +99,14 @@ export async function openTunnel(opts: TunnelOptions): Promise<net.Socket> {
       const end = buffered.indexOf(HEAD_END);
       if (end < 0) {
         if (buffered.length > MAX_RESPONSE_HEAD) {
-          fail(new GatewayError(ErrorCodes.UPSTREAM_PROTOCOL, `proxy ${proxy.display} sent an oversized answer to CONNECT`));
+          fail(tunnelFailure.oversized(proxy));
         }
         return;
       }
       const head = buffered.subarray(0, end).toString('latin1');
       const statusLine = parseStatusLine(head.split('\r\n', 1)[0]!);
       if (!statusLine) {
-        fail(new GatewayError(ErrorCodes.UPSTREAM_PROTOCOL, `proxy ${proxy.display} did not answer CONNECT with HTTP: is ${proxy.display} an HTTP proxy?`));
+        fail(tunnelFailure.notHttp(proxy));
         return;
       }
       if (statusLine.status < 200 || statusLine.status > 299) {
@@ -108,10 +120,10 @@ export async function openTunnel(opts: TunnelOptions): Promise<net.Socket> {
       resolve(sock);
     }
     function onError(err: Error): void {
-      fail(new GatewayError(ErrorCodes.UPSTREAM_UNREACHABLE, `proxy ${proxy.display}: ${err.message}`, { cause: err }));
+      fail(tunnelFailure.error(proxy, err.message, err));
     }
     function onEnd(): void {
-      fail(new GatewayError(ErrorCodes.UPSTREAM_CLOSED, `proxy ${proxy.display} closed the connection before answering CONNECT ${authority}`));
+      fail(tunnelFailure.closed(proxy, authority));
     }
     sock.on('data', onData);
     sock.once('error', onError);

@@ -24,9 +24,10 @@ export interface StreamDeps {
  * route, open the tunnel, write what was read while sniffing, relay.
  * The client's bytes are never altered.
  */
-export async function handleStream(sock: net.Socket, ctx: ConnContext, deps: StreamDeps): Promise<void> {
-  let head: Buffer = Buffer.alloc(0);
-  if (ctx.kind === 'tls') {
+export async function handleStream(sock: net.Socket, ctx: ConnContext, deps: StreamDeps, sniffed?: Buffer): Promise<void> {
+  // `sniffed`: the first bytes were read (and ctx.name set) before this socket existed (native-stream.ts).
+  let head: Buffer = sniffed ?? Buffer.alloc(0);
+  if (ctx.kind === 'tls' && sniffed === undefined) {
     const first = await readFirstBytes(sock, sniffTls, TLS_SNIFF_MAX_BYTES, deps.sniffTimeoutMs);
     head = first.head;
     if (first.outcome === 'closed' && head.length === 0) {

@@ -1,0 +1,889 @@
+/*
+ * The stream front end: TLS and plain TCP connections from accept to the
+ * splice relay without a Node socket. Per connection:
+ *
+ *   accept4 -> destination (getsockname under TPROXY, SO_ORIGINAL_DST after
+ *   REDIRECT) -> [TLS: read the first bytes until JS says the ClientHello is
+ *   whole] -> decide (JS: sniff, no_proxy, route) -> connect -> [proxy:
+ *   CONNECT request, answer head read with MSG_PEEK so that not one byte
+ *   behind it is taken] -> first bytes written upstream -> tg_relay_start.
+ *
+ * JS runs twice per connection: decide() and done(). Everything a user sees
+ * (names, routes, error texts, the log line) stays in TypeScript
+ * (src/session/native-stream.ts); this file only moves the state machine
+ * off Node's sockets, whose per-connection cost (two net.Sockets, promises,
+ * timers) was three times redsocks' CPU per connection.
+ *
+ * decide(id, fd, clientIp, clientPort, dstIp, dstPort, head, final, eof)
+ *   head: Buffer of the client's first bytes (TLS) or undefined (TCP).
+ *   Returns null while more bytes may help (only when !final), else an array:
+ *     [0]                      close the client: JS has logged why
+ *     [1, ip, port, request]   connect to ip:port (an IP literal), send
+ *                              `request` (the CONNECT head; undefined for a
+ *                              direct connection), then relay
+ *     [2]                      hand over: JS now owns fd (a net.Socket); the
+ *                              bytes read so far are the `head` it was given
+ *   The client is not polled while JS runs, so JS may take fd at once.
+ * done(id, up, down, outcome, status, reason), once per connection that
+ *   decide() sent on: outcome is a relay outcome (splice.c) or one of
+ *   "connect <ERRNO>", "connect-timeout", "answer-timeout", "answer-closed",
+ *   "answer <ERRNO>", "answer-protocol", "answer-oversized", "answer-status"
+ *   (status and reason set), "socket <ERRNO>", "aborted".
+ * unusable(clientIp, clientPort, errnoName): a connection without an
+ *   original destination (REDIRECT mode), or clientIp null for an accept
+ *   error (EMFILE: accepting pauses for a moment).
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* accept4 */
+#endif
+
+#include "common.h"
+#include "splice.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <uv.h>
+
+#define ACCEPT_BATCH 64       /* accepts per readable event, so one busy port cannot starve the loop */
+#define ACCEPT_PAUSE_MS 100   /* after EMFILE/ENFILE */
+#define ANSWER_MAX (16 * 1024) /* a CONNECT answer head larger than this is refused */
+
+typedef struct tg_front {
+  uv_poll_t poll;
+  uv_timer_t pause;
+  int fd;
+  bool sniff;      /* TLS: read the first bytes before deciding */
+  bool redirect;   /* destination from SO_ORIGINAL_DST */
+  bool closed;
+  int mark;        /* SO_MARK for upstream sockets; -1 none */
+  uint32_t sniff_max, sniff_ms, connect_ms, idle_ms;
+  int refs;        /* the listener itself, its two handles, and every live connection */
+  napi_env env;
+  napi_ref decide, done, unusable;
+} tg_front;
+
+enum state { SNIFF, CONNECTING, REQUEST, ANSWER, HEAD, RELAY, DONE };
+
+typedef struct tg_conn {
+  tg_front *front;
+  uint32_t id;
+  enum state state;
+  int cfd, ufd;
+  uv_poll_t *cpoll;  /* the client while sniffing; its own allocation (see close_cpoll) */
+  uv_poll_t upoll;   /* the upstream until the relay takes it */
+  uv_timer_t timer;  /* sniff, connect and answer deadlines */
+  bool upoll_inited, client_eof;
+  char *head;        /* the client's first bytes, written upstream before relaying */
+  size_t head_len, head_cap, head_off;
+  char *req;         /* the CONNECT request; NULL for a direct connection */
+  size_t req_len, req_off;
+  char *answer;      /* the CONNECT answer head so far */
+  size_t answer_len;
+  int refs;          /* the machine, the timer, the upstream poll, a JS call in progress, the relay */
+  struct tg_conn *prev, *next;
+} tg_conn;
+
+static tg_conn *live_head;
+static uint32_t live_count;
+static uint32_t next_id;
+
+static void front_release(tg_front *f) {
+  if (--f->refs > 0) return;
+  napi_delete_reference(f->env, f->decide);
+  napi_delete_reference(f->env, f->done);
+  napi_delete_reference(f->env, f->unusable);
+  free(f);
+}
+
+static void front_handle_closed(uv_handle_t *h) { front_release((tg_front *)h->data); }
+
+static void conn_release(tg_conn *c) {
+  if (--c->refs > 0) return;
+  tg_front *f = c->front;
+  free(c->head);
+  free(c->req);
+  free(c->answer);
+  free(c);
+  front_release(f);
+}
+
+static void conn_handle_closed(uv_handle_t *h) { conn_release((tg_conn *)h->data); }
+static void free_handle(uv_handle_t *h) { free(h); }
+
+static void set_linger0(int fd) {
+  struct linger lg = {.l_onoff = 1, .l_linger = 0};
+  setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+}
+
+/* uv_close stops the poll at once (epoll_ctl DEL inside), so the fd can
+ * be closed or given to another handle right after. */
+static void close_cpoll(tg_conn *c) {
+  if (c->cpoll == NULL) return;
+  uv_close((uv_handle_t *)c->cpoll, free_handle);
+  c->cpoll = NULL;
+}
+
+static void close_upoll(tg_conn *c) {
+  if (!c->upoll_inited) return;
+  c->upoll_inited = false;
+  uv_close((uv_handle_t *)&c->upoll, conn_handle_closed);
+}
+
+static void unlink_conn(tg_conn *c) {
+  if (c->prev) c->prev->next = c->next;
+  else live_head = c->next;
+  if (c->next) c->next->prev = c->prev;
+  c->prev = c->next = NULL;
+  live_count--;
+}
+
+/* Ends a connection before the relay: handles closed, sockets closed (the
+ * client with a reset, as the Node path did: its destination failed), and
+ * JS told once. `tell` is false for connections JS closed or took itself. */
+static void conn_end(tg_conn *c, const char *outcome, int status, const char *reason, bool tell, bool close_client) {
+  if (c->state == DONE) return;
+  c->state = DONE;
+  unlink_conn(c);
+  close_cpoll(c);
+  close_upoll(c);
+  uv_close((uv_handle_t *)&c->timer, conn_handle_closed);
+  if (c->ufd >= 0) close(c->ufd);
+  if (close_client && c->cfd >= 0) {
+    set_linger0(c->cfd);
+    close(c->cfd);
+  }
+  c->cfd = c->ufd = -1;
+  if (tell) {
+    tg_front *f = c->front;
+    napi_handle_scope scope;
+    if (napi_open_handle_scope(f->env, &scope) == napi_ok) {
+      napi_value argv[6];
+      if (napi_create_uint32(f->env, c->id, &argv[0]) == napi_ok &&
+          napi_create_double(f->env, (double)c->head_off, &argv[1]) == napi_ok &&
+          napi_create_double(f->env, 0, &argv[2]) == napi_ok &&
+          napi_create_string_utf8(f->env, outcome, NAPI_AUTO_LENGTH, &argv[3]) == napi_ok &&
+          napi_create_uint32(f->env, (uint32_t)status, &argv[4]) == napi_ok &&
+          napi_create_string_latin1(f->env, reason ? reason : "", NAPI_AUTO_LENGTH, &argv[5]) == napi_ok)
+        tg_call_js(f->env, f->done, 6, argv);
+      napi_close_handle_scope(f->env, scope);
+    }
+  }
+  conn_release(c); /* the machine's own reference */
+}
+
+static void conn_fail_errno(tg_conn *c, const char *what, int err) {
+  char msg[64];
+  snprintf(msg, sizeof msg, "%s %s", what, tg_errno_name(err));
+  conn_end(c, msg, 0, NULL, true, true);
+}
+
+/* ---- relay ------------------------------------------------------------------ */
+
+static void relay_done(void *user, uint64_t up, uint64_t down, const char *outcome) {
+  tg_conn *c = user;
+  tg_front *f = c->front;
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(f->env, &scope) == napi_ok) {
+    napi_value argv[6];
+    if (napi_create_uint32(f->env, c->id, &argv[0]) == napi_ok &&
+        napi_create_double(f->env, (double)(c->head_off + up), &argv[1]) == napi_ok &&
+        napi_create_double(f->env, (double)down, &argv[2]) == napi_ok &&
+        napi_create_string_utf8(f->env, outcome, NAPI_AUTO_LENGTH, &argv[3]) == napi_ok &&
+        napi_create_uint32(f->env, 0, &argv[4]) == napi_ok &&
+        napi_create_string_latin1(f->env, "", 0, &argv[5]) == napi_ok)
+      tg_call_js(f->env, f->done, 6, argv);
+    napi_close_handle_scope(f->env, scope);
+  }
+  conn_release(c);
+}
+
+static void start_relay(tg_conn *c) {
+  uv_loop_t *loop = c->timer.loop;
+  c->state = RELAY;
+  unlink_conn(c);
+  /* The relay polls both fds with handles of its own: ours go first. */
+  close_cpoll(c);
+  close_upoll(c);
+  uv_close((uv_handle_t *)&c->timer, conn_handle_closed);
+  free(c->head), c->head = NULL;
+  free(c->req), c->req = NULL;
+  free(c->answer), c->answer = NULL;
+  c->refs++; /* the relay's, released by relay_done */
+  int rc = tg_relay_start(loop, c->cfd, c->ufd, c->front->idle_ms, c->client_eof, false, relay_done, c);
+  if (rc != 0) {
+    char msg[64];
+    snprintf(msg, sizeof msg, "relay %s", tg_errno_name(-rc));
+    set_linger0(c->cfd);
+    close(c->cfd);
+    close(c->ufd);
+    c->state = DONE;
+    relay_done(c, 0, 0, msg);
+  }
+  c->cfd = c->ufd = -1; /* the relay's now, or closed */
+  conn_release(c);      /* the machine's reference */
+}
+
+/* ---- upstream ---------------------------------------------------------------- */
+
+static void on_upstream(uv_poll_t *h, int status, int events);
+static void on_timeout(uv_timer_t *t);
+
+static bool upoll_want(tg_conn *c, int events) {
+  int rc = uv_poll_start(&c->upoll, events, on_upstream);
+  if (rc != 0) {
+    conn_fail_errno(c, "socket", -rc);
+    return false;
+  }
+  return true;
+}
+
+/* Writes buf[*off..len) to fd. True when all of it is out; false with
+ * errno EAGAIN when the socket is full, or another errno on failure. */
+static bool write_some(int fd, const char *buf, size_t len, size_t *off) {
+  while (*off < len) {
+    ssize_t n = send(fd, buf + *off, len - *off, MSG_NOSIGNAL);
+    if (n > 0) {
+      *off += (size_t)n;
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n == 0) errno = EPIPE;
+    return false;
+  }
+  return true;
+}
+
+/* The sniffed bytes go upstream, then the relay starts. */
+static void send_head(tg_conn *c) {
+  c->state = HEAD;
+  if (c->head_len > 0 && !write_some(c->ufd, c->head, c->head_len, &c->head_off)) {
+    if (errno == EAGAIN) {
+      uv_timer_start(&c->timer, on_timeout, c->front->connect_ms, 0);
+      upoll_want(c, UV_WRITABLE);
+      return;
+    }
+    char msg[64];
+    snprintf(msg, sizeof msg, "upstream %s", tg_errno_name(errno));
+    conn_end(c, msg, 0, NULL, true, true);
+    return;
+  }
+  start_relay(c);
+}
+
+static void send_request(tg_conn *c) {
+  c->state = REQUEST;
+  if (!write_some(c->ufd, c->req, c->req_len, &c->req_off)) {
+    if (errno == EAGAIN) upoll_want(c, UV_WRITABLE);
+    else conn_fail_errno(c, "answer", errno);
+    return;
+  }
+  c->state = ANSWER;
+  upoll_want(c, UV_READABLE);
+}
+
+/* "HTTP/1.1 200 Connection established": the status, or -1. */
+static int status_of(const char *line, size_t len, const char **reason, size_t *reason_len) {
+  if (len < 12 || memcmp(line, "HTTP/", 5) != 0 || line[5] < '0' || line[5] > '9' || line[6] != '.' ||
+      line[7] < '0' || line[7] > '9' || line[8] != ' ')
+    return -1;
+  int status = 0;
+  for (int i = 9; i < 12; i++) {
+    if (line[i] < '0' || line[i] > '9') return -1;
+    status = status * 10 + (line[i] - '0');
+  }
+  if (len > 12 && line[12] != ' ') return -1;
+  *reason = len > 13 ? line + 13 : line + len;
+  *reason_len = len > 13 ? len - 13 : 0;
+  return status;
+}
+
+/* Reads the proxy's answer. MSG_PEEK first, then only the head is taken
+ * from the socket: what the server sends right behind the 200 (an SSH
+ * greeting) stays in the kernel for the relay. */
+static void read_answer(tg_conn *c) {
+  if (c->answer == NULL && (c->answer = malloc(ANSWER_MAX)) == NULL) {
+    conn_fail_errno(c, "socket", ENOMEM);
+    return;
+  }
+  ssize_t n;
+  do n = recv(c->ufd, c->answer + c->answer_len, ANSWER_MAX - c->answer_len, MSG_PEEK);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno != EAGAIN) conn_fail_errno(c, "answer", errno);
+    return;
+  }
+  if (n == 0) {
+    conn_end(c, "answer-closed", 0, NULL, true, true);
+    return;
+  }
+  size_t have = c->answer_len + (size_t)n;
+  size_t from = c->answer_len > 3 ? c->answer_len - 3 : 0;
+  size_t end = 0;
+  for (size_t i = from; i + 4 <= have; i++) {
+    if (memcmp(c->answer + i, "\r\n\r\n", 4) == 0) {
+      end = i + 4;
+      break;
+    }
+  }
+  /* Take the peeked bytes: all of them, or up to the end of the head. */
+  size_t take = end > 0 ? end - c->answer_len : (size_t)n;
+  char sink[ANSWER_MAX];
+  ssize_t got;
+  do got = recv(c->ufd, sink, take, 0);
+  while (got < 0 && errno == EINTR);
+  if (got != (ssize_t)take) {
+    conn_fail_errno(c, "answer", got < 0 ? errno : EIO);
+    return;
+  }
+  c->answer_len += take;
+  if (end == 0) {
+    if (c->answer_len >= ANSWER_MAX) conn_end(c, "answer-oversized", 0, NULL, true, true);
+    return; /* more to come; the poll stays */
+  }
+  uv_timer_stop(&c->timer);
+  const char *eol = memchr(c->answer, '\r', c->answer_len);
+  size_t line_len = (size_t)(eol - c->answer);
+  const char *reason;
+  size_t reason_len;
+  int status = status_of(c->answer, line_len, &reason, &reason_len);
+  if (status < 0) {
+    conn_end(c, "answer-protocol", 0, NULL, true, true);
+    return;
+  }
+  if (status < 200 || status > 299) {
+    char text[128];
+    size_t l = reason_len < sizeof text - 1 ? reason_len : sizeof text - 1;
+    memcpy(text, reason, l);
+    text[l] = 0;
+    conn_end(c, "answer-status", status, text, true, true);
+    return;
+  }
+  uv_poll_stop(&c->upoll);
+  send_head(c);
+}
+
+static void on_upstream(uv_poll_t *h, int status, int events) {
+  tg_conn *c = h->data;
+  if (c->state == DONE) return;
+  if (status < 0 && c->state != CONNECTING) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(c->ufd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err == 0) err = -status;
+    if (c->state == HEAD) {
+      char msg[64];
+      snprintf(msg, sizeof msg, "upstream %s", tg_errno_name(err));
+      conn_end(c, msg, 0, NULL, true, true);
+    } else {
+      conn_fail_errno(c, "answer", err);
+    }
+    return;
+  }
+  switch (c->state) {
+  case CONNECTING: {
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(c->ufd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+    if (err == 0 && status < 0) err = -status;
+    if (err != 0) {
+      conn_fail_errno(c, "connect", err);
+      return;
+    }
+    uv_timer_stop(&c->timer);
+    if (c->req != NULL) {
+      /* One deadline for the whole answer, as for the connect. */
+      uv_timer_start(&c->timer, on_timeout, c->front->connect_ms, 0);
+      send_request(c);
+    } else {
+      uv_poll_stop(&c->upoll);
+      send_head(c);
+    }
+    return;
+  }
+  case REQUEST:
+    if (events & UV_WRITABLE) send_request(c);
+    return;
+  case ANSWER:
+    if (events & UV_READABLE) read_answer(c);
+    return;
+  case HEAD:
+    if (events & UV_WRITABLE) {
+      uv_poll_stop(&c->upoll);
+      send_head(c);
+    }
+    return;
+  default:
+    return;
+  }
+}
+
+/* Opens the upstream connection to ip:port. */
+static void dial(tg_conn *c, const char *ip, uint32_t port) {
+  struct sockaddr_storage ss;
+  socklen_t len;
+  memset(&ss, 0, sizeof ss);
+  struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+  struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+  if (inet_pton(AF_INET, ip, &sin->sin_addr) == 1) {
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons((uint16_t)port);
+    len = sizeof *sin;
+  } else if (inet_pton(AF_INET6, ip, &sin6->sin6_addr) == 1) {
+    sin6->sin6_family = AF_INET6;
+    sin6->sin6_port = htons((uint16_t)port);
+    len = sizeof *sin6;
+  } else {
+    conn_fail_errno(c, "socket", EINVAL);
+    return;
+  }
+  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    conn_fail_errno(c, "socket", errno);
+    return;
+  }
+  c->ufd = fd;
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  /* Before connect: the mark must be on the SYN so netfilter skips it. */
+  if (c->front->mark >= 0 && setsockopt(fd, SOL_SOCKET, SO_MARK, &c->front->mark, sizeof c->front->mark) != 0) {
+    conn_fail_errno(c, "socket", errno);
+    return;
+  }
+  int rc = uv_poll_init_socket(c->timer.loop, &c->upoll, fd);
+  if (rc != 0) {
+    conn_fail_errno(c, "socket", -rc);
+    return;
+  }
+  c->upoll.data = c;
+  c->upoll_inited = true;
+  c->refs++;
+  c->state = CONNECTING;
+  if (connect(fd, (struct sockaddr *)&ss, len) != 0 && errno != EINPROGRESS) {
+    conn_fail_errno(c, "connect", errno);
+    return;
+  }
+  uv_timer_start(&c->timer, on_timeout, c->front->connect_ms, 0);
+  upoll_want(c, UV_WRITABLE);
+}
+
+/* ---- client ----------------------------------------------------------------- */
+
+static void on_client(uv_poll_t *h, int status, int events);
+
+/* Calls decide() and acts on its answer. */
+static void decide(tg_conn *c, const char *cip, uint16_t cport, const char *dip, uint16_t dport, bool final) {
+  tg_front *f = c->front;
+  napi_env env = f->env;
+  /* No poll on the client while JS runs: it may take the fd. */
+  close_cpoll(c);
+  uv_timer_stop(&c->timer);
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) {
+    conn_fail_errno(c, "socket", ENOMEM);
+    return;
+  }
+  napi_value argv[9], result = NULL;
+  bool ok = napi_create_uint32(env, c->id, &argv[0]) == napi_ok &&
+            napi_create_int32(env, c->cfd, &argv[1]) == napi_ok &&
+            napi_create_string_latin1(env, cip, NAPI_AUTO_LENGTH, &argv[2]) == napi_ok &&
+            napi_create_uint32(env, cport, &argv[3]) == napi_ok &&
+            napi_create_string_latin1(env, dip, NAPI_AUTO_LENGTH, &argv[4]) == napi_ok &&
+            napi_create_uint32(env, dport, &argv[5]) == napi_ok &&
+            napi_get_boolean(env, final, &argv[7]) == napi_ok &&
+            napi_get_boolean(env, c->client_eof, &argv[8]) == napi_ok;
+  if (ok) {
+    if (f->sniff) {
+      void *data;
+      ok = napi_create_buffer_copy(env, c->head_len, c->head_len ? c->head : "", &data, &argv[6]) == napi_ok;
+    } else {
+      ok = napi_get_undefined(env, &argv[6]) == napi_ok;
+    }
+  }
+  c->refs++; /* JS may end this connection (tunnelAbortAll) while it runs */
+  if (ok) result = tg_call_js(env, f->decide, 9, argv);
+  int action = -1;
+  char ip[INET6_ADDRSTRLEN + 1];
+  uint32_t port = 0;
+  bool more = false;
+  if (c->state != DONE && result != NULL) {
+    napi_valuetype t;
+    bool is_array = false;
+    napi_typeof(env, result, &t);
+    if (t == napi_null || t == napi_undefined) {
+      more = !final;
+    } else if (napi_is_array(env, result, &is_array) == napi_ok && is_array) {
+      napi_value v;
+      double d;
+      if (napi_get_element(env, result, 0, &v) == napi_ok && napi_get_value_double(env, v, &d) == napi_ok) action = (int)d;
+      if (action == 1) {
+        size_t l = 0;
+        napi_value req;
+        if (napi_get_element(env, result, 1, &v) != napi_ok ||
+            napi_get_value_string_latin1(env, v, ip, sizeof ip, &l) != napi_ok || l >= sizeof ip - 1 ||
+            napi_get_element(env, result, 2, &v) != napi_ok || napi_get_value_uint32(env, v, &port) != napi_ok ||
+            port == 0 || port > 65535 || napi_get_element(env, result, 3, &req) != napi_ok) {
+          action = -1;
+        } else if (napi_typeof(env, req, &t) == napi_ok && t == napi_string) {
+          if (napi_get_value_string_latin1(env, req, NULL, 0, &l) == napi_ok && (c->req = malloc(l + 1)) != NULL &&
+              napi_get_value_string_latin1(env, req, c->req, l + 1, &c->req_len) == napi_ok) {
+            (void)0;
+          } else {
+            action = -1;
+          }
+        }
+      }
+    }
+  }
+  napi_close_handle_scope(env, scope);
+  if (c->state == DONE) {
+    conn_release(c);
+    return;
+  }
+  c->refs--;
+  if (more) {
+    /* The ClientHello is not whole yet: read on. */
+    if ((c->cpoll = malloc(sizeof *c->cpoll)) == NULL || uv_poll_init_socket(c->timer.loop, c->cpoll, c->cfd) != 0) {
+      free(c->cpoll);
+      c->cpoll = NULL;
+      conn_fail_errno(c, "socket", ENOMEM);
+      return;
+    }
+    c->cpoll->data = c;
+    uv_poll_start(c->cpoll, UV_READABLE, on_client);
+    uv_timer_start(&c->timer, on_timeout, f->sniff_ms, 0);
+    return;
+  }
+  switch (action) {
+  case 0: /* closed by JS's decision; logged there */
+    close(c->cfd);
+    c->cfd = -1;
+    conn_end(c, "rejected", 0, NULL, false, false);
+    return;
+  case 2: /* JS took the fd */
+    c->cfd = -1;
+    conn_end(c, "handed-over", 0, NULL, false, false);
+    return;
+  case 1:
+    dial(c, ip, port);
+    return;
+  default: {
+    /* A decide() that threw or answered nonsense: a bug, reported through
+     * 'uncaughtException' above or here; the client gets a reset. */
+    conn_end(c, "internal-error", 0, NULL, true, true);
+    return;
+  }
+  }
+}
+
+/* The addresses of a connection, kept as text for decide() calls. */
+typedef struct {
+  char cip[INET6_ADDRSTRLEN], dip[INET6_ADDRSTRLEN];
+  uint16_t cport, dport;
+} endpoints;
+
+static bool endpoints_of(tg_conn *c, endpoints *e) {
+  struct sockaddr_storage peer, local;
+  socklen_t len = sizeof peer;
+  if (getpeername(c->cfd, (struct sockaddr *)&peer, &len) != 0) return false;
+  len = sizeof local;
+  if (c->front->redirect) {
+    const char *failed;
+    if (tg_original_dst(c->cfd, &local, &failed) != 0) return false;
+  } else if (getsockname(c->cfd, (struct sockaddr *)&local, &len) != 0) {
+    return false;
+  }
+  return tg_format_addr(&peer, e->cip, &e->cport) != 0 && tg_format_addr(&local, e->dip, &e->dport) != 0;
+}
+
+static void decide_now(tg_conn *c, bool final) {
+  endpoints e;
+  if (!endpoints_of(c, &e)) {
+    /* The client is gone (ENOTCONN) before anything was decided. */
+    conn_end(c, "client-closed", 0, NULL, false, true);
+    return;
+  }
+  decide(c, e.cip, e.cport, e.dip, e.dport, final);
+}
+
+static void on_client(uv_poll_t *h, int status, int events) {
+  tg_conn *c = h->data;
+  (void)events;
+  if (c->state != SNIFF) return;
+  if (status < 0) {
+    c->client_eof = true; /* a reset: decide() hears of an empty, closed client */
+    decide_now(c, true);
+    return;
+  }
+  if (c->head_cap < c->front->sniff_max) {
+    char *grown = realloc(c->head, c->front->sniff_max);
+    if (grown == NULL) {
+      conn_fail_errno(c, "socket", ENOMEM);
+      return;
+    }
+    c->head = grown;
+    c->head_cap = c->front->sniff_max;
+  }
+  ssize_t n;
+  do n = recv(c->cfd, c->head + c->head_len, c->head_cap - c->head_len, 0);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN) return;
+    c->client_eof = true;
+    decide_now(c, true);
+    return;
+  }
+  if (n == 0) c->client_eof = true;
+  c->head_len += (size_t)n;
+  decide_now(c, c->client_eof || c->head_len >= c->head_cap);
+}
+
+static void on_timeout(uv_timer_t *t) {
+  tg_conn *c = t->data;
+  switch (c->state) {
+  case SNIFF:
+    /* A client that waits for the server to speak first: decide without a name. */
+    decide_now(c, true);
+    return;
+  case CONNECTING:
+    conn_end(c, "connect-timeout", 0, NULL, true, true);
+    return;
+  case REQUEST:
+  case ANSWER:
+    conn_end(c, "answer-timeout", 0, NULL, true, true);
+    return;
+  case HEAD:
+    conn_end(c, "upstream ETIMEDOUT", 0, NULL, true, true);
+    return;
+  default:
+    return;
+  }
+}
+
+static void start_conn(tg_front *f, int fd) {
+  tg_conn *c = calloc(1, sizeof *c);
+  if (c == NULL) {
+    set_linger0(fd);
+    close(fd);
+    return;
+  }
+  c->front = f;
+  f->refs++;
+  c->id = ++next_id;
+  c->cfd = fd;
+  c->ufd = -1;
+  c->refs = 2; /* the machine and the timer */
+  c->state = SNIFF;
+  uv_timer_init(f->poll.loop, &c->timer);
+  c->timer.data = c;
+  c->next = live_head;
+  if (live_head) live_head->prev = c;
+  live_head = c;
+  live_count++;
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+
+  endpoints e;
+  if (!endpoints_of(c, &e)) {
+    int err = errno;
+    tg_front *fr = c->front;
+    struct sockaddr_storage peer;
+    socklen_t len = sizeof peer;
+    char cip[INET6_ADDRSTRLEN] = "";
+    uint16_t cport = 0;
+    if (getpeername(fd, (struct sockaddr *)&peer, &len) == 0) tg_format_addr(&peer, cip, &cport);
+    napi_handle_scope scope;
+    if (cip[0] != 0 && napi_open_handle_scope(fr->env, &scope) == napi_ok) {
+      napi_value argv[3];
+      if (napi_create_string_latin1(fr->env, cip, NAPI_AUTO_LENGTH, &argv[0]) == napi_ok &&
+          napi_create_uint32(fr->env, cport, &argv[1]) == napi_ok &&
+          napi_create_string_utf8(fr->env, tg_errno_name(err), NAPI_AUTO_LENGTH, &argv[2]) == napi_ok)
+        tg_call_js(fr->env, fr->unusable, 3, argv);
+      napi_close_handle_scope(fr->env, scope);
+    }
+    conn_end(c, "unusable", 0, NULL, false, true);
+    return;
+  }
+  if (!f->sniff) {
+    decide(c, e.cip, e.cport, e.dip, e.dport, true);
+    return;
+  }
+  if ((c->cpoll = malloc(sizeof *c->cpoll)) == NULL || uv_poll_init_socket(f->poll.loop, c->cpoll, fd) != 0) {
+    free(c->cpoll);
+    c->cpoll = NULL;
+    conn_end(c, "unusable", 0, NULL, false, true);
+    return;
+  }
+  c->cpoll->data = c;
+  uv_poll_start(c->cpoll, UV_READABLE, on_client);
+  uv_timer_start(&c->timer, on_timeout, f->sniff_ms, 0);
+}
+
+/* ---- listener ---------------------------------------------------------------- */
+
+static void on_accept(uv_poll_t *h, int status, int events);
+
+static void on_pause_end(uv_timer_t *t) {
+  tg_front *f = t->data;
+  if (!f->closed) uv_poll_start(&f->poll, UV_READABLE, on_accept);
+}
+
+static void on_accept(uv_poll_t *h, int status, int events) {
+  tg_front *f = h->data;
+  (void)events;
+  if (f->closed || status < 0) return;
+  for (int i = 0; i < ACCEPT_BATCH && !f->closed; i++) {
+    int fd = accept4(f->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd >= 0) {
+      start_conn(f, fd);
+      continue;
+    }
+    if (errno == EINTR || errno == ECONNABORTED) continue;
+    if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+      /* Level-triggered: polling on would spin. Pause, say so, retry. */
+      int err = errno;
+      uv_poll_stop(&f->poll);
+      uv_timer_start(&f->pause, on_pause_end, ACCEPT_PAUSE_MS, 0);
+      napi_handle_scope scope;
+      if (napi_open_handle_scope(f->env, &scope) == napi_ok) {
+        napi_value argv[3];
+        if (napi_get_null(f->env, &argv[0]) == napi_ok && napi_create_uint32(f->env, 0, &argv[1]) == napi_ok &&
+            napi_create_string_utf8(f->env, tg_errno_name(err), NAPI_AUTO_LENGTH, &argv[2]) == napi_ok)
+          tg_call_js(f->env, f->unusable, 3, argv);
+        napi_close_handle_scope(f->env, scope);
+      }
+    }
+    return; /* EAGAIN, or paused */
+  }
+}
+
+static void front_finalize(napi_env env, void *data, void *hint) {
+  (void)env, (void)hint;
+  front_release(data);
+}
+
+static bool get_fn(napi_env env, napi_value v, const char *name, napi_ref *out) {
+  napi_valuetype t;
+  char msg[64];
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_function) {
+    snprintf(msg, sizeof msg, "%s must be a function", name);
+    tg_throw_arg(env, msg);
+    return false;
+  }
+  return napi_create_reference(env, v, 1, out) == napi_ok;
+}
+
+/* tunnelListen(fd, sniff, redirect, mark, sniffMaxBytes, sniffMs, connectMs, idleMs, decide, done, unusable) -> handle */
+static napi_value js_tunnel_listen(napi_env env, napi_callback_info info) {
+  napi_value argv[11];
+  int fd;
+  bool sniff, redirect;
+  double mark, sniff_max, sniff_ms, connect_ms, idle_ms;
+  if (!tg_get_args(env, info, 11, argv) || !tg_get_fd(env, argv[0], &fd) ||
+      !tg_get_bool(env, argv[1], "sniff", &sniff) || !tg_get_bool(env, argv[2], "redirect", &redirect) ||
+      !tg_get_int(env, argv[3], "mark", -1, UINT32_MAX, &mark) ||
+      !tg_get_int(env, argv[4], "sniffMaxBytes", 1, 1 << 20, &sniff_max) ||
+      !tg_get_int(env, argv[5], "sniffMs", 1, 2147483647.0, &sniff_ms) ||
+      !tg_get_int(env, argv[6], "connectMs", 1, 2147483647.0, &connect_ms) ||
+      !tg_get_int(env, argv[7], "idleMs", 0, 2147483647.0, &idle_ms))
+    return NULL;
+  uv_loop_t *loop;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok) return tg_throw_arg(env, "no event loop");
+  tg_front *f = calloc(1, sizeof *f);
+  if (f == NULL) return tg_throw_errno(env, "calloc", ENOMEM);
+  f->env = env;
+  if (!get_fn(env, argv[8], "decide", &f->decide) || !get_fn(env, argv[9], "done", &f->done) ||
+      !get_fn(env, argv[10], "unusable", &f->unusable)) {
+    if (f->decide) napi_delete_reference(env, f->decide);
+    if (f->done) napi_delete_reference(env, f->done);
+    free(f);
+    return NULL;
+  }
+  f->fd = fd;
+  f->sniff = sniff;
+  f->redirect = redirect;
+  f->mark = mark < 0 ? -1 : (int)(uint32_t)mark;
+  f->sniff_max = (uint32_t)sniff_max;
+  f->sniff_ms = (uint32_t)sniff_ms;
+  f->connect_ms = (uint32_t)connect_ms;
+  f->idle_ms = (uint32_t)idle_ms;
+  int rc = uv_poll_init_socket(loop, &f->poll, fd);
+  if (rc != 0) {
+    napi_delete_reference(env, f->decide);
+    napi_delete_reference(env, f->done);
+    napi_delete_reference(env, f->unusable);
+    free(f);
+    return tg_throw_errno(env, "uv_poll_init_socket", -rc);
+  }
+  f->poll.data = f;
+  uv_timer_init(loop, &f->pause);
+  f->pause.data = f;
+  /* The JS handle, the two libuv handles. */
+  f->refs = 3;
+  uv_poll_start(&f->poll, UV_READABLE, on_accept);
+  napi_value handle;
+  if (napi_create_external(env, f, front_finalize, NULL, &handle) != napi_ok) {
+    f->refs--;
+    return tg_throw_errno(env, "napi_create_external", ENOMEM);
+  }
+  return handle;
+}
+
+/* tunnelClose(handle): stops accepting and closes the listening fd. Live connections go on. */
+static napi_value js_tunnel_close(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  void *data = NULL;
+  if (!tg_get_args(env, info, 1, argv) || napi_get_value_external(env, argv[0], &data) != napi_ok || data == NULL)
+    return tg_throw_arg(env, "handle must come from tunnelListen");
+  tg_front *f = data;
+  if (!f->closed) {
+    f->closed = true;
+    uv_close((uv_handle_t *)&f->poll, front_handle_closed);
+    uv_close((uv_handle_t *)&f->pause, front_handle_closed);
+    close(f->fd);
+    f->fd = -1;
+  }
+  napi_value undef;
+  napi_get_undefined(env, &undef);
+  return undef;
+}
+
+/* tunnelAbortAll() -> how many connections (not yet relaying) were ended; each gets done("aborted"). */
+static napi_value js_tunnel_abort_all(napi_env env, napi_callback_info info) {
+  (void)info;
+  uint32_t n = 0;
+  while (live_head != NULL) {
+    conn_end(live_head, "aborted", 0, NULL, true, true);
+    n++;
+  }
+  napi_value out;
+  if (napi_create_uint32(env, n, &out) != napi_ok) return NULL;
+  return out;
+}
+
+/* tunnelPending() -> connections not yet relaying. */
+static napi_value js_tunnel_pending(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value out;
+  if (napi_create_uint32(env, live_count, &out) != napi_ok) return NULL;
+  return out;
+}
+
+napi_status tg_tunnel_register(napi_env env, napi_value exports) {
+  const napi_property_descriptor props[] = {
+      {"tunnelListen", NULL, js_tunnel_listen, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"tunnelClose", NULL, js_tunnel_close, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"tunnelAbortAll", NULL, js_tunnel_abort_all, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"tunnelPending", NULL, js_tunnel_pending, NULL, NULL, NULL, napi_enumerable, NULL},
+  };
+  return napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+}
