@@ -68,6 +68,14 @@ function cpuSplit(pid: number): [number, number] {
   return [Number(f[11]), Number(f[12])];
 }
 
+/** [busy, total] jiffies of the whole host (all CPUs), from /proc/stat. */
+function hostCpu(): [number, number] {
+  const f = fs.readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const total = f.reduce((a, b) => a + b, 0);
+  const idle = (f[3] ?? 0) + (f[4] ?? 0);
+  return [total - idle, total];
+}
+
 function rssMiB(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
   return m ? Number(m[1]) / 1024 : NaN;
@@ -95,6 +103,8 @@ interface Result {
   connErrors?: number;
   /** Share of the per-connection CPU spent in user space (the rest is the kernel's). */
   connCpuUserShare?: number;
+  /** How busy the whole host was during the connection workload (0..1): near 1, conn/s is bound by CPU. */
+  connHostBusy?: number;
   latencyP50Ms?: number;
   latencyP99Ms?: number;
   rssIdleMiB?: number;
@@ -155,7 +165,8 @@ class Bench {
         if (process.env['BENCH_GW_NODE_OPTIONS']) env['NODE_OPTIONS'] = process.env['BENCH_GW_NODE_OPTIONS'];
         for (const k of ['TRANSGATE_MEM_LOG', 'TRANSGATE_HEAP_SNAPSHOT', 'TRANSGATE_V8_FLAGS']) if (process.env[k]) env[k] = process.env[k]!;
         const wrapped = prof || env['TRANSGATE_MEM_LOG'] || env['TRANSGATE_HEAP_SNAPSHOT'] || env['TRANSGATE_V8_FLAGS'];
-        this.gw = await lab.startGateway(args, env, wrapped ? { script: path.join(__dirname, 'profiled-gateway.js') } : {});
+        // Its log goes to a file, as redsocks' does: no CPU of the harness per log line.
+        this.gw = await lab.startGateway(args, env, { logToFile: true, ...(wrapped ? { script: path.join(__dirname, 'profiled-gateway.js') } : {}) });
         await this.gw.waitFor(new RegExp(`\\brelay ${relay}\\b`), 3000);
         return this.gw.pid;
       },
@@ -285,13 +296,15 @@ class Bench {
     return { mbps: bytes / MIB / secs, cpuSec, bytes };
   }
 
-  private async conns(v: Variant, pid: number | undefined): Promise<{ perSec: number; cpuUsPerConn: number; errors: number; userShare: number }> {
+  private async conns(v: Variant, pid: number | undefined): Promise<{ perSec: number; cpuUsPerConn: number; errors: number; userShare: number; hostBusy: number }> {
     const url = v.squid ? `https://${O4}/` : `http://${INTRA}/`;
     const args = ['hey', '-n', String(CONN_REQUESTS), '-c', String(CONN_CONCURRENCY), '-disable-keepalive', '-t', '10'];
     if (v.explicit) args.push('-x', ADDR.proxyUrl);
     args.push(url);
     const c0 = pid ? cpuSplit(pid) : [0, 0];
+    const h0 = hostCpu();
     const r = await this.lab.exec('cl', args, { timeoutMs: 180_000 });
+    const h1 = hostCpu();
     const c1 = pid ? cpuSplit(pid) : [NaN, NaN];
     const cpu = (c1[0]! - c0[0]! + c1[1]! - c0[1]!) / CLK_TCK;
     const userShare = (c1[0]! - c0[0]!) / (c1[0]! - c0[0]! + c1[1]! - c0[1]!);
@@ -299,7 +312,8 @@ class Bench {
     const ok = /\[200\]\s+(\d+) responses/.exec(r.stdout);
     if (!rps) throw new Error(`${v.name}: hey printed no rate: ${r.stdout.slice(-800)} ${r.stderr.slice(0, 400)}`);
     const okCount = ok ? Number(ok[1]) : 0;
-    return { perSec: Number(rps[1]), cpuUsPerConn: (cpu * 1e6) / CONN_REQUESTS, errors: CONN_REQUESTS - okCount, userShare };
+    const hostBusy = (h1[0] - h0[0]) / (h1[1] - h0[1]);
+    return { perSec: Number(rps[1]), cpuUsPerConn: (cpu * 1e6) / CONN_REQUESTS, errors: CONN_REQUESTS - okCount, userShare, hostBusy };
   }
 
   private probeArgs(v: Variant, mode: string, n: number): string[] {
@@ -365,6 +379,7 @@ class Bench {
       res.cpuUsPerConn = pid ? c.cpuUsPerConn : undefined;
       res.connErrors = c.errors;
       if (pid) res.connCpuUserShare = c.userShare;
+      res.connHostBusy = c.hostBusy;
       if (v.squid) {
         const l = await this.latency(v);
         res.latencyP50Ms = l.p50;
@@ -391,9 +406,10 @@ class Bench {
 const fmt = (n: number | undefined, digits = 1): string => (n === undefined || Number.isNaN(n) ? '-' : n.toFixed(digits));
 
 function table(results: Result[]): string {
-  const head = ['variant', '1x MB/s', `${PARALLEL}x MB/s`, 'CPU s/GiB', 'conn/s', 'CPU µs/conn', 'p50 ms', 'p99 ms', 'RSS idle MiB', 'RSS +held MiB', 'held'];
+  const head = ['variant', '1x MB/s', `${PARALLEL}x MB/s`, 'CPU s/GiB', 'conn/s', 'CPU µs/conn', 'host busy', 'p50 ms', 'p99 ms', 'RSS idle MiB', 'RSS +held MiB', 'held'];
   const rows = results.map((r) => [
     r.variant, fmt(r.bulk1MBps, 0), fmt(r.bulkNMBps, 0), fmt(r.cpuSecPerGiB, 2), fmt(r.connsPerSec, 0), fmt(r.cpuUsPerConn, 0),
+    r.connHostBusy === undefined ? '-' : `${Math.round(r.connHostBusy * 100)}%`,
     fmt(r.latencyP50Ms, 2), fmt(r.latencyP99Ms, 2), fmt(r.rssIdleMiB), r.rssHeldMiB === undefined || r.rssBeforeHeldMiB === undefined ? '-' : fmt(r.rssHeldMiB - r.rssBeforeHeldMiB), r.held === undefined ? '-' : String(r.held),
   ]);
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));

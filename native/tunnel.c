@@ -65,6 +65,7 @@ typedef struct tg_front {
   int fd;
   bool sniff;      /* TLS: read the first bytes before deciding */
   bool redirect;   /* destination from SO_ORIGINAL_DST */
+  bool speculate;  /* ask decide() with no bytes yet, so that it may dial meanwhile */
   bool closed;
   int mark;        /* SO_MARK for upstream sockets; -1 none */
   uint32_t sniff_max, sniff_ms, connect_ms, idle_ms;
@@ -75,15 +76,28 @@ typedef struct tg_front {
 
 enum state { SNIFF, CONNECTING, REQUEST, ANSWER, HEAD, RELAY, DONE };
 
+/* The addresses of a connection as text, for decide(). */
+typedef struct {
+  char cip[INET6_ADDRSTRLEN], dip[INET6_ADDRSTRLEN];
+  uint16_t cport, dport;
+} endpoints;
+
 typedef struct tg_conn {
   tg_front *front;
   uint32_t id;
   enum state state;
   int cfd, ufd;
   uv_poll_t *cpoll;  /* the client while sniffing; its own allocation (see close_cpoll) */
-  uv_poll_t upoll;   /* the upstream until the relay takes it */
+  uv_poll_t *upoll;  /* the upstream until the relay takes it; its own allocation */
   uv_timer_t timer;  /* sniff, connect and answer deadlines */
-  bool upoll_inited, client_eof;
+  bool client_eof;
+  /* A connection to the proxy opened while the ClientHello is awaited
+   * (decide() answered [3, ip, port]): used if the final answer names the
+   * same ip and port, closed otherwise. */
+  bool spec, spec_connected;
+  char spec_ip[INET6_ADDRSTRLEN];
+  uint32_t spec_port;
+  endpoints *ep;     /* while sniffing */
   char *head;        /* the client's first bytes, written upstream before relaying */
   size_t head_len, head_cap, head_off;
   char *req;         /* the CONNECT request; NULL for a direct connection */
@@ -111,6 +125,7 @@ static void front_handle_closed(uv_handle_t *h) { front_release((tg_front *)h->d
 static void conn_release(tg_conn *c) {
   if (--c->refs > 0) return;
   tg_front *f = c->front;
+  free(c->ep);
   free(c->head);
   free(c->req);
   free(c->answer);
@@ -135,9 +150,9 @@ static void close_cpoll(tg_conn *c) {
 }
 
 static void close_upoll(tg_conn *c) {
-  if (!c->upoll_inited) return;
-  c->upoll_inited = false;
-  uv_close((uv_handle_t *)&c->upoll, conn_handle_closed);
+  if (c->upoll == NULL) return;
+  uv_close((uv_handle_t *)c->upoll, free_handle);
+  c->upoll = NULL;
 }
 
 static void unlink_conn(tg_conn *c) {
@@ -216,6 +231,7 @@ static void start_relay(tg_conn *c) {
   close_cpoll(c);
   close_upoll(c);
   uv_close((uv_handle_t *)&c->timer, conn_handle_closed);
+  free(c->ep), c->ep = NULL;
   free(c->head), c->head = NULL;
   free(c->req), c->req = NULL;
   free(c->answer), c->answer = NULL;
@@ -238,9 +254,10 @@ static void start_relay(tg_conn *c) {
 
 static void on_upstream(uv_poll_t *h, int status, int events);
 static void on_timeout(uv_timer_t *t);
+static void drop_spec(tg_conn *c);
 
 static bool upoll_want(tg_conn *c, int events) {
-  int rc = uv_poll_start(&c->upoll, events, on_upstream);
+  int rc = uv_poll_start(c->upoll, events, on_upstream);
   if (rc != 0) {
     conn_fail_errno(c, "socket", -rc);
     return false;
@@ -369,13 +386,37 @@ static void read_answer(tg_conn *c) {
     conn_end(c, "answer-status", status, text, true, true);
     return;
   }
-  uv_poll_stop(&c->upoll);
-  send_head(c);
+  send_head(c); /* the relay's own polls replace upoll, or upoll waits for POLLOUT */
+}
+
+static void drop_spec(tg_conn *c) {
+  close_upoll(c);
+  if (c->ufd >= 0) close(c->ufd);
+  c->ufd = -1;
+  c->spec = c->spec_connected = false;
+}
+
+/* The speculative connection finished connecting while the client is still read. */
+static void spec_connected(tg_conn *c, int status) {
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(c->ufd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+  if (err == 0 && status < 0) err = -status;
+  if (err != 0) {
+    drop_spec(c);
+    return;
+  }
+  c->spec_connected = true;
+  uv_poll_stop(c->upoll); /* writable from now on: nothing to wait for until the request */
 }
 
 static void on_upstream(uv_poll_t *h, int status, int events) {
   tg_conn *c = h->data;
   if (c->state == DONE) return;
+  if (c->state == SNIFF) {
+    spec_connected(c, status);
+    return;
+  }
   if (status < 0 && c->state != CONNECTING) {
     int err = 0;
     socklen_t len = sizeof err;
@@ -405,7 +446,6 @@ static void on_upstream(uv_poll_t *h, int status, int events) {
       uv_timer_start(&c->timer, on_timeout, c->front->connect_ms, 0);
       send_request(c);
     } else {
-      uv_poll_stop(&c->upoll);
       send_head(c);
     }
     return;
@@ -417,18 +457,16 @@ static void on_upstream(uv_poll_t *h, int status, int events) {
     if (events & UV_READABLE) read_answer(c);
     return;
   case HEAD:
-    if (events & UV_WRITABLE) {
-      uv_poll_stop(&c->upoll);
-      send_head(c);
-    }
+    if (events & UV_WRITABLE) send_head(c);
     return;
   default:
     return;
   }
 }
 
-/* Opens the upstream connection to ip:port. */
-static void dial(tg_conn *c, const char *ip, uint32_t port) {
+/* Opens the upstream connection to ip:port; `speculative` while the
+ * client is still being read (no deadline of its own then). */
+static void dial(tg_conn *c, const char *ip, uint32_t port, bool speculative) {
   struct sockaddr_storage ss;
   socklen_t len;
   memset(&ss, 0, sizeof ss);
@@ -446,39 +484,90 @@ static void dial(tg_conn *c, const char *ip, uint32_t port) {
     conn_fail_errno(c, "socket", EINVAL);
     return;
   }
+  int err = 0;
   int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
-    conn_fail_errno(c, "socket", errno);
-    return;
+    err = errno;
+    goto fail;
   }
   c->ufd = fd;
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   /* Before connect: the mark must be on the SYN so netfilter skips it. */
   if (c->front->mark >= 0 && setsockopt(fd, SOL_SOCKET, SO_MARK, &c->front->mark, sizeof c->front->mark) != 0) {
-    conn_fail_errno(c, "socket", errno);
-    return;
+    err = errno;
+    goto fail;
   }
-  int rc = uv_poll_init_socket(c->timer.loop, &c->upoll, fd);
+  if ((c->upoll = malloc(sizeof *c->upoll)) == NULL) {
+    err = ENOMEM;
+    goto fail;
+  }
+  int rc = uv_poll_init_socket(c->timer.loop, c->upoll, fd);
   if (rc != 0) {
-    conn_fail_errno(c, "socket", -rc);
-    return;
+    free(c->upoll);
+    c->upoll = NULL;
+    err = -rc;
+    goto fail;
   }
-  c->upoll.data = c;
-  c->upoll_inited = true;
-  c->refs++;
-  c->state = CONNECTING;
+  c->upoll->data = c;
+  if (speculative) {
+    c->spec = true;
+    snprintf(c->spec_ip, sizeof c->spec_ip, "%s", ip);
+    c->spec_port = port;
+  } else {
+    c->state = CONNECTING;
+  }
   if (connect(fd, (struct sockaddr *)&ss, len) != 0 && errno != EINPROGRESS) {
+    if (speculative) {
+      /* Dialled again, and reported, once the connection is decided. */
+      drop_spec(c);
+      return;
+    }
     conn_fail_errno(c, "connect", errno);
     return;
   }
-  uv_timer_start(&c->timer, on_timeout, c->front->connect_ms, 0);
+  if (!speculative) uv_timer_start(&c->timer, on_timeout, c->front->connect_ms, 0);
   upoll_want(c, UV_WRITABLE);
+  return;
+
+fail:
+  if (speculative) drop_spec(c); /* dialled again, and reported, once the connection is decided */
+  else conn_fail_errno(c, "socket", err);
 }
 
 /* ---- client ----------------------------------------------------------------- */
 
 static void on_client(uv_poll_t *h, int status, int events);
+
+/* Reads decide()'s answer: 0, 1 (ip, port and *req filled), 2, 3 (ip and
+ * port filled: dial meanwhile, read on), 4 (read on), or -1 for nonsense. */
+static int parse_action(napi_env env, napi_value result, bool final, char *ip, size_t ip_size, uint32_t *port,
+                        char **req, size_t *req_len) {
+  napi_valuetype t;
+  bool is_array = false;
+  napi_value v;
+  double d;
+  size_t l = 0;
+  if (napi_typeof(env, result, &t) != napi_ok) return -1;
+  if (t == napi_null || t == napi_undefined) return final ? -1 : 4;
+  if (napi_is_array(env, result, &is_array) != napi_ok || !is_array) return -1;
+  if (napi_get_element(env, result, 0, &v) != napi_ok || napi_get_value_double(env, v, &d) != napi_ok) return -1;
+  int action = (int)d;
+  if (action == 0 || action == 2) return action;
+  if (action != 1 && !(action == 3 && !final)) return -1;
+  if (napi_get_element(env, result, 1, &v) != napi_ok ||
+      napi_get_value_string_latin1(env, v, ip, ip_size, &l) != napi_ok || l == 0 || l >= ip_size - 1 ||
+      napi_get_element(env, result, 2, &v) != napi_ok || napi_get_value_uint32(env, v, port) != napi_ok ||
+      *port == 0 || *port > 65535)
+    return -1;
+  if (action == 3) return 3;
+  if (napi_get_element(env, result, 3, &v) != napi_ok || napi_typeof(env, v, &t) != napi_ok) return -1;
+  if (t != napi_string) return t == napi_undefined ? 1 : -1;
+  if (napi_get_value_string_latin1(env, v, NULL, 0, &l) != napi_ok || (*req = malloc(l + 1)) == NULL ||
+      napi_get_value_string_latin1(env, v, *req, l + 1, req_len) != napi_ok)
+    return -1;
+  return 1;
+}
 
 /* Calls decide() and acts on its answer. */
 static void decide(tg_conn *c, const char *cip, uint16_t cport, const char *dip, uint16_t dport, bool final) {
@@ -514,35 +603,8 @@ static void decide(tg_conn *c, const char *cip, uint16_t cport, const char *dip,
   int action = -1;
   char ip[INET6_ADDRSTRLEN + 1];
   uint32_t port = 0;
-  bool more = false;
   if (c->state != DONE && result != NULL) {
-    napi_valuetype t;
-    bool is_array = false;
-    napi_typeof(env, result, &t);
-    if (t == napi_null || t == napi_undefined) {
-      more = !final;
-    } else if (napi_is_array(env, result, &is_array) == napi_ok && is_array) {
-      napi_value v;
-      double d;
-      if (napi_get_element(env, result, 0, &v) == napi_ok && napi_get_value_double(env, v, &d) == napi_ok) action = (int)d;
-      if (action == 1) {
-        size_t l = 0;
-        napi_value req;
-        if (napi_get_element(env, result, 1, &v) != napi_ok ||
-            napi_get_value_string_latin1(env, v, ip, sizeof ip, &l) != napi_ok || l >= sizeof ip - 1 ||
-            napi_get_element(env, result, 2, &v) != napi_ok || napi_get_value_uint32(env, v, &port) != napi_ok ||
-            port == 0 || port > 65535 || napi_get_element(env, result, 3, &req) != napi_ok) {
-          action = -1;
-        } else if (napi_typeof(env, req, &t) == napi_ok && t == napi_string) {
-          if (napi_get_value_string_latin1(env, req, NULL, 0, &l) == napi_ok && (c->req = malloc(l + 1)) != NULL &&
-              napi_get_value_string_latin1(env, req, c->req, l + 1, &c->req_len) == napi_ok) {
-            (void)0;
-          } else {
-            action = -1;
-          }
-        }
-      }
-    }
+    action = parse_action(env, result, final, ip, sizeof ip, &port, &c->req, &c->req_len);
   }
   napi_close_handle_scope(env, scope);
   if (c->state == DONE) {
@@ -550,7 +612,11 @@ static void decide(tg_conn *c, const char *cip, uint16_t cport, const char *dip,
     return;
   }
   c->refs--;
-  if (more) {
+  if (action == 3 && !c->spec) {
+    dial(c, ip, port, true);
+    if (c->state == DONE) return;
+  }
+  if (action == 3 || action == 4) {
     /* The ClientHello is not whole yet: read on. */
     if ((c->cpoll = malloc(sizeof *c->cpoll)) == NULL || uv_poll_init_socket(c->timer.loop, c->cpoll, c->cfd) != 0) {
       free(c->cpoll);
@@ -574,7 +640,24 @@ static void decide(tg_conn *c, const char *cip, uint16_t cport, const char *dip,
     conn_end(c, "handed-over", 0, NULL, false, false);
     return;
   case 1:
-    dial(c, ip, port);
+    if (c->spec && strcmp(ip, c->spec_ip) == 0 && port == c->spec_port) {
+      /* The connection opened meanwhile goes there already. */
+      c->spec = false;
+      if (c->spec_connected) {
+        if (c->req != NULL) {
+          uv_timer_start(&c->timer, on_timeout, c->front->connect_ms, 0);
+          send_request(c);
+        } else {
+          send_head(c);
+        }
+      } else {
+        c->state = CONNECTING;
+        uv_timer_start(&c->timer, on_timeout, c->front->connect_ms, 0);
+      }
+      return;
+    }
+    if (c->spec) drop_spec(c);
+    dial(c, ip, port, false);
     return;
   default: {
     /* A decide() that threw or answered nonsense: a bug, reported through
@@ -585,34 +668,47 @@ static void decide(tg_conn *c, const char *cip, uint16_t cport, const char *dip,
   }
 }
 
-/* The addresses of a connection, kept as text for decide() calls. */
-typedef struct {
-  char cip[INET6_ADDRSTRLEN], dip[INET6_ADDRSTRLEN];
-  uint16_t cport, dport;
-} endpoints;
-
-static bool endpoints_of(tg_conn *c, endpoints *e) {
-  struct sockaddr_storage peer, local;
-  socklen_t len = sizeof peer;
-  if (getpeername(c->cfd, (struct sockaddr *)&peer, &len) != 0) return false;
-  len = sizeof local;
+static bool endpoints_of(tg_conn *c, const struct sockaddr_storage *peer, endpoints *e) {
+  struct sockaddr_storage local;
+  socklen_t len = sizeof local;
   if (c->front->redirect) {
     const char *failed;
     if (tg_original_dst(c->cfd, &local, &failed) != 0) return false;
   } else if (getsockname(c->cfd, (struct sockaddr *)&local, &len) != 0) {
     return false;
   }
-  return tg_format_addr(&peer, e->cip, &e->cport) != 0 && tg_format_addr(&local, e->dip, &e->dport) != 0;
+  return tg_format_addr(peer, e->cip, &e->cport) != 0 && tg_format_addr(&local, e->dip, &e->dport) != 0;
 }
 
 static void decide_now(tg_conn *c, bool final) {
-  endpoints e;
-  if (!endpoints_of(c, &e)) {
-    /* The client is gone (ENOTCONN) before anything was decided. */
-    conn_end(c, "client-closed", 0, NULL, false, true);
-    return;
+  decide(c, c->ep->cip, c->ep->cport, c->ep->dip, c->ep->dport, final);
+}
+
+/* Reads what the client sent so far and decides when that is enough.
+ * False when nothing was there yet (EAGAIN). */
+static bool read_client(tg_conn *c) {
+  if (c->head_cap < c->front->sniff_max) {
+    char *grown = realloc(c->head, c->front->sniff_max);
+    if (grown == NULL) {
+      conn_fail_errno(c, "socket", ENOMEM);
+      return true;
+    }
+    c->head = grown;
+    c->head_cap = c->front->sniff_max;
   }
-  decide(c, e.cip, e.cport, e.dip, e.dport, final);
+  ssize_t n;
+  do n = recv(c->cfd, c->head + c->head_len, c->head_cap - c->head_len, 0);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN) return false;
+    c->client_eof = true;
+    decide_now(c, true);
+    return true;
+  }
+  if (n == 0) c->client_eof = true;
+  c->head_len += (size_t)n;
+  decide_now(c, c->client_eof || c->head_len >= c->head_cap);
+  return true;
 }
 
 static void on_client(uv_poll_t *h, int status, int events) {
@@ -624,27 +720,7 @@ static void on_client(uv_poll_t *h, int status, int events) {
     decide_now(c, true);
     return;
   }
-  if (c->head_cap < c->front->sniff_max) {
-    char *grown = realloc(c->head, c->front->sniff_max);
-    if (grown == NULL) {
-      conn_fail_errno(c, "socket", ENOMEM);
-      return;
-    }
-    c->head = grown;
-    c->head_cap = c->front->sniff_max;
-  }
-  ssize_t n;
-  do n = recv(c->cfd, c->head + c->head_len, c->head_cap - c->head_len, 0);
-  while (n < 0 && errno == EINTR);
-  if (n < 0) {
-    if (errno == EAGAIN) return;
-    c->client_eof = true;
-    decide_now(c, true);
-    return;
-  }
-  if (n == 0) c->client_eof = true;
-  c->head_len += (size_t)n;
-  decide_now(c, c->client_eof || c->head_len >= c->head_cap);
+  read_client(c);
 }
 
 static void on_timeout(uv_timer_t *t) {
@@ -669,7 +745,7 @@ static void on_timeout(uv_timer_t *t) {
   }
 }
 
-static void start_conn(tg_front *f, int fd) {
+static void start_conn(tg_front *f, int fd, const struct sockaddr_storage *peer) {
   tg_conn *c = calloc(1, sizeof *c);
   if (c == NULL) {
     set_linger0(fd);
@@ -693,28 +769,37 @@ static void start_conn(tg_front *f, int fd) {
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 
   endpoints e;
-  if (!endpoints_of(c, &e)) {
+  if (!endpoints_of(c, peer, &e)) {
     int err = errno;
-    tg_front *fr = c->front;
-    struct sockaddr_storage peer;
-    socklen_t len = sizeof peer;
-    char cip[INET6_ADDRSTRLEN] = "";
+    char cip[INET6_ADDRSTRLEN];
     uint16_t cport = 0;
-    if (getpeername(fd, (struct sockaddr *)&peer, &len) == 0) tg_format_addr(&peer, cip, &cport);
     napi_handle_scope scope;
-    if (cip[0] != 0 && napi_open_handle_scope(fr->env, &scope) == napi_ok) {
+    if (tg_format_addr(peer, cip, &cport) != 0 && napi_open_handle_scope(f->env, &scope) == napi_ok) {
       napi_value argv[3];
-      if (napi_create_string_latin1(fr->env, cip, NAPI_AUTO_LENGTH, &argv[0]) == napi_ok &&
-          napi_create_uint32(fr->env, cport, &argv[1]) == napi_ok &&
-          napi_create_string_utf8(fr->env, tg_errno_name(err), NAPI_AUTO_LENGTH, &argv[2]) == napi_ok)
-        tg_call_js(fr->env, fr->unusable, 3, argv);
-      napi_close_handle_scope(fr->env, scope);
+      if (napi_create_string_latin1(f->env, cip, NAPI_AUTO_LENGTH, &argv[0]) == napi_ok &&
+          napi_create_uint32(f->env, cport, &argv[1]) == napi_ok &&
+          napi_create_string_utf8(f->env, tg_errno_name(err), NAPI_AUTO_LENGTH, &argv[2]) == napi_ok)
+        tg_call_js(f->env, f->unusable, 3, argv);
+      napi_close_handle_scope(f->env, scope);
     }
     conn_end(c, "unusable", 0, NULL, false, true);
     return;
   }
   if (!f->sniff) {
     decide(c, e.cip, e.cport, e.dip, e.dport, true);
+    return;
+  }
+  if ((c->ep = malloc(sizeof *c->ep)) == NULL) {
+    conn_end(c, "unusable", 0, NULL, false, true);
+    return;
+  }
+  *c->ep = e;
+  /* The ClientHello often arrives with the handshake's last ACK: then no
+   * poll (and no loop turn) is needed for it. */
+  if (read_client(c)) return;
+  if (f->speculate) {
+    /* decide() may open the proxy connection while the ClientHello is on its way. */
+    decide(c, e.cip, e.cport, e.dip, e.dport, false);
     return;
   }
   if ((c->cpoll = malloc(sizeof *c->cpoll)) == NULL || uv_poll_init_socket(f->poll.loop, c->cpoll, fd) != 0) {
@@ -742,9 +827,11 @@ static void on_accept(uv_poll_t *h, int status, int events) {
   (void)events;
   if (f->closed || status < 0) return;
   for (int i = 0; i < ACCEPT_BATCH && !f->closed; i++) {
-    int fd = accept4(f->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    struct sockaddr_storage peer;
+    socklen_t len = sizeof peer;
+    int fd = accept4(f->fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd >= 0) {
-      start_conn(f, fd);
+      start_conn(f, fd, &peer);
       continue;
     }
     if (errno == EINTR || errno == ECONNABORTED) continue;
@@ -782,13 +869,14 @@ static bool get_fn(napi_env env, napi_value v, const char *name, napi_ref *out) 
   return napi_create_reference(env, v, 1, out) == napi_ok;
 }
 
-/* tunnelListen(fd, sniff, redirect, mark, sniffMaxBytes, sniffMs, connectMs, idleMs, decide, done, unusable) -> handle */
+/* tunnelListen(fd, sniff, redirect, mark, sniffMaxBytes, sniffMs, connectMs, idleMs, decide, done, unusable, speculate) -> handle */
 static napi_value js_tunnel_listen(napi_env env, napi_callback_info info) {
-  napi_value argv[11];
+  napi_value argv[12];
   int fd;
-  bool sniff, redirect;
+  bool sniff, redirect, speculate;
   double mark, sniff_max, sniff_ms, connect_ms, idle_ms;
-  if (!tg_get_args(env, info, 11, argv) || !tg_get_fd(env, argv[0], &fd) ||
+  if (!tg_get_args(env, info, 12, argv) || !tg_get_fd(env, argv[0], &fd) ||
+      !tg_get_bool(env, argv[11], "speculate", &speculate) ||
       !tg_get_bool(env, argv[1], "sniff", &sniff) || !tg_get_bool(env, argv[2], "redirect", &redirect) ||
       !tg_get_int(env, argv[3], "mark", -1, UINT32_MAX, &mark) ||
       !tg_get_int(env, argv[4], "sniffMaxBytes", 1, 1 << 20, &sniff_max) ||
@@ -811,6 +899,7 @@ static napi_value js_tunnel_listen(napi_env env, napi_callback_info info) {
   f->fd = fd;
   f->sniff = sniff;
   f->redirect = redirect;
+  f->speculate = sniff && speculate;
   f->mark = mark < 0 ? -1 : (int)(uint32_t)mark;
   f->sniff_max = (uint32_t)sniff_max;
   f->sniff_ms = (uint32_t)sniff_ms;

@@ -2,6 +2,14 @@ export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 
 const ORDER: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40 };
 
+/**
+ * Lines wait this long to be written together: under load one write(2)
+ * carries the lines of many connections instead of one per loop turn
+ * (stderr on a pipe is a synchronous write in Node). Timestamps are taken
+ * when a line is made, so the delay does not show in them.
+ */
+const FLUSH_DELAY_MS = 20;
+
 export const LOG_LEVELS: readonly LogLevel[] = ['debug', 'info', 'warn', 'error'];
 
 /**
@@ -10,9 +18,9 @@ export const LOG_LEVELS: readonly LogLevel[] = ['debug', 'info', 'warn', 'error'
  */
 export class Logger {
   private threshold: number;
-  /** Lines of this event-loop turn, written together (one write(2) instead of one per connection). */
+  /** Lines not yet written (see FLUSH_DELAY_MS). */
   private pending: string[] = [];
-  private scheduled = false;
+  private scheduled: NodeJS.Timeout | undefined;
   private readonly flushNow = (): void => this.flush();
 
   constructor(
@@ -48,9 +56,10 @@ export class Logger {
     this.flush();
   }
 
-  /** Writes what is pending; called at the end of each loop turn and before exit. */
+  /** Writes what is pending; called FLUSH_DELAY_MS after the first pending line, and before exit. */
   flush(): void {
-    this.scheduled = false;
+    if (this.scheduled) clearTimeout(this.scheduled);
+    this.scheduled = undefined;
     if (this.pending.length === 0) return;
     const chunk = this.pending.join('\n') + '\n';
     this.pending = [];
@@ -59,10 +68,7 @@ export class Logger {
 
   private emit(level: LogLevel, msg: string): void {
     this.pending.push(`${new Date().toISOString()} ${level.padEnd(5)} ${msg}`);
-    if (!this.scheduled) {
-      this.scheduled = true;
-      setImmediate(this.flushNow);
-    }
+    this.scheduled ??= setTimeout(this.flushNow, FLUSH_DELAY_MS);
   }
 }
 

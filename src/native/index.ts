@@ -80,7 +80,7 @@ export interface NativeBinding {
   // native/tunnel.c
   tunnelListen(
     fd: number, sniff: boolean, redirect: boolean, mark: number, sniffMaxBytes: number, sniffMs: number, connectMs: number, idleMs: number,
-    decide: TunnelDecide, done: TunnelDone, unusable: TunnelUnusable,
+    decide: TunnelDecide, done: TunnelDone, unusable: TunnelUnusable, speculate: boolean,
   ): TunnelHandle;
   tunnelClose(handle: TunnelHandle): void;
   tunnelAbortAll(): number;
@@ -97,8 +97,11 @@ export type TunnelDecide = (
   head: Buffer | undefined, final: boolean, eof: boolean,
 ) => TunnelAction | null;
 
-/** [0]: close (JS logged it); [1, ip, port, request?]: connect and relay; [2]: JS took the fd. */
-export type TunnelAction = readonly [0] | readonly [1, string, number, string | undefined] | readonly [2];
+/**
+ * [0]: close (JS logged it); [1, ip, port, request?]: connect and relay; [2]: JS took the fd;
+ * [3, ip, port] (only before the first bytes, on a speculating listener): connect meanwhile, then ask again.
+ */
+export type TunnelAction = readonly [0] | readonly [1, string, number, string | undefined] | readonly [2] | readonly [3, string, number];
 
 /** The end of a connection decide() sent on: bytes each way, outcome, and the proxy's status and reason for "answer-status". */
 export type TunnelDone = (id: number, up: number, down: number, outcome: string, status: number, reason: string) => void;
@@ -119,6 +122,12 @@ export interface TunnelListenOptions {
   /** SO_MARK for upstream sockets. */
   mark?: number;
   sniffMaxBytes: number;
+  /**
+   * On a sniffing listener, ask decide() once before the first bytes (head
+   * empty, final false) when they are not there at accept, so that it can
+   * have the proxy connection opened while they travel.
+   */
+  speculate?: boolean;
   sniffTimeoutMs: number;
   connectTimeoutMs: number;
   idleTimeoutMs: number;
@@ -492,7 +501,7 @@ export function tunnelListen(opts: TunnelListenOptions, decide: TunnelDecide, do
     fd, checkBool('options.sniff', o.sniff, false), checkBool('options.redirect', o.redirect, false), mark,
     checkInt('options.sniffMaxBytes', o.sniffMaxBytes, 1, 1 << 20), checkInt('options.sniffTimeoutMs', o.sniffTimeoutMs, 1, 0x7fffffff),
     checkInt('options.connectTimeoutMs', o.connectTimeoutMs, 1, 0x7fffffff), checkInt('options.idleTimeoutMs', o.idleTimeoutMs, 0, 0x7fffffff),
-    decide, done, unusable,
+    decide, done, unusable, checkBool('options.speculate', o.speculate, false),
   );
 }
 

@@ -74,6 +74,7 @@ export class NativeStreams {
         redirect: d.redirect,
         mark: d.mark,
         sniffMaxBytes: TLS_SNIFF_MAX_BYTES,
+        speculate: kind === 'tls',
         sniffTimeoutMs: d.sniffTimeoutMs,
         connectTimeoutMs: d.connectTimeoutMs,
         idleTimeoutMs: d.idleTimeoutMs,
@@ -102,6 +103,7 @@ export class NativeStreams {
     kind: 'tls' | 'tcp', id: number, fd: number, cip: string, cport: number, dip: string, dport: number,
     head: Buffer | undefined, final: boolean, eof: boolean,
   ): TunnelAction | null {
+    if (!final && head?.length === 0) return this.speculate(cip, dip, dport);
     const sniffed = head && head.length > 0 ? sniffTls(head) : undefined;
     if (!final && (sniffed === undefined || sniffed.status === 'need-more')) return null;
     if (this.deps.closing()) return CLOSE;
@@ -142,6 +144,21 @@ export class NativeStreams {
     ctx.via = hostPort(dip, dport);
     this.live.set(id, { ctx, proxy: undefined });
     return [1, dip, dport, undefined];
+  }
+
+  /**
+   * Before the ClientHello: where the connection will most likely go. The
+   * proxy connection is then opened while the client's first bytes travel
+   * (what redsocks gains by never waiting for them); the SNI can still
+   * send it elsewhere (no_proxy by name), and that connection is closed.
+   */
+  private speculate(cip: string, dip: string, dport: number): TunnelAction | null {
+    if (this.deps.closing() || this.deps.isLocal(dip)) return null;
+    const name = this.deps.names?.lookup(cip, dip);
+    const decision = this.deps.router.select({ kind: 'tls', name, address: dip, port: dport });
+    if (decision.kind !== 'proxy' || !decision.proxy) return null;
+    const ip = this.proxyAddress(decision.proxy.host);
+    return ip === undefined ? null : [3, ip, decision.proxy.port];
   }
 
   private done(id: number, up: number, down: number, outcome: string, status: number, reason: string): void {
