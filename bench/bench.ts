@@ -18,7 +18,7 @@
  * Gateway CPU is utime+stime from /proc/<pid>/stat around each workload;
  * RSS is VmRSS from /proc/<pid>/status.
  *
- * Knobs (environment): BENCH_ONLY=transgate,redsocks (variants to run),
+ * Knobs (environment): BENCH_ONLY=transgate,redsocks (variants to run), BENCH_ROUNDS,
  * BENCH_FILE_MIB, BENCH_PARALLEL, BENCH_CONN_REQUESTS, BENCH_CONN_CONCURRENCY,
  * BENCH_LATENCY_SAMPLES, BENCH_IDLE, and BENCH_CPU_PROF=DIR for V8 CPU
  * profiles of the transgate runs (bench/profiled-gateway.ts).
@@ -40,6 +40,12 @@ const PARALLEL = opt('PARALLEL', 8);
 const CONN_REQUESTS = opt('CONN_REQUESTS', 2000);
 const CONN_CONCURRENCY = opt('CONN_CONCURRENCY', 16);
 const LATENCY_SAMPLES = opt('LATENCY_SAMPLES', 300);
+/**
+ * Each variant runs this many times, the variants taking turns, and the
+ * table shows the median of each figure: on a shared 2-CPU host one run
+ * varies by ±20%, and taking turns spreads slow spells over all variants.
+ */
+const ROUNDS = Math.max(1, opt('ROUNDS', 3));
 /**
  * Held idle connections. Each costs the gateway two descriptors (client and
  * upstream) and squid two; this host's hard RLIMIT_NOFILE is read below and
@@ -130,7 +136,6 @@ interface Variant {
 }
 
 class Bench {
-  readonly results: Result[] = [];
   private gw: Gw | undefined;
   private redsocks: ChildProcess | undefined;
   readonly idleCount: number;
@@ -362,7 +367,8 @@ class Bench {
     return { before, burst, after, open: got.open };
   }
 
-  async run(v: Variant): Promise<Result> {
+  /** One round of a variant; the held connections only when `held` (the last round). */
+  async run(v: Variant, held: boolean): Promise<Result> {
     const res: Result = { variant: v.name, notes: [] };
     const pid = await v.start();
     try {
@@ -386,7 +392,7 @@ class Bench {
         res.latencyP99Ms = l.p99;
       }
       // Last: a gateway that runs out of descriptors here must not spoil the other workloads.
-      if (pid && v.squid) {
+      if (held && pid && v.squid) {
         const h = await this.held(v, pid);
         res.rssIdleMiB = rssIdle;
         res.rssHeldMiB = h.after;
@@ -398,9 +404,26 @@ class Bench {
     } finally {
       await v.stop();
     }
-    this.results.push(res);
     return res;
   }
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+/** The rounds of one variant as one row: the median of each figure, notes of every round. */
+function combine(variant: string, rounds: Result[]): Result {
+  const out: Result = { variant, notes: rounds.flatMap((r) => r.notes) };
+  const keys = new Set(rounds.flatMap((r) => Object.keys(r))) as Set<keyof Result>;
+  for (const k of keys) {
+    if (k === 'variant' || k === 'notes') continue;
+    const xs = rounds.map((r) => r[k]).filter((x): x is number => typeof x === 'number' && !Number.isNaN(x));
+    if (xs.length > 0) (out as unknown as Record<string, number>)[k] = median(xs);
+  }
+  return out;
 }
 
 const fmt = (n: number | undefined, digits = 1): string => (n === undefined || Number.isNaN(n) ? '-' : n.toFixed(digits));
@@ -471,23 +494,33 @@ async function main(): Promise<void> {
     }
     const bench = new Bench(lab, probe);
     const only = process.env['BENCH_ONLY']?.split(',');
-    for (const v of bench.variants()) {
-      if (only && !only.includes(v.name)) continue;
-      const t0 = Date.now();
-      process.stdout.write(`bench: ${v.name} ... `);
-      const r = await bench.run(v);
-      console.log(`${((Date.now() - t0) / 1000).toFixed(0)} s${r.notes.length ? ` (${r.notes.join('; ')})` : ''}`);
+    const variants = bench.variants().filter((v) => !only || only.includes(v.name));
+    const rounds = new Map<string, Result[]>();
+    for (let round = 1; round <= ROUNDS; round++) {
+      for (const v of variants) {
+        const t0 = Date.now();
+        process.stdout.write(`bench: round ${round}/${ROUNDS} ${v.name} ... `);
+        const r = await bench.run(v, round === ROUNDS);
+        rounds.set(v.name, [...(rounds.get(v.name) ?? []), r]);
+        console.log(
+          `${((Date.now() - t0) / 1000).toFixed(0)} s: ${fmt(r.bulk1MBps, 0)}/${fmt(r.bulkNMBps, 0)} MB/s, ${fmt(r.connsPerSec, 0)} conn/s` +
+            (r.cpuSecPerGiB !== undefined ? `, ${fmt(r.cpuSecPerGiB, 2)} CPU s/GiB, ${fmt(r.cpuUsPerConn, 0)} CPU µs/conn` : '') +
+            (r.notes.length ? ` (${r.notes.join('; ')})` : ''),
+        );
+      }
     }
-    const rs = ratios(bench.results);
+    const results = variants.map((v) => combine(v.name, rounds.get(v.name) ?? []));
+    const rs = ratios(results);
     const nofile = hardNofile();
     const meta = {
       date: new Date().toISOString(),
       host: { cpus: spawnSync('nproc', { encoding: 'utf8' }).stdout.trim(), kernel: spawnSync('uname', ['-r'], { encoding: 'utf8' }).stdout.trim(), node: process.version, nofileHard: nofile },
-      params: { fileMiB: FILE_MIB, parallel: PARALLEL, connRequests: CONN_REQUESTS, connConcurrency: CONN_CONCURRENCY, latencySamples: LATENCY_SAMPLES, idleWanted: IDLE_WANTED, idleHeld: bench.idleCount },
+      params: { rounds: ROUNDS, fileMiB: FILE_MIB, parallel: PARALLEL, connRequests: CONN_REQUESTS, connConcurrency: CONN_CONCURRENCY, latencySamples: LATENCY_SAMPLES, idleWanted: IDLE_WANTED, idleHeld: bench.idleCount },
       durationS: (Date.now() - started) / 1000,
     };
     console.log('');
-    console.log(table(bench.results));
+    console.log(`median of ${ROUNDS} round${ROUNDS > 1 ? 's' : ''}:`);
+    console.log(table(results));
     console.log('');
     for (const r of rs) console.log(`${r.ok ? 'ok  ' : 'MISS'} ${r.name}: ${r.value.toFixed(2)} (target ${r.target})`);
     if (bench.idleCount < IDLE_WANTED) {
@@ -496,7 +529,7 @@ async function main(): Promise<void> {
     const outDir = path.join(lab.repo, 'bench-results');
     fs.mkdirSync(outDir, { recursive: true });
     const file = path.join(outDir, `bench-${meta.date.replace(/[:.]/g, '-')}.json`);
-    fs.writeFileSync(file, JSON.stringify({ meta, results: bench.results, ratios: rs }, null, 2) + '\n');
+    fs.writeFileSync(file, JSON.stringify({ meta, results, ratios: rs, rounds: Object.fromEntries(rounds) }, null, 2) + '\n');
     console.log(`\nbench: ${meta.durationS.toFixed(0)} s; results in ${path.relative(process.cwd(), file)}`);
   } finally {
     await lab.destroy();

@@ -465,6 +465,20 @@ describe('gateway e2e', { skip, timeout: 600_000 }, () => {
           await squidNoEntry(lab, from, /intranet\.test/);
         });
 
+        gtest('(5) no_proxy name by SNI: direct, though the proxy connection was opened while the ClientHello travelled', async () => {
+          const lab = ctx.lab;
+          const from = await lab.squidMark();
+          const mark = gw!.mark();
+          // Nothing listens on the intranet's 443: the direct attempt is refused, which is the point: it was direct.
+          const r = await curl(lab, ['--max-time', '5', '--resolve', `intranet.test:443:${ADDR.intranet.v4}`, 'https://intranet.test/']);
+          assert.notEqual(r.code, 0, show(r));
+          const c = await waitConn(gw!, mark, (f) => f.kind === 'tls' && dstIs(f.dst, ADDR.intranet.v4, 443), 'tls to intranet.test');
+          assert.equal(c.route, 'direct', c._line);
+          assert.equal(c.name, 'intranet.test', c._line);
+          assert.equal(c.result, 'TG_ERR_DIRECT_UNREACHABLE', c._line);
+          await squidNoEntry(lab, from, /intranet\.test|198\.51\.100\.3:443/);
+        });
+
         gtest('(5) control: the same address by IP is not in no_proxy and goes through squid', async () => {
           const lab = ctx.lab;
           const from = await lab.squidMark();
@@ -501,6 +515,40 @@ describe('gateway e2e', { skip, timeout: 600_000 }, () => {
       });
 
       // ------------------------------------------------------------------
+      describe('proxy given by name', () => {
+        let gw: Gw | undefined;
+        before(async () => {
+          ctx.lab.setGatewayHosts([`${ADDR.proxy.v4} proxy.lab.test`]);
+          gw = await startGw(ctx.lab, ['--mode', mode, '-tcp-proxy-dports', '22,5000'], proxyEnv({}, `http://proxy.lab.test:${ADDR.proxy.port}`));
+        });
+        after(async () => {
+          await stopQuietly(gw);
+          await clearQuietly(ctx.lab);
+        });
+
+        gtest('TLS and TCP reach the origin through the proxy named in https_proxy, from the first connection on', async () => {
+          const lab = ctx.lab;
+          const from = await lab.squidMark();
+          const mark = gw!.mark();
+          // The first connection arrives before the name is looked up; the later ones after.
+          for (let i = 0; i < 3; i++) {
+            const t = await curl(lab, ['--cacert', lab.caFile, '--resolve', `www.example.test:443:${O4}`, `https://www.example.test/named${i}`]);
+            assert.equal(t.code, 0, `${show(t)}\n${tail(gw)}`);
+            assert.equal(t.stdout, `origin host=www.example.test uri=/named${i} proto=https\n`);
+          }
+          const e = await tcpSend(lab, `TCP:${O4}:5000`, 'named\\n');
+          assert.equal(e.stdout, 'named\n', `${show(e)}\n${tail(gw)}`);
+          const lines = gw!.linesSince(mark).filter(isConnLine).map(parseKv);
+          const tls = lines.filter((f) => f.kind === 'tls');
+          assert.equal(tls.length, 3, tail(gw));
+          for (const f of tls) {
+            assert.equal(f.via, `proxy.lab.test:${ADDR.proxy.port}`, f._line);
+            assert.equal(f.result, 'ok', f._line);
+          }
+          await lab.waitSquidLog(/ CONNECT www\.example\.test:443 200 /, 3000, from);
+        });
+      });
+
       describe('proxy authentication', () => {
         let gw: Gw | undefined;
         before(async () => {

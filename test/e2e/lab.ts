@@ -217,6 +217,9 @@ function creatorAlive(pid: number): boolean {
 }
 
 /** Removes namespaces and temp dirs of earlier runs whose creating process is dead. Returns what it removed. */
+/** Where `ip netns exec` finds per-namespace replacements for files in /etc. */
+const NETNS_ETC = '/etc/netns';
+
 export function removeLeftovers(): string[] {
   const removed: string[] = [];
   // Suites may add namespaces of their own named `<lab id>-x-<name>` (a container, say): leftovers too.
@@ -230,6 +233,13 @@ export function removeLeftovers(): string[] {
     for (let i = 0; i < 50 && netnsPids(ns).some(pidAlive); i++) sleepSync(20);
     run(['ip', 'netns', 'del', ns]);
     removed.push(ns);
+  }
+  // Per-namespace /etc files (setGatewayHosts) of labs whose creator is gone.
+  if (fs.existsSync(NETNS_ETC)) {
+    for (const d of fs.readdirSync(NETNS_ETC)) {
+      const m = re.exec(d);
+      if (m && !creatorAlive(Number(m[1]))) fs.rmSync(path.join(NETNS_ETC, d), { recursive: true, force: true });
+    }
   }
   const dirRe = new RegExp(`^${LAB_PREFIX}-(\\d+)-[0-9a-z]+$`);
   for (const d of fs.readdirSync(os.tmpdir())) {
@@ -1066,6 +1076,17 @@ export class Lab {
     return gw;
   }
 
+  /**
+   * Extra /etc/hosts lines for programs started in the gateway namespace
+   * from now on: `ip netns exec` bind-mounts /etc/netns/<ns>/hosts over
+   * /etc/hosts. Removed with the lab.
+   */
+  setGatewayHosts(lines: string[]): void {
+    const dir = path.join(NETNS_ETC, this.ns.gw);
+    fs.mkdirSync(dir, { recursive: true });
+    fs.writeFileSync(path.join(dir, 'hosts'), ['127.0.0.1 localhost', '::1 localhost', ...lines, ''].join('\n'));
+  }
+
   // -- teardown -------------------------------------------------------------
 
   /** Kills every process, deletes namespaces and the temp dir. Idempotent. */
@@ -1118,6 +1139,7 @@ export class Lab {
       left = remaining();
     }
     for (const n of ROLES) if (existing.has(this.ns[n])) run(['ip', 'netns', 'del', this.ns[n]]);
+    for (const n of ROLES) fs.rmSync(path.join(NETNS_ETC, this.ns[n]), { recursive: true, force: true });
     fs.rmSync(this.dir, { recursive: true, force: true });
   }
 }
