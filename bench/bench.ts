@@ -109,6 +109,8 @@ interface Result {
   connErrors?: number;
   /** Share of the per-connection CPU spent in user space (the rest is the kernel's). */
   connCpuUserShare?: number;
+  /** How busy the whole host was during the single download (0..1). */
+  bulk1HostBusy?: number;
   /** How busy the whole host was during the connection workload (0..1): near 1, conn/s is bound by CPU. */
   connHostBusy?: number;
   latencyP50Ms?: number;
@@ -285,20 +287,22 @@ class Bench {
   }
 
   /** N parallel downloads of the large file; returns aggregate MB/s and gateway CPU seconds. */
-  private async bulk(v: Variant, pid: number | undefined, n: number): Promise<{ mbps: number; cpuSec: number; bytes: number }> {
+  private async bulk(v: Variant, pid: number | undefined, n: number): Promise<{ mbps: number; cpuSec: number; bytes: number; hostBusy: number }> {
     const one = `curl -sS --fail -o /dev/null -w '%{size_download}\\n' --max-time 120 ${this.curlArgs(v)} ${this.bulkUrl(v)}`;
     const script = Array.from({ length: n }, () => `${one} &`).join('\n') + '\nwait\n';
     const c0 = pid ? cpuTicks(pid) : 0;
+    const h0 = hostCpu();
     const t0 = process.hrtime.bigint();
     const r = await this.lab.exec('cl', ['sh', '-c', script], { timeoutMs: 180_000 });
     const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+    const h1 = hostCpu();
     const cpuSec = pid ? (cpuTicks(pid) - c0) / CLK_TCK : NaN;
     const sizes = r.stdout.split('\n').filter(Boolean).map(Number);
     const bytes = sizes.reduce((a, b) => a + b, 0);
     if (sizes.length !== n || sizes.some((s) => s !== FILE_MIB * MIB)) {
       throw new Error(`${v.name}: bulk x${n} incomplete (${sizes.join(',')}): ${r.stderr.slice(0, 500)}`);
     }
-    return { mbps: bytes / MIB / secs, cpuSec, bytes };
+    return { mbps: bytes / MIB / secs, cpuSec, bytes, hostBusy: (h1[0] - h0[0]) / (h1[1] - h0[1]) };
   }
 
   private async conns(v: Variant, pid: number | undefined): Promise<{ perSec: number; cpuUsPerConn: number; errors: number; userShare: number; hostBusy: number }> {
@@ -377,6 +381,7 @@ class Bench {
       const rssIdle = pid ? rssMiB(pid) : undefined;
       const b1 = await this.bulk(v, pid, 1);
       res.bulk1MBps = b1.mbps;
+      res.bulk1HostBusy = b1.hostBusy;
       const bn = await this.bulk(v, pid, PARALLEL);
       res.bulkNMBps = bn.mbps;
       if (pid) res.cpuSecPerGiB = (b1.cpuSec + bn.cpuSec) / ((b1.bytes + bn.bytes) / GIB);
@@ -503,7 +508,8 @@ async function main(): Promise<void> {
         const r = await bench.run(v, round === ROUNDS);
         rounds.set(v.name, [...(rounds.get(v.name) ?? []), r]);
         console.log(
-          `${((Date.now() - t0) / 1000).toFixed(0)} s: ${fmt(r.bulk1MBps, 0)}/${fmt(r.bulkNMBps, 0)} MB/s, ${fmt(r.connsPerSec, 0)} conn/s` +
+          `${((Date.now() - t0) / 1000).toFixed(0)} s: ${fmt(r.bulk1MBps, 0)}/${fmt(r.bulkNMBps, 0)} MB/s ` +
+            `(host ${Math.round((r.bulk1HostBusy ?? NaN) * 100)}% busy), ${fmt(r.connsPerSec, 0)} conn/s` +
             (r.cpuSecPerGiB !== undefined ? `, ${fmt(r.cpuSecPerGiB, 2)} CPU s/GiB, ${fmt(r.cpuUsPerConn, 0)} CPU µs/conn` : '') +
             (r.notes.length ? ` (${r.notes.join('; ')})` : ''),
         );

@@ -90,6 +90,7 @@ typedef struct tg_conn {
   uv_poll_t *cpoll;  /* the client while sniffing; its own allocation (see close_cpoll) */
   uv_poll_t *upoll;  /* the upstream until the relay takes it; its own allocation */
   uv_timer_t timer;  /* sniff, connect and answer deadlines */
+  uint64_t sniff_deadline; /* loop time by which the first bytes must have been decided on */
   bool client_eof;
   /* A connection to the proxy opened while the ClientHello is awaited
    * (decide() answered [3, ip, port]): used if the final answer names the
@@ -396,6 +397,14 @@ static void drop_spec(tg_conn *c) {
   c->spec = c->spec_connected = false;
 }
 
+/* A connected speculative connection is no longer polled: the proxy may
+ * have closed it meanwhile (its idle timeout). Then it is dialled anew. */
+static bool spec_alive(tg_conn *c) {
+  char b;
+  ssize_t n = recv(c->ufd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
 /* The speculative connection finished connecting while the client is still read. */
 static void spec_connected(tg_conn *c, int status) {
   int err = 0;
@@ -481,6 +490,7 @@ static void dial(tg_conn *c, const char *ip, uint32_t port, bool speculative) {
     sin6->sin6_port = htons((uint16_t)port);
     len = sizeof *sin6;
   } else {
+    if (speculative) return; /* nothing to open early; the final answer is checked again */
     conn_fail_errno(c, "socket", EINVAL);
     return;
   }
@@ -552,6 +562,7 @@ static int parse_action(napi_env env, napi_value result, bool final, char *ip, s
   if (t == napi_null || t == napi_undefined) return final ? -1 : 4;
   if (napi_is_array(env, result, &is_array) != napi_ok || !is_array) return -1;
   if (napi_get_element(env, result, 0, &v) != napi_ok || napi_get_value_double(env, v, &d) != napi_ok) return -1;
+  if (!(d >= 0 && d <= 4) || d != (int)d) return -1;
   int action = (int)d;
   if (action == 0 || action == 2) return action;
   if (action != 1 && !(action == 3 && !final)) return -1;
@@ -626,7 +637,10 @@ static void decide(tg_conn *c, const char *cip, uint16_t cport, const char *dip,
     }
     c->cpoll->data = c;
     uv_poll_start(c->cpoll, UV_READABLE, on_client);
-    uv_timer_start(&c->timer, on_timeout, f->sniff_ms, 0);
+    /* One deadline for all the first bytes, not one per chunk: a client
+     * dripping a byte at a time is decided on when it runs out. */
+    uint64_t now = uv_now(c->timer.loop);
+    uv_timer_start(&c->timer, on_timeout, c->sniff_deadline > now ? c->sniff_deadline - now : 0, 0);
     return;
   }
   switch (action) {
@@ -640,6 +654,7 @@ static void decide(tg_conn *c, const char *cip, uint16_t cport, const char *dip,
     conn_end(c, "handed-over", 0, NULL, false, false);
     return;
   case 1:
+    if (c->spec && c->spec_connected && !spec_alive(c)) drop_spec(c);
     if (c->spec && strcmp(ip, c->spec_ip) == 0 && port == c->spec_port) {
       /* The connection opened meanwhile goes there already. */
       c->spec = false;
@@ -760,6 +775,7 @@ static void start_conn(tg_front *f, int fd, const struct sockaddr_storage *peer)
   c->refs = 2; /* the machine and the timer */
   c->state = SNIFF;
   uv_timer_init(f->poll.loop, &c->timer);
+  c->sniff_deadline = uv_now(f->poll.loop) + f->sniff_ms;
   c->timer.data = c;
   c->next = live_head;
   if (live_head) live_head->prev = c;
@@ -822,10 +838,28 @@ static void on_pause_end(uv_timer_t *t) {
   if (!f->closed) uv_poll_start(&f->poll, UV_READABLE, on_accept);
 }
 
+/* EMFILE and the like. Level-triggered: polling on would spin. Pause, say so, retry. */
+static void accept_failed(tg_front *f, int err) {
+  uv_poll_stop(&f->poll);
+  uv_timer_start(&f->pause, on_pause_end, ACCEPT_PAUSE_MS, 0);
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(f->env, &scope) == napi_ok) {
+    napi_value argv[3];
+    if (napi_get_null(f->env, &argv[0]) == napi_ok && napi_create_uint32(f->env, 0, &argv[1]) == napi_ok &&
+        napi_create_string_utf8(f->env, tg_errno_name(err), NAPI_AUTO_LENGTH, &argv[2]) == napi_ok)
+      tg_call_js(f->env, f->unusable, 3, argv);
+    napi_close_handle_scope(f->env, scope);
+  }
+}
+
 static void on_accept(uv_poll_t *h, int status, int events) {
   tg_front *f = h->data;
   (void)events;
-  if (f->closed || status < 0) return;
+  if (f->closed) return;
+  if (status < 0) {
+    accept_failed(f, -status);
+    return;
+  }
   for (int i = 0; i < ACCEPT_BATCH && !f->closed; i++) {
     struct sockaddr_storage peer;
     socklen_t len = sizeof peer;
@@ -835,21 +869,8 @@ static void on_accept(uv_poll_t *h, int status, int events) {
       continue;
     }
     if (errno == EINTR || errno == ECONNABORTED) continue;
-    if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-      /* Level-triggered: polling on would spin. Pause, say so, retry. */
-      int err = errno;
-      uv_poll_stop(&f->poll);
-      uv_timer_start(&f->pause, on_pause_end, ACCEPT_PAUSE_MS, 0);
-      napi_handle_scope scope;
-      if (napi_open_handle_scope(f->env, &scope) == napi_ok) {
-        napi_value argv[3];
-        if (napi_get_null(f->env, &argv[0]) == napi_ok && napi_create_uint32(f->env, 0, &argv[1]) == napi_ok &&
-            napi_create_string_utf8(f->env, tg_errno_name(err), NAPI_AUTO_LENGTH, &argv[2]) == napi_ok)
-          tg_call_js(f->env, f->unusable, 3, argv);
-        napi_close_handle_scope(f->env, scope);
-      }
-    }
-    return; /* EAGAIN, or paused */
+    if (errno != EAGAIN && errno != EWOULDBLOCK) accept_failed(f, errno);
+    return;
   }
 }
 

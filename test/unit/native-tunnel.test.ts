@@ -1,0 +1,915 @@
+/**
+ * The native stream front end (native/tunnel.c) driven directly over
+ * loopback: the addon accepts on a listenTcp fd, asks decide(), dials an
+ * in-process "origin" or fake HTTP proxy, and hands over to the splice
+ * relay. No namespaces, no root-only features (transparent: false,
+ * redirect: false), so the destination is the listener's own address.
+ */
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import { afterEach, describe, it } from 'node:test';
+import {
+  hasTunnel, listenTcp, loadNative, localPort, spliceAbortAll, spliceActive, tunnelAbortAll, tunnelClose, tunnelListen, tunnelPending,
+  type TunnelDecide, type TunnelDone, type TunnelHandle, type TunnelUnusable,
+} from '../../src/native';
+
+const T = { timeout: 8_000 };
+const REQ = 'CONNECT x:1 HTTP/1.1\r\nHost: x:1\r\n\r\n';
+const OK = 'HTTP/1.1 200 OK\r\n\r\n';
+
+// ---- bookkeeping --------------------------------------------------------------
+
+/** Undone in reverse order after every test, whatever its result. */
+const cleanups: Array<() => void> = [];
+
+function noop(): void {}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Polls `fn` until it returns something (not undefined/null/false); fails after `ms`. */
+async function waitFor<T>(what: string, fn: () => T | undefined | null | false, ms = 3_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = fn();
+    if (v !== undefined && v !== null && v !== false) return v as T;
+    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await delay(5);
+  }
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    p,
+    new Promise<T>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
+
+function sha(b: Buffer): string {
+  return createHash('sha256').update(b).digest('hex');
+}
+
+// ---- the front end under test -------------------------------------------------
+
+interface DecideCall {
+  id: number;
+  fd: number;
+  clientIp: string;
+  clientPort: number;
+  dstIp: string;
+  dstPort: number;
+  head: Buffer | undefined;
+  final: boolean;
+  eof: boolean;
+  at: number;
+}
+
+interface DoneCall {
+  id: number;
+  up: number;
+  down: number;
+  outcome: string;
+  status: number;
+  reason: string;
+}
+
+/** What a test answers; `unknown` so that nonsense can be answered too. */
+type Decider = (call: DecideCall, n: number) => unknown;
+
+interface Front {
+  port: number;
+  handle: TunnelHandle;
+  decides: DecideCall[];
+  dones: DoneCall[];
+  unusable: Array<[string | null, number, string]>;
+  close(): void;
+}
+
+interface FrontOptions {
+  sniff?: boolean;
+  speculate?: boolean;
+  sniffMaxBytes?: number;
+  sniffTimeoutMs?: number;
+  connectTimeoutMs?: number;
+  idleTimeoutMs?: number;
+}
+
+function openFront(o: FrontOptions, decider: Decider): Front {
+  const fd = listenTcp({ host: '127.0.0.1', port: 0, transparent: false });
+  const decides: DecideCall[] = [];
+  const dones: DoneCall[] = [];
+  const unusable: Array<[string | null, number, string]> = [];
+  const decide = ((id, cfd, clientIp, clientPort, dstIp, dstPort, head, final, eof) => {
+    const call: DecideCall = {
+      id, fd: cfd, clientIp, clientPort, dstIp, dstPort, head: head === undefined ? undefined : Buffer.from(head), final, eof, at: Date.now(),
+    };
+    decides.push(call);
+    return decider(call, decides.length);
+  }) as TunnelDecide;
+  const done: TunnelDone = (id, up, down, outcome, status, reason) => {
+    dones.push({ id, up, down, outcome, status, reason });
+  };
+  const onUnusable: TunnelUnusable = (ip, port, errno) => {
+    unusable.push([ip, port, errno]);
+  };
+  let handle: TunnelHandle;
+  try {
+    handle = tunnelListen(
+      {
+        fd,
+        sniff: o.sniff ?? false,
+        redirect: false,
+        sniffMaxBytes: o.sniffMaxBytes ?? 4096,
+        speculate: o.speculate ?? false,
+        sniffTimeoutMs: o.sniffTimeoutMs ?? 2_000,
+        connectTimeoutMs: o.connectTimeoutMs ?? 2_000,
+        idleTimeoutMs: o.idleTimeoutMs ?? 0,
+      },
+      decide, done, onUnusable,
+    );
+  } catch (err) {
+    fs.closeSync(fd);
+    throw err;
+  }
+  let open = true;
+  const front: Front = {
+    port: localPort(fd),
+    handle,
+    decides,
+    dones,
+    unusable,
+    close() {
+      if (!open) return;
+      open = false;
+      tunnelClose(handle);
+    },
+  };
+  cleanups.push(() => front.close());
+  return front;
+}
+
+function doneOf(front: Front, id: number, ms = 3_000): Promise<DoneCall> {
+  return waitFor(`done(${id})`, () => front.dones.find((d) => d.id === id), ms);
+}
+
+/** The only done() of `id`, after giving a second call a moment to show up. */
+async function onlyDoneOf(front: Front, id: number, ms = 3_000): Promise<DoneCall> {
+  const d = await doneOf(front, id, ms);
+  await delay(30);
+  assert.equal(front.dones.filter((x) => x.id === id).length, 1, `done(${id}) called more than once`);
+  return d;
+}
+
+// ---- loopback peers -----------------------------------------------------------
+
+interface Server {
+  port: number;
+  sockets: net.Socket[];
+}
+
+async function listenServer(onConn: (s: net.Socket) => void, opts: net.ServerOpts = {}): Promise<Server> {
+  const sockets: net.Socket[] = [];
+  const server = net.createServer(opts, (s) => {
+    sockets.push(s);
+    s.on('error', noop);
+    onConn(s);
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve());
+  });
+  cleanups.push(() => {
+    server.close();
+    for (const s of sockets) s.destroy();
+  });
+  return { port: (server.address() as net.AddressInfo).port, sockets };
+}
+
+function echoServer(): Promise<Server> {
+  return listenServer((s) => s.pipe(s));
+}
+
+interface ProxyConn {
+  sock: net.Socket;
+  request?: string;
+  ended: boolean;
+  closed: boolean;
+}
+
+interface FakeProxy {
+  port: number;
+  conns: ProxyConn[];
+  requests: string[];
+}
+
+/**
+ * An HTTP proxy that reads a request head and then hands the socket (paused)
+ * and whatever came behind the head to `onRequest`.
+ */
+async function fakeProxy(onRequest: (c: ProxyConn, rest: Buffer) => void): Promise<FakeProxy> {
+  const p: FakeProxy = { port: 0, conns: [], requests: [] };
+  const srv = await listenServer((sock) => {
+    const c: ProxyConn = { sock, ended: false, closed: false };
+    p.conns.push(c);
+    sock.on('end', () => (c.ended = true));
+    sock.on('close', () => (c.closed = true));
+    let buf = Buffer.alloc(0);
+    const onData = (d: Buffer): void => {
+      buf = Buffer.concat([buf, d]);
+      const i = buf.indexOf('\r\n\r\n');
+      if (i < 0) return;
+      sock.off('data', onData);
+      sock.pause();
+      c.request = buf.subarray(0, i + 4).toString('latin1');
+      p.requests.push(c.request);
+      onRequest(c, buf.subarray(i + 4));
+    };
+    sock.on('data', onData);
+  });
+  p.port = srv.port;
+  return p;
+}
+
+/** A proxy that answers `answer` and then echoes. */
+function echoProxy(answer = OK): Promise<FakeProxy> {
+  return fakeProxy(({ sock }, rest) => {
+    sock.write(answer);
+    if (rest.length > 0) sock.write(rest);
+    sock.pipe(sock);
+  });
+}
+
+/** A port nothing listens on (right now). */
+async function freePort(): Promise<number> {
+  const srv = net.createServer();
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+  const port = (srv.address() as net.AddressInfo).port;
+  await new Promise<void>((r) => srv.close(() => r()));
+  return port;
+}
+
+/**
+ * A client socket, returned at once: for connections the addon resets
+ * within the same loop turn it accepts them, before Node has seen the
+ * connect complete ('error' ECONNRESET from connect then).
+ */
+function dialClient(port: number): net.Socket {
+  const s = net.connect({ host: '127.0.0.1', port, allowHalfOpen: true });
+  s.on('error', noop); // the tests' own listeners are once(): a late EPIPE must not crash the file
+  cleanups.push(() => s.destroy());
+  return s;
+}
+
+function connectClient(port: number): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ host: '127.0.0.1', port, allowHalfOpen: true });
+    s.on('error', noop); // as in dialClient
+    cleanups.push(() => s.destroy());
+    s.once('error', reject);
+    s.once('connect', () => {
+      s.off('error', reject);
+      resolve(s);
+    });
+  });
+}
+
+/** Everything `s` receives until EOF. */
+function collect(s: net.Socket, ms = 5_000): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  s.on('data', (c: Buffer) => chunks.push(c));
+  return withTimeout(
+    new Promise<Buffer>((resolve, reject) => {
+      s.once('end', () => resolve(Buffer.concat(chunks)));
+      s.once('error', reject);
+      s.resume();
+    }),
+    ms,
+    'EOF from the tunnel',
+  );
+}
+
+/** How the other side ended `s`: an errno code ('ECONNRESET'), 'end' (a FIN), or 'close'. */
+function closedHow(s: net.Socket, ms = 3_000): Promise<string> {
+  return withTimeout(
+    new Promise<string>((resolve) => {
+      s.on('data', noop);
+      s.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? e.message));
+      s.once('end', () => {
+        resolve('end');
+        s.end();
+      });
+      s.once('close', () => resolve('close'));
+      s.resume();
+    }),
+    ms,
+    'the client to be closed',
+  );
+}
+
+/** Reads from `s` until `n` bytes came (for tests that must not wait for EOF). */
+function readBytes(s: net.Socket, n: number, ms = 3_000): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let have = 0;
+  return withTimeout(
+    new Promise<Buffer>((resolve, reject) => {
+      const onData = (c: Buffer): void => {
+        chunks.push(c);
+        have += c.length;
+        if (have >= n) {
+          s.off('data', onData);
+          s.pause();
+          resolve(Buffer.concat(chunks));
+        }
+      };
+      s.on('data', onData);
+      s.once('error', reject);
+      s.resume();
+    }),
+    ms,
+    `${n} bytes`,
+  );
+}
+
+const skip = hasTunnel() ? false : 'the native addon (with tunnelListen) is not built: run `npm run install`';
+
+describe('native tunnel front end (native/tunnel.c)', { skip }, () => {
+  afterEach(async () => {
+    // A failed test may leave connections behind: end them so that the next
+    // test (and the process exit) does not wait on them.
+    tunnelAbortAll();
+    while (cleanups.length > 0) {
+      try {
+        cleanups.pop()!();
+      } catch {
+        // already closed
+      }
+    }
+    spliceAbortAll();
+    await delay(5);
+  });
+
+  // ---- 1. plain TCP ----------------------------------------------------------
+
+  it('TCP listener: decide once with the endpoints, then relays 1 MiB both ways and reports the bytes', T, async () => {
+    const echo = await echoServer();
+    const front = openFront({ sniff: false }, () => [1, '127.0.0.1', echo.port, undefined]);
+    const client = await connectClient(front.port);
+    const clientPort = client.localPort;
+    const data = randomBytes(1 << 20);
+    const got = collect(client);
+    client.end(data);
+    const back = await got;
+    assert.equal(back.length, data.length);
+    assert.equal(sha(back), sha(data));
+
+    assert.equal(front.decides.length, 1);
+    const call = front.decides[0]!;
+    assert.equal(call.head, undefined);
+    assert.equal(call.final, true);
+    assert.equal(call.eof, false);
+    assert.equal(call.clientIp, '127.0.0.1');
+    assert.equal(call.clientPort, clientPort);
+    assert.equal(call.dstIp, '127.0.0.1', 'not transparent: the destination is the listener itself');
+    assert.equal(call.dstPort, front.port);
+    assert.ok(Number.isInteger(call.fd) && call.fd > 2, `fd ${call.fd}`);
+
+    const d = await onlyDoneOf(front, call.id);
+    assert.deepEqual(d, { id: call.id, up: data.length, down: data.length, outcome: 'ok', status: 0, reason: '' });
+    assert.equal(tunnelPending(), 0);
+    await waitFor('the relay to finish', () => spliceActive() === 0);
+    assert.deepEqual(front.unusable, []);
+  });
+
+  it('20 concurrent connections through one listener: each its own id, bytes and done', T, async () => {
+    const proxy = await echoProxy();
+    const front = openFront({}, () => [1, '127.0.0.1', proxy.port, REQ]);
+    const payloads = Array.from({ length: 20 }, (_, i) => randomBytes(16 * 1024 + i));
+    const echoed = await Promise.all(payloads.map(async (data) => {
+      const client = await connectClient(front.port);
+      const got = collect(client);
+      client.end(data);
+      return got;
+    }));
+    echoed.forEach((b, i) => assert.equal(sha(b), sha(payloads[i]!), `connection ${i}`));
+    const ids = front.decides.map((c) => c.id);
+    assert.equal(new Set(ids).size, 20, 'ids are distinct');
+    await waitFor('20 done() calls', () => front.dones.length === 20);
+    const byId = new Map(front.dones.map((d) => [d.id, d]));
+    for (const call of front.decides) {
+      const d = byId.get(call.id)!;
+      assert.ok(d, `done(${call.id})`);
+      assert.equal(d.outcome, 'ok');
+      assert.equal(d.up, d.down);
+    }
+    assert.deepEqual(front.dones.map((d) => d.up).sort((a, b) => a - b), payloads.map((p) => p.length));
+    assert.equal(proxy.conns.length, 20);
+    assert.ok(proxy.requests.every((r) => r === REQ));
+    assert.equal(tunnelPending(), 0);
+  });
+
+  // ---- 2-6. through a fake HTTP proxy -------------------------------------------
+
+  it('via a proxy: sends exactly the CONNECT request, relays after 200, counts only client bytes', T, async () => {
+    const proxy = await echoProxy();
+    const front = openFront({}, () => [1, '127.0.0.1', proxy.port, REQ]);
+    const client = await connectClient(front.port);
+    const msg = Buffer.from('ping through the proxy, and back');
+    const got = collect(client);
+    client.end(msg);
+    assert.equal((await got).toString(), msg.toString());
+    assert.deepEqual(proxy.requests, [REQ]);
+    assert.equal(proxy.conns.length, 1);
+    const d = await onlyDoneOf(front, front.decides[0]!.id);
+    assert.deepEqual(d, { id: front.decides[0]!.id, up: msg.length, down: msg.length, outcome: 'ok', status: 0, reason: '' });
+  });
+
+  it('server bytes in the same write as the 200 reach the client, the answer head does not', T, async () => {
+    const greeting = 'SSH-2.0-test\r\n';
+    const proxy = await fakeProxy(({ sock }) => {
+      sock.write(OK + greeting); // one write: one segment on loopback
+      sock.resume(); // allowHalfOpen is off: the client's EOF ends this side too
+    });
+    const front = openFront({}, () => [1, '127.0.0.1', proxy.port, REQ]);
+    const client = await connectClient(front.port);
+    const chunks: Buffer[] = [];
+    let have = 0;
+    client.on('data', (c: Buffer) => {
+      chunks.push(c);
+      have += c.length;
+      if (have >= greeting.length) client.end();
+    });
+    await withTimeout(new Promise((r) => client.once('end', r)), 3_000, 'EOF');
+    assert.equal(Buffer.concat(chunks).toString('latin1'), greeting);
+    const d = await onlyDoneOf(front, front.decides[0]!.id);
+    assert.equal(d.outcome, 'ok');
+    assert.equal(d.up, 0);
+    assert.equal(d.down, greeting.length);
+  });
+
+  it('a 407 answer: answer-status with status and reason, and the client is reset', T, async () => {
+    const proxy = await fakeProxy(({ sock }) => {
+      sock.write('HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm="x"\r\n\r\n');
+    });
+    const front = openFront({}, () => [1, '127.0.0.1', proxy.port, REQ]);
+    const client = await connectClient(front.port);
+    const how = closedHow(client);
+    const d = await onlyDoneOf(front, await waitFor('decide', () => front.decides[0]?.id));
+    assert.deepEqual(d, {
+      id: front.decides[0]!.id, up: 0, down: 0, outcome: 'answer-status', status: 407, reason: 'Proxy Authentication Required',
+    });
+    assert.equal(await how, 'ECONNRESET');
+    await waitFor('the proxy connection to be closed', () => proxy.conns[0]?.closed);
+  });
+
+  it('an answer that is not HTTP: answer-protocol', T, async () => {
+    const proxy = await fakeProxy(({ sock }) => sock.write('SSH-2.0-x\r\n\r\n'));
+    const front = openFront({}, () => [1, '127.0.0.1', proxy.port, REQ]);
+    const client = await connectClient(front.port);
+    const how = closedHow(client);
+    const id = await waitFor('decide', () => front.decides[0]?.id);
+    const d = await onlyDoneOf(front, id);
+    assert.deepEqual(d, { id, up: 0, down: 0, outcome: 'answer-protocol', status: 0, reason: '' });
+    assert.equal(await how, 'ECONNRESET');
+  });
+
+  it('a proxy that closes without answering: answer-closed', T, async () => {
+    const proxy = await fakeProxy(({ sock }) => sock.end());
+    const front = openFront({}, () => [1, '127.0.0.1', proxy.port, REQ]);
+    const client = await connectClient(front.port);
+    const how = closedHow(client);
+    const id = await waitFor('decide', () => front.decides[0]?.id);
+    assert.equal((await onlyDoneOf(front, id)).outcome, 'answer-closed');
+    assert.deepEqual(proxy.requests, [REQ]);
+    assert.equal(await how, 'ECONNRESET');
+  });
+
+  it('an answer head over 16 KiB: answer-oversized', T, async () => {
+    const proxy = await fakeProxy(({ sock }) => sock.write(Buffer.alloc(17 * 1024, 'a'))); // and stays open
+    const front = openFront({}, () => [1, '127.0.0.1', proxy.port, REQ]);
+    const client = await connectClient(front.port);
+    const how = closedHow(client);
+    const id = await waitFor('decide', () => front.decides[0]?.id);
+    assert.equal((await onlyDoneOf(front, id)).outcome, 'answer-oversized');
+    assert.equal(await how, 'ECONNRESET');
+  });
+
+  it('a proxy that never answers: answer-timeout after connectTimeoutMs', T, async () => {
+    const proxy = await fakeProxy(noop);
+    const front = openFront({ connectTimeoutMs: 300 }, () => [1, '127.0.0.1', proxy.port, REQ]);
+    const client = await connectClient(front.port);
+    const how = closedHow(client);
+    const call = await waitFor('decide', () => front.decides[0]);
+    const d = await onlyDoneOf(front, call.id);
+    const elapsed = Date.now() - call.at;
+    assert.equal(d.outcome, 'answer-timeout');
+    assert.ok(elapsed >= 250 && elapsed < 2_500, `answer-timeout after ${elapsed} ms, expected ~300`);
+    assert.deepEqual(proxy.requests, [REQ]);
+    assert.equal(await how, 'ECONNRESET');
+  });
+
+  it('nothing listening on the target: connect ECONNREFUSED, the client is reset', T, async () => {
+    const port = await freePort();
+    const front = openFront({}, () => [1, '127.0.0.1', port, undefined]);
+    const client = await connectClient(front.port);
+    const how = closedHow(client);
+    const id = await waitFor('decide', () => front.decides[0]?.id);
+    const d = await onlyDoneOf(front, id);
+    assert.deepEqual(d, { id, up: 0, down: 0, outcome: 'connect ECONNREFUSED', status: 0, reason: '' });
+    assert.equal(await how, 'ECONNRESET');
+  });
+
+  // ---- 7. sniffing ------------------------------------------------------------------
+
+  it('sniffing: null asks again with the longer head; the head goes upstream once, in order', T, async () => {
+    const originGot: Buffer[] = [];
+    let originEnded!: () => void;
+    const originEnd = new Promise<void>((r) => (originEnded = r));
+    const origin = await listenServer((s) => {
+      s.on('data', (c: Buffer) => originGot.push(c));
+      s.on('end', () => {
+        originEnded();
+        s.end('pong');
+      });
+    }, { allowHalfOpen: true });
+    const front = openFront({ sniff: true, speculate: false }, (call) =>
+      call.head!.toString() === 'hello world' ? [1, '127.0.0.1', origin.port, undefined] : null);
+    const client = await connectClient(front.port);
+    const got = collect(client);
+    client.write('hello ');
+    await waitFor('the first decide', () => front.decides.length === 1);
+    client.write('world');
+    await waitFor('the origin connection', () => origin.sockets.length === 1);
+    client.end('|later');
+    await withTimeout(originEnd, 3_000, 'EOF at the origin');
+    assert.equal(Buffer.concat(originGot).toString(), 'hello world|later');
+    assert.equal((await got).toString(), 'pong');
+
+    assert.deepEqual(front.decides.map((c) => [c.head?.toString(), c.final, c.eof]), [['hello ', false, false], ['hello world', false, false]]);
+    assert.equal(front.decides[0]!.id, front.decides[1]!.id);
+    const d = await onlyDoneOf(front, front.decides[0]!.id);
+    assert.deepEqual(d, { id: d.id, up: 'hello world|later'.length, down: 4, outcome: 'ok', status: 0, reason: '' });
+  });
+
+  it('sniffing: a head that reaches sniffMaxBytes is final; the bytes behind it follow in order', T, async () => {
+    const origin = await echoServer();
+    const front = openFront({ sniff: true, sniffMaxBytes: 8 }, () => [1, '127.0.0.1', origin.port, undefined]);
+    const client = await connectClient(front.port);
+    const got = collect(client);
+    client.end('0123456789abcdef');
+    assert.equal((await got).toString(), '0123456789abcdef');
+    assert.equal(front.decides.length, 1);
+    assert.equal(front.decides[0]!.head!.toString(), '01234567');
+    assert.equal(front.decides[0]!.final, true);
+    const d = await onlyDoneOf(front, front.decides[0]!.id);
+    assert.deepEqual([d.up, d.down, d.outcome], [16, 16, 'ok']);
+  });
+
+  it('sniffing: a silent client gets a final decide with an empty head after sniffTimeoutMs', T, async () => {
+    const front = openFront({ sniff: true, sniffTimeoutMs: 200 }, () => [0]);
+    const t0 = Date.now();
+    const client = await connectClient(front.port);
+    const how = closedHow(client);
+    const call = await waitFor('decide', () => front.decides[0], 2_000);
+    const elapsed = call.at - t0;
+    assert.ok(elapsed >= 150 && elapsed < 1_500, `decided after ${elapsed} ms, expected ~200`);
+    assert.equal(call.head?.length, 0);
+    assert.equal(call.final, true);
+    assert.equal(call.eof, false);
+    assert.equal(await how, 'end'); // [0]: closed, not reset
+    assert.equal(front.decides.length, 1);
+  });
+
+  it('sniffing: a client that closes before sending gets a final decide with eof', T, async () => {
+    const front = openFront({ sniff: true }, () => [0]);
+    const client = await connectClient(front.port);
+    client.end();
+    const call = await waitFor('decide', () => front.decides[0]);
+    assert.deepEqual([call.head?.length, call.final, call.eof], [0, true, true]);
+    await delay(30);
+    assert.deepEqual(front.dones, []);
+  });
+
+  it('sniffing: a client that sends its head and EOF is decided with eof, and the EOF reaches the origin', T, async () => {
+    const origin = await echoServer();
+    const front = openFront({ sniff: true }, (call) => (call.final ? [1, '127.0.0.1', origin.port, undefined] : null));
+    const client = await connectClient(front.port);
+    const got = collect(client);
+    client.end('hello');
+    assert.equal((await got).toString(), 'hello');
+    const last = front.decides[front.decides.length - 1]!;
+    assert.deepEqual([last.head?.toString(), last.final, last.eof], ['hello', true, true]);
+    const d = await onlyDoneOf(front, last.id);
+    assert.deepEqual([d.up, d.down, d.outcome], [5, 5, 'ok']);
+  });
+
+  it('sniffing: a client reset before its first bytes gets a final decide with eof', T, async () => {
+    const front = openFront({ sniff: true }, () => [0]);
+    const client = await connectClient(front.port);
+    client.resetAndDestroy();
+    const call = await waitFor('decide', () => front.decides[0]);
+    assert.deepEqual([call.head?.length, call.final, call.eof], [0, true, true]);
+    await delay(30);
+    assert.deepEqual(front.dones, []);
+    assert.equal(tunnelPending(), 0);
+  });
+
+  it('sniffTimeoutMs bounds the whole sniff, not each gap between bytes (as readFirstBytes does)', T, async () => {
+    const front = openFront({ sniff: true, sniffTimeoutMs: 300 }, (call) => (call.final ? [0] : null));
+    const t0 = Date.now();
+    const client = await connectClient(front.port);
+    const how = closedHow(client, 3_000);
+    // One byte every 100 ms for a second: never a 300 ms gap.
+    for (let i = 0; i < 10 && !client.destroyed && front.decides.every((c) => !c.final); i++) {
+      client.write('x');
+      await delay(100);
+    }
+    const last = await waitFor('the final decide', () => front.decides.find((c) => c.final), 2_000);
+    const elapsed = last.at - t0;
+    await how;
+    assert.ok(elapsed < 800, `final decide after ${elapsed} ms with sniffTimeoutMs 300`);
+  });
+
+  // ---- 8. speculation -----------------------------------------------------------------
+
+  it('speculate: dials the proxy before the first bytes and uses that one connection', T, async () => {
+    const proxy = await echoProxy();
+    const front = openFront({ sniff: true, speculate: true }, (call) =>
+      call.head!.length === 0 ? [3, '127.0.0.1', proxy.port] : [1, '127.0.0.1', proxy.port, REQ]);
+    const client = await connectClient(front.port);
+    const first = await waitFor('the speculative decide', () => front.decides[0]);
+    assert.deepEqual([first.head?.length, first.final, first.eof], [0, false, false]);
+    await waitFor('the speculative connection at the proxy', () => proxy.conns.length === 1);
+    await delay(30); // let the addon see it connected
+    assert.deepEqual(proxy.requests, [], 'no request before the final answer');
+    client.write('hello');
+    assert.equal((await readBytes(client, 5)).toString(), 'hello');
+    const got = collect(client);
+    client.end(' world');
+    assert.equal((await got).toString(), ' world');
+    assert.equal(proxy.conns.length, 1, 'only the speculative connection reached the proxy');
+    assert.deepEqual(proxy.requests, [REQ]);
+    assert.deepEqual(front.decides.map((c) => [c.head?.toString(), c.final]), [['', false], ['hello', false]]);
+    const d = await onlyDoneOf(front, first.id);
+    assert.deepEqual([d.up, d.down, d.outcome], [11, 11, 'ok']);
+  });
+
+  it('speculate: a final answer elsewhere closes the speculative connection and dials the other', T, async () => {
+    const wrong = await echoProxy();
+    const right = await echoProxy();
+    const front = openFront({ sniff: true, speculate: true }, (call) =>
+      call.head!.length === 0 ? [3, '127.0.0.1', wrong.port] : [1, '127.0.0.1', right.port, REQ]);
+    const client = await connectClient(front.port);
+    await waitFor('the speculative connection', () => wrong.conns.length === 1);
+    await delay(30);
+    client.write('hi');
+    assert.equal((await readBytes(client, 2)).toString(), 'hi');
+    await waitFor('the speculative connection to be closed', () => wrong.conns[0]!.ended);
+    assert.deepEqual(wrong.requests, []);
+    assert.deepEqual(right.requests, [REQ]);
+    assert.equal(right.conns.length, 1);
+    const got = collect(client);
+    client.end();
+    assert.equal((await got).length, 0);
+    const d = await onlyDoneOf(front, front.decides[0]!.id);
+    assert.deepEqual([d.up, d.down, d.outcome], [2, 2, 'ok']);
+  });
+
+  it('speculate: a silent client is decided after sniffTimeoutMs and the speculative connection is used', T, async () => {
+    const greeting = 'SSH-2.0-server-first\r\n';
+    const proxy = await fakeProxy(({ sock }) => {
+      sock.write(OK + greeting);
+      sock.resume();
+    });
+    const front = openFront({ sniff: true, speculate: true, sniffTimeoutMs: 200 }, (call) =>
+      call.final ? [1, '127.0.0.1', proxy.port, REQ] : [3, '127.0.0.1', proxy.port]);
+    const client = await connectClient(front.port);
+    assert.equal((await readBytes(client, greeting.length)).toString(), greeting);
+    assert.deepEqual(front.decides.map((c) => [c.head?.length, c.final]), [[0, false], [0, true]]);
+    const waited = front.decides[1]!.at - front.decides[0]!.at;
+    assert.ok(waited >= 150 && waited < 1_500, `final decide after ${waited} ms, expected ~200`);
+    assert.equal(proxy.conns.length, 1);
+    assert.deepEqual(proxy.requests, [REQ]);
+    const got = collect(client);
+    client.end();
+    assert.equal((await got).length, 0);
+    const d = await onlyDoneOf(front, front.decides[0]!.id);
+    assert.deepEqual([d.up, d.down, d.outcome], [0, greeting.length, 'ok']);
+  });
+
+  it('speculate: a refused speculative connection is dialled again for the final answer and reported', T, async () => {
+    const port = await freePort();
+    const front = openFront({ sniff: true, speculate: true }, (call) =>
+      call.head!.length === 0 ? [3, '127.0.0.1', port] : [1, '127.0.0.1', port, REQ]);
+    const client = await connectClient(front.port);
+    await waitFor('the speculative decide', () => front.decides.length === 1);
+    await delay(30); // the refusal comes back meanwhile
+    assert.equal(front.dones.length, 0, 'a failed speculation alone does not end the connection');
+    const how = closedHow(client);
+    client.write('hello');
+    const d = await onlyDoneOf(front, front.decides[0]!.id);
+    assert.equal(d.outcome, 'connect ECONNREFUSED');
+    assert.equal(await how, 'ECONNRESET');
+  });
+
+  it('speculate: [0] after a speculative dial closes both the client and the speculative connection', T, async () => {
+    const proxy = await fakeProxy(noop);
+    const front = openFront({ sniff: true, speculate: true }, (call) =>
+      call.head!.length === 0 ? [3, '127.0.0.1', proxy.port] : [0]);
+    const client = await connectClient(front.port);
+    await waitFor('the speculative connection', () => proxy.conns.length === 1);
+    const how = closedHow(client);
+    client.write('hello');
+    assert.equal(await how, 'end'); // 'hello' was read as the head: a plain close, not a reset
+    await waitFor('the speculative connection to be closed', () => proxy.conns[0]!.ended);
+    assert.deepEqual(proxy.requests, []);
+    await delay(30);
+    assert.deepEqual(front.dones, []);
+    assert.equal(tunnelPending(), 0);
+  });
+
+  it('idleTimeoutMs reaches the relay: a silent tunnel ends with idle-timeout', T, async () => {
+    const echo = await echoServer();
+    const front = openFront({ idleTimeoutMs: 200 }, () => [1, '127.0.0.1', echo.port, undefined]);
+    const client = await connectClient(front.port);
+    client.write('x');
+    assert.equal((await readBytes(client, 1)).toString(), 'x');
+    const t0 = Date.now();
+    const how = closedHow(client);
+    const d = await onlyDoneOf(front, front.decides[0]!.id);
+    const elapsed = Date.now() - t0;
+    assert.deepEqual([d.up, d.down, d.outcome], [1, 1, 'idle-timeout']);
+    assert.ok(elapsed >= 150 && elapsed < 2_000, `idle-timeout after ${elapsed} ms, expected ~200`);
+    assert.equal(await how, 'end');
+  });
+
+  it('speculate: a speculative connection the proxy closed meanwhile is not used for the tunnel', T, async () => {
+    let n = 0;
+    const proxy = await listenServer((sock) => {
+      if (++n === 1) {
+        sock.end(); // e.g. the proxy's own idle limit
+        return;
+      }
+      sock.once('data', () => {
+        sock.write(OK);
+        sock.pipe(sock);
+      });
+    });
+    const front = openFront({ sniff: true, speculate: true }, (call) =>
+      call.head!.length === 0 ? [3, '127.0.0.1', proxy.port] : [1, '127.0.0.1', proxy.port, REQ]);
+    const client = await connectClient(front.port);
+    await waitFor('the speculative connection', () => n === 1);
+    await delay(50); // its FIN reaches the addon
+    client.write('hello');
+    const echoed = await readBytes(client, 5).then((b) => b.toString(), (e: Error) => e.message);
+    assert.equal(echoed, 'hello', `the tunnel failed: done ${JSON.stringify(front.dones[0])}`);
+  });
+
+  // ---- 9. close and hand-over --------------------------------------------------------
+
+  it('[0] closes the client and done() is never called', T, async () => {
+    const front = openFront({}, () => [0]);
+    const client = await connectClient(front.port);
+    assert.equal(await closedHow(client), 'end');
+    assert.equal(front.decides.length, 1);
+    await delay(100);
+    assert.deepEqual(front.dones, []);
+    assert.equal(tunnelPending(), 0);
+  });
+
+  it('[2] leaves the fd to JS: a net.Socket on it reads and writes the client', T, async () => {
+    let taken: net.Socket | undefined;
+    const front = openFront({}, (call) => {
+      taken = new net.Socket({ fd: call.fd, readable: true, writable: true, pauseOnCreate: true } as net.SocketConstructorOpts);
+      taken.on('error', noop);
+      cleanups.push(() => taken?.destroy());
+      return [2];
+    });
+    const client = await connectClient(front.port);
+    const sock = await waitFor('the hand-over', () => taken);
+    const gotUp = readBytes(sock, 'after hand-over'.length);
+    client.write('after hand-over');
+    assert.equal((await gotUp).toString(), 'after hand-over');
+    const gotDown = collect(client);
+    sock.end('written by JS');
+    assert.equal((await gotDown).toString(), 'written by JS');
+    await delay(50);
+    assert.deepEqual(front.dones, []);
+    assert.equal(tunnelPending(), 0);
+  });
+
+  // ---- 10. shutdown -------------------------------------------------------------------
+
+  it('tunnelAbortAll ends a connection waiting for the proxy with done(aborted)', T, async () => {
+    const proxy = await fakeProxy(noop);
+    const front = openFront({ connectTimeoutMs: 10_000 }, () => [1, '127.0.0.1', proxy.port, REQ]);
+    const client = await connectClient(front.port);
+    const how = closedHow(client);
+    await waitFor('the request at the proxy', () => proxy.requests.length === 1);
+    assert.ok(tunnelPending() >= 1, `tunnelPending() = ${tunnelPending()}`);
+    const n = tunnelAbortAll();
+    assert.ok(n >= 1, `tunnelAbortAll() = ${n}`);
+    const id = front.decides[0]!.id;
+    // done() runs inside tunnelAbortAll.
+    assert.deepEqual(front.dones, [{ id, up: 0, down: 0, outcome: 'aborted', status: 0, reason: '' }]);
+    assert.equal(tunnelPending(), 0);
+    assert.equal(await how, 'ECONNRESET');
+    await waitFor('the proxy connection to be closed', () => proxy.conns[0]!.closed);
+    await delay(30);
+    assert.equal(front.dones.length, 1);
+  });
+
+  it('tunnelAbortAll from inside decide(): done(aborted) once, the answer is ignored', T, async () => {
+    const echo = await echoServer();
+    let n = -1;
+    const front = openFront({}, () => {
+      n = tunnelAbortAll();
+      return [1, '127.0.0.1', echo.port, undefined];
+    });
+    const client = dialClient(front.port);
+    assert.equal(await closedHow(client), 'ECONNRESET');
+    assert.equal(n, 1);
+    const d = await onlyDoneOf(front, front.decides[0]!.id);
+    assert.equal(d.outcome, 'aborted');
+    await delay(30);
+    assert.equal(echo.sockets.length, 0, 'nothing dialled');
+  });
+
+  it('tunnelClose refuses new connections; a relaying one goes on', T, async () => {
+    const echo = await echoServer();
+    const front = openFront({}, () => [1, '127.0.0.1', echo.port, undefined]);
+    const client = await connectClient(front.port);
+    client.write('one');
+    assert.equal((await readBytes(client, 3)).toString(), 'one');
+    front.close();
+    tunnelClose(front.handle); // idempotent
+    await assert.rejects(connectClient(front.port), { code: 'ECONNREFUSED' });
+    const got = collect(client);
+    client.end('two');
+    assert.equal((await got).toString(), 'two');
+    const d = await onlyDoneOf(front, front.decides[0]!.id);
+    assert.deepEqual([d.up, d.down, d.outcome], [6, 6, 'ok']);
+    assert.equal(front.decides.length, 1);
+  });
+
+  // ---- 11. bad arguments and bad answers ----------------------------------------
+
+  it('tunnelListen refuses callbacks that are not functions (wrapper and addon)', T, () => {
+    const fd = listenTcp({ host: '127.0.0.1', port: 0 });
+    try {
+      const opts = { fd, sniff: false, redirect: false, sniffMaxBytes: 16, sniffTimeoutMs: 100, connectTimeoutMs: 100, idleTimeoutMs: 0 };
+      const fn = (() => null) as TunnelDecide;
+      assert.throws(() => tunnelListen(opts, 'nope' as unknown as TunnelDecide, noop, noop), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' });
+      assert.throws(() => tunnelListen(opts, fn, undefined as unknown as TunnelDone, noop), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' });
+      const raw = loadNative();
+      const args = (decide: unknown, done: unknown, unusable: unknown) =>
+        () => raw.tunnelListen(fd, false, false, -1, 16, 100, 100, 0, decide as TunnelDecide, done as TunnelDone, unusable as TunnelUnusable, false);
+      assert.throws(args('nope', noop, noop), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: 'decide must be a function' });
+      assert.throws(args(fn, 42, noop), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: 'done must be a function' });
+      assert.throws(args(fn, noop, null), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: 'unusable must be a function' });
+      // The fd was not taken: it still is an open socket of ours.
+      assert.ok(fs.fstatSync(fd).isSocket());
+    } finally {
+      fs.closeSync(fd);
+    }
+  });
+
+  it('tunnelListen on an fd that is no socket throws the libuv error', T, () => {
+    const fd = fs.openSync('/dev/null', 'r');
+    try {
+      const opts = { fd, sniff: false, redirect: false, sniffMaxBytes: 16, sniffTimeoutMs: 100, connectTimeoutMs: 100, idleTimeoutMs: 0 };
+      assert.throws(() => tunnelListen(opts, () => null, noop, noop), { code: 'EPERM', syscall: 'uv_poll_init_socket' });
+    } finally {
+      fs.closeSync(fd);
+    }
+  });
+
+  it('nonsense from decide() ends the connection without crashing', T, async () => {
+    const cases: Array<[unknown, string]> = [
+      ['x', 'internal-error'],
+      [null, 'internal-error'], // null on a final call
+      [[7], 'internal-error'],
+      [[1, '127.0.0.1', 0, undefined], 'internal-error'],
+      [[1, '127.0.0.1', 70000, undefined], 'internal-error'],
+      [[1, '127.0.0.1', 1, 42], 'internal-error'],
+      [[3, '127.0.0.1', 1], 'internal-error'], // speculation only before the final call
+      [[1, 'not-an-ip', 1, undefined], 'socket EINVAL'],
+    ];
+    const front = openFront({}, (_call, n) => cases[n - 1]![0]);
+    for (const [i, [answer, outcome]] of cases.entries()) {
+      const client = dialClient(front.port);
+      const how = closedHow(client);
+      const call = await waitFor('decide', () => front.decides[i]);
+      const d = await onlyDoneOf(front, call.id);
+      assert.equal(d.outcome, outcome, `answer ${JSON.stringify(answer)}`);
+      assert.equal(await how, 'ECONNRESET', `answer ${JSON.stringify(answer)}`);
+    }
+    assert.equal(front.decides.length, cases.length);
+    assert.equal(tunnelPending(), 0);
+  });
+});
