@@ -58,6 +58,12 @@ napi_value tg_throw_arg(napi_env env, const char *msg) {
   return NULL;
 }
 
+napi_value tg_u32(napi_env env, uint32_t v) {
+  napi_value out;
+  TG_NAPI_CALL(env, napi_create_uint32(env, v, &out));
+  return out;
+}
+
 void tg_close_keep_errno(int fd) {
   int saved = errno;
   close(fd);

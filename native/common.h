@@ -53,6 +53,9 @@ bool tg_get_fd(napi_env env, napi_value v, int *fd);
 /* A boolean; false (with a TypeError pending) otherwise. */
 bool tg_get_bool(napi_env env, napi_value v, const char *name, bool *out);
 
+/* A JS number from an unsigned value; NULL (with an error pending) when N-API fails. */
+napi_value tg_u32(napi_env env, uint32_t v);
+
 /* Reads exactly argc arguments; missing ones arrive as undefined. */
 bool tg_get_args(napi_env env, napi_callback_info info, size_t argc, napi_value *argv);
 

@@ -476,17 +476,13 @@ static napi_value js_splice_abort_all(napi_env env, napi_callback_info info) {
     finish(live_head, "aborted");
     n++;
   }
-  napi_value out;
-  if (napi_create_uint32(env, n, &out) != napi_ok) return NULL;
-  return out;
+  return tg_u32(env, n);
 }
 
 /* spliceActive() -> relays running now. */
 static napi_value js_splice_active(napi_env env, napi_callback_info info) {
   (void)info;
-  napi_value out;
-  if (napi_create_uint32(env, live_count, &out) != napi_ok) return NULL;
-  return out;
+  return tg_u32(env, live_count);
 }
 
 napi_status tg_splice_register(napi_env env, napi_value exports) {

@@ -44,12 +44,6 @@ static int set_int_opt(int fd, int level, int name, int value) {
   return setsockopt(fd, level, name, &value, sizeof value);
 }
 
-static napi_value make_u32(napi_env env, uint32_t v) {
-  napi_value out;
-  TG_NAPI_CALL(env, napi_create_uint32(env, v, &out));
-  return out;
-}
-
 static napi_value make_undefined(napi_env env) {
   napi_value out;
   TG_NAPI_CALL(env, napi_get_undefined(env, &out));
@@ -213,8 +207,8 @@ static napi_value js_local_port(napi_env env, napi_callback_info info) {
   int fd;
   if (!tg_get_args(env, info, 1, argv) || !tg_get_fd(env, argv[0], &fd)) return NULL;
   if (local_name(fd, &ss) != 0) return tg_throw_errno(env, "getsockname", errno);
-  if (ss.ss_family == AF_INET) return make_u32(env, ntohs(((struct sockaddr_in *)&ss)->sin_port));
-  if (ss.ss_family == AF_INET6) return make_u32(env, ntohs(((struct sockaddr_in6 *)&ss)->sin6_port));
+  if (ss.ss_family == AF_INET) return tg_u32(env, ntohs(((struct sockaddr_in *)&ss)->sin_port));
+  if (ss.ss_family == AF_INET6) return tg_u32(env, ntohs(((struct sockaddr_in6 *)&ss)->sin6_port));
   return tg_throw_errno(env, "getsockname", EAFNOSUPPORT);
 }
 
@@ -225,8 +219,8 @@ static napi_value js_socket_family(napi_env env, napi_callback_info info) {
   int fd;
   if (!tg_get_args(env, info, 1, argv) || !tg_get_fd(env, argv[0], &fd)) return NULL;
   if (local_name(fd, &ss) != 0) return tg_throw_errno(env, "getsockname", errno);
-  if (ss.ss_family == AF_INET) return make_u32(env, 4);
-  if (ss.ss_family == AF_INET6) return make_u32(env, 6);
+  if (ss.ss_family == AF_INET) return tg_u32(env, 4);
+  if (ss.ss_family == AF_INET6) return tg_u32(env, 6);
   return tg_throw_errno(env, "getsockname", EAFNOSUPPORT);
 }
 
@@ -263,7 +257,7 @@ static napi_value js_get_mark(napi_env env, napi_callback_info info) {
   if (!tg_get_args(env, info, 1, argv) || !tg_get_fd(env, argv[0], &fd)) return NULL;
   if (getsockopt(fd, SOL_SOCKET, SO_MARK, &mark, &len) != 0)
     return tg_throw_errno(env, "getsockopt(SO_MARK)", errno);
-  return make_u32(env, mark);
+  return tg_u32(env, mark);
 }
 
 /* setTransparent(fd, family) */

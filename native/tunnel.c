@@ -975,17 +975,13 @@ static napi_value js_tunnel_abort_all(napi_env env, napi_callback_info info) {
     conn_end(live_head, "aborted", 0, NULL, true, true);
     n++;
   }
-  napi_value out;
-  if (napi_create_uint32(env, n, &out) != napi_ok) return NULL;
-  return out;
+  return tg_u32(env, n);
 }
 
 /* tunnelPending() -> connections not yet relaying. */
 static napi_value js_tunnel_pending(napi_env env, napi_callback_info info) {
   (void)info;
-  napi_value out;
-  if (napi_create_uint32(env, live_count, &out) != napi_ok) return NULL;
-  return out;
+  return tg_u32(env, live_count);
 }
 
 napi_status tg_tunnel_register(napi_env env, napi_value exports) {

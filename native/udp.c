@@ -296,7 +296,7 @@ static napi_value js_udp_close(napi_env env, napi_callback_info info) {
 /* udpListenerPort(handle) -> the bound port (for port 0). */
 static napi_value js_udp_listener_port(napi_env env, napi_callback_info info) {
   size_t argc = 1;
-  napi_value argv[1], out;
+  napi_value argv[1];
   void *p = NULL;
   struct sockaddr_storage ss;
   socklen_t len = sizeof ss;
@@ -309,8 +309,7 @@ static napi_value js_udp_listener_port(napi_env env, napi_callback_info info) {
   if (l->closing) return tg_throw_errno(env, "getsockname", EBADF);
   if (getsockname(l->fd, (struct sockaddr *)&ss, &len) != 0) return tg_throw_errno(env, "getsockname", errno);
   if (!udp_format(&ss, text, sizeof text, &port)) return tg_throw_errno(env, "getsockname", EAFNOSUPPORT);
-  if (napi_create_uint32(env, port, &out) != napi_ok) return NULL;
-  return out;
+  return tg_u32(env, port);
 }
 
 /*

@@ -48,7 +48,7 @@ export const FLAGS: readonly FlagSpec[] = [
   { name: 'connect-timeout', type: 'duration', default: 10_000, arg: 'DUR', help: 'timeout to reach the proxy or a direct destination' },
   { name: 'idle-timeout', type: 'duration', default: 300_000, arg: 'DUR', help: 'close a connection idle in both directions this long' },
   { name: 'relay', type: 'string', default: 'splice', choices: ['splice', 'js'], arg: 'RELAY',
-    help: 'byte pump once a tunnel is open: splice (zero-copy in the kernel, needs the addon; js is used when it is not built) or js (Node streams)' },
+    help: 'splice: the addon carries TLS and TCP ports from accept to a zero-copy relay (js is used when it is not built); js: Node sockets and streams' },
   { name: 'sniff-timeout', type: 'duration', default: 2_000, arg: 'DUR',
     help: 'how long to wait for a client\'s first bytes (Host/SNI) before relaying without a name' },
   { name: 'dns', type: 'bool', default: true,
