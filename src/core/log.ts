@@ -3,12 +3,12 @@ export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 const ORDER: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40 };
 
 /**
- * Lines wait this long to be written together: under load one write(2)
- * carries the lines of many connections instead of one per loop turn
- * (stderr on a pipe is a synchronous write in Node). Timestamps are taken
- * when a line is made, so the delay does not show in them.
+ * At most one write(2) per this many milliseconds: a quiet gateway writes
+ * each line at the end of its event-loop turn, a busy one the lines of many
+ * connections at once (stderr on a pipe is a synchronous write in Node).
+ * Timestamps are taken when a line is made, so the delay does not show in them.
  */
-const FLUSH_DELAY_MS = 20;
+const FLUSH_INTERVAL_MS = 20;
 
 export const LOG_LEVELS: readonly LogLevel[] = ['debug', 'info', 'warn', 'error'];
 
@@ -18,9 +18,10 @@ export const LOG_LEVELS: readonly LogLevel[] = ['debug', 'info', 'warn', 'error'
  */
 export class Logger {
   private threshold: number;
-  /** Lines not yet written (see FLUSH_DELAY_MS). */
+  /** Lines not yet written (see FLUSH_INTERVAL_MS). */
   private pending: string[] = [];
-  private scheduled: NodeJS.Timeout | undefined;
+  private scheduled: { timer?: NodeJS.Timeout; immediate?: NodeJS.Immediate } | undefined;
+  private lastWrite = -Infinity;
   private readonly flushNow = (): void => this.flush();
 
   constructor(
@@ -56,19 +57,25 @@ export class Logger {
     this.flush();
   }
 
-  /** Writes what is pending; called FLUSH_DELAY_MS after the first pending line, and before exit. */
+  /** Writes what is pending; called at the end of a loop turn (see FLUSH_INTERVAL_MS) and before exit. */
   flush(): void {
-    if (this.scheduled) clearTimeout(this.scheduled);
+    if (this.scheduled) {
+      clearTimeout(this.scheduled.timer);
+      clearImmediate(this.scheduled.immediate);
+    }
     this.scheduled = undefined;
     if (this.pending.length === 0) return;
     const chunk = this.pending.join('\n') + '\n';
     this.pending = [];
+    this.lastWrite = performance.now();
     this.write(chunk);
   }
 
   private emit(level: LogLevel, msg: string): void {
     this.pending.push(`${new Date().toISOString()} ${level.padEnd(5)} ${msg}`);
-    this.scheduled ??= setTimeout(this.flushNow, FLUSH_DELAY_MS);
+    if (this.scheduled) return;
+    const wait = this.lastWrite + FLUSH_INTERVAL_MS - performance.now();
+    this.scheduled = wait > 0 ? { timer: setTimeout(this.flushNow, wait) } : { immediate: setImmediate(this.flushNow) };
   }
 }
 

@@ -96,7 +96,8 @@ describe('Docker host: containers behind a bridge', { skip, timeout: 180_000 }, 
     assert.match(https.stdout, /^origin host=www\.example\.test uri=\/pull proto=https/, https.stderr);
     await lab.waitSquidLog(/ GET http:\/\/www\.example\.test\/build-step 200 /, 3000, from);
     await lab.waitSquidLog(/ CONNECT www\.example\.test:443 /, 3000, from);
-    assert.ok(gw!.lines.some((l) => l.includes(`client=${CONTAINER_IP}:`)), 'the gateway saw the container as the client');
+    // The gateway saw the container as the client.
+    await gw!.waitFor(new RegExp(`\\bconn id=.* client=${CONTAINER_IP.replace(/\./g, '\\.')}:`), 3000);
   });
 
   test("the user's own table saw the container's traffic (it runs beside transgate's, not instead of it)", async () => {

@@ -1,0 +1,64 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { Logger, field } from '../../src/core/log';
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+function capture(level: 'debug' | 'info' | 'warn' | 'error' = 'info'): { log: Logger; writes: string[] } {
+  const writes: string[] = [];
+  return { log: new Logger(level, (chunk) => writes.push(chunk)), writes };
+}
+
+test('a quiet logger writes a line at the end of its loop turn, not later', async () => {
+  const { log, writes } = capture();
+  log.info('conn id=1 result=ok');
+  assert.equal(writes.length, 0, 'not inside the same turn');
+  await new Promise((r) => setImmediate(r));
+  await new Promise((r) => setImmediate(r));
+  assert.equal(writes.length, 1);
+  assert.match(writes[0]!, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z info  conn id=1 result=ok\n$/);
+});
+
+test('a busy logger writes at most once per interval, every line kept and in order', async () => {
+  const { log, writes } = capture();
+  log.info('first');
+  await sleep(2);
+  for (let i = 0; i < 50; i++) {
+    log.info(`line ${i}`);
+    await new Promise((r) => setImmediate(r));
+  }
+  await sleep(60);
+  const lines = writes.join('').split('\n').filter(Boolean).map((l) => l.replace(/^\S+ \S+\s+/, ''));
+  assert.deepEqual(lines, ['first', ...Array.from({ length: 50 }, (_, i) => `line ${i}`)]);
+  // 51 lines over a few milliseconds: a handful of writes, not 51.
+  assert.ok(writes.length <= 5, `${writes.length} writes`);
+});
+
+test('error() writes at once, with what was pending before it', () => {
+  const { log, writes } = capture();
+  log.warn('before');
+  log.error('fatal');
+  assert.equal(writes.length, 1);
+  assert.match(writes[0]!, /warn  before\n.*error fatal\n$/s);
+});
+
+test('levels below the threshold are dropped; flush() with nothing pending writes nothing', async () => {
+  const { log, writes } = capture('warn');
+  log.debug('d');
+  log.info('i');
+  log.flush();
+  await sleep(30);
+  assert.deepEqual(writes, []);
+  log.warn('w');
+  log.flush();
+  assert.equal(writes.length, 1);
+});
+
+test('field() quotes values with spaces, quotes or =, and shows absent ones as -', () => {
+  assert.equal(field(undefined), '-');
+  assert.equal(field(''), '-');
+  assert.equal(field('www.example.test'), 'www.example.test');
+  assert.equal(field('client ECONNRESET'), '"client ECONNRESET"');
+  assert.equal(field('a=b'), '"a=b"');
+  assert.equal(field(42), '42');
+});
