@@ -58,6 +58,11 @@
 #define ACCEPT_BATCH 64       /* accepts per readable event, so one busy port cannot starve the loop */
 #define ACCEPT_PAUSE_MS 100   /* after EMFILE/ENFILE */
 #define ANSWER_MAX (16 * 1024) /* a CONNECT answer head larger than this is refused */
+/* Buffers start small and double as needed: a ClientHello is about 0.5-2 KiB
+ * and a CONNECT answer under 200 bytes, and thousands of connections may be
+ * setting up at once. */
+#define HEAD_FIRST 4096
+#define ANSWER_FIRST 512
 
 typedef struct tg_front {
   uv_poll_t poll;
@@ -104,7 +109,7 @@ typedef struct tg_conn {
   char *req;         /* the CONNECT request; NULL for a direct connection */
   size_t req_len, req_off;
   char *answer;      /* the CONNECT answer head so far */
-  size_t answer_len;
+  size_t answer_len, answer_cap;
   int refs;          /* the machine, the timer, the upstream poll, a JS call in progress, the relay */
   struct tg_conn *prev, *next;
 } tg_conn;
@@ -236,6 +241,7 @@ static void start_relay(tg_conn *c) {
   free(c->head), c->head = NULL;
   free(c->req), c->req = NULL;
   free(c->answer), c->answer = NULL;
+  c->answer_len = c->answer_cap = 0;
   c->refs++; /* the relay's, released by relay_done */
   int rc = tg_relay_start(loop, c->cfd, c->ufd, c->front->idle_ms, c->client_eof, false, relay_done, c);
   if (rc != 0) {
@@ -329,13 +335,25 @@ static int status_of(const char *line, size_t len, const char **reason, size_t *
 /* Reads the proxy's answer. MSG_PEEK first, then only the head is taken
  * from the socket: what the server sends right behind the 200 (an SSH
  * greeting) stays in the kernel for the relay. */
+/* Room for more bytes in a buffer that doubles up to max; false when out of memory. */
+static bool grow(char **buf, size_t len, size_t *cap, size_t first, size_t max) {
+  if (len < *cap) return true;
+  size_t want = *cap == 0 ? first : *cap * 2;
+  if (want > max) want = max;
+  char *p = realloc(*buf, want);
+  if (p == NULL) return false;
+  *buf = p;
+  *cap = want;
+  return true;
+}
+
 static void read_answer(tg_conn *c) {
-  if (c->answer == NULL && (c->answer = malloc(ANSWER_MAX)) == NULL) {
+  if (!grow(&c->answer, c->answer_len, &c->answer_cap, ANSWER_FIRST, ANSWER_MAX)) {
     conn_fail_errno(c, "socket", ENOMEM);
     return;
   }
   ssize_t n;
-  do n = recv(c->ufd, c->answer + c->answer_len, ANSWER_MAX - c->answer_len, MSG_PEEK);
+  do n = recv(c->ufd, c->answer + c->answer_len, c->answer_cap - c->answer_len, MSG_PEEK);
   while (n < 0 && errno == EINTR);
   if (n < 0) {
     if (errno != EAGAIN) conn_fail_errno(c, "answer", errno);
@@ -702,14 +720,9 @@ static void decide_now(tg_conn *c, bool final) {
 /* Reads what the client sent so far and decides when that is enough.
  * False when nothing was there yet (EAGAIN). */
 static bool read_client(tg_conn *c) {
-  if (c->head_cap < c->front->sniff_max) {
-    char *grown = realloc(c->head, c->front->sniff_max);
-    if (grown == NULL) {
-      conn_fail_errno(c, "socket", ENOMEM);
-      return true;
-    }
-    c->head = grown;
-    c->head_cap = c->front->sniff_max;
+  if (!grow(&c->head, c->head_len, &c->head_cap, HEAD_FIRST, c->front->sniff_max)) {
+    conn_fail_errno(c, "socket", ENOMEM);
+    return true;
   }
   ssize_t n;
   do n = recv(c->cfd, c->head + c->head_len, c->head_cap - c->head_len, 0);
@@ -722,7 +735,7 @@ static bool read_client(tg_conn *c) {
   }
   if (n == 0) c->client_eof = true;
   c->head_len += (size_t)n;
-  decide_now(c, c->client_eof || c->head_len >= c->head_cap);
+  decide_now(c, c->client_eof || c->head_len >= c->front->sniff_max);
   return true;
 }
 

@@ -43,6 +43,8 @@ const CLOSE: TunnelAction = [0];
 const TAKEN: TunnelAction = [2];
 /** How long a looked-up proxy address is used before it is looked up again (in the background). */
 const PROXY_ADDRESS_TTL_MS = 60_000;
+/** Accept errors (EMFILE) are logged at most this often. */
+const ACCEPT_WARN_MS = 10_000;
 
 function address(ip: string, port: number): Address {
   return { address: ip, port, family: ip.includes(':') ? 6 : 4 };
@@ -61,6 +63,8 @@ export class NativeStreams {
   private readonly proxyAddresses = new Map<string, { address: string; expires: number }>();
   private readonly lookups = new Set<string>();
   private drained: (() => void) | undefined;
+  private acceptErrors = 0;
+  private acceptWarnedAt = -Infinity;
 
   constructor(private readonly deps: NativeStreamDeps) {}
 
@@ -220,7 +224,14 @@ export class NativeStreams {
 
   private unusable(cip: string | null, cport: number, errno: string): void {
     if (cip === null) {
-      this.deps.warn(`accept: ${errno}${errno === 'EMFILE' || errno === 'ENFILE' ? ': out of file descriptors; raise the limit (ulimit -n, LimitNOFILE=)' : ''}; accepting again shortly`);
+      // The addon retries every 100 ms while it lasts: one line per ACCEPT_WARN_MS, with how often it happened.
+      const now = Date.now();
+      this.acceptErrors++;
+      if (now - this.acceptWarnedAt < ACCEPT_WARN_MS) return;
+      const times = this.acceptErrors > 1 ? ` (${this.acceptErrors} times since the last such line)` : '';
+      this.acceptWarnedAt = now;
+      this.acceptErrors = 0;
+      this.deps.warn(`accept: ${errno}${errno === 'EMFILE' || errno === 'ENFILE' ? ': out of file descriptors; raise the limit (ulimit -n, LimitNOFILE=)' : ''}; accepting again shortly${times}`);
       return;
     }
     const client = address(cip, cport);
