@@ -143,6 +143,32 @@ int tg_original_dst(int fd, struct sockaddr_storage *dst, const char **failed) {
   return -1;
 }
 
+bool tg_sockaddr(const char *ip, uint16_t port, struct sockaddr_storage *ss, socklen_t *len) {
+  memset(ss, 0, sizeof *ss);
+  struct sockaddr_in *sin = (struct sockaddr_in *)ss;
+  struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
+  if (inet_pton(AF_INET, ip, &sin->sin_addr) == 1) {
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons(port);
+    *len = sizeof *sin;
+    return true;
+  }
+  if (inet_pton(AF_INET6, ip, &sin6->sin6_addr) == 1) {
+    sin6->sin6_family = AF_INET6;
+    sin6->sin6_port = htons(port);
+    *len = sizeof *sin6;
+    return true;
+  }
+  return false;
+}
+
+int tg_socket_error(int fd, int status) {
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = 0;
+  return err != 0 ? err : status < 0 ? -status : 0;
+}
+
 int tg_format_addr(const struct sockaddr_storage *ss, char *text, uint16_t *port) {
   struct in_addr v4;
   const void *src;

@@ -64,6 +64,15 @@ bool tg_get_args(napi_env env, napi_callback_info info, size_t argc, napi_value 
  * the call. */
 int tg_original_dst(int fd, struct sockaddr_storage *dst, const char **failed);
 
+/* An IPv4 or IPv6 literal and a port as a socket address; false when `ip`
+ * is not a literal. */
+bool tg_sockaddr(const char *ip, uint16_t port, struct sockaddr_storage *ss, socklen_t *len);
+
+/* Why a socket that libuv reported with `status` < 0 (EPOLLERR arrives as
+ * UV_EBADF) or that finished connecting failed: its SO_ERROR (ECONNRESET,
+ * ECONNREFUSED), else -status, else 0. */
+int tg_socket_error(int fd, int status);
+
 /* The address as text, a v4-mapped IPv6 address as plain IPv4, and the port.
  * Returns 4 or 6, or 0 for another family. `text` holds INET6_ADDRSTRLEN. */
 int tg_format_addr(const struct sockaddr_storage *ss, char *text, uint16_t *port);

@@ -255,11 +255,7 @@ static void on_poll(uv_poll_t *h, int status, int events) {
   const int side = h == &r->poll[CLIENT] ? CLIENT : UPSTREAM;
   if (r->finished) return;
   if (status < 0) {
-    /* libuv reports EPOLLERR as UV_EBADF; the socket knows the real error (ECONNRESET). */
-    int err = 0;
-    socklen_t len = sizeof err;
-    if (getsockopt(r->fd[side], SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err == 0) err = -status;
-    fail(r, side, err);
+    fail(r, side, tg_socket_error(r->fd[side], status));
     return;
   }
   /* Readable: side's bytes can move on (direction side). Writable: the

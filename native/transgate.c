@@ -115,20 +115,8 @@ static napi_value js_listen_tcp(napi_env env, napi_callback_info info) {
       !tg_get_bool(env, argv[5], "reuseAddr", &reuse))
     return NULL;
 
-  memset(&ss, 0, sizeof ss);
-  struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
-  struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
-  if (inet_pton(AF_INET, host, &sin->sin_addr) == 1) {
-    family = sin->sin_family = AF_INET;
-    sin->sin_port = htons((uint16_t)port);
-    ss_len = sizeof *sin;
-  } else if (inet_pton(AF_INET6, host, &sin6->sin6_addr) == 1) {
-    family = sin6->sin6_family = AF_INET6;
-    sin6->sin6_port = htons((uint16_t)port);
-    ss_len = sizeof *sin6;
-  } else {
-    return tg_throw_arg(env, "host must be an IPv4 or IPv6 literal");
-  }
+  if (!tg_sockaddr(host, (uint16_t)port, &ss, &ss_len)) return tg_throw_arg(env, "host must be an IPv4 or IPv6 literal");
+  family = ss.ss_family;
 
   /* Non-blocking because libuv expects it; CLOEXEC so the rule-applying
    * child processes (iptables/nft) don't inherit a listener. */

@@ -110,7 +110,7 @@ typedef struct tg_conn {
   size_t req_len, req_off;
   char *answer;      /* the CONNECT answer head so far */
   size_t answer_len, answer_cap;
-  int refs;          /* the machine, the timer, the upstream poll, a JS call in progress, the relay */
+  int refs;          /* the machine, the timer, a JS call in progress, the relay */
   struct tg_conn *prev, *next;
 } tg_conn;
 
@@ -169,6 +169,33 @@ static void unlink_conn(tg_conn *c) {
   live_count--;
 }
 
+/* done(id, up, down, outcome, status, reason) in JS. */
+static void tell_done(tg_conn *c, uint64_t up, uint64_t down, const char *outcome, int status, const char *reason) {
+  napi_env env = c->front->env;
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+  napi_value argv[6];
+  if (napi_create_uint32(env, c->id, &argv[0]) == napi_ok && napi_create_double(env, (double)up, &argv[1]) == napi_ok &&
+      napi_create_double(env, (double)down, &argv[2]) == napi_ok &&
+      napi_create_string_utf8(env, outcome, NAPI_AUTO_LENGTH, &argv[3]) == napi_ok &&
+      napi_create_uint32(env, (uint32_t)status, &argv[4]) == napi_ok &&
+      napi_create_string_latin1(env, reason ? reason : "", NAPI_AUTO_LENGTH, &argv[5]) == napi_ok)
+    tg_call_js(env, c->front->done, 6, argv);
+  napi_close_handle_scope(env, scope);
+}
+
+/* unusable(clientIp | null, clientPort, errnoName) in JS. */
+static void tell_unusable(tg_front *f, const char *cip, uint16_t cport, int err) {
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(f->env, &scope) != napi_ok) return;
+  napi_value argv[3];
+  napi_status st = cip != NULL ? napi_create_string_latin1(f->env, cip, NAPI_AUTO_LENGTH, &argv[0]) : napi_get_null(f->env, &argv[0]);
+  if (st == napi_ok && napi_create_uint32(f->env, cport, &argv[1]) == napi_ok &&
+      napi_create_string_utf8(f->env, tg_errno_name(err), NAPI_AUTO_LENGTH, &argv[2]) == napi_ok)
+    tg_call_js(f->env, f->unusable, 3, argv);
+  napi_close_handle_scope(f->env, scope);
+}
+
 /* Ends a connection before the relay: handles closed, sockets closed (the
  * client with a reset, as the Node path did: its destination failed), and
  * JS told once. `tell` is false for connections JS closed or took itself. */
@@ -185,21 +212,7 @@ static void conn_end(tg_conn *c, const char *outcome, int status, const char *re
     close(c->cfd);
   }
   c->cfd = c->ufd = -1;
-  if (tell) {
-    tg_front *f = c->front;
-    napi_handle_scope scope;
-    if (napi_open_handle_scope(f->env, &scope) == napi_ok) {
-      napi_value argv[6];
-      if (napi_create_uint32(f->env, c->id, &argv[0]) == napi_ok &&
-          napi_create_double(f->env, (double)c->head_off, &argv[1]) == napi_ok &&
-          napi_create_double(f->env, 0, &argv[2]) == napi_ok &&
-          napi_create_string_utf8(f->env, outcome, NAPI_AUTO_LENGTH, &argv[3]) == napi_ok &&
-          napi_create_uint32(f->env, (uint32_t)status, &argv[4]) == napi_ok &&
-          napi_create_string_latin1(f->env, reason ? reason : "", NAPI_AUTO_LENGTH, &argv[5]) == napi_ok)
-        tg_call_js(f->env, f->done, 6, argv);
-      napi_close_handle_scope(f->env, scope);
-    }
-  }
+  if (tell) tell_done(c, c->head_off, 0, outcome, status, reason);
   conn_release(c); /* the machine's own reference */
 }
 
@@ -213,19 +226,7 @@ static void conn_fail_errno(tg_conn *c, const char *what, int err) {
 
 static void relay_done(void *user, uint64_t up, uint64_t down, const char *outcome) {
   tg_conn *c = user;
-  tg_front *f = c->front;
-  napi_handle_scope scope;
-  if (napi_open_handle_scope(f->env, &scope) == napi_ok) {
-    napi_value argv[6];
-    if (napi_create_uint32(f->env, c->id, &argv[0]) == napi_ok &&
-        napi_create_double(f->env, (double)(c->head_off + up), &argv[1]) == napi_ok &&
-        napi_create_double(f->env, (double)down, &argv[2]) == napi_ok &&
-        napi_create_string_utf8(f->env, outcome, NAPI_AUTO_LENGTH, &argv[3]) == napi_ok &&
-        napi_create_uint32(f->env, 0, &argv[4]) == napi_ok &&
-        napi_create_string_latin1(f->env, "", 0, &argv[5]) == napi_ok)
-      tg_call_js(f->env, f->done, 6, argv);
-    napi_close_handle_scope(f->env, scope);
-  }
+  tell_done(c, c->head_off + up, down, outcome, 0, NULL);
   conn_release(c);
 }
 
@@ -241,7 +242,6 @@ static void start_relay(tg_conn *c) {
   free(c->head), c->head = NULL;
   free(c->req), c->req = NULL;
   free(c->answer), c->answer = NULL;
-  c->answer_len = c->answer_cap = 0;
   c->refs++; /* the relay's, released by relay_done */
   int rc = tg_relay_start(loop, c->cfd, c->ufd, c->front->idle_ms, c->client_eof, false, relay_done, c);
   if (rc != 0) {
@@ -297,9 +297,7 @@ static void send_head(tg_conn *c) {
       upoll_want(c, UV_WRITABLE);
       return;
     }
-    char msg[64];
-    snprintf(msg, sizeof msg, "upstream %s", tg_errno_name(errno));
-    conn_end(c, msg, 0, NULL, true, true);
+    conn_fail_errno(c, "upstream", errno);
     return;
   }
   start_relay(c);
@@ -332,9 +330,6 @@ static int status_of(const char *line, size_t len, const char **reason, size_t *
   return status;
 }
 
-/* Reads the proxy's answer. MSG_PEEK first, then only the head is taken
- * from the socket: what the server sends right behind the 200 (an SSH
- * greeting) stays in the kernel for the relay. */
 /* Room for more bytes in a buffer that doubles up to max; false when out of memory. */
 static bool grow(char **buf, size_t len, size_t *cap, size_t first, size_t max) {
   if (len < *cap) return true;
@@ -347,6 +342,9 @@ static bool grow(char **buf, size_t len, size_t *cap, size_t first, size_t max) 
   return true;
 }
 
+/* Reads the proxy's answer. MSG_PEEK first, then only the head is taken
+ * from the socket: what the server sends right behind the 200 (an SSH
+ * greeting) stays in the kernel for the relay. */
 static void read_answer(tg_conn *c) {
   if (!grow(&c->answer, c->answer_len, &c->answer_cap, ANSWER_FIRST, ANSWER_MAX)) {
     conn_fail_errno(c, "socket", ENOMEM);
@@ -423,13 +421,22 @@ static bool spec_alive(tg_conn *c) {
   return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
+/* The upstream connection is up: the CONNECT request goes out, or for a
+ * direct connection the client's first bytes. */
+static void upstream_connected(tg_conn *c) {
+  uv_timer_stop(&c->timer);
+  if (c->req != NULL) {
+    /* One deadline for the whole answer, as for the connect. */
+    uv_timer_start(&c->timer, on_timeout, c->front->connect_ms, 0);
+    send_request(c);
+  } else {
+    send_head(c);
+  }
+}
+
 /* The speculative connection finished connecting while the client is still read. */
 static void spec_connected(tg_conn *c, int status) {
-  int err = 0;
-  socklen_t len = sizeof err;
-  if (getsockopt(c->ufd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
-  if (err == 0 && status < 0) err = -status;
-  if (err != 0) {
+  if (tg_socket_error(c->ufd, status) != 0) {
     drop_spec(c);
     return;
   }
@@ -445,36 +452,14 @@ static void on_upstream(uv_poll_t *h, int status, int events) {
     return;
   }
   if (status < 0 && c->state != CONNECTING) {
-    int err = 0;
-    socklen_t len = sizeof err;
-    if (getsockopt(c->ufd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err == 0) err = -status;
-    if (c->state == HEAD) {
-      char msg[64];
-      snprintf(msg, sizeof msg, "upstream %s", tg_errno_name(err));
-      conn_end(c, msg, 0, NULL, true, true);
-    } else {
-      conn_fail_errno(c, "answer", err);
-    }
+    conn_fail_errno(c, c->state == HEAD ? "upstream" : "answer", tg_socket_error(c->ufd, status));
     return;
   }
   switch (c->state) {
   case CONNECTING: {
-    int err = 0;
-    socklen_t len = sizeof err;
-    if (getsockopt(c->ufd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
-    if (err == 0 && status < 0) err = -status;
-    if (err != 0) {
-      conn_fail_errno(c, "connect", err);
-      return;
-    }
-    uv_timer_stop(&c->timer);
-    if (c->req != NULL) {
-      /* One deadline for the whole answer, as for the connect. */
-      uv_timer_start(&c->timer, on_timeout, c->front->connect_ms, 0);
-      send_request(c);
-    } else {
-      send_head(c);
-    }
+    int err = tg_socket_error(c->ufd, status);
+    if (err != 0) conn_fail_errno(c, "connect", err);
+    else upstream_connected(c);
     return;
   }
   case REQUEST:
@@ -496,18 +481,7 @@ static void on_upstream(uv_poll_t *h, int status, int events) {
 static void dial(tg_conn *c, const char *ip, uint32_t port, bool speculative) {
   struct sockaddr_storage ss;
   socklen_t len;
-  memset(&ss, 0, sizeof ss);
-  struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
-  struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
-  if (inet_pton(AF_INET, ip, &sin->sin_addr) == 1) {
-    sin->sin_family = AF_INET;
-    sin->sin_port = htons((uint16_t)port);
-    len = sizeof *sin;
-  } else if (inet_pton(AF_INET6, ip, &sin6->sin6_addr) == 1) {
-    sin6->sin6_family = AF_INET6;
-    sin6->sin6_port = htons((uint16_t)port);
-    len = sizeof *sin6;
-  } else {
+  if (!tg_sockaddr(ip, (uint16_t)port, &ss, &len)) {
     if (speculative) return; /* nothing to open early; the final answer is checked again */
     conn_fail_errno(c, "socket", EINVAL);
     return;
@@ -598,6 +572,22 @@ static int parse_action(napi_env env, napi_value result, bool final, char *ip, s
   return 1;
 }
 
+/* Polls the client for (more of) its first bytes until the sniff deadline. False when out of memory. */
+static bool watch_client(tg_conn *c) {
+  if ((c->cpoll = malloc(sizeof *c->cpoll)) == NULL || uv_poll_init_socket(c->timer.loop, c->cpoll, c->cfd) != 0) {
+    free(c->cpoll);
+    c->cpoll = NULL;
+    return false;
+  }
+  c->cpoll->data = c;
+  uv_poll_start(c->cpoll, UV_READABLE, on_client);
+  /* One deadline for all the first bytes, not one per chunk: a client
+   * dripping a byte at a time is decided on when it runs out. */
+  uint64_t now = uv_now(c->timer.loop);
+  uv_timer_start(&c->timer, on_timeout, c->sniff_deadline > now ? c->sniff_deadline - now : 0, 0);
+  return true;
+}
+
 /* Calls decide() and acts on its answer. */
 static void decide(tg_conn *c, const char *cip, uint16_t cport, const char *dip, uint16_t dport, bool final) {
   tg_front *f = c->front;
@@ -647,18 +637,7 @@ static void decide(tg_conn *c, const char *cip, uint16_t cport, const char *dip,
   }
   if (action == 3 || action == 4) {
     /* The ClientHello is not whole yet: read on. */
-    if ((c->cpoll = malloc(sizeof *c->cpoll)) == NULL || uv_poll_init_socket(c->timer.loop, c->cpoll, c->cfd) != 0) {
-      free(c->cpoll);
-      c->cpoll = NULL;
-      conn_fail_errno(c, "socket", ENOMEM);
-      return;
-    }
-    c->cpoll->data = c;
-    uv_poll_start(c->cpoll, UV_READABLE, on_client);
-    /* One deadline for all the first bytes, not one per chunk: a client
-     * dripping a byte at a time is decided on when it runs out. */
-    uint64_t now = uv_now(c->timer.loop);
-    uv_timer_start(&c->timer, on_timeout, c->sniff_deadline > now ? c->sniff_deadline - now : 0, 0);
+    if (!watch_client(c)) conn_fail_errno(c, "socket", ENOMEM);
     return;
   }
   switch (action) {
@@ -677,12 +656,7 @@ static void decide(tg_conn *c, const char *cip, uint16_t cport, const char *dip,
       /* The connection opened meanwhile goes there already. */
       c->spec = false;
       if (c->spec_connected) {
-        if (c->req != NULL) {
-          uv_timer_start(&c->timer, on_timeout, c->front->connect_ms, 0);
-          send_request(c);
-        } else {
-          send_head(c);
-        }
+        upstream_connected(c);
       } else {
         c->state = CONNECTING;
         uv_timer_start(&c->timer, on_timeout, c->front->connect_ms, 0);
@@ -802,15 +776,7 @@ static void start_conn(tg_front *f, int fd, const struct sockaddr_storage *peer)
     int err = errno;
     char cip[INET6_ADDRSTRLEN];
     uint16_t cport = 0;
-    napi_handle_scope scope;
-    if (tg_format_addr(peer, cip, &cport) != 0 && napi_open_handle_scope(f->env, &scope) == napi_ok) {
-      napi_value argv[3];
-      if (napi_create_string_latin1(f->env, cip, NAPI_AUTO_LENGTH, &argv[0]) == napi_ok &&
-          napi_create_uint32(f->env, cport, &argv[1]) == napi_ok &&
-          napi_create_string_utf8(f->env, tg_errno_name(err), NAPI_AUTO_LENGTH, &argv[2]) == napi_ok)
-        tg_call_js(f->env, f->unusable, 3, argv);
-      napi_close_handle_scope(f->env, scope);
-    }
+    if (tg_format_addr(peer, cip, &cport) != 0) tell_unusable(f, cip, cport, err);
     conn_end(c, "unusable", 0, NULL, false, true);
     return;
   }
@@ -831,15 +797,7 @@ static void start_conn(tg_front *f, int fd, const struct sockaddr_storage *peer)
     decide(c, e.cip, e.cport, e.dip, e.dport, false);
     return;
   }
-  if ((c->cpoll = malloc(sizeof *c->cpoll)) == NULL || uv_poll_init_socket(f->poll.loop, c->cpoll, fd) != 0) {
-    free(c->cpoll);
-    c->cpoll = NULL;
-    conn_end(c, "unusable", 0, NULL, false, true);
-    return;
-  }
-  c->cpoll->data = c;
-  uv_poll_start(c->cpoll, UV_READABLE, on_client);
-  uv_timer_start(&c->timer, on_timeout, f->sniff_ms, 0);
+  if (!watch_client(c)) conn_end(c, "unusable", 0, NULL, false, true);
 }
 
 /* ---- listener ---------------------------------------------------------------- */
@@ -855,14 +813,7 @@ static void on_pause_end(uv_timer_t *t) {
 static void accept_failed(tg_front *f, int err) {
   uv_poll_stop(&f->poll);
   uv_timer_start(&f->pause, on_pause_end, ACCEPT_PAUSE_MS, 0);
-  napi_handle_scope scope;
-  if (napi_open_handle_scope(f->env, &scope) == napi_ok) {
-    napi_value argv[3];
-    if (napi_get_null(f->env, &argv[0]) == napi_ok && napi_create_uint32(f->env, 0, &argv[1]) == napi_ok &&
-        napi_create_string_utf8(f->env, tg_errno_name(err), NAPI_AUTO_LENGTH, &argv[2]) == napi_ok)
-      tg_call_js(f->env, f->unusable, 3, argv);
-    napi_close_handle_scope(f->env, scope);
-  }
+  tell_unusable(f, NULL, 0, err);
 }
 
 static void on_accept(uv_poll_t *h, int status, int events) {

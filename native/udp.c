@@ -60,39 +60,8 @@ static bool udp_get_sockaddr(napi_env env, napi_value host_v, napi_value port_v,
     return false;
   }
   if (!tg_get_int(env, port_v, "port", 0, 65535, &port)) return false;
-  memset(ss, 0, sizeof *ss);
-  struct sockaddr_in *sin = (struct sockaddr_in *)ss;
-  struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
-  if (inet_pton(AF_INET, host, &sin->sin_addr) == 1) {
-    sin->sin_family = AF_INET;
-    sin->sin_port = htons((uint16_t)port);
-    *len = sizeof *sin;
-    return true;
-  }
-  if (inet_pton(AF_INET6, host, &sin6->sin6_addr) == 1) {
-    sin6->sin6_family = AF_INET6;
-    sin6->sin6_port = htons((uint16_t)port);
-    *len = sizeof *sin6;
-    return true;
-  }
+  if (tg_sockaddr(host, (uint16_t)port, ss, len)) return true;
   tg_throw_arg(env, "host must be an IPv4 or IPv6 literal");
-  return false;
-}
-
-/* Text address and port of a sockaddr; v4-mapped IPv6 comes out as IPv4. */
-static bool udp_format(const struct sockaddr_storage *ss, char *text, size_t size, uint16_t *port) {
-  if (ss->ss_family == AF_INET) {
-    const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
-    *port = ntohs(sin->sin_port);
-    return inet_ntop(AF_INET, &sin->sin_addr, text, size) != NULL;
-  }
-  if (ss->ss_family == AF_INET6) {
-    const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
-    *port = ntohs(sin6->sin6_port);
-    if (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr))
-      return inet_ntop(AF_INET, &sin6->sin6_addr.s6_addr[12], text, size) != NULL;
-    return inet_ntop(AF_INET6, &sin6->sin6_addr, text, size) != NULL;
-  }
   return false;
 }
 
@@ -123,9 +92,7 @@ static void deliver(udp_listener *l, size_t n, const struct sockaddr_storage *fr
   napi_env env = l->env;
   char from_text[INET6_ADDRSTRLEN], dst_text[INET6_ADDRSTRLEN];
   uint16_t from_port, dst_port;
-  if (!udp_format(from, from_text, sizeof from_text, &from_port) ||
-      !udp_format(dst, dst_text, sizeof dst_text, &dst_port))
-    return;
+  if (tg_format_addr(from, from_text, &from_port) == 0 || tg_format_addr(dst, dst_text, &dst_port) == 0) return;
   napi_handle_scope scope;
   if (napi_open_handle_scope(env, &scope) != napi_ok) return;
   napi_value cb, recv, argv[5], result;
@@ -308,7 +275,7 @@ static napi_value js_udp_listener_port(napi_env env, napi_callback_info info) {
   udp_listener *l = (udp_listener *)p;
   if (l->closing) return tg_throw_errno(env, "getsockname", EBADF);
   if (getsockname(l->fd, (struct sockaddr *)&ss, &len) != 0) return tg_throw_errno(env, "getsockname", errno);
-  if (!udp_format(&ss, text, sizeof text, &port)) return tg_throw_errno(env, "getsockname", EAFNOSUPPORT);
+  if (tg_format_addr(&ss, text, &port) == 0) return tg_throw_errno(env, "getsockname", EAFNOSUPPORT);
   return tg_u32(env, port);
 }
 

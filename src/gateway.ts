@@ -1,7 +1,7 @@
 import type net from 'node:net';
 import type { Config } from './config/config';
 import type { ConnContext, ListenerKind } from './core/context';
-import { ErrorCodes, GatewayError } from './core/errors';
+import type { GatewayError } from './core/errors';
 import { field, type Logger } from './core/log';
 import { formatAddress, type Address } from './core/types';
 import { LocalAddresses } from './inbound/local-addresses';
@@ -35,7 +35,7 @@ import type { Relay } from './relay/relay';
 import { CidrSet } from './route/cidr';
 import { Router } from './route/router';
 import { HttpSession } from './session/http';
-import { handleStream } from './session/stream';
+import { handleStream, type StreamDeps } from './session/stream';
 import { NativeStreams } from './session/native-stream';
 import { HTTP_SNIFF_MAX_BYTES, sniffHttp } from './sniff/http';
 import { readFirstBytes } from './session/first-bytes';
@@ -67,6 +67,10 @@ export class Gateway {
   private readonly outbounds: Outbounds;
   private readonly relay: Relay;
   private readonly http: HttpSession;
+  /** What the Node path of a TLS or TCP connection needs; the same for every connection. */
+  private readonly streamDeps: StreamDeps;
+  /** A connection ended: its log line. */
+  private readonly logDone = (ctx: ConnContext): void => this.logConn(ctx);
   /** TLS and TCP ports carried by the addon from accept to splice; undefined with --relay js. */
   private readonly streams: NativeStreams | undefined;
   private readonly dns: DnsService | undefined;
@@ -83,8 +87,10 @@ export class Gateway {
     private readonly log: Logger,
     private readonly rules: RuleBackend | undefined,
   ) {
+    // --local: every socket of the gateway's own carries the mark, so its own rules skip it.
+    const mark = cfg.local ? cfg.socketMark : undefined;
     this.router = new Router(cfg.upstream, cfg.noProxy);
-    this.outbounds = new Outbounds(cfg.connectTimeoutMs, cfg.local ? cfg.socketMark : undefined);
+    this.outbounds = new Outbounds(cfg.connectTimeoutMs, mark);
     // The splice relay needs the addon; without it the JS relay carries the same traffic, only with more copies.
     this.relay = cfg.relay === 'splice' && hasSplice() ? new SpliceRelay() : new JsRelay();
     if (this.relay.name !== cfg.relay) log.warn(`--relay ${cfg.relay}: the native addon is not built; using the js relay (run npm install to build it)`);
@@ -106,10 +112,19 @@ export class Gateway {
         connectTimeoutMs: cfg.connectTimeoutMs,
         fallbackServer: fallback,
         classify: (address) => (this.local.has(address) ? 'local' : internal.has(address) ? 'internal' : 'public'),
-        mark: cfg.local ? cfg.socketMark : undefined,
+        mark,
         log,
       });
     }
+    this.streamDeps = {
+      router: this.router,
+      outbounds: this.outbounds,
+      relay: this.relay,
+      idleTimeoutMs: cfg.idleTimeoutMs,
+      sniffTimeoutMs: cfg.sniffTimeoutMs,
+      names: this.dns?.names,
+      onDone: this.logDone,
+    };
     if (this.relay.name === 'splice' && hasTunnel()) {
       this.streams = new NativeStreams({
         router: this.router,
@@ -117,11 +132,11 @@ export class Gateway {
         sniffTimeoutMs: cfg.sniffTimeoutMs,
         connectTimeoutMs: cfg.connectTimeoutMs,
         idleTimeoutMs: cfg.idleTimeoutMs,
-        mark: cfg.local ? cfg.socketMark : undefined,
+        mark,
         redirect: cfg.mode === 'redirect',
         isLocal: (address) => this.local.has(address),
         closing: () => this.closing !== undefined,
-        onDone: (ctx) => this.logConn(ctx),
+        onDone: this.logDone,
         takeOver: (sock, ctx, head) => {
           this.track(sock);
           this.runStream(sock, ctx, head);
@@ -137,7 +152,7 @@ export class Gateway {
       log,
       connectTimeoutMs: cfg.connectTimeoutMs,
       idleTimeoutMs: cfg.idleTimeoutMs,
-      socketMark: cfg.local ? cfg.socketMark : undefined,
+      socketMark: mark,
     });
   }
 
@@ -256,9 +271,7 @@ export class Gateway {
       return;
     }
     if (this.local.has(ctx.destination.address)) {
-      ctx.route = 'reject';
-      ctx.result = ErrorCodes.LOOP;
-      ctx.error = 'destination is this gateway: listeners serve intercepted connections only';
+      ctx.refuseLoop();
       sock.destroy();
       this.logConn(ctx);
       return;
@@ -268,9 +281,8 @@ export class Gateway {
       this.dns.acceptTcp(sock, ctx);
       return;
     }
-    const done = (c: ConnContext): void => this.logConn(c);
     if (ctx.kind === 'http') {
-      void this.acceptHttp(sock, ctx, done);
+      void this.acceptHttp(sock, ctx);
     } else {
       this.runStream(sock, ctx);
     }
@@ -282,19 +294,7 @@ export class Gateway {
     // strong one would keep the (by then destroyed) socket of every
     // spliced connection in memory.
     const ref = new WeakRef(sock);
-    handleStream(sock, ctx, this.streamDeps((c) => this.logConn(c)), head).catch((err: unknown) => this.internalError(ref.deref(), ctx, err));
-  }
-
-  private streamDeps(onDone: (ctx: ConnContext) => void) {
-    return {
-      router: this.router,
-      outbounds: this.outbounds,
-      relay: this.relay,
-      idleTimeoutMs: this.cfg.idleTimeoutMs,
-      sniffTimeoutMs: this.cfg.sniffTimeoutMs,
-      names: this.dns?.names,
-      onDone,
-    };
+    handleStream(sock, ctx, this.streamDeps, head).catch((err: unknown) => this.internalError(ref.deref(), ctx, err));
   }
 
   /** Starts an intercepting TCP listener and keeps it for close(). */
@@ -331,7 +331,8 @@ export class Gateway {
   }
 
   /** HTTP ports carry other protocols too: only what starts like an HTTP request goes to the HTTP parser. */
-  private async acceptHttp(sock: net.Socket, ctx: ConnContext, done: (ctx: ConnContext) => void): Promise<void> {
+  private async acceptHttp(sock: net.Socket, ctx: ConnContext): Promise<void> {
+    const done = this.logDone;
     try {
       const first = await readFirstBytes(sock, sniffHttp, HTTP_SNIFF_MAX_BYTES, this.cfg.sniffTimeoutMs);
       if (first.outcome === 'closed' && first.head.length === 0) {
@@ -346,7 +347,7 @@ export class Gateway {
       }
       // Not HTTP (or a server-speaks-first protocol): carry it as plain TCP.
       sock.unshift(first.head);
-      await handleStream(sock, ctx, this.streamDeps(done));
+      await handleStream(sock, ctx, this.streamDeps);
     } catch (err) {
       this.internalError(sock, ctx, err);
     }

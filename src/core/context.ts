@@ -1,3 +1,4 @@
+import { ErrorCodes } from './errors';
 import type { Address } from './types';
 
 export type RouteKind = 'proxy' | 'direct' | 'reject';
@@ -33,6 +34,13 @@ export class ConnContext {
     this.kind = kind;
     this.client = client;
     this.destination = destination;
+  }
+
+  /** A connection to one of the gateway's own addresses: refused, never relayed (an open relay otherwise). */
+  refuseLoop(): void {
+    this.route = 'reject';
+    this.result = ErrorCodes.LOOP;
+    this.error = 'destination is this gateway: listeners serve intercepted connections only';
   }
 
   durationMs(): number {

@@ -3,7 +3,7 @@ import net from 'node:net';
 import type { Mode } from '../config/config';
 import { ConnContext, type ListenerKind } from '../core/context';
 import { ErrorCodes, GatewayError, errnoOf } from '../core/errors';
-import { unmapAddress, type Address } from '../core/types';
+import { formatAddress, unmapAddress, type Address } from '../core/types';
 import * as native from '../native/index';
 
 export type ConnHandler = (sock: net.Socket, ctx: ConnContext) => void;
@@ -26,9 +26,19 @@ export interface TcpListenerOptions {
   nativeAccept?: (fd: number) => { close(): void };
 }
 
-function addressOf(address: string | undefined, port: number | undefined): Address {
+/** An address as Node or the addon reports it, IPv4-mapped IPv6 shown as IPv4. */
+export function addressOf(address: string | undefined, port: number | undefined): Address {
   const u = unmapAddress(address ?? '');
   return { address: u.address, port: port ?? 0, family: u.family };
+}
+
+/** A connection to a REDIRECT-mode listener that was not redirected (SO_ORIGINAL_DST failed). */
+export function noOriginalDst(client: Address, why: string, cause?: unknown): GatewayError {
+  return new GatewayError(
+    ErrorCodes.ORIGINAL_DST,
+    `no original destination for ${formatAddress(client)} (${why}): not a redirected connection`,
+    cause === undefined ? undefined : { cause },
+  );
 }
 
 /**
@@ -100,11 +110,7 @@ export class TcpListener {
       try {
         destination = native.originalDst(native.socketFd(sock));
       } catch (err) {
-        this.opts.onUnusable(sock, client, new GatewayError(
-          ErrorCodes.ORIGINAL_DST,
-          `no original destination for ${client.address}:${client.port} (${errnoOf(err) ?? (err as Error).message}): not a redirected connection`,
-          { cause: err },
-        ));
+        this.opts.onUnusable(sock, client, noOriginalDst(client, errnoOf(err) ?? (err as Error).message, err));
         return;
       }
     }

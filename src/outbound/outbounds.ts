@@ -21,7 +21,7 @@ export class Outbounds {
     const port = ctx.destination.port;
     if (decision.kind === 'proxy' && decision.proxy) {
       const host = ctx.name ?? ctx.destination.address;
-      ctx.via = `${decision.proxy.host.includes(':') ? `[${decision.proxy.host}]` : decision.proxy.host}:${decision.proxy.port}`;
+      ctx.via = hostPort(decision.proxy.host, decision.proxy.port);
       return openTunnel({ proxy: decision.proxy, host, port, timeoutMs: this.connectTimeoutMs, signal, mark: this.mark });
     }
     // Direct: the client already chose the address; the gateway need not resolve anything.

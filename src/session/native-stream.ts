@@ -2,14 +2,16 @@ import dns from 'node:dns';
 import net from 'node:net';
 import type { ProxyEndpoint } from '../config/proxy-url';
 import { ConnContext } from '../core/context';
-import { ErrorCodes, GatewayError } from '../core/errors';
+import type { GatewayError } from '../core/errors';
 import { hostPort, type Address } from '../core/types';
+import { addressOf, noOriginalDst } from '../inbound/tcp-listener';
 import type { NameLookup } from '../dns/name-map';
 import { DIRECT_CODES, UPSTREAM_CODES, dialFailure } from '../outbound/dial';
 import { connectRefusal, connectRequest, tunnelFailure } from '../outbound/http-connect';
-import { spliceAbortAll, tunnelAbortAll, tunnelClose, tunnelListen, type TunnelAction, type TunnelHandle } from '../native';
+import { spliceAbortAll, tunnelAbortAll, tunnelClose, tunnelListen, type TunnelAction } from '../native';
 import type { Router } from '../route/router';
 import { TLS_SNIFF_MAX_BYTES, sniffTls } from '../sniff/tls';
+import { routeStream } from './stream';
 
 export interface NativeStreamDeps {
   router: Router;
@@ -46,10 +48,6 @@ const PROXY_ADDRESS_TTL_MS = 60_000;
 /** Accept errors (EMFILE) are logged at most this often. */
 const ACCEPT_WARN_MS = 10_000;
 
-function address(ip: string, port: number): Address {
-  return { address: ip, port, family: ip.includes(':') ? 6 : 4 };
-}
-
 /**
  * TLS and other TCP connections carried by the addon from accept to the
  * splice relay (native/tunnel.c): no Node socket per connection. This class
@@ -59,7 +57,6 @@ function address(ip: string, port: number): Address {
  */
 export class NativeStreams {
   private readonly live = new Map<number, Live>();
-  private readonly handles: TunnelHandle[] = [];
   private readonly proxyAddresses = new Map<string, { address: string; expires: number }>();
   private readonly lookups = new Set<string>();
   private drained: (() => void) | undefined;
@@ -68,7 +65,7 @@ export class NativeStreams {
 
   constructor(private readonly deps: NativeStreamDeps) {}
 
-  /** Takes a listening fd (listenTcp): the addon accepts on it from now on. */
+  /** Takes a listening fd (listenTcp): the addon accepts on it until close() (TcpListener.close). */
   listen(kind: 'tls' | 'tcp', fd: number): { close(): void } {
     const d = this.deps;
     const handle = tunnelListen(
@@ -87,16 +84,8 @@ export class NativeStreams {
       (id, up, down, outcome, status, reason) => this.done(id, up, down, outcome, status, reason),
       (cip, cport, errno) => this.unusable(cip, cport, errno),
     );
-    this.handles.push(handle);
-    let open = true;
-    return {
-      close: () => {
-        if (!open) return;
-        open = false;
-        tunnelClose(handle);
-        this.handles.splice(this.handles.indexOf(handle), 1);
-      },
-    };
+    // Closing twice is harmless (the addon keeps the state).
+    return { close: () => tunnelClose(handle) };
   }
 
   get active(): number {
@@ -111,11 +100,9 @@ export class NativeStreams {
     const sniffed = head && head.length > 0 ? sniffTls(head) : undefined;
     if (!final && (sniffed === undefined || sniffed.status === 'need-more')) return null;
     if (this.deps.closing()) return CLOSE;
-    const ctx = new ConnContext(kind, address(cip, cport), address(dip, dport));
+    const ctx = new ConnContext(kind, addressOf(cip, cport), addressOf(dip, dport));
     if (this.deps.isLocal(dip)) {
-      ctx.route = 'reject';
-      ctx.result = ErrorCodes.LOOP;
-      ctx.error = 'destination is this gateway: listeners serve intercepted connections only';
+      ctx.refuseLoop();
       this.deps.onDone(ctx);
       return CLOSE;
     }
@@ -125,11 +112,7 @@ export class NativeStreams {
       return CLOSE;
     }
     if (sniffed?.status === 'match') ctx.name = sniffed.sni;
-    // No SNI (SSH, a TLS client without SNI): the name this client resolved
-    // to this address through the gateway, so the proxy gets CONNECT name:port.
-    ctx.name ??= this.deps.names?.lookup(cip, dip);
-    const decision = this.deps.router.select({ kind, name: ctx.name, address: dip, port: dport });
-    ctx.route = decision.kind;
+    const decision = routeStream(ctx, this.deps.router, this.deps.names);
     if (decision.kind === 'proxy' && decision.proxy) {
       const proxy = decision.proxy;
       const ip = this.proxyAddress(proxy.host);
@@ -234,11 +217,8 @@ export class NativeStreams {
       this.deps.warn(`accept: ${errno}${errno === 'EMFILE' || errno === 'ENFILE' ? ': out of file descriptors; raise the limit (ulimit -n, LimitNOFILE=)' : ''}; accepting again shortly${times}`);
       return;
     }
-    const client = address(cip, cport);
-    this.deps.onUnusable(client, new GatewayError(
-      ErrorCodes.ORIGINAL_DST,
-      `no original destination for ${hostPort(cip, cport)} (${errno}): not a redirected connection`,
-    ));
+    const client = addressOf(cip, cport);
+    this.deps.onUnusable(client, noOriginalDst(client, errno));
   }
 
   /** An IP literal for the proxy's host, or undefined while its name is looked up. */
@@ -259,10 +239,8 @@ export class NativeStreams {
     });
   }
 
-  /** Stops accepting, ends every connection, and resolves once each has been logged. */
+  /** Ends every connection (the listeners are closed first) and resolves once each has been logged. */
   close(): Promise<void> {
-    for (const h of [...this.handles]) tunnelClose(h);
-    this.handles.length = 0;
     tunnelAbortAll();
     spliceAbortAll();
     if (this.live.size === 0) return Promise.resolve();

@@ -3,7 +3,7 @@ import type { ConnContext } from '../core/context';
 import { GatewayError, errnoOf } from '../core/errors';
 import type { Outbounds } from '../outbound/outbounds';
 import type { Relay, RelayResult } from '../relay/relay';
-import type { Router } from '../route/router';
+import type { RouteDecision, Router } from '../route/router';
 import type { NameLookup } from '../dns/name-map';
 import { TLS_SNIFF_MAX_BYTES, sniffTls } from '../sniff/tls';
 import { readFirstBytes } from './first-bytes';
@@ -38,13 +38,7 @@ export async function handleStream(sock: net.Socket, ctx: ConnContext, deps: Str
     }
     if (first.result?.status === 'match') ctx.name = first.result.sni;
   }
-  // No Host or SNI (SSH, a TLS client without SNI): the name this client
-  // resolved to this address through the gateway, so the proxy gets
-  // `CONNECT name:port` and no_proxy names apply.
-  if (ctx.name === undefined) ctx.name = deps.names?.lookup(ctx.client.address, ctx.destination.address);
-
-  const decision = deps.router.select({ kind: ctx.kind, name: ctx.name, address: ctx.destination.address, port: ctx.destination.port });
-  ctx.route = decision.kind;
+  const decision = routeStream(ctx, deps.router, deps.names);
   const abort = new AbortController();
   const onEarlyClose = (): void => abort.abort();
   sock.once('close', onEarlyClose);
@@ -72,6 +66,20 @@ export async function handleStream(sock: net.Socket, ctx: ConnContext, deps: Str
   // controller) ends here instead of living as long as the connection; an
   // idle spliced connection then keeps only its context in memory.
   return finishRelay(deps.relay.run(sock, upstream, { idleTimeoutMs: deps.idleTimeoutMs }), ctx, head.length, deps.onDone);
+}
+
+/**
+ * Where a TLS or TCP connection goes, from its sniffed name (ctx.name) and
+ * destination; sets ctx.name and ctx.route. Without Host or SNI (SSH, a TLS
+ * client without SNI) the name is the one this client resolved to this
+ * address through the gateway, so the proxy gets `CONNECT name:port` and
+ * no_proxy names apply.
+ */
+export function routeStream(ctx: ConnContext, router: Router, names: NameLookup | undefined): RouteDecision {
+  ctx.name ??= names?.lookup(ctx.client.address, ctx.destination.address);
+  const decision = router.select({ kind: ctx.kind, name: ctx.name, address: ctx.destination.address, port: ctx.destination.port });
+  ctx.route = decision.kind;
+  return decision;
 }
 
 function finishRelay(run: Promise<RelayResult>, ctx: ConnContext, headLength: number, onDone: (ctx: ConnContext) => void): Promise<void> {
