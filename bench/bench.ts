@@ -19,11 +19,13 @@
  * RSS is VmRSS from /proc/<pid>/status.
  *
  * Knobs (environment): BENCH_ONLY=transgate,redsocks (variants to run), BENCH_ROUNDS,
- * BENCH_FILE_MIB, BENCH_PARALLEL, BENCH_CONN_REQUESTS, BENCH_CONN_CONCURRENCY,
- * BENCH_LATENCY_SAMPLES, BENCH_IDLE, and BENCH_CPU_PROF=DIR for V8 CPU
- * profiles of the transgate runs (bench/profiled-gateway.ts).
+ * BENCH_FILE_MIB, BENCH_PARALLEL, BENCH_CONN_REQUESTS, BENCH_CONN_CONCURRENCY, BENCH_CONN_WARMUP,
+ * BENCH_LATENCY_SAMPLES, BENCH_IDLE, BENCH_CPU_PROF=DIR for V8 CPU
+ * profiles of the transgate runs (bench/profiled-gateway.ts), and
+ * BENCH_PERF=DIR: `perf record -g` of the gateway process (any variant)
+ * during each workload, one file per variant, workload and round.
  */
-import { type ChildProcess, spawnSync } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { ADDR, type Gw, Lab } from '../test/e2e/lab';
@@ -39,6 +41,13 @@ const FILE_MIB = opt('FILE_MIB', 256);
 const PARALLEL = opt('PARALLEL', 8);
 const CONN_REQUESTS = opt('CONN_REQUESTS', 2000);
 const CONN_CONCURRENCY = opt('CONN_CONCURRENCY', 16);
+/**
+ * Connections opened before the measured connection workload, in every
+ * variant: the steady state of a gateway that runs for days, not its first
+ * second. Without it a fresh Node process spends about 8% of the measured
+ * CPU compiling its hot functions (perf: V8's optimizing compile tasks).
+ */
+const CONN_WARMUP = opt('CONN_WARMUP', 2000);
 const LATENCY_SAMPLES = opt('LATENCY_SAMPLES', 300);
 /**
  * Each variant runs this many times, the variants taking turns, and the
@@ -297,6 +306,7 @@ class Bench {
   private async bulk(v: Variant, pid: number | undefined, n: number): Promise<{ mbps: number; cpuSec: number; bytes: number; hostBusy: number }> {
     const one = `curl -sS --fail -o /dev/null -w '%{size_download}\\n' --max-time 120 ${this.curlArgs(v)} ${this.bulkUrl(v)}`;
     const script = Array.from({ length: n }, () => `${one} &`).join('\n') + '\nwait\n';
+    const perf = await this.perfStart(v, pid, `bulk${n}`);
     const c0 = pid ? cpuTicks(pid) : 0;
     const h0 = hostCpu();
     const t0 = process.hrtime.bigint();
@@ -304,6 +314,7 @@ class Bench {
     const secs = Number(process.hrtime.bigint() - t0) / 1e9;
     const h1 = hostCpu();
     const cpuSec = pid ? (cpuTicks(pid) - c0) / CLK_TCK : NaN;
+    await perf?.();
     const sizes = r.stdout.split('\n').filter(Boolean).map(Number);
     const bytes = sizes.reduce((a, b) => a + b, 0);
     if (sizes.length !== n || sizes.some((s) => s !== FILE_MIB * MIB)) {
@@ -314,14 +325,16 @@ class Bench {
 
   private async conns(v: Variant, pid: number | undefined): Promise<{ perSec: number; cpuUsPerConn: number; errors: number; userShare: number; hostBusy: number }> {
     const url = v.squid ? `https://${O4}/` : `http://${INTRA}/`;
-    const args = ['hey', '-n', String(CONN_REQUESTS), '-c', String(CONN_CONCURRENCY), '-disable-keepalive', '-t', '10'];
-    if (v.explicit) args.push('-x', ADDR.proxyUrl);
-    args.push(url);
+    const hey = (n: number) => ['hey', '-n', String(n), '-c', String(CONN_CONCURRENCY), '-disable-keepalive', '-t', '10', ...(v.explicit ? ['-x', ADDR.proxyUrl] : []), url];
+    if (CONN_WARMUP > 0) await this.lab.exec('cl', hey(CONN_WARMUP), { timeoutMs: 180_000 });
+    const args = hey(CONN_REQUESTS);
+    const perf = await this.perfStart(v, pid, 'conns');
     const c0 = pid ? cpuSplit(pid) : [0, 0];
     const h0 = hostCpu();
     const r = await this.lab.exec('cl', args, { timeoutMs: 180_000 });
     const h1 = hostCpu();
     const c1 = pid ? cpuSplit(pid) : [NaN, NaN];
+    await perf?.();
     const cpu = (c1[0]! - c0[0]! + c1[1]! - c0[1]!) / CLK_TCK;
     const userShare = (c1[0]! - c0[0]!) / (c1[0]! - c0[0]! + c1[1]! - c0[1]!);
     const rps = /Requests\/sec:\s+([\d.]+)/.exec(r.stdout);
@@ -330,6 +343,21 @@ class Bench {
     const okCount = ok ? Number(ok[1]) : 0;
     const hostBusy = (h1[0] - h0[0]) / (h1[1] - h0[1]);
     return { perSec: Number(rps[1]), cpuUsPerConn: (cpu * 1e6) / CONN_REQUESTS, errors: CONN_REQUESTS - okCount, userShare, hostBusy };
+  }
+
+  /** BENCH_PERF=DIR: perf record of the gateway until the returned function is called. */
+  private async perfStart(v: Variant, pid: number | undefined, workload: string): Promise<(() => Promise<void>) | undefined> {
+    const dir = process.env['BENCH_PERF'];
+    if (!dir || !pid) return undefined;
+    fs.mkdirSync(dir, { recursive: true });
+    const out = path.resolve(dir, `${v.name}-${workload}-${Date.now()}.data`);
+    const child = spawn('perf', ['record', '-q', '-g', '-e', 'cpu-clock', '-F', '4000', '-o', out, '-p', String(pid)], { stdio: 'ignore' });
+    await sleep(300); // attached
+    return () =>
+      new Promise<void>((resolve) => {
+        child.once('exit', () => resolve());
+        child.kill('SIGINT');
+      });
   }
 
   private probeArgs(v: Variant, mode: string, n: number): string[] {
@@ -530,7 +558,7 @@ async function main(): Promise<void> {
     const meta = {
       date: new Date().toISOString(),
       host: { cpus: spawnSync('nproc', { encoding: 'utf8' }).stdout.trim(), kernel: spawnSync('uname', ['-r'], { encoding: 'utf8' }).stdout.trim(), node: process.version, nofileHard: nofile },
-      params: { rounds: ROUNDS, fileMiB: FILE_MIB, parallel: PARALLEL, connRequests: CONN_REQUESTS, connConcurrency: CONN_CONCURRENCY, latencySamples: LATENCY_SAMPLES, idleWanted: IDLE_WANTED, idleHeld: bench.idleCount },
+      params: { rounds: ROUNDS, fileMiB: FILE_MIB, parallel: PARALLEL, connRequests: CONN_REQUESTS, connWarmup: CONN_WARMUP, connConcurrency: CONN_CONCURRENCY, latencySamples: LATENCY_SAMPLES, idleWanted: IDLE_WANTED, idleHeld: bench.idleCount },
       durationS: (Date.now() - started) / 1000,
     };
     console.log('');
