@@ -145,6 +145,38 @@ for (const [name, make] of relays) {
       assert.match((await r.result).outcome, /^client (ECONNRESET|EPIPE)$/);
     });
 
+    it('a reset after 3 MiB (a long transfer, past the set-up phase) still reaches the client', async () => {
+      const r = await rig(make());
+      const bulk = randomBytes(3 << 20);
+      let got = 0;
+      const clientSaw = new Promise<string>((resolve) => {
+        r.peer.on('data', (c: Buffer) => (got += c.length));
+        r.peer.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? e.message));
+        r.peer.once('close', () => resolve('closed-without-error'));
+      });
+      r.origin.write(bulk);
+      while (got < bulk.length) await new Promise((res) => setTimeout(res, 10));
+      r.origin.resetAndDestroy();
+      assert.equal(await clientSaw, 'ECONNRESET');
+      const res = await r.result;
+      assert.match(res.outcome, /^upstream (ECONNRESET|EPIPE)$/);
+      assert.equal(res.down, bulk.length);
+    });
+
+    it('200 short relays at once: every byte arrives, every relay ends ok', async () => {
+      const rigs = await Promise.all(Array.from({ length: 200 }, () => rig(make())));
+      const checks = rigs.map(async (r, i) => {
+        const gotUp = collect(r.origin);
+        const gotDown = collect(r.peer);
+        r.peer.end(`hello ${i}`);
+        r.origin.end(`answer ${i}`);
+        assert.equal((await gotUp).toString(), `hello ${i}`);
+        assert.equal((await gotDown).toString(), `answer ${i}`);
+        assert.deepEqual(await r.result, { up: `hello ${i}`.length, down: `answer ${i}`.length, outcome: 'ok' });
+      });
+      await Promise.all(checks);
+    });
+
     it('idle timeout closes both sides', async () => {
       const t0 = Date.now();
       const r = await rig(make(), 300);
