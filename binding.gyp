@@ -6,7 +6,7 @@
       "targets": [
         {
           "target_name": "transgate",
-          "sources": ["native/common.c", "native/transgate.c", "native/udp.c", "native/splice.c", "native/tunnel.c", "native/reactor.c"],
+          "sources": ["native/common.c", "native/transgate.c", "native/udp.c", "native/splice.c", "native/tunnel.c"],
           "defines": ["NAPI_VERSION=8", "_GNU_SOURCE"],
           "cflags": ["-Wall", "-Wextra"],
           # Optimisation: the Release configuration node-gyp builds by default

@@ -21,7 +21,9 @@
  * Knobs (environment): BENCH_ONLY=transgate,redsocks (variants to run), BENCH_ROUNDS,
  * BENCH_FILE_MIB, BENCH_PARALLEL, BENCH_CONN_REQUESTS, BENCH_CONN_CONCURRENCY, BENCH_CONN_WARMUP,
  * BENCH_LATENCY_SAMPLES, BENCH_IDLE, BENCH_CPU_PROF=DIR for V8 CPU
- * profiles of the transgate runs (bench/profiled-gateway.ts), and
+ * profiles of the transgate runs (bench/profiled-gateway.ts),
+ * BENCH_BASE=DIR: one more variant, transgate-base, the gateway of another
+ * built checkout (an A/B of a change within one run), and
  * BENCH_PERF=DIR: `perf record -g` of the gateway process (any variant)
  * during each workload, one file per variant, workload and round.
  */
@@ -169,7 +171,7 @@ class Bench {
   variants(): Variant[] {
     const lab = this.lab;
     const proxyEnv = { http_proxy: ADDR.proxyUrl, https_proxy: ADDR.proxyUrl };
-    const transgate = (name: string, relay: string, direct: boolean): Variant => ({
+    const transgate = (name: string, relay: string, direct: boolean, checkout?: string): Variant => ({
       name,
       squid: !direct,
       explicit: false,
@@ -189,7 +191,10 @@ class Bench {
         for (const k of ['TRANSGATE_MEM_LOG', 'TRANSGATE_HEAP_SNAPSHOT', 'TRANSGATE_V8_FLAGS']) if (process.env[k]) env[k] = process.env[k]!;
         const wrapped = prof || env['TRANSGATE_MEM_LOG'] || env['TRANSGATE_HEAP_SNAPSHOT'] || env['TRANSGATE_V8_FLAGS'];
         // Its log goes to a file, as redsocks' does: no CPU of the harness per log line.
-        this.gw = await lab.startGateway(args, env, { logToFile: true, ...(wrapped ? { script: path.join(__dirname, 'profiled-gateway.js') } : {}) });
+        // Another checkout's gateway, run as its bin would run it (the shebang's flag).
+        if (checkout) env['NODE_OPTIONS'] = `--max-semi-space-size=1 ${env['NODE_OPTIONS'] ?? ''}`.trim();
+        const script = checkout ? path.resolve(checkout, 'bin', 'transgate.js') : wrapped ? path.join(__dirname, 'profiled-gateway.js') : undefined;
+        this.gw = await lab.startGateway(args, env, { logToFile: true, ...(script ? { script } : {}) });
         await this.gw.waitFor(new RegExp(`\\brelay ${relay}\\b`), 3000);
         return this.gw.pid;
       },
@@ -224,6 +229,7 @@ class Bench {
     });
     return [
       transgate('transgate', 'splice', false),
+      ...(process.env['BENCH_BASE'] ? [transgate('transgate-base', 'splice', false, process.env['BENCH_BASE'])] : []),
       transgate('transgate-js', 'js', false),
       redsocks('redsocks', false),
       redsocks('redsocks-copy', true),

@@ -5,8 +5,8 @@
  * while bytes are in it: empty pipes go back to a small pool shared by all
  * relays (as HAProxy does), so an idle connection costs its two sockets and
  * nothing else, and a busy one takes a pipe from the pool without syscalls.
- * Event-driven on Node's own libuv loop through the addon's epoll set
- * (reactor.c, level-triggered), no thread per connection.
+ * Event-driven on Node's own libuv loop with uv_poll (level-triggered), no
+ * thread per connection.
  *
  * Ownership: spliceRelay() dup()s both fds and owns the duplicates; the
  * caller closes its own fds (Node destroys its sockets) right after the call.
@@ -26,7 +26,6 @@
 
 #include "splice.h"
 #include "common.h"
-#include "reactor.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -50,18 +49,13 @@
 static size_t pipe_cap = 64 * 1024;
 #define PIPE_CAP pipe_cap
 
-/* A relay that has carried this much moves its sockets from the addon's
- * epoll set to uv_polls of their own (reactor.h): set-up is cheaper in the
- * set, each wake-up of a long transfer cheaper outside it. */
-#define OWN_POLL_BYTES (1024 * 1024)
-
 enum { CLIENT = 0, UPSTREAM = 1 };
 static const char *const SIDE_NAME[2] = {"client", "upstream"};
 
 typedef struct tg_relay {
-  tg_watch watch[2];      /* watch[i] watches fd[i] */
-  uv_timer_t timer;       /* idle timeout (unused when idle_ms == 0); its close callback frees the relay */
-  int fd[2];              /* ours; -1 once closed */
+  uv_poll_t poll[2];      /* poll[i] watches fd[i] */
+  uv_timer_t timer;       /* idle timeout; unused when idle_ms == 0 */
+  int fd[2];              /* our duplicates; -1 once closed */
   /* Direction d carries side d's bytes to side 1-d through pipe[d]. */
   int pipe_r[2], pipe_w[2];
   size_t inpipe[2];       /* bytes in pipe[d] not yet written out */
@@ -70,8 +64,9 @@ typedef struct tg_relay {
   bool in_full[2];        /* splice into pipe[d] said EAGAIN with data in it: the pipe is full */
   bool wr_blocked[2];     /* writing to side 1-d said EAGAIN */
   bool shut[2];           /* side 1-d was half-closed after direction d finished */
+  int events[2];          /* what poll[i] currently waits for */
   uint64_t idle_ms, last_active;
-  bool owned;             /* the watches have uv_polls of their own */
+  int open_handles;
   bool finished;
   char outcome[64];
   tg_relay_done_fn done; /* called once, after every handle is closed */
@@ -117,37 +112,34 @@ static tg_relay *live_head;
 static uint32_t live_count;
 
 static void finish(tg_relay *r, const char *outcome);
+static void free_on_close(uv_handle_t *h) { free(h->data); }
 
-/* After finish(), on a later loop turn: no event of the batch that finished
- * the relay can still name it. */
-static void on_timer_closed(uv_handle_t *h) {
+static void on_handle_closed(uv_handle_t *h) {
   tg_relay *r = (tg_relay *)h->data;
+  if (--r->open_handles > 0) return;
   r->done(r->user, r->bytes[CLIENT], r->bytes[UPSTREAM], r->outcome);
   free(r);
 }
 
+static void on_poll(uv_poll_t *h, int status, int events);
 static void local_fail(tg_relay *r, int err);
 
 static void update_polls(tg_relay *r) {
-  if (!r->owned && r->bytes[0] + r->bytes[1] >= OWN_POLL_BYTES) {
-    r->owned = true;
-    for (int side = 0; side < 2; side++) {
-      int rc = tg_watch_own(r->timer.loop, &r->watch[side]);
+  for (int side = 0; side < 2; side++) {
+    int d_in = side, d_out = 1 - side;
+    int ev = 0;
+    if (!r->rd_eof[d_in] && !r->in_full[d_in] && r->inpipe[d_in] < PIPE_CAP) ev |= UV_READABLE;
+    if (r->wr_blocked[d_out]) ev |= UV_WRITABLE;
+    if (ev == r->events[side]) continue;
+    r->events[side] = ev;
+    if (ev == 0) {
+      uv_poll_stop(&r->poll[side]);
+    } else {
+      int rc = uv_poll_start(&r->poll[side], ev, on_poll);
       if (rc != 0) {
         local_fail(r, -rc);
         return;
       }
-    }
-  }
-  for (int side = 0; side < 2; side++) {
-    int d_in = side, d_out = 1 - side;
-    unsigned ev = 0;
-    if (!r->rd_eof[d_in] && !r->in_full[d_in] && r->inpipe[d_in] < PIPE_CAP) ev |= TG_READABLE;
-    if (r->wr_blocked[d_out]) ev |= TG_WRITABLE;
-    int rc = tg_watch_set(r->timer.loop, &r->watch[side], ev);
-    if (rc != 0) {
-      local_fail(r, -rc);
-      return;
     }
   }
 }
@@ -184,7 +176,7 @@ static bool drain(tg_relay *r, int d) {
       r->bytes[d] += (uint64_t)n;
       r->in_full[d] = false;
       r->wr_blocked[d] = r->inpipe[d] > 0;
-      r->last_active = uv_now(r->timer.loop);
+      r->last_active = uv_now(r->poll[0].loop);
       return true;
     }
     if (n < 0 && errno == EINTR) continue;
@@ -216,14 +208,14 @@ static bool pump(tg_relay *r, int d) {
     ssize_t n = splice(r->fd[src], NULL, r->pipe_w[d], NULL, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     if (n > 0) {
       r->inpipe[d] += (size_t)n;
-      r->last_active = uv_now(r->timer.loop);
+      r->last_active = uv_now(r->poll[0].loop);
       if ((size_t)n == want) continue; /* a full read: more may be waiting */
       if (!r->wr_blocked[d] && !drain(r, d)) return false;
       break;
     }
     if (n == 0) {
       r->rd_eof[d] = true;
-      r->last_active = uv_now(r->timer.loop);
+      r->last_active = uv_now(r->poll[0].loop);
       if (r->inpipe[d] > 0 && !r->wr_blocked[d] && !drain(r, d)) return false;
       break;
     }
@@ -258,18 +250,18 @@ static bool pump(tg_relay *r, int d) {
   return true;
 }
 
-static void on_event(tg_watch *w, unsigned events) {
-  tg_relay *r = w->data;
-  const int side = w == &r->watch[CLIENT] ? CLIENT : UPSTREAM;
+static void on_poll(uv_poll_t *h, int status, int events) {
+  tg_relay *r = (tg_relay *)h->data;
+  const int side = h == &r->poll[CLIENT] ? CLIENT : UPSTREAM;
   if (r->finished) return;
-  if (events & TG_ERROR) {
-    fail(r, side, tg_socket_error(r->fd[side], -EIO));
+  if (status < 0) {
+    fail(r, side, tg_socket_error(r->fd[side], status));
     return;
   }
   /* Readable: side's bytes can move on (direction side). Writable: the
    * other direction can drain into side. */
-  if ((events & TG_READABLE) && !pump(r, side)) return;
-  if (events & TG_WRITABLE) {
+  if ((events & UV_READABLE) && !pump(r, side)) return;
+  if (events & UV_WRITABLE) {
     r->wr_blocked[1 - side] = false;
     if (!pump(r, 1 - side)) return;
   }
@@ -294,9 +286,12 @@ static void finish(tg_relay *r, const char *outcome) {
   else live_head = r->next;
   if (r->next) r->next->prev = r->prev;
   live_count--;
-  uv_close((uv_handle_t *)&r->timer, on_timer_closed);
+  /* uv_close stops the polls at once, so the fds can be closed right after. */
+  r->open_handles = 3;
+  uv_close((uv_handle_t *)&r->poll[0], on_handle_closed);
+  uv_close((uv_handle_t *)&r->poll[1], on_handle_closed);
+  uv_close((uv_handle_t *)&r->timer, on_handle_closed);
   for (int i = 0; i < 2; i++) {
-    tg_watch_stop(&r->watch[i]);
     if (r->fd[i] >= 0) close(r->fd[i]);
     if (r->pipe_r[i] >= 0) pipe_put(r->pipe_r[i], r->pipe_w[i], r->inpipe[i] == 0);
     r->fd[i] = r->pipe_r[i] = r->pipe_w[i] = -1;
@@ -306,8 +301,7 @@ static void finish(tg_relay *r, const char *outcome) {
 /* ---- C entry point ---------------------------------------------------------- */
 
 int tg_relay_start(uv_loop_t *loop, int client_fd, int upstream_fd, uint64_t idle_ms, bool client_eof,
-                   bool upstream_eof, tg_relay_done_fn done, void *user, tg_watch *client_watch,
-                   tg_watch *upstream_watch) {
+                   bool upstream_eof, tg_relay_done_fn done, void *user) {
   tg_relay *r = calloc(1, sizeof *r);
   if (r == NULL) return -ENOMEM;
   r->done = done;
@@ -318,15 +312,24 @@ int tg_relay_start(uv_loop_t *loop, int client_fd, int upstream_fd, uint64_t idl
   r->rd_eof[CLIENT] = client_eof;
   r->rd_eof[UPSTREAM] = upstream_eof;
   for (int i = 0; i < 2; i++) r->pipe_r[i] = r->pipe_w[i] = -1;
-  /* The caller's place in the epoll set is taken over, not left and joined again. */
-  if (client_watch != NULL) tg_watch_take(&r->watch[CLIENT], client_watch, on_event, r);
-  else tg_watch_init(&r->watch[CLIENT], client_fd, on_event, r);
-  if (upstream_watch != NULL) tg_watch_take(&r->watch[UPSTREAM], upstream_watch, on_event, r);
-  else tg_watch_init(&r->watch[UPSTREAM], upstream_fd, on_event, r);
+  int rc = uv_poll_init_socket(loop, &r->poll[CLIENT], client_fd);
+  if (rc != 0) {
+    free(r);
+    return rc;
+  }
+  r->poll[CLIENT].data = r;
+  rc = uv_poll_init_socket(loop, &r->poll[UPSTREAM], upstream_fd);
+  if (rc != 0) {
+    /* libuv owns an initialised handle until its close callback. */
+    uv_close((uv_handle_t *)&r->poll[CLIENT], free_on_close);
+    return rc;
+  }
+  r->poll[UPSTREAM].data = r;
   uv_timer_init(loop, &r->timer);
   r->timer.data = r;
   r->last_active = uv_now(loop);
   if (r->idle_ms > 0) uv_timer_start(&r->timer, on_timer, r->idle_ms, 0);
+  /* Keep the loop alive while bytes flow, like Node's own sockets. */
   r->next = live_head;
   if (live_head) live_head->prev = r;
   live_head = r;
@@ -446,8 +449,8 @@ static napi_value js_splice_relay(napi_env env, napi_callback_info info) {
     if (fd[i] < 0) err = errno, what = "fcntl(F_DUPFD_CLOEXEC)";
   }
   if (err == 0) {
-    int rc = tg_relay_start(loop, fd[0], fd[1], (uint64_t)idle_d, eof[0], eof[1], js_relay_done, d, NULL, NULL);
-    if (rc != 0) err = -rc, what = "calloc";
+    int rc = tg_relay_start(loop, fd[0], fd[1], (uint64_t)idle_d, eof[0], eof[1], js_relay_done, d);
+    if (rc != 0) err = -rc, what = "uv_poll_init_socket";
   }
   if (err != 0) {
     for (int i = 0; i < 2; i++)

@@ -8,19 +8,15 @@
 #include <node_api.h>
 #include <uv.h>
 
-#include "reactor.h"
-
 /* Called once per relay on the loop thread, after its handles are closed. */
 typedef void (*tg_relay_done_fn)(void *user, uint64_t up, uint64_t down, const char *outcome);
 
 /* Relays between two connected non-blocking stream sockets, which it then
- * owns and closes. 0, or -ENOMEM (the fds are then still the caller's).
- * `done` gets the bytes carried each way and the outcome (see splice.c).
- * client_watch and upstream_watch (may be NULL) are the caller's watches of
- * those fds: the relay takes them over (reactor.h). */
+ * owns and closes. 0, or a negative libuv error (the fds are then still the
+ * caller's). `done` gets the bytes carried each way and the outcome (see
+ * splice.c). */
 int tg_relay_start(uv_loop_t *loop, int client_fd, int upstream_fd, uint64_t idle_ms, bool client_eof,
-                   bool upstream_eof, tg_relay_done_fn done, void *user, tg_watch *client_watch,
-                   tg_watch *upstream_watch);
+                   bool upstream_eof, tg_relay_done_fn done, void *user);
 
 /* Calls a JS function held by `fn` from a libuv callback (inside a handle
  * scope the caller opened), as Node calls its own callbacks (nextTicks and

@@ -38,7 +38,6 @@
 #endif
 
 #include "common.h"
-#include "reactor.h"
 #include "splice.h"
 
 #include <errno.h>
@@ -93,8 +92,8 @@ typedef struct tg_conn {
   uint32_t id;
   enum state state;
   int cfd, ufd;
-  tg_watch cw;       /* the client while sniffing; the relay takes it over */
-  tg_watch uw;       /* the upstream; the relay takes it over */
+  uv_poll_t *cpoll;  /* the client while sniffing; its own allocation (see close_cpoll) */
+  uv_poll_t *upoll;  /* the upstream until the relay takes it; its own allocation */
   uv_timer_t timer;  /* sniff, connect and answer deadlines */
   uint64_t sniff_deadline; /* loop time by which the first bytes must have been decided on */
   bool client_eof;
@@ -140,14 +139,26 @@ static void conn_release(tg_conn *c) {
   front_release(f);
 }
 
-/* The timer's close callback drops the last reference on a later loop turn
- * than conn_end's: an event of the batch being dispatched may still name
- * the connection's watches (reactor.h). */
 static void conn_handle_closed(uv_handle_t *h) { conn_release((tg_conn *)h->data); }
+static void free_handle(uv_handle_t *h) { free(h); }
 
 static void set_linger0(int fd) {
   struct linger lg = {.l_onoff = 1, .l_linger = 0};
   setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+}
+
+/* uv_close stops the poll at once (epoll_ctl DEL inside), so the fd can
+ * be closed or given to another handle right after. */
+static void close_cpoll(tg_conn *c) {
+  if (c->cpoll == NULL) return;
+  uv_close((uv_handle_t *)c->cpoll, free_handle);
+  c->cpoll = NULL;
+}
+
+static void close_upoll(tg_conn *c) {
+  if (c->upoll == NULL) return;
+  uv_close((uv_handle_t *)c->upoll, free_handle);
+  c->upoll = NULL;
 }
 
 static void unlink_conn(tg_conn *c) {
@@ -192,8 +203,8 @@ static void conn_end(tg_conn *c, const char *outcome, int status, const char *re
   if (c->state == DONE) return;
   c->state = DONE;
   unlink_conn(c);
-  tg_watch_stop(&c->cw);
-  tg_watch_stop(&c->uw);
+  close_cpoll(c);
+  close_upoll(c);
   uv_close((uv_handle_t *)&c->timer, conn_handle_closed);
   if (c->ufd >= 0) close(c->ufd);
   if (close_client && c->cfd >= 0) {
@@ -223,19 +234,19 @@ static void start_relay(tg_conn *c) {
   uv_loop_t *loop = c->timer.loop;
   c->state = RELAY;
   unlink_conn(c);
+  /* The relay polls both fds with handles of its own: ours go first. */
+  close_cpoll(c);
+  close_upoll(c);
   uv_close((uv_handle_t *)&c->timer, conn_handle_closed);
   free(c->ep), c->ep = NULL;
   free(c->head), c->head = NULL;
   free(c->req), c->req = NULL;
   free(c->answer), c->answer = NULL;
   c->refs++; /* the relay's, released by relay_done */
-  /* The relay takes over both watches, and their places in the epoll set. */
-  int rc = tg_relay_start(loop, c->cfd, c->ufd, c->front->idle_ms, c->client_eof, false, relay_done, c, &c->cw, &c->uw);
+  int rc = tg_relay_start(loop, c->cfd, c->ufd, c->front->idle_ms, c->client_eof, false, relay_done, c);
   if (rc != 0) {
     char msg[64];
     snprintf(msg, sizeof msg, "relay %s", tg_errno_name(-rc));
-    tg_watch_stop(&c->cw);
-    tg_watch_stop(&c->uw);
     set_linger0(c->cfd);
     close(c->cfd);
     close(c->ufd);
@@ -248,11 +259,12 @@ static void start_relay(tg_conn *c) {
 
 /* ---- upstream ---------------------------------------------------------------- */
 
+static void on_upstream(uv_poll_t *h, int status, int events);
 static void on_timeout(uv_timer_t *t);
 static void drop_spec(tg_conn *c);
 
-static bool upoll_want(tg_conn *c, unsigned events) {
-  int rc = tg_watch_set(c->timer.loop, &c->uw, events);
+static bool upoll_want(tg_conn *c, int events) {
+  int rc = uv_poll_start(c->upoll, events, on_upstream);
   if (rc != 0) {
     conn_fail_errno(c, "socket", -rc);
     return false;
@@ -282,7 +294,7 @@ static void send_head(tg_conn *c) {
   if (c->head_len > 0 && !write_some(c->ufd, c->head, c->head_len, &c->head_off)) {
     if (errno == EAGAIN) {
       uv_timer_start(&c->timer, on_timeout, c->front->connect_ms, 0);
-      upoll_want(c, TG_WRITABLE);
+      upoll_want(c, UV_WRITABLE);
       return;
     }
     conn_fail_errno(c, "upstream", errno);
@@ -294,12 +306,12 @@ static void send_head(tg_conn *c) {
 static void send_request(tg_conn *c) {
   c->state = REQUEST;
   if (!write_some(c->ufd, c->req, c->req_len, &c->req_off)) {
-    if (errno == EAGAIN) upoll_want(c, TG_WRITABLE);
+    if (errno == EAGAIN) upoll_want(c, UV_WRITABLE);
     else conn_fail_errno(c, "answer", errno);
     return;
   }
   c->state = ANSWER;
-  upoll_want(c, TG_READABLE);
+  upoll_want(c, UV_READABLE);
 }
 
 /* "HTTP/1.1 200 Connection established": the status, or -1. */
@@ -391,11 +403,11 @@ static void read_answer(tg_conn *c) {
     conn_end(c, "answer-status", status, text, true, true);
     return;
   }
-  send_head(c); /* the relay takes the watch over, or it waits for POLLOUT */
+  send_head(c); /* the relay's own polls replace upoll, or upoll waits for POLLOUT */
 }
 
 static void drop_spec(tg_conn *c) {
-  tg_watch_stop(&c->uw);
+  close_upoll(c);
   if (c->ufd >= 0) close(c->ufd);
   c->ufd = -1;
   c->spec = c->spec_connected = false;
@@ -423,46 +435,41 @@ static void upstream_connected(tg_conn *c) {
 }
 
 /* The speculative connection finished connecting while the client is still read. */
-/* Writable without an error: the connect succeeded (no SO_ERROR to ask for). */
-static int connect_error(tg_conn *c, unsigned events) {
-  return (events & TG_ERROR) ? tg_socket_error(c->ufd, -ECONNREFUSED) : 0;
-}
-
-static void spec_connected(tg_conn *c, unsigned events) {
-  if (connect_error(c, events) != 0 || tg_watch_set(c->timer.loop, &c->uw, 0) != 0) {
+static void spec_connected(tg_conn *c, int status) {
+  if (tg_socket_error(c->ufd, status) != 0) {
     drop_spec(c);
     return;
   }
-  /* Writable from now on: nothing to wait for until the request. */
   c->spec_connected = true;
+  uv_poll_stop(c->upoll); /* writable from now on: nothing to wait for until the request */
 }
 
-static void on_upstream(tg_watch *w, unsigned events) {
-  tg_conn *c = w->data;
+static void on_upstream(uv_poll_t *h, int status, int events) {
+  tg_conn *c = h->data;
   if (c->state == DONE) return;
   if (c->state == SNIFF) {
-    spec_connected(c, events);
+    spec_connected(c, status);
     return;
   }
-  if ((events & TG_ERROR) && c->state != CONNECTING) {
-    conn_fail_errno(c, c->state == HEAD ? "upstream" : "answer", tg_socket_error(c->ufd, -EIO));
+  if (status < 0 && c->state != CONNECTING) {
+    conn_fail_errno(c, c->state == HEAD ? "upstream" : "answer", tg_socket_error(c->ufd, status));
     return;
   }
   switch (c->state) {
   case CONNECTING: {
-    int err = connect_error(c, events);
+    int err = tg_socket_error(c->ufd, status);
     if (err != 0) conn_fail_errno(c, "connect", err);
     else upstream_connected(c);
     return;
   }
   case REQUEST:
-    if (events & TG_WRITABLE) send_request(c);
+    if (events & UV_WRITABLE) send_request(c);
     return;
   case ANSWER:
-    if (events & TG_READABLE) read_answer(c);
+    if (events & UV_READABLE) read_answer(c);
     return;
   case HEAD:
-    if (events & TG_WRITABLE) send_head(c);
+    if (events & UV_WRITABLE) send_head(c);
     return;
   default:
     return;
@@ -493,7 +500,18 @@ static void dial(tg_conn *c, const char *ip, uint32_t port, bool speculative) {
     err = errno;
     goto fail;
   }
-  tg_watch_init(&c->uw, fd, on_upstream, c);
+  if ((c->upoll = malloc(sizeof *c->upoll)) == NULL) {
+    err = ENOMEM;
+    goto fail;
+  }
+  int rc = uv_poll_init_socket(c->timer.loop, c->upoll, fd);
+  if (rc != 0) {
+    free(c->upoll);
+    c->upoll = NULL;
+    err = -rc;
+    goto fail;
+  }
+  c->upoll->data = c;
   if (speculative) {
     c->spec = true;
     snprintf(c->spec_ip, sizeof c->spec_ip, "%s", ip);
@@ -511,7 +529,7 @@ static void dial(tg_conn *c, const char *ip, uint32_t port, bool speculative) {
     return;
   }
   if (!speculative) uv_timer_start(&c->timer, on_timeout, c->front->connect_ms, 0);
-  upoll_want(c, TG_WRITABLE);
+  upoll_want(c, UV_WRITABLE);
   return;
 
 fail:
@@ -521,7 +539,7 @@ fail:
 
 /* ---- client ----------------------------------------------------------------- */
 
-static void on_client(tg_watch *w, unsigned events);
+static void on_client(uv_poll_t *h, int status, int events);
 
 /* Reads decide()'s answer: 0, 1 (ip, port and *req filled), 2, 3 (ip and
  * port filled: dial meanwhile, read on), 4 (read on), or -1 for nonsense. */
@@ -554,10 +572,15 @@ static int parse_action(napi_env env, napi_value result, bool final, char *ip, s
   return 1;
 }
 
-/* Polls the client for (more of) its first bytes until the sniff deadline.
- * False when the epoll set refused it (ENOMEM, ENOSPC). */
+/* Polls the client for (more of) its first bytes until the sniff deadline. False when out of memory. */
 static bool watch_client(tg_conn *c) {
-  if (tg_watch_set(c->timer.loop, &c->cw, TG_READABLE) != 0) return false;
+  if ((c->cpoll = malloc(sizeof *c->cpoll)) == NULL || uv_poll_init_socket(c->timer.loop, c->cpoll, c->cfd) != 0) {
+    free(c->cpoll);
+    c->cpoll = NULL;
+    return false;
+  }
+  c->cpoll->data = c;
+  uv_poll_start(c->cpoll, UV_READABLE, on_client);
   /* One deadline for all the first bytes, not one per chunk: a client
    * dripping a byte at a time is decided on when it runs out. */
   uint64_t now = uv_now(c->timer.loop);
@@ -569,7 +592,8 @@ static bool watch_client(tg_conn *c) {
 static void decide(tg_conn *c, const char *cip, uint16_t cport, const char *dip, uint16_t dport, bool final) {
   tg_front *f = c->front;
   napi_env env = f->env;
-  /* JS may take the fd: conn_end then takes it out of the epoll set (it stays open). */
+  /* No poll on the client while JS runs: it may take the fd. */
+  close_cpoll(c);
   uv_timer_stop(&c->timer);
   napi_handle_scope scope;
   if (napi_open_handle_scope(env, &scope) != napi_ok) {
@@ -627,11 +651,6 @@ static void decide(tg_conn *c, const char *cip, uint16_t cport, const char *dip,
     conn_end(c, "handed-over", 0, NULL, false, false);
     return;
   case 1:
-    /* Not read again until the relay runs: no readiness to hear of meanwhile. */
-    if (tg_watch_set(c->timer.loop, &c->cw, 0) != 0) {
-      conn_fail_errno(c, "socket", ENOMEM);
-      return;
-    }
     if (c->spec && c->spec_connected && !spec_alive(c)) drop_spec(c);
     if (c->spec && strcmp(ip, c->spec_ip) == 0 && port == c->spec_port) {
       /* The connection opened meanwhile goes there already. */
@@ -694,10 +713,11 @@ static bool read_client(tg_conn *c) {
   return true;
 }
 
-static void on_client(tg_watch *w, unsigned events) {
-  tg_conn *c = w->data;
+static void on_client(uv_poll_t *h, int status, int events) {
+  tg_conn *c = h->data;
+  (void)events;
   if (c->state != SNIFF) return;
-  if (events & TG_ERROR) {
+  if (status < 0) {
     c->client_eof = true; /* a reset: decide() hears of an empty, closed client */
     decide_now(c, true);
     return;
@@ -739,8 +759,6 @@ static void start_conn(tg_front *f, int fd, const struct sockaddr_storage *peer)
   c->id = ++next_id;
   c->cfd = fd;
   c->ufd = -1;
-  tg_watch_init(&c->cw, fd, on_client, c);
-  tg_watch_init(&c->uw, -1, on_upstream, c);
   c->refs = 2; /* the machine and the timer */
   c->state = SNIFF;
   uv_timer_init(f->poll.loop, &c->timer);
