@@ -93,6 +93,13 @@ function hostCpu(): [number, number] {
   return [total - idle, total];
 }
 
+/** Context switches of the process's main thread (where an event loop runs): how often it slept and woke. */
+function ctxtSwitches(pid: number): number {
+  const st = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+  const v = /voluntary_ctxt_switches:\s+(\d+)/.exec(st);
+  return v ? Number(v[1]) : NaN;
+}
+
 function rssMiB(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
   return m ? Number(m[1]) / 1024 : NaN;
@@ -115,6 +122,11 @@ interface Result {
   bulk1MBps?: number;
   bulkNMBps?: number;
   cpuSecPerGiB?: number;
+  /** The same for the single download and for the parallel ones. */
+  cpuSecPerGiB1?: number;
+  cpuSecPerGiBN?: number;
+  /** Voluntary context switches of the gateway's loop thread per MiB relayed (8 parallel downloads): its wake-ups. */
+  wakeupsPerMiBN?: number;
   connsPerSec?: number;
   cpuUsPerConn?: number;
   connErrors?: number;
@@ -309,24 +321,26 @@ class Bench {
   }
 
   /** N parallel downloads of the large file; returns aggregate MB/s and gateway CPU seconds. */
-  private async bulk(v: Variant, pid: number | undefined, n: number): Promise<{ mbps: number; cpuSec: number; bytes: number; hostBusy: number }> {
+  private async bulk(v: Variant, pid: number | undefined, n: number): Promise<{ mbps: number; cpuSec: number; bytes: number; hostBusy: number; wakeups: number }> {
     const one = `curl -sS --fail -o /dev/null -w '%{size_download}\\n' --max-time 120 ${this.curlArgs(v)} ${this.bulkUrl(v)}`;
     const script = Array.from({ length: n }, () => `${one} &`).join('\n') + '\nwait\n';
     const perf = await this.perfStart(v, pid, `bulk${n}`);
     const c0 = pid ? cpuTicks(pid) : 0;
+    const w0 = pid ? ctxtSwitches(pid) : NaN;
     const h0 = hostCpu();
     const t0 = process.hrtime.bigint();
     const r = await this.lab.exec('cl', ['sh', '-c', script], { timeoutMs: 180_000 });
     const secs = Number(process.hrtime.bigint() - t0) / 1e9;
     const h1 = hostCpu();
     const cpuSec = pid ? (cpuTicks(pid) - c0) / CLK_TCK : NaN;
+    const wakeups = pid ? ctxtSwitches(pid) - w0 : NaN;
     await perf?.();
     const sizes = r.stdout.split('\n').filter(Boolean).map(Number);
     const bytes = sizes.reduce((a, b) => a + b, 0);
     if (sizes.length !== n || sizes.some((s) => s !== FILE_MIB * MIB)) {
       throw new Error(`${v.name}: bulk x${n} incomplete (${sizes.join(',')}): ${r.stderr.slice(0, 500)}`);
     }
-    return { mbps: bytes / MIB / secs, cpuSec, bytes, hostBusy: (h1[0] - h0[0]) / (h1[1] - h0[1]) };
+    return { mbps: bytes / MIB / secs, cpuSec, bytes, hostBusy: (h1[0] - h0[0]) / (h1[1] - h0[1]), wakeups };
   }
 
   private async conns(v: Variant, pid: number | undefined): Promise<{ perSec: number; cpuUsPerConn: number; errors: number; userShare: number; hostBusy: number }> {
@@ -425,7 +439,12 @@ class Bench {
       res.bulk1HostBusy = b1.hostBusy;
       const bn = await this.bulk(v, pid, PARALLEL);
       res.bulkNMBps = bn.mbps;
-      if (pid) res.cpuSecPerGiB = (b1.cpuSec + bn.cpuSec) / ((b1.bytes + bn.bytes) / GIB);
+      if (pid) {
+        res.cpuSecPerGiB = (b1.cpuSec + bn.cpuSec) / ((b1.bytes + bn.bytes) / GIB);
+        res.cpuSecPerGiB1 = b1.cpuSec / (b1.bytes / GIB);
+        res.cpuSecPerGiBN = bn.cpuSec / (bn.bytes / GIB);
+        res.wakeupsPerMiBN = bn.wakeups / (bn.bytes / MIB);
+      }
       if (!v.noConns) {
         const c = await this.conns(v, pid);
         res.connsPerSec = c.perSec;
@@ -553,7 +572,9 @@ async function main(): Promise<void> {
         console.log(
           `${((Date.now() - t0) / 1000).toFixed(0)} s: ${fmt(r.bulk1MBps, 0)}/${fmt(r.bulkNMBps, 0)} MB/s ` +
             `(host ${Math.round((r.bulk1HostBusy ?? NaN) * 100)}% busy), ${fmt(r.connsPerSec, 0)} conn/s` +
-            (r.cpuSecPerGiB !== undefined ? `, ${fmt(r.cpuSecPerGiB, 2)} CPU s/GiB, ${fmt(r.cpuUsPerConn, 0)} CPU µs/conn` : '') +
+            (r.cpuSecPerGiB !== undefined
+              ? `, ${fmt(r.cpuSecPerGiB, 2)} CPU s/GiB (1x ${fmt(r.cpuSecPerGiB1, 2)}, ${PARALLEL}x ${fmt(r.cpuSecPerGiBN, 2)}, ${fmt(r.wakeupsPerMiBN, 1)} wake-ups/MiB), ${fmt(r.cpuUsPerConn, 0)} CPU µs/conn`
+              : '') +
             (r.notes.length ? ` (${r.notes.join('; ')})` : ''),
         );
       }
