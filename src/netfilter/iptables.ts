@@ -116,8 +116,11 @@ function familyRestore(cfg: RulesConfig, family: 4 | 6): string {
     mangle.push(`:${C.pre} - [0:0]`, `:${C.divert} - [0:0]`);
     if (local) mangle.push(`:${C.out} - [0:0]`);
     mangle.push(`-A ${C.divert} -j MARK --set-xmark ${fullMark}`, `-A ${C.divert} -j ACCEPT`);
-    // Packets of connections our transparent sockets already own: deliver locally.
-    mangle.push(`-A ${C.pre} -p tcp -m socket --transparent -j ${C.divert}`);
+    // Packets of connections our transparent sockets already own: deliver
+    // locally. Not a new SYN, which may meet our TIME_WAIT socket of the
+    // client's last connection from the same port: TPROXY below hands that
+    // one to the listener (see the nftables plan).
+    mangle.push(`-A ${C.pre} -p tcp ! --syn -m socket --transparent -j ${C.divert}`);
     // Groups for every destination (DNS) come before the local and bypass returns.
     const tproxyRules = (everywhere: boolean): void => {
       for (const [proto, groups] of [['tcp', cfg.tcp], ['udp', cfg.udp]] as const) {

@@ -339,7 +339,14 @@ export function plan(cfg: RulesConfig): RulesPlan {
   } else {
     rules.push(lan.length > 0 ? `iifname != { ${lan.map((n) => `"${n}"`).join(', ')} } return` : 'iifname "lo" return');
   }
-  if (tproxy) rules.push(`meta l4proto tcp socket transparent 1 meta mark set ${mark} accept`);
+  // Packets of connections our transparent sockets already own: delivered
+  // locally as they are. Not a new SYN: when a client reuses its port to
+  // the same destination while our side of the last connection is still in
+  // TIME_WAIT, `socket` finds that TIME_WAIT socket and the SYN would reach
+  // it, not our listener (the kernel then answers with an ACK, the client
+  // resets and retries a second later). The tproxy rule below handles a SYN
+  // that meets a TIME_WAIT socket: it ends it and hands the SYN to the listener.
+  if (tproxy) rules.push(`meta l4proto tcp tcp flags & (syn | ack) != syn socket transparent 1 meta mark set ${mark} accept`);
   const interceptRules = (everywhere: boolean): void => {
     for (const [proto, groups] of [['tcp', tcp], ['udp', udp]] as const) {
       for (const g of groups) {

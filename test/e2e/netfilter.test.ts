@@ -247,7 +247,7 @@ describe('netfilter backend in a network namespace', { skip, timeout: 180_000 },
     const listing = await must(inGw('nft', 'list', 'table', 'inet', 'transgate'));
     assert.match(listing, /chain prerouting \{/);
     assert.match(listing, /type filter hook prerouting priority mangle; policy accept;/);
-    assert.match(listing, /socket transparent 1 meta mark set 0x00007467 accept/);
+    assert.match(listing, /tcp flags != syn \/ syn,ack socket transparent 1 meta mark set 0x00007467 accept/);
     assert.match(listing, /tcp dport \{ 22, 5000 \} tproxy ip to 127\.0\.0\.1:3122 meta mark set 0x00007467 accept/);
     assert.match(listing, /tproxy ip6 to \[::1\]:3180/);
     assert.match(listing, /set bypass4 \{[\s\S]*10\.0\.0\.0\/8/);

@@ -6,6 +6,8 @@
  *   half-close the client ends its side; the server answers only after EOF
  *   reset      the server resets; the client must see a reset, not an end of stream
  *   idle       a silent tunnel is closed after --idle-timeout
+ *   port reuse a client reconnecting from the same port while the gateway's side
+ *              of its last connection is in TIME_WAIT is served at once
  *
  * The half-close, reset and idle servers run on the intranet address in `up`
  * and are reached directly (no_proxy): squid does not pass half-closes or
@@ -23,6 +25,7 @@ const INTRA = ADDR.intranet.v4;
 const PORT_WC = 7001; // answers the byte count after the client's EOF
 const PORT_RST = 7002; // reads a line, then resets
 const PORT_ECHO = 7003; // echo, for the idle timeout
+const PORT_HELLO = 7004; // says hello and closes first
 
 function sha256File(file: string): string {
   const h = createHash('sha256');
@@ -51,6 +54,17 @@ async function connLine(gw: Gw, from: number, pred: (f: Record<string, string>) 
 }
 
 const dstPort = (f: Record<string, string>): number => Number(/:(\d+)$/.exec(f['dst'] ?? '')?.[1]);
+
+/** A TCP counter of a namespace's stack, from /proc/net/snmp ("Tcp") or /proc/net/netstat ("TcpExt"). */
+async function tcpCounter(lab: Lab, ns: string, group: 'Tcp' | 'TcpExt', name: string): Promise<number> {
+  const r = await lab.exec(ns, ['cat', group === 'Tcp' ? '/proc/net/snmp' : '/proc/net/netstat']);
+  const rows = r.stdout.split('\n').filter((l) => l.startsWith(`${group}: `));
+  const names = rows[0]?.split(/\s+/) ?? [];
+  const values = rows[1]?.split(/\s+/) ?? [];
+  const i = names.indexOf(name);
+  if (i < 1) throw new Error(`${group} ${name} not in ${ns}'s counters`);
+  return Number(values[i]);
+}
 
 // Client programs run with node inside `cl`; they print one JSON line.
 const HALF_CLOSE_CLIENT = `
@@ -99,6 +113,27 @@ s.on('error', (e) => report(e.code));
 setTimeout(() => report('still-open'), 10000);
 `;
 
+// Two connections from the same client port, one after the other; prints how long each took to connect.
+const REUSE_CLIENT = `
+const net = require('net');
+const once = () => new Promise((resolve) => {
+  const t0 = Date.now();
+  let connectMs = -1, got = '';
+  const s = net.connect({ host: '${INTRA}', port: ${PORT_HELLO}, localPort: 41999 });
+  s.on('connect', () => (connectMs = Date.now() - t0));
+  s.on('data', (c) => (got += c));
+  s.on('end', () => s.end());
+  s.on('close', () => resolve({ connectMs, got }));
+  s.on('error', (e) => resolve({ connectMs, got, error: e.code }));
+});
+(async () => {
+  const first = await once();
+  await new Promise((r) => setTimeout(r, 200));
+  const second = await once();
+  console.log(JSON.stringify({ first, second }));
+})();
+`;
+
 const RESET_SERVER = `
 const net = require('net');
 net.createServer((s) => s.once('data', () => s.resetAndDestroy())).listen(${PORT_RST}, '${INTRA}', () => console.log('listening'));
@@ -114,10 +149,11 @@ describe('relay e2e', { skip, timeout: 300_000 }, () => {
     lab.spawn('up', ['socat', `TCP4-LISTEN:${PORT_WC},bind=${INTRA},fork,reuseaddr`, 'SYSTEM:wc -c']);
     lab.spawn('up', ['socat', `TCP4-LISTEN:${PORT_ECHO},bind=${INTRA},fork,reuseaddr`, 'PIPE']);
     lab.spawn('up', [process.execPath, '-e', RESET_SERVER]);
+    lab.spawn('up', ['socat', `TCP4-LISTEN:${PORT_HELLO},bind=${INTRA},fork,reuseaddr`, 'SYSTEM:echo hello']);
     const deadline = Date.now() + 10_000;
     for (;;) {
       const have = await lab.listening('up');
-      if ([PORT_WC, PORT_RST, PORT_ECHO].every((p) => have.includes(`${INTRA}:${p}`))) break;
+      if ([PORT_WC, PORT_RST, PORT_ECHO, PORT_HELLO].every((p) => have.includes(`${INTRA}:${p}`))) break;
       if (Date.now() > deadline) throw new Error(`test servers not listening: ${have.join(' ')}`);
       await new Promise((r) => setTimeout(r, 50));
     }
@@ -133,7 +169,7 @@ describe('relay e2e', { skip, timeout: 300_000 }, () => {
       let gw: Gw;
       before(async () => {
         gw = await lab.startGateway(
-          ['--mode', 'tproxy', '--relay', relay, '-tcp-proxy-dports', `22,${PORT_WC},${PORT_RST},${PORT_ECHO}`, '--idle-timeout', '1500ms'],
+          ['--mode', 'tproxy', '--relay', relay, '-tcp-proxy-dports', `22,${PORT_WC},${PORT_RST},${PORT_ECHO},${PORT_HELLO}`, '--idle-timeout', '1500ms'],
           { http_proxy: ADDR.proxyUrl, https_proxy: ADDR.proxyUrl, no_proxy: INTRA },
         );
         // The gateway says which relay it runs: a silent fallback would test the wrong one.
@@ -174,6 +210,27 @@ describe('relay e2e', { skip, timeout: 300_000 }, () => {
         // result= holds "upstream ECONNRESET"; parseKv keeps the first word.
         assert.equal(f['result'], 'upstream');
         assert.match(f['_line'] ?? '', /result=upstream (ECONNRESET|EPIPE)\b/);
+      });
+
+      // The server closes first, so the gateway's side of the client leg ends
+      // in TIME_WAIT. A SYN from the same client port must reach the listener
+      // (the tproxy rule), not that TIME_WAIT socket (the `socket` rule), which
+      // answers with an ACK: the client resets and sends its SYN again (in the
+      // bench, a fifth of new connections did once ports came round).
+      test('port reuse: a reconnect from the same client port is accepted at the first SYN', async () => {
+        const from = gw.mark();
+        const counters = () => Promise.all([tcpCounter(lab, 'cl', 'Tcp', 'OutRsts'), tcpCounter(lab, 'cl', 'TcpExt', 'TCPSynRetrans')]);
+        const before = await counters();
+        const r = await lab.exec('cl', [process.execPath, '-e', REUSE_CLIENT], { timeoutMs: 15_000 });
+        const after = await counters();
+        assert.deepEqual({ resets: after[0] - before[0], synRetransmits: after[1] - before[1] }, { resets: 0, synRetransmits: 0 }, 'the client neither reset nor retransmitted a SYN');
+        const out = JSON.parse(r.stdout.trim()) as Record<'first' | 'second', { connectMs: number; got: string; error?: string }>;
+        assert.deepEqual(out.first, { connectMs: out.first.connectMs, got: 'hello\n' }, r.stderr);
+        assert.deepEqual(out.second, { connectMs: out.second.connectMs, got: 'hello\n' }, r.stderr);
+        const f = await connLine(gw, from, (x) => dstPort(x) === PORT_HELLO && /:41999$/.test(x['client'] ?? ''));
+        assert.equal(f['result'], 'ok');
+        const gwTw = await lab.exec('gw', ['ss', '-Htan', 'state', 'time-wait', `( sport = :${PORT_HELLO} )`]);
+        assert.match(gwTw.stdout, /:41999\b/, 'the gateway holds the first connection in TIME_WAIT: the case under test');
       });
 
       test('idle timeout: a silent tunnel is closed after --idle-timeout', async () => {

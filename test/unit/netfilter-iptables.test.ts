@@ -23,7 +23,7 @@ describe('planIptables: tproxy', () => {
       ':TRANSGATE_DIVERT - [0:0]',
       '-A TRANSGATE_DIVERT -j MARK --set-xmark 0x7467/0xffffffff',
       '-A TRANSGATE_DIVERT -j ACCEPT',
-      '-A TRANSGATE -p tcp -m socket --transparent -j TRANSGATE_DIVERT',
+      '-A TRANSGATE -p tcp ! --syn -m socket --transparent -j TRANSGATE_DIVERT',
       '-A TRANSGATE -m addrtype --dst-type LOCAL -j RETURN',
       '-A TRANSGATE -d 10.0.0.0/8 -j RETURN',
       '-A TRANSGATE -d 192.0.2.7/32 -j RETURN',

@@ -39,7 +39,7 @@ table inet transgate {
 	chain prerouting {
 		type filter hook prerouting priority mangle; policy accept;
 		iifname "lo" return
-		meta l4proto tcp socket transparent 1 meta mark set 0x7467 accept
+		meta l4proto tcp tcp flags & (syn | ack) != syn socket transparent 1 meta mark set 0x7467 accept
 		fib daddr type local return
 		ip daddr @bypass4 return
 		ip6 daddr @bypass6 return
@@ -86,7 +86,7 @@ describe('netfilter plan: tproxy', () => {
     const rules = chainLines(plan(baseConfig()).nftScript);
     assert.equal(rules[0], 'type filter hook prerouting priority mangle; policy accept;');
     assert.equal(rules[1], 'iifname "lo" return');
-    assert.equal(rules[2], 'meta l4proto tcp socket transparent 1 meta mark set 0x7467 accept');
+    assert.equal(rules[2], 'meta l4proto tcp tcp flags & (syn | ack) != syn socket transparent 1 meta mark set 0x7467 accept');
     assert.equal(rules[3], 'fib daddr type local return');
     assert.equal(rules[4], 'ip daddr @bypass4 return');
     assert.equal(rules[5], 'ip6 daddr @bypass6 return');
