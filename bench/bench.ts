@@ -158,13 +158,6 @@ interface Variant {
   stop(): Promise<void>;
   /** Extra client arguments: curl -x / hey -x for the explicit variant. */
   explicit: boolean;
-  /**
-   * No connection workload: through plain forwarding with masquerade, new
-   * connections stall on SYN retransmits of about a second (33–50 conn/s
-   * measured, source ports meeting the server's TIME_WAIT entries is the
-   * likely cause), which says nothing about a gateway.
-   */
-  noConns?: boolean;
 }
 
 class Bench {
@@ -224,19 +217,14 @@ class Bench {
       stop: () => this.stopRedsocks(),
     });
     // No gateway process: the gw namespace only forwards, with source NAT
-    // because `up` has no route back to the clients' network. The NAT
-    // address is one of its own, not the gateway's 198.51.100.1: squid and
-    // nginx still hold TIME_WAIT entries from the connections the gateway
-    // variants opened from that address, and a NATed SYN that meets one is
-    // answered with a challenge ACK and retransmitted (measured: downloads
-    // stalled 63 s, six SYN retransmits).
-    const natAddr = '198.51.100.250';
-    const nat = `table ip tgbench_nat {\n chain post {\n  type nat hook postrouting priority srcnat; policy accept;\n  oifname "wan0" snat to ${natAddr}\n }\n}\n`;
-    // Plain forwarding to the intranet server meets the conntrack entries
-    // the transgate-direct variant left in gw for the same server (its
-    // flows were TPROXYed, not NATed); a download whose client port matched
-    // one stalled 63 s (six SYN retransmits; never when forward ran alone).
-    // Its clients take ports the other variants do not use.
+    // because `up` has no route back to the clients' network.
+    const nat = 'table ip tgbench_nat {\n chain post {\n  type nat hook postrouting priority srcnat; policy accept;\n  oifname "wan0" masquerade\n }\n}\n';
+    // The gateway variants leave transparent TIME_WAIT sockets in gw for
+    // (client port -> intranet server :80). A forwarded SYN with the same
+    // addresses and ports gets one attached by early demux, and forwarding
+    // drops packets that carry a socket: downloads stalled 63 s (six SYN
+    // retransmits), never when forward ran alone. Its clients take ports the
+    // other variants do not use.
     const ports = (range: string) => lab.exec('cl', ['sysctl', '-qw', `net.ipv4.ip_local_port_range=${range}`]);
     const none = (name: string, squid: boolean, explicit: boolean): Variant => ({
       name,
@@ -244,15 +232,12 @@ class Bench {
       explicit,
       start: async () => {
         if (!squid) await ports('61000 64999');
-        const a = await lab.exec('gw', ['ip', 'addr', 'replace', `${natAddr}/24`, 'dev', 'wan0']);
-        if (a.code !== 0) throw new Error(`NAT address: ${a.stderr}`);
         const r = await lab.exec('gw', ['nft', '-f', '-'], { input: nat });
-        if (r.code !== 0) throw new Error(`source NAT rule: ${r.stderr}`);
+        if (r.code !== 0) throw new Error(`masquerade rule: ${r.stderr}`);
         return undefined;
       },
       stop: async () => {
         await lab.exec('gw', ['nft', 'delete', 'table', 'ip', 'tgbench_nat']);
-        await lab.exec('gw', ['ip', 'addr', 'del', `${natAddr}/24`, 'dev', 'wan0']);
         if (!squid) await ports('32768 60999');
       },
     });
@@ -264,7 +249,7 @@ class Bench {
       redsocks('redsocks-copy', true),
       none('explicit', true, true),
       transgate('transgate-direct', 'splice', true),
-      { ...none('forward', false, false), noConns: true },
+      none('forward', false, false),
     ];
   }
 
@@ -462,14 +447,12 @@ class Bench {
         res.cpuSecPerGiBN = bn.cpuSec / (bn.bytes / GIB);
         res.wakeupsPerMiBN = bn.wakeups / (bn.bytes / MIB);
       }
-      if (!v.noConns) {
-        const c = await this.conns(v, pid);
-        res.connsPerSec = c.perSec;
-        res.cpuUsPerConn = pid ? c.cpuUsPerConn : undefined;
-        res.connErrors = c.errors;
-        if (pid) res.connCpuUserShare = c.userShare;
-        res.connHostBusy = c.hostBusy;
-      }
+      const c = await this.conns(v, pid);
+      res.connsPerSec = c.perSec;
+      res.cpuUsPerConn = pid ? c.cpuUsPerConn : undefined;
+      res.connErrors = c.errors;
+      if (pid) res.connCpuUserShare = c.userShare;
+      res.connHostBusy = c.hostBusy;
       if (v.squid) {
         const l = await this.latency(v);
         res.latencyP50Ms = l.p50;
@@ -570,15 +553,6 @@ async function main(): Promise<void> {
   console.log(`bench: building the lab with a ${FILE_MIB} MiB file ...`);
   const lab = await Lab.create({ largeFileMiB: FILE_MIB, squid: { maxFds: hardNofile() } });
   try {
-    // Every gateway variant opens about 4,000 connections a round from
-    // 198.51.100.1 to the same squid (or nginx) port and closes them first,
-    // so they wait in TIME_WAIT in gw for 60 s; the variant after another
-    // then pays for a port search among thousands of them (measured: the
-    // direct variant's rate fell from 3,800 to 1,800 conn/s over four quick
-    // rounds). With tcp_tw_reuse a port in TIME_WAIT is taken at once, as
-    // on a tuned gateway, and the order of the variants stops mattering.
-    const tw = await lab.exec('gw', ['sysctl', '-qw', 'net.ipv4.tcp_tw_reuse=1']);
-    if (tw.code !== 0) throw new Error(`sysctl tcp_tw_reuse: ${tw.stderr}`);
     // One echo server (not socat's fork per connection) for latency and held connections.
     lab.spawn('in', [process.execPath, '-e', `require('net').createServer((s) => { s.on('error', () => {}); s.pipe(s); }).listen(${ECHO_PORT}, '${O4}')`]);
     for (let i = 0; !(await lab.listening('in')).includes(`${O4}:${ECHO_PORT}`); i++) {
