@@ -512,30 +512,35 @@ interface Ratio {
   value: number;
   target: string;
   ok: boolean;
+  /** The same ratio within each round. */
+  perRound?: number[];
 }
 
-function ratios(results: Result[]): Ratio[] {
+function ratios(results: Result[], rounds: Map<string, Result[]>): Ratio[] {
   const by = (n: string) => results.find((r) => r.variant === n);
   const t = by('transgate');
-  const rs = by('redsocks');
-  const ex = by('explicit');
   const out: Ratio[] = [];
-  const add = (name: string, a: number | undefined, b: number | undefined, target: string, ok: (x: number) => boolean) => {
-    if (a === undefined || b === undefined || !b) return;
-    const value = a / b;
-    out.push({ name, value, target, ok: ok(value) });
+  // The ratio of the medians, and the ratio within each round (the two
+  // variants ran minutes apart there): its spread is the run's noise.
+  const add = (name: string, key: keyof Result, other: string, target: string, ok: (x: number) => boolean) => {
+    const a = t?.[key];
+    const b = by(other)?.[key];
+    if (typeof a !== 'number' || typeof b !== 'number' || !b) return;
+    const mine = rounds.get('transgate') ?? [];
+    const theirs = rounds.get(other) ?? [];
+    const perRound = mine
+      .map((r, i) => [r[key], theirs[i]?.[key]])
+      .filter((p): p is [number, number] => typeof p[0] === 'number' && typeof p[1] === 'number' && p[1] !== 0)
+      .map(([x, y]) => x / y);
+    out.push({ name, value: a / b, target, ok: ok(a / b), perRound });
   };
-  if (t && rs) {
-    add('throughput 1x / redsocks', t.bulk1MBps, rs.bulk1MBps, '>= 1.0', (x) => x >= 1.0);
-    add(`throughput ${PARALLEL}x / redsocks`, t.bulkNMBps, rs.bulkNMBps, '>= 1.0', (x) => x >= 1.0);
-    add('CPU per GiB / redsocks', t.cpuSecPerGiB, rs.cpuSecPerGiB, '<= 0.8', (x) => x <= 0.8);
-    add('CPU per new conn / redsocks', t.cpuUsPerConn, rs.cpuUsPerConn, '<= 1.5', (x) => x <= 1.5);
-    add('new conns/s / redsocks', t.connsPerSec, rs.connsPerSec, '>= 1.0', (x) => x >= 1.0);
-  }
-  if (t && ex) {
-    add('throughput 1x / explicit', t.bulk1MBps, ex.bulk1MBps, '>= 0.9', (x) => x >= 0.9);
-    add(`throughput ${PARALLEL}x / explicit`, t.bulkNMBps, ex.bulkNMBps, '>= 0.9', (x) => x >= 0.9);
-  }
+  add('throughput 1x / redsocks', 'bulk1MBps', 'redsocks', '>= 1.0', (x) => x >= 1.0);
+  add(`throughput ${PARALLEL}x / redsocks`, 'bulkNMBps', 'redsocks', '>= 1.0', (x) => x >= 1.0);
+  add('CPU per GiB / redsocks', 'cpuSecPerGiB', 'redsocks', '<= 0.8', (x) => x <= 0.8);
+  add('CPU per new conn / redsocks', 'cpuUsPerConn', 'redsocks', '<= 1.5', (x) => x <= 1.5);
+  add('new conns/s / redsocks', 'connsPerSec', 'redsocks', '>= 1.0', (x) => x >= 1.0);
+  add('throughput 1x / explicit', 'bulk1MBps', 'explicit', '>= 0.9', (x) => x >= 0.9);
+  add(`throughput ${PARALLEL}x / explicit`, 'bulkNMBps', 'explicit', '>= 0.9', (x) => x >= 0.9);
   if (t?.rssHeldMiB !== undefined && t.rssBeforeHeldMiB !== undefined && t.held) {
     const growth = t.rssHeldMiB - t.rssBeforeHeldMiB;
     out.push({ name: `RSS growth for ${t.held} held conns (MiB)`, value: growth, target: '<= 40 (per 10,000)', ok: (growth * 10_000) / t.held <= 40 });
@@ -580,7 +585,7 @@ async function main(): Promise<void> {
       }
     }
     const results = variants.map((v) => combine(v.name, rounds.get(v.name) ?? []));
-    const rs = ratios(results);
+    const rs = ratios(results, rounds);
     const nofile = hardNofile();
     const meta = {
       date: new Date().toISOString(),
@@ -592,7 +597,10 @@ async function main(): Promise<void> {
     console.log(`median of ${ROUNDS} round${ROUNDS > 1 ? 's' : ''}:`);
     console.log(table(results));
     console.log('');
-    for (const r of rs) console.log(`${r.ok ? 'ok  ' : 'MISS'} ${r.name}: ${r.value.toFixed(2)} (target ${r.target})`);
+    for (const r of rs) {
+      const spread = r.perRound && r.perRound.length > 1 ? `; by round ${Math.min(...r.perRound).toFixed(2)}–${Math.max(...r.perRound).toFixed(2)}` : '';
+      console.log(`${r.ok ? 'ok  ' : 'MISS'} ${r.name}: ${r.value.toFixed(2)} (target ${r.target}${spread})`);
+    }
     if (bench.idleCount < IDLE_WANTED) {
       console.log(`note: held ${bench.idleCount} idle connections, not ${IDLE_WANTED}: the hard RLIMIT_NOFILE is ${nofile} and the gateway and squid need 2 fds per connection`);
     }
