@@ -114,12 +114,12 @@ setTimeout(() => report('still-open'), 10000);
 `;
 
 // Two connections from the same client port, one after the other; prints how long each took to connect.
-const REUSE_CLIENT = `
+const reuseClient = (localPort: number): string => `
 const net = require('net');
 const once = () => new Promise((resolve) => {
   const t0 = Date.now();
   let connectMs = -1, got = '';
-  const s = net.connect({ host: '${INTRA}', port: ${PORT_HELLO}, localPort: 41999 });
+  const s = net.connect({ host: '${INTRA}', port: ${PORT_HELLO}, localPort: ${localPort} });
   s.on('connect', () => (connectMs = Date.now() - t0));
   s.on('data', (c) => (got += c));
   s.on('end', () => s.end());
@@ -133,6 +133,30 @@ const once = () => new Promise((resolve) => {
   console.log(JSON.stringify({ first, second }));
 })();
 `;
+
+/**
+ * Two connections from the same client port to a server that closes first,
+ * so that the gateway's side of the first ends in TIME_WAIT. The second SYN
+ * must reach the listener (the tproxy rule), not that TIME_WAIT socket (the
+ * `socket` rule), which answers with an ACK: the client resets and sends its
+ * SYN again (in the bench, a fifth of new connections did once client ports
+ * came round).
+ */
+async function portReuse(lab: Lab, gw: Gw, localPort: number): Promise<void> {
+  const from = gw.mark();
+  const counters = () => Promise.all([tcpCounter(lab, 'cl', 'Tcp', 'OutRsts'), tcpCounter(lab, 'cl', 'TcpExt', 'TCPSynRetrans')]);
+  const before = await counters();
+  const r = await lab.exec('cl', [process.execPath, '-e', reuseClient(localPort)], { timeoutMs: 15_000 });
+  const after = await counters();
+  assert.deepEqual({ resets: after[0] - before[0], synRetransmits: after[1] - before[1] }, { resets: 0, synRetransmits: 0 }, 'the client neither reset nor retransmitted a SYN');
+  const out = JSON.parse(r.stdout.trim()) as Record<'first' | 'second', { connectMs: number; got: string; error?: string }>;
+  assert.deepEqual(out.first, { connectMs: out.first.connectMs, got: 'hello\n' }, r.stderr);
+  assert.deepEqual(out.second, { connectMs: out.second.connectMs, got: 'hello\n' }, r.stderr);
+  const f = await connLine(gw, from, (x) => dstPort(x) === PORT_HELLO && (x['client'] ?? '').endsWith(`:${localPort}`));
+  assert.equal(f['result'], 'ok');
+  const gwTw = await lab.exec('gw', ['ss', '-Htan', 'state', 'time-wait', `( sport = :${PORT_HELLO} )`]);
+  assert.match(gwTw.stdout, new RegExp(`:${localPort}\\b`), 'the gateway holds the connection in TIME_WAIT: the case under test');
+}
 
 const RESET_SERVER = `
 const net = require('net');
@@ -212,26 +236,7 @@ describe('relay e2e', { skip, timeout: 300_000 }, () => {
         assert.match(f['_line'] ?? '', /result=upstream (ECONNRESET|EPIPE)\b/);
       });
 
-      // The server closes first, so the gateway's side of the client leg ends
-      // in TIME_WAIT. A SYN from the same client port must reach the listener
-      // (the tproxy rule), not that TIME_WAIT socket (the `socket` rule), which
-      // answers with an ACK: the client resets and sends its SYN again (in the
-      // bench, a fifth of new connections did once ports came round).
-      test('port reuse: a reconnect from the same client port is accepted at the first SYN', async () => {
-        const from = gw.mark();
-        const counters = () => Promise.all([tcpCounter(lab, 'cl', 'Tcp', 'OutRsts'), tcpCounter(lab, 'cl', 'TcpExt', 'TCPSynRetrans')]);
-        const before = await counters();
-        const r = await lab.exec('cl', [process.execPath, '-e', REUSE_CLIENT], { timeoutMs: 15_000 });
-        const after = await counters();
-        assert.deepEqual({ resets: after[0] - before[0], synRetransmits: after[1] - before[1] }, { resets: 0, synRetransmits: 0 }, 'the client neither reset nor retransmitted a SYN');
-        const out = JSON.parse(r.stdout.trim()) as Record<'first' | 'second', { connectMs: number; got: string; error?: string }>;
-        assert.deepEqual(out.first, { connectMs: out.first.connectMs, got: 'hello\n' }, r.stderr);
-        assert.deepEqual(out.second, { connectMs: out.second.connectMs, got: 'hello\n' }, r.stderr);
-        const f = await connLine(gw, from, (x) => dstPort(x) === PORT_HELLO && /:41999$/.test(x['client'] ?? ''));
-        assert.equal(f['result'], 'ok');
-        const gwTw = await lab.exec('gw', ['ss', '-Htan', 'state', 'time-wait', `( sport = :${PORT_HELLO} )`]);
-        assert.match(gwTw.stdout, /:41999\b/, 'the gateway holds the first connection in TIME_WAIT: the case under test');
-      });
+      test('port reuse: a reconnect from the same client port is accepted at the first SYN', () => portReuse(lab, gw, 41999));
 
       test('idle timeout: a silent tunnel is closed after --idle-timeout', async () => {
         const from = gw.mark();
@@ -269,6 +274,25 @@ describe('relay e2e', { skip, timeout: 300_000 }, () => {
           assert.equal(f['up'], '5');
         }
       });
+    });
+  }
+
+  // The iptables backends do the same with `! --syn` before `-m socket`.
+  for (const [i, firewall] of (['iptables', 'iptables-legacy'] as const).entries()) {
+    describe(`--firewall ${firewall}`, () => {
+      let gw: Gw;
+      before(async () => {
+        gw = await lab.startGateway(['--mode', 'tproxy', '--firewall', firewall, '-tcp-proxy-dports', String(PORT_HELLO)], {
+          http_proxy: ADDR.proxyUrl,
+          https_proxy: ADDR.proxyUrl,
+          no_proxy: INTRA,
+        });
+      });
+      after(async () => {
+        await gw?.stop('SIGTERM', 5000).catch(() => gw.kill9());
+      });
+
+      test('port reuse: a reconnect from the same client port is accepted at the first SYN', () => portReuse(lab, gw, 41990 - i));
     });
   }
 });
