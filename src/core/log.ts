@@ -12,6 +12,26 @@ const FLUSH_INTERVAL_MS = 20;
 
 export const LOG_LEVELS: readonly LogLevel[] = ['debug', 'info', 'warn', 'error'];
 
+/** Levels padded to one width, so that messages line up. */
+const LABEL: Record<LogLevel, string> = { debug: 'debug', info: 'info ', warn: 'warn ', error: 'error' };
+
+let stampSecond = NaN;
+let stampPrefix = '';
+
+/**
+ * `new Date(now).toISOString()`, with the part up to the second made once a
+ * second: a busy gateway logs a line per connection, thousands a second.
+ */
+export function isoTimestamp(now: number = Date.now()): string {
+  const second = Math.floor(now / 1000);
+  if (second !== stampSecond) {
+    stampSecond = second;
+    stampPrefix = new Date(second * 1000).toISOString().slice(0, 20); // 2026-11-23T17:26:48.
+  }
+  const ms = now - second * 1000;
+  return `${stampPrefix}${ms < 10 ? '00' : ms < 100 ? '0' : ''}${ms}Z`;
+}
+
 /**
  * Line-oriented logger on stderr: one event per line, key=value fields, so
  * that grep and log shippers read it without a parser.
@@ -72,7 +92,7 @@ export class Logger {
   }
 
   private emit(level: LogLevel, msg: string): void {
-    this.pending.push(`${new Date().toISOString()} ${level.padEnd(5)} ${msg}`);
+    this.pending.push(`${isoTimestamp()} ${LABEL[level]} ${msg}`);
     if (this.scheduled) return;
     const wait = this.lastWrite + FLUSH_INTERVAL_MS - performance.now();
     this.scheduled = wait > 0 ? { timer: setTimeout(this.flushNow, wait) } : { immediate: setImmediate(this.flushNow) };

@@ -223,9 +223,13 @@ export class NativeStreams {
 
   /** An IP literal for the proxy's host, or undefined while its name is looked up. */
   private proxyAddress(host: string): string | undefined {
-    if (net.isIP(host)) return host;
     const known = this.proxyAddresses.get(host);
-    if (known === undefined || known.expires < Date.now()) this.lookUp(host);
+    if (known !== undefined && known.expires >= Date.now()) return known.address;
+    if (net.isIP(host)) {
+      this.proxyAddresses.set(host, { address: host, expires: Infinity });
+      return host;
+    }
+    this.lookUp(host);
     // A stale address is used while the new lookup runs.
     return known?.address;
   }

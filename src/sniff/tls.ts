@@ -83,8 +83,12 @@ function reassembleClientHello(buf: Buffer): Reassembly {
   return buf.length >= TLS_SNIFF_MAX_BYTES ? NO_MATCH : NEED_MORE;
 }
 
-/** Copies the handshake message out of the (already validated) records in buf[0, end). */
+/**
+ * The handshake message out of the (already validated) records in buf[0, end):
+ * a view when one record holds all of it (the usual case), else a copy.
+ */
 function handshakeBody(buf: Buffer, end: number, total: number): Buffer {
+  if (RECORD_HEADER_LENGTH + buf.readUInt16BE(3) >= end) return buf.subarray(RECORD_HEADER_LENGTH + HANDSHAKE_HEADER_LENGTH, RECORD_HEADER_LENGTH + total);
   const fragments: Buffer[] = [];
   for (let off = 0; off < end; ) {
     const payloadStart = off + RECORD_HEADER_LENGTH;
@@ -122,10 +126,23 @@ class Reader {
     return v;
   }
 
+  /** Steps over n bytes; false on overrun. */
+  skip(n: number): boolean {
+    if (n < 0 || this.remaining < n) return false;
+    this.pos += n;
+    return true;
+  }
+
   /** A vector with a 1- or 2-byte length prefix. */
   vector(lengthBytes: 1 | 2): Buffer | undefined {
     const n = lengthBytes === 1 ? this.u8() : this.u16();
     return n === undefined ? undefined : this.bytes(n);
+  }
+
+  /** Steps over a vector with a 1- or 2-byte length prefix; its length, or undefined on overrun. */
+  skipVector(lengthBytes: 1 | 2): number | undefined {
+    const n = lengthBytes === 1 ? this.u8() : this.u16();
+    return n !== undefined && this.skip(n) ? n : undefined;
   }
 }
 
@@ -136,14 +153,15 @@ function parseClientHello(hello: Buffer): HelloFields | undefined {
   const r = new Reader(hello);
   const versionMajor = r.u8();
   if (versionMajor !== 3 || r.u8() === undefined) return undefined;
-  if (r.bytes(32) === undefined) return undefined; // random
+  // Only lengths are checked up to the extensions: no view per field (this runs once per connection).
+  if (!r.skip(32)) return undefined; // random
 
-  const sessionId = r.vector(1);
-  if (sessionId === undefined || sessionId.length > 32) return undefined;
-  const cipherSuites = r.vector(2);
-  if (cipherSuites === undefined || cipherSuites.length < 2 || cipherSuites.length % 2 !== 0) return undefined;
-  const compression = r.vector(1);
-  if (compression === undefined || compression.length < 1) return undefined;
+  const sessionId = r.skipVector(1);
+  if (sessionId === undefined || sessionId > 32) return undefined;
+  const cipherSuites = r.skipVector(2);
+  if (cipherSuites === undefined || cipherSuites < 2 || cipherSuites % 2 !== 0) return undefined;
+  const compression = r.skipVector(1);
+  if (compression === undefined || compression < 1) return undefined;
 
   // Pre-TLS-1.2 clients may omit the extensions block entirely.
   if (r.remaining === 0) return { sni: undefined };
@@ -158,8 +176,13 @@ function parseExtensions(block: Buffer): HelloFields | undefined {
   let sawServerName = false;
   while (r.remaining > 0) {
     const type = r.u16();
+    if (type === undefined) return undefined;
+    if (type !== EXT_SERVER_NAME && type !== EXT_ALPN) {
+      if (r.skipVector(2) === undefined) return undefined;
+      continue;
+    }
     const data = r.vector(2);
-    if (type === undefined || data === undefined) return undefined;
+    if (data === undefined) return undefined;
     if (type === EXT_SERVER_NAME) {
       // A second server_name would let the sniffer and the real server disagree.
       if (sawServerName) return undefined;

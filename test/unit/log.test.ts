@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { Logger, field } from '../../src/core/log';
+import { Logger, field, isoTimestamp } from '../../src/core/log';
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -61,4 +61,11 @@ test('field() quotes values with spaces, quotes or =, and shows absent ones as -
   assert.equal(field('client ECONNRESET'), '"client ECONNRESET"');
   assert.equal(field('a=b'), '"a=b"');
   assert.equal(field(42), '42');
+});
+
+test('isoTimestamp is Date#toISOString, across milliseconds, seconds, days and years', () => {
+  const base = Date.UTC(2026, 10, 23, 17, 26, 48);
+  const instants = [0, 1, 9, 10, 99, 100, 999, 1000, 1001, 59_999, 60_000].map((d) => base + d);
+  instants.push(Date.UTC(2026, 11, 31, 23, 59, 59, 999), Date.UTC(2027, 0, 1, 0, 0, 0, 0), Date.UTC(1999, 0, 1, 0, 0, 0, 5), 0);
+  for (const t of [...instants, ...instants.reverse()]) assert.equal(isoTimestamp(t), new Date(t).toISOString(), String(t));
 });
