@@ -318,7 +318,7 @@ fail:
 /* udpSend(fd, buffer, host, port) -> bytes sent; EAGAIN is thrown like any errno (UDP: the caller drops). */
 static napi_value js_udp_send(napi_env env, napi_callback_info info) {
   size_t argc = 4;
-  napi_value argv[4], out;
+  napi_value argv[4];
   struct sockaddr_storage ss;
   socklen_t len;
   int fd;
@@ -333,8 +333,7 @@ static napi_value js_udp_send(napi_env env, napi_callback_info info) {
   if (!udp_get_sockaddr(env, argv[2], argv[3], &ss, &len)) return NULL;
   ssize_t n = sendto(fd, data, size, MSG_DONTWAIT | MSG_NOSIGNAL, (struct sockaddr *)&ss, len);
   if (n < 0) return tg_throw_errno(env, "sendto", errno);
-  if (napi_create_uint32(env, (uint32_t)n, &out) != napi_ok) return NULL;
-  return out;
+  return tg_u32(env, (uint32_t)n);
 }
 
 /* Called once from the module init in transgate.c. */

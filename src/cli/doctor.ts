@@ -234,13 +234,6 @@ interface IpAddr {
   addr_info?: Array<{ family: string; local: string; prefixlen: number; scope: string }>;
 }
 
-/**
- * Whether replies can come back through this box. We cannot see the
- * clients' default route; what we can check: every LAN interface has an
- * address and a connected route to its prefix (so replies to the clients go
- * out where they came in), and this box has a default route (so forwarded
- * and proxied traffic can leave).
- */
 /** Another address in the subnet of `local` (the first host that is not `local`), for route look-ups. */
 export function neighbourOf(local: string, prefixlen: number, family: 4 | 6): string | undefined {
   if (family === 4) {
@@ -265,6 +258,13 @@ export function neighbourOf(local: string, prefixlen: number, family: 4 | 6): st
   return net.map((g) => g.toString(16)).join(':');
 }
 
+/**
+ * Whether replies can come back through this box. We cannot see the
+ * clients' default route; what we can check: every LAN interface has an
+ * address and a connected route to its prefix (so replies to the clients go
+ * out where they came in), and this box has a default route (so forwarded
+ * and proxied traffic can leave).
+ */
 async function checkReturnPath(cfg: Config, d: DoctorDeps): Promise<Check[]> {
   const out: Check[] = [];
   const res = await d.runner(['ip', '-j', 'addr', 'show']).catch(() => undefined);

@@ -24,7 +24,7 @@ export interface Server {
 export type StreamOpener = (host: string, port: number, signal: AbortSignal) => Promise<net.Socket>;
 
 function dnsError(message: string, cause?: unknown): GatewayError {
-  return new GatewayError(ErrorCodes.DNS, message, cause === undefined ? undefined : { cause });
+  return new GatewayError(ErrorCodes.DNS, message, { cause });
 }
 
 function aborted(signal: AbortSignal, what: string): GatewayError {

@@ -37,7 +37,7 @@ export function noOriginalDst(client: Address, why: string, cause?: unknown): Ga
   return new GatewayError(
     ErrorCodes.ORIGINAL_DST,
     `no original destination for ${formatAddress(client)} (${why}): not a redirected connection`,
-    cause === undefined ? undefined : { cause },
+    { cause },
   );
 }
 

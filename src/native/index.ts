@@ -200,7 +200,7 @@ export function loadNative(): NativeBinding {
     `transgate's native addon could not be loaded (${reasons.join('; ')}). ` +
       `Run \`npm install\` in ${PACKAGE_ROOT} to build it; that needs g++, make and python3 ` +
       `(Debian/Ubuntu: apt-get install g++ make python3).`,
-    cause === undefined ? undefined : { cause },
+    { cause },
   );
   throw loadError;
 }
@@ -439,13 +439,18 @@ export function udpSend(fd: number, data: Buffer, host: string, port: number): n
   return loadNative().udpSend(f, data, host, checkPort('port', port));
 }
 
-/** True when the loaded addon has the splice relay (an addon built before it was added has not). */
-export function hasSplice(): boolean {
+/** True when the addon loads and has `name` (an addon built before that part was added has not). */
+function hasExport(name: keyof NativeBinding): boolean {
   try {
-    return typeof loadNative().spliceRelay === 'function';
+    return typeof loadNative()[name] === 'function';
   } catch {
     return false;
   }
+}
+
+/** True when the loaded addon has the splice relay. */
+export function hasSplice(): boolean {
+  return hasExport('spliceRelay');
 }
 
 /**
@@ -478,11 +483,7 @@ export function spliceActive(): number {
 
 /** True when the addon has the native stream front end (native/tunnel.c). */
 export function hasTunnel(): boolean {
-  try {
-    return typeof loadNative().tunnelListen === 'function';
-  } catch {
-    return false;
-  }
+  return hasExport('tunnelListen');
 }
 
 /**

@@ -343,9 +343,9 @@ export function plan(cfg: RulesConfig): RulesPlan {
   // locally as they are. Not a new SYN: when a client reuses its port to
   // the same destination while our side of the last connection is still in
   // TIME_WAIT, `socket` finds that TIME_WAIT socket and the SYN would reach
-  // it, not our listener (the kernel then answers with an ACK, the client
-  // resets and retries a second later). The tproxy rule below handles a SYN
-  // that meets a TIME_WAIT socket: it ends it and hands the SYN to the listener.
+  // it, not our listener (the kernel then answers with a bare ACK, and the
+  // client resets and sends its SYN again). The tproxy rule below handles a
+  // SYN that meets a TIME_WAIT socket: it ends it and hands the SYN to the listener.
   if (tproxy) rules.push(`meta l4proto tcp tcp flags & (syn | ack) != syn socket transparent 1 meta mark set ${mark} accept`);
   const interceptRules = (everywhere: boolean): void => {
     for (const [proto, groups] of [['tcp', tcp], ['udp', udp]] as const) {

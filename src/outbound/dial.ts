@@ -97,7 +97,7 @@ function connecting(sock: net.Socket, opts: DialOptions, codes: { unreachable: E
 export const dialFailure = {
   timeout: (codes: { timeout: ErrorCode }, what: string, ms: number): GatewayError => new GatewayError(codes.timeout, `${what}: no answer within ${ms} ms`),
   error: (codes: { unreachable: ErrorCode }, what: string, detail: string, cause?: unknown): GatewayError =>
-    new GatewayError(codes.unreachable, `${what}: ${detail}`, cause === undefined ? undefined : { cause }),
+    new GatewayError(codes.unreachable, `${what}: ${detail}`, { cause }),
 };
 
 export const DIRECT_CODES = { unreachable: ErrorCodes.DIRECT_UNREACHABLE, timeout: ErrorCodes.DIRECT_TIMEOUT } as const;

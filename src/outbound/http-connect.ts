@@ -60,7 +60,7 @@ export const tunnelFailure = {
   oversized: (proxy: ProxyEndpoint): GatewayError =>
     new GatewayError(ErrorCodes.UPSTREAM_PROTOCOL, `proxy ${proxy.display} sent an oversized answer to CONNECT`),
   error: (proxy: ProxyEndpoint, detail: string, cause?: unknown): GatewayError =>
-    new GatewayError(ErrorCodes.UPSTREAM_UNREACHABLE, `proxy ${proxy.display}: ${detail}`, cause === undefined ? undefined : { cause }),
+    new GatewayError(ErrorCodes.UPSTREAM_UNREACHABLE, `proxy ${proxy.display}: ${detail}`, { cause }),
 };
 
 /**
