@@ -50,6 +50,17 @@ export interface Config {
   /** The DNS gateway; undefined with --no-dns. */
   dns: DnsSettings | undefined;
   logLevel: LogLevel;
+  /** Source CIDRs allowed to use the gateway (--clients); empty: any source on the LAN interfaces. */
+  clients4: string[];
+  clients6: string[];
+  /** Open connections per client address; 0: no limit. */
+  maxConnsPerClient: number;
+  /** Open connections in all; 0: derived from RLIMIT_NOFILE at start. */
+  maxConns: number;
+  /** Leave rules (and sysctls) in place at stop and crash (--fail-closed). */
+  failClosed: boolean;
+  /** DNS queries per second per client; 0: no limit. */
+  dnsClientRate: number;
   warnings: string[];
 }
 
@@ -176,6 +187,13 @@ export function buildConfig(values: FlagValues, env: NodeJS.ProcessEnv): Config 
   if (bridge && (values['firewall'] === 'iptables' || values['firewall'] === 'iptables-legacy')) {
     throw configError('--bridge needs the nftables backend (bridge-family rules): drop --firewall or use --firewall nftables');
   }
+  const clients4: string[] = [];
+  const clients6: string[] = [];
+  for (const raw of values['clients'] as string[]) {
+    const c = parseCidr(raw);
+    if (!c) throw configError(`--clients: '${raw}' is not an address or CIDR (e.g. 192.168.1.0/24, 2001:db8:1::/64)`);
+    (c.family === 4 ? clients4 : clients6).push(raw.includes('/') ? raw : `${raw}/${c.family === 4 ? 32 : 128}`);
+  }
   const local = values['local'] as boolean;
   const socketMark = values['socket-mark'] as number;
   if (socketMark < 1 || socketMark === (values['fwmark'] as number)) {
@@ -217,6 +235,12 @@ export function buildConfig(values: FlagValues, env: NodeJS.ProcessEnv): Config 
     sniffTimeoutMs: values['sniff-timeout'] as number,
     dns: buildDns(values, noProxy, Object.values(listen)),
     logLevel: values['log-level'] as LogLevel,
+    clients4,
+    clients6,
+    maxConnsPerClient: values['max-conns-per-client'] as number,
+    maxConns: values['max-conns'] as number,
+    failClosed: values['fail-closed'] as boolean,
+    dnsClientRate: values['dns-client-rate'] as number,
     warnings,
   };
 }

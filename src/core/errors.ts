@@ -21,6 +21,22 @@ export const ErrorCodes = {
   DIRECT_UNREACHABLE: 'TG_ERR_DIRECT_UNREACHABLE',
   DIRECT_TIMEOUT: 'TG_ERR_DIRECT_TIMEOUT',
   DNS: 'TG_ERR_DNS',
+  /** A malformed HTTP request head, or a Host that is not a name or an address (400). */
+  BAD_REQUEST: 'TG_ERR_BAD_REQUEST',
+  /** A target no client could reach without the gateway: localhost, loopback, link-local, this host (HTTP 403, else a reset). */
+  FORBIDDEN_TARGET: 'TG_ERR_FORBIDDEN_TARGET',
+  /** TRACE or CONNECT sent to an HTTP port (405). */
+  METHOD: 'TG_ERR_METHOD',
+  /** The first bytes did not arrive whole within --sniff-timeout of accept (HTTP 408, else a reset). */
+  SNIFF_TIMEOUT: 'TG_ERR_SNIFF_TIMEOUT',
+  /** This client has --max-conns-per-client connections open. */
+  CLIENT_LIMIT: 'TG_ERR_CLIENT_LIMIT',
+  /** The gateway has --max-conns connections open. */
+  LIMIT: 'TG_ERR_LIMIT',
+  /** The source is not in --clients. */
+  CLIENT_REFUSED: 'TG_ERR_CLIENT_REFUSED',
+  /** A bug met by one connection: that connection ended, the gateway did not. */
+  INTERNAL: 'TG_ERR_INTERNAL',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

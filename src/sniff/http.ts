@@ -1,4 +1,6 @@
-import { isIPv4, isIPv6 } from 'node:net';
+import { parseAuthority } from '../core/names';
+
+export { normalizeHostname } from '../core/names';
 
 /**
  * Sniffs the head of a plain HTTP/1.x request to learn where the client
@@ -215,57 +217,12 @@ export function sniffHttpUnguarded(buf: Buffer): HttpSniffResult {
 }
 
 /**
- * Lowercases a DNS name, drops one trailing dot and checks its shape.
- * Lenient on purpose about '_' and label-edge '-', which occur in names
- * that do resolve; strict about length, empty labels and anything that
- * is not [a-z0-9_-]. A numeric last label is refused because such a
- * string is a (possibly mangled) IPv4 literal, not a name.
- */
-export function normalizeHostname(name: string): string | undefined {
-  let n = name.toLowerCase();
-  if (n.endsWith('.')) n = n.slice(0, -1);
-  if (n.length === 0 || n.length > 253) return undefined;
-  const labels = n.split('.');
-  for (const label of labels) {
-    if (label.length === 0 || label.length > 63) return undefined;
-    if (!/^[a-z0-9_-]+$/.test(label)) return undefined;
-  }
-  if (/^[0-9]+$/.test(labels[labels.length - 1]!)) return undefined;
-  return n;
-}
-
-function parsePort(digits: string, defaultPort: number): number | undefined {
-  if (digits === '') return defaultPort;
-  if (!/^[0-9]{1,5}$/.test(digits)) return undefined;
-  const port = Number(digits);
-  return port >= 1 && port <= 65535 ? port : undefined;
-}
-
-/**
  * Splits a Host header (or any URL authority without userinfo) into host
- * and port. Accepts `name`, `name:8080`, `1.2.3.4`, `[2001:db8::1]:80`;
- * an empty port (`name:`) means the default, as RFC 3986 allows. Returns
- * the host lowercased, without brackets or trailing dot; undefined for
- * anything else (bare IPv6, zone ids, bad ports, odd characters).
+ * and port (see parseAuthority in core/names): the host validated and
+ * normalized (a name lowercased without trailing dot, an IP literal in its
+ * canonical form, IPv6 without brackets); undefined for anything else.
  */
 export function parseHostHeader(value: string, defaultPort: number): { host: string; port: number } | undefined {
-  const v = value.trim();
-  if (v.startsWith('[')) {
-    const close = v.indexOf(']');
-    if (close === -1) return undefined;
-    const inner = v.slice(1, close);
-    if (!isIPv6(inner) || inner.includes('%')) return undefined;
-    const rest = v.slice(close + 1);
-    if (rest !== '' && !rest.startsWith(':')) return undefined;
-    const port = parsePort(rest.slice(1), defaultPort);
-    return port === undefined ? undefined : { host: inner.toLowerCase(), port };
-  }
-  const colon = v.indexOf(':');
-  if (colon !== -1 && v.indexOf(':', colon + 1) !== -1) return undefined; // unbracketed IPv6
-  const name = colon === -1 ? v : v.slice(0, colon);
-  const port = colon === -1 ? defaultPort : parsePort(v.slice(colon + 1), defaultPort);
-  if (port === undefined) return undefined;
-  if (isIPv4(name)) return { host: name, port };
-  const host = normalizeHostname(name);
-  return host === undefined ? undefined : { host, port };
+  const a = parseAuthority(value, defaultPort);
+  return a === undefined ? undefined : { host: a.target.host, port: a.port };
 }

@@ -231,7 +231,15 @@ describe('parseHostHeader', () => {
     ['user@example.com', 80, undefined],
     ['a..b', 80, undefined],
     ['999.1.1.1', 80, undefined],
-    ['1.2.3', 80, undefined],
+    // inet_aton spellings are addresses, as a proxy's resolver reads them.
+    ['1.2.3', 80, { host: '1.2.0.3', port: 80 }],
+    ['0x7f000001', 80, { host: '127.0.0.1', port: 80 }],
+    ['0x7f.1:8080', 80, { host: '127.0.0.1', port: 8080 }],
+    ['1.2.3.0x', 80, { host: '1.2.3.0', port: 80 }],
+    ['a.0x1g', 80, { host: 'a.0x1g', port: 80 }],
+    ['1.2.3.4.5', 80, undefined],
+    ['0x100000000', 80, undefined],
+    ['[::FFFF:127.0.0.1]', 80, { host: '::ffff:127.0.0.1', port: 80 }],
     ['ex\u0000ample.com', 80, undefined],
     [`${'a'.repeat(64)}.com`, 80, undefined],
   ];

@@ -1,0 +1,184 @@
+import { SocketAddress, isIPv6 } from 'node:net';
+
+/**
+ * Names are validated once, where they enter (Host, absolute-form
+ * authority, SNI, DNS question names): only what passes here may reach a
+ * log line, the name map or an upstream request line. Hand-written rather
+ * than taken from URL parsing because it is security-critical and small:
+ * WHATWG URL accepts hosts (percent-encoding, IDNA mapping, forbidden code
+ * points it silently drops) that must not reach a proxy's request line.
+ */
+
+/** A validated destination: a host name (lowercase, no trailing dot) or a normalized IP literal. */
+export type HostTarget = { kind: 'name'; host: string } | { kind: 'ip'; host: string; family: 4 | 6 };
+
+const MAX_NAME = 253;
+const MAX_LABEL = 63;
+
+function isLabelByte(c: number): boolean {
+  // a-z 0-9 - _ (upper case is lowered before this check)
+  return (c >= 0x61 && c <= 0x7a) || (c >= 0x30 && c <= 0x39) || c === 0x2d || c === 0x5f;
+}
+
+/**
+ * Whether the last label "ends in a number" (WHATWG URL): all digits, or
+ * 0x followed by hex digits. Such a string is an IPv4 address in one of
+ * inet_aton's spellings (`127.1`, `0x7f000001`, `017700000001`), which a
+ * proxy's resolver turns into an address: it is never a name.
+ */
+function endsInNumber(labels: readonly string[]): boolean {
+  const last = labels[labels.length - 1]!;
+  return /^[0-9]+$/.test(last) || /^0x[0-9a-f]*$/i.test(last);
+}
+
+/**
+ * RFC 1123 host name: letters, digits, '-', '_' (it occurs in names that
+ * resolve), dots; labels 1..63, at most 253 in all; one trailing dot
+ * dropped; lowercased. Undefined for anything else, and for strings whose
+ * last label is numeric (IPv4 spellings: see parseIPv4).
+ */
+export function normalizeHostname(name: string): string | undefined {
+  let n = name.length > 0 && name.charCodeAt(name.length - 1) === 0x2e ? name.slice(0, -1) : name;
+  if (n.length === 0 || n.length > MAX_NAME) return undefined;
+  n = n.toLowerCase();
+  let labelStart = 0;
+  for (let i = 0; i <= n.length; i++) {
+    const c = i < n.length ? n.charCodeAt(i) : 0x2e;
+    if (c === 0x2e) {
+      const len = i - labelStart;
+      if (len === 0 || len > MAX_LABEL) return undefined;
+      labelStart = i + 1;
+    } else if (!isLabelByte(c)) {
+      return undefined;
+    }
+  }
+  if (endsInNumber(n.split('.'))) return undefined;
+  return n;
+}
+
+/** True when `name` is exactly what normalizeHostname makes of it (the invariant every stored name keeps). */
+export function isValidHostname(name: string): boolean {
+  return normalizeHostname(name) === name;
+}
+
+function ipv4Part(part: string): number | undefined {
+  if (part === '') return undefined;
+  let digits = part;
+  let radix = 10;
+  if (/^0x/i.test(part)) {
+    digits = part.slice(2);
+    radix = 16;
+    if (digits === '') return 0;
+    if (!/^[0-9a-f]+$/i.test(digits)) return undefined;
+  } else if (part.length > 1 && part[0] === '0') {
+    digits = part.slice(1);
+    radix = 8;
+    if (!/^[0-7]+$/.test(digits)) return undefined;
+  } else if (!/^[0-9]+$/.test(digits)) {
+    return undefined;
+  }
+  // Long digit strings would lose precision; anything past 2^32 is refused below anyway.
+  if (digits.length > 12) return undefined;
+  return parseInt(digits, radix);
+}
+
+/**
+ * An IPv4 address in any spelling inet_aton (and so a proxy's resolver)
+ * accepts, as dotted quad: `127.1` -> 127.0.0.1, `0x7f000001`,
+ * `0177.0.0.1`. The WHATWG URL IPv4 parser, without its validation
+ * warnings. Undefined when it is not one.
+ */
+export function parseIPv4(text: string): string | undefined {
+  const parts = text.split('.');
+  if (parts.length > 1 && parts[parts.length - 1] === '') parts.pop();
+  if (parts.length === 0 || parts.length > 4) return undefined;
+  const nums: number[] = [];
+  for (const p of parts) {
+    const n = ipv4Part(p);
+    if (n === undefined) return undefined;
+    nums.push(n);
+  }
+  const last = nums.pop()!;
+  if (nums.some((n) => n > 255)) return undefined;
+  if (last >= 256 ** (4 - nums.length)) return undefined;
+  let value = last;
+  for (let i = 0; i < nums.length; i++) value += nums[i]! * 256 ** (3 - i);
+  return [value >>> 24, (value >>> 16) & 0xff, (value >>> 8) & 0xff, value & 0xff].join('.');
+}
+
+/** An IPv6 literal (no brackets, no zone) in its canonical text form (RFC 5952), or undefined. */
+export function parseIPv6(text: string): string | undefined {
+  if (text.includes('%') || !isIPv6(text)) return undefined;
+  return new SocketAddress({ address: text, family: 'ipv6' }).address;
+}
+
+/**
+ * A host as a client names it (Host without port, SNI, a URI's host, a DNS
+ * name): a validated name, or an IP literal normalized. A bracketed IPv6
+ * literal is accepted with its brackets. Undefined for anything else: the
+ * connection then goes by its address, or the request gets a 400.
+ */
+export function parseHost(text: string): HostTarget | undefined {
+  if (text.length === 0 || text.length > MAX_NAME + 1) {
+    // An IPv6 literal in brackets is at most 47 bytes, well within.
+    return undefined;
+  }
+  if (text.charCodeAt(0) === 0x5b) {
+    if (text.charCodeAt(text.length - 1) !== 0x5d) return undefined;
+    const v6 = parseIPv6(text.slice(1, -1));
+    return v6 === undefined ? undefined : { kind: 'ip', host: v6, family: 6 };
+  }
+  if (text.includes(':')) {
+    const v6 = parseIPv6(text);
+    return v6 === undefined ? undefined : { kind: 'ip', host: v6, family: 6 };
+  }
+  const name = normalizeHostname(text);
+  if (name !== undefined) return { kind: 'name', host: name };
+  // Only strings made of IPv4-ish characters are worth the IPv4 parser.
+  if (!/^[0-9a-fx.]+$/i.test(text)) return undefined;
+  const v4 = parseIPv4(text);
+  return v4 === undefined ? undefined : { kind: 'ip', host: v4, family: 4 };
+}
+
+function parsePort(digits: string, defaultPort: number): number | undefined {
+  if (digits === '') return defaultPort;
+  if (!/^[0-9]{1,5}$/.test(digits)) return undefined;
+  const port = Number(digits);
+  return port >= 1 && port <= 65535 ? port : undefined;
+}
+
+/**
+ * A Host header or URI authority (without userinfo): `name`, `name:8080`,
+ * `1.2.3.4`, `[2001:db8::1]:80`; an empty port (`name:`) means the default,
+ * as RFC 3986 allows. Undefined for anything else (bare IPv6, zone ids,
+ * bad ports, whitespace or control bytes inside).
+ */
+export function parseAuthority(value: string, defaultPort: number): { target: HostTarget; port: number } | undefined {
+  // Only optional whitespace around the value (RFC 9110 5.5); nothing inside.
+  const v = value.replace(/^[ \t]+|[ \t]+$/g, '');
+  let hostText: string;
+  let portText = '';
+  if (v.startsWith('[')) {
+    const close = v.indexOf(']');
+    if (close === -1) return undefined;
+    hostText = v.slice(0, close + 1);
+    const rest = v.slice(close + 1);
+    if (rest !== '' && !rest.startsWith(':')) return undefined;
+    portText = rest.slice(1);
+    if (rest === ':') portText = '';
+  } else {
+    const colon = v.indexOf(':');
+    if (colon !== -1 && v.indexOf(':', colon + 1) !== -1) return undefined; // unbracketed IPv6
+    hostText = colon === -1 ? v : v.slice(0, colon);
+    portText = colon === -1 ? '' : v.slice(colon + 1);
+  }
+  const port = parsePort(portText, defaultPort);
+  if (port === undefined) return undefined;
+  const target = parseHost(hostText);
+  return target === undefined ? undefined : { target, port };
+}
+
+/** Host names that always mean the asker itself (RFC 6761 6.3): never asked of a proxy. */
+export function isLocalhostName(name: string): boolean {
+  return name === 'localhost' || name.endsWith('.localhost') || name === 'localhost.localdomain';
+}
