@@ -1,4 +1,4 @@
-import type net from 'node:net';
+import net from 'node:net';
 import type { Config } from './config/config';
 import type { ConnContext, ListenerKind } from './core/context';
 import type { GatewayError } from './core/errors';
@@ -39,6 +39,11 @@ import { handleStream, type StreamDeps } from './session/stream';
 import { NativeStreams } from './session/native-stream';
 import { HTTP_SNIFF_MAX_BYTES, sniffHttp } from './sniff/http';
 import { readFirstBytes } from './session/first-bytes';
+import dns from 'node:dns';
+import { ErrorCodes, type ErrorCode } from './core/errors';
+import { Admission, RefusalLog } from './inbound/admission';
+import { HostVerifier } from './route/host-verify';
+import { gatewayResponse } from './session/http';
 
 /** Where intercepting listeners bind: loopback only under TPROXY, so that nobody can reach them directly. */
 export function listenerBind(cfg: Config): string[] {
@@ -63,6 +68,13 @@ export class Gateway {
   private readonly listeners: TcpListener[] = [];
   private readonly active = new Set<net.Socket>();
   private readonly local = new LocalAddresses();
+  /** The upstream proxies' addresses (literals in the proxy URLs): no client may name them as a destination. */
+  private readonly proxyAddresses = new Set<string>();
+  private readonly admission: Admission;
+  private readonly refusals: RefusalLog;
+  private readonly verifier: HostVerifier;
+  /** Counters of what clients did that the gateway refused or survived. */
+  readonly stats = { refused: 0, internalErrors: 0 };
   private readonly router: Router;
   private readonly outbounds: Outbounds;
   private readonly relay: Relay;
@@ -90,6 +102,15 @@ export class Gateway {
     // --local: every socket of the gateway's own carries the mark, so its own rules skip it.
     const mark = cfg.local ? cfg.socketMark : undefined;
     this.router = new Router(cfg.upstream, cfg.noProxy);
+    for (const p of [cfg.upstream.http, cfg.upstream.https]) if (p && net.isIP(p.host)) this.proxyAddresses.add(p.host);
+    const clients = new CidrSet();
+    for (const c of [...cfg.clients4, ...cfg.clients6]) clients.add(c);
+    this.admission = new Admission({
+      perClient: cfg.maxConnsPerClient,
+      total: cfg.maxConns,
+      allow: cfg.clients4.length + cfg.clients6.length > 0 ? (a) => clients.has(a) : undefined,
+    });
+    this.refusals = new RefusalLog(10_000, (line) => log.warn(line));
     this.outbounds = new Outbounds(cfg.connectTimeoutMs, mark);
     // The splice relay needs the addon; without it the JS relay carries the same traffic, only with more copies.
     this.relay = cfg.relay === 'splice' && hasSplice() ? new SpliceRelay() : new JsRelay();
@@ -116,8 +137,15 @@ export class Gateway {
         log,
       });
     }
+    // Verification asks the gateway's own resolver (getaddrinfo: /etc/hosts, then its DNS), and the client's recent answers.
+    this.verifier = new HostVerifier({
+      names: this.dns?.names,
+      resolve: (name) => dns.promises.lookup(name, { all: true, verbatim: true }).then((list) => list.map((a) => a.address)),
+    });
     this.streamDeps = {
       router: this.router,
+      verifier: this.verifier,
+      isLocal: this.isForbiddenAddress,
       outbounds: this.outbounds,
       relay: this.relay,
       idleTimeoutMs: cfg.idleTimeoutMs,
@@ -135,13 +163,19 @@ export class Gateway {
         mark,
         redirect: cfg.mode === 'redirect',
         isLocal: (address) => this.local.has(address),
+        isForbiddenAddress: this.isForbiddenAddress,
+        admission: this.admission,
+        onRefused: (client, code) => this.logRefused(client, code),
+        verifier: this.verifier,
         closing: () => this.closing !== undefined,
         onDone: this.logDone,
         takeOver: (sock, ctx, head) => {
-          this.track(sock);
+          this.admission.adopt(ctx.client.address);
+          this.track(sock, ctx.client.address);
           this.runStream(sock, ctx, head);
         },
         onUnusable: (client, err) => this.logRejected(client, err),
+        onInternalError: (ctx, err) => this.internalError(undefined, ctx, err),
         warn: (message) => this.log.warn(message),
       });
     }
@@ -153,8 +187,14 @@ export class Gateway {
       connectTimeoutMs: cfg.connectTimeoutMs,
       idleTimeoutMs: cfg.idleTimeoutMs,
       socketMark: mark,
+      verifier: this.verifier,
+      isLocal: this.isForbiddenAddress,
+      onInternalError: (ctx, err) => this.internalError(undefined, ctx, err),
     });
   }
+
+  /** This host's addresses and the proxies': never a destination a client may name (route/targets.ts). */
+  private readonly isForbiddenAddress = (address: string): boolean => this.local.has(address) || this.proxyAddresses.has(address);
 
   /** The DNS gateway, when on (for tests and metrics). */
   get dnsService(): DnsService | undefined {
@@ -235,14 +275,17 @@ export class Gateway {
           this.log.error(`restoring sysctls failed: ${(err as Error).message}; set them back by hand: ${changed.map((c) => `${c.key}=${c.from}`).join(' ')}`);
         }
       }
-      await Promise.all(this.listeners.map((l) => l.close()));
-      await this.streams?.close();
+      // Listeners stop accepting at once; net.Server.close() then waits for every connection, so those are ended
+      // before it is awaited (awaiting first left a stop hanging for as long as any client kept a connection open).
+      const listenersClosed = Promise.all(this.listeners.map((l) => l.close()));
       this.udp?.close();
       this.dns?.close();
       this.http.close();
-      await this.relay.close?.();
       for (const s of this.active) s.destroy();
       this.active.clear();
+      await this.streams?.close();
+      await this.relay.close?.();
+      await listenersClosed;
     })();
     return this.closing;
   }
@@ -251,9 +294,23 @@ export class Gateway {
     return this.active.size + (this.streams?.active ?? 0);
   }
 
-  private track(sock: net.Socket): void {
+  /** Keeps the socket for close(); its admission is released when it closes. */
+  private track(sock: net.Socket, client: string): void {
     this.active.add(sock);
-    sock.once('close', () => this.active.delete(sock));
+    sock.once('close', () => {
+      this.active.delete(sock);
+      this.admission.release(client);
+    });
+  }
+
+  /** A connection refused at accept: one line per reason every 10 s, with how many there were. */
+  private logRefused(client: Address, code: ErrorCode): void {
+    this.stats.refused++;
+    const why =
+      code === ErrorCodes.CLIENT_LIMIT ? `client has ${this.admission.of(client.address)} connections open (--max-conns-per-client ${this.cfg.maxConnsPerClient})`
+      : code === ErrorCodes.LIMIT ? `${this.admission.open} connections open (--max-conns ${this.cfg.maxConns})`
+      : 'source not in --clients';
+    this.refusals.note(code, `conn refused client=${formatAddress(client)} result=${code} ${field(why)}`);
   }
 
   private onUnusable(sock: net.Socket, client: Address, err: GatewayError): void {
@@ -270,13 +327,20 @@ export class Gateway {
       sock.destroy();
       return;
     }
+    const refused = this.admission.admit(ctx.client.address);
+    if (refused) {
+      this.logRefused(ctx.client, refused);
+      sock.resetAndDestroy();
+      return;
+    }
     if (this.local.has(ctx.destination.address)) {
       ctx.refuseLoop();
       sock.destroy();
+      this.admission.release(ctx.client.address);
       this.logConn(ctx);
       return;
     }
-    this.track(sock);
+    this.track(sock, ctx.client.address);
     if (ctx.kind === 'dns' && this.dns) {
       this.dns.acceptTcp(sock, ctx);
       return;
@@ -341,6 +405,19 @@ export class Gateway {
         done(ctx);
         return;
       }
+      if (first.outcome === 'invalid' || (first.outcome === 'timeout' && first.head.length > 0)) {
+        // Begun as HTTP: a malformed head gets 400, one not whole by the deadline (counted from accept) 408. Never a raw
+        // tunnel: that would carry the request to the origin past the proxy's URL filter.
+        const [status, code, why] = first.outcome === 'invalid'
+          ? [400, ErrorCodes.BAD_REQUEST, `malformed HTTP request: ${first.result?.status === 'invalid' ? first.result.reason : 'bad head'}`]
+          : [408, ErrorCodes.SNIFF_TIMEOUT, `no whole request head within ${this.cfg.sniffTimeoutMs} ms of accept`];
+        ctx.result = code;
+        ctx.error = why;
+        ctx.bytesUp = first.head.length;
+        sock.end(gatewayResponse(status, code, why));
+        sock.once('close', () => done(ctx));
+        return;
+      }
       if (first.outcome === 'match' || first.outcome === 'too-big' || (first.outcome === 'closed' && first.result?.status !== 'no-match')) {
         this.http.accept(sock, ctx, first.head, done);
         return;
@@ -353,8 +430,10 @@ export class Gateway {
     }
   }
 
+  /** A bug met by one connection: it ends with a log line and a count, never the gateway. */
   private internalError(sock: net.Socket | undefined, ctx: ConnContext, err: unknown): void {
-    ctx.result = 'internal-error';
+    this.stats.internalErrors++;
+    ctx.result = ErrorCodes.INTERNAL;
     ctx.error = err instanceof Error ? (err.stack ?? err.message) : String(err);
     sock?.destroy();
     this.logConn(ctx);

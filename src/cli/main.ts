@@ -26,6 +26,9 @@ function report(err: unknown): void {
   }
 }
 
+/** A stop, even after a fatal error, ends the process within this long. */
+const STOP_DEADLINE_MS = 4_000;
+
 async function run(cfg: Config, log: Logger): Promise<number> {
   for (const w of cfg.warnings) log.warn(w);
   const backend = createBackend(cfg);
@@ -40,15 +43,28 @@ async function run(cfg: Config, log: Logger): Promise<number> {
     stopping = true;
     exitCode = code;
     log.info(`${why}: stopping`);
-    void gw.close().then(() => {
-      log.info('stopped');
-      process.exit(exitCode);
-    });
+    // Whatever close() waits for (a connection that will not end, a broken state after a bug), the process
+    // exits within STOP_DEADLINE_MS, so that a supervisor (systemd's Restart=on-failure) can start it again.
+    setTimeout(() => {
+      log.error(`stopping took longer than ${STOP_DEADLINE_MS} ms: exiting now`);
+      process.exit(exitCode || 1);
+    }, STOP_DEADLINE_MS);
+    void gw.close().then(
+      () => {
+        log.info('stopped');
+        process.exit(exitCode);
+      },
+      (err: unknown) => {
+        log.error(`stopping failed: ${err instanceof Error ? err.message : String(err)}`);
+        process.exit(exitCode || 1);
+      },
+    );
   };
   process.on('SIGINT', () => stop('SIGINT', 0));
   process.on('SIGTERM', () => stop('SIGTERM', 0));
   process.on('SIGHUP', () => stop('SIGHUP', 0));
-  // A bug must not leave clients' traffic pointed at a dead listener: remove the rules, then exit.
+  // Errors on a connection's path are caught there and end that connection; one that reaches here is a bug
+  // outside any connection, and the process's state is unknown: remove the rules, then exit non-zero.
   process.on('uncaughtException', (err) => {
     log.error(`internal error: ${err.stack ?? err.message}`);
     stop('fatal error', 70);
@@ -65,7 +81,7 @@ async function run(cfg: Config, log: Logger): Promise<number> {
     report(err);
     return 1;
   }
-  const up = (p: typeof cfg.upstream.http): string => p?.display ?? 'direct';
+  const up = (p: typeof cfg.upstream.http): string => (p ? (p.auth ? `http://${encodeURIComponent(p.auth.user)}@${p.display.slice(7)}` : p.display) : 'direct');
   log.info(
     `ready mode=${cfg.mode} http_proxy=${up(cfg.upstream.http)} https_proxy=${up(cfg.upstream.https)} ` +
       `http=${cfg.httpPorts.join(',') || '-'}:${cfg.listen.http} tls=${cfg.tlsPorts.join(',') || '-'}:${cfg.listen.tls} ` +

@@ -11,7 +11,11 @@ export interface ProxyEndpoint {
   auth?: { user: string; password: string };
   /** Ready-made Proxy-Authorization value: "Basic base64(user:password)". */
   authorization?: string;
-  /** The URL without the password, safe for logs. */
+  /**
+   * `http://host:port`: what messages, error pages and logs name. Never the
+   * user: error pages go to every client, and the user name is half of the
+   * gateway's credentials.
+   */
   display: string;
 }
 
@@ -132,7 +136,6 @@ export function parseProxyUrl(value: string): ProxyEndpoint {
     if (user === '') throw configError(original, 'empty user name before @');
     endpoint.auth = { user, password };
     endpoint.authorization = `Basic ${Buffer.from(`${user}:${password}`, 'utf8').toString('base64')}`;
-    endpoint.display = `http://${encodeURIComponent(user)}@${hostPort(host, port)}`;
   }
   return endpoint;
 }

@@ -99,9 +99,25 @@ export class Logger {
   }
 }
 
-/** Quotes a value for a key=value log field when it needs it. */
+/** Anything but printable ASCII, and the bytes that end or quote a field. */
+const NEEDS_QUOTING = /[^\x21-\x7e]|["=\\]/;
+const ESCAPE = /[^\x20-\x7e]|["\\]/g;
+
+function escapeChar(ch: string): string {
+  if (ch === '"' || ch === '\\') return `\\${ch}`;
+  const c = ch.charCodeAt(0);
+  return c < 0x100 ? `\\x${c.toString(16).padStart(2, '0')}` : `\\u${c.toString(16).padStart(4, '0')}`;
+}
+
+/**
+ * Quotes a value for a key=value log field when it needs it. Values may
+ * come from clients (names, errors quoting them): every control and
+ * non-ASCII byte is escaped (\\xNN), so that no client can end a line,
+ * forge a field or send escape sequences to the terminal that shows the log.
+ */
 export function field(value: string | number | undefined): string {
   if (value === undefined || value === '') return '-';
   const s = String(value);
-  return /[\s"=]/.test(s) ? JSON.stringify(s) : s;
+  if (!NEEDS_QUOTING.test(s)) return s;
+  return `"${s.replace(ESCAPE, escapeChar)}"`;
 }

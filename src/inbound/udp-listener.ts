@@ -107,22 +107,31 @@ export class UdpListener {
 
   private startTproxy(host: string): void {
     const handle = native.udpListen({ host, port: this.opts.port, transparent: true }, (data, ch, cp, dh, dp) => {
-      const client = addr(ch, cp);
-      const destination = addr(dh, dp);
-      this.opts.onDatagram({
-        data,
-        client,
-        destination,
-        reply: (answer) => {
-          try {
-            this.replies.send(destination, client, answer);
-          } catch (err) {
-            this.opts.onSendError?.(err, client);
-          }
-        },
-      });
+      // Called from the addon: a throw would reach 'uncaughtException' and stop the gateway; drop the datagram instead.
+      try {
+        this.onTproxyDatagram(data, ch, cp, dh, dp);
+      } catch (err) {
+        this.opts.onSendError?.(err, addr(ch, cp));
+      }
     });
     this.handles.push(handle);
+  }
+
+  private onTproxyDatagram(data: Buffer, ch: string, cp: number, dh: string, dp: number): void {
+    const client = addr(ch, cp);
+    const destination = addr(dh, dp);
+    this.opts.onDatagram({
+      data,
+      client,
+      destination,
+      reply: (answer) => {
+        try {
+          this.replies.send(destination, client, answer);
+        } catch (err) {
+          this.opts.onSendError?.(err, client);
+        }
+      },
+    });
   }
 
   private async startRedirect(host: string): Promise<void> {

@@ -14,6 +14,15 @@ export interface RouteInput {
   kind: ListenerKind;
   /** Sniffed name (Host/SNI), if any. */
   name: string | undefined;
+  /**
+   * The name resolves to the original destination (HostVerifier). A
+   * no_proxy match by name sends the connection direct only then: the
+   * gateway connects to the destination address, so an unverified name
+   * would let any client reach any address past the proxy's policy by
+   * sending a no_proxy name in Host or SNI (squid's host_verify_strict,
+   * CVE-2009-0801).
+   */
+  nameVerified?: boolean;
   /** Original destination. */
   address: string;
   port: number;
@@ -31,7 +40,7 @@ export class Router {
   ) {}
 
   select(input: RouteInput): RouteDecision {
-    if (input.name !== undefined && this.noProxy.matchName(input.name, input.port)) {
+    if (input.name !== undefined && input.nameVerified === true && this.noProxy.matchName(input.name, input.port)) {
       return { kind: 'direct', reason: 'no_proxy name' };
     }
     if (this.noProxy.matchAddress(input.address, input.port)) {
@@ -40,5 +49,16 @@ export class Router {
     const proxy = input.kind === 'http' ? this.upstream.http : this.upstream.https;
     if (!proxy) return { kind: 'direct', reason: 'no proxy configured' };
     return { kind: 'proxy', proxy, reason: input.kind === 'http' ? 'http_proxy' : 'https_proxy' };
+  }
+
+  /**
+   * Whether `name` would send a connection direct by a no_proxy name
+   * (rather than by its address, or for want of a proxy): only then does
+   * the name need verifying against the destination.
+   */
+  needsVerification(input: RouteInput): boolean {
+    if (input.name === undefined || !this.noProxy.matchName(input.name, input.port)) return false;
+    if (this.noProxy.matchAddress(input.address, input.port)) return false;
+    return (input.kind === 'http' ? this.upstream.http : this.upstream.https) !== undefined;
   }
 }

@@ -1,12 +1,12 @@
 import type net from 'node:net';
 
-export type SniffStatus = 'need-more' | 'no-match' | 'match';
+export type SniffStatus = 'need-more' | 'no-match' | 'match' | 'invalid';
 
 export interface FirstBytes<R> {
   /** Everything read so far; to be written upstream before relaying. */
   head: Buffer;
   /** The sniffer's last verdict, or why reading stopped. */
-  outcome: 'match' | 'no-match' | 'timeout' | 'closed' | 'too-big';
+  outcome: 'match' | 'no-match' | 'invalid' | 'timeout' | 'closed' | 'too-big';
   result?: R;
 }
 
@@ -43,6 +43,7 @@ export function readFirstBytes<R extends { status: SniffStatus }>(
       const r = sniff(head);
       if (r.status === 'match') done('match', r);
       else if (r.status === 'no-match') done('no-match', r);
+      else if (r.status === 'invalid') done('invalid', r);
       else if (head.length >= maxBytes) done('too-big');
     }
     function onEnd(): void {

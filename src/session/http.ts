@@ -6,9 +6,12 @@ import { field, type Logger } from '../core/log';
 import { hostPort } from '../core/types';
 import type { Outbounds } from '../outbound/outbounds';
 import type { Relay } from '../relay/relay';
-import type { RouteDecision, Router } from '../route/router';
-import { parseHostHeader } from '../sniff/http';
+import type { HostVerifier } from '../route/host-verify';
+import type { RouteDecision, RouteInput, Router } from '../route/router';
 import { markedConnector } from '../outbound/dial';
+import { absoluteUri, checkRequest, type RequestCheck } from './http-request';
+
+export { absoluteUri } from './http-request';
 
 export interface HttpDeps {
   router: Router;
@@ -19,6 +22,11 @@ export interface HttpDeps {
   idleTimeoutMs: number;
   /** SO_MARK for upstream sockets (--local), so this host's interception skips them. */
   socketMark?: number;
+  verifier: HostVerifier;
+  /** An address of this gateway or of its proxy. */
+  isLocal(address: string): boolean;
+  /** A bug met by one connection (it is ended; the gateway goes on). */
+  onInternalError(ctx: ConnContext, err: unknown): void;
 }
 
 /** Hop-by-hop headers (RFC 9110 7.6.1) and proxy headers a transparent client never meant for the proxy. */
@@ -42,13 +50,6 @@ export function endToEndHeaders(raw: readonly string[], connection: string | str
   return out;
 }
 
-/** The absolute-form URI a proxy expects: `http://name[:port]/path`. */
-export function absoluteUri(name: string, port: number, target: string): string {
-  if (/^https?:\/\//i.test(target)) return target;
-  const authority = port === 80 ? (name.includes(':') ? `[${name}]` : name) : hostPort(name, port);
-  return `http://${authority}${target.startsWith('/') ? target : `/${target}`}`;
-}
-
 /** What an HTTP client sees when the gateway cannot carry its request. */
 export function errorStatus(err: unknown): number {
   if (err instanceof GatewayError) {
@@ -56,6 +57,29 @@ export function errorStatus(err: unknown): number {
   }
   return 502;
 }
+
+/** A reason phrase Node will write (it throws on control bytes): what the origin sent, less those. */
+export function safeReason(reason: string | undefined): string | undefined {
+  if (reason === undefined) return undefined;
+  // eslint-disable-next-line no-control-regex
+  const clean = reason.replace(/[^\t\x20-\x7e\x80-\xff]/g, '');
+  return clean === '' ? undefined : clean;
+}
+
+/** A response the gateway makes itself: one line of text, the code in X-Transgate-Error, connection closed. */
+export function gatewayResponse(status: number, code: string, message: string): string {
+  const body = `transgate: ${message}\n`;
+  const text = STATUS_TEXT[status] ?? 'Error';
+  return (
+    `HTTP/1.1 ${status} ${text}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
+    `X-Transgate-Error: ${code}\r\nConnection: close\r\n\r\n${body}`
+  );
+}
+
+const STATUS_TEXT: Record<number, string> = {
+  400: 'Bad Request', 403: 'Forbidden', 405: 'Method Not Allowed', 408: 'Request Timeout',
+  500: 'Internal Server Error', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout',
+};
 
 /**
  * A 5xx that the proxy made itself (it could not resolve or reach the
@@ -73,6 +97,9 @@ export function proxyOwnError(res: { statusCode?: number; headers: http.Incoming
   }
   return undefined;
 }
+
+/** How long a request head after the first may take to arrive whole (slowloris). */
+const HEADERS_TIMEOUT_MS = 20_000;
 
 interface ConnState {
   ctx: ConnContext;
@@ -105,21 +132,30 @@ export class HttpSession {
     }
     this.server = http.createServer({ requireHostHeader: false, joinDuplicateHeaders: false });
     this.server.keepAliveTimeout = 60_000;
-    this.server.headersTimeout = 60_000;
+    // From the first byte of each later request's head (the first head was read within --sniff-timeout of accept).
+    this.server.headersTimeout = HEADERS_TIMEOUT_MS;
     this.server.requestTimeout = 0;
-    this.server.on('request', (req, res) => this.onRequest(req, res));
-    this.server.on('upgrade', (req: http.IncomingMessage, sock: net.Socket, head: Buffer) => {
-      void this.onUpgrade(req, sock, head);
+    // Every handler catches: whatever one client's request or its origin's answer does, only that connection ends.
+    this.server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
+      this.onRequest(req, res).catch((err: unknown) => this.internalError(req.socket, err));
     });
-    this.server.on('connect', (_req: http.IncomingMessage, sock: net.Socket) => {
-      sock.end('HTTP/1.1 405 Method Not Allowed\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+    this.server.on('upgrade', (req: http.IncomingMessage, sock: net.Socket, head: Buffer) => {
+      this.onUpgrade(req, sock, head).catch((err: unknown) => this.internalError(sock, err));
+    });
+    this.server.on('connect', (req: http.IncomingMessage, sock: net.Socket) => {
+      const st = this.states.get(sock);
+      if (st) st.ctx.requests++;
+      this.answer(sock, st?.ctx, { status: 405, code: ErrorCodes.METHOD, reason: `${req.method ?? 'CONNECT'} is not carried on intercepted HTTP ports` });
     });
     this.server.on('clientError', (err: Error & { code?: string }, sock: net.Socket) => {
       const st = this.states.get(sock);
-      if (st && st.ctx.result === 'ok') st.ctx.result = 'bad-request';
       if (sock.writable && err.code !== 'ECONNRESET') {
-        sock.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 41\r\n\r\ntransgate: malformed HTTP request head.\r\n');
+        const timeout = err.code === 'ERR_HTTP_REQUEST_TIMEOUT';
+        this.answer(sock, st?.ctx, timeout
+          ? { status: 408, code: ErrorCodes.SNIFF_TIMEOUT, reason: 'the request head did not arrive in time' }
+          : { status: 400, code: ErrorCodes.BAD_REQUEST, reason: 'malformed HTTP request head' });
       } else {
+        if (st && st.ctx.result === 'ok') st.ctx.result = ErrorCodes.BAD_REQUEST;
         sock.destroy();
       }
     });
@@ -146,16 +182,52 @@ export class HttpSession {
     this.directAgent.destroy();
   }
 
-  private route(ctx: ConnContext, req: http.IncomingMessage): { name: string; decision: RouteDecision } {
-    const host = typeof req.headers.host === 'string' ? parseHostHeader(req.headers.host, ctx.destination.port) : undefined;
-    const name = host?.host ?? ctx.destination.address;
-    ctx.name = host?.host ?? ctx.name;
-    const decision = this.deps.router.select({ kind: 'http', name: host?.host, address: ctx.destination.address, port: ctx.destination.port });
+  /** A request the gateway answers itself (400, 403, 405, 408), then closes. */
+  private answer(sock: net.Socket, ctx: ConnContext | undefined, refusal: { status: number; code: string; reason: string }): void {
+    if (ctx && ctx.result === 'ok') {
+      ctx.result = refusal.code;
+      ctx.error = refusal.reason;
+    }
+    if (ctx && refusal.code === ErrorCodes.FORBIDDEN_TARGET) ctx.route = 'reject';
+    if (sock.writable) sock.end(gatewayResponse(refusal.status, refusal.code, refusal.reason));
+    else sock.destroy();
+  }
+
+  /** A bug met by one connection: it ends (logged once and counted by the gateway), the gateway goes on. */
+  private internalError(sock: net.Socket, err: unknown): void {
+    const st = this.states.get(sock);
+    if (st) {
+      st.ctx.result = ErrorCodes.INTERNAL;
+      this.deps.onInternalError(st.ctx, err);
+    }
+    sock.destroy();
+  }
+
+  /** Where a checked request goes: a verified no_proxy name direct, otherwise the proxy (or direct without one). */
+  private async route(ctx: ConnContext, check: Extract<RequestCheck, { ok: true }>): Promise<{ name: string; decision: RouteDecision }> {
+    const name = check.target?.host ?? ctx.destination.address;
+    if (check.target) ctx.name = check.target.host;
+    const input: RouteInput = { kind: 'http', name: check.target?.host, address: ctx.destination.address, port: ctx.destination.port };
+    if (input.name !== undefined && this.deps.router.needsVerification(input)) {
+      const known = this.deps.verifier.check(ctx.client.address, input.name, input.address);
+      input.nameVerified = known ?? (await this.deps.verifier.verify(ctx.client.address, input.name, input.address));
+    }
+    const decision = this.deps.router.select(input);
     ctx.route = decision.kind;
     return { name, decision };
   }
 
-  private onRequest(req: http.IncomingMessage, res: http.ServerResponse): void {
+  private check(ctx: ConnContext, req: http.IncomingMessage): RequestCheck {
+    return checkRequest({
+      method: req.method ?? '',
+      url: req.url ?? '',
+      rawHeaders: req.rawHeaders,
+      port: ctx.destination.port,
+      isLocal: this.deps.isLocal,
+    });
+  }
+
+  private async onRequest(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const st = this.states.get(req.socket);
     if (!st) {
       res.destroy();
@@ -164,18 +236,41 @@ export class HttpSession {
     const { ctx } = st;
     ctx.requests++;
     const started = performance.now();
-    const { name, decision } = this.route(ctx, req);
+    const check = this.check(ctx, req);
+    if (!check.ok) {
+      // Through res, not the socket: an earlier pipelined response may still be on its way.
+      req.resume();
+      if (ctx.result === 'ok') {
+        ctx.result = check.code;
+        ctx.error = check.reason;
+      }
+      if (check.code === ErrorCodes.FORBIDDEN_TARGET) ctx.route = 'reject';
+      const body = `transgate: ${check.reason}\n`;
+      res.sendDate = false;
+      res.writeHead(check.status, {
+        'Content-Type': 'text/plain; charset=utf-8',
+        'Content-Length': Buffer.byteLength(body),
+        'X-Transgate-Error': check.code,
+        Connection: 'close',
+      });
+      res.end(body);
+      return;
+    }
+    // A lookup may run meanwhile (host verification); a body waits in the stream until it is piped.
+    const { name, decision } = await this.route(ctx, check);
+    if (res.destroyed || req.socket.destroyed) return;
     const port = ctx.destination.port;
+    const url = absoluteUri(name, port, check.path);
     const headers = endToEndHeaders(req.rawHeaders, req.headers.connection);
     let options: http.RequestOptions;
     if (decision.kind === 'proxy' && decision.proxy) {
       const p = decision.proxy;
       if (p.authorization) headers.push('Proxy-Authorization', p.authorization);
-      options = { host: p.host, port: p.port, path: absoluteUri(name, port, req.url ?? '/'), agent: this.proxyAgent };
+      options = { host: p.host, port: p.port, path: url, agent: this.proxyAgent };
       ctx.via = hostPort(p.host, p.port);
     } else {
-      const target = req.url && /^https?:\/\//i.test(req.url) ? new URL(req.url).pathname + new URL(req.url).search : (req.url ?? '/');
-      options = { host: ctx.destination.address, port, path: target, agent: this.directAgent };
+      // Direct: the destination the client connected to (a no_proxy name was verified to be it).
+      options = { host: ctx.destination.address, port, path: check.path, agent: this.directAgent };
       ctx.via = hostPort(ctx.destination.address, port);
     }
     options.method = req.method;
@@ -185,7 +280,7 @@ export class HttpSession {
 
     const logReq = (status: number | string): void => {
       if (this.deps.log.enabled('debug')) {
-        this.deps.log.debug(`req id=${ctx.id}.${ctx.requests} client=${field(hostPort(ctx.client.address, ctx.client.port))} method=${field(req.method)} url=${field(absoluteUri(name, port, req.url ?? '/'))} route=${decision.kind} via=${field(ctx.via)} status=${status} ms=${Math.round(performance.now() - started)}`);
+        this.deps.log.debug(`req id=${ctx.id}.${ctx.requests} client=${field(hostPort(ctx.client.address, ctx.client.port))} method=${field(req.method)} url=${field(url)} route=${decision.kind} via=${field(ctx.via)} status=${status} ms=${Math.round(performance.now() - started)}`);
       }
     };
     const fail = (err: unknown): void => {
@@ -205,6 +300,13 @@ export class HttpSession {
         res.end(body);
       } else {
         res.destroy();
+      }
+    };
+    const guard = (what: () => void): void => {
+      try {
+        what();
+      } catch (err) {
+        this.internalError(req.socket, err);
       }
     };
 
@@ -233,7 +335,7 @@ export class HttpSession {
         preq.destroy(new GatewayError(ErrorCodes.UPSTREAM_TIMEOUT, `no response from ${ctx.via} within ${this.deps.idleTimeoutMs} ms`));
       });
       let answered = false;
-      preq.on('error', (err) => {
+      preq.on('error', (err) => guard(() => {
         clearTimeout(connectTimer);
         if (answered) {
           res.destroy();
@@ -245,8 +347,8 @@ export class HttpSession {
           return;
         }
         fail(err);
-      });
-      preq.on('response', (pres) => {
+      }));
+      preq.on('response', (pres) => guard(() => {
         answered = true;
         clearTimeout(connectTimer);
         if (decision.kind === 'proxy' && pres.statusCode === 407) {
@@ -266,16 +368,30 @@ export class HttpSession {
           pres.resume();
           fail(new GatewayError(
             pres.statusCode === 504 ? ErrorCodes.UPSTREAM_TIMEOUT : ErrorCodes.UPSTREAM_STATUS,
-            `proxy ${decision.proxy!.display} could not fetch ${absoluteUri(name, port, req.url ?? '/')}: ${pres.statusCode} ${proxyError}`,
+            `proxy ${decision.proxy!.display} could not fetch ${url}: ${pres.statusCode} ${proxyError}`,
             { status: pres.statusCode },
           ));
           return;
         }
-        logReq(pres.statusCode ?? 0);
-        res.writeHead(pres.statusCode ?? 502, pres.statusMessage, endToEndHeaders(pres.rawHeaders, pres.headers.connection));
+        const status = pres.statusCode ?? 0;
+        const from = decision.kind === 'proxy' ? `proxy ${decision.proxy!.display}` : `destination ${ctx.via}`;
+        if (status < 100 || status > 999) {
+          pres.resume();
+          fail(new GatewayError(decision.kind === 'proxy' ? ErrorCodes.UPSTREAM_PROTOCOL : ErrorCodes.DIRECT_UNREACHABLE, `${from} answered with status ${status}, which is not HTTP`));
+          return;
+        }
+        try {
+          res.writeHead(status, safeReason(pres.statusMessage), endToEndHeaders(pres.rawHeaders, pres.headers.connection));
+        } catch (err) {
+          // Node refuses to write what it parsed (a header value it reads but will not send): the origin's fault, not ours.
+          pres.resume();
+          fail(new GatewayError(decision.kind === 'proxy' ? ErrorCodes.UPSTREAM_PROTOCOL : ErrorCodes.DIRECT_UNREACHABLE, `${from} sent a response head that cannot be passed on (${(err as Error).message})`));
+          return;
+        }
+        logReq(status);
         pres.pipe(res);
         pres.on('error', () => res.destroy());
-      });
+      }));
       res.on('close', () => {
         if (!res.writableFinished) preq.destroy();
       });
@@ -307,7 +423,13 @@ export class HttpSession {
     }
     const { ctx } = st;
     ctx.requests++;
-    const { decision } = this.route(ctx, req);
+    const check = this.check(ctx, req);
+    if (!check.ok) {
+      this.answer(sock, ctx, check);
+      return;
+    }
+    const { decision } = await this.route(ctx, check);
+    if (sock.destroyed) return;
     let upstream: net.Socket;
     try {
       upstream = await this.deps.outbounds.open(decision, ctx);
@@ -315,11 +437,15 @@ export class HttpSession {
       const gerr = err instanceof GatewayError ? err : this.classify(err, decision, ctx);
       ctx.result = gerr.code;
       ctx.error = gerr.message;
-      const body = `transgate: ${gerr.message}\n`;
-      sock.end(`HTTP/1.1 ${errorStatus(gerr)} Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+      if (sock.writable) sock.end(gatewayResponse(errorStatus(gerr), gerr.code, gerr.message));
       return;
     }
-    let reqHead = `${req.method} ${req.url} HTTP/${req.httpVersion}\r\n`;
+    if (sock.destroyed) {
+      upstream.destroy();
+      return;
+    }
+    // Replayed in origin form: the tunnel already goes to the Host's authority.
+    let reqHead = `${req.method} ${check.path} HTTP/${req.httpVersion}\r\n`;
     for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) reqHead += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
     reqHead += '\r\n';
     upstream.write(reqHead);

@@ -11,7 +11,10 @@ import { connectRefusal, connectRequest, tunnelFailure } from '../outbound/http-
 import { spliceAbortAll, tunnelAbortAll, tunnelClose, tunnelListen, type TunnelAction } from '../native';
 import type { Router } from '../route/router';
 import { TLS_SNIFF_MAX_BYTES, sniffTls } from '../sniff/tls';
-import { routeStream } from './stream';
+import { refusedName, routeStream } from './stream';
+import { ErrorCodes, type ErrorCode } from '../core/errors';
+import type { Admission } from '../inbound/admission';
+import type { HostVerifier } from '../route/host-verify';
 
 export interface NativeStreamDeps {
   router: Router;
@@ -24,6 +27,12 @@ export interface NativeStreamDeps {
   redirect: boolean;
   /** The destination is one of this host's addresses (a direct connection to a listener). */
   isLocal(address: string): boolean;
+  /** An address of this gateway or of its proxy: never asked of the proxy (route/targets.ts). */
+  isForbiddenAddress(address: string): boolean;
+  admission: Admission;
+  /** A connection refused at accept (limits, --clients), for a rate-limited log line. */
+  onRefused(client: Address, code: ErrorCode): void;
+  verifier: HostVerifier;
   /** The gateway is shutting down: new connections are closed. */
   closing(): boolean;
   /** The connection ended: its log line. */
@@ -31,6 +40,8 @@ export interface NativeStreamDeps {
   /** A connection the addon cannot carry (the proxy is a name not yet resolved): the Node path takes it, with the bytes read so far. */
   takeOver(sock: net.Socket, ctx: ConnContext, head: Buffer): void;
   onUnusable(client: Address, err: GatewayError): void;
+  /** A bug met by one connection: logged and counted; the connection is closed. */
+  onInternalError(ctx: ConnContext, err: unknown): void;
   /** Accept errors (EMFILE), for the log. */
   warn(message: string): void;
 }
@@ -57,6 +68,8 @@ const ACCEPT_WARN_MS = 10_000;
  */
 export class NativeStreams {
   private readonly live = new Map<number, Live>();
+  /** Connections counted by the admission, by id: their client address, released at their end. */
+  private readonly admitted = new Map<number, string>();
   private readonly proxyAddresses = new Map<string, { address: string; expires: number }>();
   private readonly lookups = new Set<string>();
   private drained: (() => void) | undefined;
@@ -80,9 +93,33 @@ export class NativeStreams {
         connectTimeoutMs: d.connectTimeoutMs,
         idleTimeoutMs: d.idleTimeoutMs,
       },
-      (id, cfd, cip, cport, dip, dport, head, final, eof) => this.decide(kind, id, cfd, cip, cport, dip, dport, head, final, eof),
-      (id, up, down, outcome, status, reason) => this.done(id, up, down, outcome, status, reason),
-      (cip, cport, errno) => this.unusable(cip, cport, errno),
+      // A throw in a callback from the addon would reach process 'uncaughtException' (napi_fatal_exception) and stop
+      // the gateway: each one catches, and a bug ends only the connection it met.
+      (id, cfd, cip, cport, dip, dport, head, final, eof) => {
+        try {
+          return this.decide(kind, id, cfd, cip, cport, dip, dport, head, final, eof);
+        } catch (err) {
+          this.release(id);
+          this.deps.onInternalError(new ConnContext(kind, addressOf(cip, cport), addressOf(dip, dport)), err);
+          return CLOSE;
+        }
+      },
+      (id, up, down, outcome, status, reason) => {
+        try {
+          this.done(id, up, down, outcome, status, reason);
+        } catch (err) {
+          const ctx = this.live.get(id)?.ctx;
+          this.live.delete(id);
+          if (ctx) this.deps.onInternalError(ctx, err);
+        }
+      },
+      (cip, cport, errno) => {
+        try {
+          this.unusable(cip, cport, errno);
+        } catch (err) {
+          this.deps.warn(`internal error on an unusable connection: ${err instanceof Error ? err.message : String(err)}`);
+        }
+      },
     );
     // Closing twice is harmless (the addon keeps the state).
     return { close: () => tunnelClose(handle) };
@@ -93,6 +130,33 @@ export class NativeStreams {
   }
 
   private decide(
+    kind: 'tls' | 'tcp', id: number, fd: number, cip: string, cport: number, dip: string, dport: number,
+    head: Buffer | undefined, final: boolean, eof: boolean,
+  ): TunnelAction | null {
+    if (!this.admitted.has(id)) {
+      // The first word about a connection comes at accept: admit it there, before any byte is read.
+      const client = addressOf(cip, cport);
+      const refused = this.deps.admission.admit(client.address);
+      if (refused) {
+        this.deps.onRefused(client, refused);
+        return CLOSE;
+      }
+      this.admitted.set(id, client.address);
+    }
+    const action = this.decideAdmitted(kind, id, fd, cip, cport, dip, dport, head, final, eof);
+    // Closed or handed over: the addon says no more about it (a handed-over one is counted on the Node path).
+    if (action === CLOSE || action === TAKEN) this.release(id);
+    return action;
+  }
+
+  private release(id: number): void {
+    const client = this.admitted.get(id);
+    if (client === undefined) return;
+    this.admitted.delete(id);
+    this.deps.admission.release(client);
+  }
+
+  private decideAdmitted(
     kind: 'tls' | 'tcp', id: number, fd: number, cip: string, cport: number, dip: string, dport: number,
     head: Buffer | undefined, final: boolean, eof: boolean,
   ): TunnelAction | null {
@@ -111,18 +175,26 @@ export class NativeStreams {
       this.deps.onDone(ctx);
       return CLOSE;
     }
+    if (kind === 'tls' && sniffed?.status === 'need-more' && !eof && head!.length < TLS_SNIFF_MAX_BYTES) {
+      // A ClientHello begun but not finished by the deadline (counted from accept): a trickle, not a client.
+      return this.refuse(ctx, ErrorCodes.SNIFF_TIMEOUT, `no whole ClientHello within ${this.deps.sniffTimeoutMs} ms of accept`);
+    }
     if (sniffed?.status === 'match') ctx.name = sniffed.sni;
-    const decision = routeStream(ctx, this.deps.router, this.deps.names);
+    ctx.name ??= this.deps.names?.lookup(ctx.client.address, dip);
+    const refused = refusedName(ctx, this.deps.isForbiddenAddress);
+    if (refused) return this.refuse(ctx, ErrorCodes.FORBIDDEN_TARGET, refused);
+    let verified: boolean | undefined;
+    if (ctx.name !== undefined && this.deps.router.needsVerification({ kind, name: ctx.name, address: dip, port: dport })) {
+      verified = this.deps.verifier.check(ctx.client.address, ctx.name, dip);
+      // The resolver must be asked: the Node path waits for it.
+      if (verified === undefined) return this.handOver(fd, ctx, head);
+    }
+    const decision = routeStream(ctx, this.deps.router, this.deps.names, verified);
     if (decision.kind === 'proxy' && decision.proxy) {
       const proxy = decision.proxy;
       const ip = this.proxyAddress(proxy.host);
-      if (ip === undefined) {
-        // The proxy's name is being looked up: this one connection goes the Node way.
-        const sock = new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: true, pauseOnCreate: true } as net.SocketConstructorOpts);
-        sock.on('error', noop);
-        this.deps.takeOver(sock, ctx, head ?? Buffer.alloc(0));
-        return TAKEN;
-      }
+      // The proxy's name is being looked up: this one connection goes the Node way.
+      if (ip === undefined) return this.handOver(fd, ctx, head);
       ctx.via = hostPort(proxy.host, proxy.port);
       this.live.set(id, { ctx, proxy });
       return [1, ip, proxy.port, connectRequest(proxy, ctx.name ?? dip, dport)];
@@ -131,6 +203,21 @@ export class NativeStreams {
     ctx.via = hostPort(dip, dport);
     this.live.set(id, { ctx, proxy: undefined });
     return [1, dip, dport, undefined];
+  }
+
+  private refuse(ctx: ConnContext, code: ErrorCode, why: string): TunnelAction {
+    ctx.result = code;
+    ctx.error = why;
+    if (code === ErrorCodes.FORBIDDEN_TARGET) ctx.route = 'reject';
+    this.deps.onDone(ctx);
+    return CLOSE;
+  }
+
+  private handOver(fd: number, ctx: ConnContext, head: Buffer | undefined): TunnelAction {
+    const sock = new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: true, pauseOnCreate: true } as net.SocketConstructorOpts);
+    sock.on('error', noop);
+    this.deps.takeOver(sock, ctx, head ?? Buffer.alloc(0));
+    return TAKEN;
   }
 
   /**
@@ -149,6 +236,7 @@ export class NativeStreams {
   }
 
   private done(id: number, up: number, down: number, outcome: string, status: number, reason: string): void {
+    this.release(id);
     const entry = this.live.get(id);
     if (entry === undefined) return;
     this.live.delete(id);

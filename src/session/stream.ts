@@ -3,8 +3,11 @@ import type { ConnContext } from '../core/context';
 import { GatewayError, errnoOf } from '../core/errors';
 import type { Outbounds } from '../outbound/outbounds';
 import type { Relay, RelayResult } from '../relay/relay';
-import type { RouteDecision, Router } from '../route/router';
+import type { RouteDecision, RouteInput, Router } from '../route/router';
 import type { NameLookup } from '../dns/name-map';
+import { ErrorCodes } from '../core/errors';
+import type { HostVerifier } from '../route/host-verify';
+import { forbiddenTarget } from '../route/targets';
 import { TLS_SNIFF_MAX_BYTES, sniffTls } from '../sniff/tls';
 import { readFirstBytes } from './first-bytes';
 
@@ -16,6 +19,9 @@ export interface StreamDeps {
   sniffTimeoutMs: number;
   /** Names the DNS gateway answered for addresses (per client); absent with --no-dns. */
   names?: NameLookup;
+  verifier: HostVerifier;
+  /** An address of this gateway or of its proxy. */
+  isLocal(address: string): boolean;
   onDone(ctx: ConnContext): void;
 }
 
@@ -36,9 +42,19 @@ export async function handleStream(sock: net.Socket, ctx: ConnContext, deps: Str
       deps.onDone(ctx);
       return;
     }
+    if (first.outcome === 'timeout' && head.length > 0) {
+      // A ClientHello begun but not finished by the deadline (counted from accept): a trickle, not a client. Cut it.
+      refuse(sock, ctx, ErrorCodes.SNIFF_TIMEOUT, `no whole ClientHello within ${deps.sniffTimeoutMs} ms of accept`, deps);
+      return;
+    }
     if (first.result?.status === 'match') ctx.name = first.result.sni;
   }
-  const decision = routeStream(ctx, deps.router, deps.names);
+  const refused = refusedName(ctx, deps.isLocal);
+  if (refused) {
+    refuse(sock, ctx, ErrorCodes.FORBIDDEN_TARGET, refused, deps);
+    return;
+  }
+  const decision = await routeStreamVerified(ctx, deps.router, deps.names, deps.verifier);
   const abort = new AbortController();
   const onEarlyClose = (): void => abort.abort();
   sock.once('close', onEarlyClose);
@@ -75,9 +91,37 @@ export async function handleStream(sock: net.Socket, ctx: ConnContext, deps: Str
  * address through the gateway, so the proxy gets `CONNECT name:port` and
  * no_proxy names apply.
  */
-export function routeStream(ctx: ConnContext, router: Router, names: NameLookup | undefined): RouteDecision {
+export function routeStream(ctx: ConnContext, router: Router, names: NameLookup | undefined, nameVerified?: boolean): RouteDecision {
   ctx.name ??= names?.lookup(ctx.client.address, ctx.destination.address);
-  const decision = router.select({ kind: ctx.kind, name: ctx.name, address: ctx.destination.address, port: ctx.destination.port });
+  const decision = router.select({ kind: ctx.kind, name: ctx.name, address: ctx.destination.address, port: ctx.destination.port, nameVerified });
+  ctx.route = decision.kind;
+  return decision;
+}
+
+/** Why a stream's name (SNI, or the client's DNS answer) must not be asked of the proxy, if it must not. */
+export function refusedName(ctx: ConnContext, isLocal: (address: string) => boolean): string | undefined {
+  if (ctx.name === undefined) return undefined;
+  // Sniffed names are validated (sniff/tls.ts, dns/name-map.ts): names, never IP literals.
+  const why = forbiddenTarget({ kind: 'name', host: ctx.name }, isLocal);
+  return why && `${why}: not asked of the proxy for a client`;
+}
+
+function refuse(sock: net.Socket, ctx: ConnContext, code: string, why: string, deps: StreamDeps): void {
+  ctx.result = code;
+  ctx.error = why;
+  if (code === ErrorCodes.FORBIDDEN_TARGET) ctx.route = 'reject';
+  if (!sock.destroyed) sock.resetAndDestroy();
+  deps.onDone(ctx);
+}
+
+/** routeStream, with a no_proxy name verified against the destination first (it may ask the resolver). */
+export async function routeStreamVerified(ctx: ConnContext, router: Router, names: NameLookup | undefined, verifier: HostVerifier): Promise<RouteDecision> {
+  ctx.name ??= names?.lookup(ctx.client.address, ctx.destination.address);
+  const input: RouteInput = { kind: ctx.kind, name: ctx.name, address: ctx.destination.address, port: ctx.destination.port };
+  if (input.name !== undefined && router.needsVerification(input)) {
+    input.nameVerified = verifier.check(ctx.client.address, input.name, input.address) ?? (await verifier.verify(ctx.client.address, input.name, input.address));
+  }
+  const decision = router.select(input);
   ctx.route = decision.kind;
   return decision;
 }

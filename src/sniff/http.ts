@@ -20,6 +20,13 @@ const EARLY_CHECK_BYTES = 2048;
 export type HttpSniffResult =
   | { status: 'need-more' }
   | { status: 'no-match' }
+  /**
+   * It starts as an HTTP request (a method, a space and a request target;
+   * or an empty line first) but is malformed: two Host headers, a bare CR,
+   * a NUL, a bad header line. Such a request gets 400: carried as raw TCP
+   * it would reach the origin past the proxy's URL filter.
+   */
+  | { status: 'invalid'; reason: string }
   | {
       status: 'match';
       method: string;
@@ -38,6 +45,7 @@ export type HttpSniffResult =
 
 const NEED_MORE = { status: 'need-more' } as const;
 const NO_MATCH = { status: 'no-match' } as const;
+const invalid = (reason: string): HttpSniffResult => ({ status: 'invalid', reason });
 
 const SP = 0x20;
 const HTAB = 0x09;
@@ -74,6 +82,27 @@ function scanMethod(buf: Buffer): MethodScan {
     if (i === 0 ? !isUpper(b) : !isMethodByte(b)) return NO_MATCH;
   }
   return buf.length > MAX_METHOD_LENGTH ? NO_MATCH : NEED_MORE;
+}
+
+/**
+ * Whether the bytes start like an HTTP request: an optional empty line,
+ * a method token, a space and the start of a request target (origin form
+ * `/`, absolute form `http://`, `*`, or any target after CONNECT). What
+ * does not is another protocol and goes as raw TCP; what does is HTTP,
+ * and if malformed it gets 400, never a raw tunnel.
+ */
+export function isHttpShaped(buf: Buffer): boolean {
+  let start = 0;
+  while (start < buf.length && start < 2 && (buf[start] === CR || buf[start] === LF)) start++;
+  if (start > 0) return true;
+  const m = scanMethod(buf);
+  if (m.status !== 'ok') return false;
+  const t = m.end + 1;
+  if (t >= buf.length) return true;
+  const c = buf[t]!;
+  if (c === 0x2f || c === 0x2a) return true; // '/' '*'
+  // 'h': the absolute form (http://...), possibly not all here yet.
+  return c === 0x68 || c === 0x48 || buf.toString('latin1', 0, m.end) === 'CONNECT';
 }
 
 type RequestLineScan =
@@ -164,11 +193,25 @@ function authorityOfAbsoluteTarget(target: string): string | undefined {
 
 export function sniffHttp(buf: Buffer): HttpSniffResult {
   try {
-    return sniffHttpUnguarded(buf);
+    const r = sniffHttpUnguarded(buf);
+    if (r.status === 'no-match' && isHttpShaped(buf)) return invalid(describeMalformed(buf));
+    return r;
   } catch {
     // The scanners are written not to throw; this only keeps a bug from killing the connection handler.
     return NO_MATCH;
   }
+}
+
+function describeMalformed(buf: Buffer): string {
+  if (buf[0] === CR || buf[0] === LF) return 'an empty line before the request line';
+  if (buf.length >= HTTP_SNIFF_MAX_BYTES) return `a request head longer than ${HTTP_SNIFF_MAX_BYTES} bytes`;
+  const end = findHeadEnd(buf);
+  const head = end === -1 ? buf : buf.subarray(0, end);
+  const line = scanRequestLine(head);
+  if (line.status !== 'ok') return 'a malformed request line';
+  const headers = scanHeaders(head, line.next);
+  if (headers.status === 'ok' && headers.headers.filter(([n]) => n.toLowerCase() === 'host').length > 1) return 'two Host headers';
+  return 'a malformed header line (control byte, bare CR or bad field name)';
 }
 
 /**

@@ -111,7 +111,7 @@ describe('HTTP path e2e', { skip, timeout: 300_000 }, () => {
       }
       return [];
     })();
-    assert.equal(lines[0]?.['result'], 'bad-request', gw!.linesSince(from).join('\n'));
+    assert.equal(lines[0]?.['result'], 'TG_ERR_BAD_REQUEST', gw!.linesSince(from).join('\n'));
     assert.equal(lines[0]?.['requests'], '1');
   });
 });

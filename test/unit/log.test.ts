@@ -63,6 +63,20 @@ test('field() quotes values with spaces, quotes or =, and shows absent ones as -
   assert.equal(field(42), '42');
 });
 
+// A name from a client (DNS question, Host) reached the log raw: CR/LF forged lines, ESC drove the terminal.
+test('field() escapes control and non-ASCII bytes, quotes and backslashes', () => {
+  assert.equal(field('a\r\nconn id=1 result=ok'), '"a\\x0d\\x0aconn id=1 result=ok"');
+  assert.equal(field('\x1b[2Jx\bq'), '"\\x1b[2Jx\\x08q"');
+  assert.equal(field('caf\u00e9'), '"caf\\xe9"');
+  assert.equal(field('\u2028'), '"\\u2028"');
+  assert.equal(field('say "hi"\\'), '"say \\"hi\\"\\\\"');
+  assert.equal(field('\x7f'), '"\\x7f"');
+  for (let c = 0; c < 0x100; c++) {
+    const out = field(`x${String.fromCharCode(c)}`);
+    assert.match(out, /^[\x21-\x7e]+$|^"[\x20-\x7e]*"$/, `byte ${c}: ${JSON.stringify(out)}`);
+  }
+});
+
 test('isoTimestamp is Date#toISOString, across milliseconds, seconds, days and years', () => {
   const base = Date.UTC(2026, 10, 23, 17, 26, 48);
   const instants = [0, 1, 9, 10, 99, 100, 999, 1000, 1001, 59_999, 60_000].map((d) => base + d);

@@ -26,7 +26,7 @@ describe('parseProxyUrl accepts', () => {
         port: 3128,
         auth: { user: 'user', password: 'p@ss' },
         authorization: basic('user:p@ss'),
-        display: 'http://user@proxy.example:3128',
+        display: 'http://proxy.example:3128',
       },
     ],
     [
@@ -36,7 +36,7 @@ describe('parseProxyUrl accepts', () => {
         port: 3128,
         auth: { user: 'dom\\user', password: 'p:w/d%' },
         authorization: basic('dom\\user:p:w/d%'),
-        display: 'http://dom%5Cuser@proxy.example:3128',
+        display: 'http://proxy.example:3128',
       },
     ],
     [
@@ -47,7 +47,7 @@ describe('parseProxyUrl accepts', () => {
         port: 3128,
         auth: { user: 'alice', password: 'p@ss:word' },
         authorization: basic('alice:p@ss:word'),
-        display: 'http://alice@proxy.example:3128',
+        display: 'http://proxy.example:3128',
       },
     ],
     [
@@ -57,7 +57,7 @@ describe('parseProxyUrl accepts', () => {
         port: 3128,
         auth: { user: 'alice', password: '' },
         authorization: basic('alice:'),
-        display: 'http://alice@proxy.example:3128',
+        display: 'http://proxy.example:3128',
       },
     ],
     [
@@ -67,7 +67,7 @@ describe('parseProxyUrl accepts', () => {
         port: 3128,
         auth: { user: 'Jürgen', password: '€' },
         authorization: basic('Jürgen:€'),
-        display: 'http://J%C3%BCrgen@proxy.example:3128',
+        display: 'http://proxy.example:3128',
       },
     ],
     [
@@ -77,7 +77,7 @@ describe('parseProxyUrl accepts', () => {
         port: 8080,
         auth: { user: 'user', password: 'secret' },
         authorization: 'Basic dXNlcjpzZWNyZXQ=',
-        display: 'http://user@proxy.example:8080',
+        display: 'http://proxy.example:8080',
       },
     ],
   ];

@@ -108,9 +108,18 @@ describe('sniffHttp rejects non-HTTP early', () => {
     assert.deepEqual(sniffHttp(garbage.subarray(0, 1)), NO_MATCH);
   });
 
-  const bad: Array<[string, string]> = [
+  for (const [label, request] of [
     ['method longer than 20 characters', `${'A'.repeat(21)} / HTTP/1.1\r\n\r\n`],
     ['two spaces after the method', 'GET  / HTTP/1.1\r\n\r\n'],
+    ['a word and a space, then no request target', 'HELO mail.example\r\n'],
+  ]) {
+    it(`${label} → no-match (not HTTP: carried as raw TCP)`, () => {
+      assert.deepEqual(sniffHttp(b(request!)), NO_MATCH);
+    });
+  }
+
+  // These start as HTTP requests: carried as raw TCP they reached the origin past the proxy's URL filter. Now a 400.
+  const bad: Array<[string, string]> = [
     ['HTTP/0.9 request line', 'GET /\r\n\r\n'],
     ['lowercase version', 'GET / http/1.1\r\n\r\n'],
     ['version without digits', 'GET / HTTP/x.y\r\n\r\n'],
@@ -122,39 +131,47 @@ describe('sniffHttp rejects non-HTTP early', () => {
     ['space before the colon', 'GET / HTTP/1.1\r\nHost : example.com\r\n\r\n'],
     ['duplicate Host', 'GET / HTTP/1.1\r\nHost: a.example\r\nhost: b.example\r\n\r\n'],
     ['fold with nothing to continue', 'GET / HTTP/1.1\r\n folded\r\n\r\n'],
+    ['an empty line before the request line', '\r\nGET / HTTP/1.1\r\nHost: a.example\r\n\r\n'],
+    ['a bare LF before the request line', '\nGET / HTTP/1.1\r\nHost: a.example\r\n\r\n'],
+    ['absolute form with a NUL', 'GET http://a\x00b/ HTTP/1.1\r\n\r\n'],
   ];
   for (const [label, request] of bad) {
-    it(`${label} → no-match`, () => {
-      assert.deepEqual(sniffHttp(b(request)), NO_MATCH);
-      assert.deepEqual(sniffHttpUnguarded(b(request)), NO_MATCH, 'not via the safety net');
+    it(`${label} → invalid`, () => {
+      assert.equal(sniffHttp(b(request)).status, 'invalid');
+      assert.deepEqual(sniffHttpUnguarded(b(request)), NO_MATCH, 'the scanner itself says no-match; sniffHttp tells HTTP from not');
     });
   }
 
+  it('says why a head is invalid', () => {
+    assert.deepEqual(sniffHttp(b('GET / HTTP/1.1\r\nHost: a.example\r\nhost: b.example\r\n\r\n')), { status: 'invalid', reason: 'two Host headers' });
+    assert.deepEqual(sniffHttp(b('\r\nGET / HTTP/1.1\r\n\r\n')), { status: 'invalid', reason: 'an empty line before the request line' });
+  });
+
   it('a bad version is caught before the line ends', () => {
-    assert.deepEqual(sniffHttp(b('GET / HTTX')), NO_MATCH);
+    assert.equal(sniffHttp(b('GET / HTTX')).status, 'invalid');
   });
 
   it('binary bytes in the headers are caught before the head ends', () => {
-    assert.deepEqual(sniffHttp(b('GET / HTTP/1.1\r\nX: \x02')), NO_MATCH);
+    assert.equal(sniffHttp(b('GET / HTTP/1.1\r\nX: \x02')).status, 'invalid');
   });
 
   it('binary bytes far into a head are caught once the head completes', () => {
     // Early checks look only at a bounded prefix so each call stays cheap; the full check runs at the end.
     const partial = b(`GET / HTTP/1.1\r\nX-Pad: ${'a'.repeat(4096)}\x00`);
     assert.deepEqual(sniffHttp(partial), NEED_MORE);
-    assert.deepEqual(sniffHttp(Buffer.concat([partial, b('\r\n\r\n')])), NO_MATCH);
+    assert.equal(sniffHttp(Buffer.concat([partial, b('\r\n\r\n')])).status, 'invalid');
   });
 
-  it('an overlong head → no-match at the limit', () => {
+  it('an overlong head → invalid at the limit', () => {
     const head = b(`GET / HTTP/1.1\r\nHost: example.com\r\nX-Pad: ${'a'.repeat(HTTP_SNIFF_MAX_BYTES)}`);
     assert.deepEqual(sniffHttp(head.subarray(0, HTTP_SNIFF_MAX_BYTES - 1)), NEED_MORE);
-    assert.deepEqual(sniffHttp(head.subarray(0, HTTP_SNIFF_MAX_BYTES)), NO_MATCH);
-    assert.deepEqual(sniffHttp(Buffer.concat([head, b('\r\n\r\n')])), NO_MATCH);
+    assert.deepEqual(sniffHttp(head.subarray(0, HTTP_SNIFF_MAX_BYTES)), { status: 'invalid', reason: `a request head longer than ${HTTP_SNIFF_MAX_BYTES} bytes` });
+    assert.equal(sniffHttp(Buffer.concat([head, b('\r\n\r\n')])).status, 'invalid');
   });
 
-  it('an overlong request target → no-match at the limit', () => {
+  it('an overlong request target → invalid at the limit', () => {
     const line = b(`GET /${'a'.repeat(HTTP_SNIFF_MAX_BYTES)}`);
-    assert.deepEqual(sniffHttp(line), NO_MATCH);
+    assert.equal(sniffHttp(line).status, 'invalid');
   });
 
   it('empty input is need-more', () => {

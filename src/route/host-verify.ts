@@ -1,0 +1,90 @@
+import type { NameLookup } from '../dns/name-map';
+import { parseIPv4, parseIPv6 } from '../core/names';
+import { unmapAddress } from '../core/types';
+
+/** Resolves a name to its addresses (the gateway's resolver); rejects or returns [] when it has none. */
+export type Resolve = (name: string) => Promise<string[]>;
+
+export interface HostVerifierOptions {
+  /** Names this client resolved through the DNS gateway, per address. */
+  names?: NameLookup;
+  resolve: Resolve;
+  /** How long an answer of `resolve` is used. */
+  ttlMs?: number;
+  /** Names kept (least recently used go first). */
+  capacity?: number;
+  now?: () => number;
+}
+
+interface Entry {
+  addresses: Set<string>;
+  expires: number;
+}
+
+const DEFAULT_TTL_MS = 30_000;
+const DEFAULT_CAPACITY = 4096;
+
+function canonical(address: string): string {
+  const a = unmapAddress(address).address;
+  return a.includes(':') ? (parseIPv6(a) ?? a) : (parseIPv4(a) ?? a);
+}
+
+/**
+ * Whether a name a client sent (Host, SNI) belongs to the address it
+ * connected to. A no_proxy match by name routes direct only when it does
+ * (Router's nameVerified): the gateway connects to the original
+ * destination, so trusting the name alone would let a client reach any
+ * address past the proxy by naming a no_proxy host. Squid's
+ * host_verify_strict is the precedent. Verified: the client's own recent
+ * DNS answer for that address (the name map), an IP literal equal to the
+ * destination, or the gateway's resolver returning the destination.
+ */
+export class HostVerifier {
+  private readonly cache = new Map<string, Entry>();
+  private readonly pending = new Map<string, Promise<Entry>>();
+  private readonly ttlMs: number;
+  private readonly capacity: number;
+  private readonly now: () => number;
+
+  constructor(private readonly opts: HostVerifierOptions) {
+    this.ttlMs = opts.ttlMs ?? DEFAULT_TTL_MS;
+    this.capacity = opts.capacity ?? DEFAULT_CAPACITY;
+    this.now = opts.now ?? Date.now;
+  }
+
+  /** true or false when known now; undefined when the resolver must be asked (see verify). */
+  check(client: string, name: string, address: string): boolean | undefined {
+    const dst = canonical(address);
+    const literal = name.includes(':') ? parseIPv6(name) : parseIPv4(name);
+    if (literal !== undefined && /^[0-9.:a-f]+$/.test(name)) return canonical(literal) === dst;
+    if (this.opts.names?.lookup(client, dst) === name) return true;
+    const e = this.cache.get(name);
+    if (e === undefined || e.expires <= this.now()) return undefined;
+    return e.addresses.has(dst);
+  }
+
+  async verify(client: string, name: string, address: string): Promise<boolean> {
+    const known = this.check(client, name, address);
+    if (known !== undefined) return known;
+    const e = await this.lookUp(name);
+    return e.addresses.has(canonical(address));
+  }
+
+  private lookUp(name: string): Promise<Entry> {
+    const running = this.pending.get(name);
+    if (running) return running;
+    const p = this.opts
+      .resolve(name)
+      .catch(() => [] as string[])
+      .then((list) => {
+        const entry: Entry = { addresses: new Set(list.map(canonical)), expires: this.now() + this.ttlMs };
+        this.cache.delete(name);
+        while (this.cache.size >= this.capacity) this.cache.delete(this.cache.keys().next().value as string);
+        this.cache.set(name, entry);
+        return entry;
+      })
+      .finally(() => this.pending.delete(name));
+    this.pending.set(name, p);
+    return p;
+  }
+}
