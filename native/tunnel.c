@@ -542,7 +542,7 @@ fail:
 static void on_client(uv_poll_t *h, int status, int events);
 
 /* Reads decide()'s answer: 0, 1 (ip, port and *req filled), 2, 3 (ip and
- * port filled: dial meanwhile, read on), 4 (read on), or -1 for nonsense. */
+ * port filled: dial meanwhile, read on), 4 (read on), 5 (reset), or -1 for nonsense. */
 static int parse_action(napi_env env, napi_value result, bool final, char *ip, size_t ip_size, uint32_t *port,
                         char **req, size_t *req_len) {
   napi_valuetype t;
@@ -554,9 +554,9 @@ static int parse_action(napi_env env, napi_value result, bool final, char *ip, s
   if (t == napi_null || t == napi_undefined) return final ? -1 : 4;
   if (napi_is_array(env, result, &is_array) != napi_ok || !is_array) return -1;
   if (napi_get_element(env, result, 0, &v) != napi_ok || napi_get_value_double(env, v, &d) != napi_ok) return -1;
-  if (!(d >= 0 && d <= 4) || d != (int)d) return -1;
+  if (!(d >= 0 && d <= 5) || d != (int)d || d == 4) return -1;
   int action = (int)d;
-  if (action == 0 || action == 2) return action;
+  if (action == 0 || action == 2 || action == 5) return action;
   if (action != 1 && !(action == 3 && !final)) return -1;
   if (napi_get_element(env, result, 1, &v) != napi_ok ||
       napi_get_value_string_latin1(env, v, ip, ip_size, &l) != napi_ok || l == 0 || l >= ip_size - 1 ||
@@ -645,6 +645,9 @@ static void decide(tg_conn *c, const char *cip, uint16_t cport, const char *dip,
     close(c->cfd);
     c->cfd = -1;
     conn_end(c, "rejected", 0, NULL, false, false);
+    return;
+  case 5: /* refused by JS (logged there): a reset, so that the client stops at once */
+    conn_end(c, "refused", 0, NULL, false, true);
     return;
   case 2: /* JS took the fd */
     c->cfd = -1;

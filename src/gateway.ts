@@ -43,7 +43,7 @@ import dns from 'node:dns';
 import { ErrorCodes, type ErrorCode } from './core/errors';
 import { Admission, RefusalLog } from './inbound/admission';
 import { HostVerifier } from './route/host-verify';
-import { gatewayResponse } from './session/http';
+import { answerAndClose, gatewayResponse } from './session/http';
 
 /** Where intercepting listeners bind: loopback only under TPROXY, so that nobody can reach them directly. */
 export function listenerBind(cfg: Config): string[] {
@@ -414,8 +414,8 @@ export class Gateway {
         ctx.result = code;
         ctx.error = why;
         ctx.bytesUp = first.head.length;
-        sock.end(gatewayResponse(status, code, why));
         sock.once('close', () => done(ctx));
+        answerAndClose(sock, gatewayResponse(status, code, why));
         return;
       }
       if (first.outcome === 'match' || first.outcome === 'too-big' || (first.outcome === 'closed' && first.result?.status !== 'no-match')) {

@@ -99,9 +99,15 @@ export type TunnelDecide = (
 
 /**
  * [0]: close (JS logged it); [1, ip, port, request?]: connect and relay; [2]: JS took the fd;
- * [3, ip, port] (only before the first bytes, on a speculating listener): connect meanwhile, then ask again.
+ * [3, ip, port] (only before the first bytes, on a speculating listener): connect meanwhile, then ask again;
+ * [5]: reset the client (JS logged it): a refusal the client must see at once, whatever it still sends.
  */
-export type TunnelAction = readonly [0] | readonly [1, string, number, string | undefined] | readonly [2] | readonly [3, string, number];
+export type TunnelAction =
+  | readonly [0]
+  | readonly [1, string, number, string | undefined]
+  | readonly [2]
+  | readonly [3, string, number]
+  | readonly [5];
 
 /** The end of a connection decide() sent on: bytes each way, outcome, and the proxy's status and reason for "answer-status". */
 export type TunnelDone = (id: number, up: number, down: number, outcome: string, status: number, reason: string) => void;

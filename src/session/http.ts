@@ -76,6 +76,20 @@ export function gatewayResponse(status: number, code: string, message: string): 
   );
 }
 
+/**
+ * Writes the gateway's own answer and closes the connection once it is out.
+ * Client sockets are half-open capable (allowHalfOpen), so end() alone would
+ * leave the read side open for as long as the client goes on sending: a
+ * refused trickle would hold its descriptor and its place in the limits.
+ */
+export function answerAndClose(sock: net.Socket, response: string): void {
+  if (!sock.writable) {
+    sock.destroy();
+    return;
+  }
+  sock.end(response, () => sock.destroy());
+}
+
 const STATUS_TEXT: Record<number, string> = {
   400: 'Bad Request', 403: 'Forbidden', 405: 'Method Not Allowed', 408: 'Request Timeout',
   500: 'Internal Server Error', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout',
@@ -189,8 +203,7 @@ export class HttpSession {
       ctx.error = refusal.reason;
     }
     if (ctx && refusal.code === ErrorCodes.FORBIDDEN_TARGET) ctx.route = 'reject';
-    if (sock.writable) sock.end(gatewayResponse(refusal.status, refusal.code, refusal.reason));
-    else sock.destroy();
+    answerAndClose(sock, gatewayResponse(refusal.status, refusal.code, refusal.reason));
   }
 
   /** A bug met by one connection: it ends (logged once and counted by the gateway), the gateway goes on. */
@@ -437,7 +450,7 @@ export class HttpSession {
       const gerr = err instanceof GatewayError ? err : this.classify(err, decision, ctx);
       ctx.result = gerr.code;
       ctx.error = gerr.message;
-      if (sock.writable) sock.end(gatewayResponse(errorStatus(gerr), gerr.code, gerr.message));
+      answerAndClose(sock, gatewayResponse(errorStatus(gerr), gerr.code, gerr.message));
       return;
     }
     if (sock.destroyed) {

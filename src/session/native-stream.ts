@@ -53,6 +53,8 @@ interface Live {
 }
 
 const CLOSE: TunnelAction = [0];
+/** A refusal: the client gets a reset (and whatever it sends after, another). */
+const RESET: TunnelAction = [5];
 const TAKEN: TunnelAction = [2];
 /** How long a looked-up proxy address is used before it is looked up again (in the background). */
 const PROXY_ADDRESS_TTL_MS = 60_000;
@@ -101,7 +103,7 @@ export class NativeStreams {
         } catch (err) {
           this.release(id);
           this.deps.onInternalError(new ConnContext(kind, addressOf(cip, cport), addressOf(dip, dport)), err);
-          return CLOSE;
+          return RESET;
         }
       },
       (id, up, down, outcome, status, reason) => {
@@ -139,13 +141,13 @@ export class NativeStreams {
       const refused = this.deps.admission.admit(client.address);
       if (refused) {
         this.deps.onRefused(client, refused);
-        return CLOSE;
+        return RESET;
       }
       this.admitted.set(id, client.address);
     }
     const action = this.decideAdmitted(kind, id, fd, cip, cport, dip, dport, head, final, eof);
     // Closed or handed over: the addon says no more about it (a handed-over one is counted on the Node path).
-    if (action === CLOSE || action === TAKEN) this.release(id);
+    if (action === CLOSE || action === RESET || action === TAKEN) this.release(id);
     return action;
   }
 
@@ -210,7 +212,7 @@ export class NativeStreams {
     ctx.error = why;
     if (code === ErrorCodes.FORBIDDEN_TARGET) ctx.route = 'reject';
     this.deps.onDone(ctx);
-    return CLOSE;
+    return RESET;
   }
 
   private handOver(fd: number, ctx: ConnContext, head: Buffer | undefined): TunnelAction {

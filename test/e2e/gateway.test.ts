@@ -439,6 +439,8 @@ describe('gateway e2e', { skip, timeout: 600_000 }, () => {
       describe('no_proxy by domain, explicit port flags, --bypass', () => {
         let gw: Gw | undefined;
         before(async () => {
+          // A no_proxy name goes direct only when it resolves to the destination: the gateway's resolver knows the intranet.
+          ctx.lab.setGatewayHosts([`${ADDR.intranet.v4} intranet.test www.intranet.test`]);
           gw = await startGw(ctx.lab, 
             ['--mode', mode, '--http-ports', '80', '--tls-ports', '443', '--tcp-proxy-dports', '22', '--bypass', '2001:db8:3::/64', '--log-level', 'info'],
             proxyEnv({ no_proxy: ADDR.names.intranet }),

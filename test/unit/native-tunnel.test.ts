@@ -585,6 +585,18 @@ describe('native tunnel front end (native/tunnel.c)', { skip }, () => {
     assert.equal(front.decides.length, 1);
   });
 
+  // A refused client (over its limit, a trickle, a forbidden SNI) got a FIN and could go on sending for as long as it liked.
+  it('[5] resets the client at once and reports nothing', T, async () => {
+    const front = openFront({ sniff: true, sniffTimeoutMs: 200 }, () => [5]);
+    const client = await connectClient(front.port);
+    const how = closedHow(client);
+    await waitFor('decide', () => front.decides[0], 2_000);
+    assert.equal(await how, 'ECONNRESET');
+    await delay(30);
+    assert.deepEqual(front.dones, []);
+    assert.equal(tunnelPending(), 0);
+  });
+
   it('sniffing: a client that closes before sending gets a final decide with eof', T, async () => {
     const front = openFront({ sniff: true }, () => [0]);
     const client = await connectClient(front.port);
@@ -894,6 +906,7 @@ describe('native tunnel front end (native/tunnel.c)', { skip }, () => {
       ['x', 'internal-error'],
       [null, 'internal-error'], // null on a final call
       [[7], 'internal-error'],
+      [[4], 'internal-error'], // "read on" is the addon's own, not an answer
       [[1, '127.0.0.1', 0, undefined], 'internal-error'],
       [[1, '127.0.0.1', 70000, undefined], 'internal-error'],
       [[1, '127.0.0.1', 1, 42], 'internal-error'],
