@@ -42,7 +42,7 @@ export interface Header {
 }
 
 export interface Question {
-  /** As asked (case kept), without the trailing dot; '' for the root. */
+  /** As asked (case kept), without the trailing dot, as master-file text (see labelText); '' for the root. */
   name: string;
   type: number;
   class: number;
@@ -128,10 +128,38 @@ export function readName(buf: Buffer, off: number): { name: string; end: number 
     if (pos + 1 + len > buf.length) throw new DnsFormatError('label runs past the end of the message');
     total += len + 1;
     if (total > 254) throw new DnsFormatError('name longer than 255 bytes');
-    labels.push(buf.toString('latin1', pos + 1, pos + 1 + len));
+    labels.push(labelText(buf, pos + 1, pos + 1 + len));
     pos += 1 + len;
   }
   return { name: labels.join('.'), end };
+}
+
+/**
+ * A label as master-file text (RFC 1035 5.1): '.' and '\' escaped with a
+ * backslash, bytes outside printable ASCII as \DDD. A label may hold any
+ * byte; read raw, the one label "www.example.test" was the same text as
+ * the three labels of www.example.test, so a client asking the odd name
+ * filled the cache entry (and answer) every client got for the real one.
+ * Escaped, a name's text says which labels it has, and case folding
+ * (sameName, cache keys) only ever touches ASCII letters (RFC 4343).
+ */
+function labelText(buf: Buffer, start: number, end: number): string {
+  for (let i = start; i < end; i++) {
+    const b = buf[i]!;
+    if (b <= 0x20 || b >= 0x7f || b === 0x2e || b === 0x5c) return escapeLabel(buf, start, end);
+  }
+  return buf.toString('latin1', start, end);
+}
+
+function escapeLabel(buf: Buffer, start: number, end: number): string {
+  let out = '';
+  for (let i = start; i < end; i++) {
+    const b = buf[i]!;
+    if (b === 0x2e || b === 0x5c) out += `\\${String.fromCharCode(b)}`;
+    else if (b <= 0x20 || b >= 0x7f) out += `\\${b.toString().padStart(3, '0')}`;
+    else out += String.fromCharCode(b);
+  }
+  return out;
 }
 
 function readQuestion(buf: Buffer, off: number): Question {

@@ -12,6 +12,7 @@ import {
   parseMessage,
   personalize,
   readName,
+  sameName,
   truncate,
 } from '../../src/dns/message';
 
@@ -80,6 +81,23 @@ describe('dns message: parsing', () => {
     assert.throws(() => readName(self, 0), DnsFormatError);
     const forward = hex('c002 00');
     assert.throws(() => readName(forward, 0), DnsFormatError);
+  });
+
+  it('a label holding a dot is not the name its text spells (one odd question filled the cache entry of the real name)', () => {
+    // One label "www.example.test" (wire 10 www.example.test 00): read raw it was the text of QUERY's three labels,
+    // so it shared QUERY's cache key and, with a question of the same length, its answer went to every client.
+    const odd = hex(`
+      0001 0100 0001 0000 0000 0000
+      10 7777772e6578616d706c652e74657374 00  0001 0001`);
+    const c = checkQuery(odd);
+    assert.ok(c.ok);
+    assert.equal(c.question.name, 'www\\.example\\.test');
+    assert.equal(c.question.end - c.question.start, parseMessage(QUERY).question!.end - parseMessage(QUERY).question!.start);
+    assert.equal(sameName(c.question.name, parseMessage(QUERY).question!.name), false);
+    // Backslash, NUL, high bytes and space escaped (RFC 1035 5.1), so case folding only meets ASCII letters:
+    // labels C0 and E0 were 'À' and 'à' to toLowerCase and shared a cache entry too.
+    assert.equal(readName(hex('03 615c62 02 00ff 01 20 00'), 0).name, 'a\\\\b.\\000\\255.\\032');
+    assert.equal(sameName(readName(hex('01 c0 00'), 0).name, readName(hex('01 e0 00'), 0).name), false);
   });
 
   it('refuses names over 255 bytes and labels past the end', () => {
