@@ -77,7 +77,9 @@ function ipv4Part(part: string): number | undefined {
   } else if (!/^[0-9]+$/.test(digits)) {
     return undefined;
   }
-  // Long digit strings would lose precision; anything past 2^32 is refused below anyway.
+  // Leading zeros are only zeros (WHATWG URL and inet_aton read 0x0000000001 as 1); dropped before the
+  // length check, which is there because long digit strings would lose precision (past 2^32 is refused below).
+  digits = digits.replace(/^0+(?=.)/, '');
   if (digits.length > 12) return undefined;
   return parseInt(digits, radix);
 }
