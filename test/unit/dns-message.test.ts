@@ -173,6 +173,25 @@ describe('dns message: building answers', () => {
     assert.equal(t.readUInt16BE(0), 0x1234);
   });
 
+  it('truncate fits the limit when the OPT record alone is larger (EDNS padding made the truncated answer 924 bytes for a 512-byte client)', () => {
+    // ANSWER with an OPT record (payload size 1232, DO set) holding 600 bytes of padding (RFC 7830), as DoH servers send.
+    const padded = Buffer.concat([ANSWER, hex('00 0029 04d0 00008000 025c 000c 0258'), Buffer.alloc(600)]);
+    padded.writeUInt16BE(1, 10);
+    const parsed = parseMessage(padded);
+    assert.ok(parsed.edns);
+    const t = truncate(padded, parsed, 512);
+    assert.ok(t.length <= 512, `${t.length} bytes`);
+    const m = parseMessage(t);
+    assert.equal(m.header.tc, true);
+    assert.equal(m.question!.name, 'www.example.test');
+    assert.deepEqual(m.edns, { udpSize: 1232, dnssecOk: true }, 'the OPT stays, without its options');
+    assert.equal(m.opt!.end - m.opt!.start, 11);
+    // When header, question and the whole OPT fit (681 bytes cut to 649), the OPT is kept as it was.
+    const kept = parseMessage(truncate(padded, parsed, 660));
+    assert.equal(kept.header.tc, true);
+    assert.equal(kept.opt!.end - kept.opt!.start, 11 + 604);
+  });
+
   it('cacheTtl: positive by the smallest TTL, negative by the SOA (RFC 2308), SERVFAIL and TC never', () => {
     assert.equal(cacheTtl(ANSWER, parseMessage(ANSWER)), 120);
     assert.equal(cacheTtl(NXDOMAIN, parseMessage(NXDOMAIN)), 60);
