@@ -97,9 +97,10 @@ export function readHeader(buf: Buffer): Header {
 }
 
 /**
- * Reads a possibly compressed name at `off`. Pointers must point backwards
- * (RFC 1035 allows only earlier offsets in practice), which also rules out
- * loops; labels are limited to 63 bytes and names to 255.
+ * Reads a possibly compressed name at `off` of a message. Pointers must
+ * point backwards (RFC 1035 allows only earlier offsets in practice), which
+ * also rules out loops, and past the header; labels are limited to 63
+ * bytes and names to 255.
  */
 export function readName(buf: Buffer, off: number): { name: string; end: number } {
   const labels: string[] = [];
@@ -120,6 +121,9 @@ export function readName(buf: Buffer, off: number): { name: string; end: number 
       const target = ((len & 0x3f) << 8) | buf[pos + 1]!;
       if (end < 0) end = pos + 2;
       if (target >= lowest) throw new DnsFormatError('compression pointer does not point backwards');
+      // The header holds no name (RFC 1035 4.1.4: a pointer names a prior occurrence of one). A name read out
+      // of the ID and flags changed with them: the error answer to such a question did not parse.
+      if (target < HEADER_LEN) throw new DnsFormatError('compression pointer into the header');
       lowest = target;
       pos = target;
       continue;

@@ -72,15 +72,17 @@ describe('dns message: parsing', () => {
   });
 
   it('refuses a pointer that points forwards or at itself (loops)', () => {
+    // Names in a message: after a 12-byte header.
+    const header = Buffer.alloc(12);
     // "a" then a pointer back to the start of the same name: a loop.
-    const loop = hex('01 61 c000');
-    assert.throws(() => readName(loop, 0), DnsFormatError);
+    const loop = Buffer.concat([header, hex('01 61 c00c')]);
+    assert.throws(() => readName(loop, 12), DnsFormatError);
     // Backwards to an earlier, finished name is fine.
-    assert.deepEqual(readName(hex('01 61 00 01 62 c000'), 3), { name: 'b.a', end: 7 });
-    const self = hex('c000');
-    assert.throws(() => readName(self, 0), DnsFormatError);
-    const forward = hex('c002 00');
-    assert.throws(() => readName(forward, 0), DnsFormatError);
+    assert.deepEqual(readName(Buffer.concat([header, hex('01 61 00 01 62 c00c')]), 15), { name: 'b.a', end: 19 });
+    const self = Buffer.concat([header, hex('c00c')]);
+    assert.throws(() => readName(self, 12), DnsFormatError);
+    const forward = Buffer.concat([header, hex('c00e 00')]);
+    assert.throws(() => readName(forward, 12), DnsFormatError);
   });
 
   it('a label holding a dot is not the name its text spells (one odd question filled the cache entry of the real name)', () => {
@@ -98,6 +100,19 @@ describe('dns message: parsing', () => {
     // labels C0 and E0 were 'À' and 'à' to toLowerCase and shared a cache entry too.
     assert.equal(readName(hex('03 615c62 02 00ff 01 20 00'), 0).name, 'a\\\\b.\\000\\255.\\032');
     assert.equal(sameName(readName(hex('01 c0 00'), 0).name, readName(hex('01 e0 00'), 0).name), false);
+  });
+
+  it('refuses a pointer into the header (the error answer to such a question did not parse)', () => {
+    // Question "x" then a pointer to offset 2: the flags 01 00 read as the label "\0". buildError writes other
+    // flags (81 80...), so its copy of the question read 0x81 as a label type and the answer was malformed.
+    const q = hex('8918 0100 0001 0000 0000 0000  01 78 c002  001c 0001');
+    const c = checkQuery(q);
+    assert.equal(!c.ok && c.rcode, Rcode.FORMERR);
+    const e = buildError(q, Rcode.FORMERR)!;
+    const m = parseMessage(e);
+    assert.equal(m.header.rcode, Rcode.FORMERR);
+    assert.equal(m.question, undefined);
+    assert.throws(() => readName(hex('0000 0000 0000 0000 0000 0000 c000'), 12), /into the header/);
   });
 
   it('refuses names over 255 bytes and labels past the end', () => {
