@@ -348,12 +348,15 @@ export function truncate(answer: Buffer, parsed: Message, limit: number): Buffer
   if (answer.length <= limit) return answer;
   const q = parsed.question;
   const question = q ? answer.subarray(q.start, q.end) : Buffer.alloc(0);
-  let opt = parsed.opt ? answer.subarray(parsed.opt.start, parsed.opt.end) : Buffer.alloc(0);
-  if (parsed.opt && HEADER_LEN + question.length + opt.length > limit) {
-    // Its options alone can pass the limit (EDNS padding, RFC 7830, fills DoH answers to blocks of 468 bytes):
-    // keep the OPT's payload size and flags, drop its options.
-    const fixed = readName(answer, parsed.opt.start).end + 2;
-    opt = Buffer.concat([Buffer.from([0, 0, RRType.OPT]), answer.subarray(fixed, fixed + 6), Buffer.from([0, 0])]);
+  let opt = Buffer.alloc(0);
+  if (parsed.opt) {
+    // Owned by a literal root: a compressed owner (legal, if odd) pointed into the records dropped here.
+    opt = Buffer.concat([Buffer.from([0]), answer.subarray(readName(answer, parsed.opt.start).end, parsed.opt.end)]);
+    if (HEADER_LEN + question.length + opt.length > limit) {
+      // Its options alone can pass the limit (EDNS padding, RFC 7830, fills DoH answers to blocks of 468 bytes):
+      // keep the OPT's payload size and flags (root, type, class, TTL: 9 bytes), drop its options.
+      opt = Buffer.concat([opt.subarray(0, 9), Buffer.from([0, 0])]);
+    }
   }
   const out = Buffer.alloc(HEADER_LEN + question.length + opt.length);
   answer.copy(out, 0, 0, 4);

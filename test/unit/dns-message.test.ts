@@ -207,6 +207,18 @@ describe('dns message: building answers', () => {
     assert.equal(kept.opt!.end - kept.opt!.start, 11 + 604);
   });
 
+  it('truncate writes the OPT with a root owner (a compressed owner pointed into the dropped records: the answer did not parse)', () => {
+    // The OPT's owner is a pointer to offset 47, the 00 inside the first A record's address (203.0.113.2).
+    const odd = Buffer.concat([ANSWER, hex('c02f 0029 04d0 00008000 0000')]);
+    odd.writeUInt16BE(1, 10);
+    const parsed = parseMessage(odd);
+    assert.deepEqual(parsed.edns, { udpSize: 1232, dnssecOk: true });
+    const m = parseMessage(truncate(odd, parsed, 60));
+    assert.equal(m.header.tc, true);
+    assert.equal(m.records.length, 0);
+    assert.deepEqual(m.edns, { udpSize: 1232, dnssecOk: true });
+  });
+
   it('cacheTtl: positive by the smallest TTL, negative by the SOA (RFC 2308), SERVFAIL and TC never', () => {
     assert.equal(cacheTtl(ANSWER, parseMessage(ANSWER)), 120);
     assert.equal(cacheTtl(NXDOMAIN, parseMessage(NXDOMAIN)), 60);
