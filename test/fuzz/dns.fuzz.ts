@@ -334,7 +334,8 @@ function parse(buf: Buffer): Message | undefined {
   }
   if (m.opt) {
     assert.ok(m.edns && m.edns.udpSize >= MAX_UDP_PLAIN);
-    assert.ok(m.opt.start >= HEADER_LEN && m.opt.end <= buf.length && buf[m.opt.start] === 0);
+    assert.ok(m.opt.start >= HEADER_LEN && m.opt.end <= buf.length);
+    assert.equal(readName(buf, m.opt.start).name, '', 'the OPT record is owned by the root');
   } else {
     assert.equal(m.edns, undefined);
   }
