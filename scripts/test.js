@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 'use strict';
-// Runs the unit tests, then the end-to-end suite in network namespaces.
+// Runs the unit tests, then the fuzzers of the parsers that face the network
+// (test/fuzz: 100,000 seeded inputs per target, FUZZ_SEED / FUZZ_ITERATIONS to
+// override), then the end-to-end suite in network namespaces.
 // The e2e suite needs root (namespaces, nftables); without it, and outside CI,
 // it is skipped with the reason. Under CI=true it always runs.
 const { spawnSync } = require('node:child_process');
@@ -25,6 +27,7 @@ function e2eBlocker() {
 
 let status = run(['--test', 'dist/test/unit/']);
 if (process.argv.includes('--unit')) process.exit(status);
+status = run([path.join('dist', 'test', 'fuzz', 'run.js')]) || status;
 
 const blocker = e2eBlocker();
 if (blocker) {

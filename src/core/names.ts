@@ -40,6 +40,9 @@ function endsInNumber(labels: readonly string[]): boolean {
 export function normalizeHostname(name: string): string | undefined {
   let n = name.length > 0 && name.charCodeAt(name.length - 1) === 0x2e ? name.slice(0, -1) : name;
   if (n.length === 0 || n.length > MAX_NAME) return undefined;
+  // ASCII only: String#toLowerCase maps some non-ASCII letters into ASCII (the Kelvin sign U+212A to 'k'),
+  // which accepted a name the client never spelled.
+  if (/[^\x00-\x7f]/.test(n)) return undefined;
   n = n.toLowerCase();
   let labelStart = 0;
   for (let i = 0; i <= n.length; i++) {
@@ -77,7 +80,9 @@ function ipv4Part(part: string): number | undefined {
   } else if (!/^[0-9]+$/.test(digits)) {
     return undefined;
   }
-  // Long digit strings would lose precision; anything past 2^32 is refused below anyway.
+  // Leading zeros are only zeros (WHATWG URL and inet_aton read 0x0000000001 as 1); dropped before the
+  // length check, which is there because long digit strings would lose precision (past 2^32 is refused below).
+  digits = digits.replace(/^0+(?=.)/, '');
   if (digits.length > 12) return undefined;
   return parseInt(digits, radix);
 }

@@ -42,7 +42,7 @@ export interface Header {
 }
 
 export interface Question {
-  /** As asked (case kept), without the trailing dot; '' for the root. */
+  /** As asked (case kept), without the trailing dot, as master-file text (see labelText); '' for the root. */
   name: string;
   type: number;
   class: number;
@@ -97,9 +97,10 @@ export function readHeader(buf: Buffer): Header {
 }
 
 /**
- * Reads a possibly compressed name at `off`. Pointers must point backwards
- * (RFC 1035 allows only earlier offsets in practice), which also rules out
- * loops; labels are limited to 63 bytes and names to 255.
+ * Reads a possibly compressed name at `off` of a message. Pointers must
+ * point backwards (RFC 1035 allows only earlier offsets in practice), which
+ * also rules out loops, and past the header; labels are limited to 63
+ * bytes and names to 255.
  */
 export function readName(buf: Buffer, off: number): { name: string; end: number } {
   const labels: string[] = [];
@@ -120,6 +121,9 @@ export function readName(buf: Buffer, off: number): { name: string; end: number 
       const target = ((len & 0x3f) << 8) | buf[pos + 1]!;
       if (end < 0) end = pos + 2;
       if (target >= lowest) throw new DnsFormatError('compression pointer does not point backwards');
+      // The header holds no name (RFC 1035 4.1.4: a pointer names a prior occurrence of one). A name read out
+      // of the ID and flags changed with them: the error answer to such a question did not parse.
+      if (target < HEADER_LEN) throw new DnsFormatError('compression pointer into the header');
       lowest = target;
       pos = target;
       continue;
@@ -128,10 +132,38 @@ export function readName(buf: Buffer, off: number): { name: string; end: number 
     if (pos + 1 + len > buf.length) throw new DnsFormatError('label runs past the end of the message');
     total += len + 1;
     if (total > 254) throw new DnsFormatError('name longer than 255 bytes');
-    labels.push(buf.toString('latin1', pos + 1, pos + 1 + len));
+    labels.push(labelText(buf, pos + 1, pos + 1 + len));
     pos += 1 + len;
   }
   return { name: labels.join('.'), end };
+}
+
+/**
+ * A label as master-file text (RFC 1035 5.1): '.' and '\' escaped with a
+ * backslash, bytes outside printable ASCII as \DDD. A label may hold any
+ * byte; read raw, the one label "www.example.test" was the same text as
+ * the three labels of www.example.test, so a client asking the odd name
+ * filled the cache entry (and answer) every client got for the real one.
+ * Escaped, a name's text says which labels it has, and case folding
+ * (sameName, cache keys) only ever touches ASCII letters (RFC 4343).
+ */
+function labelText(buf: Buffer, start: number, end: number): string {
+  for (let i = start; i < end; i++) {
+    const b = buf[i]!;
+    if (b <= 0x20 || b >= 0x7f || b === 0x2e || b === 0x5c) return escapeLabel(buf, start, end);
+  }
+  return buf.toString('latin1', start, end);
+}
+
+function escapeLabel(buf: Buffer, start: number, end: number): string {
+  let out = '';
+  for (let i = start; i < end; i++) {
+    const b = buf[i]!;
+    if (b === 0x2e || b === 0x5c) out += `\\${String.fromCharCode(b)}`;
+    else if (b <= 0x20 || b >= 0x7f) out += `\\${b.toString().padStart(3, '0')}`;
+    else out += String.fromCharCode(b);
+  }
+  return out;
 }
 
 function readQuestion(buf: Buffer, off: number): Question {
@@ -316,7 +348,16 @@ export function truncate(answer: Buffer, parsed: Message, limit: number): Buffer
   if (answer.length <= limit) return answer;
   const q = parsed.question;
   const question = q ? answer.subarray(q.start, q.end) : Buffer.alloc(0);
-  const opt = parsed.opt ? answer.subarray(parsed.opt.start, parsed.opt.end) : Buffer.alloc(0);
+  let opt = Buffer.alloc(0);
+  if (parsed.opt) {
+    // Owned by a literal root: a compressed owner (legal, if odd) pointed into the records dropped here.
+    opt = Buffer.concat([Buffer.from([0]), answer.subarray(readName(answer, parsed.opt.start).end, parsed.opt.end)]);
+    if (HEADER_LEN + question.length + opt.length > limit) {
+      // Its options alone can pass the limit (EDNS padding, RFC 7830, fills DoH answers to blocks of 468 bytes):
+      // keep the OPT's payload size and flags (root, type, class, TTL: 9 bytes), drop its options.
+      opt = Buffer.concat([opt.subarray(0, 9), Buffer.from([0, 0])]);
+    }
+  }
   const out = Buffer.alloc(HEADER_LEN + question.length + opt.length);
   answer.copy(out, 0, 0, 4);
   out.writeUInt16BE(out.readUInt16BE(2) | 0x0200, 2);

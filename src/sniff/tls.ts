@@ -78,7 +78,12 @@ function reassembleClientHello(buf: Buffer): Reassembly {
       // Even unfragmented it would not fit in what we are willing to buffer.
       if (RECORD_HEADER_LENGTH + total > TLS_SNIFF_MAX_BYTES) return NO_MATCH;
     }
-    if (total !== undefined && collected >= total) return { status: 'ok', hello: handshakeBody(buf, off, total) };
+    if (total !== undefined && collected >= total) {
+      // A hello that ends past the limit is refused however it arrived: a caller reading in pieces
+      // stops at the limit (no-match), so one that got it all in one read must not match it.
+      if (payloadEnd - (collected - total) > TLS_SNIFF_MAX_BYTES) return NO_MATCH;
+      return { status: 'ok', hello: handshakeBody(buf, off, total) };
+    }
   }
   return buf.length >= TLS_SNIFF_MAX_BYTES ? NO_MATCH : NEED_MORE;
 }

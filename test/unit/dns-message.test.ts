@@ -12,6 +12,7 @@ import {
   parseMessage,
   personalize,
   readName,
+  sameName,
   truncate,
 } from '../../src/dns/message';
 
@@ -71,15 +72,47 @@ describe('dns message: parsing', () => {
   });
 
   it('refuses a pointer that points forwards or at itself (loops)', () => {
+    // Names in a message: after a 12-byte header.
+    const header = Buffer.alloc(12);
     // "a" then a pointer back to the start of the same name: a loop.
-    const loop = hex('01 61 c000');
-    assert.throws(() => readName(loop, 0), DnsFormatError);
+    const loop = Buffer.concat([header, hex('01 61 c00c')]);
+    assert.throws(() => readName(loop, 12), DnsFormatError);
     // Backwards to an earlier, finished name is fine.
-    assert.deepEqual(readName(hex('01 61 00 01 62 c000'), 3), { name: 'b.a', end: 7 });
-    const self = hex('c000');
-    assert.throws(() => readName(self, 0), DnsFormatError);
-    const forward = hex('c002 00');
-    assert.throws(() => readName(forward, 0), DnsFormatError);
+    assert.deepEqual(readName(Buffer.concat([header, hex('01 61 00 01 62 c00c')]), 15), { name: 'b.a', end: 19 });
+    const self = Buffer.concat([header, hex('c00c')]);
+    assert.throws(() => readName(self, 12), DnsFormatError);
+    const forward = Buffer.concat([header, hex('c00e 00')]);
+    assert.throws(() => readName(forward, 12), DnsFormatError);
+  });
+
+  it('a label holding a dot is not the name its text spells (one odd question filled the cache entry of the real name)', () => {
+    // One label "www.example.test" (wire 10 www.example.test 00): read raw it was the text of QUERY's three labels,
+    // so it shared QUERY's cache key and, with a question of the same length, its answer went to every client.
+    const odd = hex(`
+      0001 0100 0001 0000 0000 0000
+      10 7777772e6578616d706c652e74657374 00  0001 0001`);
+    const c = checkQuery(odd);
+    assert.ok(c.ok);
+    assert.equal(c.question.name, 'www\\.example\\.test');
+    assert.equal(c.question.end - c.question.start, parseMessage(QUERY).question!.end - parseMessage(QUERY).question!.start);
+    assert.equal(sameName(c.question.name, parseMessage(QUERY).question!.name), false);
+    // Backslash, NUL, high bytes and space escaped (RFC 1035 5.1), so case folding only meets ASCII letters:
+    // labels C0 and E0 were 'À' and 'à' to toLowerCase and shared a cache entry too.
+    assert.equal(readName(hex('03 615c62 02 00ff 01 20 00'), 0).name, 'a\\\\b.\\000\\255.\\032');
+    assert.equal(sameName(readName(hex('01 c0 00'), 0).name, readName(hex('01 e0 00'), 0).name), false);
+  });
+
+  it('refuses a pointer into the header (the error answer to such a question did not parse)', () => {
+    // Question "x" then a pointer to offset 2: the flags 01 00 read as the label "\0". buildError writes other
+    // flags (81 80...), so its copy of the question read 0x81 as a label type and the answer was malformed.
+    const q = hex('8918 0100 0001 0000 0000 0000  01 78 c002  001c 0001');
+    const c = checkQuery(q);
+    assert.equal(!c.ok && c.rcode, Rcode.FORMERR);
+    const e = buildError(q, Rcode.FORMERR)!;
+    const m = parseMessage(e);
+    assert.equal(m.header.rcode, Rcode.FORMERR);
+    assert.equal(m.question, undefined);
+    assert.throws(() => readName(hex('0000 0000 0000 0000 0000 0000 c000'), 12), /into the header/);
   });
 
   it('refuses names over 255 bytes and labels past the end', () => {
@@ -153,6 +186,37 @@ describe('dns message: building answers', () => {
     assert.equal(h.qdcount, 1);
     assert.equal(t.length, 12 + 22);
     assert.equal(t.readUInt16BE(0), 0x1234);
+  });
+
+  it('truncate fits the limit when the OPT record alone is larger (EDNS padding made the truncated answer 924 bytes for a 512-byte client)', () => {
+    // ANSWER with an OPT record (payload size 1232, DO set) holding 600 bytes of padding (RFC 7830), as DoH servers send.
+    const padded = Buffer.concat([ANSWER, hex('00 0029 04d0 00008000 025c 000c 0258'), Buffer.alloc(600)]);
+    padded.writeUInt16BE(1, 10);
+    const parsed = parseMessage(padded);
+    assert.ok(parsed.edns);
+    const t = truncate(padded, parsed, 512);
+    assert.ok(t.length <= 512, `${t.length} bytes`);
+    const m = parseMessage(t);
+    assert.equal(m.header.tc, true);
+    assert.equal(m.question!.name, 'www.example.test');
+    assert.deepEqual(m.edns, { udpSize: 1232, dnssecOk: true }, 'the OPT stays, without its options');
+    assert.equal(m.opt!.end - m.opt!.start, 11);
+    // When header, question and the whole OPT fit (681 bytes cut to 649), the OPT is kept as it was.
+    const kept = parseMessage(truncate(padded, parsed, 660));
+    assert.equal(kept.header.tc, true);
+    assert.equal(kept.opt!.end - kept.opt!.start, 11 + 604);
+  });
+
+  it('truncate writes the OPT with a root owner (a compressed owner pointed into the dropped records: the answer did not parse)', () => {
+    // The OPT's owner is a pointer to offset 47, the 00 inside the first A record's address (203.0.113.2).
+    const odd = Buffer.concat([ANSWER, hex('c02f 0029 04d0 00008000 0000')]);
+    odd.writeUInt16BE(1, 10);
+    const parsed = parseMessage(odd);
+    assert.deepEqual(parsed.edns, { udpSize: 1232, dnssecOk: true });
+    const m = parseMessage(truncate(odd, parsed, 60));
+    assert.equal(m.header.tc, true);
+    assert.equal(m.records.length, 0);
+    assert.deepEqual(m.edns, { udpSize: 1232, dnssecOk: true });
   });
 
   it('cacheTtl: positive by the smallest TTL, negative by the SOA (RFC 2308), SERVFAIL and TC never', () => {

@@ -337,6 +337,19 @@ describe('sniffTls rejects what is not a well-formed ClientHello', () => {
     assert.deepEqual(sniffTls(wire), { status: 'no-match' });
   });
 
+  it('a hello that ends past the limit is no-match however it arrives (in two records it matched when read at once)', () => {
+    // Fits one record (5 + hello = limit - 2), but framed in two the hello ends 3 bytes past the limit: a caller
+    // reading in pieces stopped at the limit with no-match, one that got it in a single read matched it.
+    const pad = TLS_SNIFF_MAX_BYTES - 2 - 5 - helloHandshake(parts).length - 4;
+    const hs = helloHandshake({ ...parts, exts: [...parts.exts, { type: 0x15, data: Buffer.alloc(pad) }] });
+    assert.equal(5 + hs.length, TLS_SNIFF_MAX_BYTES - 2);
+    assert.deepEqual(sniffTls(frame(hs)), { status: 'match', sni: 'www.example.test' });
+    const wire = frame(hs, 8192);
+    assert.equal(wire.length, TLS_SNIFF_MAX_BYTES + 3);
+    assert.deepEqual(sniffTls(wire.subarray(0, TLS_SNIFF_MAX_BYTES)), { status: 'no-match' });
+    assert.deepEqual(sniffTls(wire), { status: 'no-match' });
+  });
+
   it('oversized garbage is no-match', () => {
     assert.deepEqual(sniffTls(Buffer.alloc(TLS_SNIFF_MAX_BYTES * 2, 0x16)), { status: 'no-match' });
   });
