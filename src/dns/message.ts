@@ -42,7 +42,11 @@ export interface Header {
 }
 
 export interface Question {
-  /** As asked (case kept), without the trailing dot; '' for the root. */
+  /**
+   * As asked (case kept), without the trailing dot; '' for the root. Raw
+   * bytes as latin1 (a '.' or '\' inside a label escaped, see readLabel):
+   * not necessarily a host name.
+   */
   name: string;
   type: number;
   class: number;
@@ -97,6 +101,18 @@ export function readHeader(buf: Buffer): Header {
 }
 
 /**
+ * A label's bytes as latin1 text, with a '.' or '\' inside it escaped
+ * (RFC 1035 5.1: `\.` and `\\`): joined with '.', the labels of
+ * `a.b` (one label) and `a` `b` (two) must not read alike, or a question
+ * name could pass for a host name it is not. Every other byte stays as it
+ * is; names are validated where they are used (core/names.ts).
+ */
+function readLabel(buf: Buffer, start: number, end: number): string {
+  const text = buf.toString('latin1', start, end);
+  return text.includes('.') || text.includes('\\') ? text.replace(/[.\\]/g, '\\$&') : text;
+}
+
+/**
  * Reads a possibly compressed name at `off`. Pointers must point backwards
  * (RFC 1035 allows only earlier offsets in practice), which also rules out
  * loops; labels are limited to 63 bytes and names to 255.
@@ -128,7 +144,7 @@ export function readName(buf: Buffer, off: number): { name: string; end: number 
     if (pos + 1 + len > buf.length) throw new DnsFormatError('label runs past the end of the message');
     total += len + 1;
     if (total > 254) throw new DnsFormatError('name longer than 255 bytes');
-    labels.push(buf.toString('latin1', pos + 1, pos + 1 + len));
+    labels.push(readLabel(buf, pos + 1, pos + 1 + len));
     pos += 1 + len;
   }
   return { name: labels.join('.'), end };
