@@ -233,6 +233,8 @@ export class TcpTransport implements DnsTransport {
   /** Queries per connection the server answers, once learned. */
   private maxQueries: number | undefined;
   private readonly limit = (): number | undefined => this.maxQueries;
+  /** Connections in a row that the peer ended before they carried a single answer. */
+  private barren = 0;
   /** Queries sent again after their connection ended (for tests and metrics). */
   retries = 0;
 
@@ -249,7 +251,7 @@ export class TcpTransport implements DnsTransport {
   }
 
   async query(msg: Buffer, signal: AbortSignal): Promise<Buffer> {
-    for (let attempt = 1; ; ) {
+    for (let attempt = 1, waits = 0; ; ) {
       if (this.closed) throw dnsError(`${this.description}: closed`);
       if (signal.aborted) throw aborted(signal, this.description);
       // Chosen with no await before the send: when a connection ends, all
@@ -260,6 +262,9 @@ export class TcpTransport implements DnsTransport {
       // reset discards answers still on their way). Waiters choose again.
       const conn = this.choose();
       if (!conn) {
+        // A server that takes connections and closes them unanswered must
+        // not be dialled in a loop: then one new connection per query.
+        if (++waits > 1 && this.barren >= TCP_ATTEMPTS) throw dnsError(`${this.description}: connections closed before any answer`);
         await this.connected(signal);
         continue;
       }
@@ -315,6 +320,8 @@ export class TcpTransport implements DnsTransport {
 
   private onDead(c: PipelinedConnection, byPeer: boolean): void {
     this.conns.delete(c);
+    if (c.answered > 0) this.barren = 0;
+    else if (byPeer) this.barren++;
     // The most answers seen on such a connection: a reset from the server
     // can discard answers already on their way (through a proxy, whose
     // side of the tunnel is reset), so fewer arriving proves nothing.

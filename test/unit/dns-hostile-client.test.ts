@@ -221,6 +221,36 @@ describe('dns over TCP under load: the server closes connections', () => {
   });
 });
 
+describe('dns over TCP: a server that closes every connection unanswered', () => {
+  it('is not dialled in a loop until the timeout: the query fails after a few connections', async () => {
+    let connections = 0;
+    const server = net.createServer((sock) => {
+      connections++;
+      sock.on('error', () => undefined);
+      sock.on('data', () => sock.destroy());
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    const port = (server.address() as net.AddressInfo).port;
+    const open = (host: string, p: number): Promise<net.Socket> =>
+      new Promise((resolve, reject) => {
+        const c = net.connect({ host, port: p }, () => resolve(c));
+        c.once('error', reject);
+      });
+    const t = new TcpTransport({ host: '127.0.0.1', port }, open, 'test');
+    try {
+      const t0 = Date.now();
+      await assert.rejects(t.query(buildQuery(1, 'x.test', 1), AbortSignal.timeout(2000)), { code: 'TG_ERR_DNS' });
+      assert.ok(Date.now() - t0 < 1000, 'failed at once, not at the timeout');
+      assert.ok(connections <= 4, `${connections} connections for one query`);
+      await assert.rejects(t.query(buildQuery(2, 'y.test', 1), AbortSignal.timeout(2000)), { code: 'TG_ERR_DNS' });
+      assert.ok(connections <= 5, `${connections} connections for two queries`);
+    } finally {
+      t.close();
+      server.close();
+    }
+  });
+});
+
 function datagram(data: Buffer, client: string, replies: Buffer[]): Datagram {
   return { data, client: { address: client, port: 5353, family: 4 }, destination: DST, reply: (b) => replies.push(b) };
 }
