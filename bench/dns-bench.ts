@@ -3,8 +3,10 @@
  * transgate's DNS gateway and, in the same lab run, against dnsmasq as a
  * plain caching forwarder on the gateway, both forwarding to the same
  * upstream dnsmasq. Prints queries/s for cache hits and cache misses and
- * the ratio transgate / dnsmasq; also transgate's proxy path (DNS over TCP
- * through squid), and what caching the TPROXY reply sockets saves.
+ * the ratio transgate / dnsmasq; also transgate with its per-client rate
+ * limiter on (at a rate it never reaches: its cost), its proxy path (DNS
+ * over TCP through squid), and what caching the TPROXY reply sockets saves.
+ * `node dist/bench/dns-load.js` is the fixed-rate run that counts SERVFAILs.
  *
  * Knobs: BENCH_DNS_SECONDS (per run, default 5), BENCH_DNS_OUTSTANDING
  * (dnsperf -q, default 100).
@@ -19,6 +21,13 @@ const SECONDS = Number(process.env.BENCH_DNS_SECONDS ?? 5) || 5;
 const OUTSTANDING = Number(process.env.BENCH_DNS_OUTSTANDING ?? 100) || 100;
 const GW_LAN = ADDR.gwLan.v4;
 const FORWARDER_PORT = 5300;
+/** Rounds of limiter off / on (BENCH_DNS_LIMITER_ROUNDS). */
+const LIMITER_ROUNDS = Number(process.env.BENCH_DNS_LIMITER_ROUNDS ?? 3) || 3;
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+}
 
 interface Result {
   qps: number;
@@ -95,15 +104,32 @@ async function main(): Promise<void> {
     const files = queryFiles(lab.dir);
     const upstream = DNS_ADDR.private.v4; // reachable from gw directly: both contenders forward there
 
-    // transgate, direct to the upstream (the like-for-like comparison with a forwarder).
-    gw = await lab.startGateway(['--dns-over-tcp-disabled', '--public-dns', upstream, '--dns-cache-size', '100000'], {});
+    // transgate, direct to the upstream (the like-for-like comparison with a
+    // forwarder). dnsperf is one client: --dns-client-rate 0, or the
+    // per-client limit (default 1000/s) would be what is measured.
+    const direct = ['--dns-over-tcp-disabled', '--public-dns', upstream, '--dns-cache-size', '100000'];
+    gw = await lab.startGateway([...direct, '--dns-client-rate', '0'], {});
     await dnsperf(lab, DNS_ADDR.public.v4, 53, files.hits); // warm
     rows.push(['transgate (udp, direct)', await dnsperf(lab, DNS_ADDR.public.v4, 53, files.hits), await dnsperf(lab, DNS_ADDR.public.v4, 53, files.misses)]);
     await gw.stop();
     gw = undefined;
 
+    // The per-client token bucket off and on (at a rate it never reaches:
+    // what the limiter itself costs per query), in alternating rounds so
+    // that load from elsewhere on the machine falls on both alike.
+    const limiter: Record<'off' | 'on', number[]> = { off: [], on: [] };
+    for (let round = 0; round < LIMITER_ROUNDS; round++) {
+      for (const which of ['off', 'on'] as const) {
+        gw = await lab.startGateway([...direct, '--dns-client-rate', which === 'off' ? '0' : '10000000'], {});
+        await dnsperf(lab, DNS_ADDR.public.v4, 53, files.hits);
+        limiter[which].push((await dnsperf(lab, DNS_ADDR.public.v4, 53, files.hits)).qps);
+        await gw.stop();
+        gw = undefined;
+      }
+    }
+
     // transgate through squid: DNS over pipelined TCP tunnels to the public server.
-    gw = await lab.startGateway(['--dns-cache-size', '100000'], { http_proxy: ADDR.proxyUrl, https_proxy: ADDR.proxyUrl });
+    gw = await lab.startGateway(['--dns-cache-size', '100000', '--dns-client-rate', '0'], { http_proxy: ADDR.proxyUrl, https_proxy: ADDR.proxyUrl });
     await dnsperf(lab, DNS_ADDR.public.v4, 53, files.hits);
     rows.push(['transgate (udp, via proxy)', await dnsperf(lab, DNS_ADDR.public.v4, 53, files.hits), await dnsperf(lab, DNS_ADDR.public.v4, 53, files.misses)]);
     await gw.stop();
@@ -129,14 +155,18 @@ async function main(): Promise<void> {
       console.log(`${pad(name, 30)}${pad(h.qps.toFixed(0), 14)}${pad(m.qps.toFixed(0), 14)}${h.lost} / ${m.lost}`);
     }
     const tg = rows[0]!;
-    const dm = rows[2]!;
+    const dm = rows.find((r) => r[0] === 'dnsmasq forwarder')!;
+    console.log(
+      `cache hits, per-client limiter off: ${limiter.off.map((q) => q.toFixed(0)).join(' ')} q/s; on: ${limiter.on.map((q) => q.toFixed(0)).join(' ')} q/s; ` +
+        `median on/off ${(median(limiter.on) / median(limiter.off)).toFixed(3)}`,
+    );
     console.log(`\nratio transgate/dnsmasq: hits ${(tg[1].qps / dm[1].qps).toFixed(2)}, misses ${(tg[2].qps / dm[2].qps).toFixed(2)}`);
     console.log(`TPROXY reply socket: opened per answer ${cost.perReplyUs.toFixed(1)} us, cached ${cost.cachedUs.toFixed(1)} us per answer`);
     const out = path.join(process.cwd(), 'bench-results');
     fs.mkdirSync(out, { recursive: true });
     fs.writeFileSync(
       path.join(out, `dns-bench-${new Date().toISOString().replace(/[:.]/g, '-')}.json`),
-      JSON.stringify({ seconds: SECONDS, outstanding: OUTSTANDING, rows: rows.map(([name, hits, misses]) => ({ name, hits, misses })), replySocket: cost }, null, 2),
+      JSON.stringify({ seconds: SECONDS, outstanding: OUTSTANDING, rows: rows.map(([name, hits, misses]) => ({ name, hits, misses })), limiter, replySocket: cost }, null, 2),
     );
   } finally {
     await gw?.stop().catch(() => undefined);

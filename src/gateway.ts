@@ -117,7 +117,8 @@ export class Gateway {
     if (this.relay.name !== cfg.relay) log.warn(`--relay ${cfg.relay}: the native addon is not built; using the js relay (run npm install to build it)`);
     if (cfg.dns) {
       // After REDIRECT a UDP query's destination is gone (no SO_ORIGINAL_DST for UDP).
-      const fallback = cfg.mode === 'redirect' && !cfg.dns.publicDns ? resolvConfServer() : undefined;
+      const own = resolvConfServer();
+      const fallback = cfg.mode === 'redirect' && !cfg.dns.publicDns ? own : undefined;
       if (cfg.mode === 'redirect' && !cfg.dns.publicDns) {
         log.warn(
           `dns: in redirect mode a UDP query's destination is unknown; public names asked over UDP go to ` +
@@ -132,6 +133,9 @@ export class Gateway {
         proxy: cfg.upstream.https ?? cfg.upstream.http,
         connectTimeoutMs: cfg.connectTimeoutMs,
         fallbackServer: fallback,
+        ownResolver: own,
+        clientRate: cfg.dnsClientRate,
+        allowClient: this.admission.allows,
         classify: (address) => (this.local.has(address) ? 'local' : internal.has(address) ? 'internal' : 'public'),
         mark,
         log,
@@ -333,7 +337,11 @@ export class Gateway {
       sock.resetAndDestroy();
       return;
     }
-    if (this.local.has(ctx.destination.address)) {
+    // DNS over TCP to the gateway's own address is intercepted on purpose
+    // (clients are handed it as their resolver, and retry truncated answers
+    // over TCP); only a direct connection to the listener is a loop.
+    const ownDns = ctx.kind === 'dns' && ctx.destination.port === 53;
+    if (!ownDns && this.local.has(ctx.destination.address)) {
       ctx.refuseLoop();
       sock.destroy();
       this.admission.release(ctx.client.address);

@@ -1,6 +1,7 @@
 import type { Address } from '../core/types';
 import { formatAddress, hostPort } from '../core/types';
 import { field, type Logger } from '../core/log';
+import { normalizeHostname } from '../core/names';
 import { DnsCache } from './cache';
 import {
   Rcode,
@@ -56,7 +57,26 @@ interface Upstream {
 }
 
 /** Counters, declared in one place so that they document themselves. */
-export const DNS_STATS = ['queries', 'cacheHits', 'upstreamQueries', 'shared', 'servfail', 'formerr', 'dropped', 'truncated'] as const;
+export const DNS_STATS = [
+  'queries',
+  'cacheHits',
+  'upstreamQueries',
+  'shared',
+  'servfail',
+  'formerr',
+  'dropped',
+  'truncated',
+  /** Answered (forwarded) but not a host name, so never remembered in the name map. */
+  'notHostnames',
+  /** Over the client's --dns-client-rate: dropped (UDP) or the connection closed (TCP). */
+  'rateLimited',
+  /** The client had too many queries in flight: dropped. */
+  'clientBusy',
+  /** The gateway had too many queries in flight: dropped. */
+  'overloaded',
+  /** From a source the gateway does not serve (--clients): no answer, TCP closed. */
+  'refused',
+] as const;
 export type DnsStats = Record<(typeof DNS_STATS)[number], number>;
 
 /** Private names are a suffix match on label boundaries, like no_proxy. */
@@ -98,6 +118,13 @@ export class DnsResolver {
       return buildError(query, check.rcode);
     }
     const { message, question } = check;
+    // Validated here, where the name enters: a name that is not a host name
+    // (CR LF, spaces, control bytes, an escaped dot: all legal in DNS) is
+    // still forwarded as asked, because answering it is the upstream's
+    // business, but it is never remembered, so it never becomes a CONNECT
+    // request line, and it is logged escaped.
+    const host = normalizeHostname(question.name);
+    if (host === undefined) this.stats.notHostnames++;
     const asked = info.destination ? { host: info.destination.address, port: info.destination.port } : undefined;
     const route = this.opts.router.route(question.name, asked);
     if (!route) {
@@ -133,8 +160,10 @@ export class DnsResolver {
         out = truncate(out, up.parsed, limit);
       }
     }
-    for (const a of answerAddresses(up.answer, up.parsed)) {
-      this.opts.names.remember(info.client.address, a.address, question.name, Math.max(0, a.ttl - age));
+    if (host !== undefined) {
+      for (const a of answerAddresses(up.answer, up.parsed)) {
+        this.opts.names.remember(info.client.address, a.address, host, Math.max(0, a.ttl - age));
+      }
     }
     this.logLine(info, question, route.kind, rcodeName(up.parsed.header.rcode), cached, started, undefined, route.upstream);
     return out;
@@ -196,10 +225,33 @@ export class DnsResolver {
     this.opts.log.debug(
       `dns client=${formatAddress(info.client)} proto=${info.protocol} ` +
         `server=${info.destination ? hostPort(info.destination.address, info.destination.port) : '-'} ` +
-        `name=${field(q?.name)} type=${q ? typeName(q.type) : '-'} route=${route} via=${field(upstream)} rcode=${rcode} ` +
+        `name=${q ? presentName(q.name) : '-'} type=${q ? typeName(q.type) : '-'} route=${route} via=${field(upstream)} rcode=${rcode} ` +
         `cached=${cached ? 1 : 0} ms=${Math.round(performance.now() - started)}${error ? ` error=${field(error)}` : ''}`,
     );
   }
+}
+
+/**
+ * A question name fit for a log line: a host name as asked, anything else
+ * with each byte outside letters, digits, '-', '_' and '.' as `\DDD` (the
+ * master-file escapes dig prints, RFC 1035 5.1); '.' for the root.
+ */
+export function presentName(name: string): string {
+  if (name === '') return '.';
+  if (normalizeHostname(name) !== undefined) return name;
+  // readName already gives master-file text (\DDD, \. and \\); what is left that a log reader could trip on becomes \DDD too.
+  let out = '';
+  for (let i = 0; i < name.length; i++) {
+    const c = name.charCodeAt(i);
+    const plain = (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) || c === 0x2d || c === 0x5f || c === 0x2e;
+    if (plain) out += name[i];
+    else if (c === 0x5c && /^[0-9]{3}$/.test(name.slice(i + 1, i + 4))) {
+      out += name.slice(i, i + 4);
+      i += 3;
+    } else if (c === 0x5c && i + 1 < name.length) out += `\\${String(name.charCodeAt(++i)).padStart(3, '0')}`;
+    else out += `\\${String(c).padStart(3, '0')}`;
+  }
+  return out;
 }
 
 /** Same upstream, name (any case), type, class, and the EDNS and DO bits that change what the upstream sends. */

@@ -8,8 +8,9 @@ import { hostPort } from '../core/types';
 import type { Datagram } from '../inbound/udp-listener';
 import { DIRECT_CODES, dialTcp } from '../outbound/dial';
 import { openTunnel } from '../outbound/http-connect';
+import { ClientRateLimiter, InflightLimit, type Refusal } from './client-limit';
 import { NameMap } from './name-map';
-import { DnsResolver, isPrivateName, type DnsRoute, type DnsRouter } from './resolver';
+import { DnsResolver, isPrivateName, type DnsRoute, type DnsRouter, type DnsStats } from './resolver';
 import { DohTransport, TcpTransport, UdpTransport, frame, unframe, type DnsTransport, type Server, type StreamOpener } from './transports';
 
 export interface DnsSettings {
@@ -37,8 +38,21 @@ export interface DnsServiceOptions {
    * (a private or bypassed range: an internal resolver), or 'public'.
    */
   classify?: (address: string) => 'local' | 'internal' | 'public';
+  /**
+   * The gateway's own resolver (the first nameserver of /etc/resolv.conf):
+   * where private names go without --private-dns when the client did not
+   * ask an internal server.
+   */
+  ownResolver?: Server;
   /** SO_MARK on every upstream socket (--local), so the gateway's own DNS is not intercepted again. */
   mark?: number;
+  /** --dns-client-rate: queries per second one client may send, bursts of twice that; 0 or unset: no limit. */
+  clientRate?: number;
+  /** Whether a source may use the gateway (--clients); refused ones get no answer, their TCP connections are closed. */
+  allowClient?: (address: string) => boolean;
+  /** Queries one client may have in flight (default 256) and all clients together (default 4096); more are dropped. */
+  maxInflightPerClient?: number;
+  maxInflight?: number;
   log: Logger;
 }
 
@@ -46,6 +60,13 @@ export interface DnsServiceOptions {
 const TCP_IDLE_MS = 10_000;
 /** Queries one TCP client may have outstanding; more wait until earlier ones are answered. */
 const TCP_MAX_PENDING = 128;
+/**
+ * In flight: a query from its arrival to its answer. A client's hundreds
+ * are a benchmark (dnsperf -q 100) or a flood; a few thousand in all keep
+ * memory and upstream sockets bounded when many clients flood at once.
+ */
+const MAX_INFLIGHT_PER_CLIENT = 256;
+const MAX_INFLIGHT = 4096;
 
 /**
  * The DNS gateway: routes each name (private names to the internal DNS
@@ -61,8 +82,12 @@ export class DnsService implements DnsRouter {
   private readonly privateSuffixes: string[];
   private readonly tcpClients = new Set<net.Socket>();
   private readonly ca: string[] | undefined;
+  private readonly rate: ClientRateLimiter;
+  private readonly inflight: InflightLimit;
 
   constructor(private readonly opts: DnsServiceOptions) {
+    this.rate = new ClientRateLimiter(opts.clientRate ?? 0);
+    this.inflight = new InflightLimit(opts.maxInflightPerClient ?? MAX_INFLIGHT_PER_CLIENT, opts.maxInflight ?? MAX_INFLIGHT);
     this.privateSuffixes = opts.dns.privateDomains.map((d) => d.toLowerCase().replace(/^\*?\./, '').replace(/\.$/, ''));
     if (opts.dns.dohCaFile) {
       try {
@@ -87,7 +112,12 @@ export class DnsService implements DnsRouter {
     // A client that asked this gateway itself: there is no server here but us.
     if (where === 'local') asked = undefined;
     if (isPrivateName(name, this.privateSuffixes)) {
-      const server = d.privateDns ?? asked ?? this.opts.fallbackServer;
+      // Without --private-dns, a private name goes to the server the client
+      // asked only when that is an internal one, as it would without the
+      // gateway. Any other server gets it from the gateway's own resolver:
+      // sent by UDP to a public address the client picked, a private name
+      // is a way out past the proxy for whatever is encoded in it.
+      const server = d.privateDns ?? (where === 'internal' ? asked : undefined) ?? this.opts.ownResolver;
       if (!server) return undefined;
       return { kind: 'private', transport: this.direct(server), upstream: `udp ${hostPort(server.host, server.port)}` };
     }
@@ -141,18 +171,51 @@ export class DnsService implements DnsRouter {
     return this.cached(`doh ${url.href}`, () => new DohTransport({ url, open, ca: this.ca, connectTimeoutMs: this.opts.connectTimeoutMs }));
   }
 
+  /** Counters (DNS_STATS), shared with the resolver. */
+  get stats(): DnsStats {
+    return this.resolver.stats;
+  }
+
+  /**
+   * Whether a query from `client` may start: the source is served, it has
+   * tokens left and there is room in flight. Counted when not; the caller
+   * then drops it (UDP) or closes the connection (TCP). A REFUSED answer
+   * would tell a flooder nothing it needs, and would let a spoofed source
+   * bounce packets off the gateway.
+   */
+  private admit(client: string): Refusal | undefined {
+    let why: Refusal | undefined;
+    if (this.opts.allowClient && !this.opts.allowClient(client)) why = 'refused';
+    else if (!this.rate.take(client)) why = 'rateLimited';
+    else why = this.inflight.enter(client);
+    if (why) this.resolver.stats[why]++;
+    return why;
+  }
+
   /** A datagram from the UDP listener. */
   onDatagram(d: Datagram): void {
+    const client = d.client.address;
+    if (this.admit(client)) return;
     this.resolver.handle(d.data, { client: d.client, destination: d.destination, protocol: 'udp' }).then(
       (answer) => {
+        this.inflight.leave(client);
         if (answer) d.reply(answer);
       },
-      (err: unknown) => this.internalError(err),
+      (err: unknown) => {
+        this.inflight.leave(client);
+        this.internalError(err);
+      },
     );
   }
 
   /** A client's DNS-over-TCP connection (RFC 1035 4.2.2 framing; pipelined queries answered as they complete). */
   acceptTcp(sock: net.Socket, ctx: ConnContext): void {
+    const client = ctx.client.address;
+    if (this.opts.allowClient && !this.opts.allowClient(client)) {
+      this.resolver.stats.refused++;
+      sock.destroy();
+      return;
+    }
     this.tcpClients.add(sock);
     let buffered: Buffer = Buffer.alloc(0);
     let pending = 0;
@@ -166,10 +229,17 @@ export class DnsService implements DnsRouter {
       const { messages, rest } = unframe(buffered);
       buffered = rest;
       for (const m of messages) {
+        // Over its rate or its room in flight, a TCP client loses the
+        // connection: a query silently skipped would stall its pipeline.
+        if (this.admit(client)) {
+          sock.destroy();
+          return;
+        }
         pending++;
         if (pending >= TCP_MAX_PENDING) sock.pause();
         this.resolver.handle(m, { client: ctx.client, destination: ctx.destination, protocol: 'tcp' }).then(
           (answer) => {
+            this.inflight.leave(client);
             pending--;
             if (sock.destroyed) return;
             if (answer) sock.write(frame(answer));
@@ -177,6 +247,7 @@ export class DnsService implements DnsRouter {
             if (pending === 0 && sock.readableEnded) sock.end();
           },
           (err: unknown) => {
+            this.inflight.leave(client);
             this.internalError(err);
             sock.destroy();
           },
@@ -192,6 +263,7 @@ export class DnsService implements DnsRouter {
   }
 
   close(): void {
+    this.rate.clear();
     this.resolver.close();
     for (const t of this.transports.values()) t.close();
     this.transports.clear();

@@ -21,6 +21,9 @@ export class Admission {
 
   constructor(private readonly opts: AdmissionOptions) {}
 
+  /** Whether the source may use the gateway at all (--clients); for the DNS service. */
+  readonly allows = (client: string): boolean => this.opts.allow === undefined || this.opts.allow(client);
+
   get open(): number {
     return this.count;
   }
