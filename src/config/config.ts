@@ -125,6 +125,18 @@ function buildDns(values: FlagValues, noProxy: NoProxy, listenPorts: number[]): 
   };
 }
 
+/** A flag's addresses and CIDRs, IPv4 and IPv6 apart, a bare address as a /32 or /128. */
+function cidrsByFamily(list: readonly string[], flag: string, example: string): [string[], string[]] {
+  const v4: string[] = [];
+  const v6: string[] = [];
+  for (const raw of list) {
+    const c = parseCidr(raw);
+    if (!c) throw configError(`--${flag}: '${raw}' is not an address or CIDR (e.g. ${example})`);
+    (c.family === 4 ? v4 : v6).push(raw.includes('/') ? raw : `${raw}/${c.family === 4 ? 32 : 128}`);
+  }
+  return [v4, v6];
+}
+
 function configError(message: string): GatewayError {
   return new GatewayError(ErrorCodes.CONFIG, message);
 }
@@ -141,13 +153,7 @@ export function buildConfig(values: FlagValues, env: NodeJS.ProcessEnv): Config 
   const noProxy = parseNoProxy(proxies.noProxy);
   for (const bad of noProxy.invalid) warnings.push(`no_proxy: ignoring '${bad}' (not a name, address or CIDR)`);
 
-  const bypass4: string[] = [];
-  const bypass6: string[] = [];
-  for (const raw of values['bypass'] as string[]) {
-    const c = parseCidr(raw);
-    if (!c) throw configError(`--bypass: '${raw}' is not an address or CIDR (e.g. 203.0.113.0/24, 2001:db8::/32)`);
-    (c.family === 4 ? bypass4 : bypass6).push(raw.includes('/') ? raw : `${raw}/${c.family === 4 ? 32 : 128}`);
-  }
+  const [bypass4, bypass6] = cidrsByFamily(values['bypass'] as string[], 'bypass', '203.0.113.0/24, 2001:db8::/32');
 
   const httpPorts = values['http-ports'] as number[];
   const tlsPorts = values['tls-ports'] as number[];
@@ -187,13 +193,7 @@ export function buildConfig(values: FlagValues, env: NodeJS.ProcessEnv): Config 
   if (bridge && (values['firewall'] === 'iptables' || values['firewall'] === 'iptables-legacy')) {
     throw configError('--bridge needs the nftables backend (bridge-family rules): drop --firewall or use --firewall nftables');
   }
-  const clients4: string[] = [];
-  const clients6: string[] = [];
-  for (const raw of values['clients'] as string[]) {
-    const c = parseCidr(raw);
-    if (!c) throw configError(`--clients: '${raw}' is not an address or CIDR (e.g. 192.168.1.0/24, 2001:db8:1::/64)`);
-    (c.family === 4 ? clients4 : clients6).push(raw.includes('/') ? raw : `${raw}/${c.family === 4 ? 32 : 128}`);
-  }
+  const [clients4, clients6] = cidrsByFamily(values['clients'] as string[], 'clients', '192.168.1.0/24, 2001:db8:1::/64');
   const local = values['local'] as boolean;
   const socketMark = values['socket-mark'] as number;
   if (socketMark < 1 || socketMark === (values['fwmark'] as number)) {

@@ -85,6 +85,14 @@ describe('buildConfig', () => {
     assert.ok(cfg.warnings.some((w) => w.includes('bad/99')), 'invalid no_proxy entries are warned about');
   });
 
+  test('the trust-boundary flags: --clients by family, limits and --fail-closed', () => {
+    const cfg = buildConfig(parseArgs(['--clients', '192.0.2.0/24,2001:db8:1::5', '--max-conns-per-client', '8', '--max-conns', '100', '--fail-closed']).values, env);
+    assert.deepEqual([cfg.clients4, cfg.clients6], [['192.0.2.0/24'], ['2001:db8:1::5/128']]);
+    assert.deepEqual([cfg.maxConnsPerClient, cfg.maxConns, cfg.failClosed, cfg.dnsClientRate], [8, 100, true, 1000]);
+    const d = buildConfig(parseArgs([]).values, env);
+    assert.deepEqual([d.clients4, d.clients6, d.maxConnsPerClient, d.maxConns, d.failClosed], [[], [], 512, 0, false]);
+  });
+
   test('no proxy at all: direct, with a warning that says how to set one', () => {
     const cfg = buildConfig(parseArgs([]).values, {});
     assert.equal(cfg.upstream.http, undefined);
@@ -95,6 +103,7 @@ describe('buildConfig', () => {
     assert.equal(flagCode(() => buildConfig(parseArgs(['--tls-ports', '80']).values, env)), 'TG_ERR_CONFIG');
     assert.equal(flagCode(() => buildConfig(parseArgs(['--http-proxy-listen', '3143']).values, env)), 'TG_ERR_CONFIG');
     assert.equal(flagCode(() => buildConfig(parseArgs(['--bypass', 'nope']).values, env)), 'TG_ERR_CONFIG');
+    assert.equal(flagCode(() => buildConfig(parseArgs(['--clients', '192.0.2.0/33']).values, env)), 'TG_ERR_CONFIG');
     assert.equal(flagCode(() => buildConfig(parseArgs(['--no-ipv4', '--no-ipv6']).values, env)), 'TG_ERR_CONFIG');
     assert.equal(flagCode(() => buildConfig(parseArgs([]).values, { http_proxy: 'socks5://x:1080' })), 'TG_ERR_CONFIG');
     assert.equal(flagCode(() => buildConfig(parseArgs(['--lan', 'a b;rm']).values, env)), 'TG_ERR_CONFIG');
