@@ -180,6 +180,7 @@ export class Gateway {
         },
         onUnusable: (client, err) => this.logRejected(client, err),
         onInternalError: (ctx, err) => this.internalError(undefined, ctx, err),
+        onAcceptError: this.logAcceptError,
         warn: (message) => this.log.warn(message),
       });
     }
@@ -307,6 +308,12 @@ export class Gateway {
     });
   }
 
+  /** accept(2) failed (EMFILE): one line per errno every 10 s, with how often it happened; both paths. */
+  private readonly logAcceptError = (errno: string): void => {
+    const hint = errno === 'EMFILE' || errno === 'ENFILE' ? ': out of file descriptors; raise the limit (ulimit -n, LimitNOFILE=) or lower --max-conns' : '';
+    this.refusals.note(`accept ${errno}`, `accept: ${errno}${hint}; accepting again shortly`);
+  };
+
   /** A connection refused at accept: one line per reason every 10 s, with how many there were. */
   private logRefused(client: Address, code: ErrorCode): void {
     this.stats.refused++;
@@ -378,6 +385,7 @@ export class Gateway {
       bind,
       onConnection: (sock, ctx) => this.onConnection(sock, ctx),
       onUnusable: (sock, client, err) => this.onUnusable(sock, client, err),
+      onAcceptError: this.logAcceptError,
       nativeAccept: this.streams && (kind === 'tls' || kind === 'tcp') ? (fd) => this.streams!.listen(kind, fd) : undefined,
     });
     await l.start();

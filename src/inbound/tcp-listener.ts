@@ -16,6 +16,12 @@ export interface TcpListenerOptions {
   /** Addresses to bind, e.g. ['::'] (dual-stack) or ['127.0.0.1', '::1']. */
   bind: string[];
   onConnection: ConnHandler;
+  /**
+   * accept(2) failed (EMFILE). libuv then closes a reserved descriptor,
+   * accepts and closes what waits (so the backlog does not spin the loop)
+   * and reports the error; the listener stays.
+   */
+  onAcceptError?(errno: string): void;
   /** Connections that failed the original-destination step. */
   onUnusable: (sock: net.Socket, client: Address, err: GatewayError) => void;
   /**
@@ -80,9 +86,7 @@ export class TcpListener {
         continue;
       }
       const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, (sock) => this.onAccept(sock));
-      server.on('error', () => {
-        // Accept errors (EMFILE) are reported per connection attempt by libuv; the listener stays.
-      });
+      server.on('error', (err) => this.opts.onAcceptError?.(errnoOf(err) ?? err.message));
       await new Promise<void>((resolve, reject) => {
         const onError = (err: Error): void => {
           fs.closeSync(fd);

@@ -42,7 +42,8 @@ export interface NativeStreamDeps {
   onUnusable(client: Address, err: GatewayError): void;
   /** A bug met by one connection: logged and counted; the connection is closed. */
   onInternalError(ctx: ConnContext, err: unknown): void;
-  /** Accept errors (EMFILE), for the log. */
+  /** Accept errors (EMFILE), for a rate-limited log line. */
+  onAcceptError(errno: string): void;
   warn(message: string): void;
 }
 
@@ -58,8 +59,6 @@ const RESET: TunnelAction = [5];
 const TAKEN: TunnelAction = [2];
 /** How long a looked-up proxy address is used before it is looked up again (in the background). */
 const PROXY_ADDRESS_TTL_MS = 60_000;
-/** Accept errors (EMFILE) are logged at most this often. */
-const ACCEPT_WARN_MS = 10_000;
 
 /**
  * TLS and other TCP connections carried by the addon from accept to the
@@ -75,8 +74,6 @@ export class NativeStreams {
   private readonly proxyAddresses = new Map<string, { address: string; expires: number }>();
   private readonly lookups = new Set<string>();
   private drained: (() => void) | undefined;
-  private acceptErrors = 0;
-  private acceptWarnedAt = -Infinity;
 
   constructor(private readonly deps: NativeStreamDeps) {}
 
@@ -297,14 +294,8 @@ export class NativeStreams {
 
   private unusable(cip: string | null, cport: number, errno: string): void {
     if (cip === null) {
-      // The addon retries every 100 ms while it lasts: one line per ACCEPT_WARN_MS, with how often it happened.
-      const now = Date.now();
-      this.acceptErrors++;
-      if (now - this.acceptWarnedAt < ACCEPT_WARN_MS) return;
-      const times = this.acceptErrors > 1 ? ` (${this.acceptErrors} times since the last such line)` : '';
-      this.acceptWarnedAt = now;
-      this.acceptErrors = 0;
-      this.deps.warn(`accept: ${errno}${errno === 'EMFILE' || errno === 'ENFILE' ? ': out of file descriptors; raise the limit (ulimit -n, LimitNOFILE=)' : ''}; accepting again shortly${times}`);
+      // The addon pauses accepting for 100 ms and tries again, as long as it lasts.
+      this.deps.onAcceptError(errno);
       return;
     }
     const client = addressOf(cip, cport);

@@ -391,9 +391,13 @@ describe('adversarial clients e2e', { skip, timeout: 900_000 }, () => {
       const cpu = cpuSeconds(gw.pid) - cpu0;
       const wall = (Date.now() - t0) / 1000;
       assert.match(hog.stdout, /held \d+/, show(hog));
-      await gw.waitFor(/accept: E[MN]FILE/, 5000, from);
-      const lines = gw.linesSince(from).filter((l) => /accept: E[MN]FILE/.test(l));
-      assert.ok(lines.length <= 3, `logged once per interval, not per attempt:\n${lines.join('\n')}`);
+      // The addon reports each failed accept (logged once per 10 s). libuv's own accept, on the js relay's Node path,
+      // closes what waits with a reserved descriptor and reports nothing when that drains the backlog.
+      if (!gw.lines.some((l) => /\brelay js\b/.test(l))) {
+        await gw.waitFor(/accept: E[MN]FILE/, 5000, from);
+        const lines = gw.linesSince(from).filter((l) => /accept: E[MN]FILE/.test(l));
+        assert.ok(lines.length <= 3, `logged once per interval, not per attempt:\n${lines.join('\n')}`);
+      }
       // A spinning accept loop burns a core for the whole hold; pausing costs next to nothing.
       assert.ok(cpu < wall * 0.3, `gateway CPU ${cpu.toFixed(2)} s in ${wall.toFixed(1)} s`);
       process.stdout.write(`# EMFILE: gateway CPU ${cpu.toFixed(2)} s over ${wall.toFixed(1)} s, RSS ${rssMiB(gw.pid).toFixed(1)} MiB\n`);
