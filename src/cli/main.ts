@@ -48,7 +48,7 @@ async function run(cfg: Config, log: Logger): Promise<number> {
   process.on('SIGINT', () => stop('SIGINT', 0));
   process.on('SIGTERM', () => stop('SIGTERM', 0));
   process.on('SIGHUP', () => stop('SIGHUP', 0));
-  // A bug must not leave clients' traffic pointed at a dead listener: remove the rules, then exit.
+  // A bug must not leave clients' traffic pointed at a dead listener: remove the rules (kept with --fail-closed, see Gateway.close), then exit.
   process.on('uncaughtException', (err) => {
     log.error(`internal error: ${err.stack ?? err.message}`);
     stop('fatal error', 70);
@@ -104,7 +104,7 @@ export async function main(argv: string[]): Promise<void> {
   try {
     switch (args.command) {
       case 'rules': {
-        process.stdout.write(describeRules(cfg) + '\n');
+        process.stdout.write((await describeRules(cfg)) + '\n');
         return;
       }
       case 'doctor': {
