@@ -8,7 +8,7 @@ import { LocalAddresses } from './inbound/local-addresses';
 import { TcpListener } from './inbound/tcp-listener';
 import { UdpListener } from './inbound/udp-listener';
 import { DnsService, resolvConfServer } from './dns/service';
-import { rulesConfigFor, type RuleBackend } from './netfilter/backend';
+import { rulesConfigFor, rulesConfigForRun, type RuleBackend } from './netfilter/backend';
 import { DEFAULT_BYPASS4, DEFAULT_BYPASS6 } from './netfilter/plan';
 import type { RulesConfig } from './netfilter/plan';
 import {
@@ -250,7 +250,7 @@ export class Gateway {
       }
     }
     if (this.rules && this.cfg.installRules) {
-      this.appliedRules = rulesConfigFor(this.cfg);
+      this.appliedRules = await rulesConfigForRun(this.cfg, this.log);
       await this.rules.apply(this.appliedRules);
       this.rulesInstalled = true;
       this.log.info(`installed ${this.cfg.mode} rules (${this.rules.name === 'nftables' ? 'nftables table inet transgate' : `${this.rules.name} chains TRANSGATE*`})`);
@@ -260,6 +260,12 @@ export class Gateway {
   /** Idempotent; safe after a failed start. Rules first, so clients stop being sent to listeners that are going away. */
   close(): Promise<void> {
     this.closing ??= (async () => {
+      if (this.rulesInstalled && this.cfg.failClosed) {
+        // --fail-closed: rules and sysctls outlive us, so clients get resets, not un-proxied access; `transgate clear` removes both.
+        this.log.info("leaving rules and sysctls in place (--fail-closed): clients are refused until transgate runs again; 'transgate clear' removes them");
+        this.rulesInstalled = false;
+        this.sysctlsChanged = [];
+      }
       if (this.rulesInstalled && this.rules) {
         try {
           await this.rules.revert(this.appliedRules ?? rulesConfigFor(this.cfg));

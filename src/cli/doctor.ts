@@ -10,7 +10,7 @@ import type { Config } from '../config/config';
 import type { ProxyEndpoint } from '../config/proxy-url';
 import { ErrorCodes, GatewayError } from '../core/errors';
 import { hostPort } from '../core/types';
-import { backendName, haveBinary, rulesConfigFor } from '../netfilter/backend';
+import { backendName, haveBinary, rulesConfigFor, uplinksFor } from '../netfilter/backend';
 import { run, type Runner } from '../netfilter/exec';
 import { NftablesRuleBackend } from '../netfilter/index';
 import { IptablesRuleBackend, iptablesBinaries } from '../netfilter/iptables';
@@ -20,7 +20,7 @@ import { openTunnel } from '../outbound/http-connect';
 export type CheckStatus = 'OK' | 'WARN' | 'FAIL';
 
 export interface Check {
-  /** Short stable name: privileges, kernel, sysctl, return-path, proxy, leftovers. */
+  /** Short stable name: privileges, kernel, sysctl, return-path, uplink, proxy, leftovers. */
   name: string;
   status: CheckStatus;
   message: string;
@@ -333,6 +333,33 @@ async function checkReturnPath(cfg: Config, d: DoctorDeps): Promise<Check[]> {
   return out;
 }
 
+/**
+ * Whether hosts on the uplink can use the gateway. The rules leave the
+ * uplinks alone, except on a one-armed gateway and where --lan names one:
+ * then any host there that routes through this box reaches the proxy as
+ * this box and is answered by its DNS.
+ */
+async function checkUplink(cfg: Config, d: DoctorDeps): Promise<Check[]> {
+  const j = await uplinksFor(cfg, d.runner);
+  const why = (n: string): string => j.uplinks.filter((u) => u.name === n).map((u) => u.why).join(', ');
+  const clients = [...cfg.clients4, ...cfg.clients6];
+  const out: Check[] = [];
+  if (j.excluded.length > 0) {
+    out.push(ok('uplink', `${j.excluded.map((n) => `${n} (${why(n)})`).join(', ')}: traffic arriving there is not intercepted, so hosts on the uplink cannot use the proxy or this box's DNS`));
+  }
+  for (const i of j.intercepted) {
+    const msg = `uplink ${i.name} (${why(i.name)}) is intercepted, ${i.why}: any host there that routes through this box reaches the proxy as this box and is answered by its DNS`;
+    out.push(
+      clients.length > 0
+        ? ok('uplink', `${msg}, but only sources in --clients ${clients.join(',')} are intercepted`)
+        : warn('uplink', msg, i.why.startsWith('--lan') ? `leave ${i.name} out of --lan, or name the clients' subnets with --clients CIDR,...` : "name the clients' subnets with --clients CIDR,..."),
+    );
+  }
+  if (j.uplinks.length === 0) out.push(ok('uplink', 'no uplink found (no default route, no route to a proxy address): no interface is excluded'));
+  for (const n of j.notes) out.push(warn('uplink', n, 'check the routes (ip route) and the proxy URL'));
+  return out;
+}
+
 function splitTarget(target: string): { host: string; port: number } | undefined {
   const m = /^\[([^\]]+)\]:(\d+)$/.exec(target) ?? /^([^:]+):(\d+)$/.exec(target);
   if (!m) return undefined;
@@ -446,6 +473,9 @@ async function checkLeftovers(cfg: Config, d: DoctorDeps): Promise<Check[]> {
   const running = d.runningTransgate();
   if (found.length === 0) return [ok('leftovers', 'no transgate rules installed')];
   if (running.length > 0) return [ok('leftovers', `${found.join(', ')} installed by the running transgate (pid ${running.join(', ')})`)];
+  if (cfg.failClosed) {
+    return [warn('leftovers', `${found.join(', ')} present but no transgate runs: left by --fail-closed, clients are refused until transgate runs again`, 'start transgate, or sudo npx transgate clear to give the clients plain forwarding')];
+  }
   return [fail('leftovers', `${found.join(', ')} present but no transgate runs: a crashed run left them, clients' traffic goes to a dead listener`, 'sudo npx transgate clear')];
 }
 
@@ -462,6 +492,7 @@ export async function runDoctor(cfg: Config, deps: DoctorDeps = defaultDoctorDep
   if (deps.isRoot()) await guard('kernel', () => checkKernel(cfg, deps));
   await guard('sysctl', () => checkSysctls(cfg, deps));
   await guard('return-path', () => checkReturnPath(cfg, deps));
+  await guard('uplink', () => checkUplink(cfg, deps));
   await guard('proxy', () => checkProxy(cfg, deps));
   if (deps.isRoot()) await guard('leftovers', () => checkLeftovers(cfg, deps));
   return checks;
@@ -487,4 +518,4 @@ export async function doctorCommand(cfg: Config, write: (s: string) => void = (s
 }
 
 // Exported for unit tests.
-export const _internal = { splitTarget, checkSysctls };
+export const _internal = { splitTarget, checkSysctls, checkUplink };

@@ -64,7 +64,8 @@ async function run(cfg: Config, log: Logger): Promise<number> {
   process.on('SIGTERM', () => stop('SIGTERM', 0));
   process.on('SIGHUP', () => stop('SIGHUP', 0));
   // Errors on a connection's path are caught there and end that connection; one that reaches here is a bug
-  // outside any connection, and the process's state is unknown: remove the rules, then exit non-zero.
+  // outside any connection, and the process's state is unknown: remove the rules (kept with --fail-closed, see
+  // Gateway.close), then exit non-zero.
   process.on('uncaughtException', (err) => {
     log.error(`internal error: ${err.stack ?? err.message}`);
     stop('fatal error', 70);
@@ -120,7 +121,7 @@ export async function main(argv: string[]): Promise<void> {
   try {
     switch (args.command) {
       case 'rules': {
-        process.stdout.write(describeRules(cfg) + '\n');
+        process.stdout.write((await describeRules(cfg)) + '\n');
         return;
       }
       case 'doctor': {

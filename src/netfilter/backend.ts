@@ -4,10 +4,11 @@ import type { Config } from '../config/config';
 import { ErrorCodes, GatewayError } from '../core/errors';
 import { describePlan, NftablesRuleBackend } from './index';
 import { IptablesRuleBackend, planIptables, renderIptablesPlan, type IptablesVariant } from './iptables';
-import { run } from './exec';
+import { run, type Runner } from './exec';
 import { nftDeleteTable } from './nftables';
 import { dropSysctlState, loadSysctlState, readSysctl, restorableAfterCrash, restoreSysctls } from './sysctl';
 import { BRIDGE_TABLE, DEFAULT_BYPASS4, DEFAULT_BYPASS6, type RulesConfig } from './plan';
+import { describeUplinks, detectUplinks, judgeUplinks, type UplinkJudgement } from './uplink';
 
 export { describePlan, NftBackend } from './index';
 
@@ -45,10 +46,30 @@ export function createBackend(cfg: Config): NftablesRuleBackend | IptablesRuleBa
   return name === 'nftables' ? new NftablesRuleBackend() : new IptablesRuleBackend(name);
 }
 
-/** `transgate rules`: the plan of the backend `run` would use. */
-export function describeRules(cfg: Config): string {
+/** This host's uplinks as the rules of `cfg` see them (routes read now). */
+export async function uplinksFor(cfg: Config, runner: Runner = run): Promise<UplinkJudgement> {
+  const proxyHosts = [cfg.upstream.http?.host, cfg.upstream.https?.host].filter((h): h is string => h !== undefined);
+  const host = await detectUplinks({ proxyHosts, ipv4: cfg.ipv4, ipv6: cfg.ipv6, runner });
+  return judgeUplinks(host, cfg.lan, cfg.bridge);
+}
+
+/** The rules `run` installs: routes read now, the uplink decision logged. */
+export async function rulesConfigForRun(cfg: Config, log: { info(m: string): void; warn(m: string): void }): Promise<RulesConfig> {
+  const uplinks = await uplinksFor(cfg);
+  for (const l of describeUplinks(uplinks)) {
+    if (l.warn) log.warn(l.text);
+    else log.info(l.text);
+  }
+  return rulesConfigFor(cfg, uplinks);
+}
+
+/** `transgate rules`: the plan of the backend `run` would use, with this host's uplinks. */
+export async function describeRules(cfg: Config): Promise<string> {
   const name = backendName(cfg);
-  return name === 'nftables' ? describePlan(rulesConfigFor(cfg)) : renderIptablesPlan(planIptables(rulesConfigFor(cfg), name));
+  const uplinks = await uplinksFor(cfg);
+  const rc = rulesConfigFor(cfg, uplinks);
+  const text = name === 'nftables' ? describePlan(rc) : renderIptablesPlan(planIptables(rc, name));
+  return `${describeUplinks(uplinks).map((l) => `# ${l.text}`).join('\n')}\n${text}`;
 }
 
 /**
@@ -91,8 +112,12 @@ export function bridgeMac(name: string): string {
   }
 }
 
-/** The rules a run configuration needs: defaults for special ranges plus --bypass, one port group per listener. */
-export function rulesConfigFor(cfg: Config): RulesConfig {
+/**
+ * The rules a run configuration needs: defaults for special ranges plus
+ * --bypass, one port group per listener. `uplinks`: what uplinksFor() found;
+ * without it no interface is excluded (enough to revert or clear).
+ */
+export function rulesConfigFor(cfg: Config, uplinks?: UplinkJudgement): RulesConfig {
   const tcp = [
     { ports: cfg.httpPorts, listenPort: cfg.listen.http },
     { ports: cfg.tlsPorts, listenPort: cfg.listen.tls },
@@ -110,6 +135,10 @@ export function rulesConfigFor(cfg: Config): RulesConfig {
     bypass4: [...DEFAULT_BYPASS4, ...cfg.bypass4],
     bypass6: [...DEFAULT_BYPASS6, ...cfg.bypass6],
     lanInterfaces: cfg.lan,
+    uplinks: uplinks?.excluded ?? [],
+    clients4: cfg.clients4,
+    clients6: cfg.clients6,
+    failClosed: cfg.failClosed,
     fwmark: cfg.fwmark,
     routeTable: cfg.routeTable,
     // The rule must come before the main table's (32766), whatever the table number.

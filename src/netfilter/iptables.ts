@@ -25,6 +25,10 @@ export const IPT_CHAINS = {
   out: 'TRANSGATE_OUT',
   quic: 'TRANSGATE_QUIC',
   post: 'TRANSGATE_POST',
+  /** --fail-closed: filter FORWARD rejects what was not intercepted. */
+  closed: 'TRANSGATE_CLOSED',
+  /** redirect mode: filter INPUT drops what no REDIRECT sent to the listeners. */
+  input: 'TRANSGATE_IN',
 } as const;
 
 /** Built-in chains our jumps may hang from, per table. */
@@ -36,6 +40,7 @@ const HOOKS: ReadonlyArray<[table: string, chain: string]> = [
   ['nat', 'POSTROUTING'],
   ['filter', 'FORWARD'],
   ['filter', 'OUTPUT'],
+  ['filter', 'INPUT'],
 ];
 const OWN_CHAINS: ReadonlyArray<[table: string, chain: string]> = [
   ['mangle', IPT_CHAINS.pre],
@@ -45,6 +50,8 @@ const OWN_CHAINS: ReadonlyArray<[table: string, chain: string]> = [
   ['nat', IPT_CHAINS.out],
   ['nat', IPT_CHAINS.post],
   ['filter', IPT_CHAINS.quic],
+  ['filter', IPT_CHAINS.closed],
+  ['filter', IPT_CHAINS.input],
 ];
 
 export interface IptablesPlan {
@@ -104,8 +111,17 @@ function familyRestore(cfg: RulesConfig, family: 4 | 6): string {
     `-A ${chain} -m addrtype --dst-type LOCAL -j RETURN`,
     ...bypass.map((c) => `-A ${chain} -d ${c} -j RETURN`),
   ];
-  const fromClients = (builtin: string, chain: string): string[] =>
-    lan.length > 0 ? lan.map((i) => `-A ${builtin} -i ${i} -j ${chain}`) : [`-A ${builtin} ! -i lo -j ${chain}`];
+  const uplinks = [...new Set(cfg.uplinks ?? [])].filter((n) => n !== 'lo').map(ifaceArg);
+  const clientsOn = (cfg.clients4?.length ?? 0) + (cfg.clients6?.length ?? 0) > 0;
+  const clients = [...new Set((family === 4 ? (cfg.clients4 ?? []) : (cfg.clients6 ?? [])).map((c) => normalizeCidr(c, family, `clients${family}`)))];
+  // One jump per LAN interface and --clients CIDR (no ipset needed); with
+  // --clients and none of this family, no jump: nobody of it is intercepted.
+  const fromClients = (builtin: string, chain: string, op = '-A'): string[] =>
+    (lan.length > 0 ? lan.map((i) => `-i ${i}`) : ['! -i lo']).flatMap((iif) =>
+      clientsOn ? clients.map((c) => `${op} ${builtin} ${iif} -s ${c} -j ${chain}`) : [`${op} ${builtin} ${iif} -j ${chain}`],
+    );
+  // iptables cannot negate a list of interfaces in a jump: the uplinks return first thing in the chain.
+  const uplinkReturns = (chain: string): string[] => uplinks.map((i) => `-A ${chain} -i ${i} -j RETURN`);
   const addr = family === 4 ? (cfg.tproxyAddress4 ?? '') : (cfg.tproxyAddress6 ?? '');
   const allPorts = cfg.tcp.flatMap((g) => g.ports).sort((a, b) => a - b);
 
@@ -115,7 +131,7 @@ function familyRestore(cfg: RulesConfig, family: 4 | 6): string {
   if (tproxy) {
     mangle.push(`:${C.pre} - [0:0]`, `:${C.divert} - [0:0]`);
     if (local) mangle.push(`:${C.out} - [0:0]`);
-    mangle.push(`-A ${C.divert} -j MARK --set-xmark ${fullMark}`, `-A ${C.divert} -j ACCEPT`);
+    mangle.push(`-A ${C.divert} -j MARK --set-xmark ${fullMark}`, `-A ${C.divert} -j ACCEPT`, ...uplinkReturns(C.pre));
     // Packets of connections our transparent sockets already own: deliver
     // locally. Not a new SYN, which may meet our TIME_WAIT socket of the
     // client's last connection from the same port: TPROXY below hands that
@@ -147,6 +163,7 @@ function familyRestore(cfg: RulesConfig, family: 4 | 6): string {
   } else {
     nat.push(`:${C.pre} - [0:0]`);
     if (local) nat.push(`:${C.out} - [0:0]`);
+    nat.push(...uplinkReturns(C.pre));
     const redirects = (chain: string, proto: 'tcp' | 'udp', groups: RulesConfig['tcp']): string[] =>
       groups.flatMap((g) => chunks(g.ports).map((ports) => `-A ${chain} -p ${proto} -m multiport --dports ${ports.join(',')} -j REDIRECT --to-ports ${g.listenPort}`));
     // Groups for every destination (DNS) come before the local and bypass returns.
@@ -164,10 +181,35 @@ function familyRestore(cfg: RulesConfig, family: 4 | 6): string {
     nat.push(`:${C.post} - [0:0]`, ...masq.map((i) => `-A ${C.post} -o ${i} -j MASQUERADE`), `-A POSTROUTING -j ${C.post}`);
   }
   if (cfg.rejectQuic) {
-    filter.push(`:${C.quic} - [0:0]`, ...bypass.map((c) => `-A ${C.quic} -d ${c} -j RETURN`));
+    filter.push(`:${C.quic} - [0:0]`, ...uplinkReturns(C.quic), ...bypass.map((c) => `-A ${C.quic} -d ${c} -j RETURN`));
     filter.push(`-A ${C.quic} -p udp --dport 443 -j REJECT --reject-with ${family === 4 ? 'icmp-port-unreachable' : 'icmp6-port-unreachable'}`);
     filter.push(...fromClients('FORWARD', C.quic));
     if (local) filter.push(`-A OUTPUT -j ${C.quic}`);
+  }
+  if (cfg.failClosed) {
+    // With the rules left and no listener, REDIRECT meets a closed port (the
+    // kernel resets) and TPROXY drops the packet (xt_TPROXY: no socket), so
+    // neither forwards. This chain refuses what would still be forwarded
+    // (flows conntrack knew before the rules), as nftables' closed_forward does.
+    // Inserted first: an ACCEPT earlier in FORWARD must not let it pass.
+    const rejects = (everywhere: boolean): string[] =>
+      (['tcp', 'udp'] as const).flatMap((proto) => {
+        const ports = (proto === 'tcp' ? cfg.tcp : cfg.udp).filter((g) => (g.allDestinations === true) === everywhere).flatMap((g) => g.ports);
+        const how = proto === 'tcp' ? 'tcp-reset' : family === 4 ? 'icmp-port-unreachable' : 'icmp6-port-unreachable';
+        return chunks([...new Set(ports)].sort((a, b) => a - b)).map((ps) => `-A ${C.closed} -p ${proto} -m multiport --dports ${ps.join(',')} -j REJECT --reject-with ${how}`);
+      });
+    filter.push(`:${C.closed} - [0:0]`, ...uplinkReturns(C.closed), ...rejects(true), ...bypass.map((c) => `-A ${C.closed} -d ${c} -j RETURN`), ...rejects(false));
+    filter.push(...fromClients('FORWARD', C.closed, '-I'));
+  }
+  if (!tproxy) {
+    // REDIRECT needs listeners on every address: only what a REDIRECT sent
+    // there may reach them (see the nftables plan; UDP DNS would be an open resolver).
+    const ports = [...new Set([...cfg.tcp, ...cfg.udp].map((g) => g.listenPort))].sort((a, b) => a - b);
+    filter.push(`:${C.input} - [0:0]`);
+    for (const proto of ['tcp', 'udp']) {
+      for (const ps of chunks(ports)) filter.push(`-A ${C.input} -p ${proto} -m multiport --dports ${ps.join(',')} -m conntrack --ctdir ORIGINAL ! --ctstate DNAT -j DROP`);
+    }
+    filter.push(`-I INPUT -j ${C.input}`);
   }
   const out: string[] = [];
   for (const [table, lines] of [['mangle', mangle], ['nat', nat], ['filter', filter]] as const) {
@@ -200,8 +242,18 @@ export function planIptables(cfg: RulesConfig, variant: IptablesVariant = 'iptab
     ...cfg.tcp.map((g) => `  TCP ${g.ports.join(', ')} → ${tproxy ? 'TPROXY' : 'REDIRECT'} to port ${g.listenPort}`),
     ...cfg.udp.map((g) => `  UDP ${g.ports.join(', ')} → ${tproxy ? 'TPROXY' : 'REDIRECT'} to port ${g.listenPort}`),
   ];
+  if ((cfg.uplinks ?? []).length > 0) s.push(`  never intercepted: traffic arriving on the uplink(s) ${cfg.uplinks!.join(', ')}`);
+  if ((cfg.clients4?.length ?? 0) + (cfg.clients6?.length ?? 0) > 0) {
+    s.push(`  only these sources are intercepted (--clients): ${[...(cfg.clients4 ?? []), ...(cfg.clients6 ?? [])].join(', ')}; other sources are forwarded untouched`);
+  }
   if (cfg.local) s.push(`  this host's own connections are intercepted too; transgate's sockets carry mark ${formatMark(cfg.socketMark!)} and are skipped`);
   s.push(cfg.rejectQuic ? '  QUIC: UDP port 443 from clients is rejected (ICMP port unreachable)' : '  QUIC: UDP port 443 is left alone');
+  if (cfg.failClosed) {
+    s.push(
+      `  fail-closed: the rules stay when transgate stops or crashes (chain ${IPT_CHAINS.closed} rejects what is not intercepted${tproxy ? '; TPROXY with no listener drops, so clients time out instead of getting a reset' : ''}); 'transgate clear' removes them`,
+    );
+  }
+  if (!tproxy) s.push(`  listener ports: packets not sent there by REDIRECT are dropped (chain ${IPT_CHAINS.input})`);
   if ((cfg.masquerade ?? []).length > 0) s.push(`  masquerade: forwarded traffic leaving ${cfg.masquerade!.join(', ')}`);
   if (tproxy) s.push(`  policy routing: packets marked ${formatMark(cfg.fwmark)} use routing table ${cfg.routeTable}`);
   return {

@@ -64,8 +64,31 @@ export interface RulesConfig {
   /** CIDRs never intercepted (caller passes the defaults + --bypass). A bare address means /32 (/128). */
   bypass4: string[];
   bypass6: string[];
-  /** empty = every interface except lo */
+  /** empty = every interface except lo (and `uplinks`) */
   lanInterfaces: string[];
+  /**
+   * Interfaces whose arriving traffic is never intercepted: the uplinks, so
+   * that a host on the WAN segment that routes through this box cannot use
+   * the proxy (as this box) or its DNS. An exclusion, not a list of LAN
+   * interfaces: interfaces that appear later (a Docker bridge) are still
+   * intercepted. The caller leaves out an uplink the clients use too
+   * (a one-armed gateway, or one --lan names).
+   */
+  uplinks?: string[];
+  /**
+   * Sources that may use the gateway (--clients); a bare address means /32
+   * (/128). Both undefined or empty: any source. Given for one family only,
+   * nobody of the other family is intercepted. Other sources are forwarded
+   * untouched, as by any router.
+   */
+  clients4?: string[];
+  clients6?: string[];
+  /**
+   * The rules outlive transgate (--fail-closed). A forward-hook chain rejects
+   * what would have been intercepted, because nft's tproxy does not match when
+   * no socket listens, and the packet would then be forwarded un-proxied.
+   */
+  failClosed?: boolean;
   /** mark for tproxy policy routing, e.g. 0x7467 */
   fwmark: number;
   /** e.g. 7467 (not 253/254/255: those are the system's tables) */
@@ -210,8 +233,8 @@ function formatIPv6(v: bigint): string {
 }
 
 /** Validates a CIDR of the given family and returns it canonical, host bits cleared. */
-export function normalizeCidr(cidr: string, family: 4 | 6): string {
-  if (typeof cidr !== 'string') throw configError(`bypass${family} entries must be strings, got ${JSON.stringify(cidr)}`);
+export function normalizeCidr(cidr: string, family: 4 | 6, what = `bypass${family}`): string {
+  if (typeof cidr !== 'string') throw configError(`${what} entries must be strings, got ${JSON.stringify(cidr)}`);
   const text = cidr.trim();
   const slash = text.indexOf('/');
   const addr = slash >= 0 ? text.slice(0, slash) : text;
@@ -219,24 +242,24 @@ export function normalizeCidr(cidr: string, family: 4 | 6): string {
   let prefix = max;
   if (slash >= 0) {
     const p = text.slice(slash + 1);
-    if (!/^\d{1,3}$/.test(p) || Number(p) > max) throw configError(`bad prefix length in bypass${family} entry "${cidr}"`);
+    if (!/^\d{1,3}$/.test(p) || Number(p) > max) throw configError(`bad prefix length in ${what} entry "${cidr}"`);
     prefix = Number(p);
   }
   if (family === 4) {
-    if (!isIPv4(addr)) throw configError(`bypass4 entry "${cidr}" is not an IPv4 address or CIDR`);
+    if (!isIPv4(addr)) throw configError(`${what} entry "${cidr}" is not an IPv4 address or CIDR`);
     const mask = prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
     return `${formatIPv4((parseIPv4(addr) & mask) >>> 0)}/${prefix}`;
   }
-  if (!isIPv6(addr) || addr.includes('%')) throw configError(`bypass6 entry "${cidr}" is not an IPv6 address or CIDR`);
+  if (!isIPv6(addr) || addr.includes('%')) throw configError(`${what} entry "${cidr}" is not an IPv6 address or CIDR`);
   const all = (1n << 128n) - 1n;
   const mask = prefix === 0 ? 0n : (all << BigInt(128 - prefix)) & all;
   return `${formatIPv6(parseIPv6(addr) & mask)}/${prefix}`;
 }
 
-function normalizeBypass(list: readonly string[] | undefined, family: 4 | 6): string[] {
+function normalizeBypass(list: readonly string[] | undefined, family: 4 | 6, what = `bypass${family}`): string[] {
   const out: string[] = [];
   for (const c of list ?? []) {
-    const n = normalizeCidr(c, family);
+    const n = normalizeCidr(c, family, what);
     if (!out.includes(n)) out.push(n);
   }
   return out;
@@ -318,6 +341,16 @@ export function plan(cfg: RulesConfig): RulesPlan {
     normalizeInterfaces([bridge.name]);
     if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(bridge.mac)) throw configError(`bridge ${bridge.name}: bad MAC address ${JSON.stringify(bridge.mac)}`);
   }
+  // lo is handled below; the bridge carries the clients in bridge mode.
+  const uplinks = normalizeInterfaces(cfg.uplinks).filter((n) => n !== 'lo' && n !== bridge?.name);
+  const clientsOn = (cfg.clients4?.length ?? 0) + (cfg.clients6?.length ?? 0) > 0;
+  const clients4 = clientsOn && cfg.ipv4 ? normalizeBypass(cfg.clients4, 4, 'clients4') : [];
+  const clients6 = clientsOn && cfg.ipv6 ? normalizeBypass(cfg.clients6, 6, 'clients6') : [];
+  const failClosed = cfg.failClosed === true;
+  const uplinkRule = uplinks.length > 0 ? [`iifname { ${uplinks.map((n) => `"${n}"`).join(', ')} } return`] : [];
+  /** Sources not in --clients leave the chain; `local`: this host's own, back in on lo, are no client's. */
+  const sourceRules = (skipLo: boolean): string[] =>
+    clientsOn ? families.map((f) => `${skipLo ? 'iifname != "lo" ' : ''}${f === 4 ? 'ip' : 'ip6'} saddr != @clients${f} return`) : [];
 
   const rules: string[] = [];
   if (bridge) {
@@ -325,6 +358,7 @@ export function plan(cfg: RulesConfig): RulesPlan {
     // other bridged IP traffic (br_netfilter) must not be intercepted here.
     rules.push(`iifname "${bridge.name}" meta mark != ${mark} return`);
   }
+  rules.push(...uplinkRule);
   if (bridge && lan.length > 0) {
     rules.push(`iifname != { ${[...lan, bridge.name, ...(local ? ['lo'] : [])].map((n) => `"${n}"`).join(', ')} } return`);
     if (local && tproxy) rules.push(`iifname "lo" meta mark != ${mark} return`);
@@ -339,6 +373,7 @@ export function plan(cfg: RulesConfig): RulesPlan {
   } else {
     rules.push(lan.length > 0 ? `iifname != { ${lan.map((n) => `"${n}"`).join(', ')} } return` : 'iifname "lo" return');
   }
+  rules.push(...sourceRules(local));
   // Packets of connections our transparent sockets already own: delivered
   // locally as they are. Not a new SYN: when a client reuses its port to
   // the same destination while our side of the last connection is still in
@@ -386,20 +421,52 @@ export function plan(cfg: RulesConfig): RulesPlan {
     }
   }
 
+  // Forwarded traffic from the clients: what the QUIC and fail-closed chains look at.
+  const forwardGate = [
+    ...uplinkRule,
+    lan.length > 0 ? `iifname != { ${[...lan, ...(bridge ? [bridge.name] : [])].map((n) => `"${n}"`).join(', ')} } return` : 'iifname "lo" return',
+    ...sourceRules(false),
+  ];
   // QUIC: forwarded clients' UDP/443 (and this host's own, with local) is refused at once.
   const quicRules = (forward: boolean): string[] => [
-    forward
-      ? lan.length > 0
-        ? `iifname != { ${[...lan, ...(bridge ? [bridge.name] : [])].map((n) => `"${n}"`).join(', ')} } return`
-        : 'iifname "lo" return'
-      : `meta mark ${ownMark ?? mark} return`,
+    ...(forward ? forwardGate : [`meta mark ${ownMark ?? mark} return`]),
     ...bypassRules,
     `${nfprotos}udp dport 443 reject`,
   ];
 
+  // Fail-closed: what reaches the forward hook and matches an interception
+  // rule was not intercepted, because no listener took it (transgate is
+  // down, its rules left in place): refused at once instead of forwarded.
+  // While transgate runs nothing intercepted gets here: it is delivered locally.
+  const closedRules: string[] = [];
+  if (failClosed) {
+    // Bridged frames the bridge table did not take up are none of ours (as in prerouting).
+    if (bridge) closedRules.push(`iifname "${bridge.name}" meta mark != ${mark} return`);
+    closedRules.push(...forwardGate);
+    const rejects = (everywhere: boolean): void => {
+      for (const [proto, groups] of [['tcp', tcp], ['udp', udp]] as const) {
+        const ports = groups.filter((g) => g.allDestinations === everywhere).flatMap((g) => g.ports).sort((a, b) => a - b);
+        if (ports.length === 0) continue;
+        closedRules.push(`${nfprotos}${proto} dport ${portSet(ports)} ${proto === 'tcp' ? 'reject with tcp reset' : 'reject with icmpx type port-unreachable'}`);
+      }
+    };
+    rejects(true);
+    closedRules.push(...bypassRules);
+    rejects(false);
+  }
+
+  // REDIRECT needs listeners on every address, so anyone could send to them
+  // directly; UDP has no SO_ORIGINAL_DST to tell, and the DNS listener would
+  // answer anyone (an open resolver). Only what a redirect rule sent there
+  // (conntrack's dnat status, --local's OUTPUT redirect included) may reach them.
+  const listenPorts = [...new Set([...tcp, ...udp].map((g) => g.listenPort))].sort((a, b) => a - b);
+  const inputRules = tproxy ? [] : [`meta l4proto { tcp, udp } th dport ${portSet(listenPorts)} ct direction original ct status & dnat == 0 drop`];
+
   const lines: string[] = [`table ${TABLE} {}`, `delete table ${TABLE}`, `table ${TABLE} {`];
   if (cfg.ipv4) lines.push(...setBlock('bypass4', 'ipv4_addr', bypass4), '');
   if (cfg.ipv6) lines.push(...setBlock('bypass6', 'ipv6_addr', bypass6), '');
+  if (clientsOn && cfg.ipv4) lines.push(...setBlock('clients4', 'ipv4_addr', clients4), '');
+  if (clientsOn && cfg.ipv6) lines.push(...setBlock('clients6', 'ipv6_addr', clients6), '');
   const chain = (name: string, head: string, body: readonly string[]): string[] => [
     `\tchain ${name} {`,
     `\t\t${head}`,
@@ -422,6 +489,8 @@ export function plan(cfg: RulesConfig): RulesPlan {
     lines.push(...chain('quic_forward', 'type filter hook forward priority filter; policy accept;', quicRules(true)));
     if (local) lines.push(...chain('quic_output', 'type filter hook output priority filter; policy accept;', quicRules(false)));
   }
+  if (failClosed) lines.push(...chain('closed_forward', 'type filter hook forward priority filter; policy accept;', closedRules));
+  if (inputRules.length > 0) lines.push(...chain('listeners_input', 'type filter hook input priority filter; policy accept;', inputRules));
   if (masq.length > 0) {
     lines.push(
       ...chain('postrouting', 'type nat hook postrouting priority srcnat; policy accept;', [
@@ -435,10 +504,14 @@ export function plan(cfg: RulesConfig): RulesPlan {
     const b: string[] = [`table ${BRIDGE_TABLE} {}`, `delete table ${BRIDGE_TABLE}`, `table ${BRIDGE_TABLE} {`];
     if (cfg.ipv4) b.push(...setBlock('bypass4', 'ipv4_addr', bypass4), '');
     if (cfg.ipv6) b.push(...setBlock('bypass6', 'ipv6_addr', bypass6), '');
+    if (clientsOn && cfg.ipv4) b.push(...setBlock('clients4', 'ipv4_addr', clients4), '');
+    if (clientsOn && cfg.ipv6) b.push(...setBlock('clients6', 'ipv6_addr', clients6), '');
     const port = lan.length > 0 ? `iifname { ${lan.map((n) => `"${n}"`).join(', ')} } ` : '';
     const body: string[] = [];
     for (const family of families) {
       const et = family === 4 ? 'ip' : 'ip6';
+      // Not taken up, so other sources are bridged as they are.
+      if (clientsOn) body.push(`${port}ether type ${et} ${et} saddr != @clients${family} return`);
       body.push(`${port}ether type ${et} ${et} daddr @bypass${family} return`);
       for (const [proto, groups] of [['tcp', tcp], ['udp', udp]] as const) {
         const ports = groups.flatMap((g) => g.ports).sort((x, y) => x - y);
@@ -486,6 +559,14 @@ export function plan(cfg: RulesConfig): RulesPlan {
       (local ? " (except this host's own connections, see below)" : '') +
       (lan.length > 0 ? ' and non-LAN interfaces' : ''),
   );
+  if (uplinks.length > 0) s.push(`  never intercepted: traffic arriving on the uplink${uplinks.length > 1 ? 's' : ''} ${uplinks.join(', ')} (forwarded as any router would)`);
+  if (clientsOn) {
+    s.push(
+      `  only these sources are intercepted (--clients): ${[...clients4, ...clients6].join(', ') || '(none)'}${
+        families.some((f) => (f === 4 ? clients4 : clients6).length === 0) ? `; no IPv${families.find((f) => (f === 4 ? clients4 : clients6).length === 0)} source is` : ''
+      }; other sources are forwarded untouched`,
+    );
+  }
   if (cfg.ipv4) s.push(`  IPv4 bypass: ${bypass4.length > 0 ? bypass4.join(', ') : '(none)'}`);
   if (cfg.ipv6) s.push(`  IPv6 bypass: ${bypass6.length > 0 ? bypass6.join(', ') : '(none)'}`);
   if (local) {
@@ -495,6 +576,12 @@ export function plan(cfg: RulesConfig): RulesPlan {
   }
   if (quic) s.push(`  QUIC: UDP port 443 from ${local ? 'clients and this host' : 'clients'} is rejected (ICMP port unreachable), so browsers use TCP`);
   else s.push('  QUIC: UDP port 443 is left alone (--allow-quic): it is not intercepted');
+  if (failClosed) {
+    s.push(
+      "  fail-closed: the rules stay when transgate stops or crashes; what they would intercept is then refused (TCP reset, ICMP port unreachable for UDP) instead of forwarded (chain closed_forward); 'transgate clear' removes them",
+    );
+  }
+  if (inputRules.length > 0) s.push(`  listener ports ${listenPorts.join(', ')}: packets not sent there by a redirect rule are dropped (chain listeners_input)`);
   if (masq.length > 0) s.push(`  masquerade: forwarded traffic leaving ${masq.join(', ')} gets that interface's address`);
   if (bridge) {
     s.push(

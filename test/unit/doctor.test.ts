@@ -81,3 +81,32 @@ describe('neighbourOf: the address whose route shows where replies to clients go
     assert.equal(neighbourOf('2001:db8::1', 56, 6), undefined);
   });
 });
+
+describe('doctor: uplink', () => {
+  /** A runner that answers the uplink look-ups: `uplink` holds the default route, `links` are the interfaces. */
+  const routes = (uplink: string, links: string[]): DoctorDeps['runner'] => async (argv) => {
+    const cmd = argv.join(' ');
+    if (cmd === 'ip -j -4 route show default') return { code: 0, stdout: JSON.stringify([{ dst: 'default', dev: uplink }]), stderr: '' };
+    if (cmd === 'ip -j link show') return { code: 0, stdout: JSON.stringify(links.map((ifname) => ({ ifname, flags: ['UP'] }))), stderr: '' };
+    return { code: 0, stdout: '[]', stderr: '' };
+  };
+  const check = async (argv: string[], uplink: string, links: string[]) =>
+    (await _internal.checkUplink(cfgOf(['--no-ipv6', ...argv]), { ...deps({}), runner: routes(uplink, links) }))[0]!;
+
+  it('an intercepted uplink is a WARN naming --clients: one-armed, or named by --lan', async () => {
+    const one = await check([], 'eth0', ['eth0']);
+    assert.equal(one.status, 'WARN');
+    assert.match(one.message, /uplink eth0 \(IPv4 default route\) is intercepted, it is the only interface/);
+    assert.match(one.fix!, /--clients/);
+    const named = await check(['--lan', 'lan0,wan0'], 'wan0', ['lan0', 'wan0']);
+    assert.equal(named.status, 'WARN');
+    assert.match(named.fix!, /leave wan0 out of --lan/);
+  });
+
+  it('OK when the uplink is excluded, or --clients limits who is intercepted', async () => {
+    const two = await check([], 'wan0', ['lan0', 'wan0']);
+    assert.equal(two.status, 'OK');
+    assert.match(two.message, /wan0 \(IPv4 default route\): traffic arriving there is not intercepted/);
+    assert.equal((await check(['--clients', '192.0.2.0/24'], 'eth0', ['eth0'])).status, 'OK');
+  });
+});

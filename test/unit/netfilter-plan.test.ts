@@ -213,6 +213,10 @@ describe('netfilter plan: redirect', () => {
       'meta nfproto ipv6 tcp dport { 80 } redirect to :3180',
       'meta nfproto ipv4 udp dport { 53 } redirect to :3153',
       'meta nfproto ipv6 udp dport { 53 } redirect to :3153',
+      // REDIRECT's listeners bind every address: only redirected packets may reach them.
+      'chain listeners_input {',
+      'type filter hook input priority filter; policy accept;',
+      'meta l4proto { tcp, udp } th dport { 3153, 3180 } ct direction original ct status & dnat == 0 drop',
     ]);
     assert.deepEqual(p.routes, []);
     assert.ok(!p.nftScript.includes('tproxy'));
