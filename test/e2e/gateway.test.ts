@@ -76,8 +76,8 @@ function curl(lab: Lab, args: string[], timeoutMs = 15_000): Promise<ExecResult>
 }
 
 /** Sends a line through a raw TCP connection from cl, keeping the write side open for `holdS` seconds. */
-function tcpSend(lab: Lab, target: string, payload = 'hello\\n', holdS = 1): Promise<ExecResult> {
-  return lab.exec('cl', ['sh', '-c', `(printf '${payload}'; sleep ${holdS}) | socat -t 2 - ${target},connect-timeout=5`], { timeoutMs: 15_000 });
+function tcpSend(lab: Lab, target: string, payload = 'hello\\n', holdS = 1, connectTimeoutS = 5): Promise<ExecResult> {
+  return lab.exec('cl', ['sh', '-c', `(printf '${payload}'; sleep ${holdS}) | socat -t 2 - ${target},connect-timeout=${connectTimeoutS}`], { timeoutMs: 15_000 });
 }
 
 async function squidNoEntry(lab: Lab, from: number, re: RegExp, settleMs = 500): Promise<void> {
@@ -357,7 +357,8 @@ describe('gateway e2e', { skip, timeout: 600_000 }, () => {
           const from = await lab.squidMark();
           const targets = ports.flatMap((port) => [`TCP:${ADDR.gwLan.v4}:${port}`, `TCP6:[${ADDR.gwLan.v6}]:${port}`]);
           const results = await Promise.all(
-            targets.map((target) => tcpSend(lab, target, 'GET /loop HTTP/1.1\\r\\nHost: www.example.test\\r\\n\\r\\nhello\\n')),
+            // In redirect mode a direct SYN to a listener port is dropped (no REDIRECT sent it): the connect times out.
+            targets.map((target) => tcpSend(lab, target, 'GET /loop HTTP/1.1\\r\\nHost: www.example.test\\r\\n\\r\\nhello\\n', 1, 2)),
           );
           targets.forEach((target, i) => {
             const r = results[i];
