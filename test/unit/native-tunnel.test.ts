@@ -868,7 +868,7 @@ describe('native tunnel front end (native/tunnel.c)', { skip }, () => {
       assert.throws(() => tunnelListen(opts, fn, undefined as unknown as TunnelDone, noop), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' });
       const raw = loadNative();
       const args = (decide: unknown, done: unknown, unusable: unknown) =>
-        () => raw.tunnelListen(fd, false, false, -1, 16, 100, 100, 0, decide as TunnelDecide, done as TunnelDone, unusable as TunnelUnusable, false);
+        () => raw.tunnelListen(fd, false, false, undefined, 16, 100, 100, 0, decide as TunnelDecide, done as TunnelDone, unusable as TunnelUnusable, false);
       assert.throws(args('nope', noop, noop), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: 'decide must be a function' });
       assert.throws(args(fn, 42, noop), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: 'done must be a function' });
       assert.throws(args(fn, noop, null), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: 'unusable must be a function' });
