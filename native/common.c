@@ -1,4 +1,4 @@
-/* The helpers declared in common.h, shared by transgate.c, udp.c and splice.c. */
+/* The helpers declared in common.h, shared by transgate.c, udp.c, splice.c and tunnel.c. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* strerrorname_np */
 #endif

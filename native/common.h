@@ -1,7 +1,7 @@
 /*
- * Helpers shared by transgate.c, udp.c and splice.c (native/common.c):
- * errors thrown the same way from every entry point, and the argument
- * readers. Every syscall failure becomes a JS Error with code = errno name,
+ * Helpers shared by transgate.c, udp.c, splice.c and tunnel.c
+ * (native/common.c): errors thrown the same way from every entry point, the
+ * argument readers, and the per-environment state (tg_env, below). Every syscall failure becomes a JS Error with code = errno name,
  * errno = -errno (Node's convention, so util.getSystemErrorName works) and
  * syscall = the call that failed; a bad argument becomes a TypeError with
  * code ERR_INVALID_ARG_TYPE.

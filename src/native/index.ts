@@ -129,7 +129,7 @@ export interface TunnelListenOptions {
   sniff: boolean;
   /** REDIRECT mode: the destination is SO_ORIGINAL_DST, not the local address. */
   redirect: boolean;
-  /** SO_MARK for upstream sockets. */
+  /** SO_MARK for upstream sockets (0..2^32-1, all 32 bits); none when omitted. */
   mark?: number;
   sniffMaxBytes: number;
   /**
