@@ -1,4 +1,4 @@
-/* The helpers declared in common.h, shared by transgate.c, udp.c and splice.c. */
+/* The helpers declared in common.h, shared by transgate.c, udp.c, splice.c and tunnel.c. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* strerrorname_np */
 #endif
@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <arpa/inet.h>
@@ -190,4 +191,96 @@ int tg_format_addr(const struct sockaddr_storage *ss, char *text, uint16_t *port
   }
   if (inet_ntop(af, src, text, INET6_ADDRSTRLEN) == NULL) return 0;
   return af == AF_INET ? 4 : 6;
+}
+
+int tg_set_mark(int fd, uint32_t mark) {
+  return setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof mark);
+}
+
+/* ---- per-environment state (common.h) ---------------------------------------- */
+
+static void env_finalize(napi_env env, void *data, void *hint) {
+  tg_env *te = data;
+  (void)env, (void)hint;
+  free(te->udp_buf);
+  free(te);
+}
+
+/* The last step of teardown: no handle of ours is left on the loop. */
+static void env_teardown_done(tg_env *te) {
+  for (int i = 0; i < te->pool_n; i++) {
+    close(te->pool_r[i]);
+    close(te->pool_w[i]);
+  }
+  te->pool_n = 0;
+  if (te->actx != NULL) {
+    napi_async_destroy(te->env, te->actx);
+    te->actx = NULL;
+  }
+  napi_async_cleanup_hook_handle h = te->cleanup;
+  te->cleanup = NULL;
+  /* Lets the environment go on; te lives until env_finalize. A failure
+   * here cannot be reported to anyone: the environment is ending. */
+  (void)napi_remove_async_cleanup_hook(h);
+}
+
+/* The environment is ending: close what is open and wait for the close callbacks. */
+static void on_env_teardown(napi_async_cleanup_hook_handle h, void *arg) {
+  tg_env *te = arg;
+  (void)h;
+  te->stopping = true;
+  tg_tunnel_teardown(te); /* first: its connections may hold relays */
+  tg_splice_teardown(te);
+  tg_udp_teardown(te);
+  /* Close callbacks run on a later loop turn, never inside uv_close. */
+  if (te->handles == 0) env_teardown_done(te);
+}
+
+napi_status tg_env_init(napi_env env) {
+  tg_env *te = calloc(1, sizeof *te);
+  if (te == NULL) return napi_generic_failure;
+  te->env = env;
+  te->pipe_cap = 64 * 1024; /* the kernel's default pipe size */
+  napi_status st = napi_get_uv_event_loop(env, &te->loop);
+  if (st != napi_ok) {
+    free(te);
+    return st;
+  }
+  st = napi_add_async_cleanup_hook(env, on_env_teardown, te, &te->cleanup);
+  if (st != napi_ok) {
+    free(te);
+    return st;
+  }
+  st = napi_set_instance_data(env, te, env_finalize, NULL);
+  if (st != napi_ok) {
+    /* Nothing is open yet: the hook can go at once. */
+    (void)napi_remove_async_cleanup_hook(te->cleanup);
+    free(te);
+  }
+  return st;
+}
+
+tg_env *tg_env_of(napi_env env) {
+  void *data = NULL;
+  if (napi_get_instance_data(env, &data) != napi_ok || data == NULL) {
+    tg_throw_napi_failure(env, "napi_get_instance_data");
+    return NULL;
+  }
+  return data;
+}
+
+int tg_poll_init(tg_env *te, uv_poll_t *h, int fd) {
+  int rc = uv_poll_init_socket(te->loop, h, fd);
+  if (rc == 0) te->handles++;
+  return rc;
+}
+
+int tg_timer_init(tg_env *te, uv_timer_t *t) {
+  int rc = uv_timer_init(te->loop, t);
+  if (rc == 0) te->handles++;
+  return rc;
+}
+
+void tg_handle_closed(tg_env *te) {
+  if (--te->handles == 0 && te->stopping && te->cleanup != NULL) env_teardown_done(te);
 }

@@ -44,15 +44,15 @@
  * so that a bulk transfer needs a quarter of the wake-ups and splice calls.
  * Pages are only allocated while bytes sit in the pipe. Splice moves whole
  * skb fragments into pipe slots, so a pipe can be "full" with fewer bytes;
- * see in_full. pipe_cap is what the kernel granted (64 KiB if it refused). */
+ * see in_full. te->pipe_cap is what the kernel granted (64 KiB if it refused). */
 #define PIPE_WANT (256 * 1024)
-static size_t pipe_cap = 64 * 1024;
-#define PIPE_CAP pipe_cap
+#define PIPE_CAP (r->te->pipe_cap)
 
 enum { CLIENT = 0, UPSTREAM = 1 };
 static const char *const SIDE_NAME[2] = {"client", "upstream"};
 
 typedef struct tg_relay {
+  tg_env *te;
   uv_poll_t poll[2];      /* poll[i] watches fd[i] */
   uv_timer_t timer;       /* idle timeout; unused when idle_ms == 0 */
   int fd[2];              /* our duplicates; -1 once closed */
@@ -66,7 +66,7 @@ typedef struct tg_relay {
   bool shut[2];           /* side 1-d was half-closed after direction d finished */
   int events[2];          /* what poll[i] currently waits for */
   uint64_t idle_ms, last_active;
-  int open_handles;
+  int open_handles;       /* initialised handles whose close callback has not run */
   bool finished;
   char outcome[64];
   tg_relay_done_fn done; /* called once, after every handle is closed */
@@ -74,51 +74,50 @@ typedef struct tg_relay {
   struct tg_relay *prev, *next;
 } tg_relay;
 
-/* Empty pipes ready for reuse. Loop-thread only, like everything here. */
-#define PIPE_POOL_MAX 256
-static int pool_r[PIPE_POOL_MAX], pool_w[PIPE_POOL_MAX];
-static int pool_n;
-
-static int pipe_get(int *r, int *w) {
-  if (pool_n > 0) {
-    pool_n--;
-    *r = pool_r[pool_n];
-    *w = pool_w[pool_n];
+/* Empty pipes ready for reuse: te->pool_r/pool_w, per environment (its
+ * loop thread only, like everything here). */
+static int pipe_get(tg_env *te, int *r, int *w) {
+  if (te->pool_n > 0) {
+    te->pool_n--;
+    *r = te->pool_r[te->pool_n];
+    *w = te->pool_w[te->pool_n];
     return 0;
   }
   int p[2];
   if (pipe2(p, O_NONBLOCK | O_CLOEXEC) != 0) return -1;
+  /* A refusal (fs.pipe-max-size) leaves the default size: not an error. */
   int got = fcntl(p[1], F_SETPIPE_SZ, PIPE_WANT);
-  if (got > 0 && (size_t)got > pipe_cap) pipe_cap = (size_t)got;
+  if (got > 0 && (size_t)got > te->pipe_cap) te->pipe_cap = (size_t)got;
   *r = p[0];
   *w = p[1];
   return 0;
 }
 
-/* Only empty pipes may be pooled: a byte left behind would reach another connection. */
-static void pipe_put(int r, int w, bool empty) {
-  if (empty && pool_n < PIPE_POOL_MAX) {
-    pool_r[pool_n] = r;
-    pool_w[pool_n] = w;
-    pool_n++;
+/* Only empty pipes may be pooled: a byte left behind would reach another
+ * connection. None once the environment is torn down (the pool is closed). */
+static void pipe_put(tg_env *te, int r, int w, bool empty) {
+  if (empty && !te->stopping && te->pool_n < TG_PIPE_POOL_MAX) {
+    te->pool_r[te->pool_n] = r;
+    te->pool_w[te->pool_n] = w;
+    te->pool_n++;
     return;
   }
   close(r);
   close(w);
 }
 
-/* Live relays, for spliceAbortAll (gateway shutdown). Loop-thread only. */
-static tg_relay *live_head;
-static uint32_t live_count;
-
 static void finish(tg_relay *r, const char *outcome);
-static void free_on_close(uv_handle_t *h) { free(h->data); }
 
+/* The relay's memory goes with its last handle; done() is called then,
+ * unless the relay never started (tg_relay_start failed: r->done NULL). */
 static void on_handle_closed(uv_handle_t *h) {
   tg_relay *r = (tg_relay *)h->data;
-  if (--r->open_handles > 0) return;
-  r->done(r->user, r->bytes[CLIENT], r->bytes[UPSTREAM], r->outcome);
-  free(r);
+  tg_env *te = r->te;
+  if (--r->open_handles == 0) {
+    if (r->done != NULL) r->done(r->user, r->bytes[CLIENT], r->bytes[UPSTREAM], r->outcome);
+    free(r);
+  }
+  tg_handle_closed(te);
 }
 
 static void on_poll(uv_poll_t *h, int status, int events);
@@ -133,7 +132,7 @@ static void update_polls(tg_relay *r) {
     if (ev == r->events[side]) continue;
     r->events[side] = ev;
     if (ev == 0) {
-      uv_poll_stop(&r->poll[side]);
+      (void)uv_poll_stop(&r->poll[side]);
     } else {
       int rc = uv_poll_start(&r->poll[side], ev, on_poll);
       if (rc != 0) {
@@ -200,7 +199,7 @@ static bool pump(tg_relay *r, int d) {
   for (;;) {
     if (r->inpipe[d] > 0 && !r->wr_blocked[d] && !drain(r, d)) return false;
     if (r->rd_eof[d] || r->in_full[d] || r->inpipe[d] >= PIPE_CAP) break;
-    if (r->pipe_r[d] < 0 && pipe_get(&r->pipe_r[d], &r->pipe_w[d]) != 0) {
+    if (r->pipe_r[d] < 0 && pipe_get(r->te, &r->pipe_r[d], &r->pipe_w[d]) != 0) {
       local_fail(r, errno);
       return false;
     }
@@ -231,7 +230,7 @@ static bool pump(tg_relay *r, int d) {
     break;
   }
   if (r->inpipe[d] == 0 && r->pipe_r[d] >= 0) {
-    pipe_put(r->pipe_r[d], r->pipe_w[d], true);
+    pipe_put(r->te, r->pipe_r[d], r->pipe_w[d], true);
     r->pipe_r[d] = r->pipe_w[d] = -1;
     r->in_full[d] = false;
   }
@@ -275,35 +274,54 @@ static void on_timer(uv_timer_t *t) {
     finish(r, "idle-timeout");
     return;
   }
-  uv_timer_start(t, on_timer, r->idle_ms - idle, 0);
+  int rc = uv_timer_start(t, on_timer, r->idle_ms - idle, 0);
+  if (rc != 0) local_fail(r, -rc);
 }
 
 static void finish(tg_relay *r, const char *outcome) {
   if (r->finished) return;
   r->finished = true;
   snprintf(r->outcome, sizeof r->outcome, "%s", outcome);
+  tg_env *te = r->te;
   if (r->prev) r->prev->next = r->next;
-  else live_head = r->next;
+  else te->relays = r->next;
   if (r->next) r->next->prev = r->prev;
-  live_count--;
-  /* uv_close stops the polls at once, so the fds can be closed right after. */
-  r->open_handles = 3;
+  te->relay_count--;
+  /* uv_close stops the polls at once, so the fds can be closed right after.
+   * All three handles are open (open_handles == 3) once a relay runs. */
   uv_close((uv_handle_t *)&r->poll[0], on_handle_closed);
   uv_close((uv_handle_t *)&r->poll[1], on_handle_closed);
   uv_close((uv_handle_t *)&r->timer, on_handle_closed);
   for (int i = 0; i < 2; i++) {
     if (r->fd[i] >= 0) close(r->fd[i]);
-    if (r->pipe_r[i] >= 0) pipe_put(r->pipe_r[i], r->pipe_w[i], r->inpipe[i] == 0);
+    if (r->pipe_r[i] >= 0) pipe_put(te, r->pipe_r[i], r->pipe_w[i], r->inpipe[i] == 0);
     r->fd[i] = r->pipe_r[i] = r->pipe_w[i] = -1;
   }
 }
 
 /* ---- C entry point ---------------------------------------------------------- */
 
-int tg_relay_start(uv_loop_t *loop, int client_fd, int upstream_fd, uint64_t idle_ms, bool client_eof,
-                   bool upstream_eof, tg_relay_done_fn done, void *user) {
+/* A relay that could not start: its initialised handles are closed (libuv
+ * owns them until their close callbacks, which free r without a done()). */
+static int abandon(tg_relay *r, int rc, const char *what, const char **failed) {
+  uv_handle_t *h[3] = {(uv_handle_t *)&r->poll[CLIENT], (uv_handle_t *)&r->poll[UPSTREAM], (uv_handle_t *)&r->timer};
+  int n = r->open_handles;
+  r->done = NULL;
+  r->finished = true;
+  *failed = what;
+  if (n == 0) free(r);
+  for (int i = 0; i < n; i++) uv_close(h[i], on_handle_closed);
+  return rc;
+}
+
+int tg_relay_start(tg_env *te, int client_fd, int upstream_fd, uint64_t idle_ms, bool client_eof,
+                   bool upstream_eof, tg_relay_done_fn done, void *user, const char **failed) {
   tg_relay *r = calloc(1, sizeof *r);
-  if (r == NULL) return -ENOMEM;
+  if (r == NULL) {
+    *failed = "calloc";
+    return -ENOMEM;
+  }
+  r->te = te;
   r->done = done;
   r->user = user;
   r->idle_ms = idle_ms;
@@ -312,28 +330,27 @@ int tg_relay_start(uv_loop_t *loop, int client_fd, int upstream_fd, uint64_t idl
   r->rd_eof[CLIENT] = client_eof;
   r->rd_eof[UPSTREAM] = upstream_eof;
   for (int i = 0; i < 2; i++) r->pipe_r[i] = r->pipe_w[i] = -1;
-  int rc = uv_poll_init_socket(loop, &r->poll[CLIENT], client_fd);
-  if (rc != 0) {
-    free(r);
-    return rc;
-  }
+  /* open_handles counts in the order abandon() closes them. */
+  int rc = tg_poll_init(te, &r->poll[CLIENT], client_fd);
+  if (rc != 0) return abandon(r, rc, "uv_poll_init_socket", failed);
   r->poll[CLIENT].data = r;
-  rc = uv_poll_init_socket(loop, &r->poll[UPSTREAM], upstream_fd);
-  if (rc != 0) {
-    /* libuv owns an initialised handle until its close callback. */
-    uv_close((uv_handle_t *)&r->poll[CLIENT], free_on_close);
-    return rc;
-  }
+  r->open_handles++;
+  rc = tg_poll_init(te, &r->poll[UPSTREAM], upstream_fd);
+  if (rc != 0) return abandon(r, rc, "uv_poll_init_socket", failed);
   r->poll[UPSTREAM].data = r;
-  uv_timer_init(loop, &r->timer);
+  r->open_handles++;
+  rc = tg_timer_init(te, &r->timer);
+  if (rc != 0) return abandon(r, rc, "uv_timer_init", failed);
   r->timer.data = r;
-  r->last_active = uv_now(loop);
-  if (r->idle_ms > 0) uv_timer_start(&r->timer, on_timer, r->idle_ms, 0);
+  r->open_handles++;
+  r->last_active = uv_now(te->loop);
+  if (r->idle_ms > 0 && (rc = uv_timer_start(&r->timer, on_timer, r->idle_ms, 0)) != 0)
+    return abandon(r, rc, "uv_timer_start", failed);
   /* Keep the loop alive while bytes flow, like Node's own sockets. */
-  r->next = live_head;
-  if (live_head) live_head->prev = r;
-  live_head = r;
-  live_count++;
+  r->next = te->relays;
+  if (te->relays) te->relays->prev = r;
+  te->relays = r;
+  te->relay_count++;
 
   /* Bytes may already wait in the kernel (and EOF flags may already be set):
    * move them now rather than on the first poll. */
@@ -343,30 +360,31 @@ int tg_relay_start(uv_loop_t *loop, int client_fd, int upstream_fd, uint64_t idl
 
 /* ---- JS entry points ------------------------------------------------------ */
 
-/* One async context for every relay: a context per connection would cost a
- * JS object and async-hook events per connection for nothing transgate reads. */
-static napi_async_context shared_actx;
-
-static napi_status tg_shared_async_context(napi_env env, napi_async_context *out) {
-  if (shared_actx == NULL) {
+/* One async context per environment for every relay: a context per
+ * connection would cost a JS object and async-hook events per connection
+ * for nothing transgate reads. */
+static napi_status tg_shared_async_context(tg_env *te, napi_async_context *out) {
+  if (te->actx == NULL) {
     napi_value name;
-    napi_status st = napi_create_string_utf8(env, "transgate.native", NAPI_AUTO_LENGTH, &name);
-    if (st == napi_ok) st = napi_async_init(env, NULL, name, &shared_actx);
+    napi_status st = napi_create_string_utf8(te->env, "transgate.native", NAPI_AUTO_LENGTH, &name);
+    if (st == napi_ok) st = napi_async_init(te->env, NULL, name, &te->actx);
     if (st != napi_ok) {
-      shared_actx = NULL;
+      te->actx = NULL;
       return st;
     }
   }
-  *out = shared_actx;
+  *out = te->actx;
   return napi_ok;
 }
 
-napi_value tg_call_js(napi_env env, napi_ref fn, size_t argc, const napi_value *argv) {
+napi_value tg_call_js(tg_env *te, napi_ref fn, size_t argc, const napi_value *argv) {
+  napi_env env = te->env;
   napi_value cb, recv, result;
   napi_async_context actx;
+  if (te->stopping) return NULL; /* no JS runs in an environment being torn down */
   if (napi_get_reference_value(env, fn, &cb) != napi_ok || cb == NULL) return NULL;
   if (napi_get_global(env, &recv) != napi_ok) return NULL; /* MakeCallback wants an object */
-  if (tg_shared_async_context(env, &actx) != napi_ok) return NULL;
+  if (tg_shared_async_context(te, &actx) != napi_ok) return NULL;
   if (napi_make_callback(env, actx, recv, cb, argc, argv, &result) != napi_ok) {
     /* An exception in the callback: hand it to process 'uncaughtException'
      * as Node does for its own callbacks, instead of losing it. */
@@ -379,20 +397,20 @@ napi_value tg_call_js(napi_env env, napi_ref fn, size_t argc, const napi_value *
 
 /* What spliceRelay's caller waits for: the JS callback of one relay. */
 typedef struct {
-  napi_env env;
+  tg_env *te;
   napi_ref cb;
 } js_done;
 
 static void js_relay_done(void *user, uint64_t up, uint64_t down, const char *outcome) {
   js_done *d = user;
-  napi_env env = d->env;
+  napi_env env = d->te->env;
   napi_handle_scope scope;
-  if (napi_open_handle_scope(env, &scope) == napi_ok) {
+  if (!d->te->stopping && napi_open_handle_scope(env, &scope) == napi_ok) {
     napi_value argv[3];
     if (napi_create_double(env, (double)up, &argv[0]) == napi_ok &&
         napi_create_double(env, (double)down, &argv[1]) == napi_ok &&
         napi_create_string_utf8(env, outcome, NAPI_AUTO_LENGTH, &argv[2]) == napi_ok)
-      tg_call_js(env, d->cb, 3, argv);
+      tg_call_js(d->te, d->cb, 3, argv);
     napi_close_handle_scope(env, scope);
   }
   napi_delete_reference(env, d->cb);
@@ -429,14 +447,14 @@ static napi_value js_splice_relay(napi_env env, napi_callback_info info) {
     if (e != 0) return tg_throw_errno(env, "getsockopt(SO_TYPE)", e);
   }
 
-  uv_loop_t *loop;
-  if (napi_get_uv_event_loop(env, &loop) != napi_ok) return tg_throw_arg(env, "no event loop");
+  tg_env *te = tg_env_of(env);
+  if (te == NULL) return NULL;
   napi_async_context actx;
-  if (tg_shared_async_context(env, &actx) != napi_ok) return tg_throw_errno(env, "napi_async_init", ENOMEM);
+  if (tg_shared_async_context(te, &actx) != napi_ok) return tg_throw_errno(env, "napi_async_init", ENOMEM);
 
   js_done *d = calloc(1, sizeof *d);
   if (d == NULL) return tg_throw_errno(env, "calloc", ENOMEM);
-  d->env = env;
+  d->te = te;
   if (napi_create_reference(env, argv[5], 1, &d->cb) != napi_ok) {
     free(d);
     return tg_throw_errno(env, "napi_create_reference", ENOMEM);
@@ -449,8 +467,8 @@ static napi_value js_splice_relay(napi_env env, napi_callback_info info) {
     if (fd[i] < 0) err = errno, what = "fcntl(F_DUPFD_CLOEXEC)";
   }
   if (err == 0) {
-    int rc = tg_relay_start(loop, fd[0], fd[1], (uint64_t)idle_d, eof[0], eof[1], js_relay_done, d);
-    if (rc != 0) err = -rc, what = "uv_poll_init_socket";
+    int rc = tg_relay_start(te, fd[0], fd[1], (uint64_t)idle_d, eof[0], eof[1], js_relay_done, d, &what);
+    if (rc != 0) err = -rc;
   }
   if (err != 0) {
     for (int i = 0; i < 2; i++)
@@ -467,18 +485,26 @@ static napi_value js_splice_relay(napi_env env, napi_callback_info info) {
 /* spliceAbortAll() -> how many relays were aborted. Each still gets its callback. */
 static napi_value js_splice_abort_all(napi_env env, napi_callback_info info) {
   (void)info;
+  tg_env *te = tg_env_of(env);
+  if (te == NULL) return NULL;
   uint32_t n = 0;
-  while (live_head != NULL) {
-    finish(live_head, "aborted");
+  while (te->relays != NULL) {
+    finish(te->relays, "aborted");
     n++;
   }
   return tg_u32(env, n);
 }
 
-/* spliceActive() -> relays running now. */
+/* spliceActive() -> relays running now in this environment. */
 static napi_value js_splice_active(napi_env env, napi_callback_info info) {
   (void)info;
-  return tg_u32(env, live_count);
+  tg_env *te = tg_env_of(env);
+  if (te == NULL) return NULL;
+  return tg_u32(env, te->relay_count);
+}
+
+void tg_splice_teardown(tg_env *te) {
+  while (te->relays != NULL) finish(te->relays, "aborted");
 }
 
 napi_status tg_splice_register(napi_env env, napi_value exports) {

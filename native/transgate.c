@@ -13,13 +13,17 @@
 #endif
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
+#include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 
 #include <node_api.h>
@@ -169,7 +173,7 @@ static napi_value js_create_tcp_socket(napi_env env, napi_callback_info info) {
   fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return tg_throw_errno(env, "socket", errno);
   /* Before connect: the mark must be on the SYN so netfilter skips it. */
-  if (has_mark && set_int_opt(fd, SOL_SOCKET, SO_MARK, (int)(uint32_t)mark) != 0) {
+  if (has_mark && tg_set_mark(fd, (uint32_t)mark) != 0) {
     failed = "setsockopt(SO_MARK)";
     goto fail;
   }
@@ -231,8 +235,7 @@ static napi_value js_set_mark(napi_env env, napi_callback_info info) {
   if (!tg_get_args(env, info, 2, argv) || !tg_get_fd(env, argv[0], &fd) ||
       !tg_get_int(env, argv[1], "mark", 0, UINT32_MAX, &mark))
     return NULL;
-  if (set_int_opt(fd, SOL_SOCKET, SO_MARK, (int)(uint32_t)mark) != 0)
-    return tg_throw_errno(env, "setsockopt(SO_MARK)", errno);
+  if (tg_set_mark(fd, (uint32_t)mark) != 0) return tg_throw_errno(env, "setsockopt(SO_MARK)", errno);
   return make_undefined(env);
 }
 
@@ -260,6 +263,55 @@ static napi_value js_set_transparent(napi_env env, napi_callback_info info) {
   return make_undefined(env);
 }
 
+/* RLIMIT_NOFILE as a JS number; RLIM_INFINITY as Infinity. */
+static napi_value rlim_value(napi_env env, rlim_t v) {
+  napi_value out;
+  TG_NAPI_CALL(env, napi_create_double(env, v == RLIM_INFINITY ? INFINITY : (double)v, &out));
+  return out;
+}
+
+/* fs.nr_open: the most a process may set RLIMIT_NOFILE to. 0 if unreadable. */
+static rlim_t nr_open(void) {
+  char buf[32];
+  ssize_t n = -1;
+  int fd = open("/proc/sys/fs/nr_open", O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+  }
+  if (n <= 0) return 0;
+  buf[n] = 0;
+  char *end;
+  unsigned long long v = strtoull(buf, &end, 10);
+  return end == buf ? 0 : (rlim_t)v;
+}
+
+/*
+ * raiseNofileLimit() -> {soft, hard}: the soft open-files limit raised to the
+ * hard one (which needs no privilege), and the limits as they are after.
+ * Every connection costs two descriptors (three while a pipe carries bytes),
+ * and systemd's default soft limit is 1024. An unlimited hard limit (the
+ * kernel refuses RLIM_INFINITY for RLIMIT_NOFILE) raises soft to fs.nr_open.
+ */
+static napi_value js_raise_nofile_limit(napi_env env, napi_callback_info info) {
+  struct rlimit rl;
+  napi_value out, soft, hard;
+  (void)info;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return tg_throw_errno(env, "getrlimit(RLIMIT_NOFILE)", errno);
+  rlim_t want = rl.rlim_max;
+  if (want == RLIM_INFINITY) want = nr_open();
+  if (want > rl.rlim_cur) {
+    rl.rlim_cur = want;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) return tg_throw_errno(env, "setrlimit(RLIMIT_NOFILE)", errno);
+  }
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return tg_throw_errno(env, "getrlimit(RLIMIT_NOFILE)", errno);
+  if ((soft = rlim_value(env, rl.rlim_cur)) == NULL || (hard = rlim_value(env, rl.rlim_max)) == NULL) return NULL;
+  TG_NAPI_CALL(env, napi_create_object(env, &out));
+  TG_NAPI_CALL(env, napi_set_named_property(env, out, "soft", soft));
+  TG_NAPI_CALL(env, napi_set_named_property(env, out, "hard", hard));
+  return out;
+}
+
 /* native/splice.c: the zero-copy relay. */
 #include "splice.h"
 
@@ -276,7 +328,10 @@ static napi_value init(napi_env env, napi_value exports) {
       {"setMark", NULL, js_set_mark, NULL, NULL, NULL, napi_enumerable, NULL},
       {"getMark", NULL, js_get_mark, NULL, NULL, NULL, napi_enumerable, NULL},
       {"setTransparent", NULL, js_set_transparent, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"raiseNofileLimit", NULL, js_raise_nofile_limit, NULL, NULL, NULL, napi_enumerable, NULL},
   };
+  /* First: every entry point below reads this environment's state. */
+  TG_NAPI_CALL(env, tg_env_init(env));
   TG_NAPI_CALL(env, napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   TG_NAPI_CALL(env, transgate_register_udp(env, exports));
   TG_NAPI_CALL(env, tg_splice_register(env, exports));

@@ -65,6 +65,7 @@
 #define ANSWER_FIRST 512
 
 typedef struct tg_front {
+  tg_env *te;
   uv_poll_t poll;
   uv_timer_t pause;
   int fd;
@@ -72,11 +73,16 @@ typedef struct tg_front {
   bool redirect;   /* destination from SO_ORIGINAL_DST */
   bool speculate;  /* ask decide() with no bytes yet, so that it may dial meanwhile */
   bool closed;
-  int mark;        /* SO_MARK for upstream sockets; -1 none */
+  /* SO_MARK for upstream sockets. All 32 bits are marks (a mark kept in an
+   * int with -1 for none lost every mark from 0x80000000 up: the gateway's
+   * own connections then went out unmarked and were intercepted again). */
+  bool has_mark;
+  uint32_t mark;
   uint32_t sniff_max, sniff_ms, connect_ms, idle_ms;
-  int refs;        /* the listener itself, its two handles, and every live connection */
+  int refs;        /* the JS object, each initialised handle, and every live connection */
   napi_env env;
   napi_ref decide, done, unusable;
+  struct tg_front *prev, *next; /* te->fronts while not closed */
 } tg_front;
 
 enum state { SNIFF, CONNECTING, REQUEST, ANSWER, HEAD, RELAY, DONE };
@@ -114,9 +120,7 @@ typedef struct tg_conn {
   struct tg_conn *prev, *next;
 } tg_conn;
 
-static tg_conn *live_head;
-static uint32_t live_count;
-static uint32_t next_id;
+/* The live connections and the listeners are per environment: te->conns, te->fronts. */
 
 static void front_release(tg_front *f) {
   if (--f->refs > 0) return;
@@ -126,7 +130,12 @@ static void front_release(tg_front *f) {
   free(f);
 }
 
-static void front_handle_closed(uv_handle_t *h) { front_release((tg_front *)h->data); }
+static void front_handle_closed(uv_handle_t *h) {
+  tg_front *f = h->data;
+  tg_env *te = f->te;
+  front_release(f);
+  tg_handle_closed(te);
+}
 
 static void conn_release(tg_conn *c) {
   if (--c->refs > 0) return;
@@ -139,8 +148,20 @@ static void conn_release(tg_conn *c) {
   front_release(f);
 }
 
-static void conn_handle_closed(uv_handle_t *h) { conn_release((tg_conn *)h->data); }
-static void free_handle(uv_handle_t *h) { free(h); }
+static void conn_handle_closed(uv_handle_t *h) {
+  tg_conn *c = h->data;
+  tg_env *te = c->front->te;
+  conn_release(c);
+  tg_handle_closed(te);
+}
+
+/* For cpoll and upoll, whose data is the environment once they close: the
+ * connection may be freed before their close callbacks run. */
+static void free_handle(uv_handle_t *h) {
+  tg_env *te = h->data;
+  free(h);
+  tg_handle_closed(te);
+}
 
 static void set_linger0(int fd) {
   struct linger lg = {.l_onoff = 1, .l_linger = 0};
@@ -151,48 +172,51 @@ static void set_linger0(int fd) {
  * be closed or given to another handle right after. */
 static void close_cpoll(tg_conn *c) {
   if (c->cpoll == NULL) return;
+  c->cpoll->data = c->front->te;
   uv_close((uv_handle_t *)c->cpoll, free_handle);
   c->cpoll = NULL;
 }
 
 static void close_upoll(tg_conn *c) {
   if (c->upoll == NULL) return;
+  c->upoll->data = c->front->te;
   uv_close((uv_handle_t *)c->upoll, free_handle);
   c->upoll = NULL;
 }
 
 static void unlink_conn(tg_conn *c) {
+  tg_env *te = c->front->te;
   if (c->prev) c->prev->next = c->next;
-  else live_head = c->next;
+  else te->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   c->prev = c->next = NULL;
-  live_count--;
+  te->conn_count--;
 }
 
 /* done(id, up, down, outcome, status, reason) in JS. */
 static void tell_done(tg_conn *c, uint64_t up, uint64_t down, const char *outcome, int status, const char *reason) {
   napi_env env = c->front->env;
   napi_handle_scope scope;
-  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+  if (c->front->te->stopping || napi_open_handle_scope(env, &scope) != napi_ok) return;
   napi_value argv[6];
   if (napi_create_uint32(env, c->id, &argv[0]) == napi_ok && napi_create_double(env, (double)up, &argv[1]) == napi_ok &&
       napi_create_double(env, (double)down, &argv[2]) == napi_ok &&
       napi_create_string_utf8(env, outcome, NAPI_AUTO_LENGTH, &argv[3]) == napi_ok &&
       napi_create_uint32(env, (uint32_t)status, &argv[4]) == napi_ok &&
       napi_create_string_latin1(env, reason ? reason : "", NAPI_AUTO_LENGTH, &argv[5]) == napi_ok)
-    tg_call_js(env, c->front->done, 6, argv);
+    tg_call_js(c->front->te, c->front->done, 6, argv);
   napi_close_handle_scope(env, scope);
 }
 
 /* unusable(clientIp | null, clientPort, errnoName) in JS. */
 static void tell_unusable(tg_front *f, const char *cip, uint16_t cport, int err) {
   napi_handle_scope scope;
-  if (napi_open_handle_scope(f->env, &scope) != napi_ok) return;
+  if (f->te->stopping || napi_open_handle_scope(f->env, &scope) != napi_ok) return;
   napi_value argv[3];
   napi_status st = cip != NULL ? napi_create_string_latin1(f->env, cip, NAPI_AUTO_LENGTH, &argv[0]) : napi_get_null(f->env, &argv[0]);
   if (st == napi_ok && napi_create_uint32(f->env, cport, &argv[1]) == napi_ok &&
       napi_create_string_utf8(f->env, tg_errno_name(err), NAPI_AUTO_LENGTH, &argv[2]) == napi_ok)
-    tg_call_js(f->env, f->unusable, 3, argv);
+    tg_call_js(f->te, f->unusable, 3, argv);
   napi_close_handle_scope(f->env, scope);
 }
 
@@ -231,7 +255,7 @@ static void relay_done(void *user, uint64_t up, uint64_t down, const char *outco
 }
 
 static void start_relay(tg_conn *c) {
-  uv_loop_t *loop = c->timer.loop;
+  const char *failed;
   c->state = RELAY;
   unlink_conn(c);
   /* The relay polls both fds with handles of its own: ours go first. */
@@ -243,7 +267,7 @@ static void start_relay(tg_conn *c) {
   free(c->req), c->req = NULL;
   free(c->answer), c->answer = NULL;
   c->refs++; /* the relay's, released by relay_done */
-  int rc = tg_relay_start(loop, c->cfd, c->ufd, c->front->idle_ms, c->client_eof, false, relay_done, c);
+  int rc = tg_relay_start(c->front->te, c->cfd, c->ufd, c->front->idle_ms, c->client_eof, false, relay_done, c, &failed);
   if (rc != 0) {
     char msg[64];
     snprintf(msg, sizeof msg, "relay %s", tg_errno_name(-rc));
@@ -272,6 +296,16 @@ static bool upoll_want(tg_conn *c, int events) {
   return true;
 }
 
+/* (Re)arms the connection's one deadline; a failure ends the connection. */
+static bool timer_want(tg_conn *c, uint64_t ms) {
+  int rc = uv_timer_start(&c->timer, on_timeout, ms, 0);
+  if (rc != 0) {
+    conn_fail_errno(c, "socket", -rc);
+    return false;
+  }
+  return true;
+}
+
 /* Writes buf[*off..len) to fd. True when all of it is out; false with
  * errno EAGAIN when the socket is full, or another errno on failure. */
 static bool write_some(int fd, const char *buf, size_t len, size_t *off) {
@@ -293,8 +327,7 @@ static void send_head(tg_conn *c) {
   c->state = HEAD;
   if (c->head_len > 0 && !write_some(c->ufd, c->head, c->head_len, &c->head_off)) {
     if (errno == EAGAIN) {
-      uv_timer_start(&c->timer, on_timeout, c->front->connect_ms, 0);
-      upoll_want(c, UV_WRITABLE);
+      if (timer_want(c, c->front->connect_ms)) upoll_want(c, UV_WRITABLE);
       return;
     }
     conn_fail_errno(c, "upstream", errno);
@@ -385,7 +418,7 @@ static void read_answer(tg_conn *c) {
     if (c->answer_len >= ANSWER_MAX) conn_end(c, "answer-oversized", 0, NULL, true, true);
     return; /* more to come; the poll stays */
   }
-  uv_timer_stop(&c->timer);
+  (void)uv_timer_stop(&c->timer);
   const char *eol = memchr(c->answer, '\r', c->answer_len);
   size_t line_len = (size_t)(eol - c->answer);
   const char *reason;
@@ -424,11 +457,10 @@ static bool spec_alive(tg_conn *c) {
 /* The upstream connection is up: the CONNECT request goes out, or for a
  * direct connection the client's first bytes. */
 static void upstream_connected(tg_conn *c) {
-  uv_timer_stop(&c->timer);
+  (void)uv_timer_stop(&c->timer);
   if (c->req != NULL) {
     /* One deadline for the whole answer, as for the connect. */
-    uv_timer_start(&c->timer, on_timeout, c->front->connect_ms, 0);
-    send_request(c);
+    if (timer_want(c, c->front->connect_ms)) send_request(c);
   } else {
     send_head(c);
   }
@@ -441,7 +473,7 @@ static void spec_connected(tg_conn *c, int status) {
     return;
   }
   c->spec_connected = true;
-  uv_poll_stop(c->upoll); /* writable from now on: nothing to wait for until the request */
+  (void)uv_poll_stop(c->upoll); /* writable from now on: nothing to wait for until the request */
 }
 
 static void on_upstream(uv_poll_t *h, int status, int events) {
@@ -494,9 +526,12 @@ static void dial(tg_conn *c, const char *ip, uint32_t port, bool speculative) {
   }
   c->ufd = fd;
   int one = 1;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0) {
+    err = errno;
+    goto fail;
+  }
   /* Before connect: the mark must be on the SYN so netfilter skips it. */
-  if (c->front->mark >= 0 && setsockopt(fd, SOL_SOCKET, SO_MARK, &c->front->mark, sizeof c->front->mark) != 0) {
+  if (c->front->has_mark && tg_set_mark(fd, c->front->mark) != 0) {
     err = errno;
     goto fail;
   }
@@ -504,7 +539,7 @@ static void dial(tg_conn *c, const char *ip, uint32_t port, bool speculative) {
     err = ENOMEM;
     goto fail;
   }
-  int rc = uv_poll_init_socket(c->timer.loop, c->upoll, fd);
+  int rc = tg_poll_init(c->front->te, c->upoll, fd);
   if (rc != 0) {
     free(c->upoll);
     c->upoll = NULL;
@@ -528,7 +563,7 @@ static void dial(tg_conn *c, const char *ip, uint32_t port, bool speculative) {
     conn_fail_errno(c, "connect", errno);
     return;
   }
-  if (!speculative) uv_timer_start(&c->timer, on_timeout, c->front->connect_ms, 0);
+  if (!speculative && !timer_want(c, c->front->connect_ms)) return;
   upoll_want(c, UV_WRITABLE);
   return;
 
@@ -572,20 +607,30 @@ static int parse_action(napi_env env, napi_value result, bool final, char *ip, s
   return 1;
 }
 
-/* Polls the client for (more of) its first bytes until the sniff deadline. False when out of memory. */
-static bool watch_client(tg_conn *c) {
-  if ((c->cpoll = malloc(sizeof *c->cpoll)) == NULL || uv_poll_init_socket(c->timer.loop, c->cpoll, c->cfd) != 0) {
+/* Polls the client for (more of) its first bytes until the sniff deadline.
+ * 0, or the errno that kept it from watching (the caller ends c). */
+static int watch_client(tg_conn *c) {
+  if ((c->cpoll = malloc(sizeof *c->cpoll)) == NULL) return ENOMEM;
+  int rc = tg_poll_init(c->front->te, c->cpoll, c->cfd);
+  if (rc != 0) {
     free(c->cpoll);
     c->cpoll = NULL;
-    return false;
+    return -rc;
   }
   c->cpoll->data = c;
-  uv_poll_start(c->cpoll, UV_READABLE, on_client);
+  if ((rc = uv_poll_start(c->cpoll, UV_READABLE, on_client)) != 0) {
+    close_cpoll(c);
+    return -rc;
+  }
   /* One deadline for all the first bytes, not one per chunk: a client
    * dripping a byte at a time is decided on when it runs out. */
   uint64_t now = uv_now(c->timer.loop);
-  uv_timer_start(&c->timer, on_timeout, c->sniff_deadline > now ? c->sniff_deadline - now : 0, 0);
-  return true;
+  rc = uv_timer_start(&c->timer, on_timeout, c->sniff_deadline > now ? c->sniff_deadline - now : 0, 0);
+  if (rc != 0) {
+    close_cpoll(c);
+    return -rc;
+  }
+  return 0;
 }
 
 /* Calls decide() and acts on its answer. */
@@ -594,7 +639,7 @@ static void decide(tg_conn *c, const char *cip, uint16_t cport, const char *dip,
   napi_env env = f->env;
   /* No poll on the client while JS runs: it may take the fd. */
   close_cpoll(c);
-  uv_timer_stop(&c->timer);
+  (void)uv_timer_stop(&c->timer);
   napi_handle_scope scope;
   if (napi_open_handle_scope(env, &scope) != napi_ok) {
     conn_fail_errno(c, "socket", ENOMEM);
@@ -618,7 +663,7 @@ static void decide(tg_conn *c, const char *cip, uint16_t cport, const char *dip,
     }
   }
   c->refs++; /* JS may end this connection (tunnelAbortAll) while it runs */
-  if (ok) result = tg_call_js(env, f->decide, 9, argv);
+  if (ok) result = tg_call_js(f->te, f->decide, 9, argv);
   int action = -1;
   char ip[INET6_ADDRSTRLEN + 1];
   uint32_t port = 0;
@@ -637,7 +682,8 @@ static void decide(tg_conn *c, const char *cip, uint16_t cport, const char *dip,
   }
   if (action == 3 || action == 4) {
     /* The ClientHello is not whole yet: read on. */
-    if (!watch_client(c)) conn_fail_errno(c, "socket", ENOMEM);
+    int err = watch_client(c);
+    if (err != 0) conn_fail_errno(c, "socket", err);
     return;
   }
   switch (action) {
@@ -662,7 +708,7 @@ static void decide(tg_conn *c, const char *cip, uint16_t cport, const char *dip,
         upstream_connected(c);
       } else {
         c->state = CONNECTING;
-        uv_timer_start(&c->timer, on_timeout, c->front->connect_ms, 0);
+        timer_want(c, c->front->connect_ms); /* or c is ended */
       }
       return;
     }
@@ -750,29 +796,48 @@ static void on_timeout(uv_timer_t *t) {
   }
 }
 
+/* A connection that could not even be set up: reset, and said as an accept
+ * error (JS does not know it yet; unusable(null, 0, errno) is logged, rate-limited). */
+static void refuse_accepted(tg_front *f, int fd, int err) {
+  set_linger0(fd);
+  close(fd);
+  tell_unusable(f, NULL, 0, err);
+}
+
 static void start_conn(tg_front *f, int fd, const struct sockaddr_storage *peer) {
+  tg_env *te = f->te;
   tg_conn *c = calloc(1, sizeof *c);
   if (c == NULL) {
-    set_linger0(fd);
-    close(fd);
+    refuse_accepted(f, fd, ENOMEM);
+    return;
+  }
+  int rc = tg_timer_init(te, &c->timer);
+  if (rc != 0) {
+    free(c);
+    refuse_accepted(f, fd, -rc);
     return;
   }
   c->front = f;
   f->refs++;
-  c->id = ++next_id;
+  c->id = ++te->next_conn_id;
   c->cfd = fd;
   c->ufd = -1;
   c->refs = 2; /* the machine and the timer */
   c->state = SNIFF;
-  uv_timer_init(f->poll.loop, &c->timer);
-  c->sniff_deadline = uv_now(f->poll.loop) + f->sniff_ms;
+  c->sniff_deadline = uv_now(te->loop) + f->sniff_ms;
   c->timer.data = c;
-  c->next = live_head;
-  if (live_head) live_head->prev = c;
-  live_head = c;
-  live_count++;
+  c->next = te->conns;
+  if (te->conns) te->conns->prev = c;
+  te->conns = c;
+  te->conn_count++;
+  /* From here on every failure ends c through conn_end. */
   int one = 1;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0) {
+    int err = errno;
+    conn_end(c, "unusable", 0, NULL, false, true);
+    tell_unusable(f, NULL, 0, err); /* f is still held by c's timer */
+    return;
+  }
 
   endpoints e;
   if (!endpoints_of(c, peer, &e)) {
@@ -789,6 +854,7 @@ static void start_conn(tg_front *f, int fd, const struct sockaddr_storage *peer)
   }
   if ((c->ep = malloc(sizeof *c->ep)) == NULL) {
     conn_end(c, "unusable", 0, NULL, false, true);
+    tell_unusable(f, NULL, 0, ENOMEM);
     return;
   }
   *c->ep = e;
@@ -800,23 +866,52 @@ static void start_conn(tg_front *f, int fd, const struct sockaddr_storage *peer)
     decide(c, e.cip, e.cport, e.dip, e.dport, false);
     return;
   }
-  if (!watch_client(c)) conn_end(c, "unusable", 0, NULL, false, true);
+  int err = watch_client(c);
+  if (err != 0) {
+    conn_end(c, "unusable", 0, NULL, false, true);
+    tell_unusable(f, NULL, 0, err);
+  }
 }
 
 /* ---- listener ---------------------------------------------------------------- */
 
 static void on_accept(uv_poll_t *h, int status, int events);
 
+/* Stops accepting for good: tunnelClose, teardown, or a listener that can
+ * neither poll nor pause. The listening fd is closed unless it is still
+ * the caller's (close_fd false: tunnelListen failed). */
+static void front_stop(tg_front *f, bool close_fd) {
+  if (f->closed) return;
+  f->closed = true;
+  if (f->prev) f->prev->next = f->next;
+  else f->te->fronts = f->next;
+  if (f->next) f->next->prev = f->prev;
+  f->prev = f->next = NULL;
+  uv_close((uv_handle_t *)&f->poll, front_handle_closed);
+  uv_close((uv_handle_t *)&f->pause, front_handle_closed);
+  if (close_fd) close(f->fd);
+  f->fd = -1;
+}
+
+static void accept_failed(tg_front *f, int err);
+
 static void on_pause_end(uv_timer_t *t) {
   tg_front *f = t->data;
-  if (!f->closed) uv_poll_start(&f->poll, UV_READABLE, on_accept);
+  if (f->closed) return;
+  int rc = uv_poll_start(&f->poll, UV_READABLE, on_accept);
+  if (rc != 0) accept_failed(f, -rc); /* said, and tried again after a pause */
 }
 
 /* EMFILE and the like. Level-triggered: polling on would spin. Pause, say so, retry. */
 static void accept_failed(tg_front *f, int err) {
-  uv_poll_stop(&f->poll);
-  uv_timer_start(&f->pause, on_pause_end, ACCEPT_PAUSE_MS, 0);
+  (void)uv_poll_stop(&f->poll);
+  int rc = uv_timer_start(&f->pause, on_pause_end, ACCEPT_PAUSE_MS, 0);
   tell_unusable(f, NULL, 0, err);
+  if (rc != 0) {
+    /* Nothing would ever poll again: the listener ends, and says why. */
+    tell_unusable(f, NULL, 0, -rc);
+    front_stop(f, true);
+  }
 }
 
 static void on_accept(uv_poll_t *h, int status, int events) {
@@ -846,6 +941,9 @@ static void front_finalize(napi_env env, void *data, void *hint) {
   front_release(data);
 }
 
+/* Tells tunnelListen handles apart from other externals (udpListen's). */
+static const napi_type_tag FRONT_TAG = {0x7472616e73676174ULL, 0x652074756e6e656cULL};
+
 static bool get_fn(napi_env env, napi_value v, const char *name, napi_ref *out) {
   napi_valuetype t;
   char msg[64];
@@ -857,25 +955,30 @@ static bool get_fn(napi_env env, napi_value v, const char *name, napi_ref *out) 
   return napi_create_reference(env, v, 1, out) == napi_ok;
 }
 
-/* tunnelListen(fd, sniff, redirect, mark, sniffMaxBytes, sniffMs, connectMs, idleMs, decide, done, unusable, speculate) -> handle */
+/* tunnelListen(fd, sniff, redirect, mark | undefined, sniffMaxBytes, sniffMs, connectMs, idleMs, decide, done, unusable, speculate) -> handle */
 static napi_value js_tunnel_listen(napi_env env, napi_callback_info info) {
   napi_value argv[12];
+  napi_valuetype t;
   int fd;
-  bool sniff, redirect, speculate;
-  double mark, sniff_max, sniff_ms, connect_ms, idle_ms;
+  bool sniff, redirect, speculate, has_mark;
+  double mark = 0, sniff_max, sniff_ms, connect_ms, idle_ms;
   if (!tg_get_args(env, info, 12, argv) || !tg_get_fd(env, argv[0], &fd) ||
       !tg_get_bool(env, argv[11], "speculate", &speculate) ||
-      !tg_get_bool(env, argv[1], "sniff", &sniff) || !tg_get_bool(env, argv[2], "redirect", &redirect) ||
-      !tg_get_int(env, argv[3], "mark", -1, UINT32_MAX, &mark) ||
+      !tg_get_bool(env, argv[1], "sniff", &sniff) || !tg_get_bool(env, argv[2], "redirect", &redirect))
+    return NULL;
+  if (napi_typeof(env, argv[3], &t) != napi_ok) return tg_throw_arg(env, "mark must be an integer or undefined");
+  has_mark = t != napi_undefined;
+  if ((has_mark && !tg_get_int(env, argv[3], "mark", 0, UINT32_MAX, &mark)) ||
       !tg_get_int(env, argv[4], "sniffMaxBytes", 1, 1 << 20, &sniff_max) ||
       !tg_get_int(env, argv[5], "sniffMs", 1, 2147483647.0, &sniff_ms) ||
       !tg_get_int(env, argv[6], "connectMs", 1, 2147483647.0, &connect_ms) ||
       !tg_get_int(env, argv[7], "idleMs", 0, 2147483647.0, &idle_ms))
     return NULL;
-  uv_loop_t *loop;
-  if (napi_get_uv_event_loop(env, &loop) != napi_ok) return tg_throw_arg(env, "no event loop");
+  tg_env *te = tg_env_of(env);
+  if (te == NULL) return NULL;
   tg_front *f = calloc(1, sizeof *f);
   if (f == NULL) return tg_throw_errno(env, "calloc", ENOMEM);
+  f->te = te;
   f->env = env;
   if (!get_fn(env, argv[8], "decide", &f->decide) || !get_fn(env, argv[9], "done", &f->done) ||
       !get_fn(env, argv[10], "unusable", &f->unusable)) {
@@ -888,47 +991,67 @@ static napi_value js_tunnel_listen(napi_env env, napi_callback_info info) {
   f->sniff = sniff;
   f->redirect = redirect;
   f->speculate = sniff && speculate;
-  f->mark = mark < 0 ? -1 : (int)(uint32_t)mark;
+  f->has_mark = has_mark;
+  f->mark = (uint32_t)mark;
   f->sniff_max = (uint32_t)sniff_max;
   f->sniff_ms = (uint32_t)sniff_ms;
   f->connect_ms = (uint32_t)connect_ms;
   f->idle_ms = (uint32_t)idle_ms;
-  int rc = uv_poll_init_socket(loop, &f->poll, fd);
+  /* One reference: this function's own, until the JS handle exists (or not). */
+  f->refs = 1;
+  int rc = tg_poll_init(te, &f->poll, fd);
   if (rc != 0) {
-    napi_delete_reference(env, f->decide);
-    napi_delete_reference(env, f->done);
-    napi_delete_reference(env, f->unusable);
-    free(f);
+    front_release(f);
     return tg_throw_errno(env, "uv_poll_init_socket", -rc);
   }
   f->poll.data = f;
-  uv_timer_init(loop, &f->pause);
-  f->pause.data = f;
-  /* The JS handle, the two libuv handles. */
-  f->refs = 3;
-  uv_poll_start(&f->poll, UV_READABLE, on_accept);
-  napi_value handle;
-  if (napi_create_external(env, f, front_finalize, NULL, &handle) != napi_ok) {
-    f->refs--;
-    return tg_throw_errno(env, "napi_create_external", ENOMEM);
+  f->refs++; /* the poll handle's */
+  rc = tg_timer_init(te, &f->pause);
+  if (rc != 0) {
+    /* The poll handle is libuv's until its close callback: f goes with it. */
+    f->closed = true;
+    uv_close((uv_handle_t *)&f->poll, front_handle_closed);
+    front_release(f);
+    return tg_throw_errno(env, "uv_timer_init", -rc);
   }
-  return handle;
+  f->pause.data = f;
+  f->refs++; /* the pause timer's */
+  f->next = te->fronts;
+  if (te->fronts) te->fronts->prev = f;
+  te->fronts = f;
+  napi_value handle;
+  const char *failed = "napi_create_external";
+  if (napi_create_external(env, f, front_finalize, NULL, &handle) == napi_ok) {
+    /* Ours becomes the JS object's: released by front_finalize. */
+    if (napi_type_tag_object(env, handle, &FRONT_TAG) != napi_ok) {
+      failed = "napi_type_tag_object";
+      rc = -ENOMEM;
+    } else if ((rc = uv_poll_start(&f->poll, UV_READABLE, on_accept)) == 0) {
+      return handle;
+    } else {
+      failed = "uv_poll_start";
+    }
+  } else {
+    front_release(f); /* no JS object holds f */
+    rc = -ENOMEM;
+  }
+  /* The fd stays the caller's, as for any failed tunnelListen. */
+  front_stop(f, false);
+  return tg_throw_errno(env, failed, -rc);
 }
 
 /* tunnelClose(handle): stops accepting and closes the listening fd. Live connections go on. */
 static napi_value js_tunnel_close(napi_env env, napi_callback_info info) {
   napi_value argv[1];
+  napi_valuetype t;
+  bool tagged = false;
   void *data = NULL;
-  if (!tg_get_args(env, info, 1, argv) || napi_get_value_external(env, argv[0], &data) != napi_ok || data == NULL)
+  if (!tg_get_args(env, info, 1, argv)) return NULL;
+  if (napi_typeof(env, argv[0], &t) != napi_ok || t != napi_external ||
+      napi_check_object_type_tag(env, argv[0], &FRONT_TAG, &tagged) != napi_ok || !tagged ||
+      napi_get_value_external(env, argv[0], &data) != napi_ok || data == NULL)
     return tg_throw_arg(env, "handle must come from tunnelListen");
-  tg_front *f = data;
-  if (!f->closed) {
-    f->closed = true;
-    uv_close((uv_handle_t *)&f->poll, front_handle_closed);
-    uv_close((uv_handle_t *)&f->pause, front_handle_closed);
-    close(f->fd);
-    f->fd = -1;
-  }
+  front_stop(data, true);
   napi_value undef;
   napi_get_undefined(env, &undef);
   return undef;
@@ -937,18 +1060,27 @@ static napi_value js_tunnel_close(napi_env env, napi_callback_info info) {
 /* tunnelAbortAll() -> how many connections (not yet relaying) were ended; each gets done("aborted"). */
 static napi_value js_tunnel_abort_all(napi_env env, napi_callback_info info) {
   (void)info;
+  tg_env *te = tg_env_of(env);
+  if (te == NULL) return NULL;
   uint32_t n = 0;
-  while (live_head != NULL) {
-    conn_end(live_head, "aborted", 0, NULL, true, true);
+  while (te->conns != NULL) {
+    conn_end(te->conns, "aborted", 0, NULL, true, true);
     n++;
   }
   return tg_u32(env, n);
 }
 
-/* tunnelPending() -> connections not yet relaying. */
+/* tunnelPending() -> connections of this environment not yet relaying. */
 static napi_value js_tunnel_pending(napi_env env, napi_callback_info info) {
   (void)info;
-  return tg_u32(env, live_count);
+  tg_env *te = tg_env_of(env);
+  if (te == NULL) return NULL;
+  return tg_u32(env, te->conn_count);
+}
+
+void tg_tunnel_teardown(tg_env *te) {
+  while (te->conns != NULL) conn_end(te->conns, "aborted", 0, NULL, false, true);
+  while (te->fronts != NULL) front_stop(te->fronts, true);
 }
 
 napi_status tg_tunnel_register(napi_env env, napi_value exports) {

@@ -34,17 +34,30 @@
 /* Datagrams read per poll wakeup before yielding to the rest of the loop. */
 #define UDP_BATCH 64
 
+/*
+ * Two owners: the poll handle (until its close callback) and the JS object
+ * (until its finalizer). The listener is freed when both have let go, so a
+ * closed handle still points at valid memory and answers later calls
+ * (udpClose again, udpListenerPort) instead of reading freed memory, which
+ * it did when on_closed freed it alone.
+ */
 typedef struct udp_listener {
+  tg_env *te;
   uv_poll_t poll;
-  int fd;
+  int fd;        /* -1 once closed */
   int family;
   napi_env env;
   napi_ref callback;
   napi_async_context async;
-  bool closing;
+  bool closing;  /* udpClose or teardown ran: no more datagrams, calls, or closes */
+  int refs;      /* the poll handle, the JS object */
+  struct udp_listener *prev, *next; /* te->udps while not closing */
 } udp_listener;
 
-static unsigned char recv_buf[UDP_MAX_DATAGRAM];
+static void udp_release(udp_listener *l) {
+  if (--l->refs > 0) return;
+  free(l);
+}
 
 /* host (IPv4/IPv6 literal) and port into a sockaddr; false with a TypeError pending otherwise. */
 static bool udp_get_sockaddr(napi_env env, napi_value host_v, napi_value port_v,
@@ -100,7 +113,7 @@ static void deliver(udp_listener *l, size_t n, const struct sockaddr_storage *fr
   if (napi_get_reference_value(env, l->callback, &cb) == napi_ok && cb != NULL &&
       /* MakeCallback needs an object as receiver: undefined would throw. */
       napi_get_global(env, &recv) == napi_ok &&
-      napi_create_buffer_copy(env, n, recv_buf, &data, &argv[0]) == napi_ok &&
+      napi_create_buffer_copy(env, n, l->te->udp_buf, &data, &argv[0]) == napi_ok &&
       napi_create_string_utf8(env, from_text, NAPI_AUTO_LENGTH, &argv[1]) == napi_ok &&
       napi_create_uint32(env, from_port, &argv[2]) == napi_ok &&
       napi_create_string_utf8(env, dst_text, NAPI_AUTO_LENGTH, &argv[3]) == napi_ok &&
@@ -120,11 +133,18 @@ static void deliver(udp_listener *l, size_t n, const struct sockaddr_storage *fr
 static void on_readable(uv_poll_t *handle, int status, int events) {
   udp_listener *l = (udp_listener *)handle->data;
   (void)events;
-  if (status < 0 || l->closing) return;
+  if (l->closing) return;
+  if (status < 0) {
+    /* libuv stops a poll handle on EPOLLERR. Reading SO_ERROR clears the
+     * socket's error; then listen on, or DNS would stop for good. */
+    (void)tg_socket_error(l->fd, status);
+    (void)uv_poll_start(&l->poll, UV_READABLE, on_readable); /* nobody to tell if not */
+    return;
+  }
   for (int i = 0; i < UDP_BATCH && !l->closing; i++) {
     struct sockaddr_storage from, dst;
     char control[256];
-    struct iovec iov = {recv_buf, sizeof recv_buf};
+    struct iovec iov = {l->te->udp_buf, UDP_MAX_DATAGRAM};
     struct msghdr msg;
     memset(&msg, 0, sizeof msg);
     memset(&dst, 0, sizeof dst);
@@ -158,6 +178,37 @@ static void on_readable(uv_poll_t *handle, int status, int events) {
   }
 }
 
+static void on_closed(uv_handle_t *h) {
+  udp_listener *l = (udp_listener *)h->data;
+  tg_env *te = l->te;
+  close(l->fd);
+  l->fd = -1;
+  udp_release(l); /* the poll handle's reference */
+  tg_handle_closed(te);
+}
+
+/* Ends a listener (udpClose, teardown, a failed udpListen): no datagram is
+ * delivered after this; the fd closes once libuv let go of it. Idempotent. */
+static void udp_stop(udp_listener *l) {
+  if (l->closing) return;
+  l->closing = true;
+  if (l->prev) l->prev->next = l->next;
+  else l->te->udps = l->next;
+  if (l->next) l->next->prev = l->prev;
+  l->prev = l->next = NULL;
+  napi_async_destroy(l->env, l->async);
+  napi_delete_reference(l->env, l->callback);
+  uv_close((uv_handle_t *)&l->poll, on_closed);
+}
+
+static void udp_finalize(napi_env env, void *data, void *hint) {
+  (void)env, (void)hint;
+  udp_release(data); /* the JS object's reference */
+}
+
+/* Tells udpListen handles apart from other externals (tunnelListen's). */
+static const napi_type_tag UDP_TAG = {0x7472616e73676174ULL, 0x6520756470206c73ULL};
+
 /* udpListen(host, port, transparent, callback) -> handle */
 static napi_value js_udp_listen(napi_env env, napi_callback_info info) {
   size_t argc = 4;
@@ -189,17 +240,22 @@ static napi_value js_udp_listen(napi_env env, napi_callback_info info) {
   failed = "bind";
   if (bind(fd, (struct sockaddr *)&ss, len) != 0) goto fail;
 
-  uv_loop_t *loop = NULL;
-  if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == NULL) {
+  tg_env *te = tg_env_of(env);
+  if (te == NULL) {
     close(fd);
-    napi_throw_error(env, "ERR_TRANSGATE_NAPI", "napi_get_uv_event_loop failed");
     return NULL;
+  }
+  /* One receive buffer per environment: listeners of one loop never read at once. */
+  if (te->udp_buf == NULL && (te->udp_buf = malloc(UDP_MAX_DATAGRAM)) == NULL) {
+    close(fd);
+    return tg_throw_errno(env, "malloc", ENOMEM);
   }
   udp_listener *l = calloc(1, sizeof *l);
   if (l == NULL) {
     close(fd);
     return tg_throw_errno(env, "calloc", ENOMEM);
   }
+  l->te = te;
   l->fd = fd;
   l->family = family;
   l->env = env;
@@ -213,50 +269,63 @@ static napi_value js_udp_listen(napi_env env, napi_callback_info info) {
     napi_throw_error(env, "ERR_TRANSGATE_NAPI", "udpListen: could not keep the callback");
     return NULL;
   }
-  int rc = uv_poll_init(loop, &l->poll, fd);
-  if (rc == 0) {
-    l->poll.data = l;
-    rc = uv_poll_start(&l->poll, UV_READABLE, on_readable);
-    if (rc != 0) uv_close((uv_handle_t *)&l->poll, NULL);
-  }
+  int rc = tg_poll_init(te, &l->poll, fd);
   if (rc != 0) {
-    /* The poll handle (if initialised) is closing; leak l rather than free it under libuv. */
     napi_async_destroy(env, l->async);
     napi_delete_reference(env, l->callback);
     close(fd);
+    free(l);
+    return tg_throw_errno(env, "uv_poll_init_socket", -rc);
+  }
+  l->poll.data = l;
+  l->refs = 1; /* the poll handle's; from here on udp_stop ends the listener */
+  l->next = te->udps;
+  if (te->udps) te->udps->prev = l;
+  te->udps = l;
+  if (napi_create_external(env, l, udp_finalize, NULL, &handle) != napi_ok) {
+    udp_stop(l);
+    tg_throw_napi_failure(env, "udpListen: napi_create_external");
+    return NULL;
+  }
+  l->refs++; /* the JS object's, released by udp_finalize */
+  if (napi_type_tag_object(env, handle, &UDP_TAG) != napi_ok) {
+    udp_stop(l);
+    tg_throw_napi_failure(env, "udpListen: napi_type_tag_object");
+    return NULL;
+  }
+  if ((rc = uv_poll_start(&l->poll, UV_READABLE, on_readable)) != 0) {
+    udp_stop(l);
     return tg_throw_errno(env, "uv_poll_start", -rc);
   }
-  if (napi_create_external(env, l, NULL, NULL, &handle) != napi_ok) return NULL;
   return handle;
 fail:
   tg_close_keep_errno(fd);
   return tg_throw_errno(env, failed, errno);
 }
 
-static void on_closed(uv_handle_t *h) {
-  udp_listener *l = (udp_listener *)h->data;
-  close(l->fd);
-  free(l);
+/* The listener from a udpListen handle; NULL with a TypeError pending for
+ * anything else (a tunnelListen handle included: both are externals). */
+static udp_listener *udp_of(napi_env env, napi_value v) {
+  napi_valuetype t;
+  bool tagged = false;
+  void *p = NULL;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_external ||
+      napi_check_object_type_tag(env, v, &UDP_TAG, &tagged) != napi_ok || !tagged ||
+      napi_get_value_external(env, v, &p) != napi_ok || p == NULL) {
+    tg_throw_arg(env, "handle must be a handle from udpListen");
+    return NULL;
+  }
+  return p;
 }
 
 /* udpClose(handle): stops polling, closes the socket once libuv let go of it. Idempotent. */
 static napi_value js_udp_close(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1], undef;
-  void *p = NULL;
-  napi_valuetype t;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
-  if (napi_typeof(env, argv[0], &t) != napi_ok || t != napi_external ||
-      napi_get_value_external(env, argv[0], &p) != napi_ok || p == NULL)
-    return tg_throw_arg(env, "handle must be a handle from udpListen");
-  udp_listener *l = (udp_listener *)p;
-  napi_get_undefined(env, &undef);
-  if (l->closing) return undef;
-  l->closing = true;
-  uv_poll_stop(&l->poll);
-  napi_async_destroy(env, l->async);
-  napi_delete_reference(env, l->callback);
-  uv_close((uv_handle_t *)&l->poll, on_closed);
+  if (!tg_get_args(env, info, 1, argv)) return NULL;
+  udp_listener *l = udp_of(env, argv[0]);
+  if (l == NULL) return NULL;
+  udp_stop(l); /* a closed listener stays valid memory until its JS object is finalized */
+  TG_NAPI_CALL(env, napi_get_undefined(env, &undef));
   return undef;
 }
 
@@ -264,15 +333,14 @@ static napi_value js_udp_close(napi_env env, napi_callback_info info) {
 static napi_value js_udp_listener_port(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
-  void *p = NULL;
   struct sockaddr_storage ss;
   socklen_t len = sizeof ss;
   char text[INET6_ADDRSTRLEN];
   uint16_t port;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return NULL;
-  if (napi_get_value_external(env, argv[0], &p) != napi_ok || p == NULL)
-    return tg_throw_arg(env, "handle must be a handle from udpListen");
-  udp_listener *l = (udp_listener *)p;
+  udp_listener *l = udp_of(env, argv[0]);
+  if (l == NULL) return NULL;
+  /* A closed listener has no socket: EBADF, as getsockname on a closed fd says. */
   if (l->closing) return tg_throw_errno(env, "getsockname", EBADF);
   if (getsockname(l->fd, (struct sockaddr *)&ss, &len) != 0) return tg_throw_errno(env, "getsockname", errno);
   if (tg_format_addr(&ss, text, &port) == 0) return tg_throw_errno(env, "getsockname", EAFNOSUPPORT);
@@ -334,6 +402,10 @@ static napi_value js_udp_send(napi_env env, napi_callback_info info) {
   ssize_t n = sendto(fd, data, size, MSG_DONTWAIT | MSG_NOSIGNAL, (struct sockaddr *)&ss, len);
   if (n < 0) return tg_throw_errno(env, "sendto", errno);
   return tg_u32(env, (uint32_t)n);
+}
+
+void tg_udp_teardown(tg_env *te) {
+  while (te->udps != NULL) udp_stop(te->udps);
 }
 
 /* Called once from the module init in transgate.c. */

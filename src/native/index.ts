@@ -2,7 +2,10 @@
  * The one loader of the native addon (native/transgate.c, built by
  * `npm install` into build/Release/transgate.node) and typed, argument-checked
  * wrappers around it. The addon is loaded on first use, so modules that only
- * import types from here work without a compiler.
+ * import types from here work without a compiler. TRANSGATE_ADDON=/path/to/
+ * transgate.node loads that file instead, and only it (the sanitizer build of
+ * scripts/native-sanitize.sh: a silent fallback to the normal build would let
+ * that run test nothing).
  *
  * Errors from the kernel are Errors whose `code` is the errno name
  * ('EADDRINUSE'), `errno` the negative errno (Node's convention),
@@ -50,6 +53,12 @@ export interface ConnectMarkedOptions {
   localPort?: number;
 }
 
+/** RLIMIT_NOFILE after raiseNofileLimit(); Infinity for an unlimited hard limit. */
+export interface NofileLimit {
+  soft: number;
+  hard: number;
+}
+
 /** What the addon's syscall errors look like. */
 export interface NativeSystemError extends Error {
   code: string;
@@ -67,6 +76,7 @@ export interface NativeBinding {
   setMark(fd: number, mark: number): void;
   getMark(fd: number): number;
   setTransparent(fd: number, family: Family): void;
+  raiseNofileLimit(): NofileLimit;
   // native/udp.c
   udpListen(host: string, port: number, transparent: boolean, onPacket: UdpPacketCallback): UdpHandle;
   udpClose(handle: UdpHandle): void;
@@ -79,7 +89,7 @@ export interface NativeBinding {
   spliceActive(): number;
   // native/tunnel.c
   tunnelListen(
-    fd: number, sniff: boolean, redirect: boolean, mark: number, sniffMaxBytes: number, sniffMs: number, connectMs: number, idleMs: number,
+    fd: number, sniff: boolean, redirect: boolean, mark: number | undefined, sniffMaxBytes: number, sniffMs: number, connectMs: number, idleMs: number,
     decide: TunnelDecide, done: TunnelDone, unusable: TunnelUnusable, speculate: boolean,
   ): TunnelHandle;
   tunnelClose(handle: TunnelHandle): void;
@@ -125,7 +135,7 @@ export interface TunnelListenOptions {
   sniff: boolean;
   /** REDIRECT mode: the destination is SO_ORIGINAL_DST, not the local address. */
   redirect: boolean;
-  /** SO_MARK for upstream sockets. */
+  /** SO_MARK for upstream sockets (0..2^32-1, all 32 bits); none when omitted. */
   mark?: number;
   sniffMaxBytes: number;
   /**
@@ -171,10 +181,13 @@ export interface UdpListenOptions {
 const ADDON_NAME = 'transgate.node';
 // From dist/src/native/ up to the package root.
 const PACKAGE_ROOT = path.resolve(__dirname, '..', '..', '..');
-const CANDIDATES = [
-  path.join(PACKAGE_ROOT, 'build', 'Release', ADDON_NAME),
-  path.join(PACKAGE_ROOT, 'build', 'Debug', ADDON_NAME),
-];
+
+/** Where the addon may be: TRANSGATE_ADDON alone when set, else the node-gyp builds. */
+function candidates(): string[] {
+  const override = process.env.TRANSGATE_ADDON;
+  if (override !== undefined && override !== '') return [path.resolve(override)];
+  return [path.join(PACKAGE_ROOT, 'build', 'Release', ADDON_NAME), path.join(PACKAGE_ROOT, 'build', 'Debug', ADDON_NAME)];
+}
 
 let binding: NativeBinding | undefined;
 let loadError: GatewayError | undefined;
@@ -188,7 +201,7 @@ export function loadNative(): NativeBinding {
   if (loadError) throw loadError;
   const reasons: string[] = [];
   let cause: unknown;
-  for (const file of CANDIDATES) {
+  for (const file of candidates()) {
     if (!fs.existsSync(file)) {
       reasons.push(`${file}: not found`);
       continue;
@@ -333,6 +346,15 @@ export function setTransparent(fd: number, family: Family): void {
   const f = checkFd(fd);
   const fam = checkFamily(family);
   loadNative().setTransparent(f, fam);
+}
+
+/**
+ * Raises the soft open-files limit (RLIMIT_NOFILE) to the hard one and
+ * returns both as they are after; for sizing --max-conns. A soft limit
+ * already at the hard one is left alone.
+ */
+export function raiseNofileLimit(): NofileLimit {
+  return loadNative().raiseNofileLimit();
 }
 
 /**
@@ -500,7 +522,7 @@ export function hasTunnel(): boolean {
 export function tunnelListen(opts: TunnelListenOptions, decide: TunnelDecide, done: TunnelDone, unusable: TunnelUnusable): TunnelHandle {
   const o = checkOptions('options', opts);
   const fd = checkInt('options.fd', o.fd, 0, 0x7fffffff);
-  const mark = o.mark === undefined ? -1 : checkMark(o.mark);
+  const mark = o.mark === undefined ? undefined : checkMark(o.mark);
   for (const [name, fn] of [['decide', decide], ['done', done], ['unusable', unusable]] as const) {
     if (typeof fn !== 'function') throw invalid(name, 'a function', fn, 'ERR_INVALID_ARG_TYPE');
   }

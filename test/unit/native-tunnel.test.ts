@@ -880,7 +880,7 @@ describe('native tunnel front end (native/tunnel.c)', { skip }, () => {
       assert.throws(() => tunnelListen(opts, fn, undefined as unknown as TunnelDone, noop), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' });
       const raw = loadNative();
       const args = (decide: unknown, done: unknown, unusable: unknown) =>
-        () => raw.tunnelListen(fd, false, false, -1, 16, 100, 100, 0, decide as TunnelDecide, done as TunnelDone, unusable as TunnelUnusable, false);
+        () => raw.tunnelListen(fd, false, false, undefined, 16, 100, 100, 0, decide as TunnelDecide, done as TunnelDone, unusable as TunnelUnusable, false);
       assert.throws(args('nope', noop, noop), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: 'decide must be a function' });
       assert.throws(args(fn, 42, noop), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: 'done must be a function' });
       assert.throws(args(fn, noop, null), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: 'unusable must be a function' });
@@ -899,6 +899,21 @@ describe('native tunnel front end (native/tunnel.c)', { skip }, () => {
     } finally {
       fs.closeSync(fd);
     }
+  });
+
+  // A libuv failure after the listener was allocated (the fd is already watched by this loop):
+  // thrown, with nothing of the failed listener left behind, and the first one unharmed.
+  it('tunnelListen on an fd another listener polls throws EEXIST and leaves that listener working', T, async () => {
+    const fd = listenTcp({ host: '127.0.0.1', port: 0 });
+    const opts = { fd, sniff: false, redirect: false, sniffMaxBytes: 16, sniffTimeoutMs: 100, connectTimeoutMs: 100, idleTimeoutMs: 0 };
+    const decided: number[] = [];
+    const first = tunnelListen(opts, (id) => (decided.push(id), [0]), noop, noop);
+    cleanups.push(() => tunnelClose(first));
+    assert.throws(() => tunnelListen(opts, () => [0], noop, noop), { code: 'EEXIST', syscall: 'uv_poll_init_socket' });
+    const client = dialClient(localPort(fd));
+    const how = closedHow(client);
+    await waitFor('decide on the first listener', () => decided.length === 1);
+    assert.equal(await how, 'end');
   });
 
   it('nonsense from decide() ends the connection without crashing', T, async () => {

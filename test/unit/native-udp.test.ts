@@ -50,4 +50,56 @@ describe('native udp (native/udp.c)', { skip: native.isNativeAvailable() ? false
     assert.throws(() => native.udpReplySocket('127.0.0.1', 70000), TypeError);
     assert.throws(() => native.udpListen({ host: '127.0.0.1', port: 0 }, 'x' as never), TypeError);
   });
+
+  // Regression: udp.c freed the listener in its uv_close callback while the JS handle still pointed
+  // at it, so a second udpClose or a udpListenerPort after the close read freed memory. malloc hands
+  // freed blocks to the next listeners of the same size, and the stale handles then closed those
+  // (19 of 32 here); the sanitizer build (scripts/native-sanitize.sh) reports the read itself.
+  it('a closed handle answers later calls (double close, port query) and leaves other listeners alone', async () => {
+    const N = 32;
+    const closed = Array.from({ length: N }, () => native.udpListen({ host: '127.0.0.1', port: 0 }, () => undefined));
+    for (const h of closed) native.udpClose(h);
+    await new Promise((r) => setTimeout(r, 20)); // the close callbacks have run
+    const got: string[] = [];
+    let wake: () => void = () => undefined;
+    const open = Array.from({ length: N }, () => native.udpListen({ host: '127.0.0.1', port: 0 }, (d) => (got.push(d.toString()), wake())));
+    const ports = open.map((h) => native.udpListenerPort(h));
+
+    for (const h of closed) {
+      native.udpClose(h); // harmless
+      assert.throws(() => native.udpListenerPort(h), { code: 'EBADF', syscall: 'getsockname' });
+    }
+    await new Promise((r) => setTimeout(r, 20));
+    for (const h of closed) native.udpClose(h);
+
+    // The listeners opened meanwhile still listen.
+    assert.deepEqual(open.map((h) => native.udpListenerPort(h)), ports);
+    const client = dgram.createSocket('udp4');
+    const all = new Promise<void>((r) => (wake = () => got.length === N && r()));
+    for (const port of ports) client.send(String(port), port, '127.0.0.1');
+    await all;
+    assert.deepEqual(got.sort(), ports.map(String).sort());
+    client.close();
+    for (const h of open) native.udpClose(h);
+  });
+
+  it('refuses handles that are not udpListen handles (a tunnelListen handle is an external too)', () => {
+    const fd = native.listenTcp({ host: '127.0.0.1', port: 0 });
+    const tunnel = native.tunnelListen(
+      { fd, sniff: false, redirect: false, sniffMaxBytes: 16, sniffTimeoutMs: 100, connectTimeoutMs: 100, idleTimeoutMs: 0 },
+      () => [0], () => undefined, () => undefined,
+    );
+    const udp = native.udpListen({ host: '127.0.0.1', port: 0 }, () => undefined);
+    try {
+      const wrong = { code: 'ERR_INVALID_ARG_TYPE', name: 'TypeError' };
+      assert.throws(() => native.udpClose(tunnel as unknown as native.UdpHandle), wrong);
+      assert.throws(() => native.udpListenerPort(tunnel as unknown as native.UdpHandle), wrong);
+      assert.throws(() => native.udpClose({} as native.UdpHandle), wrong);
+      assert.throws(() => native.tunnelClose(udp as unknown as native.TunnelHandle), wrong);
+      assert.ok(native.udpListenerPort(udp) > 0);
+    } finally {
+      native.udpClose(udp);
+      native.tunnelClose(tunnel);
+    }
+  });
 });

@@ -126,7 +126,7 @@ function which(cmd: string): boolean {
 test('addon loads and exports every function', () => {
   assert.equal(native.isNativeAvailable(), true);
   const raw = native.loadNative();
-  for (const name of ['listenTcp', 'createTcpSocket', 'localPort', 'socketFamily', 'originalDst', 'setMark', 'getMark', 'setTransparent']) {
+  for (const name of ['listenTcp', 'createTcpSocket', 'localPort', 'socketFamily', 'originalDst', 'setMark', 'getMark', 'setTransparent', 'raiseNofileLimit']) {
     assert.equal(typeof (raw as unknown as Record<string, unknown>)[name], 'function', name);
   }
 });
@@ -134,6 +134,9 @@ test('addon loads and exports every function', () => {
 test('without a built addon: importing works, first use says to run npm install', () => {
   // A copy of the compiled module in a tree with no build/ directory.
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'tg-native-'));
+  // The sanitizer run (scripts/native-sanitize.sh) names its addon; this copy must look for its own.
+  const override = process.env.TRANSGATE_ADDON;
+  delete process.env.TRANSGATE_ADDON;
   try {
     const distSrc = path.resolve(__dirname, '..', '..', 'src');
     for (const rel of ['native/index.js', 'core/errors.js']) {
@@ -157,8 +160,58 @@ test('without a built addon: importing works, first use says to run npm install'
     // Argument checks need no addon.
     assertTypeError(() => copy.localPort(-1));
   } finally {
+    if (override !== undefined) process.env.TRANSGATE_ADDON = override;
     fs.rmSync(root, { recursive: true, force: true });
   }
+});
+
+/** Runs `code` in a fresh node (argv[1]: this native module) with `env` added; its last stdout line, parsed as JSON. */
+function nodeJson(code: string, env: Record<string, string | undefined> = {}): unknown {
+  const r = spawnSync(process.execPath, ['-e', code, require.resolve('../../src/native/index')], {
+    encoding: 'utf8', env: { ...process.env, ...env }, timeout: 10_000,
+  });
+  assert.equal(r.status, 0, r.stderr);
+  return JSON.parse(r.stdout.trim().split('\n').pop()!);
+}
+
+test('TRANSGATE_ADDON loads that file and nothing else', () => {
+  const probe = `const n = require(process.argv[1]);
+    let message = ''; try { n.loadNative(); } catch (e) { message = e.message; }
+    console.log(JSON.stringify({ ok: n.isNativeAvailable(), message }));`;
+  const built = path.resolve(__dirname, '..', '..', '..', 'build', 'Release', 'transgate.node');
+  const missing = path.join(os.tmpdir(), 'tg-no-such-addon', 'transgate.node');
+  // No fallback to build/Release: a sanitizer run that silently tested the normal build would prove nothing.
+  const gone = nodeJson(probe, { TRANSGATE_ADDON: missing }) as { ok: boolean; message: string };
+  assert.equal(gone.ok, false);
+  assert.ok(gone.message.includes(`${missing}: not found`), gone.message);
+  assert.ok(!gone.message.includes(built), gone.message);
+  if (fs.existsSync(built)) assert.deepEqual(nodeJson(probe, { TRANSGATE_ADDON: built }), { ok: true, message: '' });
+});
+
+// ---- raiseNofileLimit --------------------------------------------------------
+
+/** RLIMIT_NOFILE of the calling process as /proc says it, not as the addon does. */
+const LIMITS = `const num = (v) => (v === 'unlimited' ? Infinity : Number(v));
+  const limits = () => { const m = /^Max open files\\s+(\\d+|unlimited)\\s+(\\d+|unlimited)/m.exec(require('fs').readFileSync('/proc/self/limits', 'utf8')); return { soft: num(m[1]), hard: num(m[2]) }; };`;
+
+// Node itself raises the soft limit to the hard one at start-up (PlatformInit in node.cc), so the
+// child lowers its own soft limit first (prlimit, no privilege needed), as an embedder or a
+// later setrlimit could have.
+test('raiseNofileLimit raises the soft open-files limit to the hard one and returns both', { timeout: 15_000, skip: !which('prlimit') && 'needs prlimit' }, () => {
+  const code = `${LIMITS}
+    const n = require(process.argv[1]);
+    require('child_process').execFileSync('prlimit', ['--pid', String(process.pid), '--nofile=256:']);
+    const before = limits();
+    const got = n.raiseNofileLimit();
+    const after = limits();
+    const again = n.raiseNofileLimit();
+    console.log(JSON.stringify({ before, got, after, again }));`;
+  const r = nodeJson(code) as Record<'before' | 'got' | 'after' | 'again', { soft: number; hard: number }>;
+  assert.equal(r.before.soft, 256);
+  if (r.before.hard <= 256) return; // nothing to raise here
+  assert.deepEqual(r.got, { soft: r.before.hard, hard: r.before.hard });
+  assert.deepEqual(r.after, r.got); // what the kernel has, not only what the addon says
+  assert.deepEqual(r.again, r.got); // already raised: left alone
 });
 
 // ---- listenTcp, localPort, socketFamily ------------------------------------
@@ -337,6 +390,11 @@ test('SO_MARK: createTcpSocket sets it, setMark/getMark round-trip all 32 bits',
     fds.push(plain);
     assert.equal(native.getMark(plain), 0);
     assert.equal(native.socketFamily(plain), 4);
+
+    // Bit 31 set: such marks were once not set by the tunnel front end (see native-mark.test.ts).
+    const high = native.createTcpSocket({ family: 4, mark: 0x80000001 });
+    fds.push(high);
+    assert.equal(native.getMark(high), 0x80000001);
 
     const marked = native.createTcpSocket({ family: 6, mark: 0x1234 });
     fds.push(marked);
