@@ -184,6 +184,8 @@ class Bench {
         const args = ['--mode', 'tproxy', '--relay', relay];
         // Direct: port 80 is carried as plain TCP (the relay path), straight to the intranet server.
         args.push(...(direct ? ['--http-ports', '', '-tcp-proxy-dports', '80'] : ['-tcp-proxy-dports', `22,${ECHO_PORT}`]));
+        // The bench is one client holding ~10k connections: no per-client cap (another checkout may not know the flag).
+        if (!checkout) args.push('--max-conns-per-client', '0');
         const env: Record<string, string> = direct ? { ...proxyEnv, no_proxy: INTRA } : { ...proxyEnv };
         // BENCH_CPU_PROF=DIR: a V8 CPU profile of each transgate run, written when it exits.
         const prof = process.env['BENCH_CPU_PROF'];

@@ -41,9 +41,28 @@ import { HTTP_SNIFF_MAX_BYTES, sniffHttp } from './sniff/http';
 import { readFirstBytes } from './session/first-bytes';
 import dns from 'node:dns';
 import { ErrorCodes, type ErrorCode } from './core/errors';
-import { Admission, RefusalLog } from './inbound/admission';
+import { Admission, RefusalLog, connectionBudget } from './inbound/admission';
+import { raiseNofileLimit } from './native';
 import { HostVerifier } from './route/host-verify';
 import { answerAndClose, gatewayResponse } from './session/http';
+
+/**
+ * --max-conns by default: the open-files limit, its soft value raised to
+ * the hard one first (the addon; Node raises it too at start where it can),
+ * so that a flood meets the limit and its log line instead of EMFILE.
+ */
+function defaultMaxConns(log: Logger): number {
+  let soft: number;
+  try {
+    soft = raiseNofileLimit().soft;
+  } catch (err) {
+    log.warn(`cannot read RLIMIT_NOFILE (${(err as Error).message}): no --max-conns limit`);
+    return 0;
+  }
+  const n = connectionBudget(soft);
+  log.info(`limits: ${n > 0 ? `${n} connections` : 'no connection limit'} (RLIMIT_NOFILE ${soft}; --max-conns to change)`);
+  return n;
+}
 
 /** Where intercepting listeners bind: loopback only under TPROXY, so that nobody can reach them directly. */
 export function listenerBind(cfg: Config): string[] {
@@ -71,6 +90,8 @@ export class Gateway {
   /** The upstream proxies' addresses (literals in the proxy URLs): no client may name them as a destination. */
   private readonly proxyAddresses = new Set<string>();
   private readonly admission: Admission;
+  /** --max-conns, or what the open-files limit allows (0: no limit known). */
+  private readonly maxConns: number;
   private readonly refusals: RefusalLog;
   private readonly verifier: HostVerifier;
   /** Counters of what clients did that the gateway refused or survived. */
@@ -105,9 +126,10 @@ export class Gateway {
     for (const p of [cfg.upstream.http, cfg.upstream.https]) if (p && net.isIP(p.host)) this.proxyAddresses.add(p.host);
     const clients = new CidrSet();
     for (const c of [...cfg.clients4, ...cfg.clients6]) clients.add(c);
+    this.maxConns = cfg.maxConns > 0 ? cfg.maxConns : defaultMaxConns(log);
     this.admission = new Admission({
       perClient: cfg.maxConnsPerClient,
-      total: cfg.maxConns,
+      total: this.maxConns,
       allow: cfg.clients4.length + cfg.clients6.length > 0 ? (a) => clients.has(a) : undefined,
     });
     this.refusals = new RefusalLog(10_000, (line) => log.warn(line));
@@ -325,7 +347,7 @@ export class Gateway {
     this.stats.refused++;
     const why =
       code === ErrorCodes.CLIENT_LIMIT ? `client has ${this.admission.of(client.address)} connections open (--max-conns-per-client ${this.cfg.maxConnsPerClient})`
-      : code === ErrorCodes.LIMIT ? `${this.admission.open} connections open (--max-conns ${this.cfg.maxConns})`
+      : code === ErrorCodes.LIMIT ? `${this.admission.open} connections open (--max-conns ${this.maxConns})`
       : 'source not in --clients';
     this.refusals.note(code, `conn refused client=${formatAddress(client)} result=${code} ${field(why)}`);
   }

@@ -1,5 +1,16 @@
 import { ErrorCodes, type ErrorCode } from '../core/errors';
 
+/** Descriptors kept for everything but client connections: DNS sockets and tunnels, reply sockets, the splice relay's pipe pool, logs, Node itself. */
+const FD_RESERVE = 256;
+/** Descriptors an open connection holds: the client's and the upstream's (a spliced one takes a pooled pipe only while bytes are in it). */
+const FDS_PER_CONNECTION = 2;
+
+/** --max-conns when not given: what the open-files limit leaves room for, so that refusals (and their log line) come before EMFILE. */
+export function connectionBudget(softNofile: number): number {
+  if (!Number.isFinite(softNofile)) return 0;
+  return Math.max(64, Math.floor((softNofile - FD_RESERVE) / FDS_PER_CONNECTION));
+}
+
 export interface AdmissionOptions {
   /** Open connections per client address; 0: no limit. */
   perClient: number;

@@ -13,6 +13,8 @@ export interface HostVerifierOptions {
   ttlMs?: number;
   /** Names kept (least recently used go first). */
   capacity?: number;
+  /** A resolver that has not answered by then verifies nothing (the request goes to the proxy). */
+  timeoutMs?: number;
   now?: () => number;
 }
 
@@ -22,6 +24,9 @@ interface Entry {
 }
 
 const DEFAULT_TTL_MS = 30_000;
+const NEGATIVE_TTL_MS = 5_000;
+/** getaddrinfo waits out every nameserver in resolv.conf (5 s each by default); a request must not. */
+const DEFAULT_TIMEOUT_MS = 1_500;
 const DEFAULT_CAPACITY = 4096;
 
 function canonical(address: string): string {
@@ -73,11 +78,16 @@ export class HostVerifier {
   private lookUp(name: string): Promise<Entry> {
     const running = this.pending.get(name);
     if (running) return running;
-    const p = this.opts
-      .resolve(name)
-      .catch(() => [] as string[])
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<string[]>((resolve) => {
+      timer = setTimeout(() => resolve([]), this.opts.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+    });
+    const p = Promise.race([this.opts.resolve(name).catch(() => [] as string[]), timeout])
+      .finally(() => clearTimeout(timer))
       .then((list) => {
-        const entry: Entry = { addresses: new Set(list.map(canonical)), expires: this.now() + this.ttlMs };
+        // No answer (a resolver down or slow) is asked again sooner than an answer.
+        const ttl = list.length > 0 ? this.ttlMs : Math.min(this.ttlMs, NEGATIVE_TTL_MS);
+        const entry: Entry = { addresses: new Set(list.map(canonical)), expires: this.now() + ttl };
         this.cache.delete(name);
         while (this.cache.size >= this.capacity) this.cache.delete(this.cache.keys().next().value as string);
         this.cache.set(name, entry);

@@ -13,7 +13,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { ADDR, type ExecResult, type Gw, Lab, e2eSkipReason, parseKv } from './lab';
+import { ADDR, type ExecResult, type Gw, LAB_HOSTS, Lab, e2eSkipReason, parseKv } from './lab';
 
 const skip = e2eSkipReason();
 const O4 = ADDR.origin.v4;
@@ -115,6 +115,8 @@ describe('network e2e', { skip, timeout: 300_000 }, () => {
 
   before(async () => {
     lab = await Lab.create();
+    // no_proxy names go direct only when the gateway's resolver puts them at the destination (host verification).
+    lab.setGatewayHosts([...LAB_HOSTS]);
     const ip = async (ns: 'gw' | 'up' | 'in', cmds: string[]): Promise<void> => {
       const r = await lab.exec(ns, ['ip', '-batch', '-'], { input: cmds.join('\n') + '\n' });
       assert.equal(r.code, 0, show(r));

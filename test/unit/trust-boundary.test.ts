@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { describe, it, test } from 'node:test';
 import { isValidHostname, parseHost, parseIPv4 } from '../../src/core/names';
-import { Admission, RefusalLog } from '../../src/inbound/admission';
+import { Admission, RefusalLog, connectionBudget } from '../../src/inbound/admission';
 import { HostVerifier } from '../../src/route/host-verify';
 import { forbiddenTarget } from '../../src/route/targets';
 import { checkRequest } from '../../src/session/http-request';
@@ -126,6 +126,13 @@ describe('HostVerifier', () => {
     assert.deepEqual(asked, ['intranet.corp.test', 'gone.corp.test']);
   });
 
+  it('a resolver that does not answer in time verifies nothing', async () => {
+    const v = new HostVerifier({ resolve: () => new Promise(() => {}), timeoutMs: 20 });
+    const t0 = Date.now();
+    assert.equal(await v.verify('192.0.2.2', 'slow.corp.test', '198.51.100.3'), false);
+    assert.ok(Date.now() - t0 < 1000);
+  });
+
   it('a failing resolver verifies nothing', async () => {
     const v = new HostVerifier({ resolve: () => Promise.reject(new Error('ENOTFOUND')) });
     assert.equal(await v.verify('192.0.2.2', 'x.corp.test', '198.51.100.3'), false);
@@ -158,4 +165,11 @@ test('RefusalLog: one line per code and interval, then the count', () => {
   now = 10_000;
   r.note('A', 'a3');
   assert.deepEqual(lines, ['a1', 'b1', 'a3 (and 1 more since the last such line)']);
+});
+
+test('the default --max-conns leaves descriptors for the rest', () => {
+  assert.equal(connectionBudget(20_000), 9872);
+  assert.equal(connectionBudget(1024), 384);
+  assert.equal(connectionBudget(100), 64);
+  assert.equal(connectionBudget(Infinity), 0);
 });
