@@ -1,6 +1,10 @@
 import { ErrorCodes, type ErrorCode } from '../core/errors';
 
-/** Descriptors kept for everything but client connections: DNS sockets and tunnels, reply sockets, the splice relay's pipe pool, logs, Node itself. */
+/**
+ * Descriptors kept for everything but client connections: DNS sockets and
+ * tunnels, reply sockets, the splice relay's pipe pool, logs, Node itself
+ * (about 40): a quarter of the limit, at most 256.
+ */
 const FD_RESERVE = 256;
 /** Descriptors an open connection holds: the client's and the upstream's (a spliced one takes a pooled pipe only while bytes are in it). */
 const FDS_PER_CONNECTION = 2;
@@ -8,7 +12,8 @@ const FDS_PER_CONNECTION = 2;
 /** --max-conns when not given: what the open-files limit leaves room for, so that refusals (and their log line) come before EMFILE. */
 export function connectionBudget(softNofile: number): number {
   if (!Number.isFinite(softNofile)) return 0;
-  return Math.max(64, Math.floor((softNofile - FD_RESERVE) / FDS_PER_CONNECTION));
+  const reserve = Math.min(FD_RESERVE, Math.ceil(softNofile / 4));
+  return Math.max(16, Math.floor((softNofile - reserve) / FDS_PER_CONNECTION));
 }
 
 export interface AdmissionOptions {

@@ -148,10 +148,12 @@ describe('adversarial clients e2e', { skip, timeout: 900_000 }, () => {
       });
 
       // The direct (no_proxy) branch parsed the URI with new URL() too.
-      test('an absolute-form request to a no_proxy destination does not stop the gateway', async () => {
-        const r = await raw(lab, `${BAD}:8081`, `GET http://${BAD}:8081/plain HTTP/1.1\\r\\nHost: ${BAD}:8081\\r\\n\\r\\n`);
-        assert.match(r.stdout, /^HTTP\/1\.1 200 OK\r\n[\s\S]*bad-origin$/, show(r));
+      test('an unparseable absolute URI to a no_proxy destination gets 400; a good one is carried', async () => {
+        const bad = await raw(lab, `${BAD}:8081`, `GET http://[x/ HTTP/1.1\\r\\nHost: ${BAD}:8081\\r\\n\\r\\n`);
+        assert.match(bad.stdout, /^HTTP\/1\.1 400 /, show(bad));
         await stillServes(lab, gw);
+        const good = await raw(lab, `${BAD}:8081`, `GET http://${BAD}:8081/plain HTTP/1.1\\r\\nHost: ${BAD}:8081\\r\\n\\r\\n`);
+        assert.match(good.stdout, /^HTTP\/1\.1 200 OK\r\n[\s\S]*bad-origin$/, show(good));
       });
 
       // writeHead(99) and a reason phrase with \x01 threw inside the response handler.
@@ -414,10 +416,12 @@ describe('adversarial clients e2e', { skip, timeout: 900_000 }, () => {
     }
   });
 
-  // An uncaught error left the process "stopping" for minutes (a UDP listener and open connections kept it alive).
+  // A stop waited for net.Server.close(), which waits for every Node-side connection (a kept-alive HTTP client, one
+  // handed to the Node path): the process sat in "stopping" for as long as a client kept one open.
   test('a stop with connections open exits within 5 s', async () => {
     const gw = await lab.startGateway(['--tcp-proxy-dports', '5000'], { http_proxy: ADDR.proxyUrl, https_proxy: ADDR.proxyUrl });
     const hold = lab.exec('cl', ['sh', '-c', `(printf 'x\\n'; sleep 20) | socat -t 20 - TCP:${O4}:5000,connect-timeout=5`], { timeoutMs: 30_000 });
+    const keepAlive = lab.exec('cl', ['sh', '-c', `(printf 'GET /ka HTTP/1.1\\r\\nHost: www.example.test\\r\\n\\r\\n'; sleep 20) | socat -t 20 - TCP:${O4}:80,connect-timeout=5`], { timeoutMs: 30_000 });
     await gw.waitFor(/./, 1000);
     // The connection is up (the echo came back through the tunnel) before the stop.
     await new Promise((r) => setTimeout(r, 1000));
@@ -426,7 +430,41 @@ describe('adversarial clients e2e', { skip, timeout: 900_000 }, () => {
     const ms = Date.now() - t0;
     assert.ok(ms < 5000, `stop took ${ms} ms`);
     assert.equal(code, 0);
-    await hold;
+    await Promise.all([hold, keepAlive]);
     await lab.transgate(['clear']).catch(() => undefined);
+  });
+
+  // One client could take every descriptor: accept then failed with EMFILE for everybody, and DNS answers (which need a
+  // descriptor of their own) stopped too.
+  test('the default --max-conns, from RLIMIT_NOFILE, refuses a flood before descriptors run out: DNS keeps answering', async () => {
+    const gw = await lab.startGateway(['--tcp-proxy-dports', '5000', '--max-conns-per-client', '0', '--public-dns', '203.0.113.53'], { http_proxy: ADDR.proxyUrl, https_proxy: ADDR.proxyUrl }, {
+      wrap: ['prlimit', '--nofile=300:300'],
+    });
+    try {
+      const py = [
+        'import socket, time',
+        'held = []',
+        'for i in range(250):',
+        '    try:',
+        `        s = socket.create_connection(('${O4}', 5000), timeout=2, source_address=('${CLIENT3}', 0))`,
+        '        held.append(s)',
+        '    except Exception:',
+        '        pass',
+        "print('held', len(held), flush=True)",
+        'time.sleep(6)',
+      ].join('\n');
+      const from = gw.mark();
+      const hog = lab.exec('cl', ['python3', '-c', py], { timeoutMs: 60_000 });
+      await gw.waitFor(/conn refused client=192\.0\.2\.4:\d+ result=TG_ERR_LIMIT/, 15_000, from);
+      // The DNS gateway still has descriptors: an answer comes (SERVFAIL: nothing serves DNS behind squid in this lab).
+      const dig = await lab.exec('cl', ['dig', `@${ADDR.gwLan.v4}`, '+tries=1', '+time=3', 'flood.example.test', 'A']);
+      assert.match(dig.stdout, /status: (NOERROR|SERVFAIL|NXDOMAIN)/, show(dig));
+      await hog;
+      assert.ok(!gw.linesSince(from).some((l) => /accept: E[MN]FILE/.test(l)), gw.linesSince(from).filter((l) => /EMFILE/.test(l)).join('\n'));
+      assert.match(gw.output(), /limits: 112 connections \(RLIMIT_NOFILE 300/);
+    } finally {
+      await gw.stop('SIGTERM', 5000).catch(() => gw.kill9());
+      await lab.transgate(['clear']).catch(() => undefined);
+    }
   });
 });

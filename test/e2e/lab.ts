@@ -114,6 +114,8 @@ export interface GatewayStartOptions {
   readyTimeoutMs?: number;
   /** Script to run instead of bin/transgate.js (for testing the lab itself). */
   script?: string;
+  /** A command that execs the gateway, e.g. ['prlimit', '--nofile=300:300'] (the gateway keeps the pid). */
+  wrap?: string[];
   /**
    * The gateway writes its output straight into its log file (as a daemon
    * writes to its journal) instead of a pipe this process reads line by
@@ -1053,7 +1055,7 @@ export class Lab {
     // (the suites must pass with both); an explicit --relay in args wins.
     const relay = process.env['TG_E2E_RELAY'];
     if (relay && !opts.script && !args.includes('--relay')) args = [...args, '--relay', relay];
-    const command = opts.script ? [process.execPath, opts.script] : [this.transgateBin];
+    const command = [...(opts.wrap ?? []), ...(opts.script ? [process.execPath, opts.script] : [this.transgateBin])];
     const logFile = path.join(this.dir, `gateway-${n}.log`);
     const out = opts.logToFile ? fs.openSync(logFile, 'a') : 'pipe';
     const child = spawn('ip', ['netns', 'exec', this.ns.gw, ...command, ...args], {

@@ -170,6 +170,7 @@ test('RefusalLog: one line per code and interval, then the count', () => {
 test('the default --max-conns leaves descriptors for the rest', () => {
   assert.equal(connectionBudget(20_000), 9872);
   assert.equal(connectionBudget(1024), 384);
-  assert.equal(connectionBudget(100), 64);
+  assert.equal(connectionBudget(300), 112);
+  assert.equal(connectionBudget(40), 16);
   assert.equal(connectionBudget(Infinity), 0);
 });
