@@ -1,5 +1,6 @@
 import { isIP } from 'node:net';
 import { ErrorCodes, GatewayError } from '../core/errors';
+import { parseIPv6 } from '../core/names';
 import type { DnsSettings } from '../dns/service';
 import type { LogLevel } from '../core/log';
 import { parseCidr } from '../route/cidr';
@@ -82,7 +83,8 @@ export function parseDnsServer(raw: string, flag: string): { host: string; port:
   }
   if (isIP(host) === 0) throw configError(`--${flag}: '${raw}' is not an address or address:port (e.g. 10.0.0.53, 10.0.0.53:5353, [2001:db8::53]:53)`);
   if (!Number.isInteger(port) || port < 1 || port > 65535) throw configError(`--${flag}: port in '${raw}' must be between 1 and 65535`);
-  return { host, port };
+  // Canonical, as every address that reaches a request line must be (CONNECT host:53 through the proxy).
+  return { host: isIP(host) === 6 ? parseIPv6(host)! : host, port };
 }
 
 function buildDns(values: FlagValues, noProxy: NoProxy, listenPorts: number[]): DnsSettings | undefined {

@@ -187,3 +187,16 @@ export function parseAuthority(value: string, defaultPort: number): { target: Ho
 export function isLocalhostName(name: string): boolean {
   return name === 'localhost' || name.endsWith('.localhost') || name === 'localhost.localdomain';
 }
+
+/**
+ * `host` as it may stand in an upstream request line (CONNECT authority,
+ * absolute URI): a validated name or a canonical IP literal. Names are
+ * validated where they enter; this is the last line behind that, so that
+ * no path that forgot can write a client's bytes into a request to the
+ * proxy. Throws: reaching it is a bug (the connection ends, the gateway
+ * does not).
+ */
+export function requestLineHost(host: string): string {
+  if (isValidHostname(host) || parseIPv4(host) === host || parseIPv6(host) === host) return host;
+  throw new Error(`refusing an unvalidated host in an upstream request line: ${JSON.stringify(host.slice(0, 80))}`);
+}

@@ -1,6 +1,7 @@
 import type net from 'node:net';
 import type { ProxyEndpoint } from '../config/proxy-url';
 import { ErrorCodes, GatewayError } from '../core/errors';
+import { requestLineHost } from '../core/names';
 import { hostPort } from '../core/types';
 import { UPSTREAM_CODES, dialTcp } from './dial';
 
@@ -20,7 +21,7 @@ export interface TunnelOptions {
 
 /** The request head for `CONNECT host:port`, with the proxy's credentials. */
 export function connectRequest(proxy: ProxyEndpoint, host: string, port: number): string {
-  const authority = hostPort(host, port);
+  const authority = hostPort(requestLineHost(host), port);
   let head = `CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n`;
   if (proxy.authorization) head += `Proxy-Authorization: ${proxy.authorization}\r\n`;
   return head + '\r\n';

@@ -1,5 +1,5 @@
 import { ErrorCodes, type ErrorCode } from '../core/errors';
-import { parseAuthority, type HostTarget } from '../core/names';
+import { parseAuthority, requestLineHost, type HostTarget } from '../core/names';
 import { hostPort } from '../core/types';
 import { forbiddenTarget } from '../route/targets';
 
@@ -87,6 +87,7 @@ export function checkRequest(f: RequestFacts): RequestCheck {
 
 /** The absolute-form URI a proxy expects: `http://name[:port]/path` (the port as the client connected to it). */
 export function absoluteUri(host: string, port: number, path: string): string {
+  requestLineHost(host);
   const authority = port === 80 ? (host.includes(':') ? `[${host}]` : host) : hostPort(host, port);
   return `http://${authority}${path === '*' ? '' : path}`;
 }

@@ -91,6 +91,8 @@ describe('buildConfig', () => {
     assert.deepEqual([cfg.maxConnsPerClient, cfg.maxConns, cfg.failClosed, cfg.dnsClientRate], [8, 100, true, 1000]);
     const d = buildConfig(parseArgs([]).values, env);
     assert.deepEqual([d.clients4, d.clients6, d.maxConnsPerClient, d.maxConns, d.failClosed], [[], [], 512, 0, false]);
+    // DNS servers reach a CONNECT line: canonical text.
+    assert.deepEqual(buildConfig(parseArgs(['--public-dns', '[2001:DB8:0::53]:5353']).values, env).dns?.publicDns, { host: '2001:db8::53', port: 5353 });
   });
 
   test('no proxy at all: direct, with a warning that says how to set one', () => {

@@ -5,11 +5,13 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it, test } from 'node:test';
-import { isValidHostname, parseHost, parseIPv4 } from '../../src/core/names';
+import { isValidHostname, parseHost, parseIPv4, requestLineHost } from '../../src/core/names';
+import { connectRequest } from '../../src/outbound/http-connect';
+import { parseProxyUrl } from '../../src/config/proxy-url';
 import { Admission, RefusalLog, connectionBudget } from '../../src/inbound/admission';
 import { HostVerifier } from '../../src/route/host-verify';
 import { forbiddenTarget } from '../../src/route/targets';
-import { checkRequest } from '../../src/session/http-request';
+import { absoluteUri, checkRequest } from '../../src/session/http-request';
 
 describe('parseHost', () => {
   const cases: Array<[string, ReturnType<typeof parseHost>]> = [
@@ -173,4 +175,16 @@ test('the default --max-conns leaves descriptors for the rest', () => {
   assert.equal(connectionBudget(300), 112);
   assert.equal(connectionBudget(40), 16);
   assert.equal(connectionBudget(Infinity), 0);
+});
+
+// A name with CR LF from a DNS answer was written into `CONNECT name:port` (the name map took it raw).
+test('no unvalidated host reaches an upstream request line', () => {
+  const proxy = parseProxyUrl('http://198.51.100.2:3128');
+  assert.match(connectRequest(proxy, 'git.example.test', 22), /^CONNECT git\.example\.test:22 HTTP\/1\.1\r\n/);
+  assert.match(connectRequest(proxy, '2001:db8::2', 22), /^CONNECT \[2001:db8::2\]:22 /);
+  for (const bad of ['a.example.test 1.1\r\nvia: x', 'A.Example.Test', '0x7f000001', '2001:DB8::2', '']) {
+    assert.throws(() => connectRequest(proxy, bad, 22), /unvalidated host/, JSON.stringify(bad));
+    assert.throws(() => requestLineHost(bad));
+  }
+  assert.throws(() => absoluteUri('x y', 80, '/'), /unvalidated host/);
 });
