@@ -1,7 +1,7 @@
+import dns from 'node:dns';
 import net from 'node:net';
 import type { Config } from './config/config';
 import type { ConnContext, ListenerKind } from './core/context';
-import type { GatewayError } from './core/errors';
 import { field, type Logger } from './core/log';
 import { formatAddress, type Address } from './core/types';
 import { LocalAddresses } from './inbound/local-addresses';
@@ -39,8 +39,7 @@ import { handleStream, type StreamDeps } from './session/stream';
 import { NativeStreams } from './session/native-stream';
 import { HTTP_SNIFF_MAX_BYTES, sniffHttp } from './sniff/http';
 import { readFirstBytes } from './session/first-bytes';
-import dns from 'node:dns';
-import { ErrorCodes, type ErrorCode } from './core/errors';
+import { ErrorCodes, type ErrorCode, type GatewayError } from './core/errors';
 import { Admission, RefusalLog, connectionBudget } from './inbound/admission';
 import { raiseNofileLimit } from './native';
 import { HostVerifier } from './route/host-verify';
