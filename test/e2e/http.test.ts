@@ -139,6 +139,15 @@ describe('no proxy configured: direct', { skip, timeout: 120_000 }, () => {
     assert.ok(!squid.some((l) => /intranet/.test(l)), 'squid must not be involved');
   });
 
+  // With no proxy every request took the direct branch, whose new URL(req.url) threw on `http://[x/` and stopped the gateway.
+  test('an unparseable absolute URI gets 400 and the gateway goes on serving', async () => {
+    const r = await lab.exec('cl', ['sh', '-c', `(printf 'GET http://[x/ HTTP/1.1\\r\\nHost: intranet.test\\r\\n\\r\\n'; sleep 1) | socat -t 2 - TCP:${ADDR.intranet.v4}:80`]);
+    assert.match(r.stdout, /^HTTP\/1\.1 400 /, r.stdout + r.stderr);
+    assert.ok(gw!.running, gw!.output());
+    const ok = await lab.exec('cl', ['curl', '-sS', '--max-time', '10', '--resolve', `intranet.test:80:${ADDR.intranet.v4}`, 'http://intranet.test/after']);
+    assert.match(ok.stdout, /^intranet host=intranet\.test uri=\/after/, ok.stderr);
+  });
+
   test('an unreachable destination: 502 for HTTP, a prompt reset for TCP', async () => {
     const t0 = Date.now();
     const r = await lab.exec('cl', ['curl', '-sS', '--max-time', '15', '-w', '%{http_code}', '-o', '/dev/null', `http://${O4}/`]);
