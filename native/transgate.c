@@ -314,12 +314,20 @@ static napi_value js_raise_nofile_limit(napi_env env, napi_callback_info info) {
 
 /* native/splice.c: the zero-copy relay. */
 #include "splice.h"
+#include "protocol.h"
 
 /* native/udp.c: transparent UDP (DNS under TPROXY). */
 napi_status transgate_register_udp(napi_env env, napi_value exports);
 
+/* abiVersion() -> TG_ABI_VERSION: checked by src/native/index.ts at load. */
+static napi_value js_abi_version(napi_env env, napi_callback_info info) {
+  (void)info;
+  return tg_u32(env, TG_ABI_VERSION);
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   const napi_property_descriptor props[] = {
+      {"abiVersion", NULL, js_abi_version, NULL, NULL, NULL, napi_enumerable, NULL},
       {"listenTcp", NULL, js_listen_tcp, NULL, NULL, NULL, napi_enumerable, NULL},
       {"createTcpSocket", NULL, js_create_tcp_socket, NULL, NULL, NULL, napi_enumerable, NULL},
       {"localPort", NULL, js_local_port, NULL, NULL, NULL, napi_enumerable, NULL},

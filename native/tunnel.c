@@ -38,6 +38,7 @@
 #endif
 
 #include "common.h"
+#include "protocol.h"
 #include "splice.h"
 
 #include <errno.h>
@@ -586,25 +587,25 @@ static int parse_action(napi_env env, napi_value result, bool final, char *ip, s
   double d;
   size_t l = 0;
   if (napi_typeof(env, result, &t) != napi_ok) return -1;
-  if (t == napi_null || t == napi_undefined) return final ? -1 : 4;
+  if (t == napi_null || t == napi_undefined) return final ? -1 : TG_ACTION_READ_ON;
   if (napi_is_array(env, result, &is_array) != napi_ok || !is_array) return -1;
   if (napi_get_element(env, result, 0, &v) != napi_ok || napi_get_value_double(env, v, &d) != napi_ok) return -1;
-  if (!(d >= 0 && d <= 5) || d != (int)d || d == 4) return -1;
+  if (!(d >= TG_ACTION_CLOSE && d <= TG_ACTION_RESET) || d != (int)d || d == TG_ACTION_READ_ON) return -1;
   int action = (int)d;
-  if (action == 0 || action == 2 || action == 5) return action;
-  if (action != 1 && !(action == 3 && !final)) return -1;
+  if (action == TG_ACTION_CLOSE || action == TG_ACTION_TAKEN || action == TG_ACTION_RESET) return action;
+  if (action != TG_ACTION_CONNECT && !(action == TG_ACTION_SPECULATE && !final)) return -1;
   if (napi_get_element(env, result, 1, &v) != napi_ok ||
       napi_get_value_string_latin1(env, v, ip, ip_size, &l) != napi_ok || l == 0 || l >= ip_size - 1 ||
       napi_get_element(env, result, 2, &v) != napi_ok || napi_get_value_uint32(env, v, port) != napi_ok ||
       *port == 0 || *port > 65535)
     return -1;
-  if (action == 3) return 3;
+  if (action == TG_ACTION_SPECULATE) return TG_ACTION_SPECULATE;
   if (napi_get_element(env, result, 3, &v) != napi_ok || napi_typeof(env, v, &t) != napi_ok) return -1;
   if (t != napi_string) return t == napi_undefined ? 1 : -1;
   if (napi_get_value_string_latin1(env, v, NULL, 0, &l) != napi_ok || (*req = malloc(l + 1)) == NULL ||
       napi_get_value_string_latin1(env, v, *req, l + 1, req_len) != napi_ok)
     return -1;
-  return 1;
+  return TG_ACTION_CONNECT;
 }
 
 /* Polls the client for (more of) its first bytes until the sniff deadline.
@@ -676,30 +677,30 @@ static void decide(tg_conn *c, const char *cip, uint16_t cport, const char *dip,
     return;
   }
   c->refs--;
-  if (action == 3 && !c->spec) {
+  if (action == TG_ACTION_SPECULATE && !c->spec) {
     dial(c, ip, port, true);
     if (c->state == DONE) return;
   }
-  if (action == 3 || action == 4) {
+  if (action == TG_ACTION_SPECULATE || action == TG_ACTION_READ_ON) {
     /* The ClientHello is not whole yet: read on. */
     int err = watch_client(c);
     if (err != 0) conn_fail_errno(c, "socket", err);
     return;
   }
   switch (action) {
-  case 0: /* closed by JS's decision; logged there */
+  case TG_ACTION_CLOSE: /* closed by JS's decision; logged there */
     close(c->cfd);
     c->cfd = -1;
     conn_end(c, "rejected", 0, NULL, false, false);
     return;
-  case 5: /* refused by JS (logged there): a reset, so that the client stops at once */
+  case TG_ACTION_RESET: /* refused by JS (logged there): a reset, so that the client stops at once */
     conn_end(c, "refused", 0, NULL, false, true);
     return;
-  case 2: /* JS took the fd */
+  case TG_ACTION_TAKEN: /* JS took the fd */
     c->cfd = -1;
     conn_end(c, "handed-over", 0, NULL, false, false);
     return;
-  case 1:
+  case TG_ACTION_CONNECT:
     if (c->spec && c->spec_connected && !spec_alive(c)) drop_spec(c);
     if (c->spec && strcmp(ip, c->spec_ip) == 0 && port == c->spec_port) {
       /* The connection opened meanwhile goes there already. */

@@ -67,7 +67,14 @@ export interface NativeSystemError extends Error {
 }
 
 /** The raw addon, as native/transgate.c exports it. Arguments are positional and all required. */
+/** native/protocol.h's TG_ABI_VERSION: an addon built from other sources is refused at load. */
+export const ABI_VERSION = 2;
+
+/** native/protocol.h's enum tg_action: the first element of decide()'s answer (READ_ON is a null answer, never sent). */
+export const TunnelActions = { CLOSE: 0, CONNECT: 1, TAKEN: 2, SPECULATE: 3, RESET: 5 } as const;
+
 export interface NativeBinding {
+  abiVersion(): number;
   listenTcp(host: string, port: number, backlog: number, transparent: boolean, v6only: boolean, reuseAddr: boolean): number;
   createTcpSocket(family: Family, mark: number | undefined, transparent: boolean): number;
   localPort(fd: number): number;
@@ -113,11 +120,11 @@ export type TunnelDecide = (
  * [5]: reset the client (JS logged it): a refusal the client must see at once, whatever it still sends.
  */
 export type TunnelAction =
-  | readonly [0]
-  | readonly [1, string, number, string | undefined]
-  | readonly [2]
-  | readonly [3, string, number]
-  | readonly [5];
+  | readonly [typeof TunnelActions.CLOSE]
+  | readonly [typeof TunnelActions.CONNECT, string, number, string | undefined]
+  | readonly [typeof TunnelActions.TAKEN]
+  | readonly [typeof TunnelActions.SPECULATE, string, number]
+  | readonly [typeof TunnelActions.RESET];
 
 /** The end of a connection decide() sent on: bytes each way, outcome, and the proxy's status and reason for "answer-status". */
 export type TunnelDone = (id: number, up: number, down: number, outcome: string, status: number, reason: string) => void;
@@ -207,7 +214,14 @@ export function loadNative(): NativeBinding {
       continue;
     }
     try {
-      binding = require(file) as NativeBinding;
+      const loaded = require(file) as NativeBinding;
+      const abi = typeof loaded.abiVersion === 'function' ? loaded.abiVersion() : 1;
+      if (abi !== ABI_VERSION) {
+        // A build left from other sources (a pull without `npm install`) would misread every answer.
+        reasons.push(`${file}: built from other sources (protocol ${abi}, this transgate speaks ${ABI_VERSION}): rebuild it`);
+        continue;
+      }
+      binding = loaded;
       return binding;
     } catch (err) {
       cause = err;

@@ -8,7 +8,7 @@ import { addressOf, noOriginalDst } from '../inbound/tcp-listener';
 import type { NameLookup } from '../dns/name-map';
 import { DIRECT_CODES, UPSTREAM_CODES, dialFailure } from '../outbound/dial';
 import { connectRefusal, connectRequest, tunnelFailure } from '../outbound/http-connect';
-import { spliceAbortAll, tunnelAbortAll, tunnelClose, tunnelListen, type TunnelAction } from '../native';
+import { TunnelActions, spliceAbortAll, tunnelAbortAll, tunnelClose, tunnelListen, type TunnelAction } from '../native';
 import type { Router } from '../route/router';
 import { TLS_SNIFF_MAX_BYTES, sniffTls } from '../sniff/tls';
 import { refusedName, routeStream } from './stream';
@@ -53,10 +53,10 @@ interface Live {
   proxy: ProxyEndpoint | undefined;
 }
 
-const CLOSE: TunnelAction = [0];
+const CLOSE: TunnelAction = [TunnelActions.CLOSE];
 /** A refusal: the client gets a reset (and whatever it sends after, another). */
-const RESET: TunnelAction = [5];
-const TAKEN: TunnelAction = [2];
+const RESET: TunnelAction = [TunnelActions.RESET];
+const TAKEN: TunnelAction = [TunnelActions.TAKEN];
 /** How long a looked-up proxy address is used before it is looked up again (in the background). */
 const PROXY_ADDRESS_TTL_MS = 60_000;
 
@@ -196,12 +196,12 @@ export class NativeStreams {
       if (ip === undefined) return this.handOver(fd, ctx, head);
       ctx.via = hostPort(proxy.host, proxy.port);
       this.live.set(id, { ctx, proxy });
-      return [1, ip, proxy.port, connectRequest(proxy, ctx.name ?? dip, dport)];
+      return [TunnelActions.CONNECT, ip, proxy.port, connectRequest(proxy, ctx.name ?? dip, dport)];
     }
     // Direct: the client already chose the address.
     ctx.via = hostPort(dip, dport);
     this.live.set(id, { ctx, proxy: undefined });
-    return [1, dip, dport, undefined];
+    return [TunnelActions.CONNECT, dip, dport, undefined];
   }
 
   private refuse(ctx: ConnContext, code: ErrorCode, why: string): TunnelAction {
@@ -231,7 +231,7 @@ export class NativeStreams {
     const decision = this.deps.router.select({ kind: 'tls', name, address: dip, port: dport });
     if (decision.kind !== 'proxy' || !decision.proxy) return null;
     const ip = this.proxyAddress(decision.proxy.host);
-    return ip === undefined ? null : [3, ip, decision.proxy.port];
+    return ip === undefined ? null : [TunnelActions.SPECULATE, ip, decision.proxy.port];
   }
 
   private done(id: number, up: number, down: number, outcome: string, status: number, reason: string): void {

@@ -188,6 +188,24 @@ test('TRANSGATE_ADDON loads that file and nothing else', () => {
   if (fs.existsSync(built)) assert.deepEqual(nodeJson(probe, { TRANSGATE_ADDON: built }), { ok: true, message: '' });
 });
 
+// A build/ left from other sources (a pull without npm install) would have misread every answer of decide().
+test('an addon built for another protocol version is refused at load, with what to do', () => {
+  const probe = `const n = require(process.argv[1]);
+    let message = ''; try { n.loadNative(); } catch (e) { message = e.message; }
+    console.log(JSON.stringify({ ok: n.isNativeAvailable(), message }));`;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tg-abi-'));
+  try {
+    const stale = path.join(dir, 'stale.js');
+    fs.writeFileSync(stale, 'module.exports = { abiVersion: () => 1 };');
+    const r = nodeJson(probe, { TRANSGATE_ADDON: stale }) as { ok: boolean; message: string };
+    assert.equal(r.ok, false);
+    assert.match(r.message, /built from other sources \(protocol 1, this transgate speaks \d+\): rebuild it/);
+    assert.match(r.message, /npm install/);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 // ---- raiseNofileLimit --------------------------------------------------------
 
 /** RLIMIT_NOFILE of the calling process as /proc says it, not as the addon does. */
