@@ -23,7 +23,8 @@ flags="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-po
   exit 1
 }
 addon=$out/build/Release/transgate.node
-if ! ldd "$addon" | grep -q libasan; then
+# Not grep -q: it exits at the first match, ldd then dies of SIGPIPE, and pipefail fails the check now and then.
+if ! ldd "$addon" | grep libasan >/dev/null; then
   echo "native-sanitize: $addon is not linked with libasan" >&2
   exit 1
 fi
