@@ -34,15 +34,17 @@ export function parseStatusLine(line: string): { status: number; reason: string 
   return { status: Number(m[1]), reason: (m[2] ?? '').trim() };
 }
 
+/** What to do about a 407 from this proxy: one text for CONNECT and for plain HTTP requests. */
+export function proxyAuthFix(proxy: ProxyEndpoint): string {
+  return proxy.authorization
+    ? 'the credentials in https_proxy/http_proxy were rejected: check user and password (percent-encode @ : / and spaces)'
+    : 'the proxy wants credentials: put them in the URL, http://user:password@proxy:port';
+}
+
 /** Turns a refused CONNECT into an error that says what the user can do. */
 export function connectRefusal(proxy: ProxyEndpoint, authority: string, port: number, status: number, reason: string): GatewayError {
   const said = `proxy ${proxy.display} answered ${status}${reason ? ` ${reason}` : ''} to CONNECT ${authority}`;
-  if (status === 407) {
-    const fix = proxy.authorization
-      ? 'the credentials in https_proxy/http_proxy were rejected: check user and password (percent-encode @ : / and spaces)'
-      : 'the proxy wants credentials: put them in the URL, http://user:password@proxy:port';
-    return new GatewayError(ErrorCodes.UPSTREAM_407, `${said}: ${fix}`, { status });
-  }
+  if (status === 407) return new GatewayError(ErrorCodes.UPSTREAM_407, `${said}: ${proxyAuthFix(proxy)}`, { status });
   if (status === 403) {
     const hint = port !== 443 ? `; many proxies allow CONNECT only to port 443 (port ${port} refused)` : '';
     return new GatewayError(ErrorCodes.UPSTREAM_403, `${said}: the proxy's policy refuses this destination${hint}`, { status });

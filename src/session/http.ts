@@ -9,6 +9,7 @@ import type { Relay } from '../relay/relay';
 import type { HostVerifier } from '../route/host-verify';
 import type { RouteDecision, RouteInput, Router } from '../route/router';
 import { markedConnector } from '../outbound/dial';
+import { proxyAuthFix } from '../outbound/http-connect';
 import { absoluteUri, checkRequest, type RequestCheck } from './http-request';
 
 export { absoluteUri } from './http-request';
@@ -367,13 +368,7 @@ export class HttpSession {
         if (decision.kind === 'proxy' && pres.statusCode === 407) {
           pres.resume();
           const p = decision.proxy!;
-          fail(new GatewayError(
-            ErrorCodes.UPSTREAM_407,
-            p.authorization
-              ? `proxy ${p.display} rejected the credentials in http_proxy (407): check user and password`
-              : `proxy ${p.display} requires authentication (407): put user:password in http_proxy`,
-            { status: 407 },
-          ));
+          fail(new GatewayError(ErrorCodes.UPSTREAM_407, `proxy ${p.display} answered 407 to ${req.method ?? 'GET'} ${url}: ${proxyAuthFix(p)}`, { status: 407 }));
           return;
         }
         const proxyError = decision.kind === 'proxy' ? proxyOwnError(pres) : undefined;
