@@ -1,8 +1,21 @@
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { mock, test } from 'node:test';
 import { Logger, field, isoTimestamp } from '../../src/core/log';
 
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+/**
+ * The Logger's clock and timers, mocked: its 20 ms interval is then waited
+ * for with tick(), not a sleep that a loaded machine can stretch past the
+ * next interval. performance.now (the Logger's clock) follows the mocked
+ * Date, which node:test does not mock by itself.
+ */
+function mockClock(t: { after: (fn: () => void) => void }): void {
+  mock.timers.enable({ apis: ['setTimeout', 'setImmediate', 'Date'] });
+  mock.method(performance, 'now', () => Date.now());
+  t.after(() => {
+    mock.timers.reset();
+    mock.restoreAll();
+  });
+}
 
 function capture(level: 'debug' | 'info' | 'warn' | 'error' = 'info'): { log: Logger; writes: string[] } {
   const writes: string[] = [];
@@ -19,19 +32,26 @@ test('a quiet logger writes a line at the end of its loop turn, not later', asyn
   assert.match(writes[0]!, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z info  conn id=1 result=ok\n$/);
 });
 
-test('a busy logger writes at most once per interval, every line kept and in order', async () => {
+test('a busy logger writes at most once per interval, every line kept and in order', (t) => {
+  mockClock(t);
   const { log, writes } = capture();
   log.info('first');
-  await sleep(2);
+  mock.timers.tick(0);
+  assert.equal(writes.length, 1, 'the first line at the end of its turn');
+  // A line every millisecond for 50 ms: one write per 20 ms interval.
   for (let i = 0; i < 50; i++) {
     log.info(`line ${i}`);
-    await new Promise((r) => setImmediate(r));
+    mock.timers.tick(1);
   }
-  await sleep(60);
+  assert.equal(writes.length, 3, 'writes at 0, 20 and 40 ms');
+  mock.timers.tick(9); // 59 ms: lines 40 to 49 wait for the interval that began at 40
+  assert.equal(writes.length, 3, 'not before the interval is over');
+  mock.timers.tick(1);
+  assert.equal(writes.length, 4);
   const lines = writes.join('').split('\n').filter(Boolean).map((l) => l.replace(/^\S+ \S+\s+/, ''));
   assert.deepEqual(lines, ['first', ...Array.from({ length: 50 }, (_, i) => `line ${i}`)]);
-  // 51 lines over a few milliseconds: a handful of writes, not 51.
-  assert.ok(writes.length <= 5, `${writes.length} writes`);
+  mock.timers.tick(1_000);
+  assert.equal(writes.length, 4, 'nothing more once all is written');
 });
 
 test('error() writes at once, with what was pending before it', () => {
@@ -42,12 +62,13 @@ test('error() writes at once, with what was pending before it', () => {
   assert.match(writes[0]!, /warn  before\n.*error fatal\n$/s);
 });
 
-test('levels below the threshold are dropped; flush() with nothing pending writes nothing', async () => {
+test('levels below the threshold are dropped; flush() with nothing pending writes nothing', (t) => {
+  mockClock(t);
   const { log, writes } = capture('warn');
   log.debug('d');
   log.info('i');
   log.flush();
-  await sleep(30);
+  mock.timers.tick(1_000);
   assert.deepEqual(writes, []);
   log.warn('w');
   log.flush();
