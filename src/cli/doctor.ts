@@ -9,7 +9,9 @@ import net from 'node:net';
 import type { Config } from '../config/config';
 import type { ProxyEndpoint } from '../config/proxy-url';
 import { ErrorCodes, GatewayError } from '../core/errors';
+import { parseAuthority } from '../core/names';
 import { hostPort } from '../core/types';
+import { interfaceMatches } from '../core/validate';
 import { backendName, haveBinary, rulesConfigFor, uplinksFor } from '../netfilter/backend';
 import { run, type Runner } from '../netfilter/exec';
 import { NftablesRuleBackend } from '../netfilter/index';
@@ -275,10 +277,10 @@ async function checkReturnPath(cfg: Config, d: DoctorDeps): Promise<Check[]> {
   } catch {
     return [warn('return-path', 'cannot parse `ip -j addr show`', 'install a newer iproute2')];
   }
-  const lan = cfg.lan.length > 0 ? addrs.filter((a) => cfg.lan.some((l) => (l.endsWith('*') ? a.ifname.startsWith(l.slice(0, -1)) : a.ifname === l))) : addrs.filter((a) => a.ifname !== 'lo');
+  const lan = cfg.lan.length > 0 ? addrs.filter((a) => cfg.lan.some((l) => interfaceMatches(l, a.ifname))) : addrs.filter((a) => a.ifname !== 'lo');
   if (cfg.lan.length > 0) {
     for (const l of cfg.lan) {
-      if (!lan.some((a) => (l.endsWith('*') ? a.ifname.startsWith(l.slice(0, -1)) : a.ifname === l))) {
+      if (!lan.some((a) => interfaceMatches(l, a.ifname))) {
         out.push(fail('return-path', `--lan ${l}: no such interface`, `ip link show; pass the interface your clients are on`));
       }
     }
@@ -360,11 +362,15 @@ async function checkUplink(cfg: Config, d: DoctorDeps): Promise<Check[]> {
   return out;
 }
 
+/**
+ * --doctor-target as the CONNECT it becomes: a validated host and a port
+ * that must be written (no default). The host goes into a request line, so
+ * it is parsed as any authority is (core/names): `[v6]:port`, canonical.
+ */
 function splitTarget(target: string): { host: string; port: number } | undefined {
-  const m = /^\[([^\]]+)\]:(\d+)$/.exec(target) ?? /^([^:]+):(\d+)$/.exec(target);
-  if (!m) return undefined;
-  const port = Number(m[2]);
-  return port >= 1 && port <= 65535 ? { host: m[1]!, port } : undefined;
+  // Port 0 stands for "none given" (`host`, `host:`): parseAuthority never returns it for a written port.
+  const a = parseAuthority(target, 0);
+  return a === undefined || a.port === 0 ? undefined : { host: a.target.host, port: a.port };
 }
 
 async function tryConnect(proxy: ProxyEndpoint, host: string, port: number, timeoutMs: number): Promise<GatewayError | undefined> {

@@ -1,6 +1,7 @@
 import { isIP } from 'node:net';
 import { ErrorCodes, GatewayError } from '../core/errors';
 import { parseIPv6 } from '../core/names';
+import { INTERFACE_NAME_RULE, isInterfaceName, isInterfacePattern, isPort, parsePort } from '../core/validate';
 import type { DnsSettings } from '../dns/service';
 import type { LogLevel } from '../core/log';
 import { parseCidr } from '../route/cidr';
@@ -70,19 +71,24 @@ export function parseDnsServer(raw: string, flag: string): { host: string; port:
   const text = raw.trim();
   let host = text;
   let port = 53;
+  let portText: string | undefined;
   const bracketed = /^\[([^\]]+)\](?::(\d+))?$/.exec(text);
   if (bracketed) {
     host = bracketed[1]!;
-    if (bracketed[2] !== undefined) port = Number(bracketed[2]);
+    portText = bracketed[2];
   } else if (isIP(text) === 0) {
     const m = /^([^:]+):(\d+)$/.exec(text);
     if (m) {
       host = m[1]!;
-      port = Number(m[2]);
+      portText = m[2];
     }
   }
   if (isIP(host) === 0) throw configError(`--${flag}: '${raw}' is not an address or address:port (e.g. 10.0.0.53, 10.0.0.53:5353, [2001:db8::53]:53)`);
-  if (!Number.isInteger(port) || port < 1 || port > 65535) throw configError(`--${flag}: port in '${raw}' must be between 1 and 65535`);
+  if (portText !== undefined) {
+    const p = parsePort(portText);
+    if (p === undefined) throw configError(`--${flag}: port in '${raw}' must be between 1 and 65535`);
+    port = p;
+  }
   // Canonical, as every address that reaches a request line must be (CONNECT host:53 through the proxy).
   return { host: isIP(host) === 6 ? parseIPv6(host)! : host, port };
 }
@@ -90,7 +96,7 @@ export function parseDnsServer(raw: string, flag: string): { host: string; port:
 function buildDns(values: FlagValues, noProxy: NoProxy, listenPorts: number[]): DnsSettings | undefined {
   if (!(values['dns'] as boolean)) return undefined;
   const listenPort = values['dns-proxy-listen'] as number;
-  if (listenPort < 1 || listenPort > 65535) throw configError(`--dns-proxy-listen must be between 1 and 65535, not ${listenPort}`);
+  if (!isPort(listenPort)) throw configError(`--dns-proxy-listen must be between 1 and 65535, not ${listenPort}`);
   if (listenPorts.includes(listenPort)) throw configError(`--dns-proxy-listen ${listenPort} is already another listener's port: pick a free one`);
   const given = values['private-domains'] as string[];
   const privateDomains = given.length > 0 ? given : noProxy.domainSuffixes();
@@ -174,7 +180,7 @@ export function buildConfig(values: FlagValues, env: NodeJS.ProcessEnv): Config 
     tcp: values['tcp-proxy-listen'] as number,
   };
   for (const [k, v] of Object.entries(listen)) {
-    if (v < 1 || v > 65535) throw configError(`listen port for ${k} must be between 1 and 65535, not ${v}`);
+    if (!isPort(v)) throw configError(`listen port for ${k} must be between 1 and 65535, not ${v}`);
   }
   if (new Set(Object.values(listen)).size !== 3) {
     throw configError('--http-proxy-listen, --https-proxy-listen and --tcp-proxy-listen must be three different ports');
@@ -184,14 +190,14 @@ export function buildConfig(values: FlagValues, env: NodeJS.ProcessEnv): Config 
   if (!ipv4 && !ipv6) throw configError('--no-ipv4 and --no-ipv6 together leave nothing to intercept');
   for (const iface of values['lan'] as string[]) {
     // A trailing * matches a prefix (docker's br-*), as in nft.
-    if (!/^[A-Za-z0-9_.:@-]{1,15}\*?$/.test(iface)) throw configError(`--lan: '${iface}' is not an interface name (or a prefix with *, like br-*)`);
+    if (!isInterfacePattern(iface)) throw configError(`--lan: '${iface}' is not an interface name (or a prefix with *, like br-*): ${INTERFACE_NAME_RULE}`);
   }
   const masquerade = values['masquerade'] as string[];
   for (const iface of masquerade) {
-    if (!/^[A-Za-z0-9_.:@+-]{1,15}$/.test(iface)) throw configError(`--masquerade: '${iface}' is not an interface name (the uplink, e.g. eth0)`);
+    if (!isInterfaceName(iface)) throw configError(`--masquerade: '${iface}' is not an interface name (the uplink, e.g. eth0): ${INTERFACE_NAME_RULE}`);
   }
   const bridge = values['bridge'] as string;
-  if (bridge && !/^[A-Za-z0-9_.:@-]{1,15}$/.test(bridge)) throw configError(`--bridge: '${bridge}' is not an interface name`);
+  if (bridge && !isInterfaceName(bridge)) throw configError(`--bridge: '${bridge}' is not an interface name: ${INTERFACE_NAME_RULE}`);
   if (bridge && (values['firewall'] === 'iptables' || values['firewall'] === 'iptables-legacy')) {
     throw configError('--bridge needs the nftables backend (bridge-family rules): drop --firewall or use --firewall nftables');
   }

@@ -1,5 +1,6 @@
 import { ErrorCodes, GatewayError } from '../core/errors';
 import { LOG_LEVELS } from '../core/log';
+import { parsePort } from '../core/validate';
 
 /**
  * The command line, declared as one table so that parsing, --help and the
@@ -125,9 +126,10 @@ function flagError(message: string): GatewayError {
 export function parsePorts(raw: string, flag: string): number[] {
   const out = new Set<number>();
   for (const part of raw.split(/[,\s]+/).filter(Boolean)) {
-    const range = /^(\d+)-(\d+)$/.exec(part);
-    const [lo, hi] = range ? [Number(range[1]), Number(range[2])] : [Number(part), Number(part)];
-    if (!/^\d+(-\d+)?$/.test(part) || lo < 1 || hi > 65535 || lo > hi) {
+    const dash = part.indexOf('-');
+    const lo = parsePort(dash === -1 ? part : part.slice(0, dash));
+    const hi = dash === -1 ? lo : parsePort(part.slice(dash + 1));
+    if (lo === undefined || hi === undefined || lo > hi) {
       throw flagError(`--${flag}: '${part}' is not a port or range between 1 and 65535`);
     }
     if (hi - lo > 1024) throw flagError(`--${flag}: range '${part}' is too wide (at most 1024 ports)`);

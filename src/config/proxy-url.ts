@@ -1,6 +1,7 @@
 import { isIPv4, isIPv6 } from 'node:net';
 import { ErrorCodes, GatewayError } from '../core/errors';
 import { hostPort } from '../core/types';
+import { parsePort } from '../core/validate';
 import { normalizeHostname } from '../sniff/http';
 
 /** The upstream HTTP proxy every proxied connection is CONNECTed through. */
@@ -92,8 +93,8 @@ function parseHostAndPort(hostport: string, original: string): { host: string; p
 
   let port = DEFAULT_PROXY_PORT;
   if (portText !== undefined) {
-    const n = /^[0-9]{1,5}$/.test(portText) ? Number(portText) : NaN;
-    if (!(n >= 1 && n <= 65535)) throw configError(original, `bad port "${portText}" (1-65535)`);
+    const n = parsePort(portText);
+    if (n === undefined) throw configError(original, `bad port "${portText}" (1-65535)`);
     port = n;
   }
   return { host, port };

@@ -1,4 +1,5 @@
 import { SocketAddress, isIPv6 } from 'node:net';
+import { parsePort } from './validate';
 
 /**
  * Names are validated once, where they enter (Host, absolute-form
@@ -145,13 +146,6 @@ export function parseHost(text: string): HostTarget | undefined {
   return v4 === undefined ? undefined : { kind: 'ip', host: v4, family: 4 };
 }
 
-function parsePort(digits: string, defaultPort: number): number | undefined {
-  if (digits === '') return defaultPort;
-  if (!/^[0-9]{1,5}$/.test(digits)) return undefined;
-  const port = Number(digits);
-  return port >= 1 && port <= 65535 ? port : undefined;
-}
-
 /**
  * A Host header or URI authority (without userinfo): `name`, `name:8080`,
  * `1.2.3.4`, `[2001:db8::1]:80`; an empty port (`name:`) means the default,
@@ -177,7 +171,7 @@ export function parseAuthority(value: string, defaultPort: number): { target: Ho
     hostText = colon === -1 ? v : v.slice(0, colon);
     portText = colon === -1 ? '' : v.slice(colon + 1);
   }
-  const port = parsePort(portText, defaultPort);
+  const port = portText === '' ? defaultPort : parsePort(portText);
   if (port === undefined) return undefined;
   const target = parseHost(hostText);
   return target === undefined ? undefined : { target, port };

@@ -12,6 +12,7 @@
  *          after a crash.
  */
 import { ErrorCodes, GatewayError, withContext } from '../core/errors';
+import { INTERFACE_NAME_RULE, isInterfaceName, isInterfacePattern, isPort } from '../core/validate';
 import { formatCommand, isNotFound, netnsRunner, run, type Runner } from './exec';
 import { normalizeCidr, type RulesConfig } from './plan';
 import { formatMark, installPolicyRoutes, policyRoute, removePolicyRoutes, validatePolicyIds, type PolicyIds, type PolicyRoute } from './policy-routing';
@@ -85,14 +86,17 @@ function chunks(ports: readonly number[], n = 15): number[][] {
   return out;
 }
 
-function ifaceArg(name: string): string {
-  if (!/^[A-Za-z0-9_.:@-]{1,15}\*?$/.test(name)) throw configError(`bad interface name ${JSON.stringify(name)}`);
+/** A name (or, with `patterns`, a prefix with *) as an iptables argument; names with '+' cannot be said (see core/validate). */
+function ifaceArg(name: string, patterns = false): string {
+  if (!(patterns ? isInterfacePattern(name) : isInterfaceName(name))) {
+    throw configError(`bad interface name ${JSON.stringify(name)} (${INTERFACE_NAME_RULE}${patterns ? ', or a prefix with *' : ''})`);
+  }
   // nft's wildcard `veth*` is iptables' `veth+`.
   return name.endsWith('*') ? `${name.slice(0, -1)}+` : name;
 }
 
 function checkPort(p: unknown, what: string): number {
-  if (typeof p !== 'number' || !Number.isInteger(p) || p < 1 || p > 65535) throw configError(`${what} must be a port in 1..65535, got ${JSON.stringify(p)}`);
+  if (!isPort(p)) throw configError(`${what} must be a port in 1..65535, got ${JSON.stringify(p)}`);
   return p;
 }
 
@@ -105,13 +109,13 @@ function familyRestore(cfg: RulesConfig, family: 4 | 6): string {
   const local = cfg.local === true;
   const ownMark = local ? formatMark(cfg.socketMark!) : undefined;
   const bypass = [...new Set((family === 4 ? cfg.bypass4 : cfg.bypass6).map((c) => normalizeCidr(c, family)))];
-  const lan = [...new Set(cfg.lanInterfaces)].map(ifaceArg);
-  const masq = [...new Set(cfg.masquerade ?? [])].map(ifaceArg);
+  const lan = [...new Set(cfg.lanInterfaces)].map((n) => ifaceArg(n, true));
+  const masq = [...new Set(cfg.masquerade ?? [])].map((n) => ifaceArg(n));
   const bypassRules = (chain: string): string[] => [
     `-A ${chain} -m addrtype --dst-type LOCAL -j RETURN`,
     ...bypass.map((c) => `-A ${chain} -d ${c} -j RETURN`),
   ];
-  const uplinks = [...new Set(cfg.uplinks ?? [])].filter((n) => n !== 'lo').map(ifaceArg);
+  const uplinks = [...new Set(cfg.uplinks ?? [])].filter((n) => n !== 'lo').map((n) => ifaceArg(n, true));
   const clientsOn = (cfg.clients4?.length ?? 0) + (cfg.clients6?.length ?? 0) > 0;
   const clients = [...new Set((family === 4 ? (cfg.clients4 ?? []) : (cfg.clients6 ?? [])).map((c) => normalizeCidr(c, family, `clients${family}`)))];
   // One jump per LAN interface and --clients CIDR (no ipset needed); with

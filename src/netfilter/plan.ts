@@ -12,6 +12,7 @@
  */
 import { isIPv4, isIPv6 } from 'node:net';
 import { ErrorCodes, GatewayError } from '../core/errors';
+import { INTERFACE_NAME_RULE, isInterfaceName, isInterfacePattern, isPort } from '../core/validate';
 import { formatCommand } from './exec';
 import { formatMark, policyRoute, validatePolicyIds, type PolicyRoute } from './policy-routing';
 
@@ -150,7 +151,7 @@ function configError(msg: string): GatewayError {
 }
 
 function checkPort(p: unknown, what: string): number {
-  if (typeof p !== 'number' || !Number.isInteger(p) || p < 1 || p > 65535) {
+  if (!isPort(p)) {
     throw configError(`${what} must be an integer port in 1..65535, got ${JSON.stringify(p)}`);
   }
   return p;
@@ -265,12 +266,12 @@ function normalizeBypass(list: readonly string[] | undefined, family: 4 | 6, wha
   return out;
 }
 
-function normalizeInterfaces(list: readonly string[] | undefined): string[] {
+/** Names (or, with `patterns`, prefixes with a trailing *) as they may stand in the nft script: see core/validate. */
+function normalizeInterfaces(list: readonly string[] | undefined, patterns = false): string[] {
   const out: string[] = [];
   for (const name of list ?? []) {
-    // IFNAMSIZ is 16 including the NUL; no quotes/space/slash; a trailing * is an nft wildcard.
-    if (typeof name !== 'string' || !/^[A-Za-z0-9_.:@-]{1,15}\*?$/.test(name) || name.length > 15) {
-      throw configError(`bad interface name ${JSON.stringify(name)}`);
+    if (!(patterns ? isInterfacePattern(name) : isInterfaceName(name))) {
+      throw configError(`bad interface name ${JSON.stringify(name)} (${INTERFACE_NAME_RULE}${patterns ? ', or a prefix with *' : ''})`);
     }
     if (!out.includes(name)) out.push(name);
   }
@@ -317,7 +318,7 @@ export function plan(cfg: RulesConfig): RulesPlan {
   if (tcp.length === 0 && udp.length === 0) throw configError('nothing to intercept: no tcp or udp port groups');
   const bypass4 = cfg.ipv4 ? normalizeBypass(cfg.bypass4, 4) : [];
   const bypass6 = cfg.ipv6 ? normalizeBypass(cfg.bypass6, 6) : [];
-  const lan = normalizeInterfaces(cfg.lanInterfaces);
+  const lan = normalizeInterfaces(cfg.lanInterfaces, true);
   const tproxy = cfg.mode === 'tproxy';
   const addr4 = tproxy && cfg.ipv4 ? checkAddress(cfg.tproxyAddress4, 4) : undefined;
   const addr6 = tproxy && cfg.ipv6 ? checkAddress(cfg.tproxyAddress6, 6) : undefined;
@@ -342,7 +343,7 @@ export function plan(cfg: RulesConfig): RulesPlan {
     if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(bridge.mac)) throw configError(`bridge ${bridge.name}: bad MAC address ${JSON.stringify(bridge.mac)}`);
   }
   // lo is handled below; the bridge carries the clients in bridge mode.
-  const uplinks = normalizeInterfaces(cfg.uplinks).filter((n) => n !== 'lo' && n !== bridge?.name);
+  const uplinks = normalizeInterfaces(cfg.uplinks, true).filter((n) => n !== 'lo' && n !== bridge?.name);
   const clientsOn = (cfg.clients4?.length ?? 0) + (cfg.clients6?.length ?? 0) > 0;
   const clients4 = clientsOn && cfg.ipv4 ? normalizeBypass(cfg.clients4, 4, 'clients4') : [];
   const clients6 = clientsOn && cfg.ipv6 ? normalizeBypass(cfg.clients6, 6, 'clients6') : [];

@@ -15,6 +15,7 @@
  */
 import fs from 'node:fs';
 import { ErrorCodes, GatewayError, errnoOf } from '../core/errors';
+import { interfaceMatches } from '../core/validate';
 
 export interface SysctlWant {
   /** Path under /proc/sys, one segment per level; an interface name is one segment even when it holds a dot. */
@@ -279,10 +280,6 @@ export function hostBridges(): string[] {
 }
 
 /** Whether an interface name matches a --lan entry (a trailing * matches any suffix, as nftables reads it). */
-function lanMatches(name: string, entry: string): boolean {
-  return entry.endsWith('*') ? name.startsWith(entry.slice(0, -1)) : name === entry;
-}
-
 /**
  * Bridges whose clients TPROXY cannot intercept: with br_netfilter calling
  * the IP hooks (bridge-nf-call-iptables=1, as Docker sets it), the tproxy
@@ -292,5 +289,5 @@ function lanMatches(name: string, entry: string): boolean {
  */
 export function bridgesBlockingTproxy(opts: { lan: readonly string[]; read: SysctlReader; bridges: readonly string[] }): string[] {
   if (opts.read(['net', 'bridge', 'bridge-nf-call-iptables']) !== '1') return [];
-  return opts.bridges.filter((b) => opts.lan.length === 0 || opts.lan.some((e) => lanMatches(b, e)));
+  return opts.bridges.filter((b) => opts.lan.length === 0 || opts.lan.some((e) => interfaceMatches(e, b)));
 }

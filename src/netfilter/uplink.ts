@@ -15,6 +15,7 @@
  */
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
+import { interfaceMatches } from '../core/validate';
 import type { Runner } from './exec';
 
 export interface HostRoutes {
@@ -71,7 +72,7 @@ export function parseLinks(json: string): string[] {
 
 /** Whether a --lan entry (a trailing * is a prefix) names the interface. */
 export function lanNames(lan: readonly string[], name: string): boolean {
-  return lan.some((l) => (l.endsWith('*') ? name.startsWith(l.slice(0, -1)) : name === l));
+  return lan.some((l) => interfaceMatches(l, name));
 }
 
 /** Pure: which uplinks the rules exclude, and which they intercept anyway (and why). */

@@ -1,4 +1,5 @@
 import { isIP, isIPv6 } from 'node:net';
+import { parsePort } from '../core/validate';
 import { normalizeHostname } from '../sniff/http';
 import { type Cidr, cidrContains, parseCidr, parseIp } from './cidr';
 
@@ -51,12 +52,6 @@ export interface NoProxy {
 }
 
 type Entry = { kind: 'all' } | { kind: 'domain'; rule: DomainRule } | { kind: 'address'; rule: AddressRule };
-
-function parsePort(digits: string): number | undefined {
-  if (!/^[0-9]{1,5}$/.test(digits)) return undefined;
-  const port = Number(digits);
-  return port >= 1 && port <= 65535 ? port : undefined;
-}
 
 function withPort<T extends object>(rule: T, portText: string | undefined): (T & { port?: number }) | undefined {
   if (portText === undefined) return rule;
