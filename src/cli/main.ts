@@ -107,7 +107,7 @@ export async function main(argv: string[]): Promise<void> {
       process.stdout.write(version() + '\n');
       return;
     }
-    cfg = buildConfig(args.values, process.env);
+    cfg = buildConfig(args.values, process.env, args.given);
   } catch (err) {
     report(err);
     process.exitCode = 2;

@@ -150,7 +150,11 @@ function configError(message: string): GatewayError {
 }
 
 /** Builds the run configuration from parsed flags and the environment; every check that can fail before start-up fails here. */
-export function buildConfig(values: FlagValues, env: NodeJS.ProcessEnv): Config {
+/** Joined the --http-ports default after the other ports (see buildConfig). */
+const HKP_PORT = 11371;
+
+/** `given`: the flags set on the command line (parseArgs), so that a default yields to them where they overlap. */
+export function buildConfig(values: FlagValues, env: NodeJS.ProcessEnv, given: ReadonlySet<string> = new Set()): Config {
   const warnings: string[] = [];
   let proxies: ReturnType<typeof proxyFromEnv>;
   try {
@@ -163,12 +167,19 @@ export function buildConfig(values: FlagValues, env: NodeJS.ProcessEnv): Config 
 
   const [bypass4, bypass6] = cidrsByFamily(values['bypass'] as string[], 'bypass', '203.0.113.0/24, 2001:db8::/32');
 
-  const httpPorts = values['http-ports'] as number[];
-  const tlsPorts = values['tls-ports'] as number[];
-  const tcpPorts = values['tcp-proxy-dports'] as number[];
+  // 11371 (HKP) joined the --http-ports default late: a command line that names it in another port flag
+  // (`--tcp-proxy-dports 22,11371`) worked before and must go on starting, so there the default yields.
+  // Other overlaps stay errors (`--tls-ports 80` is more likely a mistake than a wish).
+  const explicit = (flag: string): number[] => (given.has(flag) ? (values[flag] as number[]) : []);
+  const named = new Set([...explicit('http-ports'), ...explicit('tls-ports'), ...explicit('tcp-proxy-dports')]);
+  const ports = (flag: string): number[] =>
+    given.has(flag) ? (values[flag] as number[]) : (values[flag] as number[]).filter((p) => !(p === HKP_PORT && named.has(p)));
+  const httpPorts = ports('http-ports');
+  const tlsPorts = ports('tls-ports');
+  const tcpPorts = ports('tcp-proxy-dports');
   const seen = new Map<number, string>();
-  for (const [flag, ports] of [['http-ports', httpPorts], ['tls-ports', tlsPorts], ['tcp-proxy-dports', tcpPorts]] as const) {
-    for (const p of ports) {
+  for (const [flag, list] of [['http-ports', httpPorts], ['tls-ports', tlsPorts], ['tcp-proxy-dports', tcpPorts]] as const) {
+    for (const p of list) {
       const other = seen.get(p);
       if (other) throw configError(`port ${p} is in both --${other} and --${flag}: give each port one meaning`);
       seen.set(p, flag);

@@ -24,8 +24,8 @@ export interface FlagSpec {
 export const FLAGS: readonly FlagSpec[] = [
   { name: 'mode', type: 'string', default: 'tproxy', choices: ['tproxy', 'redirect'], arg: 'MODE',
     help: 'interception: tproxy (mangle TPROXY + policy routing, no NAT) or redirect (nat REDIRECT)' },
-  { name: 'http-ports', type: 'ports', default: [80], arg: 'PORTS',
-    help: 'TCP ports carried as HTTP: each request is sent to the proxy as an absolute-URI request' },
+  { name: 'http-ports', type: 'ports', default: [80, 11371], arg: 'PORTS',
+    help: 'TCP ports carried as HTTP: each request is sent to the proxy as an absolute-URI request (11371: HKP, the GPG key servers of gpg --recv-keys)' },
   { name: 'tls-ports', type: 'ports', default: [443], arg: 'PORTS', aliases: ['https-ports'],
     help: 'TCP ports carried as TLS: CONNECT to the ClientHello\'s server name' },
   { name: 'tcp-proxy-dports', type: 'ports', default: [22], arg: 'PORTS', aliases: ['tcp-ports'],

@@ -1,3 +1,4 @@
+import { Lru } from '../core/lru';
 import type { Message } from './message';
 
 export interface CacheEntry {
@@ -15,14 +16,16 @@ export interface CacheEntry {
  * that tests need not wait.
  */
 export class DnsCache {
-  private readonly map = new Map<string, CacheEntry>();
+  private readonly map: Lru<string, CacheEntry>;
   hits = 0;
   misses = 0;
 
   constructor(
     readonly capacity: number,
     private readonly now: () => number = Date.now,
-  ) {}
+  ) {
+    this.map = new Lru(capacity);
+  }
 
   get size(): number {
     return this.map.size;
@@ -41,20 +44,12 @@ export class DnsCache {
       this.misses++;
       return undefined;
     }
-    // Re-insert: Map keeps insertion order, so the first key is the least recently used.
-    this.map.delete(key);
-    this.map.set(key, entry);
     this.hits++;
     return { entry, age };
   }
 
   set(key: string, answer: Buffer, parsed: Message, ttl: number): void {
-    if (this.capacity <= 0 || ttl <= 0) return;
-    this.map.delete(key);
-    while (this.map.size >= this.capacity) {
-      const oldest = this.map.keys().next().value as string;
-      this.map.delete(oldest);
-    }
+    if (ttl <= 0) return;
     this.map.set(key, { answer, parsed, storedAt: this.now(), ttl });
   }
 

@@ -7,6 +7,7 @@
  * bounded (least recently seen clients go first; one that comes back
  * starts with a full bucket, which only ever errs on its side).
  */
+import { Lru } from '../core/lru';
 
 interface Bucket {
   tokens: number;
@@ -22,7 +23,7 @@ const DEFAULT_BUCKETS = 16384;
 const TOUCH_MS = 1000;
 
 export class ClientRateLimiter {
-  private readonly buckets = new Map<string, Bucket>();
+  private readonly buckets: Lru<string, Bucket>;
   readonly burst: number;
 
   /** `rate` queries per second per client; 0 or less: no limit. */
@@ -32,6 +33,8 @@ export class ClientRateLimiter {
     private readonly now: () => number = performance.now.bind(performance),
   ) {
     this.burst = 2 * rate;
+    // At least one: the bucket just taken from must outlive the call (a capacity of 0 kept one before, too).
+    this.buckets = new Lru(Math.max(1, capacity));
   }
 
   get size(): number {
@@ -42,9 +45,9 @@ export class ClientRateLimiter {
   take(client: string): boolean {
     if (this.rate <= 0) return true;
     const now = this.now();
-    let b = this.buckets.get(client);
+    // peek: the order is refreshed at most every TOUCH_MS, below.
+    let b = this.buckets.peek(client);
     if (b === undefined) {
-      if (this.buckets.size >= this.capacity) this.buckets.delete(this.buckets.keys().next().value as string);
       b = { tokens: this.burst, at: now, touched: now };
       this.buckets.set(client, b);
     } else {
@@ -53,8 +56,7 @@ export class ClientRateLimiter {
       b.at = now;
       if (now - b.touched >= TOUCH_MS) {
         b.touched = now;
-        this.buckets.delete(client);
-        this.buckets.set(client, b);
+        this.buckets.get(client);
       }
     }
     if (b.tokens < 1) return false;

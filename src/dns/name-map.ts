@@ -1,3 +1,4 @@
+import { Lru } from '../core/lru';
 import { normalizeHostname } from '../core/names';
 
 /**
@@ -21,13 +22,15 @@ interface Entry {
 }
 
 export class NameMap implements NameLookup {
-  private readonly map = new Map<string, Entry>();
+  private readonly map: Lru<string, Entry>;
 
   constructor(
     readonly capacity: number,
     private readonly minTtlSeconds = 60,
     private readonly now: () => number = Date.now,
-  ) {}
+  ) {
+    this.map = new Lru(capacity);
+  }
 
   get size(): number {
     return this.map.size;
@@ -45,15 +48,14 @@ export class NameMap implements NameLookup {
     if (host === undefined) return false;
     if (this.capacity <= 0) return true;
     const key = `${client}|${address.toLowerCase()}`;
-    this.map.delete(key);
-    while (this.map.size >= this.capacity) this.map.delete(this.map.keys().next().value as string);
+    // A new answer replaces the entry and makes it the youngest; lookups do not (peek): the order is that of answers.
     this.map.set(key, { name: host, expires: this.now() + Math.max(ttlSeconds, this.minTtlSeconds) * 1000 });
     return true;
   }
 
   lookup(client: string, address: string): string | undefined {
     const key = `${client}|${address.toLowerCase()}`;
-    const e = this.map.get(key);
+    const e = this.map.peek(key);
     if (!e) return undefined;
     if (this.now() >= e.expires) {
       this.map.delete(key);

@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import type { Mode } from '../config/config';
 import { ErrorCodes, GatewayError, errnoOf } from '../core/errors';
 import { unmapAddress, type Address } from '../core/types';
+import { Lru } from '../core/lru';
 import * as native from '../native/index';
 
 /**
@@ -39,25 +40,19 @@ function addr(host: string, port: number): Address {
  * syscalls, so a few are kept (least recently used go first).
  */
 class ReplySockets {
-  private readonly fds = new Map<string, number>();
+  // An evicted socket is closed: the cache owns the fds it holds.
+  private readonly fds: Lru<string, number>;
 
-  constructor(private readonly capacity: number) {}
+  constructor(private readonly capacity: number) {
+    this.fds = new Lru(capacity, (_key, fd) => fs.closeSync(fd));
+  }
 
   send(from: Address, to: Address, data: Buffer): void {
     const key = `${from.address}|${from.port}`;
-    let fd = this.fds.get(key);
+    let fd = this.fds.get(key); // refreshes its place
     if (fd === undefined) {
       fd = native.udpReplySocket(from.address, from.port);
-      if (this.capacity > 0) {
-        while (this.fds.size >= this.capacity) {
-          const [k, old] = this.fds.entries().next().value as [string, number];
-          this.fds.delete(k);
-          fs.closeSync(old);
-        }
-        this.fds.set(key, fd);
-      }
-    } else {
-      this.fds.delete(key);
+      // Capacity 0 keeps nothing (set stores nothing): the socket is closed after this one reply.
       this.fds.set(key, fd);
     }
     try {

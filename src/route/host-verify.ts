@@ -1,4 +1,5 @@
 import type { NameLookup } from '../dns/name-map';
+import { Lru } from '../core/lru';
 import { parseIPv4, parseIPv6 } from '../core/names';
 import { unmapAddress } from '../core/types';
 
@@ -45,7 +46,7 @@ function canonical(address: string): string {
  * destination, or the gateway's resolver returning the destination.
  */
 export class HostVerifier {
-  private readonly cache = new Map<string, Entry>();
+  private readonly cache: Lru<string, Entry>;
   private readonly pending = new Map<string, Promise<Entry>>();
   private readonly ttlMs: number;
   private readonly capacity: number;
@@ -55,6 +56,7 @@ export class HostVerifier {
     this.ttlMs = opts.ttlMs ?? DEFAULT_TTL_MS;
     this.capacity = opts.capacity ?? DEFAULT_CAPACITY;
     this.now = opts.now ?? Date.now;
+    this.cache = new Lru(this.capacity);
   }
 
   /** true or false when known now; undefined when the resolver must be asked (see verify). */
@@ -63,7 +65,8 @@ export class HostVerifier {
     const literal = name.includes(':') ? parseIPv6(name) : parseIPv4(name);
     if (literal !== undefined && /^[0-9.:a-f]+$/.test(name)) return canonical(literal) === dst;
     if (this.opts.names?.lookup(client, dst) === name) return true;
-    const e = this.cache.get(name);
+    // peek: entries age by when they were resolved, not by use.
+    const e = this.cache.peek(name);
     if (e === undefined || e.expires <= this.now()) return undefined;
     return e.addresses.has(dst);
   }
@@ -88,8 +91,6 @@ export class HostVerifier {
         // No answer (a resolver down or slow) is asked again sooner than an answer.
         const ttl = list.length > 0 ? this.ttlMs : Math.min(this.ttlMs, NEGATIVE_TTL_MS);
         const entry: Entry = { addresses: new Set(list.map(canonical)), expires: this.now() + ttl };
-        this.cache.delete(name);
-        while (this.cache.size >= this.capacity) this.cache.delete(this.cache.keys().next().value as string);
         this.cache.set(name, entry);
         return entry;
       })

@@ -116,6 +116,48 @@ describe('HTTP path e2e', { skip, timeout: 300_000 }, () => {
   });
 });
 
+/** A key server's stand-in: HKP is HTTP on 11371 (the lab's nginx does not listen there). */
+const HKP_ORIGIN = `
+require('http').createServer((req, res) => {
+  res.end('hkp host=' + req.headers.host + ' uri=' + req.url + '\\n');
+}).listen(11371, '::');
+`;
+
+describe('HKP: port 11371 is HTTP by default', { skip, timeout: 120_000 }, () => {
+  let lab: Lab;
+  let gw: Gw | undefined;
+
+  before(async () => {
+    lab = await Lab.create();
+    lab.spawn('in', [process.execPath, '-e', HKP_ORIGIN]);
+    // No --http-ports: the default is under test. squid's lab config allows every port (no Safe_ports).
+    gw = await lab.startGateway([], { http_proxy: ADDR.proxyUrl, https_proxy: ADDR.proxyUrl });
+  });
+
+  after(async () => {
+    await gw?.stop('SIGTERM', 5000).catch(() => gw?.kill9());
+    await lab?.transgate(['clear']).catch(() => undefined);
+    await lab?.destroy();
+  });
+
+  // `gpg --recv-keys` in a docker build step speaks HTTP to key servers on 11371; with --http-ports 80
+  // alone that port was not intercepted at all, so the request never went through the proxy.
+  test('gpg --recv-keys style: GET to :11371 goes through squid as GET http://name:11371/...', async () => {
+    const from = await lab.squidMark();
+    const url = `http://${ADDR.names.api}:11371/pks/lookup?op=get&search=0x0123456789ABCDEF`;
+    let r = { stdout: '', stderr: '' };
+    for (let i = 0; i < 20; i++) {
+      // The origin was started in before(); give it a moment to listen.
+      r = await lab.exec('cl', ['curl', '-sS', '--max-time', '10', '--resolve', `${ADDR.names.api}:11371:${O4}`, url]).catch((e: { stdout?: string; stderr?: string }) => ({ stdout: e.stdout ?? '', stderr: e.stderr ?? String(e) }));
+      if (r.stdout) break;
+      await new Promise((res) => setTimeout(res, 100));
+    }
+    assert.match(r.stdout, /^hkp host=api\.example\.test:11371 uri=\/pks\/lookup\?op=get&search=0x0123456789ABCDEF/, `${r.stdout}\n${r.stderr}\n${gw!.output()}`);
+    // squid logs the URL without its query (strip_query_terms).
+    await lab.waitSquidLog(/GET http:\/\/api\.example\.test:11371\/pks\/lookup\?? /, 3000, from);
+  });
+});
+
 describe('no proxy configured: direct', { skip, timeout: 120_000 }, () => {
   let lab: Lab;
   let gw: Gw | undefined;

@@ -18,7 +18,7 @@ describe('parseArgs', () => {
     const a = parseArgs([]);
     assert.equal(a.command, 'run');
     assert.equal(a.values['mode'], 'tproxy');
-    assert.deepEqual(a.values['http-ports'], [80]);
+    assert.deepEqual(a.values['http-ports'], [80, 11371], 'HKP (gpg --recv-keys) is HTTP on 11371');
     assert.deepEqual(a.values['tls-ports'], [443]);
     assert.deepEqual(a.values['tcp-proxy-dports'], [22]);
     assert.equal(a.given.size, 0);
@@ -109,6 +109,19 @@ describe('buildConfig', () => {
     assert.equal(flagCode(() => buildConfig(parseArgs(['--no-ipv4', '--no-ipv6']).values, env)), 'TG_ERR_CONFIG');
     assert.equal(flagCode(() => buildConfig(parseArgs([]).values, { http_proxy: 'socks5://x:1080' })), 'TG_ERR_CONFIG');
     assert.equal(flagCode(() => buildConfig(parseArgs(['--lan', 'a b;rm']).values, env)), 'TG_ERR_CONFIG');
+    const a = parseArgs(['--tls-ports', '80']);
+    assert.equal(flagCode(() => buildConfig(a.values, env, a.given)), 'TG_ERR_CONFIG', 'only 11371 yields');
+  });
+
+  // 11371 joined the --http-ports default: `--tcp-proxy-dports 22,11371`, which started before, failed
+  // with "port 11371 is in both --http-ports and --tcp-proxy-dports" until the default yielded to it.
+  test('a command line that names 11371 elsewhere takes it from the --http-ports default', () => {
+    const a = parseArgs(['--tcp-proxy-dports', '22,11371']);
+    const cfg = buildConfig(a.values, env, a.given);
+    assert.deepEqual([cfg.httpPorts, cfg.tcpPorts], [[80], [22, 11371]]);
+    assert.deepEqual(buildConfig(parseArgs([]).values, env).httpPorts, [80, 11371]);
+    const both = parseArgs(['--http-ports', '80,11371', '--tls-ports', '443,11371']);
+    assert.equal(flagCode(() => buildConfig(both.values, env, both.given)), 'TG_ERR_CONFIG', 'named twice: still an error');
   });
 
   test('--bypass splits families and makes host routes', () => {
