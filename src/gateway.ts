@@ -454,8 +454,7 @@ export class Gateway {
         const [status, code, why] = first.outcome === 'invalid'
           ? [400, ErrorCodes.BAD_REQUEST, `malformed HTTP request: ${first.result?.status === 'invalid' ? first.result.reason : 'bad head'}`]
           : [408, ErrorCodes.SNIFF_TIMEOUT, `no whole request head within ${this.cfg.sniffTimeoutMs} ms of accept`];
-        ctx.result = code;
-        ctx.error = why;
+        ctx.refuse(code, why);
         ctx.bytesUp = first.head.length;
         sock.once('close', () => done(ctx));
         answerAndClose(sock, gatewayResponse(status, code, why));

@@ -43,6 +43,19 @@ export class ConnContext {
     this.error = 'destination is this gateway: listeners serve intercepted connections only';
   }
 
+  /**
+   * The gateway answered or closed the connection itself (400, 403, 405,
+   * 408, a reset): its first refusal is the one logged; a target no client
+   * may have fetched also marks the route.
+   */
+  refuse(code: string, why: string): void {
+    if (this.result === 'ok') {
+      this.result = code;
+      this.error = why;
+    }
+    if (code === ErrorCodes.FORBIDDEN_TARGET) this.route = 'reject';
+  }
+
   durationMs(): number {
     return Math.round(performance.now() - this.startedAt);
   }

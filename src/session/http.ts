@@ -199,11 +199,7 @@ export class HttpSession {
 
   /** A request the gateway answers itself (400, 403, 405, 408), then closes. */
   private answer(sock: net.Socket, ctx: ConnContext | undefined, refusal: { status: number; code: string; reason: string }): void {
-    if (ctx && ctx.result === 'ok') {
-      ctx.result = refusal.code;
-      ctx.error = refusal.reason;
-    }
-    if (ctx && refusal.code === ErrorCodes.FORBIDDEN_TARGET) ctx.route = 'reject';
+    ctx?.refuse(refusal.code, refusal.reason);
     answerAndClose(sock, gatewayResponse(refusal.status, refusal.code, refusal.reason));
   }
 
@@ -254,11 +250,7 @@ export class HttpSession {
     if (!check.ok) {
       // Through res, not the socket: an earlier pipelined response may still be on its way.
       req.resume();
-      if (ctx.result === 'ok') {
-        ctx.result = check.code;
-        ctx.error = check.reason;
-      }
-      if (check.code === ErrorCodes.FORBIDDEN_TARGET) ctx.route = 'reject';
+      ctx.refuse(check.code, check.reason);
       const body = `transgate: ${check.reason}\n`;
       res.sendDate = false;
       res.writeHead(check.status, {

@@ -205,9 +205,7 @@ export class NativeStreams {
   }
 
   private refuse(ctx: ConnContext, code: ErrorCode, why: string): TunnelAction {
-    ctx.result = code;
-    ctx.error = why;
-    if (code === ErrorCodes.FORBIDDEN_TARGET) ctx.route = 'reject';
+    ctx.refuse(code, why);
     this.deps.onDone(ctx);
     return RESET;
   }

@@ -107,9 +107,7 @@ export function refusedName(ctx: ConnContext, isLocal: (address: string) => bool
 }
 
 function refuse(sock: net.Socket, ctx: ConnContext, code: string, why: string, deps: StreamDeps): void {
-  ctx.result = code;
-  ctx.error = why;
-  if (code === ErrorCodes.FORBIDDEN_TARGET) ctx.route = 'reject';
+  ctx.refuse(code, why);
   if (!sock.destroyed) sock.resetAndDestroy();
   deps.onDone(ctx);
 }

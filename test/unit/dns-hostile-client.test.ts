@@ -16,6 +16,7 @@ import { NameMap } from '../../src/dns/name-map';
 import { DnsResolver, presentName, type DnsRoute } from '../../src/dns/resolver';
 import { DnsService } from '../../src/dns/service';
 import { TcpTransport, UdpTransport, frame, unframe, type DnsTransport } from '../../src/dns/transports';
+import { dnsSettings } from './dns-settings';
 
 const CLIENT = { address: '192.0.2.2', port: 5353, family: 4 as const };
 const DST = { address: '203.0.113.53', port: 53, family: 4 as const };
@@ -101,18 +102,8 @@ describe('dns question names are validated where they enter', () => {
 });
 
 describe('dns routes of private names without --private-dns', () => {
-  const settings = {
-    listenPort: 3153,
-    privateDomains: ['corp.test'],
-    privateDns: undefined,
-    publicDns: undefined,
-    overTcpDisabled: false,
-    dohEnabled: false,
-    dohUrl: undefined,
-    dohCaFile: undefined,
-    timeoutMs: 2000,
-    cacheSize: 10,
-  };
+  const settings = dnsSettings({ privateDomains: ['corp.test'] });
+
   const proxy = { host: '198.51.100.2', port: 3128, display: '198.51.100.2:3128' } as never;
   const classify = (a: string): 'local' | 'internal' | 'public' => (a === '192.0.2.1' ? 'local' : a.startsWith('10.') ? 'internal' : 'public');
   const svc = (own: { host: string; port: number } | undefined) =>
@@ -288,18 +279,8 @@ describe('dns per-client protection', () => {
     assert.equal(f.size, 0);
   });
 
-  const settings = {
-    listenPort: 3153,
-    privateDomains: [],
-    privateDns: undefined,
-    publicDns: undefined,
-    overTcpDisabled: false,
-    dohEnabled: false,
-    dohUrl: undefined,
-    dohCaFile: undefined,
-    timeoutMs: 2000,
-    cacheSize: 100,
-  };
+  const settings = dnsSettings({ cacheSize: 100 });
+
 
   /** A service whose upstream is OneAddress (its route() replaced), with the given protection options. */
   function service(over: Partial<ConstructorParameters<typeof DnsService>[0]> = {}): DnsService {

@@ -7,6 +7,8 @@ import { buildConfig } from '../../src/config/config';
 import { parseArgs } from '../../src/config/flags';
 import { Logger } from '../../src/core/log';
 import { DnsService } from '../../src/dns/service';
+import { dnsSettings } from './dns-settings';
+import type { DnsSettings } from '../../src/dns/service';
 
 /** A DNS-over-TCP server on loopback that answers each query by echoing it with QR set, in reverse order per read. */
 function echoServer(opts: { closeAfterAnswer?: boolean }) {
@@ -107,19 +109,9 @@ describe('dns configuration', () => {
 });
 
 describe('dns routes', () => {
-  const settings = (over: Record<string, unknown> = {}) => ({
-    listenPort: 3153,
-    privateDomains: ['corp.test'],
-    privateDns: { host: '198.51.100.53', port: 53 },
-    publicDns: undefined,
-    overTcpDisabled: false,
-    dohEnabled: false,
-    dohUrl: undefined,
-    dohCaFile: undefined,
-    timeoutMs: 2000,
-    cacheSize: 10,
-    ...over,
-  });
+  const settings = (over: Partial<DnsSettings> = {}): DnsSettings =>
+    dnsSettings({ privateDomains: ['corp.test'], privateDns: { host: '198.51.100.53', port: 53 }, ...over });
+
   const proxy = { host: '198.51.100.2', port: 3128, display: '198.51.100.2:3128' } as never;
   const svc = (over: Record<string, unknown> = {}, withProxy = true) =>
     new DnsService({ dns: settings(over), proxy: withProxy ? proxy : undefined, connectTimeoutMs: 1000, fallbackServer: undefined, log: new Logger('error') });
