@@ -195,12 +195,17 @@ class Bench {
         }
         // BENCH_GW_NODE_OPTIONS: NODE_OPTIONS for the gateway (e.g. --max-semi-space-size=1).
         if (process.env['BENCH_GW_NODE_OPTIONS']) env['NODE_OPTIONS'] = process.env['BENCH_GW_NODE_OPTIONS'];
-        for (const k of ['TRANSGATE_MEM_LOG', 'TRANSGATE_HEAP_SNAPSHOT', 'TRANSGATE_V8_FLAGS']) if (process.env[k]) env[k] = process.env[k]!;
+        for (const k of ['TRANSGATE_MEM_LOG', 'TRANSGATE_HEAP_SNAPSHOT', 'TRANSGATE_V8_FLAGS'])
+          if (process.env[k]) env[k] = process.env[k]!;
         const wrapped = prof || env['TRANSGATE_MEM_LOG'] || env['TRANSGATE_HEAP_SNAPSHOT'] || env['TRANSGATE_V8_FLAGS'];
         // Its log goes to a file, as redsocks' does: no CPU of the harness per log line.
         // Another checkout's gateway, run as its bin would run it (the shebang's flag).
         if (checkout) env['NODE_OPTIONS'] = `--max-semi-space-size=1 ${env['NODE_OPTIONS'] ?? ''}`.trim();
-        const script = checkout ? path.resolve(checkout, 'bin', 'transgate.js') : wrapped ? path.join(__dirname, 'profiled-gateway.js') : undefined;
+        const script = checkout
+          ? path.resolve(checkout, 'bin', 'transgate.js')
+          : wrapped
+            ? path.join(__dirname, 'profiled-gateway.js')
+            : undefined;
         this.gw = await lab.startGateway(args, env, { logToFile: true, ...(script ? { script } : {}) });
         await this.gw.waitFor(new RegExp(`\\brelay ${relay}\\b`), 3000);
         return this.gw.pid;
@@ -220,7 +225,8 @@ class Bench {
     });
     // No gateway process: the gw namespace only forwards, with source NAT
     // because `up` has no route back to the clients' network.
-    const nat = 'table ip tgbench_nat {\n chain post {\n  type nat hook postrouting priority srcnat; policy accept;\n  oifname "wan0" masquerade\n }\n}\n';
+    const nat =
+      'table ip tgbench_nat {\n chain post {\n  type nat hook postrouting priority srcnat; policy accept;\n  oifname "wan0" masquerade\n }\n}\n';
     // The gateway variants leave transparent TIME_WAIT sockets in gw for
     // (client port -> intranet server :80). A forwarded SYN with the same
     // addresses and ports gets one attached by early demux, and forwarding
@@ -325,7 +331,11 @@ class Bench {
   }
 
   /** N parallel downloads of the large file; returns aggregate MB/s and gateway CPU seconds. */
-  private async bulk(v: Variant, pid: number | undefined, n: number): Promise<{ mbps: number; cpuSec: number; bytes: number; hostBusy: number; wakeups: number }> {
+  private async bulk(
+    v: Variant,
+    pid: number | undefined,
+    n: number,
+  ): Promise<{ mbps: number; cpuSec: number; bytes: number; hostBusy: number; wakeups: number }> {
     const one = `curl -sS --fail -o /dev/null -w '%{size_download}\\n' --max-time 120 ${this.curlArgs(v)} ${this.bulkUrl(v)}`;
     const script = Array.from({ length: n }, () => `${one} &`).join('\n') + '\nwait\n';
     const perf = await this.perfStart(v, pid, `bulk${n}`);
@@ -347,9 +357,23 @@ class Bench {
     return { mbps: bytes / MIB / secs, cpuSec, bytes, hostBusy: (h1[0] - h0[0]) / (h1[1] - h0[1]), wakeups };
   }
 
-  private async conns(v: Variant, pid: number | undefined): Promise<{ perSec: number; cpuUsPerConn: number; errors: number; userShare: number; hostBusy: number }> {
+  private async conns(
+    v: Variant,
+    pid: number | undefined,
+  ): Promise<{ perSec: number; cpuUsPerConn: number; errors: number; userShare: number; hostBusy: number }> {
     const url = v.squid ? `https://${O4}/` : `http://${INTRA}/`;
-    const hey = (n: number) => ['hey', '-n', String(n), '-c', String(CONN_CONCURRENCY), '-disable-keepalive', '-t', '10', ...(v.explicit ? ['-x', ADDR.proxyUrl] : []), url];
+    const hey = (n: number) => [
+      'hey',
+      '-n',
+      String(n),
+      '-c',
+      String(CONN_CONCURRENCY),
+      '-disable-keepalive',
+      '-t',
+      '10',
+      ...(v.explicit ? ['-x', ADDR.proxyUrl] : []),
+      url,
+    ];
     if (CONN_WARMUP > 0) await this.lab.exec('cl', hey(CONN_WARMUP), { timeoutMs: 180_000 });
     const args = hey(CONN_REQUESTS);
     const perf = await this.perfStart(v, pid, 'conns');
@@ -408,7 +432,8 @@ class Bench {
     child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
     const deadline = Date.now() + 120_000;
     while (!out.includes('\n')) {
-      if (Date.now() > deadline || child.exitCode !== null) throw new Error(`${v.name}: idle probe (exit ${child.exitCode}): ${out} ${err}`);
+      if (Date.now() > deadline || child.exitCode !== null)
+        throw new Error(`${v.name}: idle probe (exit ${child.exitCode}): ${out} ${err}`);
       await sleep(100);
     }
     const got = JSON.parse(out.trim()) as { open: number; failed: number };
@@ -498,15 +523,42 @@ function combine(variant: string, rounds: Result[]): Result {
 const fmt = (n: number | undefined, digits = 1): string => (n === undefined || Number.isNaN(n) ? '-' : n.toFixed(digits));
 
 function table(results: Result[]): string {
-  const head = ['variant', '1x MB/s', `${PARALLEL}x MB/s`, 'CPU s/GiB', 'conn/s', 'CPU µs/conn', 'host busy', 'p50 ms', 'p99 ms', 'RSS idle MiB', 'RSS +held MiB', 'held'];
+  const head = [
+    'variant',
+    '1x MB/s',
+    `${PARALLEL}x MB/s`,
+    'CPU s/GiB',
+    'conn/s',
+    'CPU µs/conn',
+    'host busy',
+    'p50 ms',
+    'p99 ms',
+    'RSS idle MiB',
+    'RSS +held MiB',
+    'held',
+  ];
   const rows = results.map((r) => [
-    r.variant, fmt(r.bulk1MBps, 0), fmt(r.bulkNMBps, 0), fmt(r.cpuSecPerGiB, 2), fmt(r.connsPerSec, 0), fmt(r.cpuUsPerConn, 0),
+    r.variant,
+    fmt(r.bulk1MBps, 0),
+    fmt(r.bulkNMBps, 0),
+    fmt(r.cpuSecPerGiB, 2),
+    fmt(r.connsPerSec, 0),
+    fmt(r.cpuUsPerConn, 0),
     r.connHostBusy === undefined ? '-' : `${Math.round(r.connHostBusy * 100)}%`,
-    fmt(r.latencyP50Ms, 2), fmt(r.latencyP99Ms, 2), fmt(r.rssIdleMiB), r.rssHeldMiB === undefined || r.rssBeforeHeldMiB === undefined ? '-' : fmt(r.rssHeldMiB - r.rssBeforeHeldMiB), r.held === undefined ? '-' : String(r.held),
+    fmt(r.latencyP50Ms, 2),
+    fmt(r.latencyP99Ms, 2),
+    fmt(r.rssIdleMiB),
+    r.rssHeldMiB === undefined || r.rssBeforeHeldMiB === undefined ? '-' : fmt(r.rssHeldMiB - r.rssBeforeHeldMiB),
+    r.held === undefined ? '-' : String(r.held),
   ]);
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
-  const line = (cells: string[]) => '| ' + cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(' | ') + ' |';
-  return [line(head), '|' + widths.map((w, i) => (i === 0 ? '-'.repeat(w + 1) + '-' : '-'.repeat(w + 1) + ':')).join('|') + '|', ...rows.map(line)].join('\n');
+  const line = (cells: string[]) =>
+    '| ' + cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(' | ') + ' |';
+  return [
+    line(head),
+    '|' + widths.map((w, i) => (i === 0 ? '-'.repeat(w + 1) + '-' : '-'.repeat(w + 1) + ':')).join('|') + '|',
+    ...rows.map(line),
+  ].join('\n');
 }
 
 interface Ratio {
@@ -545,7 +597,12 @@ function ratios(results: Result[], rounds: Map<string, Result[]>): Ratio[] {
   add(`throughput ${PARALLEL}x / explicit`, 'bulkNMBps', 'explicit', '>= 0.9', (x) => x >= 0.9);
   if (t?.rssHeldMiB !== undefined && t.rssBeforeHeldMiB !== undefined && t.held) {
     const growth = t.rssHeldMiB - t.rssBeforeHeldMiB;
-    out.push({ name: `RSS growth for ${t.held} held conns (MiB)`, value: growth, target: '<= 40 (per 10,000)', ok: (growth * 10_000) / t.held <= 40 });
+    out.push({
+      name: `RSS growth for ${t.held} held conns (MiB)`,
+      value: growth,
+      target: '<= 40 (per 10,000)',
+      ok: (growth * 10_000) / t.held <= 40,
+    });
   }
   return out;
 }
@@ -561,7 +618,11 @@ async function main(): Promise<void> {
   const lab = await Lab.create({ largeFileMiB: FILE_MIB, squid: { maxFds: hardNofile() } });
   try {
     // One echo server (not socat's fork per connection) for latency and held connections.
-    lab.spawn('in', [process.execPath, '-e', `require('net').createServer((s) => { s.on('error', () => {}); s.pipe(s); }).listen(${ECHO_PORT}, '${O4}')`]);
+    lab.spawn('in', [
+      process.execPath,
+      '-e',
+      `require('net').createServer((s) => { s.on('error', () => {}); s.pipe(s); }).listen(${ECHO_PORT}, '${O4}')`,
+    ]);
     for (let i = 0; !(await lab.listening('in')).includes(`${O4}:${ECHO_PORT}`); i++) {
       if (i > 100) throw new Error('echo server did not start');
       await sleep(50);
@@ -591,8 +652,23 @@ async function main(): Promise<void> {
     const nofile = hardNofile();
     const meta = {
       date: new Date().toISOString(),
-      host: { cpus: spawnSync('nproc', { encoding: 'utf8' }).stdout.trim(), kernel: spawnSync('uname', ['-r'], { encoding: 'utf8' }).stdout.trim(), node: process.version, nofileHard: nofile },
-      params: { rounds: ROUNDS, fileMiB: FILE_MIB, parallel: PARALLEL, connRequests: CONN_REQUESTS, connWarmup: CONN_WARMUP, connConcurrency: CONN_CONCURRENCY, latencySamples: LATENCY_SAMPLES, idleWanted: IDLE_WANTED, idleHeld: bench.idleCount },
+      host: {
+        cpus: spawnSync('nproc', { encoding: 'utf8' }).stdout.trim(),
+        kernel: spawnSync('uname', ['-r'], { encoding: 'utf8' }).stdout.trim(),
+        node: process.version,
+        nofileHard: nofile,
+      },
+      params: {
+        rounds: ROUNDS,
+        fileMiB: FILE_MIB,
+        parallel: PARALLEL,
+        connRequests: CONN_REQUESTS,
+        connWarmup: CONN_WARMUP,
+        connConcurrency: CONN_CONCURRENCY,
+        latencySamples: LATENCY_SAMPLES,
+        idleWanted: IDLE_WANTED,
+        idleHeld: bench.idleCount,
+      },
       durationS: (Date.now() - started) / 1000,
     };
     console.log('');
@@ -600,11 +676,14 @@ async function main(): Promise<void> {
     console.log(table(results));
     console.log('');
     for (const r of rs) {
-      const spread = r.perRound && r.perRound.length > 1 ? `; by round ${Math.min(...r.perRound).toFixed(2)}–${Math.max(...r.perRound).toFixed(2)}` : '';
+      const spread =
+        r.perRound && r.perRound.length > 1 ? `; by round ${Math.min(...r.perRound).toFixed(2)}–${Math.max(...r.perRound).toFixed(2)}` : '';
       console.log(`${r.ok ? 'ok  ' : 'MISS'} ${r.name}: ${r.value.toFixed(2)} (target ${r.target}${spread})`);
     }
     if (bench.idleCount < IDLE_WANTED) {
-      console.log(`note: held ${bench.idleCount} idle connections, not ${IDLE_WANTED}: the hard RLIMIT_NOFILE is ${nofile} and the gateway and squid need 2 fds per connection`);
+      console.log(
+        `note: held ${bench.idleCount} idle connections, not ${IDLE_WANTED}: the hard RLIMIT_NOFILE is ${nofile} and the gateway and squid need 2 fds per connection`,
+      );
     }
     const outDir = path.join(lab.repo, 'bench-results');
     fs.mkdirSync(outDir, { recursive: true });

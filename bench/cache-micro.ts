@@ -35,7 +35,9 @@ function measure(name: string, run: () => void): void {
   run(); // warm up: let the JIT settle before timing
   const xs: number[] = [];
   for (let r = 0; r < ROUNDS; r++) xs.push(nsPerOp(run));
-  console.log(`${name.padEnd(28)} ${median(xs).toFixed(1).padStart(7)} ns/op (min ${Math.min(...xs).toFixed(1)}, max ${Math.max(...xs).toFixed(1)})`);
+  console.log(
+    `${name.padEnd(28)} ${median(xs).toFixed(1).padStart(7)} ns/op (min ${Math.min(...xs).toFixed(1)}, max ${Math.max(...xs).toFixed(1)})`,
+  );
 }
 
 const hits = new DnsCache(CAPACITY);

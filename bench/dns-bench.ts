@@ -46,7 +46,22 @@ function parseDnsperf(out: string): Result {
 async function dnsperf(lab: Lab, server: string, port: number, file: string, tcp = false): Promise<Result> {
   const r = await lab.exec(
     'cl',
-    ['dnsperf', '-s', server, '-p', String(port), '-d', file, '-l', String(SECONDS), '-q', String(OUTSTANDING), '-t', '2', ...(tcp ? ['-m', 'tcp'] : [])],
+    [
+      'dnsperf',
+      '-s',
+      server,
+      '-p',
+      String(port),
+      '-d',
+      file,
+      '-l',
+      String(SECONDS),
+      '-q',
+      String(OUTSTANDING),
+      '-t',
+      '2',
+      ...(tcp ? ['-m', 'tcp'] : []),
+    ],
     { timeoutMs: (SECONDS + 30) * 1000 },
   );
   if (r.code !== 0) throw new Error(`dnsperf failed (${r.code}): ${r.stderr}\n${r.stdout}`);
@@ -110,7 +125,11 @@ async function main(): Promise<void> {
     const direct = ['--dns-over-tcp-disabled', '--public-dns', upstream, '--dns-cache-size', '100000'];
     gw = await lab.startGateway([...direct, '--dns-client-rate', '0'], {});
     await dnsperf(lab, DNS_ADDR.public.v4, 53, files.hits); // warm
-    rows.push(['transgate (udp, direct)', await dnsperf(lab, DNS_ADDR.public.v4, 53, files.hits), await dnsperf(lab, DNS_ADDR.public.v4, 53, files.misses)]);
+    rows.push([
+      'transgate (udp, direct)',
+      await dnsperf(lab, DNS_ADDR.public.v4, 53, files.hits),
+      await dnsperf(lab, DNS_ADDR.public.v4, 53, files.misses),
+    ]);
     await gw.stop();
     gw = undefined;
 
@@ -129,22 +148,48 @@ async function main(): Promise<void> {
     }
 
     // transgate through squid: DNS over pipelined TCP tunnels to the public server.
-    gw = await lab.startGateway(['--dns-cache-size', '100000', '--dns-client-rate', '0'], { http_proxy: ADDR.proxyUrl, https_proxy: ADDR.proxyUrl });
+    gw = await lab.startGateway(['--dns-cache-size', '100000', '--dns-client-rate', '0'], {
+      http_proxy: ADDR.proxyUrl,
+      https_proxy: ADDR.proxyUrl,
+    });
     await dnsperf(lab, DNS_ADDR.public.v4, 53, files.hits);
-    rows.push(['transgate (udp, via proxy)', await dnsperf(lab, DNS_ADDR.public.v4, 53, files.hits), await dnsperf(lab, DNS_ADDR.public.v4, 53, files.misses)]);
+    rows.push([
+      'transgate (udp, via proxy)',
+      await dnsperf(lab, DNS_ADDR.public.v4, 53, files.hits),
+      await dnsperf(lab, DNS_ADDR.public.v4, 53, files.misses),
+    ]);
     await gw.stop();
     gw = undefined;
 
     // dnsmasq as a plain caching forwarder on the gateway's LAN address.
     const d = path.join(lab.dir, 'dns');
-    lab.spawn('gw', [
-      'dnsmasq', '-k', '--conf-file=/dev/null', '--no-resolv', '--no-hosts', '--user=root', '--group=root',
-      `--pid-file=${path.join(d, 'forwarder.pid')}`, '--bind-interfaces', `--listen-address=${GW_LAN}`, `--port=${FORWARDER_PORT}`,
-      `--server=${upstream}`, '--cache-size=100000', '--dns-forward-max=1000',
-    ], { logFile: path.join(d, 'forwarder.stderr') });
+    lab.spawn(
+      'gw',
+      [
+        'dnsmasq',
+        '-k',
+        '--conf-file=/dev/null',
+        '--no-resolv',
+        '--no-hosts',
+        '--user=root',
+        '--group=root',
+        `--pid-file=${path.join(d, 'forwarder.pid')}`,
+        '--bind-interfaces',
+        `--listen-address=${GW_LAN}`,
+        `--port=${FORWARDER_PORT}`,
+        `--server=${upstream}`,
+        '--cache-size=100000',
+        '--dns-forward-max=1000',
+      ],
+      { logFile: path.join(d, 'forwarder.stderr') },
+    );
     await new Promise((r) => setTimeout(r, 500));
     await dnsperf(lab, GW_LAN, FORWARDER_PORT, files.hits);
-    rows.push(['dnsmasq forwarder', await dnsperf(lab, GW_LAN, FORWARDER_PORT, files.hits), await dnsperf(lab, GW_LAN, FORWARDER_PORT, files.misses)]);
+    rows.push([
+      'dnsmasq forwarder',
+      await dnsperf(lab, GW_LAN, FORWARDER_PORT, files.hits),
+      await dnsperf(lab, GW_LAN, FORWARDER_PORT, files.misses),
+    ]);
 
     const cost = await replySocketCost();
 
@@ -161,12 +206,24 @@ async function main(): Promise<void> {
         `median on/off ${(median(limiter.on) / median(limiter.off)).toFixed(3)}`,
     );
     console.log(`\nratio transgate/dnsmasq: hits ${(tg[1].qps / dm[1].qps).toFixed(2)}, misses ${(tg[2].qps / dm[2].qps).toFixed(2)}`);
-    console.log(`TPROXY reply socket: opened per answer ${cost.perReplyUs.toFixed(1)} us, cached ${cost.cachedUs.toFixed(1)} us per answer`);
+    console.log(
+      `TPROXY reply socket: opened per answer ${cost.perReplyUs.toFixed(1)} us, cached ${cost.cachedUs.toFixed(1)} us per answer`,
+    );
     const out = path.join(process.cwd(), 'bench-results');
     fs.mkdirSync(out, { recursive: true });
     fs.writeFileSync(
       path.join(out, `dns-bench-${new Date().toISOString().replace(/[:.]/g, '-')}.json`),
-      JSON.stringify({ seconds: SECONDS, outstanding: OUTSTANDING, rows: rows.map(([name, hits, misses]) => ({ name, hits, misses })), limiter, replySocket: cost }, null, 2),
+      JSON.stringify(
+        {
+          seconds: SECONDS,
+          outstanding: OUTSTANDING,
+          rows: rows.map(([name, hits, misses]) => ({ name, hits, misses })),
+          limiter,
+          replySocket: cost,
+        },
+        null,
+        2,
+      ),
     );
   } finally {
     await gw?.stop().catch(() => undefined);

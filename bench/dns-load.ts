@@ -82,7 +82,9 @@ async function main(): Promise<void> {
     for (const [v, c, why] of results) {
       const total = Object.values(c.codes).reduce((a, b) => a + b, 0);
       const sf = c.codes['SERVFAIL'] ?? 0;
-      console.log(`${v.padEnd(14)} sent ${c.sent} lost ${c.lost} q/s ${c.qps.toFixed(0)} SERVFAIL ${sf} (${((100 * sf) / Math.max(1, total)).toFixed(3)}%) codes ${JSON.stringify(c.codes)}`);
+      console.log(
+        `${v.padEnd(14)} sent ${c.sent} lost ${c.lost} q/s ${c.qps.toFixed(0)} SERVFAIL ${sf} (${((100 * sf) / Math.max(1, total)).toFixed(3)}%) codes ${JSON.stringify(c.codes)}`,
+      );
       for (const w of why.slice(0, 8)) console.log(`    ${w}`);
     }
   } finally {

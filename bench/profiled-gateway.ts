@@ -29,12 +29,15 @@ if (process.env['TRANSGATE_MEM_LOG']) {
   setInterval(() => {
     const m = process.memoryUsage();
     const mib = (n: number) => (n / 1048576).toFixed(1);
-    console.error(`mem rss=${mib(m.rss)} heapTotal=${mib(m.heapTotal)} heapUsed=${mib(m.heapUsed)} external=${mib(m.external)} arrayBuffers=${mib(m.arrayBuffers)}`);
+    console.error(
+      `mem rss=${mib(m.rss)} heapTotal=${mib(m.heapTotal)} heapUsed=${mib(m.heapUsed)} external=${mib(m.external)} arrayBuffers=${mib(m.arrayBuffers)}`,
+    );
   }, 1000).unref();
 }
 // TRANSGATE_HEAP_SNAPSHOT=DIR: SIGUSR2 writes a heap snapshot there.
 const snapDir = process.env['TRANSGATE_HEAP_SNAPSHOT'];
-if (snapDir) process.on('SIGUSR2', () => console.error(`heap snapshot ${v8.writeHeapSnapshot(path.join(snapDir, `gw-${Date.now()}.heapsnapshot`))}`));
+if (snapDir)
+  process.on('SIGUSR2', () => console.error(`heap snapshot ${v8.writeHeapSnapshot(path.join(snapDir, `gw-${Date.now()}.heapsnapshot`))}`));
 // TRANSGATE_V8_FLAGS: V8 flags set at run time, for experiments.
 if (process.env['TRANSGATE_V8_FLAGS']) v8.setFlagsFromString(process.env['TRANSGATE_V8_FLAGS']);
 require(path.join(__dirname, '..', '..', 'bin', 'transgate.js'));

@@ -71,14 +71,13 @@ void tg_close_keep_errno(int fd) {
   errno = saved;
 }
 
-bool tg_get_int(napi_env env, napi_value v, const char *name, double min, double max,
-                double *out) {
+bool tg_get_int(napi_env env, napi_value v, const char *name, double min, double max, double *out) {
   char msg[128];
   napi_valuetype t;
   double d;
   if (napi_typeof(env, v, &t) != napi_ok || t != napi_number ||
-      napi_get_value_double(env, v, &d) != napi_ok || d != d /* NaN */ ||
-      d < min || d > max || d != (double)(long long)d) {
+      napi_get_value_double(env, v, &d) != napi_ok || d != d /* NaN */ || d < min || d > max ||
+      d != (double)(long long)d) {
     snprintf(msg, sizeof msg, "%s must be an integer in [%.0f, %.0f]", name, min, max);
     tg_throw_arg(env, msg);
     return false;

@@ -19,12 +19,12 @@
 #include <uv.h>
 
 /* Returns NULL from the calling function when N-API itself fails. */
-#define TG_NAPI_CALL(env, call)                                                \
-  do {                                                                         \
-    if ((call) != napi_ok) {                                                   \
-      tg_throw_napi_failure(env, #call);                                       \
-      return NULL;                                                             \
-    }                                                                          \
+#define TG_NAPI_CALL(env, call)                                                                    \
+  do {                                                                                             \
+    if ((call) != napi_ok) {                                                                       \
+      tg_throw_napi_failure(env, #call);                                                           \
+      return NULL;                                                                                 \
+    }                                                                                              \
   } while (0)
 
 /* Throws ERR_TRANSGATE_NAPI with N-API's own message (else `what`), unless
@@ -45,8 +45,7 @@ napi_value tg_throw_arg(napi_env env, const char *msg);
 void tg_close_keep_errno(int fd);
 
 /* An integer in [min, max]; false (with a TypeError pending) otherwise. */
-bool tg_get_int(napi_env env, napi_value v, const char *name, double min, double max,
-                double *out);
+bool tg_get_int(napi_env env, napi_value v, const char *name, double min, double max, double *out);
 
 /* A descriptor number: an integer in [0, INT_MAX]; false (with a TypeError pending) otherwise. */
 bool tg_get_fd(napi_env env, napi_value v, int *fd);

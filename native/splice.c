@@ -53,20 +53,20 @@ static const char *const SIDE_NAME[2] = {"client", "upstream"};
 
 typedef struct tg_relay {
   tg_env *te;
-  uv_poll_t poll[2];      /* poll[i] watches fd[i] */
-  uv_timer_t timer;       /* idle timeout; unused when idle_ms == 0 */
-  int fd[2];              /* our duplicates; -1 once closed */
+  uv_poll_t poll[2]; /* poll[i] watches fd[i] */
+  uv_timer_t timer;  /* idle timeout; unused when idle_ms == 0 */
+  int fd[2];         /* our duplicates; -1 once closed */
   /* Direction d carries side d's bytes to side 1-d through pipe[d]. */
   int pipe_r[2], pipe_w[2];
-  size_t inpipe[2];       /* bytes in pipe[d] not yet written out */
-  uint64_t bytes[2];      /* bytes written to side 1-d */
-  bool rd_eof[2];         /* side d reached EOF */
-  bool in_full[2];        /* splice into pipe[d] said EAGAIN with data in it: the pipe is full */
-  bool wr_blocked[2];     /* writing to side 1-d said EAGAIN */
-  bool shut[2];           /* side 1-d was half-closed after direction d finished */
-  int events[2];          /* what poll[i] currently waits for */
+  size_t inpipe[2];   /* bytes in pipe[d] not yet written out */
+  uint64_t bytes[2];  /* bytes written to side 1-d */
+  bool rd_eof[2];     /* side d reached EOF */
+  bool in_full[2];    /* splice into pipe[d] said EAGAIN with data in it: the pipe is full */
+  bool wr_blocked[2]; /* writing to side 1-d said EAGAIN */
+  bool shut[2];       /* side 1-d was half-closed after direction d finished */
+  int events[2];      /* what poll[i] currently waits for */
   uint64_t idle_ms, last_active;
-  int open_handles;       /* initialised handles whose close callback has not run */
+  int open_handles; /* initialised handles whose close callback has not run */
   bool finished;
   char outcome[64];
   tg_relay_done_fn done; /* called once, after every handle is closed */
@@ -169,7 +169,8 @@ static void local_fail(tg_relay *r, int err) {
  * learning it from one more splice that says EAGAIN. */
 static bool drain(tg_relay *r, int d) {
   for (;;) {
-    ssize_t n = splice(r->pipe_r[d], NULL, r->fd[1 - d], NULL, r->inpipe[d], SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    ssize_t n = splice(r->pipe_r[d], NULL, r->fd[1 - d], NULL, r->inpipe[d],
+                       SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     if (n > 0) {
       r->inpipe[d] -= (size_t)n;
       r->bytes[d] += (uint64_t)n;
@@ -204,7 +205,8 @@ static bool pump(tg_relay *r, int d) {
       return false;
     }
     size_t want = PIPE_CAP - r->inpipe[d];
-    ssize_t n = splice(r->fd[src], NULL, r->pipe_w[d], NULL, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    ssize_t n =
+        splice(r->fd[src], NULL, r->pipe_w[d], NULL, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
     if (n > 0) {
       r->inpipe[d] += (size_t)n;
       r->last_active = uv_now(r->poll[0].loop);
@@ -283,8 +285,10 @@ static void finish(tg_relay *r, const char *outcome) {
   r->finished = true;
   snprintf(r->outcome, sizeof r->outcome, "%s", outcome);
   tg_env *te = r->te;
-  if (r->prev) r->prev->next = r->next;
-  else te->relays = r->next;
+  if (r->prev)
+    r->prev->next = r->next;
+  else
+    te->relays = r->next;
   if (r->next) r->next->prev = r->prev;
   te->relay_count--;
   /* uv_close stops the polls at once, so the fds can be closed right after.
@@ -304,7 +308,8 @@ static void finish(tg_relay *r, const char *outcome) {
 /* A relay that could not start: its initialised handles are closed (libuv
  * owns them until their close callbacks, which free r without a done()). */
 static int abandon(tg_relay *r, int rc, const char *what, const char **failed) {
-  uv_handle_t *h[3] = {(uv_handle_t *)&r->poll[CLIENT], (uv_handle_t *)&r->poll[UPSTREAM], (uv_handle_t *)&r->timer};
+  uv_handle_t *h[3] = {(uv_handle_t *)&r->poll[CLIENT], (uv_handle_t *)&r->poll[UPSTREAM],
+                       (uv_handle_t *)&r->timer};
   int n = r->open_handles;
   r->done = NULL;
   r->finished = true;
@@ -432,12 +437,14 @@ static napi_value js_splice_relay(napi_env env, napi_callback_info info) {
   double fd_d[2], idle_d;
   bool eof[2];
   napi_valuetype t;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return tg_throw_arg(env, "bad call");
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok)
+    return tg_throw_arg(env, "bad call");
   if (argc < 6) return tg_throw_arg(env, "spliceRelay needs 6 arguments");
   if (!tg_get_int(env, argv[0], "clientFd", 0, INT_MAX, &fd_d[0]) ||
       !tg_get_int(env, argv[1], "upstreamFd", 0, INT_MAX, &fd_d[1]) ||
       !tg_get_int(env, argv[2], "idleTimeoutMs", 0, 2147483647.0, &idle_d) ||
-      !tg_get_bool(env, argv[3], "clientEof", &eof[0]) || !tg_get_bool(env, argv[4], "upstreamEof", &eof[1]))
+      !tg_get_bool(env, argv[3], "clientEof", &eof[0]) ||
+      !tg_get_bool(env, argv[4], "upstreamEof", &eof[1]))
     return NULL;
   if (napi_typeof(env, argv[5], &t) != napi_ok || t != napi_function)
     return tg_throw_arg(env, "callback must be a function");
@@ -450,7 +457,8 @@ static napi_value js_splice_relay(napi_env env, napi_callback_info info) {
   tg_env *te = tg_env_of(env);
   if (te == NULL) return NULL;
   napi_async_context actx;
-  if (tg_shared_async_context(te, &actx) != napi_ok) return tg_throw_errno(env, "napi_async_init", ENOMEM);
+  if (tg_shared_async_context(te, &actx) != napi_ok)
+    return tg_throw_errno(env, "napi_async_init", ENOMEM);
 
   js_done *d = calloc(1, sizeof *d);
   if (d == NULL) return tg_throw_errno(env, "calloc", ENOMEM);
@@ -467,7 +475,8 @@ static napi_value js_splice_relay(napi_env env, napi_callback_info info) {
     if (fd[i] < 0) err = errno, what = "fcntl(F_DUPFD_CLOEXEC)";
   }
   if (err == 0) {
-    int rc = tg_relay_start(te, fd[0], fd[1], (uint64_t)idle_d, eof[0], eof[1], js_relay_done, d, &what);
+    int rc =
+        tg_relay_start(te, fd[0], fd[1], (uint64_t)idle_d, eof[0], eof[1], js_relay_done, d, &what);
     if (rc != 0) err = -rc;
   }
   if (err != 0) {

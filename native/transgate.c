@@ -119,7 +119,8 @@ static napi_value js_listen_tcp(napi_env env, napi_callback_info info) {
       !tg_get_bool(env, argv[5], "reuseAddr", &reuse))
     return NULL;
 
-  if (!tg_sockaddr(host, (uint16_t)port, &ss, &ss_len)) return tg_throw_arg(env, "host must be an IPv4 or IPv6 literal");
+  if (!tg_sockaddr(host, (uint16_t)port, &ss, &ss_len))
+    return tg_throw_arg(env, "host must be an IPv4 or IPv6 literal");
   family = ss.ss_family;
 
   /* Non-blocking because libuv expects it; CLOEXEC so the rule-applying
@@ -235,7 +236,8 @@ static napi_value js_set_mark(napi_env env, napi_callback_info info) {
   if (!tg_get_args(env, info, 2, argv) || !tg_get_fd(env, argv[0], &fd) ||
       !tg_get_int(env, argv[1], "mark", 0, UINT32_MAX, &mark))
     return NULL;
-  if (tg_set_mark(fd, (uint32_t)mark) != 0) return tg_throw_errno(env, "setsockopt(SO_MARK)", errno);
+  if (tg_set_mark(fd, (uint32_t)mark) != 0)
+    return tg_throw_errno(env, "setsockopt(SO_MARK)", errno);
   return make_undefined(env);
 }
 
@@ -297,15 +299,20 @@ static napi_value js_raise_nofile_limit(napi_env env, napi_callback_info info) {
   struct rlimit rl;
   napi_value out, soft, hard;
   (void)info;
-  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return tg_throw_errno(env, "getrlimit(RLIMIT_NOFILE)", errno);
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+    return tg_throw_errno(env, "getrlimit(RLIMIT_NOFILE)", errno);
   rlim_t want = rl.rlim_max;
   if (want == RLIM_INFINITY) want = nr_open();
   if (want > rl.rlim_cur) {
     rl.rlim_cur = want;
-    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) return tg_throw_errno(env, "setrlimit(RLIMIT_NOFILE)", errno);
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+      return tg_throw_errno(env, "setrlimit(RLIMIT_NOFILE)", errno);
   }
-  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return tg_throw_errno(env, "getrlimit(RLIMIT_NOFILE)", errno);
-  if ((soft = rlim_value(env, rl.rlim_cur)) == NULL || (hard = rlim_value(env, rl.rlim_max)) == NULL) return NULL;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+    return tg_throw_errno(env, "getrlimit(RLIMIT_NOFILE)", errno);
+  if ((soft = rlim_value(env, rl.rlim_cur)) == NULL ||
+      (hard = rlim_value(env, rl.rlim_max)) == NULL)
+    return NULL;
   TG_NAPI_CALL(env, napi_create_object(env, &out));
   TG_NAPI_CALL(env, napi_set_named_property(env, out, "soft", soft));
   TG_NAPI_CALL(env, napi_set_named_property(env, out, "hard", hard));

@@ -56,8 +56,8 @@
 
 #include <uv.h>
 
-#define ACCEPT_BATCH 64       /* accepts per readable event, so one busy port cannot starve the loop */
-#define ACCEPT_PAUSE_MS 100   /* after EMFILE/ENFILE */
+#define ACCEPT_BATCH 64 /* accepts per readable event, so one busy port cannot starve the loop */
+#define ACCEPT_PAUSE_MS 100    /* after EMFILE/ENFILE */
 #define ANSWER_MAX (16 * 1024) /* a CONNECT answer head larger than this is refused */
 /* Buffers start small and double as needed: a ClientHello is about 0.5-2 KiB
  * and a CONNECT answer under 200 bytes, and thousands of connections may be
@@ -70,9 +70,9 @@ typedef struct tg_front {
   uv_poll_t poll;
   uv_timer_t pause;
   int fd;
-  bool sniff;      /* TLS: read the first bytes before deciding */
-  bool redirect;   /* destination from SO_ORIGINAL_DST */
-  bool speculate;  /* ask decide() with no bytes yet, so that it may dial meanwhile */
+  bool sniff;     /* TLS: read the first bytes before deciding */
+  bool redirect;  /* destination from SO_ORIGINAL_DST */
+  bool speculate; /* ask decide() with no bytes yet, so that it may dial meanwhile */
   bool closed;
   /* SO_MARK for upstream sockets. All 32 bits are marks (a mark kept in an
    * int with -1 for none lost every mark from 0x80000000 up: the gateway's
@@ -80,7 +80,7 @@ typedef struct tg_front {
   bool has_mark;
   uint32_t mark;
   uint32_t sniff_max, sniff_ms, connect_ms, idle_ms;
-  int refs;        /* the JS object, each initialised handle, and every live connection */
+  int refs; /* the JS object, each initialised handle, and every live connection */
   napi_env env;
   napi_ref decide, done, unusable;
   struct tg_front *prev, *next; /* te->fronts while not closed */
@@ -99,9 +99,9 @@ typedef struct tg_conn {
   uint32_t id;
   enum state state;
   int cfd, ufd;
-  uv_poll_t *cpoll;  /* the client while sniffing; its own allocation (see close_cpoll) */
-  uv_poll_t *upoll;  /* the upstream until the relay takes it; its own allocation */
-  uv_timer_t timer;  /* sniff, connect and answer deadlines */
+  uv_poll_t *cpoll;        /* the client while sniffing; its own allocation (see close_cpoll) */
+  uv_poll_t *upoll;        /* the upstream until the relay takes it; its own allocation */
+  uv_timer_t timer;        /* sniff, connect and answer deadlines */
   uint64_t sniff_deadline; /* loop time by which the first bytes must have been decided on */
   bool client_eof;
   /* A connection to the proxy opened while the ClientHello is awaited
@@ -110,14 +110,14 @@ typedef struct tg_conn {
   bool spec, spec_connected;
   char spec_ip[INET6_ADDRSTRLEN];
   uint32_t spec_port;
-  endpoints *ep;     /* while sniffing */
-  char *head;        /* the client's first bytes, written upstream before relaying */
+  endpoints *ep; /* while sniffing */
+  char *head;    /* the client's first bytes, written upstream before relaying */
   size_t head_len, head_cap, head_off;
-  char *req;         /* the CONNECT request; NULL for a direct connection */
+  char *req; /* the CONNECT request; NULL for a direct connection */
   size_t req_len, req_off;
-  char *answer;      /* the CONNECT answer head so far */
+  char *answer; /* the CONNECT answer head so far */
   size_t answer_len, answer_cap;
-  int refs;          /* the machine, the timer, a JS call in progress, the relay */
+  int refs; /* the machine, the timer, a JS call in progress, the relay */
   struct tg_conn *prev, *next;
 } tg_conn;
 
@@ -187,20 +187,24 @@ static void close_upoll(tg_conn *c) {
 
 static void unlink_conn(tg_conn *c) {
   tg_env *te = c->front->te;
-  if (c->prev) c->prev->next = c->next;
-  else te->conns = c->next;
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    te->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   c->prev = c->next = NULL;
   te->conn_count--;
 }
 
 /* done(id, up, down, outcome, status, reason) in JS. */
-static void tell_done(tg_conn *c, uint64_t up, uint64_t down, const char *outcome, int status, const char *reason) {
+static void tell_done(tg_conn *c, uint64_t up, uint64_t down, const char *outcome, int status,
+                      const char *reason) {
   napi_env env = c->front->env;
   napi_handle_scope scope;
   if (c->front->te->stopping || napi_open_handle_scope(env, &scope) != napi_ok) return;
   napi_value argv[6];
-  if (napi_create_uint32(env, c->id, &argv[0]) == napi_ok && napi_create_double(env, (double)up, &argv[1]) == napi_ok &&
+  if (napi_create_uint32(env, c->id, &argv[0]) == napi_ok &&
+      napi_create_double(env, (double)up, &argv[1]) == napi_ok &&
       napi_create_double(env, (double)down, &argv[2]) == napi_ok &&
       napi_create_string_utf8(env, outcome, NAPI_AUTO_LENGTH, &argv[3]) == napi_ok &&
       napi_create_uint32(env, (uint32_t)status, &argv[4]) == napi_ok &&
@@ -214,7 +218,8 @@ static void tell_unusable(tg_front *f, const char *cip, uint16_t cport, int err)
   napi_handle_scope scope;
   if (f->te->stopping || napi_open_handle_scope(f->env, &scope) != napi_ok) return;
   napi_value argv[3];
-  napi_status st = cip != NULL ? napi_create_string_latin1(f->env, cip, NAPI_AUTO_LENGTH, &argv[0]) : napi_get_null(f->env, &argv[0]);
+  napi_status st = cip != NULL ? napi_create_string_latin1(f->env, cip, NAPI_AUTO_LENGTH, &argv[0])
+                               : napi_get_null(f->env, &argv[0]);
   if (st == napi_ok && napi_create_uint32(f->env, cport, &argv[1]) == napi_ok &&
       napi_create_string_utf8(f->env, tg_errno_name(err), NAPI_AUTO_LENGTH, &argv[2]) == napi_ok)
     tg_call_js(f->te, f->unusable, 3, argv);
@@ -224,7 +229,8 @@ static void tell_unusable(tg_front *f, const char *cip, uint16_t cport, int err)
 /* Ends a connection before the relay: handles closed, sockets closed (the
  * client with a reset, as the Node path did: its destination failed), and
  * JS told once. `tell` is false for connections JS closed or took itself. */
-static void conn_end(tg_conn *c, const char *outcome, int status, const char *reason, bool tell, bool close_client) {
+static void conn_end(tg_conn *c, const char *outcome, int status, const char *reason, bool tell,
+                     bool close_client) {
   if (c->state == DONE) return;
   c->state = DONE;
   unlink_conn(c);
@@ -268,7 +274,8 @@ static void start_relay(tg_conn *c) {
   free(c->req), c->req = NULL;
   free(c->answer), c->answer = NULL;
   c->refs++; /* the relay's, released by relay_done */
-  int rc = tg_relay_start(c->front->te, c->cfd, c->ufd, c->front->idle_ms, c->client_eof, false, relay_done, c, &failed);
+  int rc = tg_relay_start(c->front->te, c->cfd, c->ufd, c->front->idle_ms, c->client_eof, false,
+                          relay_done, c, &failed);
   if (rc != 0) {
     char msg[64];
     snprintf(msg, sizeof msg, "relay %s", tg_errno_name(-rc));
@@ -340,8 +347,10 @@ static void send_head(tg_conn *c) {
 static void send_request(tg_conn *c) {
   c->state = REQUEST;
   if (!write_some(c->ufd, c->req, c->req_len, &c->req_off)) {
-    if (errno == EAGAIN) upoll_want(c, UV_WRITABLE);
-    else conn_fail_errno(c, "answer", errno);
+    if (errno == EAGAIN)
+      upoll_want(c, UV_WRITABLE);
+    else
+      conn_fail_errno(c, "answer", errno);
     return;
   }
   c->state = ANSWER;
@@ -350,8 +359,8 @@ static void send_request(tg_conn *c) {
 
 /* "HTTP/1.1 200 Connection established": the status, or -1. */
 static int status_of(const char *line, size_t len, const char **reason, size_t *reason_len) {
-  if (len < 12 || memcmp(line, "HTTP/", 5) != 0 || line[5] < '0' || line[5] > '9' || line[6] != '.' ||
-      line[7] < '0' || line[7] > '9' || line[8] != ' ')
+  if (len < 12 || memcmp(line, "HTTP/", 5) != 0 || line[5] < '0' || line[5] > '9' ||
+      line[6] != '.' || line[7] < '0' || line[7] > '9' || line[8] != ' ')
     return -1;
   int status = 0;
   for (int i = 9; i < 12; i++) {
@@ -491,8 +500,10 @@ static void on_upstream(uv_poll_t *h, int status, int events) {
   switch (c->state) {
   case CONNECTING: {
     int err = tg_socket_error(c->ufd, status);
-    if (err != 0) conn_fail_errno(c, "connect", err);
-    else upstream_connected(c);
+    if (err != 0)
+      conn_fail_errno(c, "connect", err);
+    else
+      upstream_connected(c);
     return;
   }
   case REQUEST:
@@ -569,8 +580,10 @@ static void dial(tg_conn *c, const char *ip, uint32_t port, bool speculative) {
   return;
 
 fail:
-  if (speculative) drop_spec(c); /* dialled again, and reported, once the connection is decided */
-  else conn_fail_errno(c, "socket", err);
+  if (speculative)
+    drop_spec(c); /* dialled again, and reported, once the connection is decided */
+  else
+    conn_fail_errno(c, "socket", err);
 }
 
 /* ---- client ----------------------------------------------------------------- */
@@ -579,8 +592,8 @@ static void on_client(uv_poll_t *h, int status, int events);
 
 /* Reads decide()'s answer: 0, 1 (ip, port and *req filled), 2, 3 (ip and
  * port filled: dial meanwhile, read on), 4 (read on), 5 (reset), or -1 for nonsense. */
-static int parse_action(napi_env env, napi_value result, bool final, char *ip, size_t ip_size, uint32_t *port,
-                        char **req, size_t *req_len) {
+static int parse_action(napi_env env, napi_value result, bool final, char *ip, size_t ip_size,
+                        uint32_t *port, char **req, size_t *req_len) {
   napi_valuetype t;
   bool is_array = false;
   napi_value v;
@@ -589,20 +602,26 @@ static int parse_action(napi_env env, napi_value result, bool final, char *ip, s
   if (napi_typeof(env, result, &t) != napi_ok) return -1;
   if (t == napi_null || t == napi_undefined) return final ? -1 : TG_ACTION_READ_ON;
   if (napi_is_array(env, result, &is_array) != napi_ok || !is_array) return -1;
-  if (napi_get_element(env, result, 0, &v) != napi_ok || napi_get_value_double(env, v, &d) != napi_ok) return -1;
-  if (!(d >= TG_ACTION_CLOSE && d <= TG_ACTION_RESET) || d != (int)d || d == TG_ACTION_READ_ON) return -1;
+  if (napi_get_element(env, result, 0, &v) != napi_ok ||
+      napi_get_value_double(env, v, &d) != napi_ok)
+    return -1;
+  if (!(d >= TG_ACTION_CLOSE && d <= TG_ACTION_RESET) || d != (int)d || d == TG_ACTION_READ_ON)
+    return -1;
   int action = (int)d;
-  if (action == TG_ACTION_CLOSE || action == TG_ACTION_TAKEN || action == TG_ACTION_RESET) return action;
+  if (action == TG_ACTION_CLOSE || action == TG_ACTION_TAKEN || action == TG_ACTION_RESET)
+    return action;
   if (action != TG_ACTION_CONNECT && !(action == TG_ACTION_SPECULATE && !final)) return -1;
   if (napi_get_element(env, result, 1, &v) != napi_ok ||
-      napi_get_value_string_latin1(env, v, ip, ip_size, &l) != napi_ok || l == 0 || l >= ip_size - 1 ||
-      napi_get_element(env, result, 2, &v) != napi_ok || napi_get_value_uint32(env, v, port) != napi_ok ||
-      *port == 0 || *port > 65535)
+      napi_get_value_string_latin1(env, v, ip, ip_size, &l) != napi_ok || l == 0 ||
+      l >= ip_size - 1 || napi_get_element(env, result, 2, &v) != napi_ok ||
+      napi_get_value_uint32(env, v, port) != napi_ok || *port == 0 || *port > 65535)
     return -1;
   if (action == TG_ACTION_SPECULATE) return TG_ACTION_SPECULATE;
-  if (napi_get_element(env, result, 3, &v) != napi_ok || napi_typeof(env, v, &t) != napi_ok) return -1;
+  if (napi_get_element(env, result, 3, &v) != napi_ok || napi_typeof(env, v, &t) != napi_ok)
+    return -1;
   if (t != napi_string) return t == napi_undefined ? 1 : -1;
-  if (napi_get_value_string_latin1(env, v, NULL, 0, &l) != napi_ok || (*req = malloc(l + 1)) == NULL ||
+  if (napi_get_value_string_latin1(env, v, NULL, 0, &l) != napi_ok ||
+      (*req = malloc(l + 1)) == NULL ||
       napi_get_value_string_latin1(env, v, *req, l + 1, req_len) != napi_ok)
     return -1;
   return TG_ACTION_CONNECT;
@@ -626,7 +645,8 @@ static int watch_client(tg_conn *c) {
   /* One deadline for all the first bytes, not one per chunk: a client
    * dripping a byte at a time is decided on when it runs out. */
   uint64_t now = uv_now(c->timer.loop);
-  rc = uv_timer_start(&c->timer, on_timeout, c->sniff_deadline > now ? c->sniff_deadline - now : 0, 0);
+  rc = uv_timer_start(&c->timer, on_timeout, c->sniff_deadline > now ? c->sniff_deadline - now : 0,
+                      0);
   if (rc != 0) {
     close_cpoll(c);
     return -rc;
@@ -635,7 +655,8 @@ static int watch_client(tg_conn *c) {
 }
 
 /* Calls decide() and acts on its answer. */
-static void decide(tg_conn *c, const char *cip, uint16_t cport, const char *dip, uint16_t dport, bool final) {
+static void decide(tg_conn *c, const char *cip, uint16_t cport, const char *dip, uint16_t dport,
+                   bool final) {
   tg_front *f = c->front;
   napi_env env = f->env;
   /* No poll on the client while JS runs: it may take the fd. */
@@ -658,7 +679,8 @@ static void decide(tg_conn *c, const char *cip, uint16_t cport, const char *dip,
   if (ok) {
     if (f->sniff) {
       void *data;
-      ok = napi_create_buffer_copy(env, c->head_len, c->head_len ? c->head : "", &data, &argv[6]) == napi_ok;
+      ok = napi_create_buffer_copy(env, c->head_len, c->head_len ? c->head : "", &data, &argv[6]) ==
+           napi_ok;
     } else {
       ok = napi_get_undefined(env, &argv[6]) == napi_ok;
     }
@@ -734,7 +756,8 @@ static bool endpoints_of(tg_conn *c, const struct sockaddr_storage *peer, endpoi
   } else if (getsockname(c->cfd, (struct sockaddr *)&local, &len) != 0) {
     return false;
   }
-  return tg_format_addr(peer, e->cip, &e->cport) != 0 && tg_format_addr(&local, e->dip, &e->dport) != 0;
+  return tg_format_addr(peer, e->cip, &e->cport) != 0 &&
+         tg_format_addr(&local, e->dip, &e->dport) != 0;
 }
 
 static void decide_now(tg_conn *c, bool final) {
@@ -884,8 +907,10 @@ static void on_accept(uv_poll_t *h, int status, int events);
 static void front_stop(tg_front *f, bool close_fd) {
   if (f->closed) return;
   f->closed = true;
-  if (f->prev) f->prev->next = f->next;
-  else f->te->fronts = f->next;
+  if (f->prev)
+    f->prev->next = f->next;
+  else
+    f->te->fronts = f->next;
   if (f->next) f->next->prev = f->prev;
   f->prev = f->next = NULL;
   uv_close((uv_handle_t *)&f->poll, front_handle_closed);
@@ -965,9 +990,11 @@ static napi_value js_tunnel_listen(napi_env env, napi_callback_info info) {
   double mark = 0, sniff_max, sniff_ms, connect_ms, idle_ms;
   if (!tg_get_args(env, info, 12, argv) || !tg_get_fd(env, argv[0], &fd) ||
       !tg_get_bool(env, argv[11], "speculate", &speculate) ||
-      !tg_get_bool(env, argv[1], "sniff", &sniff) || !tg_get_bool(env, argv[2], "redirect", &redirect))
+      !tg_get_bool(env, argv[1], "sniff", &sniff) ||
+      !tg_get_bool(env, argv[2], "redirect", &redirect))
     return NULL;
-  if (napi_typeof(env, argv[3], &t) != napi_ok) return tg_throw_arg(env, "mark must be an integer or undefined");
+  if (napi_typeof(env, argv[3], &t) != napi_ok)
+    return tg_throw_arg(env, "mark must be an integer or undefined");
   has_mark = t != napi_undefined;
   if ((has_mark && !tg_get_int(env, argv[3], "mark", 0, UINT32_MAX, &mark)) ||
       !tg_get_int(env, argv[4], "sniffMaxBytes", 1, 1 << 20, &sniff_max) ||

@@ -44,13 +44,13 @@
 typedef struct udp_listener {
   tg_env *te;
   uv_poll_t poll;
-  int fd;        /* -1 once closed */
+  int fd; /* -1 once closed */
   int family;
   napi_env env;
   napi_ref callback;
   napi_async_context async;
-  bool closing;  /* udpClose or teardown ran: no more datagrams, calls, or closes */
-  int refs;      /* the poll handle, the JS object */
+  bool closing; /* udpClose or teardown ran: no more datagrams, calls, or closes */
+  int refs;     /* the poll handle, the JS object */
   struct udp_listener *prev, *next; /* te->udps while not closing */
 } udp_listener;
 
@@ -105,7 +105,9 @@ static void deliver(udp_listener *l, size_t n, const struct sockaddr_storage *fr
   napi_env env = l->env;
   char from_text[INET6_ADDRSTRLEN], dst_text[INET6_ADDRSTRLEN];
   uint16_t from_port, dst_port;
-  if (tg_format_addr(from, from_text, &from_port) == 0 || tg_format_addr(dst, dst_text, &dst_port) == 0) return;
+  if (tg_format_addr(from, from_text, &from_port) == 0 ||
+      tg_format_addr(dst, dst_text, &dst_port) == 0)
+    return;
   napi_handle_scope scope;
   if (napi_open_handle_scope(env, &scope) != napi_ok) return;
   napi_value cb, recv, argv[5], result;
@@ -192,8 +194,10 @@ static void on_closed(uv_handle_t *h) {
 static void udp_stop(udp_listener *l) {
   if (l->closing) return;
   l->closing = true;
-  if (l->prev) l->prev->next = l->next;
-  else l->te->udps = l->next;
+  if (l->prev)
+    l->prev->next = l->next;
+  else
+    l->te->udps = l->next;
   if (l->next) l->next->prev = l->prev;
   l->prev = l->next = NULL;
   napi_async_destroy(l->env, l->async);
@@ -342,8 +346,10 @@ static napi_value js_udp_listener_port(napi_env env, napi_callback_info info) {
   if (l == NULL) return NULL;
   /* A closed listener has no socket: EBADF, as getsockname on a closed fd says. */
   if (l->closing) return tg_throw_errno(env, "getsockname", EBADF);
-  if (getsockname(l->fd, (struct sockaddr *)&ss, &len) != 0) return tg_throw_errno(env, "getsockname", errno);
-  if (tg_format_addr(&ss, text, &port) == 0) return tg_throw_errno(env, "getsockname", EAFNOSUPPORT);
+  if (getsockname(l->fd, (struct sockaddr *)&ss, &len) != 0)
+    return tg_throw_errno(env, "getsockname", errno);
+  if (tg_format_addr(&ss, text, &port) == 0)
+    return tg_throw_errno(env, "getsockname", EAFNOSUPPORT);
   return tg_u32(env, port);
 }
 

@@ -7,7 +7,8 @@ set -euo pipefail
 need=()
 for pair in nft:nftables iptables:iptables squid:squid nginx:nginx-light dnsmasq:dnsmasq-base \
             curl:curl dig:dnsutils socat:socat ip:iproute2 htpasswd:apache2-utils openssl:openssl \
-            redsocks:redsocks hey:hey unbound:unbound dnsperf:dnsperf python3:python3 sysctl:procps; do
+            redsocks:redsocks hey:hey unbound:unbound dnsperf:dnsperf python3:python3 sysctl:procps \
+            clang-format:clang-format; do
   bin=${pair%%:*}; pkg=${pair#*:}
   command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need+=("$pkg")
 done

@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 'use strict';
-// Runs the unit tests under c8 (V8's own coverage, mapped back to src/ by the
+// First the checks that need no test to fail: the format (Prettier for the
+// TypeScript, clang-format for native/; `npm run format` fixes both).
+// Then the unit tests under c8 (V8's own coverage, mapped back to src/ by the
 // source maps tsc writes) and prints the coverage of src/ only: the summary,
 // then one line per folder (coverage/coverage-summary.json has it per file).
 // No threshold yet: the figures are printed, never fail the run.
@@ -64,17 +66,52 @@ function e2eBlocker() {
   return undefined;
 }
 
+// The format: a diff that only reformats is noise in every review after it.
+let status = run([require.resolve('prettier/bin/prettier.cjs'), '--check', '--log-level', 'warn', '.']);
+if (status !== 0) console.error('format: run `npm run format`');
+const clang = spawnSync('clang-format', ['--version'], { encoding: 'utf8' });
+if (clang.error) {
+  if (ci) {
+    console.error('format: clang-format is not installed (scripts/debian-deps.sh installs it)');
+    status = 1;
+  } else console.error('format: native/ not checked: clang-format is not installed (apt-get install clang-format)');
+} else {
+  const files = require('node:fs')
+    .readdirSync(path.join(root, 'native'))
+    .filter((f) => /\.[ch]$/.test(f))
+    .map((f) => path.join('native', f));
+  const r = spawnSync('clang-format', ['--dry-run', '--Werror', ...files], { cwd: root, stdio: 'inherit' });
+  if (r.status !== 0) {
+    console.error('format: native/ is not clang-formatted: run `npm run format`');
+    status = 1;
+  }
+}
+
 // --all: a src file that no unit test loads counts as 0%, not as absent.
 // The include is matched on dist/ paths (before the source-map remap), so
 // dist/test and dist/bench stay out.
 const c8 = require.resolve('c8/bin/c8.js');
 const coverageDir = path.join(root, 'coverage');
-let status = run([
-  c8, '--all', '--src', 'dist/src', '--include', 'dist/src/**',
-  '--reporter', 'text-summary', '--reporter', 'json-summary',
-  '--report-dir', coverageDir, '--temp-directory', path.join(coverageDir, 'tmp'),
-  process.execPath, '--test', 'dist/test/unit/',
-]);
+status =
+  run([
+    c8,
+    '--all',
+    '--src',
+    'dist/src',
+    '--include',
+    'dist/src/**',
+    '--reporter',
+    'text-summary',
+    '--reporter',
+    'json-summary',
+    '--report-dir',
+    coverageDir,
+    '--temp-directory',
+    path.join(coverageDir, 'tmp'),
+    process.execPath,
+    '--test',
+    'dist/test/unit/',
+  ]) || status;
 printFolderTable(path.join(coverageDir, 'coverage-summary.json'));
 if (process.argv.includes('--unit')) process.exit(status);
 status = run([path.join('dist', 'test', 'fuzz', 'run.js')]) || status;

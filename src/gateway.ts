@@ -135,7 +135,8 @@ export class Gateway {
     this.outbounds = new Outbounds(cfg.connectTimeoutMs, mark);
     // The splice relay needs the addon; without it the JS relay carries the same traffic, only with more copies.
     this.relay = cfg.relay === 'splice' && hasSplice() ? new SpliceRelay() : new JsRelay();
-    if (this.relay.name !== cfg.relay) log.warn(`--relay ${cfg.relay}: the native addon is not built; using the js relay (run npm install to build it)`);
+    if (this.relay.name !== cfg.relay)
+      log.warn(`--relay ${cfg.relay}: the native addon is not built; using the js relay (run npm install to build it)`);
     if (cfg.dns) {
       // After REDIRECT a UDP query's destination is gone (no SO_ORIGINAL_DST for UDP).
       const own = resolvConfServer();
@@ -148,7 +149,8 @@ export class Gateway {
       }
       const internal = new CidrSet();
       // ::ffff:0:0/96 is left out: CidrSet reads mapped addresses as IPv4, where it would mean every address.
-      for (const c of [...DEFAULT_BYPASS4, ...DEFAULT_BYPASS6, ...cfg.bypass4, ...cfg.bypass6]) if (!c.startsWith('::ffff:')) internal.add(c);
+      for (const c of [...DEFAULT_BYPASS4, ...DEFAULT_BYPASS6, ...cfg.bypass4, ...cfg.bypass6])
+        if (!c.startsWith('::ffff:')) internal.add(c);
       this.dns = new DnsService({
         dns: cfg.dns,
         proxy: cfg.upstream.https ?? cfg.upstream.http,
@@ -266,7 +268,9 @@ export class Gateway {
         try {
           saveSysctlState(this.sysctlsChanged);
         } catch (err) {
-          this.log.warn(`cannot save ${sysctlStateFile()} (${(err as Error).message}): after a crash, 'transgate clear' cannot restore the sysctls`);
+          this.log.warn(
+            `cannot save ${sysctlStateFile()} (${(err as Error).message}): after a crash, 'transgate clear' cannot restore the sysctls`,
+          );
         }
       }
     }
@@ -274,7 +278,9 @@ export class Gateway {
       this.appliedRules = await rulesConfigForRun(this.cfg, this.log);
       await this.rules.apply(this.appliedRules);
       this.rulesInstalled = true;
-      this.log.info(`installed ${this.cfg.mode} rules (${this.rules.name === 'nftables' ? 'nftables table inet transgate' : `${this.rules.name} chains TRANSGATE*`})`);
+      this.log.info(
+        `installed ${this.cfg.mode} rules (${this.rules.name === 'nftables' ? 'nftables table inet transgate' : `${this.rules.name} chains TRANSGATE*`})`,
+      );
     }
   }
 
@@ -283,7 +289,9 @@ export class Gateway {
     this.closing ??= (async () => {
       if (this.rulesInstalled && this.cfg.failClosed) {
         // --fail-closed: rules and sysctls outlive us, so clients get resets, not un-proxied access; `transgate clear` removes both.
-        this.log.info("leaving rules and sysctls in place (--fail-closed): clients are refused until transgate runs again; 'transgate clear' removes them");
+        this.log.info(
+          "leaving rules and sysctls in place (--fail-closed): clients are refused until transgate runs again; 'transgate clear' removes them",
+        );
         this.rulesInstalled = false;
         this.sysctlsChanged = [];
       }
@@ -304,7 +312,9 @@ export class Gateway {
           dropSysctlState();
           for (const c of changed) this.log.info(describeChange(c, true));
         } catch (err) {
-          this.log.error(`restoring sysctls failed: ${(err as Error).message}; set them back by hand: ${changed.map((c) => `${c.key}=${c.from}`).join(' ')}`);
+          this.log.error(
+            `restoring sysctls failed: ${(err as Error).message}; set them back by hand: ${changed.map((c) => `${c.key}=${c.from}`).join(' ')}`,
+          );
         }
       }
       // Listeners stop accepting at once; net.Server.close() then waits for every connection, so those are ended
@@ -337,7 +347,10 @@ export class Gateway {
 
   /** accept(2) failed (EMFILE): one line per errno every 10 s, with how often it happened; both paths. */
   private readonly logAcceptError = (errno: string): void => {
-    const hint = errno === 'EMFILE' || errno === 'ENFILE' ? ': out of file descriptors; raise the limit (ulimit -n, LimitNOFILE=) or lower --max-conns' : '';
+    const hint =
+      errno === 'EMFILE' || errno === 'ENFILE'
+        ? ': out of file descriptors; raise the limit (ulimit -n, LimitNOFILE=) or lower --max-conns'
+        : '';
     this.refusals.note(`accept ${errno}`, `accept: ${errno}${hint}; accepting again shortly`);
   };
 
@@ -345,9 +358,11 @@ export class Gateway {
   private logRefused(client: Address, code: ErrorCode): void {
     this.stats.refused++;
     const why =
-      code === ErrorCodes.CLIENT_LIMIT ? `client has ${this.admission.of(client.address)} connections open (--max-conns-per-client ${this.cfg.maxConnsPerClient})`
-      : code === ErrorCodes.LIMIT ? `${this.admission.open} connections open (--max-conns ${this.maxConns})`
-      : 'source not in --clients';
+      code === ErrorCodes.CLIENT_LIMIT
+        ? `client has ${this.admission.of(client.address)} connections open (--max-conns-per-client ${this.cfg.maxConnsPerClient})`
+        : code === ErrorCodes.LIMIT
+          ? `${this.admission.open} connections open (--max-conns ${this.maxConns})`
+          : 'source not in --clients';
     this.refusals.note(code, `conn refused client=${formatAddress(client)} result=${code} ${field(why)}`);
   }
 
@@ -451,9 +466,14 @@ export class Gateway {
       if (first.outcome === 'invalid' || (first.outcome === 'timeout' && first.head.length > 0)) {
         // Begun as HTTP: a malformed head gets 400, one not whole by the deadline (counted from accept) 408. Never a raw
         // tunnel: that would carry the request to the origin past the proxy's URL filter.
-        const [status, code, why] = first.outcome === 'invalid'
-          ? [400, ErrorCodes.BAD_REQUEST, `malformed HTTP request: ${first.result?.status === 'invalid' ? first.result.reason : 'bad head'}`]
-          : [408, ErrorCodes.SNIFF_TIMEOUT, `no whole request head within ${this.cfg.sniffTimeoutMs} ms of accept`];
+        const [status, code, why] =
+          first.outcome === 'invalid'
+            ? [
+                400,
+                ErrorCodes.BAD_REQUEST,
+                `malformed HTTP request: ${first.result?.status === 'invalid' ? first.result.reason : 'bad head'}`,
+              ]
+            : [408, ErrorCodes.SNIFF_TIMEOUT, `no whole request head within ${this.cfg.sniffTimeoutMs} ms of accept`];
         ctx.refuse(code, why);
         ctx.bytesUp = first.head.length;
         sock.once('close', () => done(ctx));

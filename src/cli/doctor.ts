@@ -16,7 +16,15 @@ import { backendName, haveBinary, rulesConfigFor, uplinksFor } from '../netfilte
 import { run, type Runner } from '../netfilter/exec';
 import { NftablesRuleBackend } from '../netfilter/index';
 import { IptablesRuleBackend, iptablesBinaries } from '../netfilter/iptables';
-import { bridgesBlockingTproxy, hostBridges, ipv4Interfaces, ipv6Interfaces, loadSysctlState, readSysctl, type SysctlReader } from '../netfilter/sysctl';
+import {
+  bridgesBlockingTproxy,
+  hostBridges,
+  ipv4Interfaces,
+  ipv6Interfaces,
+  loadSysctlState,
+  readSysctl,
+  type SysctlReader,
+} from '../netfilter/sysctl';
 import { openTunnel } from '../outbound/http-connect';
 
 export type CheckStatus = 'OK' | 'WARN' | 'FAIL';
@@ -97,7 +105,11 @@ function errText(err: unknown): string {
 function checkPrivileges(d: DoctorDeps): Check {
   return d.isRoot()
     ? ok('privileges', 'running with CAP_NET_ADMIN (root)')
-    : fail('privileges', 'not root and no CAP_NET_ADMIN: transgate cannot install rules, and most checks below cannot look', 'run as root: sudo -E npx transgate doctor (-E keeps http_proxy)');
+    : fail(
+        'privileges',
+        'not root and no CAP_NET_ADMIN: transgate cannot install rules, and most checks below cannot look',
+        'run as root: sudo -E npx transgate doctor (-E keeps http_proxy)',
+      );
 }
 
 async function checkKernel(cfg: Config, d: DoctorDeps): Promise<Check[]> {
@@ -113,7 +125,9 @@ async function checkKernel(cfg: Config, d: DoctorDeps): Promise<Check[]> {
       }
       // nft -c: the kernel validates the whole transaction and throws it away.
       await new NftablesRuleBackend({ runner: d.runner }).check(rc);
-      out.push(ok('kernel', `nftables accepts transgate's ${cfg.mode} ruleset (${what}, fib, sets) — checked with nft -c, nothing installed`));
+      out.push(
+        ok('kernel', `nftables accepts transgate's ${cfg.mode} ruleset (${what}, fib, sets) — checked with nft -c, nothing installed`),
+      );
     } else {
       const b = iptablesBinaries(backend, 4);
       if (!haveBinary(b.cmd)) {
@@ -121,7 +135,10 @@ async function checkKernel(cfg: Config, d: DoctorDeps): Promise<Check[]> {
         return out;
       }
       const plan = new IptablesRuleBackend(backend, { runner: d.runner }).plan(rc);
-      for (const [f, text] of [[4, plan.restore4], [6, plan.restore6]] as const) {
+      for (const [f, text] of [
+        [4, plan.restore4],
+        [6, plan.restore6],
+      ] as const) {
         if (!text) continue;
         const bin = iptablesBinaries(backend, f).restore;
         const res = await d.runner([bin, '--test', '--noflush'], { input: text });
@@ -145,7 +162,11 @@ async function checkKernel(cfg: Config, d: DoctorDeps): Promise<Check[]> {
     out.push(
       res.code === 0
         ? ok('kernel', 'policy routing (ip rule) is available')
-        : fail('kernel', `policy routing is not available: ${res.stderr.trim()}`, 'a kernel with CONFIG_IP_MULTIPLE_TABLES, and iproute2 installed; or --mode redirect'),
+        : fail(
+            'kernel',
+            `policy routing is not available: ${res.stderr.trim()}`,
+            'a kernel with CONFIG_IP_MULTIPLE_TABLES, and iproute2 installed; or --mode redirect',
+          ),
     );
   }
   return out;
@@ -169,10 +190,16 @@ function checkSysctls(cfg: Config, d: DoctorDeps): Check[] {
     out.push(
       v === '1'
         ? ok('sysctl', 'net.ipv4.ip_forward = 1')
-        : fail('sysctl', `net.ipv4.ip_forward = ${v ?? '?'}: the clients' other IPv4 traffic dies at this box`, `${auto}sysctl -w net.ipv4.ip_forward=1; ${persist}`),
+        : fail(
+            'sysctl',
+            `net.ipv4.ip_forward = ${v ?? '?'}: the clients' other IPv4 traffic dies at this box`,
+            `${auto}sysctl -w net.ipv4.ip_forward=1; ${persist}`,
+          ),
     );
     const lan = cfg.lan.length > 0 ? cfg.lan.filter((i) => !i.endsWith('*')) : ipv4Interfaces();
-    const on = [['all'], ...lan.map((i) => [i])].filter(([i]) => read(['net', 'ipv4', 'conf', i!, 'send_redirects']) === '1').map(([i]) => i!);
+    const on = [['all'], ...lan.map((i) => [i])]
+      .filter(([i]) => read(['net', 'ipv4', 'conf', i!, 'send_redirects']) === '1')
+      .map(([i]) => i!);
     // The kernel sends redirects when `all` OR the interface says so.
     out.push(
       on.length === 0
@@ -184,22 +211,30 @@ function checkSysctls(cfg: Config, d: DoctorDeps): Check[] {
           ),
     );
     const rp = read(['net', 'ipv4', 'conf', 'all', 'rp_filter']);
-    out.push(ok('sysctl', `net.ipv4.conf.all.rp_filter = ${rp ?? '?'}: strict (1) and loose (2) both work with ${cfg.mode}, the clients' source stays on the interface it came in on`));
+    out.push(
+      ok(
+        'sysctl',
+        `net.ipv4.conf.all.rp_filter = ${rp ?? '?'}: strict (1) and loose (2) both work with ${cfg.mode}, the clients' source stays on the interface it came in on`,
+      ),
+    );
   }
   if (!cfg.bridge && cfg.mode === 'tproxy') {
     const blocked = bridgesBlockingTproxy({ lan: cfg.lan, read: (p) => read(p), bridges: d.bridges ? d.bridges() : hostBridges() });
     if (blocked.length > 0) {
-      out.push(fail(
-        'sysctl',
-        `net.bridge.bridge-nf-call-iptables = 1 and clients arrive through bridge ${blocked.join(', ')}: br_netfilter runs TPROXY inside the bridge path, where intercepted connections never complete`,
-        '--mode redirect (works with br_netfilter; what Docker hosts need), or sysctl -w net.bridge.bridge-nf-call-iptables=0 if nothing here needs it (Docker does, for its filtering between containers)',
-      ));
+      out.push(
+        fail(
+          'sysctl',
+          `net.bridge.bridge-nf-call-iptables = 1 and clients arrive through bridge ${blocked.join(', ')}: br_netfilter runs TPROXY inside the bridge path, where intercepted connections never complete`,
+          '--mode redirect (works with br_netfilter; what Docker hosts need), or sysctl -w net.bridge.bridge-nf-call-iptables=0 if nothing here needs it (Docker does, for its filtering between containers)',
+        ),
+      );
     }
   }
   if (cfg.bridge && cfg.mode === 'tproxy') {
     const v = read(['net', 'bridge', 'bridge-nf-call-iptables']);
     if (v === '1') {
-      const msg = 'net.bridge.bridge-nf-call-iptables = 1: br_netfilter runs TPROXY inside the bridge path, where intercepted connections never complete';
+      const msg =
+        'net.bridge.bridge-nf-call-iptables = 1: br_netfilter runs TPROXY inside the bridge path, where intercepted connections never complete';
       const fix = 'sysctl -w net.bridge.bridge-nf-call-iptables=0 net.bridge.bridge-nf-call-ip6tables=0, or --mode redirect';
       out.push(cfg.sysctl ? warn('sysctl', `${msg} (\`transgate run\` sets it to 0 while it runs)`, fix) : fail('sysctl', msg, fix));
     } else {
@@ -225,7 +260,11 @@ function checkSysctls(cfg: Config, d: DoctorDeps): Check[] {
       out.push(
         v === '1'
           ? ok('sysctl', 'net.ipv6.conf.all.forwarding = 1')
-          : fail('sysctl', `net.ipv6.conf.all.forwarding = ${v}: the clients' other IPv6 traffic dies at this box`, `${auto}sysctl -w net.ipv6.conf.all.forwarding=1; ${persist}`),
+          : fail(
+              'sysctl',
+              `net.ipv6.conf.all.forwarding = ${v}: the clients' other IPv6 traffic dies at this box`,
+              `${auto}sysctl -w net.ipv6.conf.all.forwarding=1; ${persist}`,
+            ),
       );
   }
   return out;
@@ -277,7 +316,8 @@ async function checkReturnPath(cfg: Config, d: DoctorDeps): Promise<Check[]> {
   } catch {
     return [warn('return-path', 'cannot parse `ip -j addr show`', 'install a newer iproute2')];
   }
-  const lan = cfg.lan.length > 0 ? addrs.filter((a) => cfg.lan.some((l) => interfaceMatches(l, a.ifname))) : addrs.filter((a) => a.ifname !== 'lo');
+  const lan =
+    cfg.lan.length > 0 ? addrs.filter((a) => cfg.lan.some((l) => interfaceMatches(l, a.ifname))) : addrs.filter((a) => a.ifname !== 'lo');
   if (cfg.lan.length > 0) {
     for (const l of cfg.lan) {
       if (!lan.some((a) => interfaceMatches(l, a.ifname))) {
@@ -296,7 +336,13 @@ async function checkReturnPath(cfg: Config, d: DoctorDeps): Promise<Check[]> {
       const p = `${i.local}/${i.prefixlen} on ${a.ifname}`;
       prefixes.push(p);
       if (!hasConnected) {
-        out.push(warn('return-path', `no connected route for ${p}: replies to clients there may leave by another way`, `ip route add <client prefix> dev ${a.ifname}, or give ${a.ifname} an address in the clients' subnet`));
+        out.push(
+          warn(
+            'return-path',
+            `no connected route for ${p}: replies to clients there may leave by another way`,
+            `ip route add <client prefix> dev ${a.ifname}, or give ${a.ifname} an address in the clients' subnet`,
+          ),
+        );
         continue;
       }
       // A more specific route (or a policy rule) can still send replies to
@@ -308,17 +354,25 @@ async function checkReturnPath(cfg: Config, d: DoctorDeps): Promise<Check[]> {
         const dev = /\bdev (\S+)/.exec(g.stdout)?.[1];
         if (g.code === 0 && dev && dev !== a.ifname) {
           asymmetric.add(p);
-          out.push(fail(
-            'return-path',
-            `replies to clients in ${p} leave by ${dev}, not ${a.ifname} (ip route get ${probe}: ${g.stdout.trim().split('\n')[0]}): the clients see answers from the wrong way or none (asymmetric routing)`,
-            `remove the route that takes ${probe} out of ${dev} (ip route show match ${probe}), or give the clients a subnet of their own on ${a.ifname}`,
-          ));
+          out.push(
+            fail(
+              'return-path',
+              `replies to clients in ${p} leave by ${dev}, not ${a.ifname} (ip route get ${probe}: ${g.stdout.trim().split('\n')[0]}): the clients see answers from the wrong way or none (asymmetric routing)`,
+              `remove the route that takes ${probe} out of ${dev} (ip route show match ${probe}), or give the clients a subnet of their own on ${a.ifname}`,
+            ),
+          );
         }
       }
     }
   }
   if (prefixes.length === 0) {
-    out.push(warn('return-path', `no global address on ${cfg.lan.length > 0 ? cfg.lan.join(', ') : 'any interface'}: clients cannot use this box as their gateway`, 'give the LAN interface an address in the clients\' subnet'));
+    out.push(
+      warn(
+        'return-path',
+        `no global address on ${cfg.lan.length > 0 ? cfg.lan.join(', ') : 'any interface'}: clients cannot use this box as their gateway`,
+        "give the LAN interface an address in the clients' subnet",
+      ),
+    );
   } else if (prefixes.some((p) => !asymmetric.has(p))) {
     out.push(
       ok(
@@ -330,7 +384,14 @@ async function checkReturnPath(cfg: Config, d: DoctorDeps): Promise<Check[]> {
   for (const f of [...(cfg.ipv4 ? [4] : []), ...(cfg.ipv6 ? [6] : [])]) {
     const r = await d.runner(['ip', `-${f}`, 'route', 'show', 'default']);
     if (r.code === 0 && r.stdout.trim()) out.push(ok('return-path', `IPv${f} default route: ${r.stdout.trim().split('\n')[0]}`));
-    else out.push(warn('return-path', `no IPv${f} default route: forwarded traffic and the proxy connection may have nowhere to go`, `ip -${f} route add default via <uplink router>`));
+    else
+      out.push(
+        warn(
+          'return-path',
+          `no IPv${f} default route: forwarded traffic and the proxy connection may have nowhere to go`,
+          `ip -${f} route add default via <uplink router>`,
+        ),
+      );
   }
   return out;
 }
@@ -343,21 +404,37 @@ async function checkReturnPath(cfg: Config, d: DoctorDeps): Promise<Check[]> {
  */
 async function checkUplink(cfg: Config, d: DoctorDeps): Promise<Check[]> {
   const j = await uplinksFor(cfg, d.runner);
-  const why = (n: string): string => j.uplinks.filter((u) => u.name === n).map((u) => u.why).join(', ');
+  const why = (n: string): string =>
+    j.uplinks
+      .filter((u) => u.name === n)
+      .map((u) => u.why)
+      .join(', ');
   const clients = [...cfg.clients4, ...cfg.clients6];
   const out: Check[] = [];
   if (j.excluded.length > 0) {
-    out.push(ok('uplink', `${j.excluded.map((n) => `${n} (${why(n)})`).join(', ')}: traffic arriving there is not intercepted, so hosts on the uplink cannot use the proxy or this box's DNS`));
+    out.push(
+      ok(
+        'uplink',
+        `${j.excluded.map((n) => `${n} (${why(n)})`).join(', ')}: traffic arriving there is not intercepted, so hosts on the uplink cannot use the proxy or this box's DNS`,
+      ),
+    );
   }
   for (const i of j.intercepted) {
     const msg = `uplink ${i.name} (${why(i.name)}) is intercepted, ${i.why}: any host there that routes through this box reaches the proxy as this box and is answered by its DNS`;
     out.push(
       clients.length > 0
         ? ok('uplink', `${msg}, but only sources in --clients ${clients.join(',')} are intercepted`)
-        : warn('uplink', msg, i.why.startsWith('--lan') ? `leave ${i.name} out of --lan, or name the clients' subnets with --clients CIDR,...` : "name the clients' subnets with --clients CIDR,..."),
+        : warn(
+            'uplink',
+            msg,
+            i.why.startsWith('--lan')
+              ? `leave ${i.name} out of --lan, or name the clients' subnets with --clients CIDR,...`
+              : "name the clients' subnets with --clients CIDR,...",
+          ),
     );
   }
-  if (j.uplinks.length === 0) out.push(ok('uplink', 'no uplink found (no default route, no route to a proxy address): no interface is excluded'));
+  if (j.uplinks.length === 0)
+    out.push(ok('uplink', 'no uplink found (no default route, no route to a proxy address): no interface is excluded'));
   for (const n of j.notes) out.push(warn('uplink', n, 'check the routes (ip route) and the proxy URL'));
   return out;
 }
@@ -388,9 +465,18 @@ async function checkProxy(cfg: Config, d: DoctorDeps): Promise<Check[]> {
   const target = splitTarget(cfg.doctorTarget);
   if (!target) return [fail('proxy', `--doctor-target '${cfg.doctorTarget}' is not host:port`, 'e.g. --doctor-target example.com:443')];
   const seen = new Set<string>();
-  const proxies = [['http_proxy', cfg.upstream.http], ['https_proxy', cfg.upstream.https]] as const;
+  const proxies = [
+    ['http_proxy', cfg.upstream.http],
+    ['https_proxy', cfg.upstream.https],
+  ] as const;
   if (!cfg.upstream.http && !cfg.upstream.https) {
-    return [warn('proxy', 'no http_proxy/https_proxy set: transgate would connect directly', 'export http_proxy=http://user:password@proxy:3128 (and sudo -E to keep it)')];
+    return [
+      warn(
+        'proxy',
+        'no http_proxy/https_proxy set: transgate would connect directly',
+        'export http_proxy=http://user:password@proxy:3128 (and sudo -E to keep it)',
+      ),
+    ];
   }
   for (const [name, p] of proxies) {
     if (!p || seen.has(p.display + (p.authorization ?? ''))) continue;
@@ -414,13 +500,21 @@ async function checkProxy(cfg: Config, d: DoctorDeps): Promise<Check[]> {
       });
     });
     if (reach) {
-      out.push(fail('proxy', `${name} ${p.display}: cannot connect to ${where} (${reach})`, `check the host and port in ${name}, that the proxy runs, and that this box may reach it (firewall, route)`));
+      out.push(
+        fail(
+          'proxy',
+          `${name} ${p.display}: cannot connect to ${where} (${reach})`,
+          `check the host and port in ${name}, that the proxy runs, and that this box may reach it (firewall, route)`,
+        ),
+      );
       continue;
     }
     out.push(ok('proxy', `${name} ${p.display}: reachable`));
     const e443 = await tryConnect(p, target.host, target.port, d.timeoutMs);
     if (!e443) {
-      out.push(ok('proxy', `${name}: CONNECT ${hostPort(target.host, target.port)} allowed${p.authorization ? ' (credentials accepted)' : ''}`));
+      out.push(
+        ok('proxy', `${name}: CONNECT ${hostPort(target.host, target.port)} allowed${p.authorization ? ' (credentials accepted)' : ''}`),
+      );
     } else if (e443.status === 407) {
       out.push(
         fail(
@@ -433,10 +527,22 @@ async function checkProxy(cfg: Config, d: DoctorDeps): Promise<Check[]> {
       );
       continue;
     } else if (e443.status === 403) {
-      out.push(fail('proxy', `${name}: CONNECT ${hostPort(target.host, target.port)}: 403, refused by the proxy's policy`, 'try another --doctor-target the proxy allows, or ask the proxy admins to allow it'));
+      out.push(
+        fail(
+          'proxy',
+          `${name}: CONNECT ${hostPort(target.host, target.port)}: 403, refused by the proxy's policy`,
+          'try another --doctor-target the proxy allows, or ask the proxy admins to allow it',
+        ),
+      );
       continue;
     } else {
-      out.push(fail('proxy', `${name}: CONNECT ${hostPort(target.host, target.port)} failed: ${e443.message}`, '--doctor-target a name the proxy can resolve and reach (e.g. example.com:443)'));
+      out.push(
+        fail(
+          'proxy',
+          `${name}: CONNECT ${hostPort(target.host, target.port)} failed: ${e443.message}`,
+          '--doctor-target a name the proxy can resolve and reach (e.g. example.com:443)',
+        ),
+      );
       continue;
     }
     const tcpProxy = cfg.upstream.https ?? cfg.upstream.http;
@@ -480,9 +586,21 @@ async function checkLeftovers(cfg: Config, d: DoctorDeps): Promise<Check[]> {
   if (found.length === 0) return [ok('leftovers', 'no transgate rules installed')];
   if (running.length > 0) return [ok('leftovers', `${found.join(', ')} installed by the running transgate (pid ${running.join(', ')})`)];
   if (cfg.failClosed) {
-    return [warn('leftovers', `${found.join(', ')} present but no transgate runs: left by --fail-closed, clients are refused until transgate runs again`, 'start transgate, or sudo npx transgate clear to give the clients plain forwarding')];
+    return [
+      warn(
+        'leftovers',
+        `${found.join(', ')} present but no transgate runs: left by --fail-closed, clients are refused until transgate runs again`,
+        'start transgate, or sudo npx transgate clear to give the clients plain forwarding',
+      ),
+    ];
   }
-  return [fail('leftovers', `${found.join(', ')} present but no transgate runs: a crashed run left them, clients' traffic goes to a dead listener`, 'sudo npx transgate clear')];
+  return [
+    fail(
+      'leftovers',
+      `${found.join(', ')} present but no transgate runs: a crashed run left them, clients' traffic goes to a dead listener`,
+      'sudo npx transgate clear',
+    ),
+  ];
 }
 
 /** Runs every check; never throws (a check that breaks is reported as FAIL). */

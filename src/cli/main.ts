@@ -82,7 +82,8 @@ async function run(cfg: Config, log: Logger): Promise<number> {
     report(err);
     return 1;
   }
-  const up = (p: typeof cfg.upstream.http): string => (p ? (p.auth ? `http://${encodeURIComponent(p.auth.user)}@${p.display.slice(7)}` : p.display) : 'direct');
+  const up = (p: typeof cfg.upstream.http): string =>
+    p ? (p.auth ? `http://${encodeURIComponent(p.auth.user)}@${p.display.slice(7)}` : p.display) : 'direct';
   log.info(
     `ready mode=${cfg.mode} http_proxy=${up(cfg.upstream.http)} https_proxy=${up(cfg.upstream.https)} ` +
       `http=${cfg.httpPorts.join(',') || '-'}:${cfg.listen.http} tls=${cfg.tlsPorts.join(',') || '-'}:${cfg.listen.tls} ` +
@@ -131,7 +132,9 @@ export async function main(argv: string[]): Promise<void> {
       case 'clear': {
         // Both backends: a crashed run may have used either.
         const removed = await clearAll(cfg);
-        process.stdout.write(removed.length > 0 ? `transgate: removed rules and routes (${removed.join(', ')})\n` : 'transgate: nothing installed\n');
+        process.stdout.write(
+          removed.length > 0 ? `transgate: removed rules and routes (${removed.join(', ')})\n` : 'transgate: nothing installed\n',
+        );
         return;
       }
       default: {

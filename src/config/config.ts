@@ -83,7 +83,8 @@ export function parseDnsServer(raw: string, flag: string): { host: string; port:
       portText = m[2];
     }
   }
-  if (isIP(host) === 0) throw configError(`--${flag}: '${raw}' is not an address or address:port (e.g. 10.0.0.53, 10.0.0.53:5353, [2001:db8::53]:53)`);
+  if (isIP(host) === 0)
+    throw configError(`--${flag}: '${raw}' is not an address or address:port (e.g. 10.0.0.53, 10.0.0.53:5353, [2001:db8::53]:53)`);
   if (portText !== undefined) {
     const p = parsePort(portText);
     if (p === undefined) throw configError(`--${flag}: port in '${raw}' must be between 1 and 65535`);
@@ -97,7 +98,8 @@ function buildDns(values: FlagValues, noProxy: NoProxy, listenPorts: number[]): 
   if (!(values['dns'] as boolean)) return undefined;
   const listenPort = values['dns-proxy-listen'] as number;
   if (!isPort(listenPort)) throw configError(`--dns-proxy-listen must be between 1 and 65535, not ${listenPort}`);
-  if (listenPorts.includes(listenPort)) throw configError(`--dns-proxy-listen ${listenPort} is already another listener's port: pick a free one`);
+  if (listenPorts.includes(listenPort))
+    throw configError(`--dns-proxy-listen ${listenPort} is already another listener's port: pick a free one`);
   const given = values['private-domains'] as string[];
   const privateDomains = given.length > 0 ? given : noProxy.domainSuffixes();
   for (const d of privateDomains) {
@@ -178,7 +180,11 @@ export function buildConfig(values: FlagValues, env: NodeJS.ProcessEnv, given: R
   const tlsPorts = ports('tls-ports');
   const tcpPorts = ports('tcp-proxy-dports');
   const seen = new Map<number, string>();
-  for (const [flag, list] of [['http-ports', httpPorts], ['tls-ports', tlsPorts], ['tcp-proxy-dports', tcpPorts]] as const) {
+  for (const [flag, list] of [
+    ['http-ports', httpPorts],
+    ['tls-ports', tlsPorts],
+    ['tcp-proxy-dports', tcpPorts],
+  ] as const) {
     for (const p of list) {
       const other = seen.get(p);
       if (other) throw configError(`port ${p} is in both --${other} and --${flag}: give each port one meaning`);
@@ -201,11 +207,13 @@ export function buildConfig(values: FlagValues, env: NodeJS.ProcessEnv, given: R
   if (!ipv4 && !ipv6) throw configError('--no-ipv4 and --no-ipv6 together leave nothing to intercept');
   for (const iface of values['lan'] as string[]) {
     // A trailing * matches a prefix (docker's br-*), as in nft.
-    if (!isInterfacePattern(iface)) throw configError(`--lan: '${iface}' is not an interface name (or a prefix with *, like br-*): ${INTERFACE_NAME_RULE}`);
+    if (!isInterfacePattern(iface))
+      throw configError(`--lan: '${iface}' is not an interface name (or a prefix with *, like br-*): ${INTERFACE_NAME_RULE}`);
   }
   const masquerade = values['masquerade'] as string[];
   for (const iface of masquerade) {
-    if (!isInterfaceName(iface)) throw configError(`--masquerade: '${iface}' is not an interface name (the uplink, e.g. eth0): ${INTERFACE_NAME_RULE}`);
+    if (!isInterfaceName(iface))
+      throw configError(`--masquerade: '${iface}' is not an interface name (the uplink, e.g. eth0): ${INTERFACE_NAME_RULE}`);
   }
   const bridge = values['bridge'] as string;
   if (bridge && !isInterfaceName(bridge)) throw configError(`--bridge: '${bridge}' is not an interface name: ${INTERFACE_NAME_RULE}`);

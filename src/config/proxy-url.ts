@@ -48,10 +48,7 @@ export function maskProxyPassword(value: string): string {
 }
 
 function configError(value: string, problem: string): GatewayError {
-  return new GatewayError(
-    ErrorCodes.CONFIG,
-    `invalid proxy URL "${maskProxyPassword(value)}": ${problem}; ${EXPECTED_FORM}`,
-  );
+  return new GatewayError(ErrorCodes.CONFIG, `invalid proxy URL "${maskProxyPassword(value)}": ${problem}; ${EXPECTED_FORM}`);
 }
 
 function percentDecode(value: string, part: string, original: string): string {

@@ -219,9 +219,7 @@ export function parseMessage(buf: Buffer): Message {
 }
 
 /** A query the gateway can answer: parsed, or the reason it cannot be. */
-export type QueryCheck =
-  | { ok: true; message: Message; question: Question }
-  | { ok: false; rcode: number | undefined; reason: string };
+export type QueryCheck = { ok: true; message: Message; question: Question } | { ok: false; rcode: number | undefined; reason: string };
 
 /**
  * Checks a client's query. rcode undefined means drop silently (not even a
@@ -411,7 +409,7 @@ export function answerAddresses(answer: Buffer, parsed: Message): Array<{ addres
 function compressV6(groups: string[]): string {
   let best = -1;
   let bestLen = 1;
-  for (let i = 0; i < 8; ) {
+  for (let i = 0; i < 8;) {
     if (groups[i] !== '0') {
       i++;
       continue;

@@ -129,7 +129,15 @@ export class DnsResolver {
     const route = this.opts.router.route(question.name, asked);
     if (!route) {
       this.stats.servfail++;
-      this.logLine(info, question, '-', 'SERVFAIL', false, started, 'no DNS server to ask for this name (set --public-dns / --private-dns)');
+      this.logLine(
+        info,
+        question,
+        '-',
+        'SERVFAIL',
+        false,
+        started,
+        'no DNS server to ask for this name (set --public-dns / --private-dns)',
+      );
       return buildError(query, Rcode.SERVFAIL);
     }
     const key = cacheKey(route.upstream, question, message);
@@ -243,7 +251,8 @@ export function presentName(name: string): string {
   let out = '';
   for (let i = 0; i < name.length; i++) {
     const c = name.charCodeAt(i);
-    const plain = (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) || c === 0x2d || c === 0x5f || c === 0x2e;
+    const plain =
+      (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) || c === 0x2d || c === 0x5f || c === 0x2e;
     if (plain) out += name[i];
     else if (c === 0x5c && /^[0-9]{3}$/.test(name.slice(i + 1, i + 4))) {
       out += name.slice(i, i + 4);

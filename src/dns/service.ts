@@ -88,7 +88,12 @@ export class DnsService implements DnsRouter {
   constructor(private readonly opts: DnsServiceOptions) {
     this.rate = new ClientRateLimiter(opts.clientRate ?? 0);
     this.inflight = new InflightLimit(opts.maxInflightPerClient ?? MAX_INFLIGHT_PER_CLIENT, opts.maxInflight ?? MAX_INFLIGHT);
-    this.privateSuffixes = opts.dns.privateDomains.map((d) => d.toLowerCase().replace(/^\*?\./, '').replace(/\.$/, ''));
+    this.privateSuffixes = opts.dns.privateDomains.map((d) =>
+      d
+        .toLowerCase()
+        .replace(/^\*?\./, '')
+        .replace(/\.$/, ''),
+    );
     if (opts.dns.dohCaFile) {
       try {
         this.ca = [fs.readFileSync(opts.dns.dohCaFile, 'utf8')];
@@ -150,7 +155,11 @@ export class DnsService implements DnsRouter {
   }
 
   private readonly openDirect: StreamOpener = (host, port, signal) =>
-    dialTcp({ host, port, timeoutMs: this.opts.connectTimeoutMs, signal, mark: this.opts.mark }, DIRECT_CODES, `direct ${hostPort(host, port)}`);
+    dialTcp(
+      { host, port, timeoutMs: this.opts.connectTimeoutMs, signal, mark: this.opts.mark },
+      DIRECT_CODES,
+      `direct ${hostPort(host, port)}`,
+    );
 
   private openProxy(proxy: ProxyEndpoint): StreamOpener {
     return (host, port, signal) => openTunnel({ proxy, host, port, timeoutMs: this.opts.connectTimeoutMs, signal, mark: this.opts.mark });
@@ -158,7 +167,10 @@ export class DnsService implements DnsRouter {
 
   private direct(server: Server): DnsTransport {
     const where = hostPort(server.host, server.port);
-    return this.cached(`direct ${where}`, () => new UdpTransport(server, new TcpTransport(server, this.openDirect, `tcp ${where}`), this.opts.mark));
+    return this.cached(
+      `direct ${where}`,
+      () => new UdpTransport(server, new TcpTransport(server, this.openDirect, `tcp ${where}`), this.opts.mark),
+    );
   }
 
   private viaProxy(server: Server, proxy: ProxyEndpoint): DnsTransport {

@@ -251,7 +251,7 @@ export class TcpTransport implements DnsTransport {
   }
 
   async query(msg: Buffer, signal: AbortSignal): Promise<Buffer> {
-    for (let attempt = 1, waits = 0; ; ) {
+    for (let attempt = 1, waits = 0; ;) {
       if (this.closed) throw dnsError(`${this.description}: closed`);
       if (signal.aborted) throw aborted(signal, this.description);
       // Chosen with no await before the send: when a connection ends, all
@@ -594,7 +594,7 @@ export class DohTransport implements DnsTransport {
       const onErr = (err: Error): void => {
         clearTimeout(timer);
         t.destroy();
-        const hint = /certificate|self.signed|issuer/i.test(err.message) ? ' (is the server\'s CA trusted? see --doh-ca)' : '';
+        const hint = /certificate|self.signed|issuer/i.test(err.message) ? " (is the server's CA trusted? see --doh-ca)" : '';
         reject(dnsError(`${this.description}: TLS: ${err.message}${hint}`, err));
       };
       t.once('error', onErr);

@@ -70,10 +70,13 @@ export class TcpListener {
       } catch (err) {
         const errno = errnoOf(err);
         const hint =
-          errno === 'EADDRINUSE' ? `: port ${this.opts.port} is taken by another program; pick another with the listen flags`
-          : errno === 'EPERM' || errno === 'EACCES' ? ': run as root or with CAP_NET_ADMIN (sudo -E npx transgate)'
-          : errno === 'EADDRNOTAVAIL' ? `: address ${host} is not available (is IPv6 disabled? try --no-ipv6)`
-          : '';
+          errno === 'EADDRINUSE'
+            ? `: port ${this.opts.port} is taken by another program; pick another with the listen flags`
+            : errno === 'EPERM' || errno === 'EACCES'
+              ? ': run as root or with CAP_NET_ADMIN (sudo -E npx transgate)'
+              : errno === 'EADDRNOTAVAIL'
+                ? `: address ${host} is not available (is IPv6 disabled? try --no-ipv6)`
+                : '';
         throw new GatewayError(ErrorCodes.LISTEN, `start ${this.description}: ${(err as Error).message}${hint}`, { cause: err });
       }
       if (this.opts.nativeAccept) {

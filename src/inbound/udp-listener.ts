@@ -90,10 +90,13 @@ export class UdpListener {
       } catch (err) {
         const errno = errnoOf(err);
         const hint =
-          errno === 'EADDRINUSE' ? `: UDP port ${this.opts.port} is taken; pick another with --dns-proxy-listen (or --no-dns)`
-          : errno === 'EPERM' || errno === 'EACCES' ? ': run as root or with CAP_NET_ADMIN'
-          : errno === 'EADDRNOTAVAIL' ? `: address ${host} is not available (try --no-ipv6)`
-          : '';
+          errno === 'EADDRINUSE'
+            ? `: UDP port ${this.opts.port} is taken; pick another with --dns-proxy-listen (or --no-dns)`
+            : errno === 'EPERM' || errno === 'EACCES'
+              ? ': run as root or with CAP_NET_ADMIN'
+              : errno === 'EADDRNOTAVAIL'
+                ? `: address ${host} is not available (try --no-ipv6)`
+                : '';
         this.close();
         throw new GatewayError(ErrorCodes.LISTEN, `start ${this.description}: ${(err as Error).message}${hint}`, { cause: err });
       }

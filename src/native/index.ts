@@ -91,13 +91,30 @@ export interface NativeBinding {
   udpReplySocket(host: string, port: number): number;
   udpSend(fd: number, data: Buffer, host: string, port: number): number;
   // native/splice.c
-  spliceRelay(clientFd: number, upstreamFd: number, idleTimeoutMs: number, clientEof: boolean, upstreamEof: boolean, onDone: SpliceDoneCallback): void;
+  spliceRelay(
+    clientFd: number,
+    upstreamFd: number,
+    idleTimeoutMs: number,
+    clientEof: boolean,
+    upstreamEof: boolean,
+    onDone: SpliceDoneCallback,
+  ): void;
   spliceAbortAll(): number;
   spliceActive(): number;
   // native/tunnel.c
   tunnelListen(
-    fd: number, sniff: boolean, redirect: boolean, mark: number | undefined, sniffMaxBytes: number, sniffMs: number, connectMs: number, idleMs: number,
-    decide: TunnelDecide, done: TunnelDone, unusable: TunnelUnusable, speculate: boolean,
+    fd: number,
+    sniff: boolean,
+    redirect: boolean,
+    mark: number | undefined,
+    sniffMaxBytes: number,
+    sniffMs: number,
+    connectMs: number,
+    idleMs: number,
+    decide: TunnelDecide,
+    done: TunnelDone,
+    unusable: TunnelUnusable,
+    speculate: boolean,
   ): TunnelHandle;
   tunnelClose(handle: TunnelHandle): void;
   tunnelAbortAll(): number;
@@ -110,8 +127,15 @@ export interface NativeBinding {
  * first bytes on a sniffing listener, else undefined.
  */
 export type TunnelDecide = (
-  id: number, fd: number, clientIp: string, clientPort: number, dstIp: string, dstPort: number,
-  head: Buffer | undefined, final: boolean, eof: boolean,
+  id: number,
+  fd: number,
+  clientIp: string,
+  clientPort: number,
+  dstIp: string,
+  dstPort: number,
+  head: Buffer | undefined,
+  final: boolean,
+  eof: boolean,
 ) => TunnelAction | null;
 
 /**
@@ -276,7 +300,8 @@ function checkPort(name: string, port: unknown): number {
 }
 
 function checkFamily(family: unknown): Family {
-  if (family !== 4 && family !== 6) throw invalid('family', '4 or 6', family, typeof family === 'number' ? 'ERR_INVALID_ARG_VALUE' : 'ERR_INVALID_ARG_TYPE');
+  if (family !== 4 && family !== 6)
+    throw invalid('family', '4 or 6', family, typeof family === 'number' ? 'ERR_INVALID_ARG_VALUE' : 'ERR_INVALID_ARG_TYPE');
   return family;
 }
 
@@ -430,7 +455,9 @@ export function socketFd(sock: net.Socket): number {
   const handle = (sock as unknown as { _handle?: { fd?: unknown } | null })._handle;
   const fd = handle?.fd;
   if (typeof fd !== 'number' || !Number.isInteger(fd) || fd < 0) {
-    const err = new Error('socketFd: socket has no open file descriptor (destroyed, not yet connected, or not a TCP socket)') as NativeSystemError;
+    const err = new Error(
+      'socketFd: socket has no open file descriptor (destroyed, not yet connected, or not a TCP socket)',
+    ) as NativeSystemError;
     err.code = 'EBADF';
     err.syscall = 'socketFd';
     err.errno = -os.constants.errno.EBADF;
@@ -537,14 +564,26 @@ export function tunnelListen(opts: TunnelListenOptions, decide: TunnelDecide, do
   const o = checkOptions('options', opts);
   const fd = checkInt('options.fd', o.fd, 0, 0x7fffffff);
   const mark = o.mark === undefined ? undefined : checkMark(o.mark);
-  for (const [name, fn] of [['decide', decide], ['done', done], ['unusable', unusable]] as const) {
+  for (const [name, fn] of [
+    ['decide', decide],
+    ['done', done],
+    ['unusable', unusable],
+  ] as const) {
     if (typeof fn !== 'function') throw invalid(name, 'a function', fn, 'ERR_INVALID_ARG_TYPE');
   }
   return loadNative().tunnelListen(
-    fd, checkBool('options.sniff', o.sniff, false), checkBool('options.redirect', o.redirect, false), mark,
-    checkInt('options.sniffMaxBytes', o.sniffMaxBytes, 1, 1 << 20), checkInt('options.sniffTimeoutMs', o.sniffTimeoutMs, 1, 0x7fffffff),
-    checkInt('options.connectTimeoutMs', o.connectTimeoutMs, 1, 0x7fffffff), checkInt('options.idleTimeoutMs', o.idleTimeoutMs, 0, 0x7fffffff),
-    decide, done, unusable, checkBool('options.speculate', o.speculate, false),
+    fd,
+    checkBool('options.sniff', o.sniff, false),
+    checkBool('options.redirect', o.redirect, false),
+    mark,
+    checkInt('options.sniffMaxBytes', o.sniffMaxBytes, 1, 1 << 20),
+    checkInt('options.sniffTimeoutMs', o.sniffTimeoutMs, 1, 0x7fffffff),
+    checkInt('options.connectTimeoutMs', o.connectTimeoutMs, 1, 0x7fffffff),
+    checkInt('options.idleTimeoutMs', o.idleTimeoutMs, 0, 0x7fffffff),
+    decide,
+    done,
+    unusable,
+    checkBool('options.speculate', o.speculate, false),
   );
 }
 

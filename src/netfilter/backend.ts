@@ -69,7 +69,9 @@ export async function describeRules(cfg: Config): Promise<string> {
   const uplinks = await uplinksFor(cfg);
   const rc = rulesConfigFor(cfg, uplinks);
   const text = name === 'nftables' ? describePlan(rc) : renderIptablesPlan(planIptables(rc, name));
-  return `${describeUplinks(uplinks).map((l) => `# ${l.text}`).join('\n')}\n${text}`;
+  return `${describeUplinks(uplinks)
+    .map((l) => `# ${l.text}`)
+    .join('\n')}\n${text}`;
 }
 
 /**

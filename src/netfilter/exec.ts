@@ -92,7 +92,8 @@ export const run: Runner = (argv, options = {}) => {
       settled = true;
       clearTimeout(timer);
       if (errnoOf(e) === 'ENOENT') reject(notFoundError(bin, e));
-      else if (errnoOf(e) === 'EACCES') reject(new GatewayError(ErrorCodes.PERMISSION, `${bin}: permission denied executing it`, { cause: e }));
+      else if (errnoOf(e) === 'EACCES')
+        reject(new GatewayError(ErrorCodes.PERMISSION, `${bin}: permission denied executing it`, { cause: e }));
       else reject(new GatewayError(ErrorCodes.RULES, `${bin}: ${e.message}`, { cause: e }));
     });
     child.on('close', (code, signal) => {

@@ -15,7 +15,15 @@ import { ErrorCodes, GatewayError, withContext } from '../core/errors';
 import { INTERFACE_NAME_RULE, isInterfaceName, isInterfacePattern, isPort } from '../core/validate';
 import { formatCommand, isNotFound, netnsRunner, run, type Runner } from './exec';
 import { normalizeCidr, type RulesConfig } from './plan';
-import { formatMark, installPolicyRoutes, policyRoute, removePolicyRoutes, validatePolicyIds, type PolicyIds, type PolicyRoute } from './policy-routing';
+import {
+  formatMark,
+  installPolicyRoutes,
+  policyRoute,
+  removePolicyRoutes,
+  validatePolicyIds,
+  type PolicyIds,
+  type PolicyRoute,
+} from './policy-routing';
 
 export type IptablesVariant = 'iptables' | 'iptables-legacy';
 
@@ -117,7 +125,9 @@ function familyRestore(cfg: RulesConfig, family: 4 | 6): string {
   ];
   const uplinks = [...new Set(cfg.uplinks ?? [])].filter((n) => n !== 'lo').map((n) => ifaceArg(n, true));
   const clientsOn = (cfg.clients4?.length ?? 0) + (cfg.clients6?.length ?? 0) > 0;
-  const clients = [...new Set((family === 4 ? (cfg.clients4 ?? []) : (cfg.clients6 ?? [])).map((c) => normalizeCidr(c, family, `clients${family}`)))];
+  const clients = [
+    ...new Set((family === 4 ? (cfg.clients4 ?? []) : (cfg.clients6 ?? [])).map((c) => normalizeCidr(c, family, `clients${family}`))),
+  ];
   // One jump per LAN interface and --clients CIDR (no ipset needed); with
   // --clients and none of this family, no jump: nobody of it is intercepted.
   const fromClients = (builtin: string, chain: string, op = '-A'): string[] =>
@@ -143,11 +153,16 @@ function familyRestore(cfg: RulesConfig, family: 4 | 6): string {
     mangle.push(`-A ${C.pre} -p tcp ! --syn -m socket --transparent -j ${C.divert}`);
     // Groups for every destination (DNS) come before the local and bypass returns.
     const tproxyRules = (everywhere: boolean): void => {
-      for (const [proto, groups] of [['tcp', cfg.tcp], ['udp', cfg.udp]] as const) {
+      for (const [proto, groups] of [
+        ['tcp', cfg.tcp],
+        ['udp', cfg.udp],
+      ] as const) {
         for (const g of groups) {
           if ((g.allDestinations === true) !== everywhere) continue;
           for (const ports of chunks(g.ports)) {
-            mangle.push(`-A ${C.pre} -p ${proto} -m multiport --dports ${ports.join(',')} -j TPROXY${addr ? ` --on-ip ${addr}` : ''} --on-port ${g.listenPort} --tproxy-mark ${fullMark}`);
+            mangle.push(
+              `-A ${C.pre} -p ${proto} -m multiport --dports ${ports.join(',')} -j TPROXY${addr ? ` --on-ip ${addr}` : ''} --on-port ${g.listenPort} --tproxy-mark ${fullMark}`,
+            );
           }
         }
       }
@@ -161,7 +176,8 @@ function familyRestore(cfg: RulesConfig, family: 4 | 6): string {
       mangle.push(`-A PREROUTING -i lo -m mark --mark ${mark} -j ${C.pre}`);
       mangle.push(`-A ${C.out} -m mark --mark ${ownMark} -j RETURN`, `-A ${C.out} -o lo -j RETURN`, ...bypassRules(C.out));
       // A changed mark in mangle OUTPUT makes the kernel route the packet again: to lo, by the policy route.
-      for (const ports of chunks(allPorts)) mangle.push(`-A ${C.out} -p tcp -m multiport --dports ${ports.join(',')} -j MARK --set-xmark ${fullMark}`);
+      for (const ports of chunks(allPorts))
+        mangle.push(`-A ${C.out} -p tcp -m multiport --dports ${ports.join(',')} -j MARK --set-xmark ${fullMark}`);
       mangle.push(`-A OUTPUT -j ${C.out}`);
     }
   } else {
@@ -169,15 +185,28 @@ function familyRestore(cfg: RulesConfig, family: 4 | 6): string {
     if (local) nat.push(`:${C.out} - [0:0]`);
     nat.push(...uplinkReturns(C.pre));
     const redirects = (chain: string, proto: 'tcp' | 'udp', groups: RulesConfig['tcp']): string[] =>
-      groups.flatMap((g) => chunks(g.ports).map((ports) => `-A ${chain} -p ${proto} -m multiport --dports ${ports.join(',')} -j REDIRECT --to-ports ${g.listenPort}`));
+      groups.flatMap((g) =>
+        chunks(g.ports).map(
+          (ports) => `-A ${chain} -p ${proto} -m multiport --dports ${ports.join(',')} -j REDIRECT --to-ports ${g.listenPort}`,
+        ),
+      );
     // Groups for every destination (DNS) come before the local and bypass returns.
     const everywhere = (groups: RulesConfig['tcp']): RulesConfig['tcp'] => groups.filter((g) => g.allDestinations === true);
     const elsewhere = (groups: RulesConfig['tcp']): RulesConfig['tcp'] => groups.filter((g) => g.allDestinations !== true);
     nat.push(...redirects(C.pre, 'tcp', everywhere(cfg.tcp)), ...redirects(C.pre, 'udp', everywhere(cfg.udp)));
     nat.push(...bypassRules(C.pre));
-    nat.push(...redirects(C.pre, 'tcp', elsewhere(cfg.tcp)), ...redirects(C.pre, 'udp', elsewhere(cfg.udp)), ...fromClients('PREROUTING', C.pre));
+    nat.push(
+      ...redirects(C.pre, 'tcp', elsewhere(cfg.tcp)),
+      ...redirects(C.pre, 'udp', elsewhere(cfg.udp)),
+      ...fromClients('PREROUTING', C.pre),
+    );
     if (local) {
-      nat.push(`-A ${C.out} -m mark --mark ${ownMark} -j RETURN`, `-A ${C.out} -o lo -j RETURN`, ...bypassRules(C.out), ...redirects(C.out, 'tcp', cfg.tcp));
+      nat.push(
+        `-A ${C.out} -m mark --mark ${ownMark} -j RETURN`,
+        `-A ${C.out} -o lo -j RETURN`,
+        ...bypassRules(C.out),
+        ...redirects(C.out, 'tcp', cfg.tcp),
+      );
       nat.push(`-A OUTPUT -j ${C.out}`);
     }
   }
@@ -186,7 +215,9 @@ function familyRestore(cfg: RulesConfig, family: 4 | 6): string {
   }
   if (cfg.rejectQuic) {
     filter.push(`:${C.quic} - [0:0]`, ...uplinkReturns(C.quic), ...bypass.map((c) => `-A ${C.quic} -d ${c} -j RETURN`));
-    filter.push(`-A ${C.quic} -p udp --dport 443 -j REJECT --reject-with ${family === 4 ? 'icmp-port-unreachable' : 'icmp6-port-unreachable'}`);
+    filter.push(
+      `-A ${C.quic} -p udp --dport 443 -j REJECT --reject-with ${family === 4 ? 'icmp-port-unreachable' : 'icmp6-port-unreachable'}`,
+    );
     filter.push(...fromClients('FORWARD', C.quic));
     if (local) filter.push(`-A OUTPUT -j ${C.quic}`);
   }
@@ -198,11 +229,21 @@ function familyRestore(cfg: RulesConfig, family: 4 | 6): string {
     // Inserted first: an ACCEPT earlier in FORWARD must not let it pass.
     const rejects = (everywhere: boolean): string[] =>
       (['tcp', 'udp'] as const).flatMap((proto) => {
-        const ports = (proto === 'tcp' ? cfg.tcp : cfg.udp).filter((g) => (g.allDestinations === true) === everywhere).flatMap((g) => g.ports);
+        const ports = (proto === 'tcp' ? cfg.tcp : cfg.udp)
+          .filter((g) => (g.allDestinations === true) === everywhere)
+          .flatMap((g) => g.ports);
         const how = proto === 'tcp' ? 'tcp-reset' : family === 4 ? 'icmp-port-unreachable' : 'icmp6-port-unreachable';
-        return chunks([...new Set(ports)].sort((a, b) => a - b)).map((ps) => `-A ${C.closed} -p ${proto} -m multiport --dports ${ps.join(',')} -j REJECT --reject-with ${how}`);
+        return chunks([...new Set(ports)].sort((a, b) => a - b)).map(
+          (ps) => `-A ${C.closed} -p ${proto} -m multiport --dports ${ps.join(',')} -j REJECT --reject-with ${how}`,
+        );
       });
-    filter.push(`:${C.closed} - [0:0]`, ...uplinkReturns(C.closed), ...rejects(true), ...bypass.map((c) => `-A ${C.closed} -d ${c} -j RETURN`), ...rejects(false));
+    filter.push(
+      `:${C.closed} - [0:0]`,
+      ...uplinkReturns(C.closed),
+      ...rejects(true),
+      ...bypass.map((c) => `-A ${C.closed} -d ${c} -j RETURN`),
+      ...rejects(false),
+    );
     filter.push(...fromClients('FORWARD', C.closed, '-I'));
   }
   if (!tproxy) {
@@ -211,12 +252,19 @@ function familyRestore(cfg: RulesConfig, family: 4 | 6): string {
     const ports = [...new Set([...cfg.tcp, ...cfg.udp].map((g) => g.listenPort))].sort((a, b) => a - b);
     filter.push(`:${C.input} - [0:0]`);
     for (const proto of ['tcp', 'udp']) {
-      for (const ps of chunks(ports)) filter.push(`-A ${C.input} -p ${proto} -m multiport --dports ${ps.join(',')} -m conntrack --ctdir ORIGINAL ! --ctstate DNAT -j DROP`);
+      for (const ps of chunks(ports))
+        filter.push(
+          `-A ${C.input} -p ${proto} -m multiport --dports ${ps.join(',')} -m conntrack --ctdir ORIGINAL ! --ctstate DNAT -j DROP`,
+        );
     }
     filter.push(`-I INPUT -j ${C.input}`);
   }
   const out: string[] = [];
-  for (const [table, lines] of [['mangle', mangle], ['nat', nat], ['filter', filter]] as const) {
+  for (const [table, lines] of [
+    ['mangle', mangle],
+    ['nat', nat],
+    ['filter', filter],
+  ] as const) {
     if (lines.length > 0) out.push(`*${table}`, ...lines, 'COMMIT');
   }
   return `${out.join('\n')}\n`;
@@ -224,11 +272,15 @@ function familyRestore(cfg: RulesConfig, family: 4 | 6): string {
 
 /** Pure: what apply() will install with this variant. */
 export function planIptables(cfg: RulesConfig, variant: IptablesVariant = 'iptables'): IptablesPlan {
-  if (cfg.mode !== 'tproxy' && cfg.mode !== 'redirect') throw configError(`mode must be "tproxy" or "redirect", got ${JSON.stringify(cfg.mode)}`);
+  if (cfg.mode !== 'tproxy' && cfg.mode !== 'redirect')
+    throw configError(`mode must be "tproxy" or "redirect", got ${JSON.stringify(cfg.mode)}`);
   if (!cfg.ipv4 && !cfg.ipv6) throw configError('at least one of ipv4/ipv6 must be enabled');
   validatePolicyIds(cfg);
   if ((cfg.tcp?.length ?? 0) + (cfg.udp?.length ?? 0) === 0) throw configError('nothing to intercept: no tcp or udp port groups');
-  for (const [proto, groups] of [['tcp', cfg.tcp ?? []], ['udp', cfg.udp ?? []]] as const) {
+  for (const [proto, groups] of [
+    ['tcp', cfg.tcp ?? []],
+    ['udp', cfg.udp ?? []],
+  ] as const) {
     for (const [i, g] of groups.entries()) {
       checkPort(g.listenPort, `${proto}[${i}].listenPort`);
       if (!Array.isArray(g.ports) || g.ports.length === 0) throw configError(`${proto}[${i}].ports must list at least one port`);
@@ -242,15 +294,22 @@ export function planIptables(cfg: RulesConfig, variant: IptablesVariant = 'iptab
   const families: Array<4 | 6> = [...(cfg.ipv4 ? [4 as const] : []), ...(cfg.ipv6 ? [6 as const] : [])];
   const s: string[] = [
     `transgate netfilter rules: ${cfg.mode} mode, ${families.map((f) => `IPv${f}`).join(' + ')}, ${variant} (chains ${Object.values(IPT_CHAINS).join(', ')})`,
-    cfg.lanInterfaces.length > 0 ? `  intercepting traffic arriving on: ${cfg.lanInterfaces.join(', ')}` : '  intercepting traffic arriving on: every interface except lo',
+    cfg.lanInterfaces.length > 0
+      ? `  intercepting traffic arriving on: ${cfg.lanInterfaces.join(', ')}`
+      : '  intercepting traffic arriving on: every interface except lo',
     ...cfg.tcp.map((g) => `  TCP ${g.ports.join(', ')} → ${tproxy ? 'TPROXY' : 'REDIRECT'} to port ${g.listenPort}`),
     ...cfg.udp.map((g) => `  UDP ${g.ports.join(', ')} → ${tproxy ? 'TPROXY' : 'REDIRECT'} to port ${g.listenPort}`),
   ];
   if ((cfg.uplinks ?? []).length > 0) s.push(`  never intercepted: traffic arriving on the uplink(s) ${cfg.uplinks!.join(', ')}`);
   if ((cfg.clients4?.length ?? 0) + (cfg.clients6?.length ?? 0) > 0) {
-    s.push(`  only these sources are intercepted (--clients): ${[...(cfg.clients4 ?? []), ...(cfg.clients6 ?? [])].join(', ')}; other sources are forwarded untouched`);
+    s.push(
+      `  only these sources are intercepted (--clients): ${[...(cfg.clients4 ?? []), ...(cfg.clients6 ?? [])].join(', ')}; other sources are forwarded untouched`,
+    );
   }
-  if (cfg.local) s.push(`  this host's own connections are intercepted too; transgate's sockets carry mark ${formatMark(cfg.socketMark!)} and are skipped`);
+  if (cfg.local)
+    s.push(
+      `  this host's own connections are intercepted too; transgate's sockets carry mark ${formatMark(cfg.socketMark!)} and are skipped`,
+    );
   s.push(cfg.rejectQuic ? '  QUIC: UDP port 443 from clients is rejected (ICMP port unreachable)' : '  QUIC: UDP port 443 is left alone');
   if (cfg.failClosed) {
     s.push(
@@ -311,7 +370,10 @@ function restoreError(bin: string, stderr: string): GatewayError {
     return new GatewayError(ErrorCodes.PERMISSION, `${bin}: ${text}: run as root or with CAP_NET_ADMIN (sudo -E npx transgate)`);
   }
   const mod = /(TPROXY|socket|addrtype|multiport|REDIRECT|MASQUERADE|REJECT)/.exec(text);
-  const hint = /No chain\/target\/match|Couldn't load|does not exist|not supported/i.test(text) && mod ? `: the kernel lacks the ${mod[1]} extension (xt_${mod[1]})` : '';
+  const hint =
+    /No chain\/target\/match|Couldn't load|does not exist|not supported/i.test(text) && mod
+      ? `: the kernel lacks the ${mod[1]} extension (xt_${mod[1]})`
+      : '';
   return new GatewayError(ErrorCodes.RULES, `${bin} failed${hint}: ${text}`);
 }
 
@@ -394,7 +456,9 @@ export class IptablesRuleBackend {
 
   async describeInstalled(): Promise<string> {
     const lines = await this.describeChains();
-    return lines.length > 0 ? `${this.name} rules of transgate:\n${lines.map((l) => `  ${l}`).join('\n')}\n` : `${this.name}: no transgate chains\n`;
+    return lines.length > 0
+      ? `${this.name} rules of transgate:\n${lines.map((l) => `  ${l}`).join('\n')}\n`
+      : `${this.name}: no transgate chains\n`;
   }
 
   /** Every rule line that names one of our chains, both families ("ip6tables -t nat: -A ..."). */

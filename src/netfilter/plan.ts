@@ -40,7 +40,14 @@ export const DEFAULT_BYPASS4: readonly string[] = Object.freeze([
   '255.255.255.255/32',
 ]);
 
-export const DEFAULT_BYPASS6: readonly string[] = Object.freeze(['::/128', '::1/128', 'fc00::/7', 'fe80::/10', 'ff00::/8', '::ffff:0:0/96']);
+export const DEFAULT_BYPASS6: readonly string[] = Object.freeze([
+  '::/128',
+  '::1/128',
+  'fc00::/7',
+  'fe80::/10',
+  'ff00::/8',
+  '::ffff:0:0/96',
+]);
 
 export interface PortGroup {
   ports: number[];
@@ -185,7 +192,7 @@ function normalizeGroups(groups: readonly PortGroup[] | undefined, proto: 'tcp' 
 
 function parseIPv4(s: string): number {
   const parts = s.split('.').map(Number);
-  return (((parts[0]! << 24) | (parts[1]! << 16) | (parts[2]! << 8) | parts[3]!) >>> 0);
+  return ((parts[0]! << 24) | (parts[1]! << 16) | (parts[2]! << 8) | parts[3]!) >>> 0;
 }
 
 function formatIPv4(n: number): string {
@@ -215,7 +222,7 @@ function formatIPv6(v: bigint): string {
   for (let i = 7; i >= 0; i--) groups.push(Number((v >> BigInt(i * 16)) & 0xffffn));
   let bestStart = -1;
   let bestLen = 0;
-  for (let i = 0; i < 8; ) {
+  for (let i = 0; i < 8;) {
     if (groups[i] !== 0) {
       i++;
       continue;
@@ -307,7 +314,8 @@ function tproxyTarget(family: 4 | 6, address: string | undefined, port: number):
 }
 
 export function plan(cfg: RulesConfig): RulesPlan {
-  if (cfg.mode !== 'tproxy' && cfg.mode !== 'redirect') throw configError(`mode must be "tproxy" or "redirect", got ${JSON.stringify(cfg.mode)}`);
+  if (cfg.mode !== 'tproxy' && cfg.mode !== 'redirect')
+    throw configError(`mode must be "tproxy" or "redirect", got ${JSON.stringify(cfg.mode)}`);
   if (!cfg.ipv4 && !cfg.ipv6) throw configError('at least one of ipv4/ipv6 must be enabled');
   validatePolicyIds(cfg);
   if (!Number.isInteger(cfg.rulePriority) || cfg.rulePriority < 1 || cfg.rulePriority > 32765) {
@@ -340,7 +348,8 @@ export function plan(cfg: RulesConfig): RulesPlan {
   const bridge = cfg.bridge;
   if (bridge) {
     normalizeInterfaces([bridge.name]);
-    if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(bridge.mac)) throw configError(`bridge ${bridge.name}: bad MAC address ${JSON.stringify(bridge.mac)}`);
+    if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(bridge.mac))
+      throw configError(`bridge ${bridge.name}: bad MAC address ${JSON.stringify(bridge.mac)}`);
   }
   // lo is handled below; the bridge carries the clients in bridge mode.
   const uplinks = normalizeInterfaces(cfg.uplinks, true).filter((n) => n !== 'lo' && n !== bridge?.name);
@@ -384,7 +393,10 @@ export function plan(cfg: RulesConfig): RulesPlan {
   // SYN that meets a TIME_WAIT socket: it ends it and hands the SYN to the listener.
   if (tproxy) rules.push(`meta l4proto tcp tcp flags & (syn | ack) != syn socket transparent 1 meta mark set ${mark} accept`);
   const interceptRules = (everywhere: boolean): void => {
-    for (const [proto, groups] of [['tcp', tcp], ['udp', udp]] as const) {
+    for (const [proto, groups] of [
+      ['tcp', tcp],
+      ['udp', udp],
+    ] as const) {
       for (const g of groups) {
         if ((g.allDestinations === true) !== everywhere) continue;
         for (const family of families) {
@@ -425,7 +437,9 @@ export function plan(cfg: RulesConfig): RulesPlan {
   // Forwarded traffic from the clients: what the QUIC and fail-closed chains look at.
   const forwardGate = [
     ...uplinkRule,
-    lan.length > 0 ? `iifname != { ${[...lan, ...(bridge ? [bridge.name] : [])].map((n) => `"${n}"`).join(', ')} } return` : 'iifname "lo" return',
+    lan.length > 0
+      ? `iifname != { ${[...lan, ...(bridge ? [bridge.name] : [])].map((n) => `"${n}"`).join(', ')} } return`
+      : 'iifname "lo" return',
     ...sourceRules(false),
   ];
   // QUIC: forwarded clients' UDP/443 (and this host's own, with local) is refused at once.
@@ -445,10 +459,18 @@ export function plan(cfg: RulesConfig): RulesPlan {
     if (bridge) closedRules.push(`iifname "${bridge.name}" meta mark != ${mark} return`);
     closedRules.push(...forwardGate);
     const rejects = (everywhere: boolean): void => {
-      for (const [proto, groups] of [['tcp', tcp], ['udp', udp]] as const) {
-        const ports = groups.filter((g) => g.allDestinations === everywhere).flatMap((g) => g.ports).sort((a, b) => a - b);
+      for (const [proto, groups] of [
+        ['tcp', tcp],
+        ['udp', udp],
+      ] as const) {
+        const ports = groups
+          .filter((g) => g.allDestinations === everywhere)
+          .flatMap((g) => g.ports)
+          .sort((a, b) => a - b);
         if (ports.length === 0) continue;
-        closedRules.push(`${nfprotos}${proto} dport ${portSet(ports)} ${proto === 'tcp' ? 'reject with tcp reset' : 'reject with icmpx type port-unreachable'}`);
+        closedRules.push(
+          `${nfprotos}${proto} dport ${portSet(ports)} ${proto === 'tcp' ? 'reject with tcp reset' : 'reject with icmpx type port-unreachable'}`,
+        );
       }
     };
     rejects(true);
@@ -461,7 +483,9 @@ export function plan(cfg: RulesConfig): RulesPlan {
   // answer anyone (an open resolver). Only what a redirect rule sent there
   // (conntrack's dnat status, --local's OUTPUT redirect included) may reach them.
   const listenPorts = [...new Set([...tcp, ...udp].map((g) => g.listenPort))].sort((a, b) => a - b);
-  const inputRules = tproxy ? [] : [`meta l4proto { tcp, udp } th dport ${portSet(listenPorts)} ct direction original ct status & dnat == 0 drop`];
+  const inputRules = tproxy
+    ? []
+    : [`meta l4proto { tcp, udp } th dport ${portSet(listenPorts)} ct direction original ct status & dnat == 0 drop`];
 
   const lines: string[] = [`table ${TABLE} {}`, `delete table ${TABLE}`, `table ${TABLE} {`];
   if (cfg.ipv4) lines.push(...setBlock('bypass4', 'ipv4_addr', bypass4), '');
@@ -483,7 +507,11 @@ export function plan(cfg: RulesConfig): RulesPlan {
   );
   if (local) {
     lines.push(
-      ...chain('output', tproxy ? 'type route hook output priority mangle; policy accept;' : 'type nat hook output priority -100; policy accept;', output),
+      ...chain(
+        'output',
+        tproxy ? 'type route hook output priority mangle; policy accept;' : 'type nat hook output priority -100; policy accept;',
+        output,
+      ),
     );
   }
   if (quic) {
@@ -514,11 +542,16 @@ export function plan(cfg: RulesConfig): RulesPlan {
       // Not taken up, so other sources are bridged as they are.
       if (clientsOn) body.push(`${port}ether type ${et} ${et} saddr != @clients${family} return`);
       body.push(`${port}ether type ${et} ${et} daddr @bypass${family} return`);
-      for (const [proto, groups] of [['tcp', tcp], ['udp', udp]] as const) {
+      for (const [proto, groups] of [
+        ['tcp', tcp],
+        ['udp', udp],
+      ] as const) {
         const ports = groups.flatMap((g) => g.ports).sort((x, y) => x - y);
         if (ports.length === 0) continue;
         // Addressed to the bridge itself (PACKET_HOST), the frame goes up to IP instead of being forwarded.
-        body.push(`${port}ether type ${et} ${proto} dport ${portSet(ports)} meta mark set ${mark} meta pkttype set host ether daddr set ${bridge.mac.toLowerCase()} accept`);
+        body.push(
+          `${port}ether type ${et} ${proto} dport ${portSet(ports)} meta mark set ${mark} meta pkttype set host ether daddr set ${bridge.mac.toLowerCase()} accept`,
+        );
       }
       // Bridged QUIC goes up to IP as well (the bridge family cannot reject
       // on every kernel), unmarked, so it is routed into quic_forward and
@@ -548,7 +581,10 @@ export function plan(cfg: RulesConfig): RulesPlan {
     if (a) return family === 4 ? `${a}:${port}` : `[${a}]:${port}`;
     return `${family === 4 ? '0.0.0.0' : '[::]'}:${port} (any local address)`;
   };
-  for (const [proto, groups] of [['TCP', tcp], ['UDP', udp]] as const) {
+  for (const [proto, groups] of [
+    ['TCP', tcp],
+    ['UDP', udp],
+  ] as const) {
     for (const g of groups) {
       const targets = families.map((f) => dest(f, g.listenPort));
       const uniq = targets.filter((t, i) => targets.indexOf(t) === i);
@@ -560,11 +596,16 @@ export function plan(cfg: RulesConfig): RulesPlan {
       (local ? " (except this host's own connections, see below)" : '') +
       (lan.length > 0 ? ' and non-LAN interfaces' : ''),
   );
-  if (uplinks.length > 0) s.push(`  never intercepted: traffic arriving on the uplink${uplinks.length > 1 ? 's' : ''} ${uplinks.join(', ')} (forwarded as any router would)`);
+  if (uplinks.length > 0)
+    s.push(
+      `  never intercepted: traffic arriving on the uplink${uplinks.length > 1 ? 's' : ''} ${uplinks.join(', ')} (forwarded as any router would)`,
+    );
   if (clientsOn) {
     s.push(
       `  only these sources are intercepted (--clients): ${[...clients4, ...clients6].join(', ') || '(none)'}${
-        families.some((f) => (f === 4 ? clients4 : clients6).length === 0) ? `; no IPv${families.find((f) => (f === 4 ? clients4 : clients6).length === 0)} source is` : ''
+        families.some((f) => (f === 4 ? clients4 : clients6).length === 0)
+          ? `; no IPv${families.find((f) => (f === 4 ? clients4 : clients6).length === 0)} source is`
+          : ''
       }; other sources are forwarded untouched`,
     );
   }
@@ -575,14 +616,18 @@ export function plan(cfg: RulesConfig): RulesPlan {
       `  this host's own connections to TCP ${allTcpPorts.join(', ')} are intercepted too (OUTPUT hook); transgate's own sockets carry mark ${ownMark} and are skipped`,
     );
   }
-  if (quic) s.push(`  QUIC: UDP port 443 from ${local ? 'clients and this host' : 'clients'} is rejected (ICMP port unreachable), so browsers use TCP`);
+  if (quic)
+    s.push(
+      `  QUIC: UDP port 443 from ${local ? 'clients and this host' : 'clients'} is rejected (ICMP port unreachable), so browsers use TCP`,
+    );
   else s.push('  QUIC: UDP port 443 is left alone (--allow-quic): it is not intercepted');
   if (failClosed) {
     s.push(
       "  fail-closed: the rules stay when transgate stops or crashes; what they would intercept is then refused (TCP reset, ICMP port unreachable for UDP) instead of forwarded (chain closed_forward); 'transgate clear' removes them",
     );
   }
-  if (inputRules.length > 0) s.push(`  listener ports ${listenPorts.join(', ')}: packets not sent there by a redirect rule are dropped (chain listeners_input)`);
+  if (inputRules.length > 0)
+    s.push(`  listener ports ${listenPorts.join(', ')}: packets not sent there by a redirect rule are dropped (chain listeners_input)`);
   if (masq.length > 0) s.push(`  masquerade: forwarded traffic leaving ${masq.join(', ')} gets that interface's address`);
   if (bridge) {
     s.push(
@@ -621,7 +666,7 @@ export function routeCommands(p: RulesPlan): string[] {
 
 /** What `transgate rules` prints: summary, the exact script, the ip commands. */
 export function renderPlan(p: RulesPlan): string {
-  const parts = [p.summary, '', "# nftables (applied atomically with: nft -f -)", "nft -f - <<'EOF'", p.nftScript.trimEnd(), 'EOF'];
+  const parts = [p.summary, '', '# nftables (applied atomically with: nft -f -)', "nft -f - <<'EOF'", p.nftScript.trimEnd(), 'EOF'];
   const cmds = routeCommands(p);
   if (cmds.length > 0) parts.push('', '# policy routing', ...cmds);
   return `${parts.join('\n')}\n`;

@@ -83,7 +83,7 @@ export function sysctlWants(n: SysctlNeeds): SysctlWant[] {
   const out: SysctlWant[] = [];
   const lan = [...new Set(n.interfaces)].filter((i) => i !== 'lo' && !i.endsWith('*'));
   if (n.ipv4) {
-    out.push({ path: ['net', 'ipv4', 'ip_forward'], value: '1', why: 'forward the LAN clients\' other IPv4 traffic' });
+    out.push({ path: ['net', 'ipv4', 'ip_forward'], value: '1', why: "forward the LAN clients' other IPv4 traffic" });
     const why = 'no ICMP redirects: they teach clients to bypass this gateway';
     out.push({ path: ['net', 'ipv4', 'conf', 'all', 'send_redirects'], value: '0', why });
     out.push({ path: ['net', 'ipv4', 'conf', 'default', 'send_redirects'], value: '0', why });
@@ -93,9 +93,14 @@ export function sysctlWants(n: SysctlNeeds): SysctlWant[] {
     // Before forwarding: turning forwarding on purges RA default routes except where accept_ra is 2.
     const uplinks = [...new Set(n.raInterfaces ?? [])].filter((i) => i !== 'lo' && !i.endsWith('*'));
     for (const i of uplinks) {
-      out.push({ path: ['net', 'ipv6', 'conf', i, 'accept_ra'], value: '2', onlyIf: '1', why: 'keep the router advertisements (and IPv6 default route) of this uplink with forwarding on' });
+      out.push({
+        path: ['net', 'ipv6', 'conf', i, 'accept_ra'],
+        value: '2',
+        onlyIf: '1',
+        why: 'keep the router advertisements (and IPv6 default route) of this uplink with forwarding on',
+      });
     }
-    out.push({ path: ['net', 'ipv6', 'conf', 'all', 'forwarding'], value: '1', why: 'forward the LAN clients\' other IPv6 traffic' });
+    out.push({ path: ['net', 'ipv6', 'conf', 'all', 'forwarding'], value: '1', why: "forward the LAN clients' other IPv6 traffic" });
   }
   if (n.bridgeTproxy) {
     // Measured (test/e2e/network.test.ts): with br_netfilter calling the IP
@@ -258,7 +263,11 @@ export function loadSysctlState(file: string = sysctlStateFile()): SysctlChange[
     if (!Array.isArray(data.changes)) return [];
     return data.changes.filter(
       (c): c is SysctlChange =>
-        !!c && Array.isArray(c.path) && c.path.every((p: unknown) => typeof p === 'string') && typeof c.from === 'string' && typeof c.to === 'string',
+        !!c &&
+        Array.isArray(c.path) &&
+        c.path.every((p: unknown) => typeof p === 'string') &&
+        typeof c.from === 'string' &&
+        typeof c.to === 'string',
     );
   } catch {
     return [];
@@ -273,7 +282,10 @@ export function restorableAfterCrash(changes: readonly SysctlChange[], read: Sys
 /** Bridges on this host (interfaces with a bridge/ directory in sysfs). */
 export function hostBridges(): string[] {
   try {
-    return fs.readdirSync('/sys/class/net').filter((n) => fs.existsSync(`/sys/class/net/${n}/bridge`)).sort();
+    return fs
+      .readdirSync('/sys/class/net')
+      .filter((n) => fs.existsSync(`/sys/class/net/${n}/bridge`))
+      .sort();
   } catch {
     return [];
   }

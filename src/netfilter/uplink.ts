@@ -97,7 +97,11 @@ export function judgeUplinks(host: HostRoutes, lan: readonly string[], bridge?: 
 }
 
 /** Proxy hosts to route-look-up: IP literals as they are, names resolved (bounded: a slow resolver must not hold up the start). */
-async function proxyAddresses(hosts: readonly string[], notes: string[], timeoutMs: number): Promise<Array<{ host: string; address: string }>> {
+async function proxyAddresses(
+  hosts: readonly string[],
+  notes: string[],
+  timeoutMs: number,
+): Promise<Array<{ host: string; address: string }>> {
   const out: Array<{ host: string; address: string }> = [];
   for (const host of [...new Set(hosts)]) {
     if (isIP(host) !== 0) {
@@ -123,7 +127,13 @@ async function proxyAddresses(hosts: readonly string[], notes: string[], timeout
 }
 
 /** Asks the kernel for the default routes, the routes to the proxies and the interfaces. */
-export async function detectUplinks(opts: { proxyHosts: readonly string[]; ipv4: boolean; ipv6: boolean; runner: Runner; resolveTimeoutMs?: number }): Promise<HostRoutes> {
+export async function detectUplinks(opts: {
+  proxyHosts: readonly string[];
+  ipv4: boolean;
+  ipv6: boolean;
+  runner: Runner;
+  resolveTimeoutMs?: number;
+}): Promise<HostRoutes> {
   const { runner } = opts;
   const notes: string[] = [];
   const uplinks: Array<{ name: string; why: string }> = [];
@@ -155,15 +165,26 @@ export async function detectUplinks(opts: { proxyHosts: readonly string[]; ipv4:
 
 /** One line per decision, for the start's log and `transgate rules`; `warn`: worth a warning. */
 export function describeUplinks(j: UplinkJudgement): Array<{ warn: boolean; text: string }> {
-  const why = (n: string): string => j.uplinks.filter((u) => u.name === n).map((u) => u.why).join(', ');
+  const why = (n: string): string =>
+    j.uplinks
+      .filter((u) => u.name === n)
+      .map((u) => u.why)
+      .join(', ');
   const out: Array<{ warn: boolean; text: string }> = [];
   if (j.excluded.length > 0) {
-    out.push({ warn: false, text: `uplink ${j.excluded.map((n) => `${n} (${why(n)})`).join(', ')}: traffic arriving there is not intercepted (--lan to choose otherwise)` });
+    out.push({
+      warn: false,
+      text: `uplink ${j.excluded.map((n) => `${n} (${why(n)})`).join(', ')}: traffic arriving there is not intercepted (--lan to choose otherwise)`,
+    });
   }
   for (const i of j.intercepted) {
-    out.push({ warn: true, text: `uplink ${i.name} (${why(i.name)}) is intercepted, ${i.why}: hosts on its segment that route through this box use the proxy and this box's DNS (--clients limits who may)` });
+    out.push({
+      warn: true,
+      text: `uplink ${i.name} (${why(i.name)}) is intercepted, ${i.why}: hosts on its segment that route through this box use the proxy and this box's DNS (--clients limits who may)`,
+    });
   }
-  if (j.uplinks.length === 0) out.push({ warn: false, text: 'no uplink found (no default route, no route to a proxy address): no interface is excluded' });
+  if (j.uplinks.length === 0)
+    out.push({ warn: false, text: 'no uplink found (no default route, no route to a proxy address): no interface is excluded' });
   for (const n of j.notes) out.push({ warn: true, text: n });
   return out;
 }

@@ -35,11 +35,7 @@ function openSocket(opts: DialOptions, host: string): net.Socket {
  * given codes; the socket is created with allowHalfOpen so that the relay can
  * carry a half-close through.
  */
-export async function dialTcp(
-  opts: DialOptions,
-  codes: { unreachable: ErrorCode; timeout: ErrorCode },
-  what: string,
-): Promise<net.Socket> {
+export async function dialTcp(opts: DialOptions, codes: { unreachable: ErrorCode; timeout: ErrorCode }, what: string): Promise<net.Socket> {
   const started = Date.now();
   let host = opts.host;
   // The addon connects IP literals only: names (a proxy given by name) are looked up first.
@@ -47,7 +43,9 @@ export async function dialTcp(
     try {
       host = (await dns.promises.lookup(host)).address;
     } catch (err) {
-      throw new GatewayError(codes.unreachable, `${what}: cannot resolve ${opts.host} (${errnoOf(err) ?? (err as Error).message})`, { cause: err });
+      throw new GatewayError(codes.unreachable, `${what}: cannot resolve ${opts.host} (${errnoOf(err) ?? (err as Error).message})`, {
+        cause: err,
+      });
     }
   }
   let sock: net.Socket;
@@ -59,7 +57,12 @@ export async function dialTcp(
   return connecting(sock, { ...opts, timeoutMs: Math.max(1, opts.timeoutMs - (Date.now() - started)) }, codes, what);
 }
 
-function connecting(sock: net.Socket, opts: DialOptions, codes: { unreachable: ErrorCode; timeout: ErrorCode }, what: string): Promise<net.Socket> {
+function connecting(
+  sock: net.Socket,
+  opts: DialOptions,
+  codes: { unreachable: ErrorCode; timeout: ErrorCode },
+  what: string,
+): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     if (opts.signal?.aborted) {
       sock.destroy();
@@ -95,7 +98,8 @@ function connecting(sock: net.Socket, opts: DialOptions, codes: { unreachable: E
 
 /** How a connect fails, in the same words wherever it runs (here or in the addon). */
 export const dialFailure = {
-  timeout: (codes: { timeout: ErrorCode }, what: string, ms: number): GatewayError => new GatewayError(codes.timeout, `${what}: no answer within ${ms} ms`),
+  timeout: (codes: { timeout: ErrorCode }, what: string, ms: number): GatewayError =>
+    new GatewayError(codes.timeout, `${what}: no answer within ${ms} ms`),
   error: (codes: { unreachable: ErrorCode }, what: string, detail: string, cause?: unknown): GatewayError =>
     new GatewayError(codes.unreachable, `${what}: ${detail}`, { cause }),
 };
@@ -110,7 +114,9 @@ type ConnectCallback = (err: Error | null, sock?: net.Socket) => void;
  * HTTP path's keep-alive agents. IP literals connect in the calling tick;
  * names are looked up first and handed over through the callback.
  */
-export function markedConnector(mark: number): (opts: { host?: string | null; port?: number | string | null }, cb: ConnectCallback) => net.Socket | undefined {
+export function markedConnector(
+  mark: number,
+): (opts: { host?: string | null; port?: number | string | null }, cb: ConnectCallback) => net.Socket | undefined {
   return (opts, cb) => {
     const host = opts.host ?? 'localhost';
     const port = Number(opts.port ?? 80);

@@ -59,7 +59,10 @@ export const tunnelFailure = {
   closed: (proxy: ProxyEndpoint, authority: string): GatewayError =>
     new GatewayError(ErrorCodes.UPSTREAM_CLOSED, `proxy ${proxy.display} closed the connection before answering CONNECT ${authority}`),
   notHttp: (proxy: ProxyEndpoint): GatewayError =>
-    new GatewayError(ErrorCodes.UPSTREAM_PROTOCOL, `proxy ${proxy.display} did not answer CONNECT with HTTP: is ${proxy.display} an HTTP proxy?`),
+    new GatewayError(
+      ErrorCodes.UPSTREAM_PROTOCOL,
+      `proxy ${proxy.display} did not answer CONNECT with HTTP: is ${proxy.display} an HTTP proxy?`,
+    ),
   oversized: (proxy: ProxyEndpoint): GatewayError =>
     new GatewayError(ErrorCodes.UPSTREAM_PROTOCOL, `proxy ${proxy.display} sent an oversized answer to CONNECT`),
   error: (proxy: ProxyEndpoint, detail: string, cause?: unknown): GatewayError =>

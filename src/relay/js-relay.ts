@@ -26,10 +26,12 @@ export class JsRelay implements Relay {
       };
       // A reset on one side is passed on as a reset, so that the peer sees the
       // failure instead of a clean end of stream.
-      const onError = (from: net.Socket, to: net.Socket) => (err: Error): void => {
-        if (outcome === 'ok') outcome = `${from === client ? 'client' : 'upstream'} ${errnoOf(err) ?? err.message}`;
-        if (!to.destroyed) to.resetAndDestroy();
-      };
+      const onError =
+        (from: net.Socket, to: net.Socket) =>
+        (err: Error): void => {
+          if (outcome === 'ok') outcome = `${from === client ? 'client' : 'upstream'} ${errnoOf(err) ?? err.message}`;
+          if (!to.destroyed) to.resetAndDestroy();
+        };
       const onTimeout = (): void => {
         if (outcome === 'ok') outcome = 'idle-timeout';
         client.destroy();

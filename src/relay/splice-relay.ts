@@ -48,7 +48,14 @@ function flushed(sock: net.Socket): Promise<void> {
  * closure inside run() would keep run()'s whole scope, both destroyed
  * net.Sockets included, alive for as long as the connection is idle.
  */
-function handOver(clientFd: number, upstreamFd: number, opts: SpliceRelayOptions, up: number, down: number, onEnd: () => void): Promise<RelayResult> {
+function handOver(
+  clientFd: number,
+  upstreamFd: number,
+  opts: SpliceRelayOptions,
+  up: number,
+  down: number,
+  onEnd: () => void,
+): Promise<RelayResult> {
   return new Promise((resolve) => {
     spliceRelay(clientFd, upstreamFd, opts, (splicedUp, splicedDown, outcome) => {
       // Resolve first: the connection's log line is then queued before a waiting close() goes on.
@@ -62,10 +69,26 @@ function handOver(clientFd: number, upstreamFd: number, opts: SpliceRelayOptions
  * Hands both connections to the addon and lets Node's sockets go. `up` and
  * `down` are the bytes Node already carried during the hand-over.
  */
-function start(client: net.Socket, upstream: net.Socket, opts: RelayOptions, c: Detached, u: Detached, up: number, down: number, onEnd: () => void): Promise<RelayResult> | RelayResult {
+function start(
+  client: net.Socket,
+  upstream: net.Socket,
+  opts: RelayOptions,
+  c: Detached,
+  u: Detached,
+  up: number,
+  down: number,
+  onEnd: () => void,
+): Promise<RelayResult> | RelayResult {
   let result: Promise<RelayResult>;
   try {
-    result = handOver(socketFd(client), socketFd(upstream), { idleTimeoutMs: opts.idleTimeoutMs, clientEof: c.eof, upstreamEof: u.eof }, up, down, onEnd);
+    result = handOver(
+      socketFd(client),
+      socketFd(upstream),
+      { idleTimeoutMs: opts.idleTimeoutMs, clientEof: c.eof, upstreamEof: u.eof },
+      up,
+      down,
+      onEnd,
+    );
   } catch (err) {
     // EMFILE for the duplicates, most likely: nothing was handed over, so
     // the connection ends here with the reason.
@@ -108,23 +131,38 @@ export class SpliceRelay implements Relay {
     const u = detach(upstream);
     // The usual case (nothing buffered in Node, the CONNECT and the sniffed
     // head already in the kernel) hands over at once, without an await.
-    if (c.pending.length === 0 && u.pending.length === 0 && client.writableLength === 0 && upstream.writableLength === 0 && !client.destroyed && !upstream.destroyed) {
+    if (
+      c.pending.length === 0 &&
+      u.pending.length === 0 &&
+      client.writableLength === 0 &&
+      upstream.writableLength === 0 &&
+      !client.destroyed &&
+      !upstream.destroyed
+    ) {
       return Promise.resolve(this.start(client, upstream, opts, c, u, 0, 0));
     }
     return this.flushThenStart(client, upstream, opts, c, u);
   }
 
-  private async flushThenStart(client: net.Socket, upstream: net.Socket, opts: RelayOptions, c: Detached, u: Detached): Promise<RelayResult> {
+  private async flushThenStart(
+    client: net.Socket,
+    upstream: net.Socket,
+    opts: RelayOptions,
+    c: Detached,
+    u: Detached,
+  ): Promise<RelayResult> {
     let up = 0;
     let down = 0;
     for (const b of c.pending) up += b.length;
     for (const b of u.pending) down += b.length;
     // Errors while the last Node-side writes drain are the relay's outcome.
     let failure: string | undefined;
-    const onError = (from: net.Socket, to: net.Socket) => (err: Error): void => {
-      failure ??= `${from === client ? 'client' : 'upstream'} ${errnoOf(err) ?? err.message}`;
-      if (!to.destroyed) to.resetAndDestroy();
-    };
+    const onError =
+      (from: net.Socket, to: net.Socket) =>
+      (err: Error): void => {
+        failure ??= `${from === client ? 'client' : 'upstream'} ${errnoOf(err) ?? err.message}`;
+        if (!to.destroyed) to.resetAndDestroy();
+      };
     const onClientError = onError(client, upstream);
     const onUpstreamError = onError(upstream, client);
     client.on('error', onClientError);
@@ -147,7 +185,15 @@ export class SpliceRelay implements Relay {
     return this.start(client, upstream, opts, c, u, up, down);
   }
 
-  private start(client: net.Socket, upstream: net.Socket, opts: RelayOptions, c: Detached, u: Detached, up: number, down: number): Promise<RelayResult> | RelayResult {
+  private start(
+    client: net.Socket,
+    upstream: net.Socket,
+    opts: RelayOptions,
+    c: Detached,
+    u: Detached,
+    up: number,
+    down: number,
+  ): Promise<RelayResult> | RelayResult {
     const r = start(client, upstream, opts, c, u, up, down, this.ended);
     if (r instanceof Promise) this.live++;
     return r;

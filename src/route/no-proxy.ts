@@ -98,8 +98,7 @@ function parseEntry(raw: string): Entry | undefined {
   return rule && { kind: 'domain', rule };
 }
 
-const portAllows = (rulePort: number | undefined, port: number): boolean =>
-  rulePort === undefined || rulePort === port;
+const portAllows = (rulePort: number | undefined, port: number): boolean => rulePort === undefined || rulePort === port;
 
 function stripBrackets(s: string): string {
   return s.startsWith('[') && s.endsWith(']') ? s.slice(1, -1) : s;
@@ -136,9 +135,7 @@ export function parseNoProxy(value: string): NoProxy {
     let n = bare.toLowerCase();
     if (n.endsWith('.')) n = n.slice(0, -1);
     if (n === '') return false;
-    return domains.some(
-      (r) => portAllows(r.port, port) && (n === r.suffix || n.endsWith(`.${r.suffix}`)),
-    );
+    return domains.some((r) => portAllows(r.port, port) && (n === r.suffix || n.endsWith(`.${r.suffix}`)));
   };
 
   const suffixes = [...new Set(domains.map((d) => d.suffix))];

@@ -32,8 +32,15 @@ export interface HttpDeps {
 
 /** Hop-by-hop headers (RFC 9110 7.6.1) and proxy headers a transparent client never meant for the proxy. */
 const HOP_BY_HOP = new Set([
-  'connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'proxy-authenticate',
-  'te', 'trailer', 'transfer-encoding', 'upgrade',
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'proxy-authorization',
+  'proxy-authenticate',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
 ]);
 
 /** Copies raw headers minus hop-by-hop ones and those the Connection header names. */
@@ -92,8 +99,14 @@ export function answerAndClose(sock: net.Socket, response: string): void {
 }
 
 const STATUS_TEXT: Record<number, string> = {
-  400: 'Bad Request', 403: 'Forbidden', 405: 'Method Not Allowed', 408: 'Request Timeout',
-  500: 'Internal Server Error', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout',
+  400: 'Bad Request',
+  403: 'Forbidden',
+  405: 'Method Not Allowed',
+  408: 'Request Timeout',
+  500: 'Internal Server Error',
+  502: 'Bad Gateway',
+  503: 'Service Unavailable',
+  504: 'Gateway Timeout',
 };
 
 /**
@@ -107,7 +120,13 @@ export function proxyOwnError(res: { statusCode?: number; headers: http.Incoming
   if (typeof ps === 'string' && /error=/.test(ps)) return `(Proxy-Status: ${ps})`;
   const squid = res.headers['x-squid-error'];
   if (typeof squid === 'string') {
-    const what = /^ERR_DNS_FAIL/.test(squid) ? 'name not found by the proxy' : /^ERR_CONNECT_FAIL/.test(squid) ? 'origin unreachable from the proxy' : /^ERR_READ_TIMEOUT|^ERR_CONNECT_TIMEOUT/.test(squid) ? 'origin timed out at the proxy' : 'proxy error';
+    const what = /^ERR_DNS_FAIL/.test(squid)
+      ? 'name not found by the proxy'
+      : /^ERR_CONNECT_FAIL/.test(squid)
+        ? 'origin unreachable from the proxy'
+        : /^ERR_READ_TIMEOUT|^ERR_CONNECT_TIMEOUT/.test(squid)
+          ? 'origin timed out at the proxy'
+          : 'proxy error';
     return `${what} (${squid})`;
   }
   return undefined;
@@ -160,15 +179,23 @@ export class HttpSession {
     this.server.on('connect', (req: http.IncomingMessage, sock: net.Socket) => {
       const st = this.states.get(sock);
       if (st) st.ctx.requests++;
-      this.answer(sock, st?.ctx, { status: 405, code: ErrorCodes.METHOD, reason: `${req.method ?? 'CONNECT'} is not carried on intercepted HTTP ports` });
+      this.answer(sock, st?.ctx, {
+        status: 405,
+        code: ErrorCodes.METHOD,
+        reason: `${req.method ?? 'CONNECT'} is not carried on intercepted HTTP ports`,
+      });
     });
     this.server.on('clientError', (err: Error & { code?: string }, sock: net.Socket) => {
       const st = this.states.get(sock);
       if (sock.writable && err.code !== 'ECONNRESET') {
         const timeout = err.code === 'ERR_HTTP_REQUEST_TIMEOUT';
-        this.answer(sock, st?.ctx, timeout
-          ? { status: 408, code: ErrorCodes.SNIFF_TIMEOUT, reason: 'the request head did not arrive in time' }
-          : { status: 400, code: ErrorCodes.BAD_REQUEST, reason: 'malformed HTTP request head' });
+        this.answer(
+          sock,
+          st?.ctx,
+          timeout
+            ? { status: 408, code: ErrorCodes.SNIFF_TIMEOUT, reason: 'the request head did not arrive in time' }
+            : { status: 400, code: ErrorCodes.BAD_REQUEST, reason: 'malformed HTTP request head' },
+        );
       } else {
         if (st && st.ctx.result === 'ok') st.ctx.result = ErrorCodes.BAD_REQUEST;
         sock.destroy();
@@ -286,14 +313,18 @@ export class HttpSession {
 
     const logReq = (status: number | string): void => {
       if (this.deps.log.enabled('debug')) {
-        this.deps.log.debug(`req id=${ctx.id}.${ctx.requests} client=${field(hostPort(ctx.client.address, ctx.client.port))} method=${field(req.method)} url=${field(url)} route=${decision.kind} via=${field(ctx.via)} status=${status} ms=${Math.round(performance.now() - started)}`);
+        this.deps.log.debug(
+          `req id=${ctx.id}.${ctx.requests} client=${field(hostPort(ctx.client.address, ctx.client.port))} method=${field(req.method)} url=${field(url)} route=${decision.kind} via=${field(ctx.via)} status=${status} ms=${Math.round(performance.now() - started)}`,
+        );
       }
     };
     const fail = (err: unknown): void => {
       const gerr = err instanceof GatewayError ? err : this.classify(err, decision, ctx);
       ctx.result = gerr.code;
       ctx.error = gerr.message;
-      this.deps.log.warn(`req id=${ctx.id}.${ctx.requests} host=${field(name)} route=${decision.kind} error=${gerr.code} ${field(gerr.message)}`);
+      this.deps.log.warn(
+        `req id=${ctx.id}.${ctx.requests} host=${field(name)} route=${decision.kind} error=${gerr.code} ${field(gerr.message)}`,
+      );
       logReq(gerr.code);
       if (!res.headersSent) {
         const body = `transgate: ${gerr.message}\n`;
@@ -324,10 +355,12 @@ export class HttpSession {
       const preq = http.request(options);
       let connected = false;
       const connectTimer = setTimeout(() => {
-        preq.destroy(new GatewayError(
-          decision.kind === 'proxy' ? ErrorCodes.UPSTREAM_TIMEOUT : ErrorCodes.DIRECT_TIMEOUT,
-          `${decision.kind === 'proxy' ? 'proxy' : 'destination'} ${ctx.via} did not answer within ${this.deps.connectTimeoutMs} ms`,
-        ));
+        preq.destroy(
+          new GatewayError(
+            decision.kind === 'proxy' ? ErrorCodes.UPSTREAM_TIMEOUT : ErrorCodes.DIRECT_TIMEOUT,
+            `${decision.kind === 'proxy' ? 'proxy' : 'destination'} ${ctx.via} did not answer within ${this.deps.connectTimeoutMs} ms`,
+          ),
+        );
       }, this.deps.connectTimeoutMs);
       preq.on('socket', (s: net.Socket) => {
         const onConnected = (): void => {
@@ -341,57 +374,79 @@ export class HttpSession {
         preq.destroy(new GatewayError(ErrorCodes.UPSTREAM_TIMEOUT, `no response from ${ctx.via} within ${this.deps.idleTimeoutMs} ms`));
       });
       let answered = false;
-      preq.on('error', (err) => guard(() => {
-        clearTimeout(connectTimer);
-        if (answered) {
-          res.destroy();
-          return;
-        }
-        const errno = errnoOf(err);
-        if (mayRetry && connected && preq.reusedSocket && (errno === 'ECONNRESET' || errno === 'EPIPE')) {
-          send(false);
-          return;
-        }
-        fail(err);
-      }));
-      preq.on('response', (pres) => guard(() => {
-        answered = true;
-        clearTimeout(connectTimer);
-        if (decision.kind === 'proxy' && pres.statusCode === 407) {
-          pres.resume();
-          const p = decision.proxy!;
-          fail(new GatewayError(ErrorCodes.UPSTREAM_407, `proxy ${p.display} answered 407 to ${req.method ?? 'GET'} ${url}: ${proxyAuthFix(p)}`, { status: 407 }));
-          return;
-        }
-        const proxyError = decision.kind === 'proxy' ? proxyOwnError(pres) : undefined;
-        if (proxyError) {
-          pres.resume();
-          fail(new GatewayError(
-            pres.statusCode === 504 ? ErrorCodes.UPSTREAM_TIMEOUT : ErrorCodes.UPSTREAM_STATUS,
-            `proxy ${decision.proxy!.display} could not fetch ${url}: ${pres.statusCode} ${proxyError}`,
-            { status: pres.statusCode },
-          ));
-          return;
-        }
-        const status = pres.statusCode ?? 0;
-        const from = decision.kind === 'proxy' ? `proxy ${decision.proxy!.display}` : `destination ${ctx.via}`;
-        if (status < 100 || status > 999) {
-          pres.resume();
-          fail(new GatewayError(decision.kind === 'proxy' ? ErrorCodes.UPSTREAM_PROTOCOL : ErrorCodes.DIRECT_UNREACHABLE, `${from} answered with status ${status}, which is not HTTP`));
-          return;
-        }
-        try {
-          res.writeHead(status, safeReason(pres.statusMessage), endToEndHeaders(pres.rawHeaders, pres.headers.connection));
-        } catch (err) {
-          // Node refuses to write what it parsed (a header value it reads but will not send): the origin's fault, not ours.
-          pres.resume();
-          fail(new GatewayError(decision.kind === 'proxy' ? ErrorCodes.UPSTREAM_PROTOCOL : ErrorCodes.DIRECT_UNREACHABLE, `${from} sent a response head that cannot be passed on (${(err as Error).message})`));
-          return;
-        }
-        logReq(status);
-        pres.pipe(res);
-        pres.on('error', () => res.destroy());
-      }));
+      preq.on('error', (err) =>
+        guard(() => {
+          clearTimeout(connectTimer);
+          if (answered) {
+            res.destroy();
+            return;
+          }
+          const errno = errnoOf(err);
+          if (mayRetry && connected && preq.reusedSocket && (errno === 'ECONNRESET' || errno === 'EPIPE')) {
+            send(false);
+            return;
+          }
+          fail(err);
+        }),
+      );
+      preq.on('response', (pres) =>
+        guard(() => {
+          answered = true;
+          clearTimeout(connectTimer);
+          if (decision.kind === 'proxy' && pres.statusCode === 407) {
+            pres.resume();
+            const p = decision.proxy!;
+            fail(
+              new GatewayError(
+                ErrorCodes.UPSTREAM_407,
+                `proxy ${p.display} answered 407 to ${req.method ?? 'GET'} ${url}: ${proxyAuthFix(p)}`,
+                { status: 407 },
+              ),
+            );
+            return;
+          }
+          const proxyError = decision.kind === 'proxy' ? proxyOwnError(pres) : undefined;
+          if (proxyError) {
+            pres.resume();
+            fail(
+              new GatewayError(
+                pres.statusCode === 504 ? ErrorCodes.UPSTREAM_TIMEOUT : ErrorCodes.UPSTREAM_STATUS,
+                `proxy ${decision.proxy!.display} could not fetch ${url}: ${pres.statusCode} ${proxyError}`,
+                { status: pres.statusCode },
+              ),
+            );
+            return;
+          }
+          const status = pres.statusCode ?? 0;
+          const from = decision.kind === 'proxy' ? `proxy ${decision.proxy!.display}` : `destination ${ctx.via}`;
+          if (status < 100 || status > 999) {
+            pres.resume();
+            fail(
+              new GatewayError(
+                decision.kind === 'proxy' ? ErrorCodes.UPSTREAM_PROTOCOL : ErrorCodes.DIRECT_UNREACHABLE,
+                `${from} answered with status ${status}, which is not HTTP`,
+              ),
+            );
+            return;
+          }
+          try {
+            res.writeHead(status, safeReason(pres.statusMessage), endToEndHeaders(pres.rawHeaders, pres.headers.connection));
+          } catch (err) {
+            // Node refuses to write what it parsed (a header value it reads but will not send): the origin's fault, not ours.
+            pres.resume();
+            fail(
+              new GatewayError(
+                decision.kind === 'proxy' ? ErrorCodes.UPSTREAM_PROTOCOL : ErrorCodes.DIRECT_UNREACHABLE,
+                `${from} sent a response head that cannot be passed on (${(err as Error).message})`,
+              ),
+            );
+            return;
+          }
+          logReq(status);
+          pres.pipe(res);
+          pres.on('error', () => res.destroy());
+        }),
+      );
       res.on('close', () => {
         if (!res.writableFinished) preq.destroy();
       });
@@ -405,7 +460,11 @@ export class HttpSession {
   private classify(err: unknown, decision: RouteDecision, ctx: ConnContext): GatewayError {
     const errno = errnoOf(err) ?? (err instanceof Error ? err.message : String(err));
     if (decision.kind === 'proxy') {
-      return new GatewayError(ErrorCodes.UPSTREAM_UNREACHABLE, `proxy ${decision.proxy?.display ?? ctx.via} unreachable (${errno}): check http_proxy and that the proxy is up`, { cause: err });
+      return new GatewayError(
+        ErrorCodes.UPSTREAM_UNREACHABLE,
+        `proxy ${decision.proxy?.display ?? ctx.via} unreachable (${errno}): check http_proxy and that the proxy is up`,
+        { cause: err },
+      );
     }
     return new GatewayError(ErrorCodes.DIRECT_UNREACHABLE, `destination ${ctx.via} unreachable (${errno})`, { cause: err });
   }

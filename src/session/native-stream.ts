@@ -129,8 +129,16 @@ export class NativeStreams {
   }
 
   private decide(
-    kind: 'tls' | 'tcp', id: number, fd: number, cip: string, cport: number, dip: string, dport: number,
-    head: Buffer | undefined, final: boolean, eof: boolean,
+    kind: 'tls' | 'tcp',
+    id: number,
+    fd: number,
+    cip: string,
+    cport: number,
+    dip: string,
+    dport: number,
+    head: Buffer | undefined,
+    final: boolean,
+    eof: boolean,
   ): TunnelAction | null {
     if (!this.admitted.has(id)) {
       // The first word about a connection comes at accept: admit it there, before any byte is read.
@@ -156,8 +164,16 @@ export class NativeStreams {
   }
 
   private decideAdmitted(
-    kind: 'tls' | 'tcp', id: number, fd: number, cip: string, cport: number, dip: string, dport: number,
-    head: Buffer | undefined, final: boolean, eof: boolean,
+    kind: 'tls' | 'tcp',
+    id: number,
+    fd: number,
+    cip: string,
+    cport: number,
+    dip: string,
+    dport: number,
+    head: Buffer | undefined,
+    final: boolean,
+    eof: boolean,
   ): TunnelAction | null {
     if (!final && head?.length === 0) return this.speculate(cip, dip, dport);
     const sniffed = head && head.length > 0 ? sniffTls(head) : undefined;
@@ -211,7 +227,13 @@ export class NativeStreams {
   }
 
   private handOver(fd: number, ctx: ConnContext, head: Buffer | undefined): TunnelAction {
-    const sock = new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: true, pauseOnCreate: true } as net.SocketConstructorOpts);
+    const sock = new net.Socket({
+      fd,
+      readable: true,
+      writable: true,
+      allowHalfOpen: true,
+      pauseOnCreate: true,
+    } as net.SocketConstructorOpts);
     sock.on('error', noop);
     this.deps.takeOver(sock, ctx, head ?? Buffer.alloc(0));
     return TAKEN;

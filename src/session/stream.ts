@@ -93,7 +93,13 @@ export async function handleStream(sock: net.Socket, ctx: ConnContext, deps: Str
  */
 export function routeStream(ctx: ConnContext, router: Router, names: NameLookup | undefined, nameVerified?: boolean): RouteDecision {
   ctx.name ??= names?.lookup(ctx.client.address, ctx.destination.address);
-  const decision = router.select({ kind: ctx.kind, name: ctx.name, address: ctx.destination.address, port: ctx.destination.port, nameVerified });
+  const decision = router.select({
+    kind: ctx.kind,
+    name: ctx.name,
+    address: ctx.destination.address,
+    port: ctx.destination.port,
+    nameVerified,
+  });
   ctx.route = decision.kind;
   return decision;
 }
@@ -113,11 +119,18 @@ function refuse(sock: net.Socket, ctx: ConnContext, code: string, why: string, d
 }
 
 /** routeStream, with a no_proxy name verified against the destination first (it may ask the resolver). */
-export async function routeStreamVerified(ctx: ConnContext, router: Router, names: NameLookup | undefined, verifier: HostVerifier): Promise<RouteDecision> {
+export async function routeStreamVerified(
+  ctx: ConnContext,
+  router: Router,
+  names: NameLookup | undefined,
+  verifier: HostVerifier,
+): Promise<RouteDecision> {
   ctx.name ??= names?.lookup(ctx.client.address, ctx.destination.address);
   const input: RouteInput = { kind: ctx.kind, name: ctx.name, address: ctx.destination.address, port: ctx.destination.port };
   if (input.name !== undefined && router.needsVerification(input)) {
-    input.nameVerified = verifier.check(ctx.client.address, input.name, input.address) ?? (await verifier.verify(ctx.client.address, input.name, input.address));
+    input.nameVerified =
+      verifier.check(ctx.client.address, input.name, input.address) ??
+      (await verifier.verify(ctx.client.address, input.name, input.address));
   }
   const decision = router.select(input);
   ctx.route = decision.kind;

@@ -56,7 +56,7 @@ const isUpper = (b: number): boolean => b >= 0x41 && b <= 0x5a;
 // '-' and '_' occur in extension methods (VERSION-CONTROL, BASELINE-CONTROL).
 const isMethodByte = (b: number): boolean => isUpper(b) || b === 0x2d || b === 0x5f;
 // Visible ASCII, plus raw high bytes because some clients send unescaped UTF-8 paths.
-const isTargetByte = (b: number): boolean => (b > SP && b !== 0x7f);
+const isTargetByte = (b: number): boolean => b > SP && b !== 0x7f;
 // Control bytes never appear in a well-formed head; seeing one means binary traffic.
 const isForbiddenControl = (b: number): boolean => (b < SP && b !== HTAB && b !== CR && b !== LF) || b === 0x7f;
 
@@ -106,9 +106,7 @@ export function isHttpShaped(buf: Buffer): boolean {
 }
 
 type RequestLineScan =
-  | { status: 'need-more' }
-  | { status: 'no-match' }
-  | { status: 'ok'; method: string; target: string; version: string; next: number };
+  { status: 'need-more' } | { status: 'no-match' } | { status: 'ok'; method: string; target: string; version: string; next: number };
 
 /** Validates the request line as far as it has arrived, so garbage is rejected early. */
 function scanRequestLine(buf: Buffer): RequestLineScan {

@@ -93,9 +93,10 @@ function reassembleClientHello(buf: Buffer): Reassembly {
  * a view when one record holds all of it (the usual case), else a copy.
  */
 function handshakeBody(buf: Buffer, end: number, total: number): Buffer {
-  if (RECORD_HEADER_LENGTH + buf.readUInt16BE(3) >= end) return buf.subarray(RECORD_HEADER_LENGTH + HANDSHAKE_HEADER_LENGTH, RECORD_HEADER_LENGTH + total);
+  if (RECORD_HEADER_LENGTH + buf.readUInt16BE(3) >= end)
+    return buf.subarray(RECORD_HEADER_LENGTH + HANDSHAKE_HEADER_LENGTH, RECORD_HEADER_LENGTH + total);
   const fragments: Buffer[] = [];
-  for (let off = 0; off < end; ) {
+  for (let off = 0; off < end;) {
     const payloadStart = off + RECORD_HEADER_LENGTH;
     off = payloadStart + buf.readUInt16BE(off + 3);
     fragments.push(buf.subarray(payloadStart, Math.min(off, buf.length)));
@@ -262,7 +263,5 @@ export function sniffTlsUnguarded(buf: Buffer): TlsSniffResult {
   if (reassembled.status !== 'ok') return reassembled;
   const fields = parseClientHello(reassembled.hello);
   if (fields === undefined) return NO_MATCH;
-  return fields.alpn === undefined
-    ? { status: 'match', sni: fields.sni }
-    : { status: 'match', sni: fields.sni, alpn: fields.alpn };
+  return fields.alpn === undefined ? { status: 'match', sni: fields.sni } : { status: 'match', sni: fields.sni, alpn: fields.alpn };
 }

@@ -103,7 +103,11 @@ print(rcode, an, socket.inet_ntoa(a[-4:]) if an else '-')
           assert.equal(r.stdout.trim(), `0 1 ${ORIGIN}`, `the query is answered (forwarded as asked): ${show(r)}`);
           const from = gw.mark();
           const sq = await lab.squidMark();
-          const s = await lab.exec('cl', ['sh', '-c', `(printf 'probe-${mode}\\n'; sleep 1) | socat -t 2 - TCP:${ORIGIN}:22,connect-timeout=5`], { timeoutMs: 15_000 });
+          const s = await lab.exec(
+            'cl',
+            ['sh', '-c', `(printf 'probe-${mode}\\n'; sleep 1) | socat -t 2 - TCP:${ORIGIN}:22,connect-timeout=5`],
+            { timeoutMs: 15_000 },
+          );
           assert.equal(s.stdout, `probe-${mode}\n`, show(s));
           await lab.waitSquidLog(new RegExp(` CONNECT ${ORIGIN.replace(/\./g, '\\.')}:22 200 `), 5000, sq);
           const log = await lab.squidLogSince(sq);
@@ -225,7 +229,7 @@ print(sent, got, other_ok, round(time.time() - t0 - 1, 2))
         }
       });
 
-      test('(d) regression: DNS over TCP to the gateway\'s own address is answered, so truncated answers can be retried over TCP', async () => {
+      test("(d) regression: DNS over TCP to the gateway's own address is answered, so truncated answers can be retried over TCP", async () => {
         // The loop check refused every connection to a local address before it looked at kind dns.
         const gw = await lab.startGateway([...modeArgs, '--public-dns', PUB4], proxyEnv());
         try {

@@ -47,7 +47,9 @@ describe('adversarial netfilter: uplink, --clients, --fail-closed, redirect list
 
   /** curl from a namespace; `from`: source address to bind. */
   const curl = (ns: 'cl' | 'up' | 'gw', url: string, from?: string, maxS = 4): Promise<ExecResult> =>
-    lab.exec(ns, ['curl', '-sS', '-g', '--max-time', String(maxS), '--cacert', lab.caFile, ...(from ? ['--interface', from] : []), url], { timeoutMs: 15_000 });
+    lab.exec(ns, ['curl', '-sS', '-g', '--max-time', String(maxS), '--cacert', lab.caFile, ...(from ? ['--interface', from] : []), url], {
+      timeoutMs: 15_000,
+    });
 
   /** Whether the origin's nginx logged a request for `uri`. */
   const originSaw = (uri: string): boolean => {
@@ -60,9 +62,23 @@ describe('adversarial netfilter: uplink, --clients, --fail-closed, redirect list
 
   /** A DNS query: the rcode of the answer, or undefined when none came back. */
   const dnsAnswer = async (ns: 'cl' | 'up', server: string, opts: { port?: number; from?: string } = {}): Promise<string | undefined> => {
-    const r = await lab.exec(ns, ['dig', '+time=2', '+tries=1', `@${server}`, '-p', String(opts.port ?? 53), ...(opts.from ? ['-b', opts.from] : []), 'www.example.test', 'A'], {
-      timeoutMs: 10_000,
-    });
+    const r = await lab.exec(
+      ns,
+      [
+        'dig',
+        '+time=2',
+        '+tries=1',
+        `@${server}`,
+        '-p',
+        String(opts.port ?? 53),
+        ...(opts.from ? ['-b', opts.from] : []),
+        'www.example.test',
+        'A',
+      ],
+      {
+        timeoutMs: 10_000,
+      },
+    );
     return /status: ([A-Z]+)/.exec(r.stdout)?.[1];
   };
 
@@ -76,7 +92,7 @@ describe('adversarial netfilter: uplink, --clients, --fail-closed, redirect list
       "except ConnectionRefusedError: r = 'refused'",
       "except socket.timeout: r = 'timeout'",
       'except OSError as e: r = errno.errorcode.get(e.errno, str(e.errno))',
-      "print(r, int((time.time() - t) * 1000))",
+      'print(r, int((time.time() - t) * 1000))',
     ].join('\n');
     const r = await lab.exec('cl', ['python3', '-c', py], { timeoutMs: 10_000 });
     assert.equal(r.code, 0, show(r));
@@ -162,7 +178,8 @@ describe('adversarial netfilter: uplink, --clients, --fail-closed, redirect list
       await must('cl', ['ip', 'addr', 'add', `${CL_OTHER}/24`, 'dev', 'eth0']);
       // A UDP echo on the origin's port 53: what reaches it was forwarded un-intercepted.
       lab.spawn('in', ['socat', `UDP4-RECVFROM:53,bind=${O4},fork,reuseaddr`, 'SYSTEM:cat']);
-      for (let i = 0; i < 50 && !(await lab.exec('in', ['ss', '-Hlnu', 'sport = :53'])).stdout.trim(); i++) await new Promise((r) => setTimeout(r, 100));
+      for (let i = 0; i < 50 && !(await lab.exec('in', ['ss', '-Hlnu', 'sport = :53'])).stdout.trim(); i++)
+        await new Promise((r) => setTimeout(r, 100));
     });
 
     // A failed case must not leave its gateway, rules or ip_forward=0 to the next.
@@ -178,25 +195,55 @@ describe('adversarial netfilter: uplink, --clients, --fail-closed, redirect list
       const g = await start([]);
       const mark = g.mark();
       const squidFrom = await lab.squidMark();
-      for (const url of [`http://${O4}${uniq('wan80')}`, `https://${O4}${uniq('wan443')}`, `http://[${ADDR.origin.v6}]${uniq('wan80v6')}`]) {
+      for (const url of [
+        `http://${O4}${uniq('wan80')}`,
+        `https://${O4}${uniq('wan443')}`,
+        `http://[${ADDR.origin.v6}]${uniq('wan80v6')}`,
+      ]) {
         const r = await curl('up', url, url.includes('[') ? WAN_HOST.v6 : WAN_HOST.v4);
         // Forwarded as by any router: it reaches the origin itself.
         assert.equal(r.code, 0, `${url}: ${show(r)}`);
         assert.ok(originSaw(new URL(url).pathname), `${url}: the origin did not see it`);
       }
-      assert.equal(await dnsAnswer('up', ADDR.gwWan.v4, { from: WAN_HOST.v4 }), undefined, 'transgate answered a DNS query from the uplink');
-      assert.equal(await dnsAnswer('up', ADDR.gwWan.v6, { from: WAN_HOST.v6 }), undefined, 'transgate answered a DNS query from the uplink (IPv6)');
+      assert.equal(
+        await dnsAnswer('up', ADDR.gwWan.v4, { from: WAN_HOST.v4 }),
+        undefined,
+        'transgate answered a DNS query from the uplink',
+      );
+      assert.equal(
+        await dnsAnswer('up', ADDR.gwWan.v6, { from: WAN_HOST.v6 }),
+        undefined,
+        'transgate answered a DNS query from the uplink (IPv6)',
+      );
       const lan = await curl('cl', `http://${O4}${uniq('lan')}`);
       assert.equal(lan.code, 0, show(lan));
       assert.match(lan.stdout, /origin host=/);
       assert.ok(await dnsAnswer('cl', ADDR.gwLan.v4), 'the LAN client got no DNS answer');
       await g.waitFor(/\bconn id=\S+ kind=http client=192\.0\.2\.2:/, 5000, mark);
       const since = g.linesSince(mark);
-      assert.deepEqual(since.filter((l) => l.includes(WAN_HOST.v4) || l.includes(WAN_HOST.v6)), [], 'the gateway saw the WAN host');
+      assert.deepEqual(
+        since.filter((l) => l.includes(WAN_HOST.v4) || l.includes(WAN_HOST.v6)),
+        [],
+        'the gateway saw the WAN host',
+      );
       const squid = await lab.squidLogSince(squidFrom);
-      assert.ok(squid.some((l) => /\/lan-/.test(l)), squid.join('\n'));
-      assert.deepEqual(squid.filter((l) => /wan/.test(l) || l.includes(`${O4}:443`)), [], 'squid saw the WAN host');
-      assert.ok(g.lines.some((l) => /uplink wan0 \(IPv4 default route, IPv6 default route, route to proxy 198\.51\.100\.2\): traffic arriving there is not intercepted/.test(l)), g.output());
+      assert.ok(
+        squid.some((l) => /\/lan-/.test(l)),
+        squid.join('\n'),
+      );
+      assert.deepEqual(
+        squid.filter((l) => /wan/.test(l) || l.includes(`${O4}:443`)),
+        [],
+        'squid saw the WAN host',
+      );
+      assert.ok(
+        g.lines.some((l) =>
+          /uplink wan0 \(IPv4 default route, IPv6 default route, route to proxy 198\.51\.100\.2\): traffic arriving there is not intercepted/.test(
+            l,
+          ),
+        ),
+        g.output(),
+      );
       await stopAndClear();
     });
 
@@ -212,7 +259,11 @@ describe('adversarial netfilter: uplink, --clients, --fail-closed, redirect list
       const listed = await curl('cl', `http://${O4}${uniq('listed')}`, ADDR.client.v4);
       assert.equal(listed.code, 0, show(listed));
       await g.waitFor(/\bconn id=\S+ kind=http client=192\.0\.2\.2:/, 5000, mark);
-      assert.deepEqual(g.linesSince(mark).filter((l) => l.includes(CL_OTHER)), [], 'the gateway saw the unlisted source');
+      assert.deepEqual(
+        g.linesSince(mark).filter((l) => l.includes(CL_OTHER)),
+        [],
+        'the gateway saw the unlisted source',
+      );
       await stopAndClear();
     });
 
@@ -245,11 +296,21 @@ describe('adversarial netfilter: uplink, --clients, --fail-closed, redirect list
             gw = undefined;
             if (how === 'SIGTERM') {
               assert.equal(code, 0, g.output());
-              assert.ok(g.lines.some((l) => /leaving rules and sysctls in place \(--fail-closed\)/.test(l)), g.output());
+              assert.ok(
+                g.lines.some((l) => /leaving rules and sysctls in place \(--fail-closed\)/.test(l)),
+                g.output(),
+              );
             }
             assert.ok(await tableThere(firewall), `${how}: the rules are gone`);
-            assert.equal((await must('gw', ['sysctl', '-n', 'net.ipv4.ip_forward'])).trim(), '1', `${how}: forwarding was turned off again`);
-            for (const [scheme, port] of [['http', 80], ['https', 443]] as const) {
+            assert.equal(
+              (await must('gw', ['sysctl', '-n', 'net.ipv4.ip_forward'])).trim(),
+              '1',
+              `${how}: forwarding was turned off again`,
+            );
+            for (const [scheme, port] of [
+              ['http', 80],
+              ['https', 443],
+            ] as const) {
               const u = uniq(`closed-${scheme}`);
               const r = await curl('cl', `${scheme}://${O4}${u}`, undefined, 2);
               assert.notEqual(r.code, 0, `${how} ${scheme}: the client got through: ${show(r)}`);
@@ -273,7 +334,11 @@ describe('adversarial netfilter: uplink, --clients, --fail-closed, redirect list
             const c = await lab.transgate(['clear']);
             assert.equal(c.code, 0, show(c));
             assert.equal(await tableThere(firewall), false, `${how}: clear left rules`);
-            assert.equal((await must('gw', ['sysctl', '-n', 'net.ipv4.ip_forward'])).trim(), '0', `${how}: clear did not restore ip_forward`);
+            assert.equal(
+              (await must('gw', ['sysctl', '-n', 'net.ipv4.ip_forward'])).trim(),
+              '0',
+              `${how}: clear did not restore ip_forward`,
+            );
           }
         });
       }

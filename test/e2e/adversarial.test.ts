@@ -70,14 +70,25 @@ function show(r: ExecResult): string {
 
 /** Sends raw bytes (printf syntax) to host:port from cl, keeps the write side open `holdS`, prints the answer. */
 function raw(lab: Lab, target: string, printf: string, holdS = 1): Promise<ExecResult> {
-  return lab.exec('cl', ['sh', '-c', `(printf '${printf}'; sleep ${holdS}) | socat -t 2 - TCP:${target},connect-timeout=5`], { timeoutMs: 15_000 });
+  return lab.exec('cl', ['sh', '-c', `(printf '${printf}'; sleep ${holdS}) | socat -t 2 - TCP:${target},connect-timeout=5`], {
+    timeoutMs: 15_000,
+  });
 }
 
 function connLines(gw: Gw, from: number): Array<Record<string, string>> {
-  return gw.linesSince(from).filter((l) => /\sconn id=/.test(l)).map((l) => ({ ...parseKv(l), _line: l }));
+  return gw
+    .linesSince(from)
+    .filter((l) => /\sconn id=/.test(l))
+    .map((l) => ({ ...parseKv(l), _line: l }));
 }
 
-async function waitConn(gw: Gw, from: number, pred: (f: Record<string, string>) => boolean, what: string, timeoutMs = 5000): Promise<Record<string, string>> {
+async function waitConn(
+  gw: Gw,
+  from: number,
+  pred: (f: Record<string, string>) => boolean,
+  what: string,
+  timeoutMs = 5000,
+): Promise<Record<string, string>> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const hit = connLines(gw, from).find(pred);
@@ -90,7 +101,15 @@ async function waitConn(gw: Gw, from: number, pred: (f: Record<string, string>) 
 /** The gateway still serves: an ordinary request through the proxy works. */
 async function stillServes(lab: Lab, gw: Gw): Promise<void> {
   assert.ok(gw.running, `gateway exited (${gw.exitCode}):\n${gw.output().slice(-3000)}`);
-  const r = await lab.exec('cl', ['curl', '-sS', '--max-time', '10', '--resolve', `www.example.test:80:${O4}`, 'http://www.example.test/alive']);
+  const r = await lab.exec('cl', [
+    'curl',
+    '-sS',
+    '--max-time',
+    '10',
+    '--resolve',
+    `www.example.test:80:${O4}`,
+    'http://www.example.test/alive',
+  ]);
   assert.equal(r.stdout, 'origin host=www.example.test uri=/alive proto=http\n', `${show(r)}\n${gw.output().slice(-3000)}`);
 }
 
@@ -128,7 +147,20 @@ describe('adversarial clients e2e', { skip, timeout: 900_000 }, () => {
       let gw: Gw;
       before(async () => {
         gw = await lab.startGateway(
-          ['--mode', mode, '--http-ports', '80,8081', '--tcp-proxy-dports', '22,5000', '--max-conns-per-client', '40', '--sniff-timeout', '2s', '--log-level', 'debug'],
+          [
+            '--mode',
+            mode,
+            '--http-ports',
+            '80,8081',
+            '--tcp-proxy-dports',
+            '22,5000',
+            '--max-conns-per-client',
+            '40',
+            '--sniff-timeout',
+            '2s',
+            '--log-level',
+            'debug',
+          ],
           { http_proxy: ADDR.proxyUrlAuth, https_proxy: ADDR.proxyUrlAuth, no_proxy: `intranet.test,${BAD}:8081` },
         );
       });
@@ -161,7 +193,12 @@ describe('adversarial clients e2e', { skip, timeout: 900_000 }, () => {
         for (const path of ['/status099', '/reason']) {
           const r = await lab.exec('cl', ['curl', '-sS', '--max-time', '10', '-i', `http://${BAD}:8081${path}`]);
           // 099 is no HTTP status: 502. The reason phrase is passed on without its control byte.
-          if (path === '/status099') assert.match(r.stdout, /^HTTP\/1\.1 502 [\s\S]*X-Transgate-Error: TG_ERR_DIRECT_UNREACHABLE[\s\S]*status 99/i, `${path}: ${show(r)}`);
+          if (path === '/status099')
+            assert.match(
+              r.stdout,
+              /^HTTP\/1\.1 502 [\s\S]*X-Transgate-Error: TG_ERR_DIRECT_UNREACHABLE[\s\S]*status 99/i,
+              `${path}: ${show(r)}`,
+            );
           else assert.match(r.stdout, /^HTTP\/1\.1 200 OK\r\n[\s\S]*\r\n\r\nok$/, `${path}: ${show(r)}`);
           await stillServes(lab, gw);
         }
@@ -171,7 +208,9 @@ describe('adversarial clients e2e', { skip, timeout: 900_000 }, () => {
       test('an SNI with CRLF and escapes is not a name: CONNECT goes by address, nothing injected reaches squid', async () => {
         const from = await lab.squidMark();
         const mark = gw.mark();
-        const sni = Buffer.from('a.example.test:443 HTTP/1.1\r\nX-Injected: 1\r\n\r\nGET http://evil.test/ HTTP/1.1\r\n\x1b[2J').toString('hex');
+        const sni = Buffer.from('a.example.test:443 HTTP/1.1\r\nX-Injected: 1\r\n\r\nGET http://evil.test/ HTTP/1.1\r\n\x1b[2J').toString(
+          'hex',
+        );
         await lab.exec('cl', ['python3', '-c', clientHelloPy(O4, 443, sni, 1)]);
         await lab.waitSquidLog(new RegExp(`CONNECT ${O4.replace(/\./g, '\\.')}:443`), 5000, from);
         const lines = await lab.squidLogSince(from);
@@ -198,7 +237,15 @@ describe('adversarial clients e2e', { skip, timeout: 900_000 }, () => {
         assert.equal(forged.code, 0, show(forged));
         await lab.waitSquidLog(/GET http:\/\/intranet\.test\/forged /, 3000, from);
         const mark = gw.mark();
-        const real = await lab.exec('cl', ['curl', '-sS', '--max-time', '10', '--resolve', `intranet.test:80:${ADDR.intranet.v4}`, 'http://intranet.test/real']);
+        const real = await lab.exec('cl', [
+          'curl',
+          '-sS',
+          '--max-time',
+          '10',
+          '--resolve',
+          `intranet.test:80:${ADDR.intranet.v4}`,
+          'http://intranet.test/real',
+        ]);
         assert.equal(real.stdout, 'intranet host=intranet.test uri=/real\n', show(real));
         const c = await waitConn(gw, mark, (f) => f.name === 'intranet.test' && (f.dst ?? '').includes(ADDR.intranet.v4), 'real intranet');
         assert.equal(c.route, 'direct', c._line);
@@ -212,14 +259,25 @@ describe('adversarial clients e2e', { skip, timeout: 900_000 }, () => {
       });
 
       // Host: localhost (and its numeric spellings) made squid fetch from its own loopback.
-      test('Host localhost, 127.0.0.1, 0x7f000001, ::1 and the gateway\'s own address get 403', async () => {
+      test("Host localhost, 127.0.0.1, 0x7f000001, ::1 and the gateway's own address get 403", async () => {
         const from = await lab.squidMark();
-        for (const host of ['localhost', 'localhost:3128', '127.0.0.1:8081', '0x7f000001', '[::1]', ADDR.gwLan.v4, ADDR.proxy.v4 + ':3128']) {
+        for (const host of [
+          'localhost',
+          'localhost:3128',
+          '127.0.0.1:8081',
+          '0x7f000001',
+          '[::1]',
+          ADDR.gwLan.v4,
+          ADDR.proxy.v4 + ':3128',
+        ]) {
           const r = await raw(lab, `${O4}:80`, `GET /lo HTTP/1.1\\r\\nHost: ${host}\\r\\n\\r\\n`);
           assert.match(r.stdout, /^HTTP\/1\.1 403 /, `${host}: ${show(r)}`);
           assert.match(r.stdout, /X-Transgate-Error: TG_ERR_FORBIDDEN_TARGET/i);
         }
-        assert.deepEqual((await lab.squidLogSince(from)).filter((l) => /\/lo /.test(l)), []);
+        assert.deepEqual(
+          (await lab.squidLogSince(from)).filter((l) => /\/lo /.test(l)),
+          [],
+        );
       });
 
       test('an absolute-form URI naming another host and port is never fetched: loopback 403, another host goes to the Host', async () => {
@@ -229,7 +287,10 @@ describe('adversarial clients e2e', { skip, timeout: 900_000 }, () => {
         const other = await raw(lab, `${O4}:80`, 'GET http://api.example.test:8081/abs2 HTTP/1.1\\r\\nHost: www.example.test\\r\\n\\r\\n');
         assert.match(other.stdout, /origin host=www\.example\.test uri=\/abs2/, show(other));
         const lines = await lab.squidLogSince(from);
-        assert.ok(lines.some((l) => l.includes('GET http://www.example.test/abs2 ')), lines.join('\n'));
+        assert.ok(
+          lines.some((l) => l.includes('GET http://www.example.test/abs2 ')),
+          lines.join('\n'),
+        );
         assert.ok(!lines.some((l) => /127\.0\.0\.1|api\.example\.test/.test(l)), lines.join('\n'));
       });
 
@@ -244,7 +305,11 @@ describe('adversarial clients e2e', { skip, timeout: 900_000 }, () => {
       });
 
       test('an Upgrade with Host: localhost gets 403', async () => {
-        const r = await raw(lab, `${O4}:80`, 'GET /ws HTTP/1.1\\r\\nHost: localhost:8080\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n\\r\\n');
+        const r = await raw(
+          lab,
+          `${O4}:80`,
+          'GET /ws HTTP/1.1\\r\\nHost: localhost:8080\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n\\r\\n',
+        );
         assert.match(r.stdout, /^HTTP\/1\.1 403 /, show(r));
       });
 
@@ -278,7 +343,15 @@ describe('adversarial clients e2e', { skip, timeout: 900_000 }, () => {
       });
 
       test('an error page names the proxy by host and port, never its user', async () => {
-        const r = await lab.exec('cl', ['curl', '-sS', '--max-time', '20', '--resolve', `nosuchhost.example.test:80:${O4}`, 'http://nosuchhost.example.test/']);
+        const r = await lab.exec('cl', [
+          'curl',
+          '-sS',
+          '--max-time',
+          '20',
+          '--resolve',
+          `nosuchhost.example.test:80:${O4}`,
+          'http://nosuchhost.example.test/',
+        ]);
         assert.match(r.stdout, /198\.51\.100\.2:3128/, show(r));
         assert.doesNotMatch(r.stdout, /alice/, show(r));
       });
@@ -319,7 +392,9 @@ describe('adversarial clients e2e', { skip, timeout: 900_000 }, () => {
         }
         const lines = connLines(gw, from).filter((f) => f.result === 'TG_ERR_SNIFF_TIMEOUT');
         assert.ok(lines.length >= 20, `${lines.length} cut:\n${gw.linesSince(from).join('\n')}`);
-        process.stdout.write(`# slowloris ${mode}: gateway CPU ${cpu.toFixed(2)} s over ${(r.ms / 1000).toFixed(1)} s, RSS ${rss.toFixed(1)} MiB\n`);
+        process.stdout.write(
+          `# slowloris ${mode}: gateway CPU ${cpu.toFixed(2)} s over ${(r.ms / 1000).toFixed(1)} s, RSS ${rss.toFixed(1)} MiB\n`,
+        );
       });
 
       // One client held thousands of connections; the fds ran out and accept refused every client.
@@ -352,7 +427,11 @@ describe('adversarial clients e2e', { skip, timeout: 900_000 }, () => {
         const hog = lab.exec('cl', ['python3', '-c', py], { timeoutMs: 30_000 });
         await gw.waitFor(/conn refused client=192\.0\.2\.4:\d+ result=TG_ERR_CLIENT_LIMIT/, 15_000, from);
         // Meanwhile another client address gets its echo.
-        const other = await lab.exec('cl', ['sh', '-c', `(printf 'other\\n'; sleep 1) | socat -t 2 - TCP:${O4}:22,bind=${CLIENT2},connect-timeout=5`], { timeoutMs: 15_000 });
+        const other = await lab.exec(
+          'cl',
+          ['sh', '-c', `(printf 'other\\n'; sleep 1) | socat -t 2 - TCP:${O4}:22,bind=${CLIENT2},connect-timeout=5`],
+          { timeoutMs: 15_000 },
+        );
         assert.equal(other.stdout, 'other\n', show(other));
         const h = await hog;
         const m = /echo (\d+) reset (\d+) eof (\d+) timeout (\d+) refused (\d+)/.exec(h.stdout);
@@ -369,7 +448,10 @@ describe('adversarial clients e2e', { skip, timeout: 900_000 }, () => {
 
   // accept: EMFILE refused everyone (DNS included) and, in the Node path, could spin.
   test('out of descriptors (low RLIMIT_NOFILE): accepting pauses without spinning and recovers', async () => {
-    const gw = await lab.startGateway(['--tcp-proxy-dports', '5000', '--max-conns', '1000', '--no-dns'], { http_proxy: ADDR.proxyUrl, https_proxy: ADDR.proxyUrl });
+    const gw = await lab.startGateway(['--tcp-proxy-dports', '5000', '--max-conns', '1000', '--no-dns'], {
+      http_proxy: ADDR.proxyUrl,
+      https_proxy: ADDR.proxyUrl,
+    });
     try {
       // Lower the limit of the running gateway: prlimit on its pid (soft and hard, so it cannot raise it back).
       const pl = await lab.exec('gw', ['prlimit', `--pid=${gw.pid}`, '--nofile=80:80']);
@@ -406,7 +488,9 @@ describe('adversarial clients e2e', { skip, timeout: 900_000 }, () => {
       // The hog is gone: once the gateway has worked through what queued meanwhile, new connections are served again.
       let ok: ExecResult | undefined;
       for (let i = 0; i < 5 && ok?.stdout !== 'back\n'; i++) {
-        ok = await lab.exec('cl', ['sh', '-c', `(printf 'back\\n'; sleep 2) | socat -t 2 - TCP:${O4}:5000,connect-timeout=5`], { timeoutMs: 15_000 });
+        ok = await lab.exec('cl', ['sh', '-c', `(printf 'back\\n'; sleep 2) | socat -t 2 - TCP:${O4}:5000,connect-timeout=5`], {
+          timeoutMs: 15_000,
+        });
       }
       ok = ok!;
       assert.equal(ok.stdout, 'back\n', `${show(ok)}\n${gw.linesSince(from).join('\n')}`);
@@ -420,8 +504,18 @@ describe('adversarial clients e2e', { skip, timeout: 900_000 }, () => {
   // handed to the Node path): the process sat in "stopping" for as long as a client kept one open.
   test('a stop with connections open exits within 5 s', async () => {
     const gw = await lab.startGateway(['--tcp-proxy-dports', '5000'], { http_proxy: ADDR.proxyUrl, https_proxy: ADDR.proxyUrl });
-    const hold = lab.exec('cl', ['sh', '-c', `(printf 'x\\n'; sleep 20) | socat -t 20 - TCP:${O4}:5000,connect-timeout=5`], { timeoutMs: 30_000 });
-    const keepAlive = lab.exec('cl', ['sh', '-c', `(printf 'GET /ka HTTP/1.1\\r\\nHost: www.example.test\\r\\n\\r\\n'; sleep 20) | socat -t 20 - TCP:${O4}:80,connect-timeout=5`], { timeoutMs: 30_000 });
+    const hold = lab.exec('cl', ['sh', '-c', `(printf 'x\\n'; sleep 20) | socat -t 20 - TCP:${O4}:5000,connect-timeout=5`], {
+      timeoutMs: 30_000,
+    });
+    const keepAlive = lab.exec(
+      'cl',
+      [
+        'sh',
+        '-c',
+        `(printf 'GET /ka HTTP/1.1\\r\\nHost: www.example.test\\r\\n\\r\\n'; sleep 20) | socat -t 20 - TCP:${O4}:80,connect-timeout=5`,
+      ],
+      { timeoutMs: 30_000 },
+    );
     await gw.waitFor(/./, 1000);
     // The connection is up (the echo came back through the tunnel) before the stop.
     await new Promise((r) => setTimeout(r, 1000));
@@ -437,9 +531,13 @@ describe('adversarial clients e2e', { skip, timeout: 900_000 }, () => {
   // One client could take every descriptor: accept then failed with EMFILE for everybody, and DNS answers (which need a
   // descriptor of their own) stopped too.
   test('the default --max-conns, from RLIMIT_NOFILE, refuses a flood before descriptors run out: DNS keeps answering', async () => {
-    const gw = await lab.startGateway(['--tcp-proxy-dports', '5000', '--max-conns-per-client', '0', '--public-dns', '203.0.113.53'], { http_proxy: ADDR.proxyUrl, https_proxy: ADDR.proxyUrl }, {
-      wrap: ['prlimit', '--nofile=300:300'],
-    });
+    const gw = await lab.startGateway(
+      ['--tcp-proxy-dports', '5000', '--max-conns-per-client', '0', '--public-dns', '203.0.113.53'],
+      { http_proxy: ADDR.proxyUrl, https_proxy: ADDR.proxyUrl },
+      {
+        wrap: ['prlimit', '--nofile=300:300'],
+      },
+    );
     try {
       const py = [
         'import socket, time',
@@ -460,7 +558,13 @@ describe('adversarial clients e2e', { skip, timeout: 900_000 }, () => {
       const dig = await lab.exec('cl', ['dig', `@${ADDR.gwLan.v4}`, '+tries=1', '+time=3', 'flood.example.test', 'A']);
       assert.match(dig.stdout, /status: (NOERROR|SERVFAIL|NXDOMAIN)/, show(dig));
       await hog;
-      assert.ok(!gw.linesSince(from).some((l) => /accept: E[MN]FILE/.test(l)), gw.linesSince(from).filter((l) => /EMFILE/.test(l)).join('\n'));
+      assert.ok(
+        !gw.linesSince(from).some((l) => /accept: E[MN]FILE/.test(l)),
+        gw
+          .linesSince(from)
+          .filter((l) => /EMFILE/.test(l))
+          .join('\n'),
+      );
       assert.match(gw.output(), /limits: 112 connections \(RLIMIT_NOFILE 300/);
     } finally {
       await gw.stop('SIGTERM', 5000).catch(() => gw.kill9());

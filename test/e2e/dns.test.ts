@@ -47,7 +47,13 @@ function queriesFor(lab: Lab, server: 'public' | 'private', name: string): strin
 }
 
 /** Waits for the gateway's dns debug line for `name` after `from`. */
-async function dnsLine(gw: Gw, from: number, pred: (f: Record<string, string>) => boolean, what: string, timeoutMs = 5000): Promise<Record<string, string>> {
+async function dnsLine(
+  gw: Gw,
+  from: number,
+  pred: (f: Record<string, string>) => boolean,
+  what: string,
+  timeoutMs = 5000,
+): Promise<Record<string, string>> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     for (const line of gw.linesSince(from)) {
@@ -96,7 +102,18 @@ describe('dns gateway', { skip }, () => {
     describe(`${mode} mode`, () => {
       let gw: Gw;
       before(async () => {
-        const args = ['--mode', mode, '--log-level', 'debug', '--private-domains', 'corp.test', '--private-dns', PRIV4, '--dns-timeout', '1s'];
+        const args = [
+          '--mode',
+          mode,
+          '--log-level',
+          'debug',
+          '--private-domains',
+          'corp.test',
+          '--private-dns',
+          PRIV4,
+          '--dns-timeout',
+          '1s',
+        ];
         // After REDIRECT a UDP query's destination is gone: the public server must be named.
         if (mode === 'redirect') args.push('--public-dns', PUB4);
         gw = await lab.startGateway(args, proxyEnv({ no_proxy: 'corp.test,direct.example.test' }));
@@ -145,7 +162,10 @@ describe('dns gateway', { skip }, () => {
 
       test('clients whose resolver is the gateway itself or an internal (private) address are answered too', async () => {
         // DHCP hands clients the gateway or an internal resolver: port 53 is intercepted whatever the destination.
-        for (const [asked, label] of [[ADDR.gwLan.v4, 'gw'], ['10.0.0.53', 'internal']] as const) {
+        for (const [asked, label] of [
+          [ADDR.gwLan.v4, 'gw'],
+          ['10.0.0.53', 'internal'],
+        ] as const) {
           const name = `asked-${label}-${mode}.corp.test`;
           const r = await dig(lab, [`@${asked}`, name, 'A', '+noall', '+answer']);
           assert.deepEqual(answers(r), [ADDR.intranet.v4], `@${asked}: ${show(r)}\n${gw.output()}`);
@@ -153,7 +173,10 @@ describe('dns gateway', { skip }, () => {
         }
         if (mode === 'redirect') {
           // With --public-dns, public names asked of the gateway or of an internal resolver go through the proxy.
-          for (const [asked, label] of [[ADDR.gwLan.v4, 'gw'], ['10.0.0.53', 'internal']] as const) {
+          for (const [asked, label] of [
+            [ADDR.gwLan.v4, 'gw'],
+            ['10.0.0.53', 'internal'],
+          ] as const) {
             const name = `asked-${label}.example.test`;
             const r = await dig(lab, [`@${asked}`, name, 'A', '+noall', '+answer']);
             assert.deepEqual(answers(r), [ADDR.origin.v4], `@${asked}: ${show(r)}`);
@@ -185,10 +208,17 @@ describe('dns gateway', { skip }, () => {
         const r = await dig(lab, [`@${PUB4}`, ADDR.names.git, 'A', '+short']);
         assert.equal(r.stdout.trim(), ADDR.origin.v4, show(r));
         const mark = await lab.squidMark();
-        const s = await lab.exec('cl', ['sh', '-c', `(printf 'ssh-probe\\n'; sleep 1) | socat -t 2 - TCP:${ADDR.origin.v4}:22,connect-timeout=5`], { timeoutMs: 15_000 });
+        const s = await lab.exec(
+          'cl',
+          ['sh', '-c', `(printf 'ssh-probe\\n'; sleep 1) | socat -t 2 - TCP:${ADDR.origin.v4}:22,connect-timeout=5`],
+          { timeoutMs: 15_000 },
+        );
         assert.equal(s.stdout, 'ssh-probe\n', show(s));
         const log = await lab.squidLogSince(mark);
-        assert.ok(log.some((l) => l.includes('CONNECT git.example.test:22')), `squid log:\n${log.join('\n')}`);
+        assert.ok(
+          log.some((l) => l.includes('CONNECT git.example.test:22')),
+          `squid log:\n${log.join('\n')}`,
+        );
       });
 
       test('name recovery honours no_proxy names: a resolved no_proxy name goes direct', async () => {
@@ -196,7 +226,9 @@ describe('dns gateway', { skip }, () => {
         const r = await dig(lab, [`@${PUB4}`, name, 'A', '+short']);
         assert.equal(r.stdout.trim(), ADDR.origin.v4, show(r));
         const from = gw.mark();
-        await lab.exec('cl', ['sh', '-c', `(printf 'x\\n'; sleep 0.3) | socat -t 1 - TCP:${ADDR.origin.v4}:22,connect-timeout=3`], { timeoutMs: 10_000 });
+        await lab.exec('cl', ['sh', '-c', `(printf 'x\\n'; sleep 0.3) | socat -t 1 - TCP:${ADDR.origin.v4}:22,connect-timeout=3`], {
+          timeoutMs: 10_000,
+        });
         const deadline = Date.now() + 5000;
         let line: string | undefined;
         while (!line && Date.now() < deadline) {
@@ -230,12 +262,13 @@ describe('dns gateway', { skip }, () => {
 
       // Under redirect the gateway was given --public-dns, so the client's choice of server does not matter
       // there; the direct-mode group's silent private server covers that path.
-      if (mode === 'tproxy') test('an unreachable upstream gives SERVFAIL within the timeout', async () => {
-        // Nothing answers at 203.0.113.98: squid keeps trying to connect, the gateway gives up after --dns-timeout 1s.
-        const r = await dig(lab, ['+tcp', '@203.0.113.98', `down-${mode}.example.test`, 'A']);
-        assert.equal(status(r), 'SERVFAIL', show(r));
-        assert.ok(r.ms < 3000, `took ${r.ms} ms`);
-      });
+      if (mode === 'tproxy')
+        test('an unreachable upstream gives SERVFAIL within the timeout', async () => {
+          // Nothing answers at 203.0.113.98: squid keeps trying to connect, the gateway gives up after --dns-timeout 1s.
+          const r = await dig(lab, ['+tcp', '@203.0.113.98', `down-${mode}.example.test`, 'A']);
+          assert.equal(status(r), 'SERVFAIL', show(r));
+          assert.ok(r.ms < 3000, `took ${r.ms} ms`);
+        });
 
       test('DNS over TCP: several queries in one write are all answered (RFC 7766 pipelining)', async () => {
         const script = `
@@ -265,21 +298,25 @@ describe('dns gateway', { skip }, () => {
       });
 
       // Only under TPROXY does the client's choice of server (unbound on the origin address) count.
-      if (mode === 'tproxy') test('negative answers are cached for the SOA minimum (RFC 2308)', async () => {
-        const name = 'missing.neg.test';
-        const from = gw.mark();
-        const first = await dig(lab, [`@${ADDR.origin.v4}`, name, 'A']);
-        assert.equal(status(first), 'NXDOMAIN', show(first));
-        assert.match(first.stdout, /AUTHORITY SECTION:\s+neg\.test\.\s+\d+\s+IN\s+SOA/, show(first));
-        const second = await dig(lab, [`@${ADDR.origin.v4}`, name, 'A']);
-        assert.equal(status(second), 'NXDOMAIN', show(second));
-        const hit = await dnsLine(gw, from, (x) => x.name === name && x.cached === '1', 'cached NXDOMAIN');
-        assert.equal(hit.rcode, 'NXDOMAIN');
-        const seen = lab.dohLog().split('\n').filter((l) => l.includes(` ${name}. A IN`));
-        assert.equal(seen.length, 1, `unbound saw:\n${seen.join('\n')}`);
-        const ttl = Number(/neg\.test\.\s+(\d+)\s+IN\s+SOA/.exec(second.stdout)?.[1]);
-        assert.ok(ttl <= 45, `SOA TTL ${ttl} served from the cache, at most the SOA minimum 45`);
-      });
+      if (mode === 'tproxy')
+        test('negative answers are cached for the SOA minimum (RFC 2308)', async () => {
+          const name = 'missing.neg.test';
+          const from = gw.mark();
+          const first = await dig(lab, [`@${ADDR.origin.v4}`, name, 'A']);
+          assert.equal(status(first), 'NXDOMAIN', show(first));
+          assert.match(first.stdout, /AUTHORITY SECTION:\s+neg\.test\.\s+\d+\s+IN\s+SOA/, show(first));
+          const second = await dig(lab, [`@${ADDR.origin.v4}`, name, 'A']);
+          assert.equal(status(second), 'NXDOMAIN', show(second));
+          const hit = await dnsLine(gw, from, (x) => x.name === name && x.cached === '1', 'cached NXDOMAIN');
+          assert.equal(hit.rcode, 'NXDOMAIN');
+          const seen = lab
+            .dohLog()
+            .split('\n')
+            .filter((l) => l.includes(` ${name}. A IN`));
+          assert.equal(seen.length, 1, `unbound saw:\n${seen.join('\n')}`);
+          const ttl = Number(/neg\.test\.\s+(\d+)\s+IN\s+SOA/.exec(second.stdout)?.[1]);
+          assert.ok(ttl <= 45, `SOA TTL ${ttl} served from the cache, at most the SOA minimum 45`);
+        });
 
       test('garbage and malformed packets: dropped or FORMERR, and the gateway keeps answering', async () => {
         const badPointer = '1234' + '0100' + '0001' + '0000' + '0000' + '0000' + 'c00c' + '00010001';
@@ -316,8 +353,19 @@ describe('dns gateway', { skip }, () => {
     let gw: Gw;
     before(async () => {
       gw = await lab.startGateway(
-        ['--log-level', 'debug', '--private-domains', 'corp.test', '--private-dns', PRIV4,
-          '--dns-over-https-enabled', '--doh-url', DNS_ADDR.dohUrl, '--doh-ca', lab.caFile],
+        [
+          '--log-level',
+          'debug',
+          '--private-domains',
+          'corp.test',
+          '--private-dns',
+          PRIV4,
+          '--dns-over-https-enabled',
+          '--doh-url',
+          DNS_ADDR.dohUrl,
+          '--doh-ca',
+          lab.caFile,
+        ],
         proxyEnv(),
       );
     });
@@ -347,7 +395,19 @@ describe('dns gateway', { skip }, () => {
       // The gateway reaches 198.51.100.53 directly; as public server it answers example.test with 198.51.100.99.
       // Nothing answers at 198.51.100.54 (no such host): private names wait for --dns-timeout.
       gw = await lab.startGateway(
-        ['--log-level', 'debug', '--dns-over-tcp-disabled', '--public-dns', PRIV4, '--private-domains', 'corp.test', '--private-dns', '198.51.100.54', '--dns-timeout', '1s'],
+        [
+          '--log-level',
+          'debug',
+          '--dns-over-tcp-disabled',
+          '--public-dns',
+          PRIV4,
+          '--private-domains',
+          'corp.test',
+          '--private-dns',
+          '198.51.100.54',
+          '--dns-timeout',
+          '1s',
+        ],
         proxyEnv(),
       );
     });

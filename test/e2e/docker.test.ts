@@ -63,7 +63,9 @@ describe('Docker host: containers behind a bridge', { skip, timeout: 180_000 }, 
     await host(['ip', 'addr', 'add', `${BRIDGE_IP}/16`, 'dev', 'docker0']);
     await host(['ip', 'link', 'set', 'docker0', 'up']);
     // Created straight into both namespaces (the host never sees the pair), as the lab does for its own links.
-    const veth = spawnSync('ip', ['-n', lab.ns.gw, 'link', 'add', 'vethct', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ct], { encoding: 'utf8' });
+    const veth = spawnSync('ip', ['-n', lab.ns.gw, 'link', 'add', 'vethct', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ct], {
+      encoding: 'utf8',
+    });
     assert.equal(veth.status, 0, veth.stderr);
     await host(['ip', 'link', 'set', 'vethct', 'master', 'docker0', 'up']);
     await must(ct, ['ip', 'link', 'set', 'lo', 'up']);
@@ -76,7 +78,10 @@ describe('Docker host: containers behind a bridge', { skip, timeout: 180_000 }, 
     dockerBefore = (await lab.exec('gw', ['iptables-save'])).stdout;
     // Docker points containers at the host's resolver: here, the bridge address, answered by transgate.
     // The Docker-host recipe: redirect mode, because Docker's br_netfilter defeats TPROXY on its bridges (last test).
-    gw = await lab.startGateway(['--mode', 'redirect', '--public-dns', DNS_ADDR.public.v4], { http_proxy: ADDR.proxyUrl, https_proxy: ADDR.proxyUrl });
+    gw = await lab.startGateway(['--mode', 'redirect', '--public-dns', DNS_ADDR.public.v4], {
+      http_proxy: ADDR.proxyUrl,
+      https_proxy: ADDR.proxyUrl,
+    });
   });
 
   after(async () => {
@@ -89,10 +94,32 @@ describe('Docker host: containers behind a bridge', { skip, timeout: 180_000 }, 
   test('a container with no proxy settings resolves a public name and fetches it over HTTP and HTTPS through the proxy', async () => {
     const from = await lab.squidMark();
     const dig = await inCt(['dig', '+time=4', '+tries=1', `@${BRIDGE_IP}`, 'www.example.test', 'A', '+short']);
-    assert.equal(dig.stdout.trim(), O4, `${dig.stdout}${dig.stderr}\n${gw!.output()}\n${(await lab.exec('gw', ['nft', 'list', 'ruleset'])).stdout}`);
-    const http = await inCt(['curl', '-sS', '--max-time', '10', '--resolve', `www.example.test:80:${O4}`, 'http://www.example.test/build-step']);
+    assert.equal(
+      dig.stdout.trim(),
+      O4,
+      `${dig.stdout}${dig.stderr}\n${gw!.output()}\n${(await lab.exec('gw', ['nft', 'list', 'ruleset'])).stdout}`,
+    );
+    const http = await inCt([
+      'curl',
+      '-sS',
+      '--max-time',
+      '10',
+      '--resolve',
+      `www.example.test:80:${O4}`,
+      'http://www.example.test/build-step',
+    ]);
     assert.match(http.stdout, /^origin host=www\.example\.test uri=\/build-step/, `${http.stderr}\n${gw!.output()}`);
-    const https = await inCt(['curl', '-sS', '--max-time', '10', '--cacert', lab.caFile, '--resolve', `www.example.test:443:${O4}`, 'https://www.example.test/pull']);
+    const https = await inCt([
+      'curl',
+      '-sS',
+      '--max-time',
+      '10',
+      '--cacert',
+      lab.caFile,
+      '--resolve',
+      `www.example.test:443:${O4}`,
+      'https://www.example.test/pull',
+    ]);
     assert.match(https.stdout, /^origin host=www\.example\.test uri=\/pull proto=https/, https.stderr);
     await lab.waitSquidLog(/ GET http:\/\/www\.example\.test\/build-step 200 /, 3000, from);
     await lab.waitSquidLog(/ CONNECT www\.example\.test:443 /, 3000, from);
@@ -114,7 +141,12 @@ describe('Docker host: containers behind a bridge', { skip, timeout: 180_000 }, 
     assert.doesNotMatch(tables, /transgate/);
     assert.match(tables, /table inet mine/);
     const dockerAfter = (await lab.exec('gw', ['iptables-save'])).stdout;
-    const strip = (s: string) => s.split('\n').filter((l) => !l.startsWith('#')).map((l) => l.replace(/\[\d+:\d+\]/, '')).join('\n');
+    const strip = (s: string) =>
+      s
+        .split('\n')
+        .filter((l) => !l.startsWith('#'))
+        .map((l) => l.replace(/\[\d+:\d+\]/, ''))
+        .join('\n');
     assert.equal(strip(dockerAfter), strip(dockerBefore));
   });
 
@@ -124,7 +156,10 @@ describe('Docker host: containers behind a bridge', { skip, timeout: 180_000 }, 
     const env = { http_proxy: ADDR.proxyUrl, https_proxy: ADDR.proxyUrl };
     const g = await lab.startGateway(['--mode', 'tproxy', '--no-dns'], env);
     try {
-      assert.ok(g.lines.some((l) => /warn .*bridge docker0 will not be intercepted in tproxy mode.*--mode redirect/.test(l)), g.output());
+      assert.ok(
+        g.lines.some((l) => /warn .*bridge docker0 will not be intercepted in tproxy mode.*--mode redirect/.test(l)),
+        g.output(),
+      );
     } finally {
       assert.equal(await g.stop(), 0);
     }

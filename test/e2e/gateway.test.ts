@@ -56,7 +56,13 @@ interface Ctx {
 }
 
 /** Waits for the gateway's connection line that matches `pred`, among lines after `from`. */
-async function waitConn(gw: Gw, from: number, pred: (f: Record<string, string>) => boolean, what: string, timeoutMs = 5000): Promise<Record<string, string>> {
+async function waitConn(
+  gw: Gw,
+  from: number,
+  pred: (f: Record<string, string>) => boolean,
+  what: string,
+  timeoutMs = 5000,
+): Promise<Record<string, string>> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     for (const line of gw.linesSince(from)) {
@@ -77,7 +83,9 @@ function curl(lab: Lab, args: string[], timeoutMs = 15_000): Promise<ExecResult>
 
 /** Sends a line through a raw TCP connection from cl, keeping the write side open for `holdS` seconds. */
 function tcpSend(lab: Lab, target: string, payload = 'hello\\n', holdS = 1, connectTimeoutS = 5): Promise<ExecResult> {
-  return lab.exec('cl', ['sh', '-c', `(printf '${payload}'; sleep ${holdS}) | socat -t 2 - ${target},connect-timeout=${connectTimeoutS}`], { timeoutMs: 15_000 });
+  return lab.exec('cl', ['sh', '-c', `(printf '${payload}'; sleep ${holdS}) | socat -t 2 - ${target},connect-timeout=${connectTimeoutS}`], {
+    timeoutMs: 15_000,
+  });
 }
 
 async function squidNoEntry(lab: Lab, from: number, re: RegExp, settleMs = 500): Promise<void> {
@@ -166,7 +174,8 @@ describe('gateway e2e', { skip, timeout: 600_000 }, () => {
       describe('main: proxy for http/tls/tcp 22,5000, no_proxy by address', () => {
         let gw: Gw | undefined;
         before(async () => {
-          gw = await startGw(ctx.lab, 
+          gw = await startGw(
+            ctx.lab,
             ['--mode', mode, '-tcp-proxy-dports', '22,5000', '--log-level', 'debug'],
             proxyEnv({ no_proxy: `${ADDR.intranet.v4},${ADDR.intranet.v6}` }),
           );
@@ -202,8 +211,12 @@ describe('gateway e2e', { skip, timeout: 600_000 }, () => {
           const from = await lab.squidMark();
           const mark = gw!.mark();
           const r = await curl(lab, [
-            '--resolve', `www.example.test:80:${O4}`, '--resolve', `api.example.test:80:${O4}`,
-            'http://www.example.test/a', 'http://api.example.test/b',
+            '--resolve',
+            `www.example.test:80:${O4}`,
+            '--resolve',
+            `api.example.test:80:${O4}`,
+            'http://www.example.test/a',
+            'http://api.example.test/b',
           ]);
           assert.equal(r.code, 0, `${show(r)}\n${tail(gw)}`);
           assert.equal(r.stdout, 'origin host=www.example.test uri=/a proto=http\norigin host=api.example.test uri=/b proto=http\n');
@@ -225,10 +238,15 @@ describe('gateway e2e', { skip, timeout: 600_000 }, () => {
           const mark = gw!.mark();
           const req = (host: string, uri: string, close = false) =>
             `GET ${uri} HTTP/1.1\\r\\nHost: ${host}\\r\\nUser-Agent: e2e\\r\\n${close ? 'Connection: close\\r\\n' : ''}\\r\\n`;
-          const r = await lab.exec('cl', [
-            'sh', '-c',
-            `(printf '${req('www.example.test', '/ka1')}'; sleep 0.5; printf '${req('api.example.test', '/ka2', true)}'; sleep 1) | socat -t 2 - TCP:${O4}:80`,
-          ], { timeoutMs: 15_000 });
+          const r = await lab.exec(
+            'cl',
+            [
+              'sh',
+              '-c',
+              `(printf '${req('www.example.test', '/ka1')}'; sleep 0.5; printf '${req('api.example.test', '/ka2', true)}'; sleep 1) | socat -t 2 - TCP:${O4}:80`,
+            ],
+            { timeoutMs: 15_000 },
+          );
           const bodies = r.stdout.match(/origin host=\S+ uri=\S+/g) ?? [];
           assert.deepEqual(bodies, ['origin host=www.example.test uri=/ka1', 'origin host=api.example.test uri=/ka2'], show(r));
           await lab.waitSquidLog(/ GET http:\/\/www\.example\.test\/ka1 200 /, 3000, from);
@@ -336,21 +354,30 @@ describe('gateway e2e', { skip, timeout: 600_000 }, () => {
         gtest('(9) garbage on 80/443/22 does not hurt the gateway; HTTP garbage gets 400 or a close', async () => {
           const lab = ctx.lab;
           for (const port of [80, 443, 22]) {
-            const r = await lab.exec('cl', ['sh', '-c', `head -c 3000 /dev/urandom | socat -t 3 - TCP:${O4}:${port},connect-timeout=5`], { timeoutMs: 15_000 });
+            const r = await lab.exec('cl', ['sh', '-c', `head -c 3000 /dev/urandom | socat -t 3 - TCP:${O4}:${port},connect-timeout=5`], {
+              timeoutMs: 15_000,
+            });
             assert.equal(r.timedOut, false, `port ${port} hung: ${show(r)}`);
-            if (port === 80 && r.stdout.length > 0) assert.match(r.stdout, /^HTTP\/1\.[01] 4\d\d/, `port 80 answered: ${JSON.stringify(r.stdout.slice(0, 200))}`);
+            if (port === 80 && r.stdout.length > 0)
+              assert.match(r.stdout, /^HTTP\/1\.[01] 4\d\d/, `port 80 answered: ${JSON.stringify(r.stdout.slice(0, 200))}`);
             assert.ok(gw!.running, `gateway died after garbage on ${port}:\n${tail(gw)}`);
           }
           const ok = await curl(lab, ['--resolve', `www.example.test:80:${O4}`, 'http://www.example.test/after-garbage']);
           assert.equal(ok.code, 0, `${show(ok)}\n${tail(gw)}`);
           assert.match(ok.stdout, /uri=\/after-garbage/);
-          const tls = await curl(lab, ['--cacert', lab.caFile, '--resolve', `www.example.test:443:${O4}`, 'https://www.example.test/after-garbage']);
+          const tls = await curl(lab, [
+            '--cacert',
+            lab.caFile,
+            '--resolve',
+            `www.example.test:443:${O4}`,
+            'https://www.example.test/after-garbage',
+          ]);
           assert.equal(tls.code, 0, `${show(tls)}\n${tail(gw)}`);
           const echo = await tcpSend(lab, `TCP:${O4}:22`, 'still here\\n');
           assert.equal(echo.stdout, 'still here\n', show(echo));
         });
 
-        gtest('(10) direct connections to the gateway\'s own listener ports are not relayed', async () => {
+        gtest("(10) direct connections to the gateway's own listener ports are not relayed", async () => {
           const lab = ctx.lab;
           const ports = await listenerPorts(lab, gw!);
           assert.ok(ports.length >= 3, `expected at least 3 listener ports, got ${ports.join(',')}`);
@@ -404,7 +431,13 @@ describe('gateway e2e', { skip, timeout: 600_000 }, () => {
             assert.equal(tcp.stdout, '', show(tcp));
             assert.ok(tcp.ms < 8000, `TCP close took ${tcp.ms} ms`);
 
-            const t6 = await curl(lab, ['--cacert', lab.caFile, '--resolve', `v6.example.test:443:[${O6}]`, 'https://v6.example.test/down']);
+            const t6 = await curl(lab, [
+              '--cacert',
+              lab.caFile,
+              '--resolve',
+              `v6.example.test:443:[${O6}]`,
+              'https://v6.example.test/down',
+            ]);
             assert.notEqual(t6.code, 0, show(t6));
             assert.ok(t6.ms < 8000, `TLS v6 failure took ${t6.ms} ms`);
           } finally {
@@ -428,7 +461,13 @@ describe('gateway e2e', { skip, timeout: 600_000 }, () => {
             assert.match(c._line, /403/, c._line);
             assert.match(c._line, /:22\b/, c._line);
             await lab.waitSquidLog(/ CONNECT 203\.0\.113\.2:22 403 /);
-            const tls = await curl(lab, ['--cacert', lab.caFile, '--resolve', `www.example.test:443:${O4}`, 'https://www.example.test/443-ok']);
+            const tls = await curl(lab, [
+              '--cacert',
+              lab.caFile,
+              '--resolve',
+              `www.example.test:443:${O4}`,
+              'https://www.example.test/443-ok',
+            ]);
             assert.equal(tls.code, 0, `${show(tls)}\n${tail(gw)}`);
           } finally {
             await lab.restartSquid({});
@@ -442,8 +481,22 @@ describe('gateway e2e', { skip, timeout: 600_000 }, () => {
         before(async () => {
           // A no_proxy name goes direct only when it resolves to the destination: the gateway's resolver knows the intranet.
           ctx.lab.setGatewayHosts([`${ADDR.intranet.v4} intranet.test www.intranet.test`]);
-          gw = await startGw(ctx.lab, 
-            ['--mode', mode, '--http-ports', '80', '--tls-ports', '443', '--tcp-proxy-dports', '22', '--bypass', '2001:db8:3::/64', '--log-level', 'info'],
+          gw = await startGw(
+            ctx.lab,
+            [
+              '--mode',
+              mode,
+              '--http-ports',
+              '80',
+              '--tls-ports',
+              '443',
+              '--tcp-proxy-dports',
+              '22',
+              '--bypass',
+              '2001:db8:3::/64',
+              '--log-level',
+              'info',
+            ],
             proxyEnv({ no_proxy: ADDR.names.intranet }),
           );
         });
@@ -522,7 +575,11 @@ describe('gateway e2e', { skip, timeout: 600_000 }, () => {
         let gw: Gw | undefined;
         before(async () => {
           ctx.lab.setGatewayHosts([`${ADDR.proxy.v4} proxy.lab.test`]);
-          gw = await startGw(ctx.lab, ['--mode', mode, '-tcp-proxy-dports', '22,5000'], proxyEnv({}, `http://proxy.lab.test:${ADDR.proxy.port}`));
+          gw = await startGw(
+            ctx.lab,
+            ['--mode', mode, '-tcp-proxy-dports', '22,5000'],
+            proxyEnv({}, `http://proxy.lab.test:${ADDR.proxy.port}`),
+          );
         });
         after(async () => {
           await stopQuietly(gw);
@@ -535,7 +592,13 @@ describe('gateway e2e', { skip, timeout: 600_000 }, () => {
           const mark = gw!.mark();
           // The first connection arrives before the name is looked up; the later ones after.
           for (let i = 0; i < 3; i++) {
-            const t = await curl(lab, ['--cacert', lab.caFile, '--resolve', `www.example.test:443:${O4}`, `https://www.example.test/named${i}`]);
+            const t = await curl(lab, [
+              '--cacert',
+              lab.caFile,
+              '--resolve',
+              `www.example.test:443:${O4}`,
+              `https://www.example.test/named${i}`,
+            ]);
             assert.equal(t.code, 0, `${show(t)}\n${tail(gw)}`);
             assert.equal(t.stdout, `origin host=www.example.test uri=/named${i} proto=https\n`);
           }
@@ -590,14 +653,26 @@ describe('gateway e2e', { skip, timeout: 600_000 }, () => {
           gw = await startGw(lab, ['--mode', mode], proxyEnv({}, 'http://alice:wrong%20pass@198.51.100.2:3128'));
           try {
             const mark = gw.mark();
-            const h = await curl(lab, ['--resolve', `www.example.test:80:${O4}`, '-w', '\n%{http_code}', 'http://www.example.test/badauth']);
+            const h = await curl(lab, [
+              '--resolve',
+              `www.example.test:80:${O4}`,
+              '-w',
+              '\n%{http_code}',
+              'http://www.example.test/badauth',
+            ]);
             assert.match(h.stdout, /\n502$/, `${show(h)}\n${tail(gw)}`);
             assert.match(h.stdout, /407/, `502 body should mention 407: ${show(h)}`);
             assert.ok(h.ms < 5000, `took ${h.ms} ms`);
             const c = await waitConn(gw, mark, (f) => f.kind === 'http' && dstIs(f.dst, O4, 80), 'http with a bad password');
             assert.match(c._line, /407/, c._line);
 
-            const t = await curl(lab, ['--cacert', lab.caFile, '--resolve', `www.example.test:443:${O4}`, 'https://www.example.test/badauth']);
+            const t = await curl(lab, [
+              '--cacert',
+              lab.caFile,
+              '--resolve',
+              `www.example.test:443:${O4}`,
+              'https://www.example.test/badauth',
+            ]);
             assert.notEqual(t.code, 0, show(t));
             assert.notEqual(t.code, 28, `TLS hung: ${show(t)}`);
             assert.ok(t.ms < 5000, `TLS failure took ${t.ms} ms`);
@@ -682,11 +757,23 @@ describe('gateway e2e', { skip, timeout: 600_000 }, () => {
           gw = await startGw(lab, args, proxyEnv());
           const again = await installed(lab);
           assert.equal(again.table.code, 0);
-          const tables = (await lab.exec('gw', ['nft', 'list', 'tables'])).stdout.split('\n').filter((l) => /table inet transgate\b/.test(l));
+          const tables = (await lab.exec('gw', ['nft', 'list', 'tables'])).stdout
+            .split('\n')
+            .filter((l) => /table inet transgate\b/.test(l));
           assert.equal(tables.length, 1, tables.join('\n'));
           assert.deepEqual(again.rules.sort(), [...firstRules].sort(), 'ip rules after restart differ from a clean start');
-          assert.equal(again.ruleCount, firstTable.split('\n').filter((l) => /\b(tproxy|redirect)\b/.test(l)).length, `duplicate rules:\n${again.table.stdout}`);
-          const r = await curl(lab, ['--cacert', lab.caFile, '--resolve', `www.example.test:443:${O4}`, 'https://www.example.test/restarted']);
+          assert.equal(
+            again.ruleCount,
+            firstTable.split('\n').filter((l) => /\b(tproxy|redirect)\b/.test(l)).length,
+            `duplicate rules:\n${again.table.stdout}`,
+          );
+          const r = await curl(lab, [
+            '--cacert',
+            lab.caFile,
+            '--resolve',
+            `www.example.test:443:${O4}`,
+            'https://www.example.test/restarted',
+          ]);
           assert.equal(r.code, 0, `${show(r)}\n${tail(gw)}`);
 
           assert.equal(await gw.kill9(), 137);

@@ -35,7 +35,10 @@ net.createServer((s) => {
 `;
 
 function connLines(gw: Gw, from: number): Record<string, string>[] {
-  return gw.linesSince(from).filter((l) => /\sconn id=/.test(l)).map(parseKv);
+  return gw
+    .linesSince(from)
+    .filter((l) => /\sconn id=/.test(l))
+    .map(parseKv);
 }
 
 describe('HTTP path e2e', { skip, timeout: 300_000 }, () => {
@@ -45,7 +48,10 @@ describe('HTTP path e2e', { skip, timeout: 300_000 }, () => {
   before(async () => {
     lab = await Lab.create();
     lab.spawn('in', [process.execPath, '-e', UPGRADE_ORIGIN]);
-    gw = await lab.startGateway(['--http-ports', '80,8080', '--log-level', 'debug'], { http_proxy: ADDR.proxyUrl, https_proxy: ADDR.proxyUrl });
+    gw = await lab.startGateway(['--http-ports', '80,8080', '--log-level', 'debug'], {
+      http_proxy: ADDR.proxyUrl,
+      https_proxy: ADDR.proxyUrl,
+    });
   });
 
   after(async () => {
@@ -57,7 +63,11 @@ describe('HTTP path e2e', { skip, timeout: 300_000 }, () => {
   test('Upgrade: 101 from the origin through a CONNECT tunnel, then bytes both ways', async () => {
     const from = await lab.squidMark();
     const req = 'GET /ws HTTP/1.1\\r\\nHost: www.example.test:8080\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n\\r\\n';
-    const r = await lab.exec('cl', ['sh', '-c', `(printf '${req}'; sleep 0.5; printf 'ping'; sleep 1) | socat -t 2 - TCP:${O4}:8080,connect-timeout=5`]);
+    const r = await lab.exec('cl', [
+      'sh',
+      '-c',
+      `(printf '${req}'; sleep 0.5; printf 'ping'; sleep 1) | socat -t 2 - TCP:${O4}:8080,connect-timeout=5`,
+    ]);
     assert.match(r.stdout, /^HTTP\/1\.1 101 /, `no 101:\n${r.stdout}\n${r.stderr}\n${gw!.output()}`);
     assert.match(r.stdout, /echo:ping/, 'bytes after the upgrade are relayed both ways');
     await lab.waitSquidLog(/CONNECT www\.example\.test:8080/, 3000, from);
@@ -70,7 +80,22 @@ describe('HTTP path e2e', { skip, timeout: 300_000 }, () => {
     const file = path.join(lab.dir, 'post-body.txt');
     fs.writeFileSync(file, body);
     for (const extra of [[], ['-H', 'Transfer-Encoding: chunked']]) {
-      const r = await lab.exec('cl', ['curl', '-sS', '--max-time', '10', '-o', '/dev/null', '-w', '%{http_code}', '--data-binary', `@${file}`, ...extra, '--resolve', `www.example.test:80:${O4}`, 'http://www.example.test/post']);
+      const r = await lab.exec('cl', [
+        'curl',
+        '-sS',
+        '--max-time',
+        '10',
+        '-o',
+        '/dev/null',
+        '-w',
+        '%{http_code}',
+        '--data-binary',
+        `@${file}`,
+        ...extra,
+        '--resolve',
+        `www.example.test:80:${O4}`,
+        'http://www.example.test/post',
+      ]);
       // nginx answers POST to a static location with 405, which proves the request (with its body) got through in order.
       assert.match(r.stdout, /^(200|405)$/, `${r.stdout} ${r.stderr}\n${gw!.output()}`);
     }
@@ -79,17 +104,43 @@ describe('HTTP path e2e', { skip, timeout: 300_000 }, () => {
   });
 
   test('a 1 MiB response arrives intact (sha256), HEAD gets no body', async () => {
-    const want = crypto.createHash('sha256').update(fs.readFileSync(path.join(lab.dir, 'www', 'big.bin'))).digest('hex');
-    const viaGw = await lab.exec('cl', ['sh', '-c', `curl -sS --max-time 10 --resolve www.example.test:80:${O4} http://www.example.test/big.bin | sha256sum`]);
+    const want = crypto
+      .createHash('sha256')
+      .update(fs.readFileSync(path.join(lab.dir, 'www', 'big.bin')))
+      .digest('hex');
+    const viaGw = await lab.exec('cl', [
+      'sh',
+      '-c',
+      `curl -sS --max-time 10 --resolve www.example.test:80:${O4} http://www.example.test/big.bin | sha256sum`,
+    ]);
     assert.equal(viaGw.stdout.trim().split(/\s+/)[0], want);
-    const head = await lab.exec('cl', ['curl', '-sS', '--max-time', '10', '-I', '--resolve', `www.example.test:80:${O4}`, 'http://www.example.test/big.bin']);
+    const head = await lab.exec('cl', [
+      'curl',
+      '-sS',
+      '--max-time',
+      '10',
+      '-I',
+      '--resolve',
+      `www.example.test:80:${O4}`,
+      'http://www.example.test/big.bin',
+    ]);
     assert.match(head.stdout, /^HTTP\/1\.1 200/);
     assert.match(head.stdout, /content-length: 1048576/i);
   });
 
   test('a name the proxy cannot resolve: 502 with a one-line reason, not the proxy page', async () => {
     const from = gw!.mark();
-    const r = await lab.exec('cl', ['curl', '-sS', '--max-time', '20', '-w', '\\n%{http_code}', '--resolve', `nosuchhost.example.test:80:${O4}`, 'http://nosuchhost.example.test/']);
+    const r = await lab.exec('cl', [
+      'curl',
+      '-sS',
+      '--max-time',
+      '20',
+      '-w',
+      '\\n%{http_code}',
+      '--resolve',
+      `nosuchhost.example.test:80:${O4}`,
+      'http://nosuchhost.example.test/',
+    ]);
     const [body, code] = [r.stdout.slice(0, r.stdout.lastIndexOf('\n')), r.stdout.slice(r.stdout.lastIndexOf('\n') + 1)];
     assert.equal(code, '502', r.stdout);
     // squid names its failure (ERR_DNS_FAIL with a resolver, ERR_READ_ERROR when its resolver is unreachable, as in the lab).
@@ -99,7 +150,11 @@ describe('HTTP path e2e', { skip, timeout: 300_000 }, () => {
 
   test('garbage after a good request on the same connection: 400 and close, gateway unharmed', async () => {
     const from = gw!.mark();
-    const r = await lab.exec('cl', ['sh', '-c', `(printf 'GET /a HTTP/1.1\\r\\nHost: www.example.test\\r\\n\\r\\n'; sleep 0.5; printf '\\001\\002 garbage\\r\\n\\r\\n'; sleep 1) | socat -t 2 - TCP:${O4}:80`]);
+    const r = await lab.exec('cl', [
+      'sh',
+      '-c',
+      `(printf 'GET /a HTTP/1.1\\r\\nHost: www.example.test\\r\\n\\r\\n'; sleep 0.5; printf '\\001\\002 garbage\\r\\n\\r\\n'; sleep 1) | socat -t 2 - TCP:${O4}:80`,
+    ]);
     assert.match(r.stdout, /origin host=www\.example\.test uri=\/a/);
     assert.match(r.stdout, /HTTP\/1\.1 400 Bad Request/);
     const lines = await (async () => {
@@ -148,11 +203,17 @@ describe('HKP: port 11371 is HTTP by default', { skip, timeout: 120_000 }, () =>
     let r = { stdout: '', stderr: '' };
     for (let i = 0; i < 20; i++) {
       // The origin was started in before(); give it a moment to listen.
-      r = await lab.exec('cl', ['curl', '-sS', '--max-time', '10', '--resolve', `${ADDR.names.api}:11371:${O4}`, url]).catch((e: { stdout?: string; stderr?: string }) => ({ stdout: e.stdout ?? '', stderr: e.stderr ?? String(e) }));
+      r = await lab
+        .exec('cl', ['curl', '-sS', '--max-time', '10', '--resolve', `${ADDR.names.api}:11371:${O4}`, url])
+        .catch((e: { stdout?: string; stderr?: string }) => ({ stdout: e.stdout ?? '', stderr: e.stderr ?? String(e) }));
       if (r.stdout) break;
       await new Promise((res) => setTimeout(res, 100));
     }
-    assert.match(r.stdout, /^hkp host=api\.example\.test:11371 uri=\/pks\/lookup\?op=get&search=0x0123456789ABCDEF/, `${r.stdout}\n${r.stderr}\n${gw!.output()}`);
+    assert.match(
+      r.stdout,
+      /^hkp host=api\.example\.test:11371 uri=\/pks\/lookup\?op=get&search=0x0123456789ABCDEF/,
+      `${r.stdout}\n${r.stderr}\n${gw!.output()}`,
+    );
     // squid logs the URL without its query (strip_query_terms).
     await lab.waitSquidLog(/GET http:\/\/api\.example\.test:11371\/pks\/lookup\?? /, 3000, from);
   });
@@ -174,8 +235,19 @@ describe('no proxy configured: direct', { skip, timeout: 120_000 }, () => {
   });
 
   test('warns at start and carries HTTP to the original destination', async () => {
-    assert.ok(gw!.lines.some((l) => /no http_proxy\/https_proxy set/.test(l)), gw!.output());
-    const r = await lab.exec('cl', ['curl', '-sS', '--max-time', '10', '--resolve', `intranet.test:80:${ADDR.intranet.v4}`, 'http://intranet.test/x']);
+    assert.ok(
+      gw!.lines.some((l) => /no http_proxy\/https_proxy set/.test(l)),
+      gw!.output(),
+    );
+    const r = await lab.exec('cl', [
+      'curl',
+      '-sS',
+      '--max-time',
+      '10',
+      '--resolve',
+      `intranet.test:80:${ADDR.intranet.v4}`,
+      'http://intranet.test/x',
+    ]);
     assert.match(r.stdout, /^intranet host=intranet\.test uri=\/x/, r.stderr);
     const squid = await lab.squidLog();
     assert.ok(!squid.some((l) => /intranet/.test(l)), 'squid must not be involved');
@@ -183,10 +255,22 @@ describe('no proxy configured: direct', { skip, timeout: 120_000 }, () => {
 
   // With no proxy every request took the direct branch, whose new URL(req.url) threw on `http://[x/` and stopped the gateway.
   test('an unparseable absolute URI gets 400 and the gateway goes on serving', async () => {
-    const r = await lab.exec('cl', ['sh', '-c', `(printf 'GET http://[x/ HTTP/1.1\\r\\nHost: intranet.test\\r\\n\\r\\n'; sleep 1) | socat -t 2 - TCP:${ADDR.intranet.v4}:80`]);
+    const r = await lab.exec('cl', [
+      'sh',
+      '-c',
+      `(printf 'GET http://[x/ HTTP/1.1\\r\\nHost: intranet.test\\r\\n\\r\\n'; sleep 1) | socat -t 2 - TCP:${ADDR.intranet.v4}:80`,
+    ]);
     assert.match(r.stdout, /^HTTP\/1\.1 400 /, r.stdout + r.stderr);
     assert.ok(gw!.running, gw!.output());
-    const ok = await lab.exec('cl', ['curl', '-sS', '--max-time', '10', '--resolve', `intranet.test:80:${ADDR.intranet.v4}`, 'http://intranet.test/after']);
+    const ok = await lab.exec('cl', [
+      'curl',
+      '-sS',
+      '--max-time',
+      '10',
+      '--resolve',
+      `intranet.test:80:${ADDR.intranet.v4}`,
+      'http://intranet.test/after',
+    ]);
     assert.match(ok.stdout, /^intranet host=intranet\.test uri=\/after/, ok.stderr);
   });
 

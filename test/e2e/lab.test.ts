@@ -48,7 +48,13 @@ describe('e2e lab', { skip, timeout: 180_000 }, () => {
     for (const a of ['192.0.2.1/24', '2001:db8:1::1/64', '198.51.100.1/24', '2001:db8:2::1/64']) assert.ok(gw.stdout.includes(a), a);
     const routes = await lab.exec('gw', ['sh', '-c', 'ip route show default; ip -6 route show default']);
     assert.equal(routes.stdout.trim(), '', 'gw must have no default route');
-    const fwd = await lab.exec('gw', ['sysctl', '-n', 'net.ipv4.ip_forward', 'net.ipv6.conf.all.forwarding', 'net.ipv4.conf.all.send_redirects']);
+    const fwd = await lab.exec('gw', [
+      'sysctl',
+      '-n',
+      'net.ipv4.ip_forward',
+      'net.ipv6.conf.all.forwarding',
+      'net.ipv4.conf.all.send_redirects',
+    ]);
     assert.deepEqual(fwd.stdout.trim().split('\n'), ['1', '1', '0']);
     const cl = await lab.exec('cl', ['sh', '-c', 'ip route show default; ip -6 route show default']);
     assert.match(cl.stdout, /default via 192\.0\.2\.1 dev eth0/);
@@ -60,11 +66,31 @@ describe('e2e lab', { skip, timeout: 180_000 }, () => {
     assert.equal(h.code, 0, h.stderr);
     assert.equal(h.stdout, 'origin host=www.example.test uri=/lab-http proto=http\n');
 
-    const s4 = await lab.exec('gw', ['curl', '-sS', '--max-time', '10', '--cacert', lab.caFile, '-x', ADDR.proxyUrl, 'https://api.example.test/lab-tls']);
+    const s4 = await lab.exec('gw', [
+      'curl',
+      '-sS',
+      '--max-time',
+      '10',
+      '--cacert',
+      lab.caFile,
+      '-x',
+      ADDR.proxyUrl,
+      'https://api.example.test/lab-tls',
+    ]);
     assert.equal(s4.code, 0, s4.stderr);
     assert.equal(s4.stdout, 'origin host=api.example.test uri=/lab-tls proto=https\n');
 
-    const s6 = await lab.exec('gw', ['curl', '-sS', '--max-time', '10', '--cacert', lab.caFile, '-x', ADDR.proxyUrl6, 'https://v6.example.test/lab-v6']);
+    const s6 = await lab.exec('gw', [
+      'curl',
+      '-sS',
+      '--max-time',
+      '10',
+      '--cacert',
+      lab.caFile,
+      '-x',
+      ADDR.proxyUrl6,
+      'https://v6.example.test/lab-v6',
+    ]);
     assert.equal(s6.code, 0, s6.stderr);
     assert.equal(s6.stdout, 'origin host=v6.example.test uri=/lab-v6 proto=https\n');
 
@@ -74,7 +100,19 @@ describe('e2e lab', { skip, timeout: 180_000 }, () => {
   });
 
   test('the 1 MiB /big.bin is served', async () => {
-    const r = await lab.exec('gw', ['curl', '-sS', '--max-time', '10', '-o', '/dev/null', '-w', '%{http_code} %{size_download}', '-x', ADDR.proxyUrl, 'http://www.example.test/big.bin']);
+    const r = await lab.exec('gw', [
+      'curl',
+      '-sS',
+      '--max-time',
+      '10',
+      '-o',
+      '/dev/null',
+      '-w',
+      '%{http_code} %{size_download}',
+      '-x',
+      ADDR.proxyUrl,
+      'http://www.example.test/big.bin',
+    ]);
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.stdout, '200 1048576');
   });
@@ -82,7 +120,8 @@ describe('e2e lab', { skip, timeout: 180_000 }, () => {
   test('echo servers on 22 and 5000 (v4 and v6) answer through CONNECT', async () => {
     for (const target of ['203.0.113.2:22', '[2001:db8:3::2]:5000']) {
       const r = await lab.exec('gw', [
-        'sh', '-c',
+        'sh',
+        '-c',
         `(printf 'CONNECT ${target} HTTP/1.1\\r\\nHost: ${target}\\r\\n\\r\\nhello-echo\\n'; sleep 1) | socat -t 2 - TCP:${ADDR.proxy.v4}:${ADDR.proxy.port}`,
       ]);
       assert.equal(r.code, 0, r.stderr);
@@ -106,7 +145,15 @@ describe('e2e lab', { skip, timeout: 180_000 }, () => {
     const v4 = await lab.exec('gw', ['curl', '-sS', '--max-time', '5', 'http://198.51.100.3/i4']);
     assert.equal(v4.code, 0, v4.stderr);
     assert.equal(v4.stdout, 'intranet host=198.51.100.3 uri=/i4\n');
-    const v6 = await lab.exec('gw', ['curl', '-sS', '--max-time', '5', '--resolve', 'intranet.test:80:[2001:db8:2::3]', 'http://intranet.test/i6']);
+    const v6 = await lab.exec('gw', [
+      'curl',
+      '-sS',
+      '--max-time',
+      '5',
+      '--resolve',
+      'intranet.test:80:[2001:db8:2::3]',
+      'http://intranet.test/i6',
+    ]);
     assert.equal(v6.code, 0, v6.stderr);
     assert.equal(v6.stdout, 'intranet host=intranet.test uri=/i6\n');
     // up has no route back to the client net: only the gateway's own address works.
@@ -139,15 +186,49 @@ describe('e2e lab', { skip, timeout: 180_000 }, () => {
   test('auth variant: 407 without credentials, 200 with percent-encoded ones', async () => {
     await lab.restartSquid({ auth: true });
     try {
-      const none = await lab.exec('gw', ['curl', '-sS', '--max-time', '5', '-o', '/dev/null', '-w', '%{http_code}', '-x', ADDR.proxyUrl, 'http://www.example.test/']);
+      const none = await lab.exec('gw', [
+        'curl',
+        '-sS',
+        '--max-time',
+        '5',
+        '-o',
+        '/dev/null',
+        '-w',
+        '%{http_code}',
+        '-x',
+        ADDR.proxyUrl,
+        'http://www.example.test/',
+      ]);
       assert.equal(none.stdout, '407');
-      const wrong = await lab.exec('gw', ['curl', '-sS', '--max-time', '5', '-o', '/dev/null', '-w', '%{http_code}', '-x', 'http://alice:s3cr3t@198.51.100.2:3128', 'http://www.example.test/']);
+      const wrong = await lab.exec('gw', [
+        'curl',
+        '-sS',
+        '--max-time',
+        '5',
+        '-o',
+        '/dev/null',
+        '-w',
+        '%{http_code}',
+        '-x',
+        'http://alice:s3cr3t@198.51.100.2:3128',
+        'http://www.example.test/',
+      ]);
       assert.equal(wrong.stdout, '407');
       assert.equal(ADDR.proxyUrlAuth, 'http://alice:s3cr3t%20p%40ss@198.51.100.2:3128');
       const ok = await lab.exec('gw', ['curl', '-sS', '--max-time', '5', '-x', ADDR.proxyUrlAuth, 'http://www.example.test/authed']);
       assert.equal(ok.code, 0, ok.stderr);
       assert.match(ok.stdout, /uri=\/authed/);
-      const tls = await lab.exec('gw', ['curl', '-sS', '--max-time', '5', '--cacert', lab.caFile, '-x', ADDR.proxyUrlAuth, 'https://www.example.test/authed-tls']);
+      const tls = await lab.exec('gw', [
+        'curl',
+        '-sS',
+        '--max-time',
+        '5',
+        '--cacert',
+        lab.caFile,
+        '-x',
+        ADDR.proxyUrlAuth,
+        'https://www.example.test/authed-tls',
+      ]);
       assert.equal(tls.code, 0, tls.stderr);
       assert.match(tls.stdout, /proto=https/);
       await lab.waitSquidLog(/ GET http:\/\/www\.example\.test\/ 407 /);
@@ -161,11 +242,22 @@ describe('e2e lab', { skip, timeout: 180_000 }, () => {
     await lab.restartSquid({ connectOnly443: true });
     try {
       const r = await lab.exec('gw', [
-        'sh', '-c',
+        'sh',
+        '-c',
         `(printf 'CONNECT 203.0.113.2:22 HTTP/1.1\\r\\nHost: 203.0.113.2:22\\r\\n\\r\\n'; sleep 1) | socat -t 2 - TCP:${ADDR.proxy.v4}:${ADDR.proxy.port}`,
       ]);
       assert.match(r.stdout, /^HTTP\/1\.1 403/);
-      const ok = await lab.exec('gw', ['curl', '-sS', '--max-time', '5', '--cacert', lab.caFile, '-x', ADDR.proxyUrl, 'https://www.example.test/still-ok']);
+      const ok = await lab.exec('gw', [
+        'curl',
+        '-sS',
+        '--max-time',
+        '5',
+        '--cacert',
+        lab.caFile,
+        '-x',
+        ADDR.proxyUrl,
+        'https://www.example.test/still-ok',
+      ]);
       assert.equal(ok.code, 0, ok.stderr);
       await lab.waitSquidLog(/ CONNECT 203\.0\.113\.2:22 403 /);
     } finally {

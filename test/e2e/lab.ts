@@ -570,7 +570,13 @@ export class Lab {
     mustRun(['ip', '-n', up, 'link', 'add', 'eth1', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', inn]);
 
     mustRun([
-      'ip', 'netns', 'exec', gw, 'sysctl', '-q', '-w',
+      'ip',
+      'netns',
+      'exec',
+      gw,
+      'sysctl',
+      '-q',
+      '-w',
       'net.ipv4.ip_forward=1',
       'net.ipv6.conf.all.forwarding=1',
       'net.ipv4.conf.all.send_redirects=0',
@@ -608,23 +614,41 @@ export class Lab {
       'link set eth0 up',
       'link set eth1 up',
     ]);
-    batch(inn, [
-      'link set lo up',
-      'addr add 203.0.113.2/24 dev eth0',
-      'addr add 2001:db8:3::2/64 dev eth0 nodad',
-      'link set eth0 up',
-    ]);
+    batch(inn, ['link set lo up', 'addr add 203.0.113.2/24 dev eth0', 'addr add 2001:db8:3::2/64 dev eth0 nodad', 'link set eth0 up']);
   }
 
   private makeCerts(): void {
     const t = path.join(this.dir, 'tls');
     const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
     mustRun([
-      'openssl', 'req', '-x509', ...ec, '-keyout', path.join(t, 'ca.key'), '-out', path.join(t, 'ca.crt'),
-      '-days', '7', '-subj', '/CN=transgate e2e lab CA',
-      '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign',
+      'openssl',
+      'req',
+      '-x509',
+      ...ec,
+      '-keyout',
+      path.join(t, 'ca.key'),
+      '-out',
+      path.join(t, 'ca.crt'),
+      '-days',
+      '7',
+      '-subj',
+      '/CN=transgate e2e lab CA',
+      '-addext',
+      'basicConstraints=critical,CA:TRUE',
+      '-addext',
+      'keyUsage=critical,keyCertSign,cRLSign',
     ]);
-    mustRun(['openssl', 'req', ...ec, '-keyout', path.join(t, 'server.key'), '-out', path.join(t, 'server.csr'), '-subj', '/CN=*.example.test']);
+    mustRun([
+      'openssl',
+      'req',
+      ...ec,
+      '-keyout',
+      path.join(t, 'server.key'),
+      '-out',
+      path.join(t, 'server.csr'),
+      '-subj',
+      '/CN=*.example.test',
+    ]);
     fs.writeFileSync(
       path.join(t, 'ext.cnf'),
       [
@@ -635,9 +659,23 @@ export class Lab {
       ].join('\n') + '\n',
     );
     mustRun([
-      'openssl', 'x509', '-req', '-in', path.join(t, 'server.csr'), '-CA', path.join(t, 'ca.crt'), '-CAkey', path.join(t, 'ca.key'),
-      '-set_serial', '0x' + crypto.randomBytes(8).toString('hex'), '-days', '7', '-extfile', path.join(t, 'ext.cnf'),
-      '-out', path.join(t, 'server.crt'),
+      'openssl',
+      'x509',
+      '-req',
+      '-in',
+      path.join(t, 'server.csr'),
+      '-CA',
+      path.join(t, 'ca.crt'),
+      '-CAkey',
+      path.join(t, 'ca.key'),
+      '-set_serial',
+      '0x' + crypto.randomBytes(8).toString('hex'),
+      '-days',
+      '7',
+      '-extfile',
+      path.join(t, 'ext.cnf'),
+      '-out',
+      path.join(t, 'server.crt'),
     ]);
     fs.chmodSync(path.join(t, 'ca.crt'), 0o644);
   }
@@ -681,7 +719,10 @@ export class Lab {
       this.nginxConf('nginx-in', ['80', '[::]:80', '443 ssl', '[::]:443 ssl'], 'origin host=$host uri=$request_uri proto=$scheme', true),
     );
     const nlog = path.join(this.dir, 'nginx-in', 'stderr.log');
-    this.spawn('in', ['nginx', '-e', path.join(this.dir, 'nginx-in', 'error.log'), '-p', path.join(this.dir, 'nginx-in'), '-c', conf], { logFile: nlog, stopSignal: 'SIGTERM' });
+    this.spawn('in', ['nginx', '-e', path.join(this.dir, 'nginx-in', 'error.log'), '-p', path.join(this.dir, 'nginx-in'), '-c', conf], {
+      logFile: nlog,
+      stopSignal: 'SIGTERM',
+    });
     for (const port of ADDR.echoPorts) {
       this.spawn('in', ['socat', `TCP6-LISTEN:${port},fork,reuseaddr,ipv6only=0`, 'PIPE'], {
         logFile: path.join(this.dir, `echo-${port}.log`),
@@ -697,7 +738,10 @@ export class Lab {
       this.nginxConf('nginx-up', [`${ADDR.intranet.v4}:80`, `[${ADDR.intranet.v6}]:80`], 'intranet host=$host uri=$request_uri', false),
     );
     const nlog = path.join(this.dir, 'nginx-up', 'stderr.log');
-    this.spawn('up', ['nginx', '-e', path.join(this.dir, 'nginx-up', 'error.log'), '-p', path.join(this.dir, 'nginx-up'), '-c', conf], { logFile: nlog, stopSignal: 'SIGTERM' });
+    this.spawn('up', ['nginx', '-e', path.join(this.dir, 'nginx-up', 'error.log'), '-p', path.join(this.dir, 'nginx-up'), '-c', conf], {
+      logFile: nlog,
+      stopSignal: 'SIGTERM',
+    });
     await this.waitListening('up', [`${ADDR.intranet.v4}:80`, `[${ADDR.intranet.v6}]:80`], nlog);
   }
 
@@ -797,7 +841,8 @@ export class Lab {
         proc.once('exit', (code, sig) => {
           let log = '';
           try {
-            log = fs.readFileSync(path.join(this.squidDir, 'cache.log'), 'utf8').slice(-3000) + fs.readFileSync(logFile, 'utf8').slice(-2000);
+            log =
+              fs.readFileSync(path.join(this.squidDir, 'cache.log'), 'utf8').slice(-3000) + fs.readFileSync(logFile, 'utf8').slice(-2000);
           } catch {
             /* none */
           }
@@ -884,52 +929,78 @@ export class Lab {
     const d = path.join(this.dir, 'dns');
     fs.mkdirSync(d, { recursive: true, mode: 0o755 });
     const dnsmasq = (name: string, addrs: { v4: string; v6: string }, extra: string[]): string[] => [
-      'dnsmasq', '-k', '--conf-file=/dev/null', '--no-resolv', '--no-hosts', '--user=root', '--group=root',
-      `--pid-file=${path.join(d, `${name}.pid`)}`, '--bind-interfaces', `--listen-address=${addrs.v4}`, `--listen-address=${addrs.v6}`,
-      '--local-ttl=300', '--log-queries', `--log-facility=${path.join(d, `${name}.log`)}`, '--cache-size=0', ...extra,
+      'dnsmasq',
+      '-k',
+      '--conf-file=/dev/null',
+      '--no-resolv',
+      '--no-hosts',
+      '--user=root',
+      '--group=root',
+      `--pid-file=${path.join(d, `${name}.pid`)}`,
+      '--bind-interfaces',
+      `--listen-address=${addrs.v4}`,
+      `--listen-address=${addrs.v6}`,
+      '--local-ttl=300',
+      '--log-queries',
+      `--log-facility=${path.join(d, `${name}.log`)}`,
+      '--cache-size=0',
+      ...extra,
     ];
     const big = 'x'.repeat(200);
-    this.spawn('in', dnsmasq('public', DNS_ADDR.public, [
-      `--address=/example.test/${ADDR.origin.v4}`, `--address=/example.test/${ADDR.origin.v6}`,
-      // The wrong answers for private names: if one ever shows up, a private name went public.
-      '--address=/corp.test/203.0.113.99',
-      ...Array.from({ length: 12 }, (_, i) => `--txt-record=big.example.test,"${i} ${big}"`),
-    ]), { logFile: path.join(d, 'public.stderr') });
-    this.spawn('up', dnsmasq('private', DNS_ADDR.private, [
-      `--address=/corp.test/${ADDR.intranet.v4}`, `--address=/corp.test/${ADDR.intranet.v6}`,
-      '--address=/example.test/198.51.100.99',
-    ]), { logFile: path.join(d, 'private.stderr') });
+    this.spawn(
+      'in',
+      dnsmasq('public', DNS_ADDR.public, [
+        `--address=/example.test/${ADDR.origin.v4}`,
+        `--address=/example.test/${ADDR.origin.v6}`,
+        // The wrong answers for private names: if one ever shows up, a private name went public.
+        '--address=/corp.test/203.0.113.99',
+        ...Array.from({ length: 12 }, (_, i) => `--txt-record=big.example.test,"${i} ${big}"`),
+      ]),
+      { logFile: path.join(d, 'public.stderr') },
+    );
+    this.spawn(
+      'up',
+      dnsmasq('private', DNS_ADDR.private, [
+        `--address=/corp.test/${ADDR.intranet.v4}`,
+        `--address=/corp.test/${ADDR.intranet.v6}`,
+        '--address=/example.test/198.51.100.99',
+      ]),
+      { logFile: path.join(d, 'private.stderr') },
+    );
     const t = path.join(this.dir, 'tls');
-    fs.writeFileSync(path.join(d, 'unbound.conf'), [
-      'server:',
-      `  interface: ${ADDR.origin.v4}@${DNS_ADDR.dohPort}`,
-      // Plain DNS too, for a zone whose negative answers carry an SOA (negative caching, RFC 2308).
-      `  interface: ${ADDR.origin.v4}@53`,
-      `  https-port: ${DNS_ADDR.dohPort}`,
-      `  tls-service-key: "${t}/server.key"`,
-      `  tls-service-pem: "${t}/server.crt"`,
-      '  do-daemonize: no',
-      '  username: ""',
-      '  chroot: ""',
-      `  directory: "${d}"`,
-      `  pidfile: "${d}/unbound.pid"`,
-      '  use-syslog: no',
-      `  logfile: "${d}/unbound.log"`,
-      '  log-queries: yes',
-      '  verbosity: 1',
-      '  access-control: 0.0.0.0/0 allow',
-      '  module-config: "iterator"',
-      '  do-not-query-localhost: no',
-      '  cache-max-ttl: 0',
-      // unbound answers test. itself (RFC 6761 defaults); the lab's names live on the public dnsmasq.
-      '  local-zone: "test." nodefault',
-      '  local-zone: "neg.test." static',
-      '  local-data: "neg.test. 3600 IN SOA ns.neg.test. hostmaster.neg.test. 1 3600 600 86400 45"',
-      'forward-zone:',
-      '  name: "."',
-      `  forward-addr: ${DNS_ADDR.public.v4}`,
-      '',
-    ].join('\n'));
+    fs.writeFileSync(
+      path.join(d, 'unbound.conf'),
+      [
+        'server:',
+        `  interface: ${ADDR.origin.v4}@${DNS_ADDR.dohPort}`,
+        // Plain DNS too, for a zone whose negative answers carry an SOA (negative caching, RFC 2308).
+        `  interface: ${ADDR.origin.v4}@53`,
+        `  https-port: ${DNS_ADDR.dohPort}`,
+        `  tls-service-key: "${t}/server.key"`,
+        `  tls-service-pem: "${t}/server.crt"`,
+        '  do-daemonize: no',
+        '  username: ""',
+        '  chroot: ""',
+        `  directory: "${d}"`,
+        `  pidfile: "${d}/unbound.pid"`,
+        '  use-syslog: no',
+        `  logfile: "${d}/unbound.log"`,
+        '  log-queries: yes',
+        '  verbosity: 1',
+        '  access-control: 0.0.0.0/0 allow',
+        '  module-config: "iterator"',
+        '  do-not-query-localhost: no',
+        '  cache-max-ttl: 0',
+        // unbound answers test. itself (RFC 6761 defaults); the lab's names live on the public dnsmasq.
+        '  local-zone: "test." nodefault',
+        '  local-zone: "neg.test." static',
+        '  local-data: "neg.test. 3600 IN SOA ns.neg.test. hostmaster.neg.test. 1 3600 600 86400 45"',
+        'forward-zone:',
+        '  name: "."',
+        `  forward-addr: ${DNS_ADDR.public.v4}`,
+        '',
+      ].join('\n'),
+    );
     this.spawn('in', ['unbound', '-d', '-c', path.join(d, 'unbound.conf')], { logFile: path.join(d, 'unbound.stderr') });
     await Promise.all([
       this.waitListening('in', [`${DNS_ADDR.public.v4}:53`, `[${DNS_ADDR.public.v6}]:53`], path.join(d, 'public.stderr')),
@@ -941,7 +1012,10 @@ export class Lab {
   /** Query lines ("query[A] git.example.test from 203.0.113.1") a lab DNS server logged so far. */
   dnsQueries(server: 'public' | 'private'): string[] {
     try {
-      return fs.readFileSync(path.join(this.dir, 'dns', `${server}.log`), 'utf8').split('\n').filter((l) => /query\[/.test(l));
+      return fs
+        .readFileSync(path.join(this.dir, 'dns', `${server}.log`), 'utf8')
+        .split('\n')
+        .filter((l) => /query\[/.test(l));
     } catch {
       return [];
     }

@@ -176,7 +176,9 @@ describe('netfilter backend in a network namespace', { skip, timeout: 180_000 },
 
   after(async () => {
     for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
-    await Promise.all(procs.map((p) => (p.exitCode === null && p.signalCode === null ? new Promise((r) => p.once('close', r)) : undefined)));
+    await Promise.all(
+      procs.map((p) => (p.exitCode === null && p.signalCode === null ? new Promise((r) => p.once('close', r)) : undefined)),
+    );
     for (const ns of [GW, CL]) await sh(['ip', 'netns', 'del', ns]);
     if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
   });
@@ -223,7 +225,10 @@ describe('netfilter backend in a network namespace', { skip, timeout: 180_000 },
       ['tproxy v6-only', { ipv4: false }],
       ['tproxy lan interfaces', { lanInterfaces: ['lan0', 'br-lan', 'eth*'] }],
       ['tproxy empty bypass', { bypass4: [], bypass6: [] }],
-      ['tproxy overlapping bypass', { bypass4: [...DEFAULT_BYPASS4, '10.1.0.0/16', '10.1.2.3/8', '203.0.113.9'], bypass6: [...DEFAULT_BYPASS6, 'fd00::/8'] }],
+      [
+        'tproxy overlapping bypass',
+        { bypass4: [...DEFAULT_BYPASS4, '10.1.0.0/16', '10.1.2.3/8', '203.0.113.9'], bypass6: [...DEFAULT_BYPASS6, 'fd00::/8'] },
+      ],
       ['tproxy udp dns', { udp: [{ ports: [53], listenPort: 3153 }] }],
       ['tproxy no address', { tproxyAddress4: undefined, tproxyAddress6: undefined }],
       ['redirect default', { mode: 'redirect' }],
@@ -323,7 +328,15 @@ describe('netfilter backend in a network namespace', { skip, timeout: 180_000 },
     const l4 = await listener('127.0.0.1', 3153, true, 'udp-listener.py');
     const l6 = await listener('::1', 3153, true, 'udp-listener.py');
     const seen: string[] = [];
-    for (const l of [l4, l6]) l.stdout!.on('data', (b: Buffer) => seen.push(...b.toString().split('\n').filter((x) => x.startsWith('orig='))));
+    for (const l of [l4, l6])
+      l.stdout!.on('data', (b: Buffer) =>
+        seen.push(
+          ...b
+            .toString()
+            .split('\n')
+            .filter((x) => x.startsWith('orig=')),
+        ),
+      );
     try {
       const send = (fam: string, host: string): Promise<unknown> =>
         must(inCl('python3', '-c', `import socket; s=socket.socket(socket.${fam}, socket.SOCK_DGRAM); s.sendto(b'q', ('${host}', 53))`));
@@ -393,7 +406,10 @@ describe('netfilter backend in a network namespace', { skip, timeout: 180_000 },
     const good = plan(config());
     const broken: RulesPlan = {
       ...good,
-      routes: [good.routes[0]!, { ...good.routes[1]!, routeArgs: ['-6', 'route', 'replace', 'local', '::/0', 'dev', 'tgnf-nodev', 'table', String(TABLE)] }],
+      routes: [
+        good.routes[0]!,
+        { ...good.routes[1]!, routeArgs: ['-6', 'route', 'replace', 'local', '::/0', 'dev', 'tgnf-nodev', 'table', String(TABLE)] },
+      ],
     };
     await assert.rejects(backend.apply(broken), (e: unknown) => {
       assert.ok(e instanceof GatewayError, String(e));
@@ -411,7 +427,10 @@ describe('netfilter backend in a network namespace', { skip, timeout: 180_000 },
   test('a broken script changes nothing (one nft transaction)', async () => {
     await backend.apply(config());
     const before4 = await must(inGw('nft', 'list', 'table', 'inet', 'transgate'));
-    const bad: RulesPlan = { ...plan(config()), nftScript: plan(config()).nftScript.replace('tproxy ip to 127.0.0.1:3180', 'tproxy ip to 127.0.0.1:99999') };
+    const bad: RulesPlan = {
+      ...plan(config()),
+      nftScript: plan(config()).nftScript.replace('tproxy ip to 127.0.0.1:3180', 'tproxy ip to 127.0.0.1:99999'),
+    };
     await assert.rejects(backend.apply(bad), (e: unknown) => e instanceof GatewayError && e.code === ErrorCodes.RULES);
     assert.equal(await must(inGw('nft', 'list', 'table', 'inet', 'transgate')), before4);
     assert.equal((await ourRules(4)).length, 1);

@@ -36,7 +36,8 @@ function gtest(name: string, fn: () => Promise<void>): void {
     try {
       await fn();
     } catch (err) {
-      if (err instanceof Error && lastGw) err.message += `\n--- gateway (pid ${lastGw.pid}) last lines ---\n${lastGw.lines.slice(-25).join('\n')}`;
+      if (err instanceof Error && lastGw)
+        err.message += `\n--- gateway (pid ${lastGw.pid}) last lines ---\n${lastGw.lines.slice(-25).join('\n')}`;
       throw err;
     }
   });
@@ -97,7 +98,13 @@ async function peerSeen(lab: Lab, host: string): Promise<string | undefined> {
   return r.code === 0 && r.stdout.trim() ? r.stdout.trim() : undefined;
 }
 
-async function waitConn(gw: Gw, from: number, pred: (f: Record<string, string>) => boolean, what: string, timeoutMs = 5000): Promise<Record<string, string>> {
+async function waitConn(
+  gw: Gw,
+  from: number,
+  pred: (f: Record<string, string>) => boolean,
+  what: string,
+  timeoutMs = 5000,
+): Promise<Record<string, string>> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     for (const line of gw.linesSince(from)) {
@@ -129,7 +136,12 @@ describe('network e2e', { skip, timeout: 300_000 }, () => {
     lab.spawn('in', ['socat', 'UDP4-RECVFROM:443,fork,reuseaddr', 'SYSTEM:cat']);
     lab.spawn('in', ['socat', `TCP4-LISTEN:${PEER_PORT},fork,reuseaddr`, 'SYSTEM:echo $SOCAT_PEERADDR']);
     lab.spawn('in', ['socat', `TCP6-LISTEN:${PEER_PORT},fork,reuseaddr,ipv6only=1`, 'SYSTEM:echo $SOCAT_PEERADDR']);
-    await setSysctls(lab, ['net.ipv4.conf.all.rp_filter=1', 'net.ipv4.conf.lan0.rp_filter=1', 'net.ipv4.conf.wan0.rp_filter=1', 'net.ipv4.conf.lo.rp_filter=1']);
+    await setSysctls(lab, [
+      'net.ipv4.conf.all.rp_filter=1',
+      'net.ipv4.conf.lan0.rp_filter=1',
+      'net.ipv4.conf.wan0.rp_filter=1',
+      'net.ipv4.conf.lo.rp_filter=1',
+    ]);
     for (let i = 0; i < 50; i++) {
       const l = await lab.exec('in', ['ss', '-Hlnu', 'sport = :443']);
       const t = await lab.exec('in', ['ss', '-Hlnt', `sport = :${PEER_PORT}`]);
@@ -184,7 +196,17 @@ describe('network e2e', { skip, timeout: 300_000 }, () => {
       const h = await lab.exec('cl', ['curl', '-sS', '--max-time', '8', `http://${WWW}/rp`, '--resolve', `${WWW}:80:${O4}`]);
       assert.equal(h.code, 0, show(h));
       assert.match(h.stdout, /origin host=www\.example\.test uri=\/rp/);
-      const s = await lab.exec('cl', ['curl', '-sS', '--max-time', '8', '--cacert', lab.caFile, `https://${WWW}/rp6`, '--resolve', `${WWW}:443:${O6}`]);
+      const s = await lab.exec('cl', [
+        'curl',
+        '-sS',
+        '--max-time',
+        '8',
+        '--cacert',
+        lab.caFile,
+        `https://${WWW}/rp6`,
+        '--resolve',
+        `${WWW}:443:${O6}`,
+      ]);
       assert.equal(s.code, 0, show(s));
       assert.match(s.stdout, /proto=https/);
       await lab.waitSquidLog(/CONNECT www\.example\.test:443/, 3000, m);
@@ -277,7 +299,12 @@ describe('network e2e', { skip, timeout: 300_000 }, () => {
         for (const table of ['mangle', 'nat', 'filter']) {
           const r = await lab.exec('gw', [c, '-w', '-t', table, '-S']);
           assert.equal(r.code, 0, show(r));
-          out.push(...r.stdout.split('\n').filter((l) => l.includes('TRANSGATE')).map((l) => `${c} ${table}: ${l}`));
+          out.push(
+            ...r.stdout
+              .split('\n')
+              .filter((l) => l.includes('TRANSGATE'))
+              .map((l) => `${c} ${table}: ${l}`),
+          );
         }
       }
       return out;
@@ -294,11 +321,29 @@ describe('network e2e', { skip, timeout: 300_000 }, () => {
 
         gtest('HTTP, HTTPS (v4 and v6) and other TCP go through squid; no nftables table', async () => {
           const m = await lab.squidMark();
-          const h = await lab.exec('cl', ['curl', '-sS', '--max-time', '8', `http://${WWW}/${firewall}-${mode}`, '--resolve', `${WWW}:80:${O4}`]);
+          const h = await lab.exec('cl', [
+            'curl',
+            '-sS',
+            '--max-time',
+            '8',
+            `http://${WWW}/${firewall}-${mode}`,
+            '--resolve',
+            `${WWW}:80:${O4}`,
+          ]);
           assert.equal(h.code, 0, show(h));
           assert.match(h.stdout, new RegExp(`uri=/${firewall}-${mode}`));
           for (const addr of [O4, O6]) {
-            const r = await lab.exec('cl', ['curl', '-sS', '--max-time', '8', '--cacert', lab.caFile, `https://${WWW}/`, '--resolve', `${WWW}:443:${addr}`]);
+            const r = await lab.exec('cl', [
+              'curl',
+              '-sS',
+              '--max-time',
+              '8',
+              '--cacert',
+              lab.caFile,
+              `https://${WWW}/`,
+              '--resolve',
+              `${WWW}:443:${addr}`,
+            ]);
             assert.equal(r.code, 0, `${addr}: ${show(r)}`);
             assert.match(r.stdout, /proto=https/);
           }
@@ -342,16 +387,46 @@ describe('network e2e', { skip, timeout: 300_000 }, () => {
           assert.deepEqual(await ours(), []);
         });
 
-        gtest('--local: curl in gw goes through squid; transgate\'s own direct connection is not intercepted again', async () => {
-          gw = await startGw(lab, ['--firewall', firewall, '--mode', mode, '--no-sysctl', '--local', '--log-level', 'debug'], proxyEnv({ no_proxy: ADDR.names.api }));
+        gtest("--local: curl in gw goes through squid; transgate's own direct connection is not intercepted again", async () => {
+          gw = await startGw(
+            lab,
+            ['--firewall', firewall, '--mode', mode, '--no-sysctl', '--local', '--log-level', 'debug'],
+            proxyEnv({ no_proxy: ADDR.names.api }),
+          );
           const m = await lab.squidMark();
-          const h = await lab.exec('gw', ['curl', '-sS', '--max-time', '8', `http://${WWW}/ipt-local-${mode}`, '--resolve', `${WWW}:80:${O4}`]);
+          const h = await lab.exec('gw', [
+            'curl',
+            '-sS',
+            '--max-time',
+            '8',
+            `http://${WWW}/ipt-local-${mode}`,
+            '--resolve',
+            `${WWW}:80:${O4}`,
+          ]);
           assert.equal(h.code, 0, show(h));
           await lab.waitSquidLog(new RegExp(`GET http://www\\.example\\.test/ipt-local-${mode}`), 3000, m);
-          const s6 = await lab.exec('gw', ['curl', '-sS', '--max-time', '8', '--cacert', lab.caFile, `https://${WWW}/`, '--resolve', `${WWW}:443:${O6}`]);
+          const s6 = await lab.exec('gw', [
+            'curl',
+            '-sS',
+            '--max-time',
+            '8',
+            '--cacert',
+            lab.caFile,
+            `https://${WWW}/`,
+            '--resolve',
+            `${WWW}:443:${O6}`,
+          ]);
           assert.equal(s6.code, 0, show(s6));
           const from = gw.mark();
-          const d = await lab.exec('gw', ['curl', '-sS', '--max-time', '8', `http://${ADDR.names.api}/ipt-direct`, '--resolve', `${ADDR.names.api}:80:${O4}`]);
+          const d = await lab.exec('gw', [
+            'curl',
+            '-sS',
+            '--max-time',
+            '8',
+            `http://${ADDR.names.api}/ipt-direct`,
+            '--resolve',
+            `${ADDR.names.api}:80:${O4}`,
+          ]);
           assert.match(d.stdout, /uri=\/ipt-direct/, show(d));
           await waitConn(gw, from, (c) => c['route'] === 'direct' && c['result'] === 'ok', 'direct');
           await new Promise((r) => setTimeout(r, 300));
@@ -377,7 +452,10 @@ describe('network e2e', { skip, timeout: 300_000 }, () => {
       assert.equal(r.code, 1, show(r));
       assert.match(r.stdout, /^FAIL +sysctl: net\.ipv4\.ip_forward = 0.*\n +fix: sysctl -w net\.ipv4\.ip_forward=1/m);
       assert.match(r.stdout, /^FAIL +sysctl: net\.ipv6\.conf\.all\.forwarding = 0.*\n +fix: sysctl -w net\.ipv6\.conf\.all\.forwarding=1/m);
-      assert.match(r.stdout, /^FAIL +proxy: http_proxy .*cannot connect to 198\.51\.100\.2:3999 \(ECONNREFUSED\)\n +fix: check the host and port/m);
+      assert.match(
+        r.stdout,
+        /^FAIL +proxy: http_proxy .*cannot connect to 198\.51\.100\.2:3999 \(ECONNREFUSED\)\n +fix: check the host and port/m,
+      );
       assert.match(r.stdout, /^OK +kernel: nftables accepts/m);
       await setSysctls(lab, ['net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1']);
     });
@@ -389,7 +467,10 @@ describe('network e2e', { skip, timeout: 300_000 }, () => {
         const r = await doctor(proxyEnv());
         console.log(`--- doctor, asymmetric route ---\n${r.stdout}`);
         assert.equal(r.code, 1, show(r));
-        assert.match(r.stdout, /^FAIL +return-path: replies to clients in 192\.0\.2\.1\/24 on lan0 leave by wan0, not lan0 .*\n +fix: remove the route that takes 192\.0\.2\.2 out of wan0/m);
+        assert.match(
+          r.stdout,
+          /^FAIL +return-path: replies to clients in 192\.0\.2\.1\/24 on lan0 leave by wan0, not lan0 .*\n +fix: remove the route that takes 192\.0\.2\.2 out of wan0/m,
+        );
       } finally {
         await lab.exec('gw', ['ip', 'route', 'del', '192.0.2.0/25']);
       }
@@ -403,7 +484,10 @@ describe('network e2e', { skip, timeout: 300_000 }, () => {
       const r = await doctor({ http_proxy: bad });
       console.log(`--- doctor, wrong password ---\n${r.stdout}`);
       assert.equal(r.code, 1, show(r));
-      assert.match(r.stdout, /^FAIL +proxy: http_proxy: CONNECT www\.example\.test:443: 407, the proxy rejects the credentials\n +fix: check user and password/m);
+      assert.match(
+        r.stdout,
+        /^FAIL +proxy: http_proxy: CONNECT www\.example\.test:443: 407, the proxy rejects the credentials\n +fix: check user and password/m,
+      );
       const j = await doctor({ http_proxy: bad }, ['--json']);
       const parsed = JSON.parse(j.stdout) as { ok: boolean; checks: Array<{ name: string; status: string; fix?: string }> };
       assert.equal(parsed.ok, false);
@@ -456,7 +540,17 @@ describe('network e2e', { skip, timeout: 300_000 }, () => {
         assert.match(h.stdout, new RegExp(`origin host=www\\.example\\.test uri=/local-${mode}`));
         await lab.waitSquidLog(new RegExp(`GET http://www\\.example\\.test/local-${mode}`), 3000, m);
         for (const addr of [O4, O6]) {
-          const s = await lab.exec('gw', ['curl', '-sS', '--max-time', '8', '--cacert', lab.caFile, `https://${WWW}/`, '--resolve', `${WWW}:443:${addr}`]);
+          const s = await lab.exec('gw', [
+            'curl',
+            '-sS',
+            '--max-time',
+            '8',
+            '--cacert',
+            lab.caFile,
+            `https://${WWW}/`,
+            '--resolve',
+            `${WWW}:443:${addr}`,
+          ]);
           assert.equal(s.code, 0, `${addr}: ${show(s)}`);
           assert.match(s.stdout, /proto=https/);
         }
@@ -464,9 +558,17 @@ describe('network e2e', { skip, timeout: 300_000 }, () => {
         await waitConn(gw!, from, (f) => f['kind'] === 'tls' && f['route'] === 'proxy' && f['result'] === 'ok', 'local TLS via proxy');
       });
 
-      gtest('transgate\'s own direct connection (no_proxy) carries its mark and is not intercepted again', async () => {
+      gtest("transgate's own direct connection (no_proxy) carries its mark and is not intercepted again", async () => {
         const from = gw!.mark();
-        const h = await lab.exec('gw', ['curl', '-sS', '--max-time', '8', `http://${ADDR.names.api}/direct`, '--resolve', `${ADDR.names.api}:80:${O4}`]);
+        const h = await lab.exec('gw', [
+          'curl',
+          '-sS',
+          '--max-time',
+          '8',
+          `http://${ADDR.names.api}/direct`,
+          '--resolve',
+          `${ADDR.names.api}:80:${O4}`,
+        ]);
         assert.equal(h.code, 0, show(h));
         assert.match(h.stdout, /origin host=api\.example\.test uri=\/direct/);
         const f = await waitConn(gw!, from, (c) => c['kind'] === 'http' && c['route'] === 'direct', 'direct request');
@@ -532,11 +634,29 @@ describe('network e2e', { skip, timeout: 300_000 }, () => {
         gtest('intercepted ports go up to transgate and through squid; other traffic is bridged untouched', async () => {
           const from = gw!.mark();
           const m = await lab.squidMark();
-          const h = await lab.exec('cl', ['curl', '-sS', '--max-time', '8', `http://${WWW}/bridge-${mode}`, '--resolve', `${WWW}:80:${O4}`]);
+          const h = await lab.exec('cl', [
+            'curl',
+            '-sS',
+            '--max-time',
+            '8',
+            `http://${WWW}/bridge-${mode}`,
+            '--resolve',
+            `${WWW}:80:${O4}`,
+          ]);
           assert.equal(h.code, 0, show(h));
           assert.match(h.stdout, new RegExp(`uri=/bridge-${mode}`));
           await lab.waitSquidLog(new RegExp(`GET http://www\\.example\\.test/bridge-${mode}`), 3000, m);
-          const s6 = await lab.exec('cl', ['curl', '-sS', '--max-time', '8', '--cacert', lab.caFile, `https://${WWW}/`, '--resolve', `${WWW}:443:${O6}`]);
+          const s6 = await lab.exec('cl', [
+            'curl',
+            '-sS',
+            '--max-time',
+            '8',
+            '--cacert',
+            lab.caFile,
+            `https://${WWW}/`,
+            '--resolve',
+            `${WWW}:443:${O6}`,
+          ]);
           assert.equal(s6.code, 0, show(s6));
           await lab.waitSquidLog(/CONNECT www\.example\.test:443/, 3000, m);
           const c = await waitConn(gw!, from, (f) => f['kind'] === 'http' && f['result'] === 'ok', 'bridged HTTP');
@@ -558,7 +678,11 @@ describe('network e2e', { skip, timeout: 300_000 }, () => {
           const h = await lab.exec('cl', ['curl', '-sS', '--max-time', '8', `http://${WWW}/after-${mode}`, '--resolve', `${WWW}:80:${O4}`]);
           assert.equal(h.code, 0, show(h));
           const lines = await lab.squidLogSince(m, 300);
-          assert.deepEqual(lines.filter((l) => l.includes(`after-${mode}`)), [], 'squid must not see it: nothing is intercepted');
+          assert.deepEqual(
+            lines.filter((l) => l.includes(`after-${mode}`)),
+            [],
+            'squid must not see it: nothing is intercepted',
+          );
         });
       });
     }

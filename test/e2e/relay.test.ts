@@ -40,7 +40,12 @@ function sha256File(file: string): string {
 }
 
 /** The gateway's conn line matching pred, waiting for it. */
-async function connLine(gw: Gw, from: number, pred: (f: Record<string, string>) => boolean, timeoutMs = 8000): Promise<Record<string, string>> {
+async function connLine(
+  gw: Gw,
+  from: number,
+  pred: (f: Record<string, string>) => boolean,
+  timeoutMs = 8000,
+): Promise<Record<string, string>> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     for (const line of gw.linesSince(from)) {
@@ -148,7 +153,11 @@ async function portReuse(lab: Lab, gw: Gw, localPort: number): Promise<void> {
   const before = await counters();
   const r = await lab.exec('cl', [process.execPath, '-e', reuseClient(localPort)], { timeoutMs: 15_000 });
   const after = await counters();
-  assert.deepEqual({ resets: after[0] - before[0], synRetransmits: after[1] - before[1] }, { resets: 0, synRetransmits: 0 }, 'the client neither reset nor retransmitted a SYN');
+  assert.deepEqual(
+    { resets: after[0] - before[0], synRetransmits: after[1] - before[1] },
+    { resets: 0, synRetransmits: 0 },
+    'the client neither reset nor retransmitted a SYN',
+  );
   const out = JSON.parse(r.stdout.trim()) as Record<'first' | 'second', { connectMs: number; got: string; error?: string }>;
   assert.deepEqual(out.first, { connectMs: out.first.connectMs, got: 'hello\n' }, r.stderr);
   assert.deepEqual(out.second, { connectMs: out.second.connectMs, got: 'hello\n' }, r.stderr);
@@ -189,92 +198,113 @@ describe('relay e2e', { skip, timeout: 300_000 }, () => {
   });
 
   for (const relay of ['splice', 'js'] as const) {
-    describe(`--relay ${relay}`, { skip: process.env.TG_RELAY_ONLY && process.env.TG_RELAY_ONLY !== relay ? 'TG_RELAY_ONLY' : false }, () => {
-      let gw: Gw;
-      before(async () => {
-        gw = await lab.startGateway(
-          ['--mode', 'tproxy', '--relay', relay, '-tcp-proxy-dports', `22,${PORT_WC},${PORT_RST},${PORT_ECHO},${PORT_HELLO}`, '--idle-timeout', '1500ms'],
-          { http_proxy: ADDR.proxyUrl, https_proxy: ADDR.proxyUrl, no_proxy: INTRA },
-        );
-        // The gateway says which relay it runs: a silent fallback would test the wrong one.
-        await gw.waitFor(new RegExp(`\\brelay ${relay}\\b`), 2000);
-      });
-      after(async () => {
-        await gw?.stop('SIGTERM', 5000).catch(() => gw.kill9());
-      });
+    describe(
+      `--relay ${relay}`,
+      { skip: process.env.TG_RELAY_ONLY && process.env.TG_RELAY_ONLY !== relay ? 'TG_RELAY_ONLY' : false },
+      () => {
+        let gw: Gw;
+        before(async () => {
+          gw = await lab.startGateway(
+            [
+              '--mode',
+              'tproxy',
+              '--relay',
+              relay,
+              '-tcp-proxy-dports',
+              `22,${PORT_WC},${PORT_RST},${PORT_ECHO},${PORT_HELLO}`,
+              '--idle-timeout',
+              '1500ms',
+            ],
+            { http_proxy: ADDR.proxyUrl, https_proxy: ADDR.proxyUrl, no_proxy: INTRA },
+          );
+          // The gateway says which relay it runs: a silent fallback would test the wrong one.
+          await gw.waitFor(new RegExp(`\\brelay ${relay}\\b`), 2000);
+        });
+        after(async () => {
+          await gw?.stop('SIGTERM', 5000).catch(() => gw.kill9());
+        });
 
-      test(`bulk: ${BULK_MIB} MiB over HTTPS/CONNECT arrives intact`, async () => {
-        const from = gw.mark();
-        const r = await lab.exec(
-          'cl',
-          ['sh', '-c', `curl -sS --fail --max-time 60 --cacert ${lab.caFile} --resolve www.example.test:443:${ADDR.origin.v4} https://www.example.test/files/large.bin | sha256sum`],
-          { timeoutMs: 90_000 },
-        );
-        assert.equal(r.code, 0, r.stderr);
-        assert.equal(r.stdout.split(/\s/)[0], largeSha, 'sha256 of the download');
-        const f = await connLine(gw, from, (x) => x['kind'] === 'tls' && x['name'] === 'www.example.test');
-        assert.equal(f['result'], 'ok');
-        assert.ok(Number(f['down']) > BULK_MIB << 20, `down=${f['down']} counts the body`);
-      });
+        test(`bulk: ${BULK_MIB} MiB over HTTPS/CONNECT arrives intact`, async () => {
+          const from = gw.mark();
+          const r = await lab.exec(
+            'cl',
+            [
+              'sh',
+              '-c',
+              `curl -sS --fail --max-time 60 --cacert ${lab.caFile} --resolve www.example.test:443:${ADDR.origin.v4} https://www.example.test/files/large.bin | sha256sum`,
+            ],
+            { timeoutMs: 90_000 },
+          );
+          assert.equal(r.code, 0, r.stderr);
+          assert.equal(r.stdout.split(/\s/)[0], largeSha, 'sha256 of the download');
+          const f = await connLine(gw, from, (x) => x['kind'] === 'tls' && x['name'] === 'www.example.test');
+          assert.equal(f['result'], 'ok');
+          assert.ok(Number(f['down']) > BULK_MIB << 20, `down=${f['down']} counts the body`);
+        });
 
-      test('half-close: the server answers after the client ended its side', async () => {
-        const from = gw.mark();
-        const r = await lab.exec('cl', [process.execPath, '-e', HALF_CLOSE_CLIENT], { timeoutMs: 15_000 });
-        assert.deepEqual(JSON.parse(r.stdout.trim()), { answer: '100000' }, r.stderr);
-        const f = await connLine(gw, from, (x) => dstPort(x) === PORT_WC);
-        assert.equal(f['result'], 'ok');
-        assert.equal(f['up'], '100000');
-      });
+        test('half-close: the server answers after the client ended its side', async () => {
+          const from = gw.mark();
+          const r = await lab.exec('cl', [process.execPath, '-e', HALF_CLOSE_CLIENT], { timeoutMs: 15_000 });
+          assert.deepEqual(JSON.parse(r.stdout.trim()), { answer: '100000' }, r.stderr);
+          const f = await connLine(gw, from, (x) => dstPort(x) === PORT_WC);
+          assert.equal(f['result'], 'ok');
+          assert.equal(f['up'], '100000');
+        });
 
-      test('reset: a server reset reaches the client as ECONNRESET', async () => {
-        const from = gw.mark();
-        const r = await lab.exec('cl', [process.execPath, '-e', RESET_CLIENT], { timeoutMs: 15_000 });
-        assert.deepEqual(JSON.parse(r.stdout.trim()), { error: 'ECONNRESET', got: '' }, r.stderr);
-        const f = await connLine(gw, from, (x) => dstPort(x) === PORT_RST);
-        // result= holds "upstream ECONNRESET"; parseKv keeps the first word.
-        assert.equal(f['result'], 'upstream');
-        assert.match(f['_line'] ?? '', /result=upstream (ECONNRESET|EPIPE)\b/);
-      });
+        test('reset: a server reset reaches the client as ECONNRESET', async () => {
+          const from = gw.mark();
+          const r = await lab.exec('cl', [process.execPath, '-e', RESET_CLIENT], { timeoutMs: 15_000 });
+          assert.deepEqual(JSON.parse(r.stdout.trim()), { error: 'ECONNRESET', got: '' }, r.stderr);
+          const f = await connLine(gw, from, (x) => dstPort(x) === PORT_RST);
+          // result= holds "upstream ECONNRESET"; parseKv keeps the first word.
+          assert.equal(f['result'], 'upstream');
+          assert.match(f['_line'] ?? '', /result=upstream (ECONNRESET|EPIPE)\b/);
+        });
 
-      test('port reuse: a reconnect from the same client port is accepted at the first SYN', () => portReuse(lab, gw, 41999));
+        test('port reuse: a reconnect from the same client port is accepted at the first SYN', () => portReuse(lab, gw, 41999));
 
-      test('idle timeout: a silent tunnel is closed after --idle-timeout', async () => {
-        const from = gw.mark();
-        const r = await lab.exec('cl', [process.execPath, '-e', IDLE_CLIENT], { timeoutMs: 15_000 });
-        const out = JSON.parse(r.stdout.trim()) as { got: string; ms: number; stillOpen?: boolean };
-        assert.equal(out.got, 'ping\n', 'the echo arrived before the silence');
-        assert.equal(out.stillOpen, undefined, `the gateway closed the idle connection; gateway said:\n${gw.linesSince(from).join('\n')}`);
-        assert.ok(out.ms >= 1400 && out.ms < 6000, `closed after ${out.ms} ms`);
-        const f = await connLine(gw, from, (x) => dstPort(x) === PORT_ECHO);
-        assert.equal(f['result'], 'idle-timeout');
-      });
+        test('idle timeout: a silent tunnel is closed after --idle-timeout', async () => {
+          const from = gw.mark();
+          const r = await lab.exec('cl', [process.execPath, '-e', IDLE_CLIENT], { timeoutMs: 15_000 });
+          const out = JSON.parse(r.stdout.trim()) as { got: string; ms: number; stillOpen?: boolean };
+          assert.equal(out.got, 'ping\n', 'the echo arrived before the silence');
+          assert.equal(
+            out.stillOpen,
+            undefined,
+            `the gateway closed the idle connection; gateway said:\n${gw.linesSince(from).join('\n')}`,
+          );
+          assert.ok(out.ms >= 1400 && out.ms < 6000, `closed after ${out.ms} ms`);
+          const f = await connLine(gw, from, (x) => dstPort(x) === PORT_ECHO);
+          assert.equal(f['result'], 'idle-timeout');
+        });
 
-      // Last in the group: it stops the gateway. A spliced connection lives in
-      // the addon, not in a net.Socket, so shutdown must end it explicitly
-      // and wait for it, or its log line is lost.
-      test('SIGTERM with a tunnel open: the gateway ends it, logs it and exits promptly', async () => {
-        const from = gw.mark();
-        const client = lab.spawn('cl', [process.execPath, '-e', HOLD_CLIENT]);
-        let out = '';
-        client.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-        const deadline = Date.now() + 5000;
-        while (!out.includes('up')) {
-          assert.ok(Date.now() < deadline, `the tunnel did not come up: ${out}`);
-          await new Promise((r) => setTimeout(r, 50));
-        }
-        const t0 = Date.now();
-        const code = await gw.stop('SIGTERM', 8000);
-        assert.equal(code, 0, `gateway exit code; it said:\n${gw.lines.slice(-10).join('\n')}`);
-        assert.ok(Date.now() - t0 < 6000, `stopping took ${Date.now() - t0} ms`);
-        await new Promise((r) => (client.exitCode !== null ? r(undefined) : client.once('exit', r)));
-        assert.match(out, /up\n(end|ECONNRESET)\n/, 'the client saw its connection end');
-        if (relay === 'splice') {
-          const f = await connLine(gw, from, (x) => dstPort(x) === PORT_ECHO, 1000);
-          assert.equal(f['result'], 'aborted');
-          assert.equal(f['up'], '5');
-        }
-      });
-    });
+        // Last in the group: it stops the gateway. A spliced connection lives in
+        // the addon, not in a net.Socket, so shutdown must end it explicitly
+        // and wait for it, or its log line is lost.
+        test('SIGTERM with a tunnel open: the gateway ends it, logs it and exits promptly', async () => {
+          const from = gw.mark();
+          const client = lab.spawn('cl', [process.execPath, '-e', HOLD_CLIENT]);
+          let out = '';
+          client.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+          const deadline = Date.now() + 5000;
+          while (!out.includes('up')) {
+            assert.ok(Date.now() < deadline, `the tunnel did not come up: ${out}`);
+            await new Promise((r) => setTimeout(r, 50));
+          }
+          const t0 = Date.now();
+          const code = await gw.stop('SIGTERM', 8000);
+          assert.equal(code, 0, `gateway exit code; it said:\n${gw.lines.slice(-10).join('\n')}`);
+          assert.ok(Date.now() - t0 < 6000, `stopping took ${Date.now() - t0} ms`);
+          await new Promise((r) => (client.exitCode !== null ? r(undefined) : client.once('exit', r)));
+          assert.match(out, /up\n(end|ECONNRESET)\n/, 'the client saw its connection end');
+          if (relay === 'splice') {
+            const f = await connLine(gw, from, (x) => dstPort(x) === PORT_ECHO, 1000);
+            assert.equal(f['result'], 'aborted');
+            assert.equal(f['up'], '5');
+          }
+        });
+      },
+    );
   }
 
   // The iptables backends do the same with `! --syn` before `-m socket`.

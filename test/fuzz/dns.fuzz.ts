@@ -109,7 +109,7 @@ function labels(r: Rng): Buffer[] {
 function recase(r: Rng, ls: readonly Buffer[]): Buffer[] {
   return ls.map((l) => {
     const b = Buffer.from(l);
-    for (let i = 0; i < b.length; i++) if (r.chance(0.3) && ((b[i]! | 0x20) >= 0x61 && (b[i]! | 0x20) <= 0x7a)) b[i]! ^= 0x20;
+    for (let i = 0; i < b.length; i++) if (r.chance(0.3) && (b[i]! | 0x20) >= 0x61 && (b[i]! | 0x20) <= 0x7a) b[i]! ^= 0x20;
     return b;
   });
 }
@@ -362,7 +362,11 @@ function checkAnswerReaders(a: Buffer, m: Message): void {
   if (ttl !== undefined) assert.ok(Number.isInteger(ttl) && ttl >= 0 && ttl <= 0xffffffff);
   if (m.header.tc || (m.header.rcode !== 0 && m.header.rcode !== 3)) assert.equal(ttl, undefined);
   const addrs = answerAddresses(a, m);
-  const expected = m.records.filter((rr) => rr.section === 'answer' && ((rr.type === RRType.A && rr.rdataEnd - rr.rdataStart === 4) || (rr.type === RRType.AAAA && rr.rdataEnd - rr.rdataStart === 16)));
+  const expected = m.records.filter(
+    (rr) =>
+      rr.section === 'answer' &&
+      ((rr.type === RRType.A && rr.rdataEnd - rr.rdataStart === 4) || (rr.type === RRType.AAAA && rr.rdataEnd - rr.rdataStart === 16)),
+  );
   assert.equal(addrs.length, expected.length);
   addrs.forEach((x, i) => {
     const rr = expected[i]!;
@@ -447,7 +451,7 @@ function check(input: Buffer): void {
   assert.equal(om.header.id, q.readUInt16BE(0));
   assert.equal(om.header.rd, c.message.header.rd);
   assert.ok(om.question && sameName(om.question.name, qq.name) && om.question.type === qq.type && om.question.class === qq.class);
-  if (aq.end - aq.start === qq.end - qq.start) assert.equal(om.question.name, qq.name, 'the client\'s case did not come back');
+  if (aq.end - aq.start === qq.end - qq.start) assert.equal(om.question.name, qq.name, "the client's case did not come back");
   assert.equal(om.records.length, am.records.length);
   om.records.forEach((rr, i) => assert.equal(rr.ttl, age > 0 ? Math.max(0, am.records[i]!.ttl - age) : am.records[i]!.ttl));
 

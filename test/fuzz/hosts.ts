@@ -8,7 +8,31 @@ import type { Rng } from './harness';
  */
 
 const LABEL_CHARS = 'abcdefghijklmnopqrstuvwxyz0123456789';
-const ODD_CHARS = ['-', '_', 'A', 'Z', '.', ':', '@', '%', '/', '\\', ' ', '\t', '\0', '\r', '\n', '\x7f', '\x80', '\xff', '[', ']', '*', '#', '?'];
+const ODD_CHARS = [
+  '-',
+  '_',
+  'A',
+  'Z',
+  '.',
+  ':',
+  '@',
+  '%',
+  '/',
+  '\\',
+  ' ',
+  '\t',
+  '\0',
+  '\r',
+  '\n',
+  '\x7f',
+  '\x80',
+  '\xff',
+  '[',
+  ']',
+  '*',
+  '#',
+  '?',
+];
 // Kelvin sign (lowercases to 'k'), dotted capital I, long s, fullwidth full stop, fullwidth 'a'.
 const UNICODE = ['\u212a', '\u0130', '\u017f', '\uff0e', '\uff41', '\u00df', '\u0131'];
 

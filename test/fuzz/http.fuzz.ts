@@ -1,11 +1,47 @@
 import assert from 'node:assert/strict';
 import { isValidHostname, parseIPv4, parseIPv6 } from '../../src/core/names';
-import { HTTP_SNIFF_MAX_BYTES, isHttpShaped, isLikelyHttpStart, parseHostHeader, sniffHttp, sniffHttpUnguarded, type HttpSniffResult } from '../../src/sniff/http';
+import {
+  HTTP_SNIFF_MAX_BYTES,
+  isHttpShaped,
+  isLikelyHttpStart,
+  parseHostHeader,
+  sniffHttp,
+  sniffHttpUnguarded,
+  type HttpSniffResult,
+} from '../../src/sniff/http';
 import { inputRng, type Rng, type Target } from './harness';
 import { authorityText, hostName } from './hosts';
 
-const METHODS = ['GET', 'POST', 'HEAD', 'PUT', 'CONNECT', 'OPTIONS', 'DELETE', 'PATCH', 'VERSION-CONTROL', 'M_SEARCH', 'get', 'G', 'UPDATEREDIRECTREF', 'ABCDEFGHIJKLMNOPQRSTU'];
-const HEADER_NAMES = ['User-Agent', 'Accept', 'Connection', 'Content-Length', 'Transfer-Encoding', 'X-Forwarded-For', 'Cookie', 'host', 'HOST', 'X_Y', 'Bad Name', 'a@b'];
+const METHODS = [
+  'GET',
+  'POST',
+  'HEAD',
+  'PUT',
+  'CONNECT',
+  'OPTIONS',
+  'DELETE',
+  'PATCH',
+  'VERSION-CONTROL',
+  'M_SEARCH',
+  'get',
+  'G',
+  'UPDATEREDIRECTREF',
+  'ABCDEFGHIJKLMNOPQRSTU',
+];
+const HEADER_NAMES = [
+  'User-Agent',
+  'Accept',
+  'Connection',
+  'Content-Length',
+  'Transfer-Encoding',
+  'X-Forwarded-For',
+  'Cookie',
+  'host',
+  'HOST',
+  'X_Y',
+  'Bad Name',
+  'a@b',
+];
 
 function target(r: Rng, method: string): string {
   if (method === 'CONNECT' && r.chance(0.8)) return authorityText(r);
@@ -29,8 +65,14 @@ function requestHead(r: Rng): Buffer {
   const lines = [`${method} ${target(r, method)} ${version}`];
   const hosts = r.chance(0.9) ? (r.chance(0.05) ? 2 : 1) : 0;
   const headers: string[] = [];
-  for (let i = 0; i < hosts; i++) headers.push(`${r.pick(['Host', 'host', 'HOST'])}:${r.pick([' ', '', '  ', '\t'])}${authorityText(r)}${r.pick(['', ' ', '\t'])}`);
-  for (let i = r.int(6); i > 0; i--) headers.splice(r.int(headers.length + 1), 0, `${r.pick(HEADER_NAMES)}: ${r.pick(['1', 'close', 'chunked', 'a b c', '', '\u00ff\u0080'])}`);
+  for (let i = 0; i < hosts; i++)
+    headers.push(`${r.pick(['Host', 'host', 'HOST'])}:${r.pick([' ', '', '  ', '\t'])}${authorityText(r)}${r.pick(['', ' ', '\t'])}`);
+  for (let i = r.int(6); i > 0; i--)
+    headers.splice(
+      r.int(headers.length + 1),
+      0,
+      `${r.pick(HEADER_NAMES)}: ${r.pick(['1', 'close', 'chunked', 'a b c', '', '\u00ff\u0080'])}`,
+    );
   if (r.chance(0.05)) headers.push(' folded continuation');
   if (r.chance(0.02)) headers.push(`X-Pad: ${'a'.repeat(r.chance(0.2) ? r.range(2000, 70000) : r.range(100, 3000))}`);
   lines.push(...headers);
@@ -104,7 +146,10 @@ export const httpTarget: Target = {
         const h = parseHostHeader(res.host, 80);
         if (h !== undefined) {
           stats.hostParsed++;
-          assert.ok(isValidHostname(h.host) || parseIPv4(h.host) === h.host || parseIPv6(h.host) === h.host, `host ${JSON.stringify(h.host)}`);
+          assert.ok(
+            isValidHostname(h.host) || parseIPv4(h.host) === h.host || parseIPv6(h.host) === h.host,
+            `host ${JSON.stringify(h.host)}`,
+          );
           assert.ok(h.port >= 1 && h.port <= 65535);
         }
       }
@@ -121,7 +166,8 @@ export const httpTarget: Target = {
       // The reason of an 'invalid' may name another fault in a prefix (the size limit first, say); the verdict may not change.
       if (p.status === 'invalid') assert.equal(res.status, 'invalid', `prefix of ${cut} bytes decided invalid, the whole ${res.status}`);
       else if (p.status !== 'need-more') assert.deepEqual(p, res, `prefix of ${cut} bytes decided ${p.status}, the whole ${res.status}`);
-      if (res.status === 'match' && cut < end) assert.equal(p.status, 'need-more', `prefix of ${cut} bytes, before the head ends at ${end}`);
+      if (res.status === 'match' && cut < end)
+        assert.equal(p.status, 'need-more', `prefix of ${cut} bytes, before the head ends at ${end}`);
     }
   },
   describe(input: Buffer): string {

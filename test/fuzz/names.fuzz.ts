@@ -107,9 +107,17 @@ export const namesTarget: Target = {
   generate(r: Rng): Buffer {
     return Buffer.from(r.chance(0.5) ? hostText(r) : authorityText(r), 'utf8');
   },
-  fixtures: ['example.test', 'WwW.Example.TEST.', '127.1', '0x7f000001', '017700000001', '0177.0.0.1', '[2001:db8::1]:80', '::ffff:1.2.3.4', 'a_b-c.test:8080'].map(
-    (s) => Buffer.from(s, 'latin1'),
-  ),
+  fixtures: [
+    'example.test',
+    'WwW.Example.TEST.',
+    '127.1',
+    '0x7f000001',
+    '017700000001',
+    '0177.0.0.1',
+    '[2001:db8::1]:80',
+    '::ffff:1.2.3.4',
+    'a_b-c.test:8080',
+  ].map((s) => Buffer.from(s, 'latin1')),
   check(input: Buffer): void {
     // As bytes off the wire (latin1, how the sniffers decode) and as UTF-8 text (config, URLs).
     checkString(input.toString('latin1'));

@@ -73,10 +73,15 @@ function main(): number {
       console.error(`  input (${f.input.length} bytes): ${describe(t, f.input)}`);
       console.error('  error:', f.error);
       console.error(`  replay: FUZZ_SEED=${seed} FUZZ_TARGET=${t.name} FUZZ_ITERATIONS=${f.iteration + 1} node dist/test/fuzz/run.js`);
-      if (f.input.length <= 4096) console.error(`      or: FUZZ_TARGET=${t.name} FUZZ_REPLAY=${f.input.toString('hex')} node dist/test/fuzz/run.js`);
+      if (f.input.length <= 4096)
+        console.error(`      or: FUZZ_TARGET=${t.name} FUZZ_REPLAY=${f.input.toString('hex')} node dist/test/fuzz/run.js`);
       return 1;
     }
-    const stats = t.stats ? ` [${Object.entries(t.stats).map(([k, v]) => `${k} ${v}`).join(', ')}]` : '';
+    const stats = t.stats
+      ? ` [${Object.entries(t.stats)
+          .map(([k, v]) => `${k} ${v}`)
+          .join(', ')}]`
+      : '';
     console.log(`fuzz ${t.name}: ${res.iterations} inputs ok in ${(res.ms / 1000).toFixed(1)} s (seed ${seedText})${stats}`);
   }
   console.log(`fuzz: all ${targets.length} targets ok in ${((performance.now() - started) / 1000).toFixed(1)} s`);

@@ -56,7 +56,14 @@ function extensions(r: Rng): Buffer[] {
 function clientHello(r: Rng): Buffer {
   const sessionId = r.bytes(r.pick([0, 32, 32, r.int(34)]));
   const suites = r.bytes(2 * r.range(r.chance(0.02) ? 0 : 1, 20));
-  const parts = [Buffer.from([0x03, r.pick([0x01, 0x03, 0x03])]), r.bytes(32), Buffer.from([sessionId.length]), sessionId, vec16(suites), Buffer.from([1, 0])];
+  const parts = [
+    Buffer.from([0x03, r.pick([0x01, 0x03, 0x03])]),
+    r.bytes(32),
+    Buffer.from([sessionId.length]),
+    sessionId,
+    vec16(suites),
+    Buffer.from([1, 0]),
+  ];
   if (r.chance(0.97)) parts.push(vec16(Buffer.concat(extensions(r))));
   const body = Buffer.concat(parts);
   return Buffer.concat([Buffer.from([0x01]), u24(body.length), body]);
@@ -67,7 +74,7 @@ function records(r: Rng, hs: Buffer): Buffer {
   const out: Buffer[] = [];
   const version = r.pick([0x0301, 0x0303, 0x0300]);
   const fragment = r.chance(0.3);
-  for (let off = 0; off < hs.length; ) {
+  for (let off = 0; off < hs.length;) {
     const len = Math.min(hs.length - off, fragment ? r.range(1, r.chance(0.5) ? 8 : 600) : 16384);
     out.push(Buffer.from([0x16]), u16(version), u16(len), hs.subarray(off, off + len));
     off += len;

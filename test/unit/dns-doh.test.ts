@@ -28,28 +28,53 @@ describe('DNS over HTTPS transport', { skip: haveOpenssl ? false : 'openssl not 
   const servers: Array<http2.Http2SecureServer | https.Server> = [];
   const ports: Record<'h2' | 'h1', number> = { h2: 0, h1: 0 };
 
-  const handler = (proto: string) => (req: http2.Http2ServerRequest | import('node:http').IncomingMessage, res: http2.Http2ServerResponse | import('node:http').ServerResponse) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => {
-      seen.push({ proto, type: req.headers['content-type'], method: req.method });
-      const body = answer(Buffer.concat(chunks));
-      res.writeHead(200, { 'content-type': 'application/dns-message', 'content-length': body.length });
-      res.end(body);
-    });
-  };
+  const handler =
+    (proto: string) =>
+    (
+      req: http2.Http2ServerRequest | import('node:http').IncomingMessage,
+      res: http2.Http2ServerResponse | import('node:http').ServerResponse,
+    ) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        seen.push({ proto, type: req.headers['content-type'], method: req.method });
+        const body = answer(Buffer.concat(chunks));
+        res.writeHead(200, { 'content-type': 'application/dns-message', 'content-length': body.length });
+        res.end(body);
+      });
+    };
 
   before(async () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tg-doh-'));
     key = path.join(dir, 'key.pem');
     cert = path.join(dir, 'cert.pem');
-    const r = spawnSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert,
-      '-days', '1', '-subj', '/CN=doh.test', '-addext', 'subjectAltName=IP:127.0.0.1,DNS:doh.test']);
+    const r = spawnSync('openssl', [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:prime256v1',
+      '-nodes',
+      '-keyout',
+      key,
+      '-out',
+      cert,
+      '-days',
+      '1',
+      '-subj',
+      '/CN=doh.test',
+      '-addext',
+      'subjectAltName=IP:127.0.0.1,DNS:doh.test',
+    ]);
     assert.equal(r.status, 0, r.stderr?.toString());
     const tlsOpts = { key: fs.readFileSync(key), cert: fs.readFileSync(cert) };
     const h2 = http2.createSecureServer(tlsOpts, handler('h2'));
     const h1 = https.createServer(tlsOpts, handler('h1'));
-    for (const [name, s] of [['h2', h2], ['h1', h1]] as const) {
+    for (const [name, s] of [
+      ['h2', h2],
+      ['h1', h1],
+    ] as const) {
       await new Promise<void>((res) => s.listen(0, '127.0.0.1', () => res()));
       ports[name] = (s.address() as net.AddressInfo).port;
       servers.push(s);
@@ -68,10 +93,20 @@ describe('DNS over HTTPS transport', { skip: haveOpenssl ? false : 'openssl not 
 
   for (const proto of ['h2', 'h1'] as const) {
     it(`${proto === 'h2' ? 'HTTP/2' : 'HTTP/1.1'}: RFC 8484 POST, answers matched, concurrent queries`, async () => {
-      const t = new DohTransport({ url: new URL(`https://127.0.0.1:${ports[proto]}/dns-query`), open, ca: [fs.readFileSync(cert, 'utf8')], connectTimeoutMs: 2000 });
+      const t = new DohTransport({
+        url: new URL(`https://127.0.0.1:${ports[proto]}/dns-query`),
+        open,
+        ca: [fs.readFileSync(cert, 'utf8')],
+        connectTimeoutMs: 2000,
+      });
       const before = seen.length;
-      const answers = await Promise.all(['a.test', 'b.test', 'c.test'].map((n, i) => t.query(buildQuery(i + 1, n, 1), AbortSignal.timeout(3000))));
-      assert.deepEqual(answers.map((a) => parseMessage(a).question!.name), ['a.test', 'b.test', 'c.test']);
+      const answers = await Promise.all(
+        ['a.test', 'b.test', 'c.test'].map((n, i) => t.query(buildQuery(i + 1, n, 1), AbortSignal.timeout(3000))),
+      );
+      assert.deepEqual(
+        answers.map((a) => parseMessage(a).question!.name),
+        ['a.test', 'b.test', 'c.test'],
+      );
       assert.equal(answers[0]!.readUInt16BE(0), 0, 'ID 0 on the wire (RFC 8484 4.1)');
       const mine = seen.slice(before);
       assert.equal(mine.length, 3);

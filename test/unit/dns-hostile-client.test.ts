@@ -94,7 +94,10 @@ describe('dns question names are validated where they enter', () => {
     const line = lines.find((l) => l.includes('dns client='));
     assert.ok(line, lines.join('\n'));
     assert.doesNotMatch(line!.trimEnd(), /[\x00-\x1f\x7f-\xff]/);
-    assert.ok(line!.includes(String.raw`name=x\032HTTP\0471.1\013\010Via\058\0321.1\032x\013\010\013\010GET\032\047\027\09131m\127.example.test `), line);
+    assert.ok(
+      line!.includes(String.raw`name=x\032HTTP\0471.1\013\010Via\058\0321.1\032x\013\010\013\010GET\032\047\027\09131m\127.example.test `),
+      line,
+    );
     assert.equal(presentName('a\\.b.example.test'), 'a\\046b.example.test');
     assert.equal(presentName('www.Example.test'), 'www.Example.test');
     assert.equal(presentName(''), '.');
@@ -105,20 +108,33 @@ describe('dns routes of private names without --private-dns', () => {
   const settings = dnsSettings({ privateDomains: ['corp.test'] });
 
   const proxy = { host: '198.51.100.2', port: 3128, display: '198.51.100.2:3128' } as never;
-  const classify = (a: string): 'local' | 'internal' | 'public' => (a === '192.0.2.1' ? 'local' : a.startsWith('10.') ? 'internal' : 'public');
+  const classify = (a: string): 'local' | 'internal' | 'public' =>
+    a === '192.0.2.1' ? 'local' : a.startsWith('10.') ? 'internal' : 'public';
   const svc = (own: { host: string; port: number } | undefined) =>
-    new DnsService({ dns: settings, proxy, connectTimeoutMs: 1000, fallbackServer: undefined, ownResolver: own, classify, log: new Logger('error') });
+    new DnsService({
+      dns: settings,
+      proxy,
+      connectTimeoutMs: 1000,
+      fallbackServer: undefined,
+      ownResolver: own,
+      classify,
+      log: new Logger('error'),
+    });
 
-  it('regression: a private name asked of a public server goes to the gateway\'s own resolver, not to that server (it left by UDP, outside the proxy)', () => {
+  it("regression: a private name asked of a public server goes to the gateway's own resolver, not to that server (it left by UDP, outside the proxy)", () => {
     const s = svc({ host: '198.51.100.53', port: 53 });
     assert.equal(s.route('secret.corp.test', { host: '203.0.113.53', port: 53 })?.upstream, 'udp 198.51.100.53:53');
     assert.equal(s.route('secret.corp.test', { host: '192.0.2.1', port: 53 })?.upstream, 'udp 198.51.100.53:53', 'asked of the gateway');
     assert.equal(s.route('secret.corp.test', undefined)?.upstream, 'udp 198.51.100.53:53', 'destination unknown (UDP after REDIRECT)');
-    assert.equal(s.route('secret.corp.test', { host: '10.0.0.53', port: 53 })?.upstream, 'udp 10.0.0.53:53', 'an internal server asked: as without the gateway');
+    assert.equal(
+      s.route('secret.corp.test', { host: '10.0.0.53', port: 53 })?.upstream,
+      'udp 10.0.0.53:53',
+      'an internal server asked: as without the gateway',
+    );
     s.close();
   });
 
-  it('with no resolver of its own, the gateway answers SERVFAIL (no route) rather than ask the client\'s public server', () => {
+  it("with no resolver of its own, the gateway answers SERVFAIL (no route) rather than ask the client's public server", () => {
     const s = svc(undefined);
     assert.equal(s.route('secret.corp.test', { host: '203.0.113.53', port: 53 }), undefined);
     s.close();
@@ -126,7 +142,7 @@ describe('dns routes of private names without --private-dns', () => {
 });
 
 describe('dns IDs of upstream queries', () => {
-  it('regression: IDs are not Math.random\'s (RFC 5452): with Math.random stuck, they still vary', async () => {
+  it("regression: IDs are not Math.random's (RFC 5452): with Math.random stuck, they still vary", async () => {
     const srv = dgram.createSocket('udp4');
     await new Promise<void>((r) => srv.bind(0, '127.0.0.1', () => r()));
     const ids: number[] = [];
@@ -198,7 +214,11 @@ describe('dns over TCP under load: the server closes connections', () => {
           Array.from({ length: 150 }, (_, i) => t.query(buildQuery(i, `w${wave}q${i}.test`, 1), AbortSignal.timeout(3000))),
         );
         const failed = results.filter((x) => x.status === 'rejected');
-        assert.equal(failed.length, 0, `wave ${wave}: ${failed.length} failed: ${(failed[0] as PromiseRejectedResult | undefined)?.reason}`);
+        assert.equal(
+          failed.length,
+          0,
+          `wave ${wave}: ${failed.length} failed: ${(failed[0] as PromiseRejectedResult | undefined)?.reason}`,
+        );
       }
       assert.equal(t.learnedLimit, 20);
       // Once learned, no connection is given more than the server answers: no more retries.
@@ -281,10 +301,16 @@ describe('dns per-client protection', () => {
 
   const settings = dnsSettings({ cacheSize: 100 });
 
-
   /** A service whose upstream is OneAddress (its route() replaced), with the given protection options. */
   function service(over: Partial<ConstructorParameters<typeof DnsService>[0]> = {}): DnsService {
-    const s = new DnsService({ dns: settings, proxy: undefined, connectTimeoutMs: 1000, fallbackServer: undefined, log: new Logger('error'), ...over });
+    const s = new DnsService({
+      dns: settings,
+      proxy: undefined,
+      connectTimeoutMs: 1000,
+      fallbackServer: undefined,
+      log: new Logger('error'),
+      ...over,
+    });
     const route: DnsRoute = { kind: 'direct', transport: new OneAddress(), upstream: 'fixture' };
     s.route = () => route;
     return s;

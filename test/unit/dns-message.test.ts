@@ -68,7 +68,10 @@ describe('dns message: parsing', () => {
     assert.equal(m.records[0]!.name, 'www.example.test');
     assert.equal(m.records[0]!.ttl, 300);
     assert.equal(ANSWER.readUInt32BE(m.records[1]!.ttlOffset), 120);
-    assert.deepEqual(answerAddresses(ANSWER, m).map((a) => a.address), ['203.0.113.2', '203.0.113.3']);
+    assert.deepEqual(
+      answerAddresses(ANSWER, m).map((a) => a.address),
+      ['203.0.113.2', '203.0.113.3'],
+    );
   });
 
   it('refuses a pointer that points forwards or at itself (loops)', () => {
@@ -116,7 +119,10 @@ describe('dns message: parsing', () => {
   });
 
   it('refuses names over 255 bytes and labels past the end', () => {
-    const long = Buffer.concat([...Array.from({ length: 5 }, () => Buffer.concat([Buffer.from([63]), Buffer.alloc(63, 0x61)])), Buffer.from([0])]);
+    const long = Buffer.concat([
+      ...Array.from({ length: 5 }, () => Buffer.concat([Buffer.from([63]), Buffer.alloc(63, 0x61)])),
+      Buffer.from([0]),
+    ]);
     assert.throws(() => readName(long, 0), /longer than 255/);
     assert.throws(() => readName(hex('05 6162'), 0), /past the end/);
   });
@@ -171,8 +177,15 @@ describe('dns message: building answers', () => {
     const out = personalize(ANSWER, parsed, QUERY_MIXED_EDNS, c.question, 100);
     assert.equal(out.readUInt16BE(0), 0xbeef);
     assert.equal(parseMessage(out).question!.name, 'WwW.example.test');
-    assert.deepEqual(parseMessage(out).records.map((r) => r.ttl), [200, 20]);
-    assert.deepEqual(parseMessage(personalize(ANSWER, parsed, QUERY_MIXED_EDNS, c.question, 500)).records.map((r) => r.ttl), [0, 0], 'never below 0');
+    assert.deepEqual(
+      parseMessage(out).records.map((r) => r.ttl),
+      [200, 20],
+    );
+    assert.deepEqual(
+      parseMessage(personalize(ANSWER, parsed, QUERY_MIXED_EDNS, c.question, 500)).records.map((r) => r.ttl),
+      [0, 0],
+      'never below 0',
+    );
     assert.deepEqual(ANSWER, before);
   });
 

@@ -44,7 +44,10 @@ describe('dns resolver', () => {
     const t = new FixtureServer({ delayMs: 20 });
     const r = resolver(t);
     const q = buildQuery(0x4242, 'www.example.test', 1);
-    const [a, b] = await Promise.all([r.handle(q, { client: CLIENT, destination: DST, protocol: 'udp' }), r.handle(q, { client: CLIENT, destination: DST, protocol: 'udp' })]);
+    const [a, b] = await Promise.all([
+      r.handle(q, { client: CLIENT, destination: DST, protocol: 'udp' }),
+      r.handle(q, { client: CLIENT, destination: DST, protocol: 'udp' }),
+    ]);
     assert.equal(t.queries, 1);
     assert.equal(a!.readUInt16BE(0), 0x4242);
     assert.deepEqual(a, b);

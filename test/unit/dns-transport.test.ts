@@ -114,13 +114,25 @@ describe('dns routes', () => {
 
   const proxy = { host: '198.51.100.2', port: 3128, display: '198.51.100.2:3128' } as never;
   const svc = (over: Record<string, unknown> = {}, withProxy = true) =>
-    new DnsService({ dns: settings(over), proxy: withProxy ? proxy : undefined, connectTimeoutMs: 1000, fallbackServer: undefined, log: new Logger('error') });
+    new DnsService({
+      dns: settings(over),
+      proxy: withProxy ? proxy : undefined,
+      connectTimeoutMs: 1000,
+      fallbackServer: undefined,
+      log: new Logger('error'),
+    });
   const asked = { host: '203.0.113.53', port: 53 };
 
   it('private names to the private server, public names through the proxy to the server asked', () => {
     const s = svc();
-    assert.deepEqual([s.route('git.corp.test', asked)?.kind, s.route('git.corp.test', asked)?.upstream], ['private', 'udp 198.51.100.53:53']);
-    assert.deepEqual([s.route('www.example.test', asked)?.kind, s.route('www.example.test', asked)?.upstream], ['proxy', 'tcp 203.0.113.53:53']);
+    assert.deepEqual(
+      [s.route('git.corp.test', asked)?.kind, s.route('git.corp.test', asked)?.upstream],
+      ['private', 'udp 198.51.100.53:53'],
+    );
+    assert.deepEqual(
+      [s.route('www.example.test', asked)?.kind, s.route('www.example.test', asked)?.upstream],
+      ['proxy', 'tcp 203.0.113.53:53'],
+    );
     s.close();
   });
 
@@ -182,7 +194,9 @@ describe('dns over UDP transport (pooled sockets)', () => {
       });
     const server = { host: '127.0.0.1', port };
     const t = new UdpTransport(server, new TcpTransport(server, open, 'tcp'));
-    const answers = await Promise.all(Array.from({ length: 60 }, (_, i) => t.query(buildQuery(i, `q${i}.test`, 1), AbortSignal.timeout(2000))));
+    const answers = await Promise.all(
+      Array.from({ length: 60 }, (_, i) => t.query(buildQuery(i, `q${i}.test`, 1), AbortSignal.timeout(2000))),
+    );
     answers.forEach((a, i) => {
       assert.equal(a.readUInt16BE(2) & 0xf, 0, 'forged NXDOMAIN ignored');
       assert.ok(a.includes(Buffer.from(`q${i}`)));

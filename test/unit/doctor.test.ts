@@ -21,13 +21,16 @@ function deps(values: Record<string, string>, root = false): DoctorDeps {
 
 describe('doctor', () => {
   it('sysctls: forwarding off is a FAIL with the command that fixes it; redirects on a WARN', () => {
-    const checks = _internal.checkSysctls(cfgOf(['--lan', 'lan0']), deps({
-      'net.ipv4.ip_forward': '0',
-      'net.ipv6.conf.all.forwarding': '1',
-      'net.ipv4.conf.all.send_redirects': '0',
-      'net.ipv4.conf.lan0.send_redirects': '1',
-      'net.ipv4.conf.all.rp_filter': '1',
-    }));
+    const checks = _internal.checkSysctls(
+      cfgOf(['--lan', 'lan0']),
+      deps({
+        'net.ipv4.ip_forward': '0',
+        'net.ipv6.conf.all.forwarding': '1',
+        'net.ipv4.conf.all.send_redirects': '0',
+        'net.ipv4.conf.lan0.send_redirects': '1',
+        'net.ipv4.conf.all.rp_filter': '1',
+      }),
+    );
     const fwd = checks.find((c) => c.message.startsWith('net.ipv4.ip_forward'))!;
     assert.equal(fwd.status, 'FAIL');
     assert.match(fwd.fix!, /sysctl -w net\.ipv4\.ip_forward=1/);
@@ -44,7 +47,10 @@ describe('doctor', () => {
   });
 
   it('without privileges: FAIL first, no kernel/leftover probing, never throws; output has a fix line per problem', async () => {
-    const checks = await runDoctor(cfgOf(['--doctor-target', 'nonsense']), deps({ 'net.ipv4.ip_forward': '1', 'net.ipv6.conf.all.forwarding': '1' }));
+    const checks = await runDoctor(
+      cfgOf(['--doctor-target', 'nonsense']),
+      deps({ 'net.ipv4.ip_forward': '1', 'net.ipv6.conf.all.forwarding': '1' }),
+    );
     assert.equal(checks[0]!.name, 'privileges');
     assert.equal(checks[0]!.status, 'FAIL');
     assert.ok(!checks.some((c) => c.name === 'kernel' || c.name === 'leftovers'));
@@ -63,7 +69,10 @@ describe('doctor: bridge mode', () => {
     assert.match(pick(['--no-sysctl'], vals).fix!, /bridge-nf-call-iptables=0/);
     assert.equal(pick([], vals).status, 'WARN');
     assert.equal(pick([], { ...vals, 'net.bridge.bridge-nf-call-iptables': '0' }).status, 'OK');
-    assert.equal(_internal.checkSysctls(cfgOf(['--bridge', 'br0', '--mode', 'redirect']), deps(vals)).some((c) => c.message.includes('bridge-nf')), false);
+    assert.equal(
+      _internal.checkSysctls(cfgOf(['--bridge', 'br0', '--mode', 'redirect']), deps(vals)).some((c) => c.message.includes('bridge-nf')),
+      false,
+    );
   });
 });
 
@@ -84,12 +93,15 @@ describe('neighbourOf: the address whose route shows where replies to clients go
 
 describe('doctor: uplink', () => {
   /** A runner that answers the uplink look-ups: `uplink` holds the default route, `links` are the interfaces. */
-  const routes = (uplink: string, links: string[]): DoctorDeps['runner'] => async (argv) => {
-    const cmd = argv.join(' ');
-    if (cmd === 'ip -j -4 route show default') return { code: 0, stdout: JSON.stringify([{ dst: 'default', dev: uplink }]), stderr: '' };
-    if (cmd === 'ip -j link show') return { code: 0, stdout: JSON.stringify(links.map((ifname) => ({ ifname, flags: ['UP'] }))), stderr: '' };
-    return { code: 0, stdout: '[]', stderr: '' };
-  };
+  const routes =
+    (uplink: string, links: string[]): DoctorDeps['runner'] =>
+    async (argv) => {
+      const cmd = argv.join(' ');
+      if (cmd === 'ip -j -4 route show default') return { code: 0, stdout: JSON.stringify([{ dst: 'default', dev: uplink }]), stderr: '' };
+      if (cmd === 'ip -j link show')
+        return { code: 0, stdout: JSON.stringify(links.map((ifname) => ({ ifname, flags: ['UP'] }))), stderr: '' };
+      return { code: 0, stdout: '[]', stderr: '' };
+    };
   const check = async (argv: string[], uplink: string, links: string[]) =>
     (await _internal.checkUplink(cfgOf(['--no-ipv6', ...argv]), { ...deps({}), runner: routes(uplink, links) }))[0]!;
 

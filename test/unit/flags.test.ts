@@ -41,14 +41,47 @@ describe('parseArgs', () => {
   });
 
   test('wrong flags say what is wrong', () => {
-    assert.equal(flagCode(() => parseArgs(['--bogus'])), 'TG_ERR_FLAG');
-    assert.equal(flagCode(() => parseArgs(['--mode', 'nat'])), 'TG_ERR_FLAG');
-    assert.equal(flagCode(() => parseArgs(['--http-ports'])), 'TG_ERR_FLAG');
-    assert.equal(flagCode(() => parseArgs(['--http-ports', '0'])), 'TG_ERR_FLAG');
-    assert.equal(flagCode(() => parseArgs(['--http-ports', '70000'])), 'TG_ERR_FLAG');
-    assert.equal(flagCode(() => parseArgs(['stray'])), 'TG_ERR_FLAG');
-    assert.equal(flagCode(() => parseArgs(['--fwmark', 'x'])), 'TG_ERR_FLAG');
-    assert.match(String((() => { try { parseArgs(['--mode', 'nat']); } catch (e) { return (e as Error).message; } return ''; })()), /tproxy, redirect/);
+    assert.equal(
+      flagCode(() => parseArgs(['--bogus'])),
+      'TG_ERR_FLAG',
+    );
+    assert.equal(
+      flagCode(() => parseArgs(['--mode', 'nat'])),
+      'TG_ERR_FLAG',
+    );
+    assert.equal(
+      flagCode(() => parseArgs(['--http-ports'])),
+      'TG_ERR_FLAG',
+    );
+    assert.equal(
+      flagCode(() => parseArgs(['--http-ports', '0'])),
+      'TG_ERR_FLAG',
+    );
+    assert.equal(
+      flagCode(() => parseArgs(['--http-ports', '70000'])),
+      'TG_ERR_FLAG',
+    );
+    assert.equal(
+      flagCode(() => parseArgs(['stray'])),
+      'TG_ERR_FLAG',
+    );
+    assert.equal(
+      flagCode(() => parseArgs(['--fwmark', 'x'])),
+      'TG_ERR_FLAG',
+    );
+    assert.match(
+      String(
+        (() => {
+          try {
+            parseArgs(['--mode', 'nat']);
+          } catch (e) {
+            return (e as Error).message;
+          }
+          return '';
+        })(),
+      ),
+      /tproxy, redirect/,
+    );
   });
 
   test('ports and ranges', () => {
@@ -82,17 +115,26 @@ describe('buildConfig', () => {
     assert.equal(cfg.upstream.https?.port, 3128, 'https falls back to http_proxy');
     assert.equal(cfg.upstream.http?.auth?.password, 'p@ss');
     assert.ok(cfg.noProxy.matchName('git.corp.example', 22));
-    assert.ok(cfg.warnings.some((w) => w.includes('bad/99')), 'invalid no_proxy entries are warned about');
+    assert.ok(
+      cfg.warnings.some((w) => w.includes('bad/99')),
+      'invalid no_proxy entries are warned about',
+    );
   });
 
   test('the trust-boundary flags: --clients by family, limits and --fail-closed', () => {
-    const cfg = buildConfig(parseArgs(['--clients', '192.0.2.0/24,2001:db8:1::5', '--max-conns-per-client', '8', '--max-conns', '100', '--fail-closed']).values, env);
+    const cfg = buildConfig(
+      parseArgs(['--clients', '192.0.2.0/24,2001:db8:1::5', '--max-conns-per-client', '8', '--max-conns', '100', '--fail-closed']).values,
+      env,
+    );
     assert.deepEqual([cfg.clients4, cfg.clients6], [['192.0.2.0/24'], ['2001:db8:1::5/128']]);
     assert.deepEqual([cfg.maxConnsPerClient, cfg.maxConns, cfg.failClosed, cfg.dnsClientRate], [8, 100, true, 1000]);
     const d = buildConfig(parseArgs([]).values, env);
     assert.deepEqual([d.clients4, d.clients6, d.maxConnsPerClient, d.maxConns, d.failClosed], [[], [], 512, 0, false]);
     // DNS servers reach a CONNECT line: canonical text.
-    assert.deepEqual(buildConfig(parseArgs(['--public-dns', '[2001:DB8:0::53]:5353']).values, env).dns?.publicDns, { host: '2001:db8::53', port: 5353 });
+    assert.deepEqual(buildConfig(parseArgs(['--public-dns', '[2001:DB8:0::53]:5353']).values, env).dns?.publicDns, {
+      host: '2001:db8::53',
+      port: 5353,
+    });
   });
 
   test('no proxy at all: direct, with a warning that says how to set one', () => {
@@ -102,15 +144,40 @@ describe('buildConfig', () => {
   });
 
   test('conflicting and invalid settings fail before start-up', () => {
-    assert.equal(flagCode(() => buildConfig(parseArgs(['--tls-ports', '80']).values, env)), 'TG_ERR_CONFIG');
-    assert.equal(flagCode(() => buildConfig(parseArgs(['--http-proxy-listen', '3143']).values, env)), 'TG_ERR_CONFIG');
-    assert.equal(flagCode(() => buildConfig(parseArgs(['--bypass', 'nope']).values, env)), 'TG_ERR_CONFIG');
-    assert.equal(flagCode(() => buildConfig(parseArgs(['--clients', '192.0.2.0/33']).values, env)), 'TG_ERR_CONFIG');
-    assert.equal(flagCode(() => buildConfig(parseArgs(['--no-ipv4', '--no-ipv6']).values, env)), 'TG_ERR_CONFIG');
-    assert.equal(flagCode(() => buildConfig(parseArgs([]).values, { http_proxy: 'socks5://x:1080' })), 'TG_ERR_CONFIG');
-    assert.equal(flagCode(() => buildConfig(parseArgs(['--lan', 'a b;rm']).values, env)), 'TG_ERR_CONFIG');
+    assert.equal(
+      flagCode(() => buildConfig(parseArgs(['--tls-ports', '80']).values, env)),
+      'TG_ERR_CONFIG',
+    );
+    assert.equal(
+      flagCode(() => buildConfig(parseArgs(['--http-proxy-listen', '3143']).values, env)),
+      'TG_ERR_CONFIG',
+    );
+    assert.equal(
+      flagCode(() => buildConfig(parseArgs(['--bypass', 'nope']).values, env)),
+      'TG_ERR_CONFIG',
+    );
+    assert.equal(
+      flagCode(() => buildConfig(parseArgs(['--clients', '192.0.2.0/33']).values, env)),
+      'TG_ERR_CONFIG',
+    );
+    assert.equal(
+      flagCode(() => buildConfig(parseArgs(['--no-ipv4', '--no-ipv6']).values, env)),
+      'TG_ERR_CONFIG',
+    );
+    assert.equal(
+      flagCode(() => buildConfig(parseArgs([]).values, { http_proxy: 'socks5://x:1080' })),
+      'TG_ERR_CONFIG',
+    );
+    assert.equal(
+      flagCode(() => buildConfig(parseArgs(['--lan', 'a b;rm']).values, env)),
+      'TG_ERR_CONFIG',
+    );
     const a = parseArgs(['--tls-ports', '80']);
-    assert.equal(flagCode(() => buildConfig(a.values, env, a.given)), 'TG_ERR_CONFIG', 'only 11371 yields');
+    assert.equal(
+      flagCode(() => buildConfig(a.values, env, a.given)),
+      'TG_ERR_CONFIG',
+      'only 11371 yields',
+    );
   });
 
   // 11371 joined the --http-ports default: `--tcp-proxy-dports 22,11371`, which started before, failed
@@ -121,7 +188,11 @@ describe('buildConfig', () => {
     assert.deepEqual([cfg.httpPorts, cfg.tcpPorts], [[80], [22, 11371]]);
     assert.deepEqual(buildConfig(parseArgs([]).values, env).httpPorts, [80, 11371]);
     const both = parseArgs(['--http-ports', '80,11371', '--tls-ports', '443,11371']);
-    assert.equal(flagCode(() => buildConfig(both.values, env, both.given)), 'TG_ERR_CONFIG', 'named twice: still an error');
+    assert.equal(
+      flagCode(() => buildConfig(both.values, env, both.given)),
+      'TG_ERR_CONFIG',
+      'named twice: still an error',
+    );
   });
 
   test('--bypass splits families and makes host routes', () => {

@@ -13,7 +13,10 @@ describe('CONNECT request and answer parsing', () => {
       connectRequest(p, '2001:db8::2', 22),
       `CONNECT [2001:db8::2]:22 HTTP/1.1\r\nHost: [2001:db8::2]:22\r\nProxy-Authorization: Basic ${Buffer.from('alice:s3cr3t p@ss').toString('base64')}\r\n\r\n`,
     );
-    assert.equal(connectRequest(parseProxyUrl('http://p:1'), 'a.example', 443), 'CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n');
+    assert.equal(
+      connectRequest(parseProxyUrl('http://p:1'), 'a.example', 443),
+      'CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n',
+    );
   });
 
   test('status lines', () => {
@@ -26,7 +29,20 @@ describe('CONNECT request and answer parsing', () => {
 
 describe('HTTP forwarding helpers', () => {
   test('hop-by-hop headers and those named by Connection are dropped', () => {
-    const raw = ['Host', 'a', 'Connection', 'keep-alive, X-Private', 'X-Private', '1', 'Proxy-Authorization', 'x', 'Accept', '*/*', 'Transfer-Encoding', 'chunked'];
+    const raw = [
+      'Host',
+      'a',
+      'Connection',
+      'keep-alive, X-Private',
+      'X-Private',
+      '1',
+      'Proxy-Authorization',
+      'x',
+      'Accept',
+      '*/*',
+      'Transfer-Encoding',
+      'chunked',
+    ];
     assert.deepEqual(endToEndHeaders(raw, 'keep-alive, X-Private'), ['Host', 'a', 'Accept', '*/*']);
   });
 

@@ -48,7 +48,11 @@ test('a busy logger writes at most once per interval, every line kept and in ord
   assert.equal(writes.length, 3, 'not before the interval is over');
   mock.timers.tick(1);
   assert.equal(writes.length, 4);
-  const lines = writes.join('').split('\n').filter(Boolean).map((l) => l.replace(/^\S+ \S+\s+/, ''));
+  const lines = writes
+    .join('')
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => l.replace(/^\S+ \S+\s+/, ''));
   assert.deepEqual(lines, ['first', ...Array.from({ length: 50 }, (_, i) => `line ${i}`)]);
   mock.timers.tick(1_000);
   assert.equal(writes.length, 4, 'nothing more once all is written');

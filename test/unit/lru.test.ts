@@ -39,7 +39,10 @@ describe('lru', () => {
     l.set('a', 10);
     assert.equal(evicted.length, 1, 'the same value again is not handed back');
     l.set('c', 3);
-    assert.deepEqual(evicted, [['a', 1], ['b', 2]]);
+    assert.deepEqual(evicted, [
+      ['a', 1],
+      ['b', 2],
+    ]);
   });
 
   it('onEvict sees the cache without the evicted entry; delete and clear call no onEvict', () => {
@@ -85,7 +88,7 @@ describe('lru', () => {
   // through get/set/delete churn, across the Map's rehashes.
   it('matches a reference model through random get/set/delete', () => {
     let seed = 12345;
-    const rand = (n: number): number => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) % n);
+    const rand = (n: number): number => (seed = (seed * 1103515245 + 12345) & 0x7fffffff) % n;
     for (const cap of [1, 2, 7, 64]) {
       const evicted: string[] = [];
       const l = new Lru<string, number>(cap, (k) => evicted.push(k));

@@ -13,8 +13,18 @@ import net from 'node:net';
 import { test } from 'node:test';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import {
-  isNativeAvailable, listenTcp, localPort, spliceAbortAll, spliceActive, tunnelAbortAll, tunnelClose, tunnelListen, tunnelPending,
-  udpClose, udpListen, udpListenerPort,
+  isNativeAvailable,
+  listenTcp,
+  localPort,
+  spliceAbortAll,
+  spliceActive,
+  tunnelAbortAll,
+  tunnelClose,
+  tunnelListen,
+  tunnelPending,
+  udpClose,
+  udpListen,
+  udpListenerPort,
 } from '../../src/native';
 
 function noop(): void {}
@@ -57,8 +67,13 @@ async function openRig(): Promise<Rig> {
   await new Promise<void>((r) => echo.listen(0, '127.0.0.1', () => r()));
   const echoPort = (echo.address() as net.AddressInfo).port;
   const front = (sniff: boolean) => ({
-    fd: listenTcp({ host: '127.0.0.1', port: 0 }), sniff, redirect: false, sniffMaxBytes: 64,
-    sniffTimeoutMs: 30_000, connectTimeoutMs: 2_000, idleTimeoutMs: 0,
+    fd: listenTcp({ host: '127.0.0.1', port: 0 }),
+    sniff,
+    redirect: false,
+    sniffMaxBytes: 64,
+    sniffTimeoutMs: 30_000,
+    connectTimeoutMs: 2_000,
+    idleTimeoutMs: 0,
   });
   const parkOpts = front(true);
   const park = tunnelListen(parkOpts, (_id, _fd, _ci, _cp, _di, _dp, _head, final) => (final ? [0] : null), noop, noop);
@@ -72,8 +87,10 @@ async function openRig(): Promise<Rig> {
   for (const s of [parked, relayed]) s.on('error', noop); // abortAll resets them
   relayed.write('a');
   assert.equal(await firstData(relayed), 'a');
-  await waitFor('the parked connection and the relay', () =>
-    tunnelPending() === before.pending + 1 && spliceActive() === before.active + 1);
+  await waitFor(
+    'the parked connection and the relay',
+    () => tunnelPending() === before.pending + 1 && spliceActive() === before.active + 1,
+  );
   return {
     async echo() {
       const got = firstData(relayed);
@@ -101,7 +118,8 @@ async function serveRig(): Promise<void> {
   port.postMessage({ pending: tunnelPending(), active: spliceActive() });
   port.on('message', (m: string) => {
     void (async () => {
-      if (m === 'check') port.postMessage({ pending: tunnelPending(), active: spliceActive(), echo: await rig.echo(), udp: rig.udpPort() > 0 });
+      if (m === 'check')
+        port.postMessage({ pending: tunnelPending(), active: spliceActive(), echo: await rig.echo(), udp: rig.udpPort() > 0 });
       if (m === 'close') {
         tunnelAbortAll();
         spliceAbortAll();
@@ -158,8 +176,11 @@ if (!isMainThread && (workerData as { rig?: boolean } | null)?.rig) {
   // Regression: a worker that ended with addon handles on its loop (a listener, a connection
   // being sniffed, a relay, a UDP socket) aborted the whole process: Node's uv_loop_close check
   // found them open ("uv_loop_close() while having open handles"). In a child, since that is an abort.
-  test('a worker that ends with listeners, connections, relays and UDP sockets open leaves the process running', { skip, timeout: 20_000 }, () => {
-    const child = String.raw`
+  test(
+    'a worker that ends with listeners, connections, relays and UDP sockets open leaves the process running',
+    { skip, timeout: 20_000 },
+    () => {
+      const child = String.raw`
       const { Worker } = require('node:worker_threads');
       const file = process.argv[1];
       const once = (w, ev) => new Promise((r) => w.once(ev, r));
@@ -176,10 +197,11 @@ if (!isMainThread && (workerData as { rig?: boolean } | null)?.rig) {
         console.log(JSON.stringify(ends));
       })();
     `;
-    const r = spawnSync(process.execPath, ['-e', child, __filename], { encoding: 'utf8', timeout: 15_000 });
-    assert.equal(r.signal, null, `the process died of ${r.signal}: ${r.stderr}`);
-    assert.equal(r.status, 0, r.stderr);
-    assert.deepEqual(JSON.parse(r.stdout.trim()), ['terminate 1', 'exit 0', 'terminate 1', 'exit 0']);
-    assert.doesNotMatch(r.stderr, /open handles/);
-  });
+      const r = spawnSync(process.execPath, ['-e', child, __filename], { encoding: 'utf8', timeout: 15_000 });
+      assert.equal(r.signal, null, `the process died of ${r.signal}: ${r.stderr}`);
+      assert.equal(r.status, 0, r.stderr);
+      assert.deepEqual(JSON.parse(r.stdout.trim()), ['terminate 1', 'exit 0', 'terminate 1', 'exit 0']);
+      assert.doesNotMatch(r.stderr, /open handles/);
+    },
+  );
 }

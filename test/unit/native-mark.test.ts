@@ -15,7 +15,13 @@ function have(cmd: string): boolean {
   return spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0;
 }
 
-const skip = !isRoot ? 'needs root (unshare -n, nft)' : !have('unshare') || !have('nft') || !have('ip') ? 'needs unshare, nft and ip' : !native.isNativeAvailable() ? 'addon not built (npm install)' : false;
+const skip = !isRoot
+  ? 'needs root (unshare -n, nft)'
+  : !have('unshare') || !have('nft') || !have('ip')
+    ? 'needs unshare, nft and ip'
+    : !native.isNativeAvailable()
+      ? 'addon not built (npm install)'
+      : false;
 
 /**
  * In the child: loopback up; an echo server; an nft output chain counting

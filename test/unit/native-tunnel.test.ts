@@ -11,8 +11,20 @@ import fs from 'node:fs';
 import net from 'node:net';
 import { afterEach, describe, it } from 'node:test';
 import {
-  hasTunnel, listenTcp, loadNative, localPort, spliceAbortAll, spliceActive, tunnelAbortAll, tunnelClose, tunnelListen, tunnelPending,
-  type TunnelDecide, type TunnelDone, type TunnelHandle, type TunnelUnusable,
+  hasTunnel,
+  listenTcp,
+  loadNative,
+  localPort,
+  spliceAbortAll,
+  spliceActive,
+  tunnelAbortAll,
+  tunnelClose,
+  tunnelListen,
+  tunnelPending,
+  type TunnelDecide,
+  type TunnelDone,
+  type TunnelHandle,
+  type TunnelUnusable,
 } from '../../src/native';
 
 const T = { timeout: 8_000 };
@@ -114,7 +126,16 @@ function openFront(o: FrontOptions, decider: Decider): Front {
   const unusable: Array<[string | null, number, string]> = [];
   const decide = ((id, cfd, clientIp, clientPort, dstIp, dstPort, head, final, eof) => {
     const call: DecideCall = {
-      id, fd: cfd, clientIp, clientPort, dstIp, dstPort, head: head === undefined ? undefined : Buffer.from(head), final, eof, at: Date.now(),
+      id,
+      fd: cfd,
+      clientIp,
+      clientPort,
+      dstIp,
+      dstPort,
+      head: head === undefined ? undefined : Buffer.from(head),
+      final,
+      eof,
+      at: Date.now(),
     };
     decides.push(call);
     return decider(call, decides.length);
@@ -138,7 +159,9 @@ function openFront(o: FrontOptions, decider: Decider): Front {
         connectTimeoutMs: o.connectTimeoutMs ?? 2_000,
         idleTimeoutMs: o.idleTimeoutMs ?? 0,
       },
-      decide, done, onUnusable,
+      decide,
+      done,
+      onUnusable,
     );
   } catch (err) {
     fs.closeSync(fd);
@@ -397,12 +420,14 @@ describe('native tunnel front end (native/tunnel.c)', { skip }, () => {
     const proxy = await echoProxy();
     const front = openFront({}, () => [1, '127.0.0.1', proxy.port, REQ]);
     const payloads = Array.from({ length: 20 }, (_, i) => randomBytes(16 * 1024 + i));
-    const echoed = await Promise.all(payloads.map(async (data) => {
-      const client = await connectClient(front.port);
-      const got = collect(client);
-      client.end(data);
-      return got;
-    }));
+    const echoed = await Promise.all(
+      payloads.map(async (data) => {
+        const client = await connectClient(front.port);
+        const got = collect(client);
+        client.end(data);
+        return got;
+      }),
+    );
     echoed.forEach((b, i) => assert.equal(sha(b), sha(payloads[i]!), `connection ${i}`));
     const ids = front.decides.map((c) => c.id);
     assert.equal(new Set(ids).size, 20, 'ids are distinct');
@@ -414,7 +439,10 @@ describe('native tunnel front end (native/tunnel.c)', { skip }, () => {
       assert.equal(d.outcome, 'ok');
       assert.equal(d.up, d.down);
     }
-    assert.deepEqual(front.dones.map((d) => d.up).sort((a, b) => a - b), payloads.map((p) => p.length));
+    assert.deepEqual(
+      front.dones.map((d) => d.up).sort((a, b) => a - b),
+      payloads.map((p) => p.length),
+    );
     assert.equal(proxy.conns.length, 20);
     assert.ok(proxy.requests.every((r) => r === REQ));
     assert.equal(tunnelPending(), 0);
@@ -468,7 +496,12 @@ describe('native tunnel front end (native/tunnel.c)', { skip }, () => {
     const how = closedHow(client);
     const d = await onlyDoneOf(front, await waitFor('decide', () => front.decides[0]?.id));
     assert.deepEqual(d, {
-      id: front.decides[0]!.id, up: 0, down: 0, outcome: 'answer-status', status: 407, reason: 'Proxy Authentication Required',
+      id: front.decides[0]!.id,
+      up: 0,
+      down: 0,
+      outcome: 'answer-status',
+      status: 407,
+      reason: 'Proxy Authentication Required',
     });
     assert.equal(await how, 'ECONNRESET');
     await waitFor('the proxy connection to be closed', () => proxy.conns[0]?.closed);
@@ -537,15 +570,19 @@ describe('native tunnel front end (native/tunnel.c)', { skip }, () => {
     const originGot: Buffer[] = [];
     let originEnded!: () => void;
     const originEnd = new Promise<void>((r) => (originEnded = r));
-    const origin = await listenServer((s) => {
-      s.on('data', (c: Buffer) => originGot.push(c));
-      s.on('end', () => {
-        originEnded();
-        s.end('pong');
-      });
-    }, { allowHalfOpen: true });
+    const origin = await listenServer(
+      (s) => {
+        s.on('data', (c: Buffer) => originGot.push(c));
+        s.on('end', () => {
+          originEnded();
+          s.end('pong');
+        });
+      },
+      { allowHalfOpen: true },
+    );
     const front = openFront({ sniff: true, speculate: false }, (call) =>
-      call.head!.toString() === 'hello world' ? [1, '127.0.0.1', origin.port, undefined] : null);
+      call.head!.toString() === 'hello world' ? [1, '127.0.0.1', origin.port, undefined] : null,
+    );
     const client = await connectClient(front.port);
     const got = collect(client);
     client.write('hello ');
@@ -557,7 +594,13 @@ describe('native tunnel front end (native/tunnel.c)', { skip }, () => {
     assert.equal(Buffer.concat(originGot).toString(), 'hello world|later');
     assert.equal((await got).toString(), 'pong');
 
-    assert.deepEqual(front.decides.map((c) => [c.head?.toString(), c.final, c.eof]), [['hello ', false, false], ['hello world', false, false]]);
+    assert.deepEqual(
+      front.decides.map((c) => [c.head?.toString(), c.final, c.eof]),
+      [
+        ['hello ', false, false],
+        ['hello world', false, false],
+      ],
+    );
     assert.equal(front.decides[0]!.id, front.decides[1]!.id);
     const d = await onlyDoneOf(front, front.decides[0]!.id);
     assert.deepEqual(d, { id: d.id, up: 'hello world|later'.length, down: 4, outcome: 'ok', status: 0, reason: '' });
@@ -659,7 +702,8 @@ describe('native tunnel front end (native/tunnel.c)', { skip }, () => {
   it('speculate: dials the proxy before the first bytes and uses that one connection', T, async () => {
     const proxy = await echoProxy();
     const front = openFront({ sniff: true, speculate: true }, (call) =>
-      call.head!.length === 0 ? [3, '127.0.0.1', proxy.port] : [1, '127.0.0.1', proxy.port, REQ]);
+      call.head!.length === 0 ? [3, '127.0.0.1', proxy.port] : [1, '127.0.0.1', proxy.port, REQ],
+    );
     const client = await connectClient(front.port);
     const first = await waitFor('the speculative decide', () => front.decides[0]);
     assert.deepEqual([first.head?.length, first.final, first.eof], [0, false, false]);
@@ -673,7 +717,13 @@ describe('native tunnel front end (native/tunnel.c)', { skip }, () => {
     assert.equal((await got).toString(), ' world');
     assert.equal(proxy.conns.length, 1, 'only the speculative connection reached the proxy');
     assert.deepEqual(proxy.requests, [REQ]);
-    assert.deepEqual(front.decides.map((c) => [c.head?.toString(), c.final]), [['', false], ['hello', false]]);
+    assert.deepEqual(
+      front.decides.map((c) => [c.head?.toString(), c.final]),
+      [
+        ['', false],
+        ['hello', false],
+      ],
+    );
     const d = await onlyDoneOf(front, first.id);
     assert.deepEqual([d.up, d.down, d.outcome], [11, 11, 'ok']);
   });
@@ -682,7 +732,8 @@ describe('native tunnel front end (native/tunnel.c)', { skip }, () => {
     const wrong = await echoProxy();
     const right = await echoProxy();
     const front = openFront({ sniff: true, speculate: true }, (call) =>
-      call.head!.length === 0 ? [3, '127.0.0.1', wrong.port] : [1, '127.0.0.1', right.port, REQ]);
+      call.head!.length === 0 ? [3, '127.0.0.1', wrong.port] : [1, '127.0.0.1', right.port, REQ],
+    );
     const client = await connectClient(front.port);
     await waitFor('the speculative connection', () => wrong.conns.length === 1);
     await delay(QUIET_MS); // not observable from JS: that the addon has seen the connect complete, so that a connected one is closed
@@ -706,10 +757,17 @@ describe('native tunnel front end (native/tunnel.c)', { skip }, () => {
       sock.resume();
     });
     const front = openFront({ sniff: true, speculate: true, sniffTimeoutMs: 200 }, (call) =>
-      call.final ? [1, '127.0.0.1', proxy.port, REQ] : [3, '127.0.0.1', proxy.port]);
+      call.final ? [1, '127.0.0.1', proxy.port, REQ] : [3, '127.0.0.1', proxy.port],
+    );
     const client = await connectClient(front.port);
     assert.equal((await readBytes(client, greeting.length)).toString(), greeting);
-    assert.deepEqual(front.decides.map((c) => [c.head?.length, c.final]), [[0, false], [0, true]]);
+    assert.deepEqual(
+      front.decides.map((c) => [c.head?.length, c.final]),
+      [
+        [0, false],
+        [0, true],
+      ],
+    );
     const waited = front.decides[1]!.at - front.decides[0]!.at;
     assert.ok(waited >= 150 && waited < 1_500, `final decide after ${waited} ms, expected ~200`);
     assert.equal(proxy.conns.length, 1);
@@ -724,7 +782,8 @@ describe('native tunnel front end (native/tunnel.c)', { skip }, () => {
   it('speculate: a refused speculative connection is dialled again for the final answer and reported', T, async () => {
     const port = await freePort();
     const front = openFront({ sniff: true, speculate: true }, (call) =>
-      call.head!.length === 0 ? [3, '127.0.0.1', port] : [1, '127.0.0.1', port, REQ]);
+      call.head!.length === 0 ? [3, '127.0.0.1', port] : [1, '127.0.0.1', port, REQ],
+    );
     const client = await connectClient(front.port);
     await waitFor('the speculative decide', () => front.decides.length === 1);
     await delay(QUIET_MS); // not observable from JS (no done() by design): the refusal comes back meanwhile
@@ -738,8 +797,7 @@ describe('native tunnel front end (native/tunnel.c)', { skip }, () => {
 
   it('speculate: [0] after a speculative dial closes both the client and the speculative connection', T, async () => {
     const proxy = await fakeProxy(noop);
-    const front = openFront({ sniff: true, speculate: true }, (call) =>
-      call.head!.length === 0 ? [3, '127.0.0.1', proxy.port] : [0]);
+    const front = openFront({ sniff: true, speculate: true }, (call) => (call.head!.length === 0 ? [3, '127.0.0.1', proxy.port] : [0]));
     const client = await connectClient(front.port);
     await waitFor('the speculative connection', () => proxy.conns.length === 1);
     const how = closedHow(client);
@@ -781,15 +839,23 @@ describe('native tunnel front end (native/tunnel.c)', { skip }, () => {
       });
     });
     const front = openFront({ sniff: true, speculate: true }, (call) =>
-      call.head!.length === 0 ? [3, '127.0.0.1', proxy.port] : [1, '127.0.0.1', proxy.port, REQ]);
+      call.head!.length === 0 ? [3, '127.0.0.1', proxy.port] : [1, '127.0.0.1', proxy.port, REQ],
+    );
     const client = await connectClient(front.port);
     // The addon does not poll a connected speculative connection: it peeks
     // at it when the final answer comes. Once shutdown(2) has returned, the
     // FIN is in the addon's receive queue (loopback delivers it within the call).
     await waitFor('the FIN of the speculative connection', () => finSent);
     client.write('hello');
-    const echoed = await readBytes(client, 5).then((b) => b.toString(), (e: Error) => e.message);
-    assert.equal(echoed, "hello", `the tunnel failed: done ${JSON.stringify(front.dones[0])} decides ${JSON.stringify(front.decides.map((c) => [c.head?.toString(), c.final]))}`);
+    const echoed = await readBytes(client, 5).then(
+      (b) => b.toString(),
+      (e: Error) => e.message,
+    );
+    assert.equal(
+      echoed,
+      'hello',
+      `the tunnel failed: done ${JSON.stringify(front.dones[0])} decides ${JSON.stringify(front.decides.map((c) => [c.head?.toString(), c.final]))}`,
+    );
   });
 
   // ---- 9. close and hand-over --------------------------------------------------------
@@ -886,11 +952,30 @@ describe('native tunnel front end (native/tunnel.c)', { skip }, () => {
     try {
       const opts = { fd, sniff: false, redirect: false, sniffMaxBytes: 16, sniffTimeoutMs: 100, connectTimeoutMs: 100, idleTimeoutMs: 0 };
       const fn = (() => null) as TunnelDecide;
-      assert.throws(() => tunnelListen(opts, 'nope' as unknown as TunnelDecide, noop, noop), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' });
-      assert.throws(() => tunnelListen(opts, fn, undefined as unknown as TunnelDone, noop), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' });
+      assert.throws(() => tunnelListen(opts, 'nope' as unknown as TunnelDecide, noop, noop), {
+        name: 'TypeError',
+        code: 'ERR_INVALID_ARG_TYPE',
+      });
+      assert.throws(() => tunnelListen(opts, fn, undefined as unknown as TunnelDone, noop), {
+        name: 'TypeError',
+        code: 'ERR_INVALID_ARG_TYPE',
+      });
       const raw = loadNative();
-      const args = (decide: unknown, done: unknown, unusable: unknown) =>
-        () => raw.tunnelListen(fd, false, false, undefined, 16, 100, 100, 0, decide as TunnelDecide, done as TunnelDone, unusable as TunnelUnusable, false);
+      const args = (decide: unknown, done: unknown, unusable: unknown) => () =>
+        raw.tunnelListen(
+          fd,
+          false,
+          false,
+          undefined,
+          16,
+          100,
+          100,
+          0,
+          decide as TunnelDecide,
+          done as TunnelDone,
+          unusable as TunnelUnusable,
+          false,
+        );
       assert.throws(args('nope', noop, noop), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: 'decide must be a function' });
       assert.throws(args(fn, 42, noop), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: 'done must be a function' });
       assert.throws(args(fn, noop, null), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: 'unusable must be a function' });

@@ -73,7 +73,10 @@ describe('native udp (native/udp.c)', { skip: native.isNativeAvailable() ? false
     for (const h of closed) native.udpClose(h);
 
     // The listeners opened meanwhile still listen.
-    assert.deepEqual(open.map((h) => native.udpListenerPort(h)), ports);
+    assert.deepEqual(
+      open.map((h) => native.udpListenerPort(h)),
+      ports,
+    );
     const client = dgram.createSocket('udp4');
     const all = new Promise<void>((r) => (wake = () => got.length === N && r()));
     for (const port of ports) client.send(String(port), port, '127.0.0.1');
@@ -87,7 +90,9 @@ describe('native udp (native/udp.c)', { skip: native.isNativeAvailable() ? false
     const fd = native.listenTcp({ host: '127.0.0.1', port: 0 });
     const tunnel = native.tunnelListen(
       { fd, sniff: false, redirect: false, sniffMaxBytes: 16, sniffTimeoutMs: 100, connectTimeoutMs: 100, idleTimeoutMs: 0 },
-      () => [0], () => undefined, () => undefined,
+      () => [0],
+      () => undefined,
+      () => undefined,
     );
     const udp = native.udpListen({ host: '127.0.0.1', port: 0 }, () => undefined);
     try {

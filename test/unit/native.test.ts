@@ -126,7 +126,17 @@ function which(cmd: string): boolean {
 test('addon loads and exports every function', () => {
   assert.equal(native.isNativeAvailable(), true);
   const raw = native.loadNative();
-  for (const name of ['listenTcp', 'createTcpSocket', 'localPort', 'socketFamily', 'originalDst', 'setMark', 'getMark', 'setTransparent', 'raiseNofileLimit']) {
+  for (const name of [
+    'listenTcp',
+    'createTcpSocket',
+    'localPort',
+    'socketFamily',
+    'originalDst',
+    'setMark',
+    'getMark',
+    'setTransparent',
+    'raiseNofileLimit',
+  ]) {
     assert.equal(typeof (raw as unknown as Record<string, unknown>)[name], 'function', name);
   }
 });
@@ -147,16 +157,22 @@ test('without a built addon: importing works, first use says to run npm install'
     const copy = require(path.join(root, 'dist', 'src', 'native', 'index.js')) as typeof native;
     assert.equal(copy.isNativeAvailable(), false);
     let first: unknown;
-    assert.throws(() => copy.localPort(0), (err: unknown) => {
-      first = err;
-      assert.ok(err instanceof Error);
-      assert.equal((err as { code?: string }).code, 'TG_ERR_NATIVE');
-      assert.match(err.message, /npm install/);
-      assert.match(err.message, /g\+\+, make and python3/);
-      assert.ok(err.message.includes(path.join(root, 'build', 'Release', 'transgate.node')));
-      return true;
-    });
-    assert.throws(() => copy.getMark(0), (err: unknown) => err === first);
+    assert.throws(
+      () => copy.localPort(0),
+      (err: unknown) => {
+        first = err;
+        assert.ok(err instanceof Error);
+        assert.equal((err as { code?: string }).code, 'TG_ERR_NATIVE');
+        assert.match(err.message, /npm install/);
+        assert.match(err.message, /g\+\+, make and python3/);
+        assert.ok(err.message.includes(path.join(root, 'build', 'Release', 'transgate.node')));
+        return true;
+      },
+    );
+    assert.throws(
+      () => copy.getMark(0),
+      (err: unknown) => err === first,
+    );
     // Argument checks need no addon.
     assertTypeError(() => copy.localPort(-1));
   } finally {
@@ -168,7 +184,9 @@ test('without a built addon: importing works, first use says to run npm install'
 /** Runs `code` in a fresh node (argv[1]: this native module) with `env` added; its last stdout line, parsed as JSON. */
 function nodeJson(code: string, env: Record<string, string | undefined> = {}): unknown {
   const r = spawnSync(process.execPath, ['-e', code, require.resolve('../../src/native/index')], {
-    encoding: 'utf8', env: { ...process.env, ...env }, timeout: 10_000,
+    encoding: 'utf8',
+    env: { ...process.env, ...env },
+    timeout: 10_000,
   });
   assert.equal(r.status, 0, r.stderr);
   return JSON.parse(r.stdout.trim().split('\n').pop()!);
@@ -215,8 +233,11 @@ const LIMITS = `const num = (v) => (v === 'unlimited' ? Infinity : Number(v));
 // Node itself raises the soft limit to the hard one at start-up (PlatformInit in node.cc), so the
 // child lowers its own soft limit first (prlimit, no privilege needed), as an embedder or a
 // later setrlimit could have.
-test('raiseNofileLimit raises the soft open-files limit to the hard one and returns both', { timeout: 15_000, skip: !which('prlimit') && 'needs prlimit' }, () => {
-  const code = `${LIMITS}
+test(
+  'raiseNofileLimit raises the soft open-files limit to the hard one and returns both',
+  { timeout: 15_000, skip: !which('prlimit') && 'needs prlimit' },
+  () => {
+    const code = `${LIMITS}
     const n = require(process.argv[1]);
     require('child_process').execFileSync('prlimit', ['--pid', String(process.pid), '--nofile=256:']);
     const before = limits();
@@ -224,13 +245,14 @@ test('raiseNofileLimit raises the soft open-files limit to the hard one and retu
     const after = limits();
     const again = n.raiseNofileLimit();
     console.log(JSON.stringify({ before, got, after, again }));`;
-  const r = nodeJson(code) as Record<'before' | 'got' | 'after' | 'again', { soft: number; hard: number }>;
-  assert.equal(r.before.soft, 256);
-  if (r.before.hard <= 256) return; // nothing to raise here
-  assert.deepEqual(r.got, { soft: r.before.hard, hard: r.before.hard });
-  assert.deepEqual(r.after, r.got); // what the kernel has, not only what the addon says
-  assert.deepEqual(r.again, r.got); // already raised: left alone
-});
+    const r = nodeJson(code) as Record<'before' | 'got' | 'after' | 'again', { soft: number; hard: number }>;
+    assert.equal(r.before.soft, 256);
+    if (r.before.hard <= 256) return; // nothing to raise here
+    assert.deepEqual(r.got, { soft: r.before.hard, hard: r.before.hard });
+    assert.deepEqual(r.after, r.got); // what the kernel has, not only what the addon says
+    assert.deepEqual(r.again, r.got); // already raised: left alone
+  },
+);
 
 // ---- listenTcp, localPort, socketFamily ------------------------------------
 
@@ -458,7 +480,10 @@ test('transparent listeners work and may bind non-local addresses', { ...T, skip
   }
 
   // Documentation prefixes, never routed: only bind + listen, no traffic.
-  for (const [host, sysctl] of [['192.0.2.1', 'ipv4'], ['2001:db8::1', 'ipv6']] as const) {
+  for (const [host, sysctl] of [
+    ['192.0.2.1', 'ipv4'],
+    ['2001:db8::1', 'ipv6'],
+  ] as const) {
     const fd = native.listenTcp({ host, port: 0, transparent: true });
     assert.ok(native.localPort(fd) > 0);
     fs.closeSync(fd);
@@ -520,34 +545,38 @@ test('Node 20 destroys an fd-created socket left unconnected across a loop turn 
   assert.throws(() => native.socketFd(sock), { code: 'EBADF' });
 });
 
-test('connectMarkedSocket: connect event, mark on the wire socket, v4 and v6, localAddress', { ...T, skip: !isRoot && 'needs root' }, async () => {
-  for (const host of ['127.0.0.1', '::1']) {
-    const server = net.createServer((s) => s.end('pong'));
-    await new Promise<void>((resolve) => server.listen(0, host, resolve));
-    try {
-      const remotes: string[] = [];
-      server.on('connection', (s: net.Socket) => remotes.push(s.remoteAddress ?? ''));
-      const sock = native.connectMarkedSocket({
-        host,
-        port: portOf(server),
-        mark: 0x100,
-        localAddress: host === '127.0.0.1' ? '127.0.0.2' : undefined,
-      });
-      await once(sock, 'connect');
-      assert.equal(native.getMark(native.socketFd(sock)), 0x100);
-      assert.equal(native.socketFamily(native.socketFd(sock)), host === '::1' ? 6 : 4);
-      sock.setEncoding('utf8');
-      let data = '';
-      sock.on('data', (d: string) => (data += d));
-      await once(sock, 'end');
-      sock.destroy();
-      assert.equal(data, 'pong');
-      assert.deepEqual(remotes, [host === '127.0.0.1' ? '127.0.0.2' : '::1']);
-    } finally {
-      await closeServer(server);
+test(
+  'connectMarkedSocket: connect event, mark on the wire socket, v4 and v6, localAddress',
+  { ...T, skip: !isRoot && 'needs root' },
+  async () => {
+    for (const host of ['127.0.0.1', '::1']) {
+      const server = net.createServer((s) => s.end('pong'));
+      await new Promise<void>((resolve) => server.listen(0, host, resolve));
+      try {
+        const remotes: string[] = [];
+        server.on('connection', (s: net.Socket) => remotes.push(s.remoteAddress ?? ''));
+        const sock = native.connectMarkedSocket({
+          host,
+          port: portOf(server),
+          mark: 0x100,
+          localAddress: host === '127.0.0.1' ? '127.0.0.2' : undefined,
+        });
+        await once(sock, 'connect');
+        assert.equal(native.getMark(native.socketFd(sock)), 0x100);
+        assert.equal(native.socketFamily(native.socketFd(sock)), host === '::1' ? 6 : 4);
+        sock.setEncoding('utf8');
+        let data = '';
+        sock.on('data', (d: string) => (data += d));
+        await once(sock, 'end');
+        sock.destroy();
+        assert.equal(data, 'pong');
+        assert.deepEqual(remotes, [host === '127.0.0.1' ? '127.0.0.2' : '::1']);
+      } finally {
+        await closeServer(server);
+      }
     }
-  }
-});
+  },
+);
 
 test('connectMarkedSocket reports a refused connection like net.connect', T, async () => {
   // A port that was just free: listen on 0, then close.

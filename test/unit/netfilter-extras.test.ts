@@ -53,7 +53,10 @@ describe('plan: masquerade', () => {
   });
 
   it('rejects a bad interface name', () => {
-    assert.throws(() => plan(cfg({ masquerade: ['wan 0'] })), (e: unknown) => e instanceof GatewayError && e.code === ErrorCodes.CONFIG);
+    assert.throws(
+      () => plan(cfg({ masquerade: ['wan 0'] })),
+      (e: unknown) => e instanceof GatewayError && e.code === ErrorCodes.CONFIG,
+    );
   });
 
   it('has no postrouting chain without masquerade', () => {
@@ -62,7 +65,7 @@ describe('plan: masquerade', () => {
 });
 
 describe('plan: local', () => {
-  it('tproxy: marks this host\'s own connections in a route chain, skips transgate\'s sockets, takes them in on lo', () => {
+  it("tproxy: marks this host's own connections in a route chain, skips transgate's sockets, takes them in on lo", () => {
     const p = plan(cfg({ local: true, socketMark: 0x7468, rejectQuic: true }));
     assert.deepEqual(chain(p.nftScript, 'output'), [
       'type route hook output priority mangle; policy accept;',
@@ -102,7 +105,10 @@ describe('plan: local', () => {
 
   it('needs a socket mark different from the fwmark', () => {
     for (const socketMark of [undefined, 0, 0x7467]) {
-      assert.throws(() => plan(cfg({ local: true, socketMark })), (e: unknown) => e instanceof GatewayError && e.code === ErrorCodes.CONFIG);
+      assert.throws(
+        () => plan(cfg({ local: true, socketMark })),
+        (e: unknown) => e instanceof GatewayError && e.code === ErrorCodes.CONFIG,
+      );
     }
   });
 });
@@ -114,12 +120,15 @@ describe('plan: bridge', () => {
     const p = plan(cfg({ bridge, lanInterfaces: ['lan0'], ipv6: false, rejectQuic: true }));
     const m = /table bridge transgate \{[\s\S]*?\tchain prerouting \{\n([\s\S]*?)\n\t\}/.exec(p.nftScript);
     assert.ok(m, p.nftScript);
-    assert.deepEqual(m[1]!.split('\n').map((l) => l.trim()), [
-      'type filter hook prerouting priority -300; policy accept;',
-      'iifname { "lan0" } ether type ip ip daddr @bypass4 return',
-      'iifname { "lan0" } ether type ip tcp dport { 80, 443 } meta mark set 0x7467 meta pkttype set host ether daddr set 02:00:00:00:00:01 accept',
-      'iifname { "lan0" } ether type ip udp dport 443 meta pkttype set host ether daddr set 02:00:00:00:00:01 accept',
-    ]);
+    assert.deepEqual(
+      m[1]!.split('\n').map((l) => l.trim()),
+      [
+        'type filter hook prerouting priority -300; policy accept;',
+        'iifname { "lan0" } ether type ip ip daddr @bypass4 return',
+        'iifname { "lan0" } ether type ip tcp dport { 80, 443 } meta mark set 0x7467 meta pkttype set host ether daddr set 02:00:00:00:00:01 accept',
+        'iifname { "lan0" } ether type ip udp dport 443 meta pkttype set host ether daddr set 02:00:00:00:00:01 accept',
+      ],
+    );
     assert.match(p.nftScript, /^table bridge transgate \{\}\ndelete table bridge transgate$/m);
     const pre = chain(p.nftScript, 'prerouting')!;
     assert.equal(pre[1], 'iifname "br0" meta mark != 0x7467 return', 'unmarked bridged traffic (br_netfilter) is left alone');
@@ -131,6 +140,9 @@ describe('plan: bridge', () => {
 
   it('no bridge table without --bridge; a bad MAC is a config error', () => {
     assert.doesNotMatch(plan(cfg()).nftScript, /bridge/);
-    assert.throws(() => plan(cfg({ bridge: { name: 'br0', mac: 'nope' } })), (e: unknown) => e instanceof GatewayError && e.code === ErrorCodes.CONFIG);
+    assert.throws(
+      () => plan(cfg({ bridge: { name: 'br0', mac: 'nope' } })),
+      (e: unknown) => e instanceof GatewayError && e.code === ErrorCodes.CONFIG,
+    );
   });
 });

@@ -53,7 +53,7 @@ describe('planIptables: tproxy', () => {
     assert.match(tp[1]!, /--dports 5015,.*,5019 /);
   });
 
-  it('--local: mangle OUTPUT marks our ports except transgate\'s own sockets; lo accepted when marked', () => {
+  it("--local: mangle OUTPUT marks our ports except transgate's own sockets; lo accepted when marked", () => {
     const l = lines(planIptables(cfg({ local: true, socketMark: 0x7468, ipv6: false })).restore4);
     assert.ok(l.includes('-A PREROUTING -i lo -m mark --mark 0x7467 -j TRANSGATE'));
     const out = l.filter((x) => x.startsWith('-A TRANSGATE_OUT'));
@@ -65,7 +65,10 @@ describe('planIptables: tproxy', () => {
 
 describe('planIptables: redirect, QUIC, masquerade', () => {
   it('nat REDIRECT, no policy routes; filter QUIC reject; nat masquerade', () => {
-    const p = planIptables(cfg({ mode: 'redirect', rejectQuic: true, masquerade: ['wan0'], udp: [{ ports: [53], listenPort: 3153 }] }), 'iptables-legacy');
+    const p = planIptables(
+      cfg({ mode: 'redirect', rejectQuic: true, masquerade: ['wan0'], udp: [{ ports: [53], listenPort: 3153 }] }),
+      'iptables-legacy',
+    );
     const l4 = lines(p.restore4);
     assert.equal(p.routes.length, 0);
     assert.ok(!l4.includes('*mangle'));
@@ -91,7 +94,11 @@ describe('planIptables: redirect, QUIC, masquerade', () => {
       { local: true, socketMark: 0x7467 },
     ];
     for (const b of bad) {
-      assert.throws(() => planIptables(cfg(b)), (e: unknown) => e instanceof GatewayError && e.code === ErrorCodes.CONFIG, JSON.stringify(b));
+      assert.throws(
+        () => planIptables(cfg(b)),
+        (e: unknown) => e instanceof GatewayError && e.code === ErrorCodes.CONFIG,
+        JSON.stringify(b),
+      );
     }
   });
 });
@@ -116,11 +123,27 @@ describe('jumpDeletes', () => {
 
 describe('backend choice', () => {
   it('auto prefers nftables, falls back to iptables, then iptables-legacy', () => {
-    assert.equal(backendName({ firewall: 'auto' }, () => true), 'nftables');
-    assert.equal(backendName({ firewall: 'auto' }, (b) => b === 'iptables'), 'iptables');
-    assert.equal(backendName({ firewall: 'auto' }, (b) => b === 'iptables-legacy'), 'iptables-legacy');
-    assert.equal(backendName({ firewall: 'iptables-legacy' }, () => true), 'iptables-legacy');
-    assert.deepEqual(iptablesBinaries('iptables-legacy', 6), { cmd: 'ip6tables-legacy', restore: 'ip6tables-legacy-restore', save: 'ip6tables-legacy-save' });
+    assert.equal(
+      backendName({ firewall: 'auto' }, () => true),
+      'nftables',
+    );
+    assert.equal(
+      backendName({ firewall: 'auto' }, (b) => b === 'iptables'),
+      'iptables',
+    );
+    assert.equal(
+      backendName({ firewall: 'auto' }, (b) => b === 'iptables-legacy'),
+      'iptables-legacy',
+    );
+    assert.equal(
+      backendName({ firewall: 'iptables-legacy' }, () => true),
+      'iptables-legacy',
+    );
+    assert.deepEqual(iptablesBinaries('iptables-legacy', 6), {
+      cmd: 'ip6tables-legacy',
+      restore: 'ip6tables-legacy-restore',
+      save: 'ip6tables-legacy-save',
+    });
   });
 });
 

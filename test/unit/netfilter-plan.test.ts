@@ -177,7 +177,9 @@ describe('netfilter plan: tproxy', () => {
   });
 
   it('normalises bypass CIDRs: host bits, bare addresses, duplicates, IPv6 compression', () => {
-    const p = plan(baseConfig({ bypass4: ['10.1.2.3/8', '10.0.0.0/8', '203.0.113.7'], bypass6: ['2001:DB8:0:0:0:0:0:1/64', '2001:db8::9'] }));
+    const p = plan(
+      baseConfig({ bypass4: ['10.1.2.3/8', '10.0.0.0/8', '203.0.113.7'], bypass6: ['2001:DB8:0:0:0:0:0:1/64', '2001:db8::9'] }),
+    );
     assert.ok(p.nftScript.includes('elements = { 10.0.0.0/8, 203.0.113.7/32 }'));
     assert.ok(p.nftScript.includes('elements = { 2001:db8::/64, 2001:db8::9/128 }'));
     assert.equal(normalizeCidr('::ffff:1.2.3.4/96', 6), '::ffff:0:0/96');
@@ -262,7 +264,15 @@ describe('netfilter plan: determinism and validation', () => {
     ['port 70000', { tcp: [{ ports: [70000], listenPort: 3180 }] }],
     ['bad listen port', { tcp: [{ ports: [80], listenPort: 1.5 }] }],
     ['empty ports', { tcp: [{ ports: [], listenPort: 3180 }] }],
-    ['port in two groups', { tcp: [{ ports: [80], listenPort: 3180 }, { ports: [80, 81], listenPort: 3181 }] }],
+    [
+      'port in two groups',
+      {
+        tcp: [
+          { ports: [80], listenPort: 3180 },
+          { ports: [80, 81], listenPort: 3181 },
+        ],
+      },
+    ],
     ['nothing to intercept', { tcp: [], udp: [] }],
     ['main table', { routeTable: 254 }],
     ['local table', { routeTable: 255 }],
@@ -348,7 +358,8 @@ describe('netfilter backend with a fake runner', () => {
 
   it('apply is all-or-nothing: a failing ip command reverts the table and rules', async () => {
     const f = fakeRunner((cmd) => {
-      if (cmd.startsWith('ip -6 route replace')) return { code: 2, stderr: 'RTNETLINK answers: Address family not supported by protocol\n' };
+      if (cmd.startsWith('ip -6 route replace'))
+        return { code: 2, stderr: 'RTNETLINK answers: Address family not supported by protocol\n' };
       if (cmd.includes('rule del')) return NO_RULE;
       return undefined;
     });
@@ -402,7 +413,8 @@ describe('netfilter backend with a fake runner', () => {
   });
 
   it('nftError recognises socket, fib and nat failures', () => {
-    const script = 'a\nmeta l4proto tcp socket transparent 1 accept\nfib daddr type local return\ntype nat hook prerouting priority dstnat;\n';
+    const script =
+      'a\nmeta l4proto tcp socket transparent 1 accept\nfib daddr type local return\ntype nat hook prerouting priority dstnat;\n';
     const at = (n: number): string => `/dev/stdin:${n}:1-10: Error: Could not process rule: No such file or directory\n`;
     assert.match(nftError(at(2), script).message, /socket matching/);
     assert.match(nftError(at(3), script).message, /fib lookups/);
@@ -413,7 +425,8 @@ describe('netfilter backend with a fake runner', () => {
 
   it('revert is idempotent and tolerates nothing installed', async () => {
     const f = fakeRunner((cmd) => {
-      if (cmd === 'nft delete table inet transgate') return { code: 1, stderr: 'Error: Could not process rule: No such file or directory\ndelete table inet transgate\n' };
+      if (cmd === 'nft delete table inet transgate')
+        return { code: 1, stderr: 'Error: Could not process rule: No such file or directory\ndelete table inet transgate\n' };
       if (cmd.includes('rule del')) return NO_RULE;
       if (cmd.includes('route flush')) return { code: 2, stderr: 'Error: ipv4: FIB table does not exist.\nFlush terminated\n' };
       return undefined;
@@ -441,7 +454,10 @@ describe('netfilter backend with a fake runner', () => {
   it('revert refuses to flush a system routing table', async () => {
     const f = fakeRunner(() => undefined);
     const backend = new NftablesRuleBackend({ runner: f.runner });
-    await assert.rejects(backend.revert({ fwmark: 1, routeTable: 254 }), (e: unknown) => e instanceof GatewayError && e.code === ErrorCodes.CONFIG);
+    await assert.rejects(
+      backend.revert({ fwmark: 1, routeTable: 254 }),
+      (e: unknown) => e instanceof GatewayError && e.code === ErrorCodes.CONFIG,
+    );
     assert.deepEqual(f.calls, []);
   });
 
@@ -461,7 +477,10 @@ describe('netfilter backend with a fake runner', () => {
     const f = fakeRunner((cmd) => {
       if (cmd === 'nft list table inet transgate') return { stdout: 'table inet transgate {\n}\n' };
       if (cmd === 'ip -4 rule show')
-        return { stdout: '0:\tfrom all lookup local\n7467:\tfrom all fwmark 0x7467 lookup 7467\n74670:\tfrom all fwmark 0x74670 lookup 7467\n32766:\tfrom all lookup main\n' };
+        return {
+          stdout:
+            '0:\tfrom all lookup local\n7467:\tfrom all fwmark 0x7467 lookup 7467\n74670:\tfrom all fwmark 0x74670 lookup 7467\n32766:\tfrom all lookup main\n',
+        };
       if (cmd === 'ip -6 rule show') return { stdout: '0:\tfrom all lookup local\n' };
       if (cmd === 'ip -4 route show table 7467') return { stdout: 'local default dev lo scope host\n' };
       return undefined;
@@ -474,7 +493,9 @@ describe('netfilter backend with a fake runner', () => {
     assert.ok(!text.includes('0x74670'));
     assert.match(text, /ip -4 route table 7467: local default dev lo scope host/);
 
-    const none = fakeRunner((cmd) => (cmd.startsWith('nft list table') ? { code: 1, stderr: 'Error: No such file or directory\n' } : undefined));
+    const none = fakeRunner((cmd) =>
+      cmd.startsWith('nft list table') ? { code: 1, stderr: 'Error: No such file or directory\n' } : undefined,
+    );
     const b2 = new NftablesRuleBackend({ runner: none.runner });
     assert.equal(await b2.isInstalled(), false);
     assert.match(await b2.describeInstalled(), /not installed[\s\S]*policy routing rules: none/);

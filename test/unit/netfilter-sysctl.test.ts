@@ -46,12 +46,20 @@ describe('sysctlWants', () => {
     const keys = sysctlWants({ ipv4: false, ipv6: true, interfaces: ['lo', 'veth*'] }).map((w) => sysctlKey(w.path));
     assert.deepEqual(keys, ['net.ipv6.conf.all.forwarding']);
     const v4 = sysctlWants({ ipv4: true, ipv6: false, interfaces: ['lo', 'veth*', 'lan0', 'lan0'] }).map((w) => sysctlKey(w.path));
-    assert.deepEqual(v4, ['net.ipv4.ip_forward', 'net.ipv4.conf.all.send_redirects', 'net.ipv4.conf.default.send_redirects', 'net.ipv4.conf.lan0.send_redirects']);
+    assert.deepEqual(v4, [
+      'net.ipv4.ip_forward',
+      'net.ipv4.conf.all.send_redirects',
+      'net.ipv4.conf.default.send_redirects',
+      'net.ipv4.conf.lan0.send_redirects',
+    ]);
   });
 
   it('maps an interface with a dot to its /proc/sys file', () => {
     assert.equal(sysctlFile(['net', 'ipv4', 'conf', 'eth0.100', 'send_redirects']), '/proc/sys/net/ipv4/conf/eth0.100/send_redirects');
-    assert.throws(() => sysctlFile(['net', '..', 'x']), (e: unknown) => e instanceof GatewayError && e.code === ErrorCodes.CONFIG);
+    assert.throws(
+      () => sysctlFile(['net', '..', 'x']),
+      (e: unknown) => e instanceof GatewayError && e.code === ErrorCodes.CONFIG,
+    );
     assert.throws(() => sysctlFile(['net', 'a/b']), GatewayError);
   });
 });
@@ -73,7 +81,10 @@ describe('planSysctls', () => {
       ],
     );
     assert.deepEqual(p.unchanged, ['net.ipv4.conf.default.send_redirects', 'net.ipv4.conf.lan0.send_redirects']);
-    assert.deepEqual(p.missing.map((m) => m.key), ['net.ipv6.conf.all.forwarding']);
+    assert.deepEqual(
+      p.missing.map((m) => m.key),
+      ['net.ipv6.conf.all.forwarding'],
+    );
     assert.match(describeChange(p.changes[0]!), /^sysctl net\.ipv4\.ip_forward: 0 -> 1 \(forward/);
   });
 
@@ -110,18 +121,29 @@ describe('applySysctls / restoreSysctls', () => {
       'net.ipv4.conf.default.send_redirects': '0',
       'net.ipv6.conf.all.forwarding': '0',
     });
-    assert.deepEqual(proc.writes.slice(3), ['net.ipv6.conf.all.forwarding=0', 'net.ipv4.conf.all.send_redirects=1', 'net.ipv4.ip_forward=0']);
+    assert.deepEqual(proc.writes.slice(3), [
+      'net.ipv6.conf.all.forwarding=0',
+      'net.ipv4.conf.all.send_redirects=1',
+      'net.ipv4.ip_forward=0',
+    ]);
   });
 
   it('is all-or-nothing: a failing write undoes the earlier ones and throws', () => {
-    const proc = fakeProc({ 'net.ipv4.ip_forward': '0', 'net.ipv4.conf.all.send_redirects': '1', 'net.ipv4.conf.default.send_redirects': '0' });
+    const proc = fakeProc({
+      'net.ipv4.ip_forward': '0',
+      'net.ipv4.conf.all.send_redirects': '1',
+      'net.ipv4.conf.default.send_redirects': '0',
+    });
     const p = planSysctls(sysctlWants({ ipv4: true, ipv6: false, interfaces: [] }), proc.read);
     let n = 0;
     const failing = (path: string[], v: string): void => {
       if (++n === 2) throw new GatewayError(ErrorCodes.PERMISSION, 'read-only');
       proc.write(path, v);
     };
-    assert.throws(() => applySysctls(p.changes, failing), (e: unknown) => e instanceof GatewayError && e.code === ErrorCodes.PERMISSION);
+    assert.throws(
+      () => applySysctls(p.changes, failing),
+      (e: unknown) => e instanceof GatewayError && e.code === ErrorCodes.PERMISSION,
+    );
     assert.equal(proc.values.get('net.ipv4.ip_forward'), '0');
     assert.equal(proc.values.get('net.ipv4.conf.all.send_redirects'), '1');
   });
@@ -140,7 +162,7 @@ describe('applySysctls / restoreSysctls', () => {
 });
 
 describe('sysctlWants: bridge mode with TPROXY', () => {
-  it('turns off br_netfilter\'s IP hooks for both families', () => {
+  it("turns off br_netfilter's IP hooks for both families", () => {
     const keys = sysctlWants({ ipv4: true, ipv6: true, interfaces: [], bridgeTproxy: true }).map((w) => `${sysctlKey(w.path)}=${w.value}`);
     assert.ok(keys.includes('net.bridge.bridge-nf-call-iptables=0'));
     assert.ok(keys.includes('net.bridge.bridge-nf-call-ip6tables=0'));
@@ -151,10 +173,20 @@ describe('sysctlWants: bridge mode with TPROXY', () => {
 describe('sysctlWants: IPv6 uplinks keep their router advertisements', () => {
   it('accept_ra 1 -> 2 before forwarding goes on; 0 (RAs off on purpose) is left alone', () => {
     const wants = sysctlWants({ ipv4: false, ipv6: true, interfaces: ['lan0'], raInterfaces: ['wan0', 'wan1', 'lo'] });
-    assert.deepEqual(wants.map((w) => sysctlKey(w.path)), ['net.ipv6.conf.wan0.accept_ra', 'net.ipv6.conf.wan1.accept_ra', 'net.ipv6.conf.all.forwarding']);
-    const proc = fakeProc({ 'net.ipv6.conf.wan0.accept_ra': '1', 'net.ipv6.conf.wan1.accept_ra': '0', 'net.ipv6.conf.all.forwarding': '0' });
+    assert.deepEqual(
+      wants.map((w) => sysctlKey(w.path)),
+      ['net.ipv6.conf.wan0.accept_ra', 'net.ipv6.conf.wan1.accept_ra', 'net.ipv6.conf.all.forwarding'],
+    );
+    const proc = fakeProc({
+      'net.ipv6.conf.wan0.accept_ra': '1',
+      'net.ipv6.conf.wan1.accept_ra': '0',
+      'net.ipv6.conf.all.forwarding': '0',
+    });
     const p = planSysctls(wants, proc.read);
-    assert.deepEqual(p.changes.map((c) => `${c.key}=${c.to}`), ['net.ipv6.conf.wan0.accept_ra=2', 'net.ipv6.conf.all.forwarding=1']);
+    assert.deepEqual(
+      p.changes.map((c) => `${c.key}=${c.to}`),
+      ['net.ipv6.conf.wan0.accept_ra=2', 'net.ipv6.conf.all.forwarding=1'],
+    );
     assert.ok(p.unchanged.includes('net.ipv6.conf.wan1.accept_ra'));
     const applied = applySysctls(p.changes, proc.write);
     restoreSysctls(applied, proc.write);
@@ -171,7 +203,10 @@ describe('restorableAfterCrash', () => {
       // Someone turned it off again since: theirs wins.
       { path: ['net', 'ipv6', 'conf', 'all', 'forwarding'], key: 'net.ipv6.conf.all.forwarding', from: '0', to: '1', why: '' },
     ];
-    assert.deepEqual(restorableAfterCrash(left, proc.read).map((c) => c.key), ['net.ipv4.ip_forward']);
+    assert.deepEqual(
+      restorableAfterCrash(left, proc.read).map((c) => c.key),
+      ['net.ipv4.ip_forward'],
+    );
   });
 });
 

@@ -39,7 +39,11 @@ describe('nftables plan: uplinks', () => {
   it('excludes the uplinks before anything is intercepted, and from the QUIC reject', () => {
     const p = plan(rulesConfig({ ...DNS_AND_HTTP, uplinks: ['wan0', 'lo'], rejectQuic: true }));
     const pre = nftChain(p.nftScript, 'prerouting')!;
-    assert.deepEqual(pre.slice(0, 3), ['type filter hook prerouting priority mangle; policy accept;', 'iifname { "wan0" } return', 'iifname "lo" return']);
+    assert.deepEqual(pre.slice(0, 3), [
+      'type filter hook prerouting priority mangle; policy accept;',
+      'iifname { "wan0" } return',
+      'iifname "lo" return',
+    ]);
     assert.deepEqual(nftChain(p.nftScript, 'quic_forward')!.slice(1, 3), ['iifname { "wan0" } return', 'iifname "lo" return']);
     assert.match(p.summary, /never intercepted: traffic arriving on the uplink wan0/);
   });
@@ -54,8 +58,19 @@ describe('nftables plan: uplinks', () => {
 describe('nftables plan: --clients', () => {
   // Without it every source on the LAN was intercepted.
   it('sets of the allowed sources; other sources leave the chain before interception', () => {
-    const p = plan(rulesConfig({ ...DNS_AND_HTTP, clients4: ['192.0.2.2', '192.0.2.0/25'], clients6: ['2001:db8:1::/64'], rejectQuic: true, failClosed: true }));
-    assert.match(p.nftScript, /set clients4 \{\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\tauto-merge\n\t\telements = \{ 192\.0\.2\.2\/32, 192\.0\.2\.0\/25 \}/);
+    const p = plan(
+      rulesConfig({
+        ...DNS_AND_HTTP,
+        clients4: ['192.0.2.2', '192.0.2.0/25'],
+        clients6: ['2001:db8:1::/64'],
+        rejectQuic: true,
+        failClosed: true,
+      }),
+    );
+    assert.match(
+      p.nftScript,
+      /set clients4 \{\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\tauto-merge\n\t\telements = \{ 192\.0\.2\.2\/32, 192\.0\.2\.0\/25 \}/,
+    );
     assert.match(p.nftScript, /set clients6 \{[^}]*elements = \{ 2001:db8:1::\/64 \}/);
     const pre = nftChain(p.nftScript, 'prerouting')!;
     const i = pre.indexOf('ip saddr != @clients4 return');
@@ -72,7 +87,7 @@ describe('nftables plan: --clients', () => {
     assert.match(p.summary, /no IPv6 source is/);
   });
 
-  it('--local: this host\'s own connections (in on lo) are no client\'s and are not checked', () => {
+  it("--local: this host's own connections (in on lo) are no client's and are not checked", () => {
     const pre = nftChain(plan(rulesConfig({ clients4: ['192.0.2.0/24'], local: true, socketMark: 0x7468 })).nftScript, 'prerouting')!;
     assert.ok(pre.includes('iifname != "lo" ip saddr != @clients4 return'), pre.join('\n'));
   });
@@ -92,7 +107,9 @@ describe('nftables plan: --clients', () => {
 describe('nftables plan: --fail-closed', () => {
   // nft's tproxy does not match when no socket listens (NFT_BREAK): with the rules left, the packet was forwarded un-proxied.
   it('a forward chain rejects what interception matches: every-destination ports first, then the bypass, then the rest', () => {
-    const p = plan(rulesConfig({ ...DNS_AND_HTTP, uplinks: ['wan0'], clients4: ['192.0.2.0/24'], clients6: ['2001:db8:1::/64'], failClosed: true }));
+    const p = plan(
+      rulesConfig({ ...DNS_AND_HTTP, uplinks: ['wan0'], clients4: ['192.0.2.0/24'], clients6: ['2001:db8:1::/64'], failClosed: true }),
+    );
     assert.deepEqual(nftChain(p.nftScript, 'closed_forward'), [
       'type filter hook forward priority filter; policy accept;',
       'iifname { "wan0" } return',
@@ -125,7 +142,11 @@ describe('nftables plan: redirect mode guards the listener ports', () => {
       'type filter hook input priority filter; policy accept;',
       'meta l4proto { tcp, udp } th dport { 3153, 3180 } ct direction original ct status & dnat == 0 drop',
     ]);
-    assert.equal(nftChain(plan(rulesConfig(DNS_AND_HTTP)).nftScript, 'listeners_input'), undefined, 'tproxy listeners bind loopback: no guard needed');
+    assert.equal(
+      nftChain(plan(rulesConfig(DNS_AND_HTTP)).nftScript, 'listeners_input'),
+      undefined,
+      'tproxy listeners bind loopback: no guard needed',
+    );
   });
 });
 
@@ -152,7 +173,11 @@ describe('iptables plan: uplinks, --clients, --fail-closed, redirect guard', () 
       '-A PREROUTING -i br-+ -s 192.0.2.0/24 -j TRANSGATE',
     ]);
     assert.ok(lines(p.restore4).includes('-A FORWARD -i lan0 -s 192.0.2.0/24 -j TRANSGATE_QUIC'));
-    assert.deepEqual(lines(p.restore6).filter((x) => /^-A (PREROUTING|FORWARD)/.test(x)), [], 'no IPv6 source may use the gateway');
+    assert.deepEqual(
+      lines(p.restore6).filter((x) => /^-A (PREROUTING|FORWARD)/.test(x)),
+      [],
+      'no IPv6 source may use the gateway',
+    );
   });
 
   // xt_TPROXY drops without a socket and REDIRECT meets a closed port; this chain covers what is still forwarded.
@@ -167,7 +192,9 @@ describe('iptables plan: uplinks, --clients, --fail-closed, redirect guard', () 
       '-A TRANSGATE_CLOSED -p tcp -m multiport --dports 80 -j REJECT --reject-with tcp-reset',
       '-I FORWARD ! -i lo -j TRANSGATE_CLOSED',
     ]);
-    assert.ok(lines(p.restore6).includes('-A TRANSGATE_CLOSED -p udp -m multiport --dports 53 -j REJECT --reject-with icmp6-port-unreachable'));
+    assert.ok(
+      lines(p.restore6).includes('-A TRANSGATE_CLOSED -p udp -m multiport --dports 53 -j REJECT --reject-with icmp6-port-unreachable'),
+    );
     assert.match(p.summary, /TPROXY with no listener drops, so clients time out/);
     assert.ok(!(planIptables(rulesConfig()).restore4 ?? '').includes('TRANSGATE_CLOSED'));
   });
@@ -175,18 +202,26 @@ describe('iptables plan: uplinks, --clients, --fail-closed, redirect guard', () 
   it('redirect: INPUT drops what no REDIRECT sent to a listener port; revert finds the jump', () => {
     const p = planIptables(rulesConfig({ ...DNS_AND_HTTP, mode: 'redirect' }));
     const l = lines(p.restore6);
-    assert.ok(l.includes('-A TRANSGATE_IN -p udp -m multiport --dports 3153,3180 -m conntrack --ctdir ORIGINAL ! --ctstate DNAT -j DROP'), l.join('\n'));
+    assert.ok(
+      l.includes('-A TRANSGATE_IN -p udp -m multiport --dports 3153,3180 -m conntrack --ctdir ORIGINAL ! --ctstate DNAT -j DROP'),
+      l.join('\n'),
+    );
     assert.ok(l.includes('-A TRANSGATE_IN -p tcp -m multiport --dports 3153,3180 -m conntrack --ctdir ORIGINAL ! --ctstate DNAT -j DROP'));
     assert.ok(l.includes('-I INPUT -j TRANSGATE_IN'));
     assert.ok(!(planIptables(rulesConfig(DNS_AND_HTTP)).restore4 ?? '').includes('TRANSGATE_IN'));
-    assert.deepEqual(jumpDeletes('-P INPUT ACCEPT\n-A INPUT -j TRANSGATE_IN\n-A FORWARD ! -i lo -j TRANSGATE_CLOSED\n', 'INPUT'), [['-D', 'INPUT', '-j', 'TRANSGATE_IN']]);
+    assert.deepEqual(jumpDeletes('-P INPUT ACCEPT\n-A INPUT -j TRANSGATE_IN\n-A FORWARD ! -i lo -j TRANSGATE_CLOSED\n', 'INPUT'), [
+      ['-D', 'INPUT', '-j', 'TRANSGATE_IN'],
+    ]);
   });
 });
 
 describe('uplink detection', () => {
   it('parses route devices: single, multipath, local and lo skipped, garbage empty', () => {
     assert.deepEqual(parseRouteDevs('[{"dst":"default","gateway":"198.51.100.9","dev":"eth0","flags":[]}]'), ['eth0']);
-    assert.deepEqual(parseRouteDevs('[{"dst":"default","nexthops":[{"gateway":"a","dev":"eth0"},{"gateway":"b","dev":"eth1"}]}]'), ['eth0', 'eth1']);
+    assert.deepEqual(parseRouteDevs('[{"dst":"default","nexthops":[{"gateway":"a","dev":"eth0"},{"gateway":"b","dev":"eth1"}]}]'), [
+      'eth0',
+      'eth1',
+    ]);
     assert.deepEqual(parseRouteDevs('[{"type":"local","dst":"198.51.100.1","dev":"lo"}]'), []);
     assert.deepEqual(parseRouteDevs('not json'), []);
     assert.deepEqual(parseRouteDevs(''), []);
@@ -203,7 +238,11 @@ describe('uplink detection', () => {
     assert.deepEqual(parseLinks(json), ['eth0', 'docker0']);
   });
 
-  const host = (uplinks: string[], interfaces: string[]): HostRoutes => ({ uplinks: uplinks.map((name) => ({ name, why: 'IPv4 default route' })), interfaces, notes: [] });
+  const host = (uplinks: string[], interfaces: string[]): HostRoutes => ({
+    uplinks: uplinks.map((name) => ({ name, why: 'IPv4 default route' })),
+    interfaces,
+    notes: [],
+  });
 
   it('two-armed: the uplink is excluded', () => {
     const j = judgeUplinks(host(['wan0'], ['lan0', 'wan0']), []);
@@ -219,7 +258,10 @@ describe('uplink detection', () => {
   });
 
   it('--lan naming the uplink (also by prefix) intercepts it; otherwise --lan leaves it out already', () => {
-    assert.deepEqual(judgeUplinks(host(['eth0'], ['eth0', 'eth1']), ['eth*']).intercepted.map((i) => i.why), ['--lan names it']);
+    assert.deepEqual(
+      judgeUplinks(host(['eth0'], ['eth0', 'eth1']), ['eth*']).intercepted.map((i) => i.why),
+      ['--lan names it'],
+    );
     const j = judgeUplinks(host(['wan0'], ['lan0', 'wan0']), ['lan0']);
     assert.deepEqual([j.excluded, j.intercepted], [[], []]);
   });
@@ -238,7 +280,8 @@ describe('uplink detection', () => {
       if (cmd === 'ip -j -6 route show default') return ok('[{"dst":"default","dev":"wan6"}]');
       if (cmd === 'ip -j route get 198.51.100.2') return ok('[{"dst":"198.51.100.2","dev":"wan0"}]');
       if (cmd === 'ip -j route get 203.0.113.9') return { code: 2, stdout: '', stderr: 'RTNETLINK answers: Network is unreachable' };
-      if (cmd === 'ip -j link show') return ok('[{"ifname":"lan0","flags":["UP"]},{"ifname":"wan0","flags":["UP"]},{"ifname":"wan6","flags":["UP"]}]');
+      if (cmd === 'ip -j link show')
+        return ok('[{"ifname":"lan0","flags":["UP"]},{"ifname":"wan0","flags":["UP"]},{"ifname":"wan6","flags":["UP"]}]');
       throw new Error(`unexpected ${cmd}`);
     };
     const h = await detectUplinks({ proxyHosts: ['198.51.100.2', '203.0.113.9', '198.51.100.2'], ipv4: true, ipv6: true, runner });

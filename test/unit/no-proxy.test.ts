@@ -106,8 +106,20 @@ describe('parseNoProxy matching', () => {
 
 describe('parseNoProxy bookkeeping', () => {
   it('collects invalid entries instead of throwing', () => {
-    const np = parseNoProxy('ok.example, bad_/x, 10.0.0.0/33, 1.2.3.4:0, host:99999, exa mple.com, *foo.com, [::1, [zz]:80, a..b, example.com:');
-    assert.deepEqual(np.invalid, ['bad_/x', '10.0.0.0/33', '1.2.3.4:0', 'host:99999', '*foo.com', '[::1', '[zz]:80', 'a..b', 'example.com:']);
+    const np = parseNoProxy(
+      'ok.example, bad_/x, 10.0.0.0/33, 1.2.3.4:0, host:99999, exa mple.com, *foo.com, [::1, [zz]:80, a..b, example.com:',
+    );
+    assert.deepEqual(np.invalid, [
+      'bad_/x',
+      '10.0.0.0/33',
+      '1.2.3.4:0',
+      'host:99999',
+      '*foo.com',
+      '[::1',
+      '[zz]:80',
+      'a..b',
+      'example.com:',
+    ]);
     assert.deepEqual(np.domainSuffixes(), ['ok.example', 'exa', 'mple.com']);
   });
 
@@ -158,7 +170,18 @@ describe('cidr', () => {
       assert.ok(c, input);
       assert.equal(formatCidr(c), expected, input);
     }
-    for (const bad of ['', '10.0.0.0/33', '2001:db8::/129', '10.0.0/8', '10.0.0.0/', '10.0.0.0/8/8', '10.0.0.0/-1', 'example.com/8', 'fe80::1%eth0/64', '10.0.0.0/ 8']) {
+    for (const bad of [
+      '',
+      '10.0.0.0/33',
+      '2001:db8::/129',
+      '10.0.0/8',
+      '10.0.0.0/',
+      '10.0.0.0/8/8',
+      '10.0.0.0/-1',
+      'example.com/8',
+      'fe80::1%eth0/64',
+      '10.0.0.0/ 8',
+    ]) {
       assert.equal(parseCidr(bad), undefined, bad);
     }
   });

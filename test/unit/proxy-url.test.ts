@@ -88,7 +88,7 @@ describe('parseProxyUrl accepts', () => {
     });
   }
 
-  it('uses curl\'s default port', () => {
+  it("uses curl's default port", () => {
     assert.equal(DEFAULT_PROXY_PORT, 1080);
   });
 });

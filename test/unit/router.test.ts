@@ -16,7 +16,10 @@ test('HTTP ports use http_proxy, TLS and other TCP use https_proxy', () => {
 
 test('no_proxy matches the sniffed name or the original destination', () => {
   const r = new Router({ http: httpProxy, https: httpsProxy }, parseNoProxy('.corp.example,198.51.100.0/24,[2001:db8::5]'));
-  assert.deepEqual(r.select({ kind: 'tls', name: 'git.corp.example', address: '203.0.113.2', port: 443, nameVerified: true }).kind, 'direct');
+  assert.deepEqual(
+    r.select({ kind: 'tls', name: 'git.corp.example', address: '203.0.113.2', port: 443, nameVerified: true }).kind,
+    'direct',
+  );
   assert.deepEqual(r.select({ kind: 'tcp', name: undefined, address: '198.51.100.3', port: 22 }).kind, 'direct');
   assert.deepEqual(r.select({ kind: 'http', name: 'www.example', address: '2001:db8::5', port: 80 }).kind, 'direct');
   assert.deepEqual(r.select({ kind: 'http', name: 'www.example', address: '203.0.113.2', port: 80 }).kind, 'proxy');

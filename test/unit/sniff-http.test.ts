@@ -1,12 +1,6 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import {
-  HTTP_SNIFF_MAX_BYTES,
-  isLikelyHttpStart,
-  parseHostHeader,
-  sniffHttp,
-  sniffHttpUnguarded,
-} from '../../src/sniff/http';
+import { HTTP_SNIFF_MAX_BYTES, isLikelyHttpStart, parseHostHeader, sniffHttp, sniffHttpUnguarded } from '../../src/sniff/http';
 
 const b = (s: string): Buffer => Buffer.from(s, 'latin1');
 const NEED_MORE = { status: 'need-more' };
@@ -18,23 +12,67 @@ function match(method: string, target: string, version: string, host: string | u
 
 describe('sniffHttp matches request heads', () => {
   const cases: Array<[string, string, object]> = [
-    ['origin-form with Host', 'GET /index.html HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\n', match('GET', '/index.html', 'HTTP/1.1', 'example.com')],
+    [
+      'origin-form with Host',
+      'GET /index.html HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\n',
+      match('GET', '/index.html', 'HTTP/1.1', 'example.com'),
+    ],
     ['Host with port', 'GET / HTTP/1.1\r\nHost: example.com:8080\r\n\r\n', match('GET', '/', 'HTTP/1.1', 'example.com:8080')],
-    ['Host name in any case, value trimmed', 'GET / HTTP/1.1\r\nhOsT: \t Example.COM  \r\n\r\n', match('GET', '/', 'HTTP/1.1', 'Example.COM')],
+    [
+      'Host name in any case, value trimmed',
+      'GET / HTTP/1.1\r\nhOsT: \t Example.COM  \r\n\r\n',
+      match('GET', '/', 'HTTP/1.1', 'Example.COM'),
+    ],
     ['bare LF line ends', 'GET / HTTP/1.1\nHost: example.com\n\n', match('GET', '/', 'HTTP/1.1', 'example.com')],
     ['mixed CRLF and LF', 'GET / HTTP/1.1\r\nHost: example.com\n\r\n', match('GET', '/', 'HTTP/1.1', 'example.com')],
     ['missing Host (HTTP/1.0)', 'GET / HTTP/1.0\r\n\r\n', match('GET', '/', 'HTTP/1.0', undefined)],
     ['empty Host', 'GET / HTTP/1.1\r\nHost:\r\n\r\n', match('GET', '/', 'HTTP/1.1', undefined)],
-    ['absolute-form wins over Host', 'GET http://Target.example:8080/x?y HTTP/1.1\r\nHost: other.example\r\n\r\n', match('GET', 'http://Target.example:8080/x?y', 'HTTP/1.1', 'Target.example:8080')],
-    ['absolute-form without Host', 'GET http://target.example HTTP/1.1\r\n\r\n', match('GET', 'http://target.example', 'HTTP/1.1', 'target.example')],
-    ['absolute-form drops userinfo', 'GET http://user:pw@target.example/ HTTP/1.1\r\n\r\n', match('GET', 'http://user:pw@target.example/', 'HTTP/1.1', 'target.example')],
-    ['absolute-form IPv6', 'GET http://[2001:db8::1]:81/ HTTP/1.1\r\n\r\n', match('GET', 'http://[2001:db8::1]:81/', 'HTTP/1.1', '[2001:db8::1]:81')],
-    ['CONNECT authority-form', 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n', match('CONNECT', 'example.com:443', 'HTTP/1.1', 'example.com:443')],
+    [
+      'absolute-form wins over Host',
+      'GET http://Target.example:8080/x?y HTTP/1.1\r\nHost: other.example\r\n\r\n',
+      match('GET', 'http://Target.example:8080/x?y', 'HTTP/1.1', 'Target.example:8080'),
+    ],
+    [
+      'absolute-form without Host',
+      'GET http://target.example HTTP/1.1\r\n\r\n',
+      match('GET', 'http://target.example', 'HTTP/1.1', 'target.example'),
+    ],
+    [
+      'absolute-form drops userinfo',
+      'GET http://user:pw@target.example/ HTTP/1.1\r\n\r\n',
+      match('GET', 'http://user:pw@target.example/', 'HTTP/1.1', 'target.example'),
+    ],
+    [
+      'absolute-form IPv6',
+      'GET http://[2001:db8::1]:81/ HTTP/1.1\r\n\r\n',
+      match('GET', 'http://[2001:db8::1]:81/', 'HTTP/1.1', '[2001:db8::1]:81'),
+    ],
+    [
+      'CONNECT authority-form',
+      'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n',
+      match('CONNECT', 'example.com:443', 'HTTP/1.1', 'example.com:443'),
+    ],
     ['OPTIONS *', 'OPTIONS * HTTP/1.1\r\nHost: example.com\r\n\r\n', match('OPTIONS', '*', 'HTTP/1.1', 'example.com')],
-    ['extension method with a dash', 'VERSION-CONTROL /r HTTP/1.1\r\nHost: dav.example\r\n\r\n', match('VERSION-CONTROL', '/r', 'HTTP/1.1', 'dav.example')],
-    ['obs-fold continuation', 'GET / HTTP/1.1\r\nX-Long: a\r\n  b\r\nHost: example.com\r\n\r\n', match('GET', '/', 'HTTP/1.1', 'example.com')],
-    ['body after the head is ignored', 'POST /f HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\n\r\nhello', match('POST', '/f', 'HTTP/1.1', 'example.com')],
-    ['raw UTF-8 in the path', 'GET /b\u00c3\u00bccher HTTP/1.1\r\nHost: example.com\r\n\r\n', match('GET', '/b\u00c3\u00bccher', 'HTTP/1.1', 'example.com')],
+    [
+      'extension method with a dash',
+      'VERSION-CONTROL /r HTTP/1.1\r\nHost: dav.example\r\n\r\n',
+      match('VERSION-CONTROL', '/r', 'HTTP/1.1', 'dav.example'),
+    ],
+    [
+      'obs-fold continuation',
+      'GET / HTTP/1.1\r\nX-Long: a\r\n  b\r\nHost: example.com\r\n\r\n',
+      match('GET', '/', 'HTTP/1.1', 'example.com'),
+    ],
+    [
+      'body after the head is ignored',
+      'POST /f HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\n\r\nhello',
+      match('POST', '/f', 'HTTP/1.1', 'example.com'),
+    ],
+    [
+      'raw UTF-8 in the path',
+      'GET /b\u00c3\u00bccher HTTP/1.1\r\nHost: example.com\r\n\r\n',
+      match('GET', '/b\u00c3\u00bccher', 'HTTP/1.1', 'example.com'),
+    ],
   ];
 
   for (const [label, request, expected] of cases) {
@@ -143,7 +181,10 @@ describe('sniffHttp rejects non-HTTP early', () => {
   }
 
   it('says why a head is invalid', () => {
-    assert.deepEqual(sniffHttp(b('GET / HTTP/1.1\r\nHost: a.example\r\nhost: b.example\r\n\r\n')), { status: 'invalid', reason: 'two Host headers' });
+    assert.deepEqual(sniffHttp(b('GET / HTTP/1.1\r\nHost: a.example\r\nhost: b.example\r\n\r\n')), {
+      status: 'invalid',
+      reason: 'two Host headers',
+    });
     assert.deepEqual(sniffHttp(b('\r\nGET / HTTP/1.1\r\n\r\n')), { status: 'invalid', reason: 'an empty line before the request line' });
   });
 
@@ -165,7 +206,10 @@ describe('sniffHttp rejects non-HTTP early', () => {
   it('an overlong head → invalid at the limit', () => {
     const head = b(`GET / HTTP/1.1\r\nHost: example.com\r\nX-Pad: ${'a'.repeat(HTTP_SNIFF_MAX_BYTES)}`);
     assert.deepEqual(sniffHttp(head.subarray(0, HTTP_SNIFF_MAX_BYTES - 1)), NEED_MORE);
-    assert.deepEqual(sniffHttp(head.subarray(0, HTTP_SNIFF_MAX_BYTES)), { status: 'invalid', reason: `a request head longer than ${HTTP_SNIFF_MAX_BYTES} bytes` });
+    assert.deepEqual(sniffHttp(head.subarray(0, HTTP_SNIFF_MAX_BYTES)), {
+      status: 'invalid',
+      reason: `a request head longer than ${HTTP_SNIFF_MAX_BYTES} bytes`,
+    });
     assert.equal(sniffHttp(Buffer.concat([head, b('\r\n\r\n')])).status, 'invalid');
   });
 

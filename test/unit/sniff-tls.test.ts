@@ -65,7 +65,7 @@ function splitHello(record: Buffer): HelloParts {
   const fixed = body.subarray(0, off);
   const extEnd = off + 2 + body.readUInt16BE(off);
   const exts: Ext[] = [];
-  for (let p = off + 2; p < extEnd; ) {
+  for (let p = off + 2; p < extEnd;) {
     const type = body.readUInt16BE(p);
     const len = body.readUInt16BE(p + 2);
     exts.push({ type, data: body.subarray(p + 4, p + 4 + len) });
@@ -139,12 +139,10 @@ function withFixed(record: Buffer, edit: (f: FixedFields) => FixedFields): Buffe
   return buildHello({ fixed, exts: parts.exts });
 }
 
-const replaceSni = (record: Buffer, ext: Ext): Buffer =>
-  withExts(record, (exts) => exts.map((e) => (e.type === 0 ? ext : e)));
+const replaceSni = (record: Buffer, ext: Ext): Buffer => withExts(record, (exts) => exts.map((e) => (e.type === 0 ? ext : e)));
 
 /** Adds a padding extension (RFC 7685) to reach post-quantum ClientHello sizes. */
-const padded = (record: Buffer, n: number): Buffer =>
-  withExts(record, (exts) => [...exts, { type: 21, data: Buffer.alloc(n) }]);
+const padded = (record: Buffer, n: number): Buffer => withExts(record, (exts) => [...exts, { type: 21, data: Buffer.alloc(n) }]);
 
 // ---- tests ------------------------------------------------------------------
 
@@ -263,11 +261,14 @@ describe('sniffTls rejects what is not a well-formed ClientHello', () => {
     ['no cipher suites', withFixed(sni, (f) => ({ ...f, cipherSuites: Buffer.alloc(0) }))],
     ['odd cipher suite length', withFixed(sni, (f) => ({ ...f, cipherSuites: Buffer.from([0x13, 0x01, 0x00]) }))],
     ['no compression methods', withFixed(sni, (f) => ({ ...f, compression: Buffer.alloc(0) }))],
-    ['bytes after the extensions block', (() => {
-      const hs = Buffer.concat([helloHandshake(parts), Buffer.from([0x00])]);
-      hs.writeUIntBE(hs.length - 4, 1, 3);
-      return frame(hs);
-    })()],
+    [
+      'bytes after the extensions block',
+      (() => {
+        const hs = Buffer.concat([helloHandshake(parts), Buffer.from([0x00])]);
+        hs.writeUIntBE(hs.length - 4, 1, 3);
+        return frame(hs);
+      })(),
+    ],
     ['handshake length shorter than its content', mutate((b) => b.writeUIntBE(b.readUIntBE(6, 3) - 10, 6, 3))],
     [
       'handshake length longer than its content, then a non-handshake record',
@@ -283,16 +284,22 @@ describe('sniffTls rejects what is not a well-formed ClientHello', () => {
     ['empty ALPN list', withExts(sni, (e) => [...e, { type: 16, data: Buffer.from([0, 0]) }])],
     ['empty ALPN protocol', withExts(sni, (e) => [...e, alpnExt('h2', '')])],
     ['duplicate ALPN extension', withExts(fixtures.tls13Alpn, (e) => [...e, alpnExt('h2')])],
-    ['extension header cut short', (() => {
-      const extBytes = Buffer.concat([...parts.exts.flatMap((e) => [u16(e.type), u16(e.data.length), e.data]), u16(0x15)]);
-      const body = Buffer.concat([parts.fixed, u16(extBytes.length), extBytes]);
-      return frame(Buffer.concat([Buffer.from([0x01]), u24(body.length), body]));
-    })()],
-    ['non-handshake record in the middle of a fragmented hello', (() => {
-      const f = frame(handshakeOf(sni), 100);
-      f[105] = 0x17;
-      return f;
-    })()],
+    [
+      'extension header cut short',
+      (() => {
+        const extBytes = Buffer.concat([...parts.exts.flatMap((e) => [u16(e.type), u16(e.data.length), e.data]), u16(0x15)]);
+        const body = Buffer.concat([parts.fixed, u16(extBytes.length), extBytes]);
+        return frame(Buffer.concat([Buffer.from([0x01]), u24(body.length), body]));
+      })(),
+    ],
+    [
+      'non-handshake record in the middle of a fragmented hello',
+      (() => {
+        const f = frame(handshakeOf(sni), 100);
+        f[105] = 0x17;
+        return f;
+      })(),
+    ],
   ];
   for (const [label, buf] of noMatch) {
     it(`${label} → no-match`, () => {
@@ -314,8 +321,14 @@ describe('sniffTls rejects what is not a well-formed ClientHello', () => {
   });
 
   it('the helpers rebuild an unedited hello byte for byte', () => {
-    assert.deepEqual(withFixed(sni, (f) => f), sni);
-    assert.deepEqual(withExts(sni, (e) => e), sni);
+    assert.deepEqual(
+      withFixed(sni, (f) => f),
+      sni,
+    );
+    assert.deepEqual(
+      withExts(sni, (e) => e),
+      sni,
+    );
   });
 
   it('a 32-byte session id (the maximum) is fine', () => {
@@ -371,11 +384,7 @@ describe('sniffTls fuzz', () => {
   it('2000 mutated fixtures never throw and always give a valid status', () => {
     const rand = rng(0x7a11);
     const int = (n: number): number => Math.floor(rand() * n);
-    const bases = [
-      ...Object.values(fixtures),
-      frame(handshakeOf(fixtures.tls13Alpn), 100),
-      padded(fixtures.tls13Sni, 1600),
-    ];
+    const bases = [...Object.values(fixtures), frame(handshakeOf(fixtures.tls13Alpn), 100), padded(fixtures.tls13Sni, 1600)];
     const counts = { 'need-more': 0, 'no-match': 0, match: 0 };
     for (let i = 0; i < 2000; i++) {
       let buf = Buffer.from(bases[int(bases.length)]!);

@@ -49,12 +49,24 @@ async function rig(relay: Relay, idleTimeoutMs = 0, early?: Buffer, earlyDown?: 
   if (early) {
     peer.write(early);
     client.resume(); // let Node read it into its buffer, as a sniffer would
-    await new Promise((r) => client.once('data', (d: Buffer) => { client.pause(); client.unshift(d); r(undefined); }));
+    await new Promise((r) =>
+      client.once('data', (d: Buffer) => {
+        client.pause();
+        client.unshift(d);
+        r(undefined);
+      }),
+    );
   }
   if (earlyDown) {
     origin.write(earlyDown);
     upstream.resume();
-    await new Promise((r) => upstream.once('data', (d: Buffer) => { upstream.pause(); upstream.unshift(d); r(undefined); }));
+    await new Promise((r) =>
+      upstream.once('data', (d: Buffer) => {
+        upstream.pause();
+        upstream.unshift(d);
+        r(undefined);
+      }),
+    );
   }
   const result = relay.run(client, upstream, { idleTimeoutMs });
   return { peer, origin, result };

@@ -35,7 +35,10 @@ describe('parseHost', () => {
     ['1.2.3.4.5', undefined],
     ['example.123', undefined],
     ['[fe80::1%eth0]', undefined],
-    [`${'a'.repeat(63)}.${'b'.repeat(63)}.${'c'.repeat(63)}.${'d'.repeat(61)}`, { kind: 'name', host: `${'a'.repeat(63)}.${'b'.repeat(63)}.${'c'.repeat(63)}.${'d'.repeat(61)}` }],
+    [
+      `${'a'.repeat(63)}.${'b'.repeat(63)}.${'c'.repeat(63)}.${'d'.repeat(61)}`,
+      { kind: 'name', host: `${'a'.repeat(63)}.${'b'.repeat(63)}.${'c'.repeat(63)}.${'d'.repeat(61)}` },
+    ],
     [`${'a'.repeat(63)}.${'b'.repeat(63)}.${'c'.repeat(63)}.${'d'.repeat(62)}`, undefined],
   ];
   for (const [input, expected] of cases) {
@@ -64,7 +67,21 @@ describe('parseHost', () => {
 test('forbiddenTarget: localhost, loopback, unspecified, link-local, multicast and this host', () => {
   const local = (a: string): boolean => a === '192.0.2.1';
   const t = (host: string) => parseHost(host)!;
-  for (const bad of ['localhost', 'a.localhost', '127.0.0.1', '0x7f000001', '0.0.0.0', '169.254.169.254', '224.0.0.1', '::1', '::', 'fe80::1', '::ffff:127.0.0.1', '::ffff:169.254.1.1', '192.0.2.1']) {
+  for (const bad of [
+    'localhost',
+    'a.localhost',
+    '127.0.0.1',
+    '0x7f000001',
+    '0.0.0.0',
+    '169.254.169.254',
+    '224.0.0.1',
+    '::1',
+    '::',
+    'fe80::1',
+    '::ffff:127.0.0.1',
+    '::ffff:169.254.1.1',
+    '192.0.2.1',
+  ]) {
     assert.ok(forbiddenTarget(t(bad), local), bad);
   }
   for (const good of ['www.example.test', 'localhost.example.test', '203.0.113.2', '2001:db8::2', '10.1.2.3']) {
@@ -86,7 +103,11 @@ describe('checkRequest', () => {
   it('the absolute form keeps only its path: the client connected to the Host, not to the URI', () => {
     const r = checkRequest({ ...base, url: 'http://other.example.test:8081/a?b#c' });
     assert.deepEqual(r, { ok: true, target: { kind: 'name', host: 'www.example.test' }, path: '/a?b' });
-    assert.deepEqual(checkRequest({ ...base, url: 'http://other.example.test', rawHeaders: [] }), { ok: true, target: undefined, path: '/' });
+    assert.deepEqual(checkRequest({ ...base, url: 'http://other.example.test', rawHeaders: [] }), {
+      ok: true,
+      target: undefined,
+      path: '/',
+    });
   });
 
   it('refuses what the proxy must never be asked for a client', () => {
@@ -109,7 +130,7 @@ describe('checkRequest', () => {
 });
 
 describe('HostVerifier', () => {
-  it('a no_proxy name is verified by the client\'s own answer, an equal literal, or the resolver', async () => {
+  it("a no_proxy name is verified by the client's own answer, an equal literal, or the resolver", async () => {
     const asked: string[] = [];
     const v = new HostVerifier({
       names: { lookup: (client, address) => (client === '192.0.2.2' && address === '198.51.100.3' ? 'wiki.corp.test' : undefined) },
@@ -160,7 +181,11 @@ test('Admission: per client, in all, and --clients', () => {
 test('RefusalLog: one line per code and interval, then the count', () => {
   let now = 0;
   const lines: string[] = [];
-  const r = new RefusalLog(10_000, (l) => lines.push(l), () => now);
+  const r = new RefusalLog(
+    10_000,
+    (l) => lines.push(l),
+    () => now,
+  );
   r.note('A', 'a1');
   r.note('A', 'a2');
   r.note('B', 'b1');

@@ -25,10 +25,35 @@ function configMessage(argv: string[]): string | undefined {
 
 describe('parsePort', () => {
   it('decimal 1..65535, at most 5 digits, nothing else', () => {
-    for (const [text, port] of [['1', 1], ['80', 80], ['08080', 8080], ['00001', 1], ['65535', 65535]] as const) {
+    for (const [text, port] of [
+      ['1', 1],
+      ['80', 80],
+      ['08080', 8080],
+      ['00001', 1],
+      ['65535', 65535],
+    ] as const) {
       assert.equal(parsePort(text), port, text);
     }
-    for (const bad of ['', '0', '00000', '65536', '99999', '000080', '100000', '+80', '-80', ' 80', '80 ', '8 0', '0x50', '1e3', '80.0', '８０', '٨٠', '80\n']) {
+    for (const bad of [
+      '',
+      '0',
+      '00000',
+      '65536',
+      '99999',
+      '000080',
+      '100000',
+      '+80',
+      '-80',
+      ' 80',
+      '80 ',
+      '8 0',
+      '0x50',
+      '1e3',
+      '80.0',
+      '８０',
+      '٨٠',
+      '80\n',
+    ]) {
       assert.equal(parsePort(bad), undefined, JSON.stringify(bad));
     }
   });
@@ -42,7 +67,13 @@ describe('parsePort', () => {
   // '+' never reached one, --private-dns took any number of digits. All
   // now go through parsePort; the messages are each caller's own.
   it('every port parser in the tree agrees on the edge cases', () => {
-    const cases: Array<[string, number | undefined]> = [['443', 443], ['08080', 8080], ['000080', undefined], ['65536', undefined], ['0', undefined]];
+    const cases: Array<[string, number | undefined]> = [
+      ['443', 443],
+      ['08080', 8080],
+      ['000080', undefined],
+      ['65536', undefined],
+      ['0', undefined],
+    ];
     for (const [text, want] of cases) {
       const ports = ((): number[] | undefined => {
         try {
@@ -85,12 +116,27 @@ describe('interface names', () => {
       assert.ok(isInterfaceName(ok), ok);
     }
     for (const bad of [
-      '', '.', '..', 'abcdefghijklmnop', // kernel: empty, dot names, 16 bytes
-      'a/b', 'a b', 'a\tb', 'eth0:1', // kernel: '/', whitespace, ':' (an alias label is no interface)
-      'wan+0', 'wan+', // iptables: '+' is its wildcard
-      'lan"0', 'a\\b', 'br-*', '*', "a'b", 'a;b', 'a#b', 'a$b', // nft quoting and wildcard, shell-ish bytes
+      '',
+      '.',
+      '..',
+      'abcdefghijklmnop', // kernel: empty, dot names, 16 bytes
+      'a/b',
+      'a b',
+      'a\tb',
+      'eth0:1', // kernel: '/', whitespace, ':' (an alias label is no interface)
+      'wan+0',
+      'wan+', // iptables: '+' is its wildcard
+      'lan"0',
+      'a\\b',
+      'br-*',
+      '*',
+      "a'b",
+      'a;b',
+      'a#b',
+      'a$b', // nft quoting and wildcard, shell-ish bytes
       '-x', // reads as an option
-      'ethé', 'eth０', // non-ASCII: a 15-character name can be more than 15 bytes
+      'ethé',
+      'eth０', // non-ASCII: a 15-character name can be more than 15 bytes
     ]) {
       assert.ok(!isInterfaceName(bad), JSON.stringify(bad));
     }
@@ -119,7 +165,10 @@ describe('interface names', () => {
   // refuse both, each with the one rule in its message.
   it('the flags refuse what the rules cannot take, with the rule in the message', () => {
     const rule = "1 to 15 of A-Z a-z 0-9 _ . @ - (not starting with '-')";
-    assert.equal(configMessage(['--masquerade', 'wan+0']), `--masquerade: 'wan+0' is not an interface name (the uplink, e.g. eth0): ${rule}`);
+    assert.equal(
+      configMessage(['--masquerade', 'wan+0']),
+      `--masquerade: 'wan+0' is not an interface name (the uplink, e.g. eth0): ${rule}`,
+    );
     assert.equal(configMessage(['--lan', 'eth0:1']), `--lan: 'eth0:1' is not an interface name (or a prefix with *, like br-*): ${rule}`);
     assert.equal(configMessage(['--lan', 'wan+*']), `--lan: 'wan+*' is not an interface name (or a prefix with *, like br-*): ${rule}`);
     assert.equal(configMessage(['--bridge', 'br0:x']), `--bridge: 'br0:x' is not an interface name: ${rule}`);
@@ -139,11 +188,27 @@ describe('interface names', () => {
     };
     for (const name of ['eth0', 'br-*', 'wan+0', 'eth0:1', '-x', '.', 'lan"0', 'abcdefghijklmno', 'abcdefghijklmnop']) {
       const lan = isInterfacePattern(name);
-      assert.equal(takes(() => plan(rulesConfig({ lanInterfaces: [name] }))), lan, `nft lan ${name}`);
-      assert.equal(takes(() => planIptables(rulesConfig({ lanInterfaces: [name] }))), lan, `iptables lan ${name}`);
+      assert.equal(
+        takes(() => plan(rulesConfig({ lanInterfaces: [name] }))),
+        lan,
+        `nft lan ${name}`,
+      );
+      assert.equal(
+        takes(() => planIptables(rulesConfig({ lanInterfaces: [name] }))),
+        lan,
+        `iptables lan ${name}`,
+      );
       const masq = isInterfaceName(name);
-      assert.equal(takes(() => plan(rulesConfig({ masquerade: [name] }))), masq, `nft masquerade ${name}`);
-      assert.equal(takes(() => planIptables(rulesConfig({ masquerade: [name] }))), masq, `iptables masquerade ${name}`);
+      assert.equal(
+        takes(() => plan(rulesConfig({ masquerade: [name] }))),
+        masq,
+        `nft masquerade ${name}`,
+      );
+      assert.equal(
+        takes(() => planIptables(rulesConfig({ masquerade: [name] }))),
+        masq,
+        `iptables masquerade ${name}`,
+      );
     }
   });
 });
