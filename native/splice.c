@@ -36,7 +36,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
+
+#include "protocol.h"
 
 #include <uv.h>
 
@@ -68,6 +71,19 @@ typedef struct tg_relay {
   uint64_t idle_ms, last_active;
   int open_handles; /* initialised handles whose close callback has not run */
   bool finished;
+  /* The framed client direction (plain HTTP, tg_relay_framed); frame NULL: raw. */
+  tg_frame_fn frame;
+  uint64_t budget; /* client bytes that pass verbatim before the next boundary */
+  char *cbuf;      /* client bytes read at a boundary, not yet passed on */
+  size_t cbuf_len, cbuf_cap;
+  char *out; /* the framer's bytes, written upstream before anything else */
+  size_t out_len, out_off;
+  bool want_more;    /* the framer saw cbuf and asked for more */
+  bool handing_over; /* TG_NEXT_HANDOVER: the client goes to JS once upstream is quiet */
+  bool keep_client;  /* finish() leaves the client socket open: done() gets it */
+  int kept_fd;
+  bool status_known; /* the first response's status was looked at */
+  int first_status;
   char outcome[64];
   tg_relay_done_fn done; /* called once, after every handle is closed */
   void *user;
@@ -114,7 +130,20 @@ static void on_handle_closed(uv_handle_t *h) {
   tg_relay *r = (tg_relay *)h->data;
   tg_env *te = r->te;
   if (--r->open_handles == 0) {
-    if (r->done != NULL) r->done(r->user, r->bytes[CLIENT], r->bytes[UPSTREAM], r->outcome);
+    if (r->done != NULL) {
+      tg_relay_end end = {.up = r->bytes[CLIENT],
+                          .down = r->bytes[UPSTREAM],
+                          .outcome = r->outcome,
+                          .kept_fd = r->keep_client ? r->kept_fd : -1,
+                          .rest = r->cbuf,
+                          .rest_len = r->cbuf_len,
+                          .first_status = r->first_status};
+      r->done(r->user, &end);
+    } else if (r->keep_client && r->kept_fd >= 0) {
+      close(r->kept_fd);
+    }
+    free(r->cbuf);
+    free(r->out);
     free(r);
   }
   tg_handle_closed(te);
@@ -127,7 +156,9 @@ static void update_polls(tg_relay *r) {
   for (int side = 0; side < 2; side++) {
     int d_in = side, d_out = 1 - side;
     int ev = 0;
-    if (!r->rd_eof[d_in] && !r->in_full[d_in] && r->inpipe[d_in] < PIPE_CAP) ev |= UV_READABLE;
+    if (!r->rd_eof[d_in] && !r->in_full[d_in] && r->inpipe[d_in] < PIPE_CAP &&
+        !(d_in == CLIENT && r->frame != NULL && (r->wr_blocked[CLIENT] || r->handing_over)))
+      ev |= UV_READABLE;
     if (r->wr_blocked[d_out]) ev |= UV_WRITABLE;
     if (ev == r->events[side]) continue;
     r->events[side] = ev;
@@ -195,8 +226,16 @@ static bool drain(tg_relay *r, int d) {
  * paying for a splice that says EAGAIN; if bytes remain, the poll fires
  * again. On return, bytes left in the pipe always have a writer waiting for
  * POLLOUT (wr_blocked), so nothing can stall in the pipe. */
+static bool pump_framed(tg_relay *r);
+static int peek_status(tg_relay *r);
+
 static bool pump(tg_relay *r, int d) {
   const int src = d, dst = 1 - d;
+  if (d == CLIENT && r->frame != NULL) return pump_framed(r);
+  if (d == UPSTREAM && !r->status_known) {
+    int known = peek_status(r);
+    if (known <= 0) return known == 0; /* not yet (looked at again when readable), or finished */
+  }
   for (;;) {
     if (r->inpipe[d] > 0 && !r->wr_blocked[d] && !drain(r, d)) return false;
     if (r->rd_eof[d] || r->in_full[d] || r->inpipe[d] >= PIPE_CAP) break;
@@ -251,6 +290,251 @@ static bool pump(tg_relay *r, int d) {
   return true;
 }
 
+/* ---- framed client direction (plain HTTP) ------------------------------------ */
+
+/* The most a framer may ask to see at one boundary: a request head (64 KiB,
+ * src/sniff/http.ts) and what came with it. */
+#define FRAME_MAX (80 * 1024)
+
+/* Writes buf[*off..len) upstream: 1 when all is out, 0 when the socket is
+ * full (wr_blocked: POLLOUT is awaited), -1 when the relay failed. */
+static int write_up(tg_relay *r, const char *buf, size_t len, size_t *off) {
+  while (*off < len) {
+    ssize_t n = send(r->fd[UPSTREAM], buf + *off, len - *off, MSG_NOSIGNAL);
+    if (n > 0) {
+      *off += (size_t)n;
+      r->bytes[CLIENT] += (uint64_t)n;
+      r->last_active = uv_now(r->poll[0].loop);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) {
+      r->wr_blocked[CLIENT] = true;
+      return 0;
+    }
+    fail(r, UPSTREAM, n < 0 ? errno : EPIPE);
+    return -1;
+  }
+  return 1;
+}
+
+static void cbuf_drop(tg_relay *r, size_t n) {
+  if (n > r->cbuf_len) n = r->cbuf_len;
+  memmove(r->cbuf, r->cbuf + n, r->cbuf_len - n);
+  r->cbuf_len -= n;
+}
+
+/* Reads what the client sent into cbuf. 1: bytes came, 0: none yet or EOF
+ * (rd_eof), -1: the relay failed. */
+static int read_client(tg_relay *r) {
+  if (r->cbuf_len >= r->cbuf_cap) {
+    size_t want = r->cbuf_cap == 0 ? 4096 : r->cbuf_cap * 2;
+    if (want > FRAME_MAX) want = FRAME_MAX;
+    if (want <= r->cbuf_len) {
+      /* The framer kept asking for more than a head can be: a bug on its side. */
+      set_linger0(r->fd[CLIENT]);
+      finish(r, "internal-error");
+      return -1;
+    }
+    char *p = realloc(r->cbuf, want);
+    if (p == NULL) {
+      local_fail(r, ENOMEM);
+      return -1;
+    }
+    r->cbuf = p;
+    r->cbuf_cap = want;
+  }
+  ssize_t n;
+  do n = recv(r->fd[CLIENT], r->cbuf + r->cbuf_len, r->cbuf_cap - r->cbuf_len, 0);
+  while (n < 0 && errno == EINTR);
+  if (n > 0) {
+    r->cbuf_len += (size_t)n;
+    r->last_active = uv_now(r->poll[0].loop);
+    return 1;
+  }
+  if (n == 0) {
+    r->rd_eof[CLIENT] = true;
+    return 0;
+  }
+  if (errno == EAGAIN) return 0;
+  fail(r, CLIENT, errno);
+  return -1;
+}
+
+/* Upstream has nothing on its way to the client that the relay can see: no
+ * bytes in the pipe, none waiting in the socket. A client that sends its
+ * next request after reading the last response (every client that does not
+ * pipeline) finds it so at once. */
+static bool upstream_quiet(tg_relay *r) {
+  if (r->inpipe[UPSTREAM] > 0) return false;
+  if (r->rd_eof[UPSTREAM]) return true;
+  int n = 0;
+  return ioctl(r->fd[UPSTREAM], FIONREAD, &n) != 0 || n == 0;
+}
+
+/* A handed-over connection leaves once upstream is quiet: the client socket
+ * and the bytes read go to done(). False when the relay finished. */
+static bool hand_over_if_quiet(tg_relay *r) {
+  if (!r->handing_over || !upstream_quiet(r)) return true;
+  r->keep_client = true;
+  finish(r, "handed-over");
+  return false;
+}
+
+/* The client direction of a framed relay: the pipe first, then the
+ * framer's bytes, then `budget` bytes verbatim (from cbuf, then spliced),
+ * then the framer again. Same contract as pump(). */
+static bool pump_framed(tg_relay *r) {
+  const int d = CLIENT;
+  for (;;) {
+    if (r->inpipe[d] > 0) {
+      if (!r->wr_blocked[d] && !drain(r, d)) return false;
+      if (r->inpipe[d] > 0) break;
+    }
+    if (r->wr_blocked[d]) break;
+    if (r->out != NULL) {
+      int w = write_up(r, r->out, r->out_len, &r->out_off);
+      if (w < 0) return false;
+      if (w == 0) break;
+      free(r->out);
+      r->out = NULL;
+      r->out_len = r->out_off = 0;
+    }
+    if (r->budget > 0 && r->cbuf_len > 0) {
+      size_t n = r->cbuf_len < r->budget ? r->cbuf_len : (size_t)r->budget, off = 0;
+      int w = write_up(r, r->cbuf, n, &off);
+      cbuf_drop(r, off);
+      r->budget -= off;
+      if (w < 0) return false;
+      if (w == 0) break;
+      continue;
+    }
+    if (r->budget > 0) {
+      if (r->rd_eof[d] || r->in_full[d]) break;
+      if (r->pipe_r[d] < 0 && pipe_get(r->te, &r->pipe_r[d], &r->pipe_w[d]) != 0) {
+        local_fail(r, errno);
+        return false;
+      }
+      size_t want = PIPE_CAP - r->inpipe[d];
+      if (want > r->budget) want = (size_t)r->budget;
+      ssize_t n =
+          splice(r->fd[d], NULL, r->pipe_w[d], NULL, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (n > 0) {
+        r->inpipe[d] += (size_t)n;
+        r->budget -= (uint64_t)n;
+        r->last_active = uv_now(r->poll[0].loop);
+        if ((size_t)n == want) continue;
+        if (!r->wr_blocked[d] && !drain(r, d)) return false;
+        break;
+      }
+      if (n == 0) {
+        r->rd_eof[d] = true;
+        break;
+      }
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN) {
+        fail(r, d, errno);
+        return false;
+      }
+      if (r->inpipe[d] > 0) r->in_full[d] = true;
+      break;
+    }
+    /* A boundary: the framer decides on what the client sent next. */
+    if (r->handing_over) break;
+    if (r->cbuf_len == 0 || r->want_more) {
+      if (r->rd_eof[d]) {
+        /* The client finished sending mid-head: nothing of it can go on. */
+        r->cbuf_len = 0;
+        break;
+      }
+      int got = read_client(r);
+      if (got < 0) return false;
+      if (got == 0 && !r->rd_eof[d]) break;
+      if (got == 0 && r->cbuf_len == 0) break;
+      r->want_more = false;
+    }
+    tg_frame_step step = {.action = -1};
+    r->frame(r->user, r->cbuf, r->cbuf_len, r->rd_eof[d], &step);
+    if (r->finished) {
+      free(step.out);
+      return false;
+    }
+    switch (step.action) {
+    case TG_NEXT_FORWARD:
+      cbuf_drop(r, step.consumed);
+      r->out = step.out;
+      r->out_len = step.out_len;
+      r->out_off = 0;
+      if (r->out != NULL && r->out_len == 0) free(r->out), r->out = NULL;
+      r->budget = step.budget;
+      continue;
+    case TG_NEXT_READ_ON:
+      r->want_more = true;
+      continue;
+    case TG_NEXT_HANDOVER:
+      r->handing_over = true;
+      return hand_over_if_quiet(r);
+    case TG_NEXT_CLOSE:
+      set_linger0(r->fd[CLIENT]);
+      finish(r, "refused");
+      return false;
+    default:
+      free(step.out);
+      set_linger0(r->fd[CLIENT]);
+      finish(r, "internal-error");
+      return false;
+    }
+  }
+  if (r->inpipe[d] == 0 && r->pipe_r[d] >= 0) {
+    pipe_put(r->te, r->pipe_r[d], r->pipe_w[d], true);
+    r->pipe_r[d] = r->pipe_w[d] = -1;
+    r->in_full[d] = false;
+  }
+  /* The client is done: after the last of its bytes, upstream is half-closed as in pump(). */
+  if (r->rd_eof[d] && r->inpipe[d] == 0 && r->out == NULL && (r->budget == 0 || r->cbuf_len == 0) &&
+      !r->shut[d]) {
+    r->shut[d] = true;
+    if (shutdown(r->fd[UPSTREAM], SHUT_WR) != 0 && errno != ENOTCONN) {
+      fail(r, UPSTREAM, errno);
+      return false;
+    }
+  }
+  if (r->shut[0] && r->shut[1]) {
+    finish(r, "ok");
+    return false;
+  }
+  return true;
+}
+
+/* The first response's status line, looked at (MSG_PEEK) before its first
+ * byte reaches the client. A 407 there means the proxy wants credentials
+ * the gateway does not have: the client gets the gateway's own 502 with
+ * what to do (the relay stops, keeping the client socket for done()),
+ * instead of a challenge it cannot answer. 1: looked at (known or not),
+ * 0: nothing to look at yet, -1: the relay finished. */
+static int peek_status(tg_relay *r) {
+  char b[16];
+  ssize_t n;
+  do n = recv(r->fd[UPSTREAM], b, sizeof b, MSG_PEEK | MSG_DONTWAIT);
+  while (n < 0 && errno == EINTR);
+  if (n < 0 && errno == EAGAIN) return 0;
+  r->status_known = true;
+  /* "HTTP/1.1 407 ": a shorter first segment is rare; the status is then left unknown. */
+  if (n < 13 || memcmp(b, "HTTP/", 5) != 0 || b[8] != ' ' || b[12] != ' ') return 1;
+  int status = 0;
+  for (int i = 9; i < 12; i++) {
+    if (b[i] < '0' || b[i] > '9') return 1;
+    status = status * 10 + (b[i] - '0');
+  }
+  r->first_status = status;
+  if (status == 407 && r->frame != NULL) {
+    r->keep_client = true;
+    finish(r, "answer-status");
+    return -1;
+  }
+  return 1;
+}
+
 static void on_poll(uv_poll_t *h, int status, int events) {
   tg_relay *r = (tg_relay *)h->data;
   const int side = h == &r->poll[CLIENT] ? CLIENT : UPSTREAM;
@@ -266,6 +550,7 @@ static void on_poll(uv_poll_t *h, int status, int events) {
     r->wr_blocked[1 - side] = false;
     if (!pump(r, 1 - side)) return;
   }
+  if (!hand_over_if_quiet(r)) return;
   update_polls(r);
 }
 
@@ -296,6 +581,10 @@ static void finish(tg_relay *r, const char *outcome) {
   uv_close((uv_handle_t *)&r->poll[0], on_handle_closed);
   uv_close((uv_handle_t *)&r->poll[1], on_handle_closed);
   uv_close((uv_handle_t *)&r->timer, on_handle_closed);
+  if (r->keep_client) {
+    r->kept_fd = r->fd[CLIENT];
+    r->fd[CLIENT] = -1;
+  }
   for (int i = 0; i < 2; i++) {
     if (r->fd[i] >= 0) close(r->fd[i]);
     if (r->pipe_r[i] >= 0) pipe_put(te, r->pipe_r[i], r->pipe_w[i], r->inpipe[i] == 0);
@@ -314,17 +603,43 @@ static int abandon(tg_relay *r, int rc, const char *what, const char **failed) {
   r->done = NULL;
   r->finished = true;
   *failed = what;
-  if (n == 0) free(r);
+  if (n == 0) {
+    free(r->cbuf);
+    free(r->out);
+    free(r);
+  }
   for (int i = 0; i < n; i++) uv_close(h[i], on_handle_closed);
   return rc;
 }
 
 int tg_relay_start(tg_env *te, int client_fd, int upstream_fd, uint64_t idle_ms, bool client_eof,
-                   bool upstream_eof, tg_relay_done_fn done, void *user, const char **failed) {
+                   bool upstream_eof, const tg_relay_framed *framed, tg_relay_done_fn done,
+                   void *user, const char **failed) {
   tg_relay *r = calloc(1, sizeof *r);
   if (r == NULL) {
+    if (framed != NULL) free(framed->out);
     *failed = "calloc";
     return -ENOMEM;
+  }
+  r->kept_fd = -1;
+  r->status_known = framed == NULL;
+  if (framed != NULL) {
+    r->frame = framed->frame;
+    r->out = framed->out; /* ours now, freed with r */
+    r->out_len = framed->out_len;
+    r->budget = framed->budget;
+    if (framed->rest_len > 0) {
+      size_t cap = framed->rest_len < 4096 ? 4096 : framed->rest_len;
+      if ((r->cbuf = malloc(cap)) == NULL) {
+        free(r->out);
+        free(r);
+        *failed = "malloc";
+        return -ENOMEM;
+      }
+      memcpy(r->cbuf, framed->rest, framed->rest_len);
+      r->cbuf_len = framed->rest_len;
+      r->cbuf_cap = cap;
+    }
   }
   r->te = te;
   r->done = done;
@@ -406,8 +721,10 @@ typedef struct {
   napi_ref cb;
 } js_done;
 
-static void js_relay_done(void *user, uint64_t up, uint64_t down, const char *outcome) {
+static void js_relay_done(void *user, const tg_relay_end *end) {
   js_done *d = user;
+  uint64_t up = end->up, down = end->down;
+  const char *outcome = end->outcome;
   napi_env env = d->te->env;
   napi_handle_scope scope;
   if (!d->te->stopping && napi_open_handle_scope(env, &scope) == napi_ok) {
@@ -475,8 +792,8 @@ static napi_value js_splice_relay(napi_env env, napi_callback_info info) {
     if (fd[i] < 0) err = errno, what = "fcntl(F_DUPFD_CLOEXEC)";
   }
   if (err == 0) {
-    int rc =
-        tg_relay_start(te, fd[0], fd[1], (uint64_t)idle_d, eof[0], eof[1], js_relay_done, d, &what);
+    int rc = tg_relay_start(te, fd[0], fd[1], (uint64_t)idle_d, eof[0], eof[1], NULL, js_relay_done,
+                            d, &what);
     if (rc != 0) err = -rc;
   }
   if (err != 0) {

@@ -83,6 +83,7 @@ typedef struct tg_front {
   int refs; /* the JS object, each initialised handle, and every live connection */
   napi_env env;
   napi_ref decide, done, unusable;
+  napi_ref next_fn; /* plain HTTP: next() at each request boundary; NULL for other ports */
   struct tg_front *prev, *next; /* te->fronts while not closed */
 } tg_front;
 
@@ -113,8 +114,14 @@ typedef struct tg_conn {
   endpoints *ep; /* while sniffing */
   char *head;    /* the client's first bytes, written upstream before relaying */
   size_t head_len, head_cap, head_off;
-  char *req; /* the CONNECT request; NULL for a direct connection */
+  char *req; /* the CONNECT request (NULL for a direct connection), or an HTTP request head */
   size_t req_len, req_off;
+  /* [6, ...]: a plain HTTP connection relayed in frames (tg_relay_framed):
+   * req is the first request head as rewritten, head[consumed..] what of
+   * the client's bytes comes after it, budget how many of those pass verbatim. */
+  bool framed;
+  size_t consumed;
+  uint64_t budget;
   char *answer; /* the CONNECT answer head so far */
   size_t answer_len, answer_cap;
   int refs; /* the machine, the timer, a JS call in progress, the relay */
@@ -128,6 +135,7 @@ static void front_release(tg_front *f) {
   napi_delete_reference(f->env, f->decide);
   napi_delete_reference(f->env, f->done);
   napi_delete_reference(f->env, f->unusable);
+  if (f->next_fn) napi_delete_reference(f->env, f->next_fn);
   free(f);
 }
 
@@ -196,20 +204,34 @@ static void unlink_conn(tg_conn *c) {
   te->conn_count--;
 }
 
-/* done(id, up, down, outcome, status, reason) in JS. */
-static void tell_done(tg_conn *c, uint64_t up, uint64_t down, const char *outcome, int status,
-                      const char *reason) {
+/* done(id, up, down, outcome, status, reason, fd, rest) in JS. fd >= 0 is
+ * a client socket JS now owns (a plain HTTP connection that ends before a
+ * response reached it gets the gateway's own answer; a handed-over one goes
+ * to the Node path), rest the client bytes read and not yet passed on. */
+static void tell_done_fd(tg_conn *c, uint64_t up, uint64_t down, const char *outcome, int status,
+                         const char *reason, int fd, const char *rest, size_t rest_len) {
   napi_env env = c->front->env;
   napi_handle_scope scope;
-  if (c->front->te->stopping || napi_open_handle_scope(env, &scope) != napi_ok) return;
-  napi_value argv[6];
-  if (napi_create_uint32(env, c->id, &argv[0]) == napi_ok &&
+  if (c->front->te->stopping || napi_open_handle_scope(env, &scope) != napi_ok) {
+    if (fd >= 0) close(fd);
+    return;
+  }
+  napi_value argv[8];
+  void *data;
+  bool ok =
+      napi_create_uint32(env, c->id, &argv[0]) == napi_ok &&
       napi_create_double(env, (double)up, &argv[1]) == napi_ok &&
       napi_create_double(env, (double)down, &argv[2]) == napi_ok &&
       napi_create_string_utf8(env, outcome, NAPI_AUTO_LENGTH, &argv[3]) == napi_ok &&
       napi_create_uint32(env, (uint32_t)status, &argv[4]) == napi_ok &&
-      napi_create_string_latin1(env, reason ? reason : "", NAPI_AUTO_LENGTH, &argv[5]) == napi_ok)
-    tg_call_js(c->front->te, c->front->done, 6, argv);
+      napi_create_string_latin1(env, reason ? reason : "", NAPI_AUTO_LENGTH, &argv[5]) == napi_ok &&
+      napi_create_int32(env, fd, &argv[6]) == napi_ok &&
+      (rest_len > 0 ? napi_create_buffer_copy(env, rest_len, rest, &data, &argv[7])
+                    : napi_get_undefined(env, &argv[7])) == napi_ok;
+  if (ok)
+    tg_call_js(c->front->te, c->front->done, 8, argv);
+  else if (fd >= 0)
+    close(fd);
   napi_close_handle_scope(env, scope);
 }
 
@@ -238,12 +260,16 @@ static void conn_end(tg_conn *c, const char *outcome, int status, const char *re
   close_upoll(c);
   uv_close((uv_handle_t *)&c->timer, conn_handle_closed);
   if (c->ufd >= 0) close(c->ufd);
-  if (close_client && c->cfd >= 0) {
+  /* A plain HTTP client whose request could not be carried gets the gateway's own answer from JS. */
+  int kept = -1;
+  if (close_client && tell && c->framed && c->cfd >= 0) {
+    kept = c->cfd;
+  } else if (close_client && c->cfd >= 0) {
     set_linger0(c->cfd);
     close(c->cfd);
   }
   c->cfd = c->ufd = -1;
-  if (tell) tell_done(c, c->head_off, 0, outcome, status, reason);
+  if (tell) tell_done_fd(c, c->head_off, 0, outcome, status, reason, kept, NULL, 0);
   conn_release(c); /* the machine's own reference */
 }
 
@@ -255,11 +281,14 @@ static void conn_fail_errno(tg_conn *c, const char *what, int err) {
 
 /* ---- relay ------------------------------------------------------------------ */
 
-static void relay_done(void *user, uint64_t up, uint64_t down, const char *outcome) {
+static void relay_done(void *user, const tg_relay_end *end) {
   tg_conn *c = user;
-  tell_done(c, c->head_off + up, down, outcome, 0, NULL);
+  tell_done_fd(c, c->head_off + end->up, end->down, end->outcome, end->first_status, NULL,
+               end->kept_fd, end->rest, end->rest_len);
   conn_release(c);
 }
+
+static void frame_next(void *user, const char *buf, size_t len, bool eof, tg_frame_step *step);
 
 static void start_relay(tg_conn *c) {
   const char *failed;
@@ -270,12 +299,20 @@ static void start_relay(tg_conn *c) {
   close_upoll(c);
   uv_close((uv_handle_t *)&c->timer, conn_handle_closed);
   free(c->ep), c->ep = NULL;
+  tg_relay_framed framed = {.frame = frame_next, .budget = c->budget};
+  if (c->framed) {
+    framed.out = c->req; /* the relay's from the call */
+    framed.out_len = c->req_len;
+    framed.rest = c->head + c->consumed;
+    framed.rest_len = c->head_len - c->consumed;
+    c->req = NULL;
+  }
+  c->refs++; /* the relay's, released by relay_done */
+  int rc = tg_relay_start(c->front->te, c->cfd, c->ufd, c->front->idle_ms, c->client_eof, false,
+                          c->framed ? &framed : NULL, relay_done, c, &failed);
   free(c->head), c->head = NULL;
   free(c->req), c->req = NULL;
   free(c->answer), c->answer = NULL;
-  c->refs++; /* the relay's, released by relay_done */
-  int rc = tg_relay_start(c->front->te, c->cfd, c->ufd, c->front->idle_ms, c->client_eof, false,
-                          relay_done, c, &failed);
   if (rc != 0) {
     char msg[64];
     snprintf(msg, sizeof msg, "relay %s", tg_errno_name(-rc));
@@ -283,7 +320,8 @@ static void start_relay(tg_conn *c) {
     close(c->cfd);
     close(c->ufd);
     c->state = DONE;
-    relay_done(c, 0, 0, msg);
+    tg_relay_end end = {.outcome = msg, .kept_fd = -1};
+    relay_done(c, &end);
   }
   c->cfd = c->ufd = -1; /* the relay's now, or closed */
   conn_release(c);      /* the machine's reference */
@@ -468,7 +506,9 @@ static bool spec_alive(tg_conn *c) {
  * direct connection the client's first bytes. */
 static void upstream_connected(tg_conn *c) {
   (void)uv_timer_stop(&c->timer);
-  if (c->req != NULL) {
+  if (c->framed) {
+    start_relay(c); /* the relay writes the request head, then frames the rest */
+  } else if (c->req != NULL) {
     /* One deadline for the whole answer, as for the connect. */
     if (timer_want(c, c->front->connect_ms)) send_request(c);
   } else {
@@ -592,8 +632,33 @@ static void on_client(uv_poll_t *h, int status, int events);
 
 /* Reads decide()'s answer: 0, 1 (ip, port and *req filled), 2, 3 (ip and
  * port filled: dial meanwhile, read on), 4 (read on), 5 (reset), or -1 for nonsense. */
-static int parse_action(napi_env env, napi_value result, bool final, char *ip, size_t ip_size,
-                        uint32_t *port, char **req, size_t *req_len) {
+/* A latin1 string element of an array as malloc'd bytes. */
+static bool get_bytes(napi_env env, napi_value array, uint32_t i, char **out, size_t *len) {
+  napi_value v;
+  napi_valuetype t;
+  size_t l = 0;
+  if (napi_get_element(env, array, i, &v) != napi_ok || napi_typeof(env, v, &t) != napi_ok ||
+      t != napi_string || napi_get_value_string_latin1(env, v, NULL, 0, &l) != napi_ok ||
+      (*out = malloc(l + 1)) == NULL)
+    return false;
+  if (napi_get_value_string_latin1(env, v, *out, l + 1, len) != napi_ok) {
+    free(*out);
+    *out = NULL;
+    return false;
+  }
+  return true;
+}
+
+/* A whole number in [0, max] at array[i]. */
+static bool get_count(napi_env env, napi_value array, uint32_t i, double max, double *out) {
+  napi_value v;
+  return napi_get_element(env, array, i, &v) == napi_ok &&
+         napi_get_value_double(env, v, out) == napi_ok && *out >= 0 && *out <= max &&
+         *out == (double)(uint64_t)*out;
+}
+
+static int parse_action(tg_conn *c, napi_env env, napi_value result, bool final, char *ip,
+                        size_t ip_size, uint32_t *port, char **req, size_t *req_len) {
   napi_valuetype t;
   bool is_array = false;
   napi_value v;
@@ -605,18 +670,31 @@ static int parse_action(napi_env env, napi_value result, bool final, char *ip, s
   if (napi_get_element(env, result, 0, &v) != napi_ok ||
       napi_get_value_double(env, v, &d) != napi_ok)
     return -1;
-  if (!(d >= TG_ACTION_CLOSE && d <= TG_ACTION_RESET) || d != (int)d || d == TG_ACTION_READ_ON)
+  if (!(d >= TG_ACTION_CLOSE && d <= TG_ACTION_HTTP) || d != (int)d || d == TG_ACTION_READ_ON)
     return -1;
   int action = (int)d;
   if (action == TG_ACTION_CLOSE || action == TG_ACTION_TAKEN || action == TG_ACTION_RESET)
     return action;
-  if (action != TG_ACTION_CONNECT && !(action == TG_ACTION_SPECULATE && !final)) return -1;
+  if (action == TG_ACTION_HTTP && c->front->next_fn == NULL) return -1;
+  if (action != TG_ACTION_CONNECT && action != TG_ACTION_HTTP &&
+      !(action == TG_ACTION_SPECULATE && !final))
+    return -1;
   if (napi_get_element(env, result, 1, &v) != napi_ok ||
       napi_get_value_string_latin1(env, v, ip, ip_size, &l) != napi_ok || l == 0 ||
       l >= ip_size - 1 || napi_get_element(env, result, 2, &v) != napi_ok ||
       napi_get_value_uint32(env, v, port) != napi_ok || *port == 0 || *port > 65535)
     return -1;
   if (action == TG_ACTION_SPECULATE) return TG_ACTION_SPECULATE;
+  if (action == TG_ACTION_HTTP) {
+    double consumed, budget;
+    if (!get_count(env, result, 4, (double)c->head_len, &consumed) ||
+        !get_count(env, result, 5, 9007199254740991.0, &budget) ||
+        !get_bytes(env, result, 3, req, req_len))
+      return -1;
+    c->consumed = (size_t)consumed;
+    c->budget = (uint64_t)budget;
+    return TG_ACTION_HTTP;
+  }
   if (napi_get_element(env, result, 3, &v) != napi_ok || napi_typeof(env, v, &t) != napi_ok)
     return -1;
   if (t != napi_string) return t == napi_undefined ? 1 : -1;
@@ -625,6 +703,45 @@ static int parse_action(napi_env env, napi_value result, bool final, char *ip, s
       napi_get_value_string_latin1(env, v, *req, l + 1, req_len) != napi_ok)
     return -1;
   return TG_ACTION_CONNECT;
+}
+
+/* next(id, bytes, eof) in JS at a request boundary of a plain HTTP connection. */
+static void frame_next(void *user, const char *buf, size_t len, bool eof, tg_frame_step *step) {
+  tg_conn *c = user;
+  tg_front *f = c->front;
+  napi_env env = f->env;
+  napi_handle_scope scope;
+  step->action = -1;
+  if (f->te->stopping || napi_open_handle_scope(env, &scope) != napi_ok) return;
+  napi_value argv[3], result = NULL, v;
+  void *data;
+  if (napi_create_uint32(env, c->id, &argv[0]) == napi_ok &&
+      napi_create_buffer_copy(env, len, len ? buf : "", &data, &argv[1]) == napi_ok &&
+      napi_get_boolean(env, eof, &argv[2]) == napi_ok)
+    result = tg_call_js(f->te, f->next_fn, 3, argv);
+  napi_valuetype t;
+  bool is_array = false;
+  double d, consumed, budget;
+  if (result == NULL || napi_typeof(env, result, &t) != napi_ok) goto out;
+  if (t == napi_null || t == napi_undefined) {
+    step->action = TG_NEXT_READ_ON;
+    goto out;
+  }
+  if (napi_is_array(env, result, &is_array) != napi_ok || !is_array ||
+      napi_get_element(env, result, 0, &v) != napi_ok ||
+      napi_get_value_double(env, v, &d) != napi_ok)
+    goto out;
+  if (d == TG_NEXT_HANDOVER || d == TG_NEXT_CLOSE) {
+    step->action = (int)d;
+  } else if (d == TG_NEXT_FORWARD && get_count(env, result, 2, (double)len, &consumed) &&
+             get_count(env, result, 3, 9007199254740991.0, &budget) &&
+             get_bytes(env, result, 1, &step->out, &step->out_len)) {
+    step->action = TG_NEXT_FORWARD;
+    step->consumed = (size_t)consumed;
+    step->budget = (uint64_t)budget;
+  }
+out:
+  napi_close_handle_scope(env, scope);
 }
 
 /* Polls the client for (more of) its first bytes until the sniff deadline.
@@ -691,7 +808,7 @@ static void decide(tg_conn *c, const char *cip, uint16_t cport, const char *dip,
   char ip[INET6_ADDRSTRLEN + 1];
   uint32_t port = 0;
   if (c->state != DONE && result != NULL) {
-    action = parse_action(env, result, final, ip, sizeof ip, &port, &c->req, &c->req_len);
+    action = parse_action(c, env, result, final, ip, sizeof ip, &port, &c->req, &c->req_len);
   }
   napi_close_handle_scope(env, scope);
   if (c->state == DONE) {
@@ -721,6 +838,11 @@ static void decide(tg_conn *c, const char *cip, uint16_t cport, const char *dip,
   case TG_ACTION_TAKEN: /* JS took the fd */
     c->cfd = -1;
     conn_end(c, "handed-over", 0, NULL, false, false);
+    return;
+  case TG_ACTION_HTTP:
+    c->framed = true;
+    if (c->spec) drop_spec(c);
+    dial(c, ip, port, false);
     return;
   case TG_ACTION_CONNECT:
     if (c->spec && c->spec_connected && !spec_alive(c)) drop_spec(c);
@@ -981,14 +1103,15 @@ static bool get_fn(napi_env env, napi_value v, const char *name, napi_ref *out) 
   return napi_create_reference(env, v, 1, out) == napi_ok;
 }
 
-/* tunnelListen(fd, sniff, redirect, mark | undefined, sniffMaxBytes, sniffMs, connectMs, idleMs, decide, done, unusable, speculate) -> handle */
+/* tunnelListen(fd, sniff, redirect, mark | undefined, sniffMaxBytes, sniffMs, connectMs, idleMs,
+ *              decide, done, unusable, speculate, next | undefined) -> handle */
 static napi_value js_tunnel_listen(napi_env env, napi_callback_info info) {
-  napi_value argv[12];
+  napi_value argv[13];
   napi_valuetype t;
   int fd;
   bool sniff, redirect, speculate, has_mark;
   double mark = 0, sniff_max, sniff_ms, connect_ms, idle_ms;
-  if (!tg_get_args(env, info, 12, argv) || !tg_get_fd(env, argv[0], &fd) ||
+  if (!tg_get_args(env, info, 13, argv) || !tg_get_fd(env, argv[0], &fd) ||
       !tg_get_bool(env, argv[11], "speculate", &speculate) ||
       !tg_get_bool(env, argv[1], "sniff", &sniff) ||
       !tg_get_bool(env, argv[2], "redirect", &redirect))
@@ -1008,10 +1131,18 @@ static napi_value js_tunnel_listen(napi_env env, napi_callback_info info) {
   if (f == NULL) return tg_throw_errno(env, "calloc", ENOMEM);
   f->te = te;
   f->env = env;
-  if (!get_fn(env, argv[8], "decide", &f->decide) || !get_fn(env, argv[9], "done", &f->done) ||
-      !get_fn(env, argv[10], "unusable", &f->unusable)) {
+  napi_valuetype next_t;
+  bool fns = get_fn(env, argv[8], "decide", &f->decide) && get_fn(env, argv[9], "done", &f->done) &&
+             get_fn(env, argv[10], "unusable", &f->unusable) &&
+             napi_typeof(env, argv[12], &next_t) == napi_ok &&
+             (next_t == napi_undefined || get_fn(env, argv[12], "next", &f->next_fn));
+  if (!fns) {
     if (f->decide) napi_delete_reference(env, f->decide);
     if (f->done) napi_delete_reference(env, f->done);
+    if (f->unusable) napi_delete_reference(env, f->unusable);
+    bool pending = false;
+    if (napi_is_exception_pending(env, &pending) != napi_ok || !pending)
+      tg_throw_arg(env, "next must be a function or undefined");
     free(f);
     return NULL;
   }

@@ -68,10 +68,13 @@ export interface NativeSystemError extends Error {
 
 /** The raw addon, as native/transgate.c exports it. Arguments are positional and all required. */
 /** native/protocol.h's TG_ABI_VERSION: an addon built from other sources is refused at load. */
-export const ABI_VERSION = 2;
+export const ABI_VERSION = 3;
 
 /** native/protocol.h's enum tg_action: the first element of decide()'s answer (READ_ON is a null answer, never sent). */
-export const TunnelActions = { CLOSE: 0, CONNECT: 1, TAKEN: 2, SPECULATE: 3, RESET: 5 } as const;
+export const TunnelActions = { CLOSE: 0, CONNECT: 1, TAKEN: 2, SPECULATE: 3, RESET: 5, HTTP: 6 } as const;
+
+/** native/protocol.h's enum tg_next: next()'s answer at a request boundary (READ_ON is a null answer, never sent). */
+export const NextActions = { FORWARD: 0, HANDOVER: 1, CLOSE: 2 } as const;
 
 export interface NativeBinding {
   abiVersion(): number;
@@ -115,6 +118,7 @@ export interface NativeBinding {
     done: TunnelDone,
     unusable: TunnelUnusable,
     speculate: boolean,
+    next: TunnelNext | undefined,
   ): TunnelHandle;
   tunnelClose(handle: TunnelHandle): void;
   tunnelAbortAll(): number;
@@ -148,10 +152,46 @@ export type TunnelAction =
   | readonly [typeof TunnelActions.CONNECT, string, number, string | undefined]
   | readonly [typeof TunnelActions.TAKEN]
   | readonly [typeof TunnelActions.SPECULATE, string, number]
-  | readonly [typeof TunnelActions.RESET];
+  | readonly [typeof TunnelActions.RESET]
+  /**
+   * Plain HTTP (a listener with next()): connect to ip:port, write `out` (the
+   * first request head as rewritten), drop the first `consumed` bytes of the
+   * head, pass the next `budget` client bytes verbatim, then ask next().
+   */
+  | readonly [typeof TunnelActions.HTTP, string, number, string, number, number];
 
-/** The end of a connection decide() sent on: bytes each way, outcome, and the proxy's status and reason for "answer-status". */
-export type TunnelDone = (id: number, up: number, down: number, outcome: string, status: number, reason: string) => void;
+/**
+ * At each request boundary of a plain HTTP connection: `bytes` is what the
+ * client sent after the last frame. null: read more; [0, out, consumed,
+ * budget]: as TunnelActions.HTTP, on the same upstream connection; [1]:
+ * hand the connection over (done() gets the client fd and the bytes once
+ * upstream is quiet); [2]: reset the client (JS logged it).
+ */
+export type TunnelNext = (id: number, bytes: Buffer, eof: boolean) => NextAction | null;
+
+export type NextAction =
+  | readonly [typeof NextActions.FORWARD, string, number, number]
+  | readonly [typeof NextActions.HANDOVER]
+  | readonly [typeof NextActions.CLOSE];
+
+/**
+ * The end of a connection decide() sent on: bytes each way, outcome, and the
+ * proxy's status and reason for "answer-status" (for plain HTTP, `status` is
+ * the first response's). `fd` >= 0 is a client socket TypeScript now owns: a
+ * plain HTTP connection ended before any response reached the client (it
+ * gets the gateway's own answer) or handed over (outcome "handed-over"),
+ * with `rest` the client bytes read and not passed on; else -1.
+ */
+export type TunnelDone = (
+  id: number,
+  up: number,
+  down: number,
+  outcome: string,
+  status: number,
+  reason: string,
+  fd: number,
+  rest: Buffer | undefined,
+) => void;
 
 /** A connection without an original destination, or (clientIp null) an accept error such as EMFILE. */
 export type TunnelUnusable = (clientIp: string | null, clientPort: number, errnoName: string) => void;
@@ -175,6 +215,8 @@ export interface TunnelListenOptions {
    * have the proxy connection opened while they travel.
    */
   speculate?: boolean;
+  /** Plain HTTP: decide() may answer TunnelActions.HTTP, and next() frames the rest of the connection. */
+  next?: TunnelNext;
   sniffTimeoutMs: number;
   connectTimeoutMs: number;
   idleTimeoutMs: number;
@@ -308,6 +350,11 @@ function checkFamily(family: unknown): Family {
 function checkBool(name: string, value: unknown, dflt: boolean): boolean {
   if (value === undefined) return dflt;
   if (typeof value !== 'boolean') throw invalid(name, 'a boolean', value, 'ERR_INVALID_ARG_TYPE');
+  return value;
+}
+
+function checkFunction<F>(name: string, value: F): F {
+  if (typeof value !== 'function') throw invalid(name, 'a function', value, 'ERR_INVALID_ARG_TYPE');
   return value;
 }
 
@@ -584,6 +631,7 @@ export function tunnelListen(opts: TunnelListenOptions, decide: TunnelDecide, do
     done,
     unusable,
     checkBool('options.speculate', o.speculate, false),
+    o.next === undefined ? undefined : checkFunction('options.next', o.next as TunnelNext),
   );
 }
 

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
-import { ABI_VERSION, TunnelActions, isNativeAvailable, loadNative } from '../../src/native/index';
+import { ABI_VERSION, NextActions, TunnelActions, isNativeAvailable, loadNative } from '../../src/native/index';
 
 function repoRoot(): string {
   let dir = __dirname;
@@ -25,6 +25,13 @@ test('TunnelActions mirror enum tg_action', () => {
   const { READ_ON, ...sent } = inC;
   assert.equal(typeof READ_ON, 'number', 'READ_ON stays in C: it is a null answer');
   assert.deepEqual(sent, { ...TunnelActions });
+});
+
+test('NextActions mirror enum tg_next', () => {
+  const inC = Object.fromEntries([...header.matchAll(/TG_NEXT_([A-Z_]+) = (\d+)/g)].map((m) => [m[1]!, Number(m[2])]));
+  const { READ_ON, ...sent } = inC;
+  assert.equal(typeof READ_ON, 'number', 'READ_ON stays in C: it is a null answer');
+  assert.deepEqual(sent, { ...NextActions });
 });
 
 test('ABI_VERSION is TG_ABI_VERSION, and the addon that loads reports it', { skip: !isNativeAvailable() && 'addon not built' }, () => {

@@ -25,6 +25,7 @@ import {
   type TunnelDone,
   type TunnelHandle,
   type TunnelUnusable,
+  type TunnelNext,
 } from '../../src/native';
 
 const T = { timeout: 8_000 };
@@ -961,7 +962,7 @@ describe('native tunnel front end (native/tunnel.c)', { skip }, () => {
         code: 'ERR_INVALID_ARG_TYPE',
       });
       const raw = loadNative();
-      const args = (decide: unknown, done: unknown, unusable: unknown) => () =>
+      const args = (decide: unknown, done: unknown, unusable: unknown, next?: unknown) => () =>
         raw.tunnelListen(
           fd,
           false,
@@ -975,10 +976,12 @@ describe('native tunnel front end (native/tunnel.c)', { skip }, () => {
           done as TunnelDone,
           unusable as TunnelUnusable,
           false,
+          next as TunnelNext | undefined,
         );
       assert.throws(args('nope', noop, noop), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: 'decide must be a function' });
       assert.throws(args(fn, 42, noop), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: 'done must be a function' });
       assert.throws(args(fn, noop, null), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: 'unusable must be a function' });
+      assert.throws(args(fn, noop, noop, 7), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: 'next must be a function' });
       // The fd was not taken: it still is an open socket of ours.
       assert.ok(fs.fstatSync(fd).isSocket());
     } finally {
