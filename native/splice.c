@@ -35,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -84,6 +85,7 @@ typedef struct tg_relay {
   int kept_fd;
   bool status_known; /* the first response's status was looked at */
   int first_status;
+  char *first_head; /* the first response's head, when the relay stopped for it */
   char outcome[64];
   tg_relay_done_fn done; /* called once, after every handle is closed */
   void *user;
@@ -137,13 +139,15 @@ static void on_handle_closed(uv_handle_t *h) {
                           .kept_fd = r->keep_client ? r->kept_fd : -1,
                           .rest = r->cbuf,
                           .rest_len = r->cbuf_len,
-                          .first_status = r->first_status};
+                          .first_status = r->first_status,
+                          .first_head = r->first_head};
       r->done(r->user, &end);
     } else if (r->keep_client && r->kept_fd >= 0) {
       close(r->kept_fd);
     }
     free(r->cbuf);
     free(r->out);
+    free(r->first_head);
     free(r);
   }
   tg_handle_closed(te);
@@ -506,16 +510,28 @@ static bool pump_framed(tg_relay *r) {
   return true;
 }
 
-/* The first response's status line, looked at (MSG_PEEK) before its first
- * byte reaches the client. A 407 there means the proxy wants credentials
- * the gateway does not have: the client gets the gateway's own 502 with
- * what to do (the relay stops, keeping the client socket for done()),
- * instead of a challenge it cannot answer. 1: looked at (known or not),
- * 0: nothing to look at yet, -1: the relay finished. */
+/* A header line `name:` in a response head (case-insensitive name). */
+static bool has_field(const char *head, size_t len, const char *name) {
+  size_t n = strlen(name);
+  for (size_t i = 0; i + 2 + n <= len; i++) {
+    if (head[i] == '\n' && strncasecmp(head + i + 1, name, n) == 0) return true;
+  }
+  return false;
+}
+
+/* The first response's head, looked at (MSG_PEEK) before its first byte
+ * reaches the client. A 407 there means the proxy wants credentials the
+ * gateway does not have, and a 5xx the proxy made itself (X-Squid-Error,
+ * Proxy-Status, RFC 9209) means it could not fetch: then the client gets
+ * the gateway's own answer saying what to do or what failed, as on the
+ * Node path, instead of a challenge it cannot answer or a proxy's page.
+ * The relay stops, keeping the client socket and the head for done().
+ * Any other response passes untouched. 1: looked at (known or not), 0:
+ * nothing to look at yet, -1: the relay finished. */
 static int peek_status(tg_relay *r) {
-  char b[16];
+  char b[4096];
   ssize_t n;
-  do n = recv(r->fd[UPSTREAM], b, sizeof b, MSG_PEEK | MSG_DONTWAIT);
+  do n = recv(r->fd[UPSTREAM], b, sizeof b - 1, MSG_PEEK | MSG_DONTWAIT);
   while (n < 0 && errno == EINTR);
   if (n < 0 && errno == EAGAIN) return 0;
   r->status_known = true;
@@ -527,12 +543,20 @@ static int peek_status(tg_relay *r) {
     status = status * 10 + (b[i] - '0');
   }
   r->first_status = status;
-  if (status == 407 && r->frame != NULL) {
-    r->keep_client = true;
-    finish(r, "answer-status");
-    return -1;
+  if (r->frame == NULL) return 1;
+  b[n] = 0;
+  const char *end = strstr(b, "\r\n\r\n");
+  size_t head_len = end != NULL ? (size_t)(end - b) + 4 : (size_t)n;
+  bool own = status >= 500 && end != NULL &&
+             (has_field(b, head_len, "x-squid-error:") || has_field(b, head_len, "proxy-status:"));
+  if (status != 407 && !own) return 1;
+  if ((r->first_head = malloc(head_len + 1)) != NULL) {
+    memcpy(r->first_head, b, head_len);
+    r->first_head[head_len] = 0;
   }
-  return 1;
+  r->keep_client = true;
+  finish(r, "answer-status");
+  return -1;
 }
 
 static void on_poll(uv_poll_t *h, int status, int events) {

@@ -23,6 +23,8 @@ typedef struct tg_relay_end {
   const char *rest;
   size_t rest_len;
   int first_status;
+  const char *
+      first_head; /* the first response's head when the relay stopped for it (see peek_status), else NULL */
 } tg_relay_end;
 
 /* Called once per relay on the loop thread, after its handles are closed.

@@ -283,8 +283,8 @@ static void conn_fail_errno(tg_conn *c, const char *what, int err) {
 
 static void relay_done(void *user, const tg_relay_end *end) {
   tg_conn *c = user;
-  tell_done_fd(c, c->head_off + end->up, end->down, end->outcome, end->first_status, NULL,
-               end->kept_fd, end->rest, end->rest_len);
+  tell_done_fd(c, c->head_off + end->up, end->down, end->outcome, end->first_status,
+               end->first_head, end->kept_fd, end->rest, end->rest_len);
   conn_release(c);
 }
 

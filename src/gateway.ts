@@ -201,6 +201,11 @@ export class Gateway {
           this.track(sock, ctx.client.address);
           this.runStream(sock, ctx, head);
         },
+        takeOverHttp: (sock, ctx, head) => {
+          this.admission.adopt(ctx.client.address);
+          this.track(sock, ctx.client.address);
+          this.http.accept(sock, ctx, head, this.logDone);
+        },
         onUnusable: (client, err) => this.logRejected(client, err),
         onInternalError: (ctx, err) => this.internalError(undefined, ctx, err),
         onAcceptError: this.logAcceptError,
@@ -428,7 +433,7 @@ export class Gateway {
       onConnection: (sock, ctx) => this.onConnection(sock, ctx),
       onUnusable: (sock, client, err) => this.onUnusable(sock, client, err),
       onAcceptError: this.logAcceptError,
-      nativeAccept: this.streams && (kind === 'tls' || kind === 'tcp') ? (fd) => this.streams!.listen(kind, fd) : undefined,
+      nativeAccept: this.streams && kind !== 'dns' ? (fd) => this.streams!.listen(kind, fd) : undefined,
     });
     await l.start();
     this.listeners.push(l);

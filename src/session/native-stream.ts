@@ -1,18 +1,33 @@
 import dns from 'node:dns';
+import fs from 'node:fs';
 import net from 'node:net';
 import type { ProxyEndpoint } from '../config/proxy-url';
 import { ConnContext } from '../core/context';
-import type { GatewayError } from '../core/errors';
 import { hostPort, type Address } from '../core/types';
+import { field } from '../core/log';
 import { addressOf, noOriginalDst } from '../inbound/tcp-listener';
 import type { NameLookup } from '../dns/name-map';
 import { DIRECT_CODES, UPSTREAM_CODES, dialFailure } from '../outbound/dial';
 import { connectRefusal, connectRequest, tunnelFailure } from '../outbound/http-connect';
-import { TunnelActions, spliceAbortAll, tunnelAbortAll, tunnelClose, tunnelListen, type TunnelAction } from '../native';
-import type { Router } from '../route/router';
+import {
+  NextActions,
+  TunnelActions,
+  spliceAbortAll,
+  tunnelAbortAll,
+  tunnelClose,
+  tunnelListen,
+  type NextAction,
+  type TunnelAction,
+} from '../native';
+import { RequestFramer, type FrameStep, type RequestRoute } from '../pipeline/http-framer';
+import type { RequestCheck } from './http-request';
+import { HTTP_SNIFF_MAX_BYTES } from '../sniff/http';
+import { answerAndClose, errorStatus, gatewayResponse, proxyOwnError } from './http';
+import { proxyAuthFix } from '../outbound/http-connect';
+import type { RouteInput, Router } from '../route/router';
 import { TLS_SNIFF_MAX_BYTES, sniffTls } from '../sniff/tls';
 import { refusedName, routeStream } from './stream';
-import { ErrorCodes, type ErrorCode } from '../core/errors';
+import { ErrorCodes, GatewayError, type ErrorCode } from '../core/errors';
 import type { Admission } from '../inbound/admission';
 import type { HostVerifier } from '../route/host-verify';
 
@@ -39,6 +54,8 @@ export interface NativeStreamDeps {
   onDone(ctx: ConnContext): void;
   /** A connection the addon cannot carry (the proxy is a name not yet resolved): the Node path takes it, with the bytes read so far. */
   takeOver(sock: net.Socket, ctx: ConnContext, head: Buffer): void;
+  /** The same for a plain HTTP connection: the Node HTTP path carries it from `head` on. */
+  takeOverHttp(sock: net.Socket, ctx: ConnContext, head: Buffer): void;
   onUnusable(client: Address, err: GatewayError): void;
   /** A bug met by one connection: logged and counted; the connection is closed. */
   onInternalError(ctx: ConnContext, err: unknown): void;
@@ -51,6 +68,8 @@ interface Live {
   ctx: ConnContext;
   /** The proxy CONNECTed through; undefined for a direct connection. */
   proxy: ProxyEndpoint | undefined;
+  /** Plain HTTP on the fast path: the client's requests, framed. */
+  framer?: RequestFramer;
 }
 
 const CLOSE: TunnelAction = [TunnelActions.CLOSE];
@@ -78,16 +97,17 @@ export class NativeStreams {
   constructor(private readonly deps: NativeStreamDeps) {}
 
   /** Takes a listening fd (listenTcp): the addon accepts on it until close() (TcpListener.close). */
-  listen(kind: 'tls' | 'tcp', fd: number): { close(): void } {
+  listen(kind: 'http' | 'tls' | 'tcp', fd: number): { close(): void } {
     const d = this.deps;
     const handle = tunnelListen(
       {
         fd,
-        sniff: kind === 'tls',
+        sniff: kind !== 'tcp',
         redirect: d.redirect,
         mark: d.mark,
-        sniffMaxBytes: TLS_SNIFF_MAX_BYTES,
+        sniffMaxBytes: kind === 'http' ? HTTP_SNIFF_MAX_BYTES : TLS_SNIFF_MAX_BYTES,
         speculate: kind === 'tls',
+        next: kind === 'http' ? (id, bytes, eof) => this.next(id, bytes, eof) : undefined,
         sniffTimeoutMs: d.sniffTimeoutMs,
         connectTimeoutMs: d.connectTimeoutMs,
         idleTimeoutMs: d.idleTimeoutMs,
@@ -103,12 +123,13 @@ export class NativeStreams {
           return RESET;
         }
       },
-      (id, up, down, outcome, status, reason) => {
+      (id, up, down, outcome, status, reason, fd, rest) => {
         try {
-          this.done(id, up, down, outcome, status, reason);
+          this.done(id, up, down, outcome, status, reason, fd, rest);
         } catch (err) {
           const ctx = this.live.get(id)?.ctx;
           this.live.delete(id);
+          if (fd >= 0) closeFd(fd);
           if (ctx) this.deps.onInternalError(ctx, err);
         }
       },
@@ -129,7 +150,7 @@ export class NativeStreams {
   }
 
   private decide(
-    kind: 'tls' | 'tcp',
+    kind: 'http' | 'tls' | 'tcp',
     id: number,
     fd: number,
     cip: string,
@@ -164,7 +185,7 @@ export class NativeStreams {
   }
 
   private decideAdmitted(
-    kind: 'tls' | 'tcp',
+    kind: 'http' | 'tls' | 'tcp',
     id: number,
     fd: number,
     cip: string,
@@ -175,6 +196,7 @@ export class NativeStreams {
     final: boolean,
     eof: boolean,
   ): TunnelAction | null {
+    if (kind === 'http') return this.decideHttp(id, fd, cip, cport, dip, dport, head ?? Buffer.alloc(0), final, eof);
     if (!final && head?.length === 0) return this.speculate(cip, dip, dport);
     const sniffed = head && head.length > 0 ? sniffTls(head) : undefined;
     if (!final && (sniffed === undefined || sniffed.status === 'need-more')) return null;
@@ -195,6 +217,13 @@ export class NativeStreams {
       return this.refuse(ctx, ErrorCodes.SNIFF_TIMEOUT, `no whole ClientHello within ${this.deps.sniffTimeoutMs} ms of accept`);
     }
     if (sniffed?.status === 'match') ctx.name = sniffed.sni;
+    return this.routeTcp(id, fd, ctx, head);
+  }
+
+  /** A TLS or TCP connection (or bytes on an HTTP port that are not HTTP): refused, or CONNECTed through the proxy, or direct. */
+  private routeTcp(id: number, fd: number, ctx: ConnContext, head: Buffer | undefined): TunnelAction {
+    const { address: dip, port: dport } = ctx.destination;
+    const kind = ctx.kind;
     ctx.name ??= this.deps.names?.lookup(ctx.client.address, dip);
     const refused = refusedName(ctx, this.deps.isForbiddenAddress);
     if (refused) return this.refuse(ctx, ErrorCodes.FORBIDDEN_TARGET, refused);
@@ -218,6 +247,138 @@ export class NativeStreams {
     ctx.via = hostPort(dip, dport);
     this.live.set(id, { ctx, proxy: undefined });
     return [TunnelActions.CONNECT, dip, dport, undefined];
+  }
+
+  /** A plain HTTP connection's first bytes: the framer reads its first request; the addon carries it (and those after it) in frames. */
+  private decideHttp(
+    id: number,
+    fd: number,
+    cip: string,
+    cport: number,
+    dip: string,
+    dport: number,
+    head: Buffer,
+    final: boolean,
+    eof: boolean,
+  ): TunnelAction | null {
+    if (this.deps.closing()) return CLOSE;
+    const ctx = new ConnContext('http', addressOf(cip, cport), addressOf(dip, dport));
+    if (this.deps.isLocal(dip)) {
+      ctx.refuseLoop();
+      this.deps.onDone(ctx);
+      return CLOSE;
+    }
+    if (head.length === 0 && eof) {
+      ctx.result = 'client-closed';
+      this.deps.onDone(ctx);
+      return CLOSE;
+    }
+    const framer = new RequestFramer({
+      port: dport,
+      address: dip,
+      isLocal: this.deps.isForbiddenAddress,
+      route: (check) => this.routeRequest(ctx, check),
+    });
+    // Nothing sent by the deadline: a protocol where the server speaks first, carried as TCP (as on the Node path).
+    const step: FrameStep = head.length === 0 ? { kind: 'not-http' } : framer.next(head, eof);
+    switch (step.kind) {
+      case 'need-more':
+        if (!final) return null;
+        if (eof) {
+          ctx.result = 'client-closed';
+          this.deps.onDone(ctx);
+          return CLOSE;
+        }
+        // A head begun but not whole by the deadline (counted from accept): a trickle, not a client.
+        return this.answerHttp(
+          fd,
+          ctx,
+          408,
+          ErrorCodes.SNIFF_TIMEOUT,
+          `no whole request head within ${this.deps.sniffTimeoutMs} ms of accept`,
+        );
+      case 'not-http':
+        return this.routeTcp(id, fd, ctx, head);
+      case 'refuse':
+        ctx.requests = 1;
+        return this.answerHttp(fd, ctx, step.status, step.code, step.reason);
+      case 'handover':
+        return this.handOverHttp(fd, ctx, head);
+      case 'forward': {
+        const route = step.route!;
+        ctx.name = framer.lastCheck?.target?.host;
+        ctx.requests = 1;
+        let ip: string | undefined;
+        let port: number;
+        if (route.kind === 'proxy') {
+          ip = this.proxyAddress(route.proxy.host);
+          port = route.proxy.port;
+          if (ip === undefined) return this.handOverHttp(fd, ctx, head);
+          ctx.route = 'proxy';
+          ctx.via = hostPort(route.proxy.host, port);
+        } else {
+          ip = dip;
+          port = dport;
+          ctx.route = 'direct';
+          ctx.via = hostPort(dip, dport);
+        }
+        this.live.set(id, { ctx, proxy: route.kind === 'proxy' ? route.proxy : undefined, framer });
+        return [TunnelActions.HTTP, ip, port, step.out, step.consumed, step.budget];
+      }
+    }
+  }
+
+  /** Where one request of a plain HTTP connection goes (the Node path's HttpSession.route, without waiting). */
+  private routeRequest(ctx: ConnContext, check: Extract<RequestCheck, { ok: true }>): RequestRoute {
+    const input: RouteInput = { kind: 'http', name: check.target?.host, address: ctx.destination.address, port: ctx.destination.port };
+    if (input.name !== undefined && this.deps.router.needsVerification(input)) {
+      const known = this.deps.verifier.check(ctx.client.address, input.name, input.address);
+      if (known === undefined) return { kind: 'handover', why: 'the name must be looked up to be verified' };
+      input.nameVerified = known;
+    }
+    const decision = this.deps.router.select(input);
+    if (decision.kind === 'proxy' && decision.proxy) {
+      return { kind: 'proxy', key: `proxy ${decision.proxy.host} ${decision.proxy.port}`, proxy: decision.proxy };
+    }
+    return { kind: 'direct', key: 'direct' };
+  }
+
+  /** At a request boundary of a framed connection: the next step, as the addon reads it. */
+  private next(id: number, bytes: Buffer, eof: boolean): NextAction | null {
+    const entry = this.live.get(id);
+    if (!entry?.framer) return NEXT_CLOSE;
+    try {
+      const step = entry.framer.next(bytes, eof);
+      switch (step.kind) {
+        case 'need-more':
+          return eof ? NEXT_CLOSE : null;
+        case 'forward':
+          entry.ctx.requests = entry.framer.requests;
+          return [NextActions.FORWARD, step.out, step.consumed, step.budget];
+        case 'not-http':
+        case 'refuse':
+        case 'handover':
+          // Earlier responses may still be on their way: the Node path answers (or refuses) this request once they are out.
+          return NEXT_HANDOVER;
+      }
+    } catch (err) {
+      this.deps.onInternalError(entry.ctx, err);
+      return NEXT_CLOSE;
+    }
+  }
+
+  /** The gateway's own answer to a plain HTTP request (400, 403, 405, 408), on the client socket the addon gave up. */
+  private answerHttp(fd: number, ctx: ConnContext, status: number, code: ErrorCode, why: string): TunnelAction {
+    ctx.refuse(code, why);
+    const sock = socketOf(fd);
+    sock.once('close', () => this.deps.onDone(ctx));
+    answerAndClose(sock, gatewayResponse(status, code, why));
+    return TAKEN;
+  }
+
+  private handOverHttp(fd: number, ctx: ConnContext, head: Buffer): TunnelAction {
+    this.deps.takeOverHttp(socketOf(fd), ctx, head);
+    return TAKEN;
   }
 
   private refuse(ctx: ConnContext, code: ErrorCode, why: string): TunnelAction {
@@ -254,24 +415,56 @@ export class NativeStreams {
     return ip === undefined ? null : [TunnelActions.SPECULATE, ip, decision.proxy.port];
   }
 
-  private done(id: number, up: number, down: number, outcome: string, status: number, reason: string): void {
+  private done(
+    id: number,
+    up: number,
+    down: number,
+    outcome: string,
+    status: number,
+    reason: string,
+    fd: number,
+    rest: Buffer | undefined,
+  ): void {
     this.release(id);
     const entry = this.live.get(id);
-    if (entry === undefined) return;
+    if (entry === undefined) {
+      if (fd >= 0) closeFd(fd);
+      return;
+    }
     this.live.delete(id);
     const { ctx } = entry;
     ctx.bytesUp = up;
     ctx.bytesDown = down;
-    if (outcome !== 'ok') {
-      const err = this.failure(entry, outcome, status, reason);
+    if (outcome === 'handed-over' && fd >= 0) {
+      // A later request the fast path does not carry (another route, Upgrade, a refusal): the Node path takes the
+      // connection with what the client sent after the last request, and logs it at its end.
+      this.deps.takeOverHttp(socketOf(fd), ctx, rest ?? Buffer.alloc(0));
+    } else {
+      const err = outcome === 'ok' ? undefined : this.failure(entry, outcome, status, reason);
       if (err) {
         ctx.result = err.code;
         ctx.error = err.message;
-      } else {
+      } else if (outcome !== 'ok') {
         ctx.result = outcome;
       }
+      if (err && entry.framer) {
+        // The Node path's line for a request that failed, with the same fields.
+        this.deps.warn(
+          `req id=${ctx.id}.${ctx.requests} host=${field(ctx.name ?? ctx.destination.address)} route=${ctx.route ?? '-'} error=${err.code} ${field(err.message)}`,
+        );
+      }
+      if (fd >= 0) {
+        // A plain HTTP request that got no response: the gateway's own answer says why (502, 504), as on the Node path.
+        const sock = socketOf(fd);
+        sock.once('close', () => this.deps.onDone(ctx));
+        answerAndClose(
+          sock,
+          gatewayResponse(errorStatus(err), err?.code ?? ErrorCodes.INTERNAL, err?.message ?? `the request ended: ${outcome}`),
+        );
+      } else {
+        this.deps.onDone(ctx);
+      }
     }
-    this.deps.onDone(ctx);
     if (this.live.size === 0 && this.drained) {
       this.drained();
       this.drained = undefined;
@@ -279,7 +472,8 @@ export class NativeStreams {
   }
 
   /** The addon's pre-relay outcomes as the Node path reports them; undefined for relay outcomes. */
-  private failure({ ctx, proxy }: Live, outcome: string, status: number, reason: string): GatewayError | undefined {
+  private failure(entry: Live, outcome: string, status: number, reason: string): GatewayError | undefined {
+    const { ctx, proxy } = entry;
     const ms = this.deps.connectTimeoutMs;
     const sp = outcome.indexOf(' ');
     const [what, detail] = sp < 0 ? [outcome, ''] : [outcome.slice(0, sp), outcome.slice(sp + 1)];
@@ -294,6 +488,22 @@ export class NativeStreams {
         return dialFailure.timeout(codes, dialWhat, ms);
     }
     if (!proxy) return undefined;
+    if (entry.framer && what === 'answer-status') {
+      // The first response stopped the relay (native/splice.c peek_status): `reason` is its head.
+      const first = entry.framer.first;
+      const request = `${first?.method ?? 'GET'} ${first?.uri ?? authority}`;
+      if (status === 407) {
+        return new GatewayError(ErrorCodes.UPSTREAM_407, `proxy ${proxy.display} answered 407 to ${request}: ${proxyAuthFix(proxy)}`, {
+          status: 407,
+        });
+      }
+      const own = proxyOwnError({ statusCode: status, headers: headFields(reason) }) ?? 'proxy error';
+      return new GatewayError(
+        status === 504 ? ErrorCodes.UPSTREAM_TIMEOUT : ErrorCodes.UPSTREAM_STATUS,
+        `proxy ${proxy.display} could not fetch ${first?.uri ?? authority}: ${status} ${own}`,
+        { status },
+      );
+    }
     switch (what) {
       case 'answer':
         return tunnelFailure.error(proxy, detail);
@@ -354,3 +564,37 @@ export class NativeStreams {
 }
 
 function noop(): void {}
+
+const NEXT_CLOSE: NextAction = [NextActions.CLOSE];
+const NEXT_HANDOVER: NextAction = [NextActions.HANDOVER];
+
+/** A client socket the addon gave up, as a Node socket (paused until read). */
+function socketOf(fd: number): net.Socket {
+  const sock = new net.Socket({
+    fd,
+    readable: true,
+    writable: true,
+    allowHalfOpen: true,
+    pauseOnCreate: true,
+  } as net.SocketConstructorOpts);
+  sock.on('error', noop);
+  return sock;
+}
+
+/** A response head's fields, names lowercased (the last of a repeated one), for proxyOwnError. */
+function headFields(head: string): Record<string, string> {
+  const fields: Record<string, string> = {};
+  for (const line of head.split('\r\n').slice(1)) {
+    const colon = line.indexOf(':');
+    if (colon > 0) fields[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
+  }
+  return fields;
+}
+
+function closeFd(fd: number): void {
+  try {
+    fs.closeSync(fd);
+  } catch {
+    // already closed: nothing to release
+  }
+}

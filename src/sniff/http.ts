@@ -267,3 +267,26 @@ export function parseHostHeader(value: string, defaultPort: number): { host: str
   const a = parseAuthority(value, defaultPort);
   return a === undefined ? undefined : { host: a.target.host, port: a.port };
 }
+
+/** A whole request head, its fields as sent (obs-folds joined), and where it ends in the buffer. */
+export type RequestHeadRead =
+  | { status: 'need-more' }
+  | { status: 'no-match' }
+  | { status: 'invalid'; reason: string }
+  | { status: 'match'; method: string; target: string; version: string; headers: Array<[string, string]>; end: number };
+
+/**
+ * Reads one request head from the start of `buf` (the same rules as
+ * sniffHttp: what sniffHttp calls a match, this reads whole). For the
+ * framed HTTP path, which forwards a head it rebuilt from these fields.
+ */
+export function readRequestHead(buf: Buffer): RequestHeadRead {
+  const sniffed = sniffHttp(buf);
+  if (sniffed.status !== 'match') return sniffed;
+  const end = findHeadEnd(buf);
+  const head = buf.subarray(0, end);
+  const line = scanRequestLine(head);
+  const headers = line.status === 'ok' ? scanHeaders(head, line.next) : NO_MATCH;
+  if (line.status !== 'ok' || headers.status !== 'ok') return NO_MATCH; // sniffHttp matched: cannot happen
+  return { status: 'match', method: line.method, target: line.target, version: line.version, headers: headers.headers, end };
+}

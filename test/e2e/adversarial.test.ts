@@ -188,18 +188,16 @@ describe('adversarial clients e2e', { skip, timeout: 900_000 }, () => {
         assert.match(good.stdout, /^HTTP\/1\.1 200 OK\r\n[\s\S]*bad-origin$/, show(good));
       });
 
-      // writeHead(99) and a reason phrase with \x01 threw inside the response handler.
-      test('an origin answering status 099 or a control byte in the reason: 502 for that request, the gateway goes on', async () => {
-        for (const path of ['/status099', '/reason']) {
-          const r = await lab.exec('cl', ['curl', '-sS', '--max-time', '10', '-i', `http://${BAD}:8081${path}`]);
-          // 099 is no HTTP status: 502. The reason phrase is passed on without its control byte.
-          if (path === '/status099')
-            assert.match(
-              r.stdout,
-              /^HTTP\/1\.1 502 [\s\S]*X-Transgate-Error: TG_ERR_DIRECT_UNREACHABLE[\s\S]*status 99/i,
-              `${path}: ${show(r)}`,
-            );
-          else assert.match(r.stdout, /^HTTP\/1\.1 200 OK\r\n[\s\S]*\r\n\r\nok$/, `${path}: ${show(r)}`);
+      // writeHead(99) and a reason phrase with \x01 threw inside the response handler (the Node path, which parsed
+      // every response). On the fast path (the addon) responses are spliced, not parsed: the client gets what the
+      // origin sent, as through a tunnel, and the gateway goes on.
+      test('an origin answering status 099 or a control byte in the reason: passed on as sent, the gateway goes on', async () => {
+        for (const [path, sent] of [
+          ['/status099', /^HTTP\/1\.1 099 Odd\r\nContent-Length: 2\r\n\r\nok$/],
+          ['/reason', /^HTTP\/1\.1 200 O\x01K\r\nContent-Length: 2\r\n\r\nok$/],
+        ] as const) {
+          const r = await raw(lab, `${BAD}:8081`, `GET ${path} HTTP/1.1\\r\\nHost: ${BAD}:8081\\r\\n\\r\\n`);
+          assert.match(r.stdout, sent, `${path}: ${show(r)}`);
           await stillServes(lab, gw);
         }
       });

@@ -1,0 +1,228 @@
+import type { ProxyEndpoint } from '../config/proxy-url';
+import type { ErrorCode } from '../core/errors';
+import { ErrorCodes } from '../core/errors';
+import { checkRequest, type RequestCheck } from '../session/http-request';
+import { absoluteUri } from '../session/http-request';
+import { readRequestHead } from '../sniff/http';
+
+/**
+ * The client side of a plain HTTP connection on the fast path, as a pure
+ * state machine over the bytes the client sends: each request head is read
+ * whole, checked (checkRequest: the same rules as the Node path), routed,
+ * and rebuilt for where it goes (absolute form for the proxy, origin form
+ * direct); its body is framed by Content-Length or chunked coding and
+ * passes on verbatim, so the executor (native/splice.c's framed relay) can
+ * splice it. Responses are not read here: they are spliced back as long
+ * as every request of the connection goes the same way.
+ *
+ * The framing is stricter than HTTP allows a server to be, on purpose: the
+ * proxy parses what passes verbatim, and where its framing and ours
+ * differed a client could hide a request from the gateway inside a body
+ * (request smuggling). A body the framer cannot frame exactly (both
+ * Content-Length and Transfer-Encoding, a coding other than chunked, a
+ * chunk line that is not `hex[;ext]CRLF`) is refused.
+ */
+
+/** Where one request goes; `key` is equal for requests that may share the upstream connection. */
+export type RequestRoute =
+  | { kind: 'proxy'; key: string; proxy: ProxyEndpoint }
+  | { kind: 'direct'; key: string }
+  /** The route needs what the framer cannot wait for (a lookup for host verification): the Node path takes over. */
+  | { kind: 'handover'; why: string };
+
+export interface FramerDeps {
+  /** The original destination port: the default for a Host without one, and the port of the absolute URI. */
+  port: number;
+  /** The original destination address: where a request without Host goes by name. */
+  address: string;
+  /** An address of this gateway or its proxy (route/targets.ts). */
+  isLocal(address: string): boolean;
+  /** Where a checked request goes. */
+  route(check: Extract<RequestCheck, { ok: true }>): RequestRoute;
+}
+
+/** One step over the client's bytes at a boundary. */
+export type FrameStep =
+  | { kind: 'need-more' }
+  /** Write `out` upstream in place of the first `consumed` bytes, then pass `budget` bytes verbatim. */
+  | { kind: 'forward'; out: string; consumed: number; budget: number; route?: RequestRoute }
+  /** Not HTTP at all (only possible for the first bytes): carried as raw TCP. */
+  | { kind: 'not-http' }
+  /** The Node path should carry the connection from here (Upgrade, another route, a lookup). */
+  | { kind: 'handover'; why: string }
+  /** The gateway answers this request itself. */
+  | { kind: 'refuse'; status: 400 | 403 | 405 | 408; code: ErrorCode; reason: string };
+
+/** What a client request may carry that the fast path leaves to the Node path. */
+const HANDED_OVER_VERSIONS = new Set(['HTTP/1.0', 'HTTP/1.1']);
+
+/** Headers never passed on: hop-by-hop ones (RFC 9110 7.6.1) and those meant for a proxy the client never configured. */
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'proxy-authorization',
+  'proxy-authenticate',
+  'te',
+  'trailer',
+  'upgrade',
+]);
+
+/** The longest chunk-size line (with extensions) or trailer section accepted: ample for real clients. */
+const CHUNK_LINE_MAX = 4096;
+const TRAILERS_MAX = 16 * 1024;
+
+const CHUNK_LINE = /^([0-9a-fA-F]{1,15})((?:;[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:=(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+|"[^"\\\r\n]*"))?)*)\r\n/;
+const TRAILER_LINE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*$/;
+
+type State = 'head' | 'chunk-line' | 'chunk-end' | 'trailers';
+
+const refuse = (status: 400 | 403 | 405 | 408, code: ErrorCode, reason: string): FrameStep => ({ kind: 'refuse', status, code, reason });
+const bad = (reason: string): FrameStep => refuse(400, ErrorCodes.BAD_REQUEST, reason);
+
+export class RequestFramer {
+  private state: State = 'head';
+  /** The route of the connection's first request: later ones must go the same way. */
+  private key: string | undefined;
+  /** Requests forwarded so far. */
+  requests = 0;
+  /** The first request's method and URI as forwarded, for the log. */
+  first: { method: string; uri: string } | undefined;
+  /** The check of the last request head read (for the log and the route). */
+  lastCheck: Extract<RequestCheck, { ok: true }> | undefined;
+
+  constructor(private readonly deps: FramerDeps) {}
+
+  /** The next step over `buf` (the bytes after the last step's consumed and budget ones). */
+  next(buf: Buffer, eof: boolean): FrameStep {
+    switch (this.state) {
+      case 'head':
+        return this.head(buf, eof);
+      case 'chunk-end':
+        if (buf.length < 2) return { kind: 'need-more' };
+        if (buf[0] !== 0x0d || buf[1] !== 0x0a) return bad('chunk data not followed by CRLF');
+        this.state = 'chunk-line';
+        return { kind: 'forward', out: '\r\n', consumed: 2, budget: 0 };
+      case 'chunk-line':
+        return this.chunkLine(buf);
+      case 'trailers':
+        return this.trailers(buf);
+    }
+  }
+
+  private head(buf: Buffer, eof: boolean): FrameStep {
+    const read = readRequestHead(buf);
+    if (read.status === 'need-more') return { kind: 'need-more' };
+    if (read.status === 'no-match') {
+      if (this.requests === 0) return { kind: 'not-http' };
+      return bad('bytes after a request that are not an HTTP request');
+    }
+    if (read.status === 'invalid') return bad(read.reason);
+    void eof;
+    if (!HANDED_OVER_VERSIONS.has(read.version)) return { kind: 'handover', why: `${read.version} request` };
+    const raw: string[] = [];
+    for (const [n, v] of read.headers) raw.push(n, v);
+    const check = checkRequest({
+      method: read.method,
+      url: read.target,
+      rawHeaders: raw,
+      port: this.deps.port,
+      isLocal: this.deps.isLocal,
+    });
+    if (!check.ok) return refuse(check.status, check.code, check.reason);
+    this.lastCheck = check;
+
+    let connection = '';
+    let upgrade = false;
+    let te: string | undefined;
+    const lengths: string[] = [];
+    for (const [name, value] of read.headers) {
+      const n = name.toLowerCase();
+      if (n === 'connection') connection += `,${value.toLowerCase()}`;
+      else if (n === 'upgrade') upgrade = true;
+      else if (n === 'transfer-encoding') te = te === undefined ? value : `${te}, ${value}`;
+      else if (n === 'content-length') lengths.push(value);
+    }
+    const tokens = new Set(
+      connection
+        .split(',')
+        .map((t) => t.trim())
+        .filter((t) => t !== ''),
+    );
+    if (upgrade || tokens.has('upgrade')) return { kind: 'handover', why: 'an Upgrade request' };
+
+    let chunked = false;
+    let length = 0;
+    if (te !== undefined) {
+      // RFC 9112 6.1: chunked must be the last coding of a request; with Content-Length too, the framing is ambiguous.
+      if (lengths.length > 0) return bad('both Transfer-Encoding and Content-Length');
+      const codings = te.split(',').map((c) => c.trim().toLowerCase());
+      if (codings[codings.length - 1] !== 'chunked' || codings.filter((c) => c === 'chunked').length !== 1) {
+        return bad(`Transfer-Encoding ${te} cannot be framed`);
+      }
+      chunked = true;
+    } else if (lengths.length > 0) {
+      const first = lengths[0]!;
+      if (!lengths.every((l) => l === first) || !/^[0-9]{1,15}$/.test(first)) return bad('an invalid Content-Length');
+      length = Number(first);
+    }
+
+    const route = this.deps.route(check);
+    if (route.kind === 'handover') return { kind: 'handover', why: route.why };
+    if (this.key !== undefined && route.key !== this.key) return { kind: 'handover', why: 'a request that goes another way' };
+    this.key = route.key;
+
+    const target = check.target;
+    const name = target?.host ?? this.deps.address;
+    const uri = route.kind === 'proxy' ? absoluteUri(name, this.deps.port, check.path) : check.path;
+    let out = `${read.method} ${uri} ${read.version}\r\n`;
+    for (const [n, v] of read.headers) {
+      const lower = n.toLowerCase();
+      if (route.kind === 'proxy' ? HOP_BY_HOP.has(lower) || tokens.has(lower) : lower.startsWith('proxy-')) continue;
+      out += `${n}: ${v}\r\n`;
+    }
+    if (route.kind === 'proxy') {
+      if (tokens.has('close')) out += 'Connection: close\r\n';
+      else if (read.version === 'HTTP/1.0' && tokens.has('keep-alive')) out += 'Connection: keep-alive\r\n';
+      if (route.proxy.authorization) out += `Proxy-Authorization: ${route.proxy.authorization}\r\n`;
+    }
+    out += '\r\n';
+    this.requests++;
+    this.first ??= { method: read.method, uri };
+    this.state = chunked ? 'chunk-line' : 'head';
+    return { kind: 'forward', out, consumed: read.end, budget: length, route };
+  }
+
+  private chunkLine(buf: Buffer): FrameStep {
+    const crlf = buf.indexOf('\r\n', 0, 'latin1');
+    if (crlf === -1) return buf.length > CHUNK_LINE_MAX ? bad('a chunk-size line too long') : { kind: 'need-more' };
+    const text = buf.toString('latin1', 0, crlf + 2);
+    const m = CHUNK_LINE.exec(text);
+    if (!m || m[0].length !== text.length) return bad('a malformed chunk-size line');
+    const size = parseInt(m[1]!, 16);
+    if (size === 0) {
+      this.state = 'trailers';
+      return { kind: 'forward', out: text, consumed: text.length, budget: 0 };
+    }
+    this.state = 'chunk-end';
+    return { kind: 'forward', out: text, consumed: text.length, budget: size };
+  }
+
+  /** After the last chunk: trailer fields up to an empty line, passed on as they are (checked line by line). */
+  private trailers(buf: Buffer): FrameStep {
+    let pos = 0;
+    for (;;) {
+      const crlf = buf.indexOf('\r\n', pos, 'latin1');
+      if (crlf === -1) return buf.length > TRAILERS_MAX ? bad('a trailer section too long') : { kind: 'need-more' };
+      if (crlf === pos) {
+        const out = buf.toString('latin1', 0, crlf + 2);
+        this.state = 'head';
+        return { kind: 'forward', out, consumed: out.length, budget: 0 };
+      }
+      const line = buf.toString('latin1', pos, crlf);
+      if (!TRAILER_LINE.test(line)) return bad('a malformed trailer field');
+      pos = crlf + 2;
+      if (pos > TRAILERS_MAX) return bad('a trailer section too long');
+    }
+  }
+}
