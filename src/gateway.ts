@@ -8,25 +8,9 @@ import { LocalAddresses } from './inbound/local-addresses';
 import { TcpListener } from './inbound/tcp-listener';
 import { UdpListener } from './inbound/udp-listener';
 import { DnsService, resolvConfServer } from './dns/service';
-import { rulesConfigFor, rulesConfigForRun, type RuleBackend } from './netfilter/backend';
+import { Interception } from './netfilter/interception';
 import { DEFAULT_BYPASS4, DEFAULT_BYPASS6 } from './netfilter/plan';
-import type { RulesConfig } from './netfilter/plan';
-import {
-  applySysctls,
-  bridgesBlockingTproxy,
-  describeChange,
-  dropSysctlState,
-  hostBridges,
-  ipv4Interfaces,
-  ipv6Interfaces,
-  planSysctls,
-  readSysctl,
-  restoreSysctls,
-  saveSysctlState,
-  sysctlStateFile,
-  sysctlWants,
-  type SysctlChange,
-} from './netfilter/sysctl';
+import type { RuleBackend } from './netfilter/rule-backend';
 import { Outbounds } from './outbound/outbounds';
 import { JsRelay } from './relay/js-relay';
 import { SpliceRelay } from './relay/splice-relay';
@@ -107,18 +91,16 @@ export class Gateway {
   private readonly streams: NativeStreams | undefined;
   private readonly dns: DnsService | undefined;
   private udp: UdpListener | undefined;
-  private rulesInstalled = false;
-  /** What start() changed in /proc/sys, put back by close(). */
-  private sysctlsChanged: SysctlChange[] = [];
-  /** The rules as applied (bridge MAC included), for close(). */
-  private appliedRules: RulesConfig | undefined;
+  /** Sysctls, rules and policy routes: planned, applied last, reverted first. */
+  private readonly interception: Interception;
   private closing: Promise<void> | undefined;
 
   constructor(
     private readonly cfg: Config,
     private readonly log: Logger,
-    private readonly rules: RuleBackend | undefined,
+    rules: RuleBackend | undefined,
   ) {
+    this.interception = new Interception(cfg, log, rules);
     // --local: every socket of the gateway's own carries the mark, so its own rules skip it.
     const mark = cfg.local ? cfg.socketMark : undefined;
     this.router = new Router(cfg.upstream, cfg.noProxy);
@@ -236,16 +218,8 @@ export class Gateway {
 
   async start(): Promise<void> {
     this.log.info(`relay ${this.relay.name}`);
-    if (this.cfg.mode === 'tproxy' && !this.cfg.bridge) {
-      const blocked = bridgesBlockingTproxy({ lan: this.cfg.lan, read: readSysctl, bridges: hostBridges() });
-      if (blocked.length > 0) {
-        this.log.warn(
-          `clients behind bridge ${blocked.join(', ')} will not be intercepted in tproxy mode: net.bridge.bridge-nf-call-iptables = 1 ` +
-            `(br_netfilter, as Docker sets it) runs the TPROXY rule inside the bridge path, where it cannot work. ` +
-            `Use --mode redirect (Docker hosts), or set the sysctl to 0 if nothing on this host needs it`,
-        );
-      }
-    }
+    // Only reads (and logs what is odd): nothing changes before the listeners are up.
+    await this.interception.plan();
     const bind = listenerBind(this.cfg);
     const kinds: Array<[ListenerKind, number[], number]> = [
       ['http', this.cfg.httpPorts, this.cfg.listen.http],
@@ -258,70 +232,14 @@ export class Gateway {
       this.log.info(`started ${l.description} for ports ${ports.join(',')}`);
     }
     if (this.dns) await this.startDns(bind);
-    if (this.rules && this.cfg.installRules && this.cfg.sysctl) {
-      // Forwarding on, redirects off: without them the clients' other traffic
-      // dies here, or ICMP redirects teach them to skip this gateway.
-      const interfaces = this.cfg.lan.length > 0 ? this.cfg.lan : ipv4Interfaces();
-      const bridgeTproxy = this.cfg.bridge !== undefined && this.cfg.mode === 'tproxy';
-      // Uplinks: with --lan, every other interface; without, all (a LAN interface may be the uplink too).
-      const raInterfaces = ipv6Interfaces().filter((i) => !this.cfg.lan.includes(i));
-      const p = planSysctls(sysctlWants({ ipv4: this.cfg.ipv4, ipv6: this.cfg.ipv6, interfaces, bridgeTproxy, raInterfaces }), readSysctl);
-      for (const m of p.missing) this.log.warn(`sysctl ${m.key}: not present here, not set (${m.why})`);
-      this.sysctlsChanged = applySysctls(p.changes);
-      for (const c of this.sysctlsChanged) this.log.info(describeChange(c));
-      if (this.sysctlsChanged.length > 0) {
-        try {
-          saveSysctlState(this.sysctlsChanged);
-        } catch (err) {
-          this.log.warn(
-            `cannot save ${sysctlStateFile()} (${(err as Error).message}): after a crash, 'transgate clear' cannot restore the sysctls`,
-          );
-        }
-      }
-    }
-    if (this.rules && this.cfg.installRules) {
-      this.appliedRules = await rulesConfigForRun(this.cfg, this.log);
-      await this.rules.apply(this.appliedRules);
-      this.rulesInstalled = true;
-      this.log.info(
-        `installed ${this.cfg.mode} rules (${this.rules.name === 'nftables' ? 'nftables table inet transgate' : `${this.rules.name} chains TRANSGATE*`})`,
-      );
-    }
+    await this.interception.apply();
   }
 
   /** Idempotent; safe after a failed start. Rules first, so clients stop being sent to listeners that are going away. */
   close(): Promise<void> {
     this.closing ??= (async () => {
-      if (this.rulesInstalled && this.cfg.failClosed) {
-        // --fail-closed: rules and sysctls outlive us, so clients get resets, not un-proxied access; `transgate clear` removes both.
-        this.log.info(
-          "leaving rules and sysctls in place (--fail-closed): clients are refused until transgate runs again; 'transgate clear' removes them",
-        );
-        this.rulesInstalled = false;
-        this.sysctlsChanged = [];
-      }
-      if (this.rulesInstalled && this.rules) {
-        try {
-          await this.rules.revert(this.appliedRules ?? rulesConfigFor(this.cfg));
-          this.log.info('removed rules');
-        } catch (err) {
-          this.log.error(`removing rules failed: ${(err as Error).message}; run 'transgate clear'`);
-        }
-        this.rulesInstalled = false;
-      }
-      if (this.sysctlsChanged.length > 0) {
-        const changed = this.sysctlsChanged;
-        this.sysctlsChanged = [];
-        try {
-          restoreSysctls(changed);
-          dropSysctlState();
-          for (const c of changed) this.log.info(describeChange(c, true));
-        } catch (err) {
-          this.log.error(
-            `restoring sysctls failed: ${(err as Error).message}; set them back by hand: ${changed.map((c) => `${c.key}=${c.from}`).join(' ')}`,
-          );
-        }
-      }
+      // --fail-closed: rules and sysctls stay (Interception.revert).
+      await this.interception.revert();
       // Listeners stop accepting at once; net.Server.close() then waits for every connection, so those are ended
       // before it is awaited (awaiting first left a stop hanging for as long as any client kept a connection open).
       const listenersClosed = Promise.all(this.listeners.map((l) => l.close()));

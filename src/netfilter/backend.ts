@@ -10,14 +10,10 @@ import { dropSysctlState, loadSysctlState, readSysctl, restorableAfterCrash, res
 import { BRIDGE_TABLE, DEFAULT_BYPASS4, DEFAULT_BYPASS6, type RulesConfig } from './plan';
 import { describeUplinks, detectUplinks, judgeUplinks, type UplinkJudgement } from './uplink';
 
-export { describePlan, NftBackend } from './index';
+import type { RuleBackend } from './rule-backend';
 
-/** What the gateway needs of a rule backend, nftables or iptables. */
-export interface RuleBackend {
-  readonly name: string;
-  apply(cfg: RulesConfig): Promise<unknown>;
-  revert(cfg: RulesConfig): Promise<boolean>;
-}
+export { describePlan } from './index';
+export type { RuleBackend } from './rule-backend';
 
 /** Whether an executable of this name is on PATH (or in /usr/sbin, /sbin). */
 export function haveBinary(name: string, env: NodeJS.ProcessEnv = process.env): boolean {
@@ -41,7 +37,7 @@ export function backendName(cfg: Pick<Config, 'firewall'>, have: (bin: string) =
   return 'nftables'; // its error says what to install
 }
 
-export function createBackend(cfg: Config): NftablesRuleBackend | IptablesRuleBackend {
+export function createBackend(cfg: Config): RuleBackend {
   const name = backendName(cfg);
   return name === 'nftables' ? new NftablesRuleBackend() : new IptablesRuleBackend(name);
 }

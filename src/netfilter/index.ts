@@ -3,7 +3,7 @@
  * (idempotent; needs only the fwmark and table numbers, so it also cleans up
  * after a crash).
  *
- *   const backend = createRuleBackend();
+ *   const backend = new NftablesRuleBackend();   // or IptablesRuleBackend: the same RuleBackend
  *   const p = backend.plan(cfg);       // print renderPlan(p) for `transgate rules`
  *   await backend.apply(p);
  *   ...
@@ -14,50 +14,17 @@ import { isNotFound, netnsRunner, run, type Runner } from './exec';
 import { nftApplyScript, nftDeleteTable, nftListTable, nftPreflight } from './nftables';
 import { BRIDGE_TABLE, DEFAULT_FWMARK, DEFAULT_ROUTE_TABLE, TABLE, plan, renderPlan, type RulesConfig, type RulesPlan } from './plan';
 import { installPolicyRoutes, listRules, listTableRoutes, removePolicyRoutes, validatePolicyIds, type PolicyIds } from './policy-routing';
+import type { RevertTarget, RuleBackend, RuleBackendOptions } from './rule-backend';
 
 export * from './plan';
 export { run, netnsRunner, isNotFound, formatCommand, type Runner, type ExecResult, type ExecOptions } from './exec';
 export { formatMark, type PolicyIds, type PolicyRoute, type IpFamily } from './policy-routing';
 export { nftError } from './nftables';
-
-/** revert() accepts the config, the plan, or just the numbers (after a crash). */
-export type RevertTarget = RulesConfig | RulesPlan | PolicyIds;
-
-export interface RuleBackend {
-  readonly name: 'nftables';
-  /** Pure: the exact script and commands apply() would run. */
-  plan(cfg: RulesConfig): RulesPlan;
-  /** Validates a plan with the kernel without changing anything (`nft -c -f -`). */
-  check(p: RulesPlan | RulesConfig): Promise<void>;
-  /**
-   * Installs atomically (a config is planned first): on any failure everything
-   * of ours is removed again and the error is thrown. Returns the plan applied.
-   */
-  apply(p: RulesPlan | RulesConfig): Promise<RulesPlan>;
-  /**
-   * Removes our table, ip rules and table routes. Idempotent; safe when nothing
-   * is installed. Without a target: the ids of the last apply(), else the
-   * defaults (0x7467 / 7467). Resolves true when something was removed.
-   */
-  revert(target?: RevertTarget): Promise<boolean>;
-  /** Same as revert(): for `transgate clear`. */
-  clear(target?: RevertTarget): Promise<boolean>;
-  /** Whether our nftables table or any of our ip rules is present. */
-  isInstalled(ids?: PolicyIds): Promise<boolean>;
-  /** `nft list table inet transgate` + matching `ip rule` lines + our table's routes. */
-  describeInstalled(ids?: PolicyIds): Promise<string>;
-}
-
-export interface RuleBackendOptions {
-  /** Runs commands; default: run them directly. */
-  runner?: Runner;
-  /** Run every command inside this network namespace (`ip netns exec NAME`). */
-  netns?: string;
-}
+export type { AnyRulesPlan, RevertTarget, RuleBackend, RuleBackendOptions } from './rule-backend';
 
 const DEFAULT_IDS: PolicyIds = { fwmark: DEFAULT_FWMARK, routeTable: DEFAULT_ROUTE_TABLE };
 
-function idsOf(t: RevertTarget | undefined, fallback: PolicyIds = DEFAULT_IDS): PolicyIds {
+function idsOf(t: RevertTarget<RulesPlan> | undefined, fallback: PolicyIds = DEFAULT_IDS): PolicyIds {
   const ids = t ? { fwmark: t.fwmark, routeTable: t.routeTable } : fallback;
   validatePolicyIds(ids);
   return ids;
@@ -76,7 +43,7 @@ export function describePlan(x: RulesPlan | RulesConfig): string {
   return renderPlan(toPlan(x));
 }
 
-export class NftablesRuleBackend implements RuleBackend {
+export class NftablesRuleBackend implements RuleBackend<RulesPlan> {
   readonly name = 'nftables' as const;
   private readonly runner: Runner;
   /** ids of the last successful apply(), for revert() without arguments. */
@@ -126,7 +93,7 @@ export class NftablesRuleBackend implements RuleBackend {
     return p;
   }
 
-  async revert(target?: RevertTarget): Promise<boolean> {
+  async revert(target?: RevertTarget<RulesPlan>): Promise<boolean> {
     const ids = idsOf(target, this.applied);
     let removed = false;
     let first: unknown;
@@ -149,7 +116,7 @@ export class NftablesRuleBackend implements RuleBackend {
     return removed;
   }
 
-  clear(target?: RevertTarget): Promise<boolean> {
+  clear(target?: RevertTarget<RulesPlan>): Promise<boolean> {
     return this.revert(target);
   }
 
@@ -188,13 +155,6 @@ export class NftablesRuleBackend implements RuleBackend {
       throw err;
     }
   }
-}
-
-/** Short alias. */
-export { NftablesRuleBackend as NftBackend };
-
-export function createRuleBackend(options: RuleBackendOptions = {}): RuleBackend {
-  return new NftablesRuleBackend(options);
 }
 
 /** True when the error means "not root / no CAP_NET_ADMIN". */

@@ -24,6 +24,7 @@ import {
   type PolicyIds,
   type PolicyRoute,
 } from './policy-routing';
+import type { RevertTarget, RuleBackend, RuleBackendOptions } from './rule-backend';
 
 export type IptablesVariant = 'iptables' | 'iptables-legacy';
 
@@ -377,19 +378,14 @@ function restoreError(bin: string, stderr: string): GatewayError {
   return new GatewayError(ErrorCodes.RULES, `${bin} failed${hint}: ${text}`);
 }
 
-export interface IptablesBackendOptions {
-  runner?: Runner;
-  netns?: string;
-}
-
 const DEFAULT_IDS: PolicyIds = { fwmark: 0x7467, routeTable: 7467 };
 
-export class IptablesRuleBackend {
+export class IptablesRuleBackend implements RuleBackend<IptablesPlan> {
   readonly name: IptablesVariant;
   private readonly runner: Runner;
   private applied: PolicyIds | undefined;
 
-  constructor(variant: IptablesVariant = 'iptables', options: IptablesBackendOptions = {}) {
+  constructor(variant: IptablesVariant = 'iptables', options: RuleBackendOptions = {}) {
     this.name = variant;
     const base = options.runner ?? run;
     this.runner = options.netns ? netnsRunner(options.netns, base) : base;
@@ -437,7 +433,7 @@ export class IptablesRuleBackend {
     return p;
   }
 
-  async revert(target?: RulesConfig | IptablesPlan | PolicyIds): Promise<boolean> {
+  async revert(target?: RevertTarget<IptablesPlan>): Promise<boolean> {
     const ids = target ? { fwmark: target.fwmark, routeTable: target.routeTable } : (this.applied ?? DEFAULT_IDS);
     validatePolicyIds(ids);
     let removed = await this.removeChains();
@@ -446,7 +442,7 @@ export class IptablesRuleBackend {
     return removed;
   }
 
-  clear(target?: RulesConfig | IptablesPlan | PolicyIds): Promise<boolean> {
+  clear(target?: RevertTarget<IptablesPlan>): Promise<boolean> {
     return this.revert(target);
   }
 

@@ -3,12 +3,9 @@
  * commands that apply() will run. Pure and deterministic: same config, same
  * text — `transgate rules` prints it, tests compare it.
  *
- * The script is one `nft -f` transaction that replaces any earlier
- * `table inet transgate` (e.g. a leftover of a crashed run) atomically:
- *
- *   table inet transgate {}          # make sure it exists ...
- *   delete table inet transgate      # ... so this cannot fail
- *   table inet transgate { ... }     # the new contents
+ * Three steps, each a function of its own: normalizeRules() (here: checks
+ * the config, puts it in canonical form), renderNft() (render-nft.ts: the
+ * script) and summarize() (plan-summary.ts: what a human is told).
  */
 import { isIPv4, isIPv6 } from 'node:net';
 import { ErrorCodes, GatewayError } from '../core/errors';
@@ -16,12 +13,10 @@ import { INTERFACE_NAME_RULE, isInterfaceName, isInterfacePattern, isPort } from
 import { formatCommand } from './exec';
 import { formatMark, policyRoute, validatePolicyIds, type PolicyRoute } from './policy-routing';
 
-export const TABLE_FAMILY = 'inet';
-export const TABLE_NAME = 'transgate';
-/** `inet transgate` */
-export const TABLE = `${TABLE_FAMILY} ${TABLE_NAME}`;
-/** `bridge transgate`: bridge mode's table (--bridge). */
-export const BRIDGE_TABLE = `bridge ${TABLE_NAME}`;
+import { summarize } from './plan-summary';
+import { renderNft } from './render-nft';
+
+export { BRIDGE_TABLE, TABLE, TABLE_FAMILY, TABLE_NAME } from './render-nft';
 
 export const DEFAULT_FWMARK = 0x7467;
 export const DEFAULT_ROUTE_TABLE = 7467;
@@ -294,26 +289,55 @@ function checkAddress(addr: string | undefined, family: 4 | 6): string | undefin
 }
 
 // ---------------------------------------------------------------------------
-// plan
+// normalize → render, summarize
 
-function portSet(ports: readonly number[]): string {
-  return `{ ${ports.join(', ')} }`;
+/**
+ * A RulesConfig checked and in canonical form: CIDRs with host bits cleared
+ * and deduplicated, ports deduplicated, interface names checked. What
+ * renderNft() and summarize() read; neither checks anything again.
+ */
+export interface NormalizedRules {
+  mode: RulesConfig['mode'];
+  tproxy: boolean;
+  ipv4: boolean;
+  ipv6: boolean;
+  /** The enabled families, IPv4 first. */
+  families: Array<4 | 6>;
+  tcp: Array<{ ports: number[]; listenPort: number; allDestinations: boolean }>;
+  udp: Array<{ ports: number[]; listenPort: number; allDestinations: boolean }>;
+  /** Every intercepted TCP port, sorted (the OUTPUT hook's set). */
+  allTcpPorts: number[];
+  /** Every listener port, sorted, once. */
+  listenPorts: number[];
+  /** Empty when the family is off. */
+  bypass4: string[];
+  bypass6: string[];
+  lan: string[];
+  /** Without lo and the bridge. */
+  uplinks: string[];
+  /** --clients given (for either family): sources not listed are not intercepted. */
+  clientsOn: boolean;
+  clients4: string[];
+  clients6: string[];
+  /** tproxy mode: the listeners' addresses, canonical; undefined: `tproxy to :PORT`. */
+  addr4?: string;
+  addr6?: string;
+  fwmark: number;
+  /** fwmark as nft writes it (0x7467). */
+  mark: string;
+  routeTable: number;
+  rulePriority: number;
+  local: boolean;
+  /** local: transgate's own SO_MARK, formatted. */
+  ownMark?: string;
+  masquerade: string[];
+  rejectQuic: boolean;
+  failClosed: boolean;
+  bridge?: { name: string; mac: string };
 }
 
-function setBlock(name: string, type: string, elements: readonly string[]): string[] {
-  const lines = [`\tset ${name} {`, `\t\ttype ${type}`, '\t\tflags interval', '\t\tauto-merge'];
-  // nft rejects `elements = { }`: an empty set is declared without the line.
-  if (elements.length > 0) lines.push(`\t\telements = { ${elements.join(', ')} }`);
-  lines.push('\t}');
-  return lines;
-}
-
-function tproxyTarget(family: 4 | 6, address: string | undefined, port: number): string {
-  if (family === 4) return `tproxy ip to ${address ?? ''}:${port}`;
-  return `tproxy ip6 to ${address ? `[${address}]` : ''}:${port}`;
-}
-
-export function plan(cfg: RulesConfig): RulesPlan {
+/** Checks a RulesConfig and puts it in canonical form; throws TG_ERR_CONFIG on the first problem. */
+export function normalizeRules(cfg: RulesConfig): NormalizedRules {
   if (cfg.mode !== 'tproxy' && cfg.mode !== 'redirect')
     throw configError(`mode must be "tproxy" or "redirect", got ${JSON.stringify(cfg.mode)}`);
   if (!cfg.ipv4 && !cfg.ipv6) throw configError('at least one of ipv4/ipv6 must be enabled');
@@ -342,8 +366,7 @@ export function plan(cfg: RulesConfig): RulesPlan {
     }
     ownMark = formatMark(m);
   }
-  const masq = normalizeInterfaces(cfg.masquerade);
-  const quic = cfg.rejectQuic === true;
+  const masquerade = normalizeInterfaces(cfg.masquerade);
 
   const bridge = cfg.bridge;
   if (bridge) {
@@ -351,307 +374,56 @@ export function plan(cfg: RulesConfig): RulesPlan {
     if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(bridge.mac))
       throw configError(`bridge ${bridge.name}: bad MAC address ${JSON.stringify(bridge.mac)}`);
   }
-  // lo is handled below; the bridge carries the clients in bridge mode.
+  // lo is handled by the rules themselves; the bridge carries the clients in bridge mode.
   const uplinks = normalizeInterfaces(cfg.uplinks, true).filter((n) => n !== 'lo' && n !== bridge?.name);
   const clientsOn = (cfg.clients4?.length ?? 0) + (cfg.clients6?.length ?? 0) > 0;
   const clients4 = clientsOn && cfg.ipv4 ? normalizeBypass(cfg.clients4, 4, 'clients4') : [];
   const clients6 = clientsOn && cfg.ipv6 ? normalizeBypass(cfg.clients6, 6, 'clients6') : [];
-  const failClosed = cfg.failClosed === true;
-  const uplinkRule = uplinks.length > 0 ? [`iifname { ${uplinks.map((n) => `"${n}"`).join(', ')} } return`] : [];
-  /** Sources not in --clients leave the chain; `local`: this host's own, back in on lo, are no client's. */
-  const sourceRules = (skipLo: boolean): string[] =>
-    clientsOn ? families.map((f) => `${skipLo ? 'iifname != "lo" ' : ''}${f === 4 ? 'ip' : 'ip6'} saddr != @clients${f} return`) : [];
-
-  const rules: string[] = [];
-  if (bridge) {
-    // Frames the bridge table took up arrive on the bridge carrying our mark;
-    // other bridged IP traffic (br_netfilter) must not be intercepted here.
-    rules.push(`iifname "${bridge.name}" meta mark != ${mark} return`);
-  }
-  rules.push(...uplinkRule);
-  if (bridge && lan.length > 0) {
-    rules.push(`iifname != { ${[...lan, bridge.name, ...(local ? ['lo'] : [])].map((n) => `"${n}"`).join(', ')} } return`);
-    if (local && tproxy) rules.push(`iifname "lo" meta mark != ${mark} return`);
-  } else if (local) {
-    // This host's own connections come back in on lo after the OUTPUT chain
-    // marked them (tproxy: rerouted to lo by the policy route). Anything else
-    // arriving on lo is local traffic we leave alone.
-    rules.push(
-      lan.length > 0 ? `iifname != { ${[...lan, 'lo'].map((n) => `"${n}"`).join(', ')} } return` : '',
-      tproxy ? `iifname "lo" meta mark != ${mark} return` : '',
-    );
-  } else {
-    rules.push(lan.length > 0 ? `iifname != { ${lan.map((n) => `"${n}"`).join(', ')} } return` : 'iifname "lo" return');
-  }
-  rules.push(...sourceRules(local));
-  // Packets of connections our transparent sockets already own: delivered
-  // locally as they are. Not a new SYN: when a client reuses its port to
-  // the same destination while our side of the last connection is still in
-  // TIME_WAIT, `socket` finds that TIME_WAIT socket and the SYN would reach
-  // it, not our listener (the kernel then answers with a bare ACK, and the
-  // client resets and sends its SYN again). The tproxy rule below handles a
-  // SYN that meets a TIME_WAIT socket: it ends it and hands the SYN to the listener.
-  if (tproxy) rules.push(`meta l4proto tcp tcp flags & (syn | ack) != syn socket transparent 1 meta mark set ${mark} accept`);
-  const interceptRules = (everywhere: boolean): void => {
-    for (const [proto, groups] of [
-      ['tcp', tcp],
-      ['udp', udp],
-    ] as const) {
-      for (const g of groups) {
-        if ((g.allDestinations === true) !== everywhere) continue;
-        for (const family of families) {
-          const match = `meta nfproto ipv${family} ${proto} dport ${portSet(g.ports)}`;
-          if (tproxy) {
-            rules.push(`${match} ${tproxyTarget(family, family === 4 ? addr4 : addr6, g.listenPort)} meta mark set ${mark} accept`);
-          } else {
-            rules.push(`${match} redirect to :${g.listenPort}`);
-          }
-        }
-      }
-    }
-  };
-  interceptRules(true);
-  rules.push('fib daddr type local return');
-  if (cfg.ipv4) rules.push('ip daddr @bypass4 return');
-  if (cfg.ipv6) rules.push('ip6 daddr @bypass6 return');
-  interceptRules(false);
-
-  const bypassRules = [...(cfg.ipv4 ? ['ip daddr @bypass4 return'] : []), ...(cfg.ipv6 ? ['ip6 daddr @bypass6 return'] : [])];
-  const allTcpPorts = tcp.flatMap((g) => g.ports).sort((a, b) => a - b);
-  const nfprotos = families.length === 2 ? '' : `meta nfproto ipv${families[0]} `;
-
-  // This host's own connections: skip transgate's own sockets (their SO_MARK),
-  // then send the intercepted ports to the listeners.
-  const output: string[] = [];
-  if (local) {
-    output.push(`meta mark ${ownMark} return`, 'oifname "lo" return', 'fib daddr type local return', ...bypassRules);
-    if (tproxy) {
-      // A mark in a `type route` chain makes the kernel route the packet again:
-      // the policy route sends it to lo, where prerouting does the TPROXY.
-      output.push(`${nfprotos}tcp dport ${portSet(allTcpPorts)} meta mark set ${mark}`);
-    } else {
-      for (const g of tcp) output.push(`${nfprotos}tcp dport ${portSet(g.ports)} redirect to :${g.listenPort}`);
-    }
-  }
-
-  // Forwarded traffic from the clients: what the QUIC and fail-closed chains look at.
-  const forwardGate = [
-    ...uplinkRule,
-    lan.length > 0
-      ? `iifname != { ${[...lan, ...(bridge ? [bridge.name] : [])].map((n) => `"${n}"`).join(', ')} } return`
-      : 'iifname "lo" return',
-    ...sourceRules(false),
-  ];
-  // QUIC: forwarded clients' UDP/443 (and this host's own, with local) is refused at once.
-  const quicRules = (forward: boolean): string[] => [
-    ...(forward ? forwardGate : [`meta mark ${ownMark ?? mark} return`]),
-    ...bypassRules,
-    `${nfprotos}udp dport 443 reject`,
-  ];
-
-  // Fail-closed: what reaches the forward hook and matches an interception
-  // rule was not intercepted, because no listener took it (transgate is
-  // down, its rules left in place): refused at once instead of forwarded.
-  // While transgate runs nothing intercepted gets here: it is delivered locally.
-  const closedRules: string[] = [];
-  if (failClosed) {
-    // Bridged frames the bridge table did not take up are none of ours (as in prerouting).
-    if (bridge) closedRules.push(`iifname "${bridge.name}" meta mark != ${mark} return`);
-    closedRules.push(...forwardGate);
-    const rejects = (everywhere: boolean): void => {
-      for (const [proto, groups] of [
-        ['tcp', tcp],
-        ['udp', udp],
-      ] as const) {
-        const ports = groups
-          .filter((g) => g.allDestinations === everywhere)
-          .flatMap((g) => g.ports)
-          .sort((a, b) => a - b);
-        if (ports.length === 0) continue;
-        closedRules.push(
-          `${nfprotos}${proto} dport ${portSet(ports)} ${proto === 'tcp' ? 'reject with tcp reset' : 'reject with icmpx type port-unreachable'}`,
-        );
-      }
-    };
-    rejects(true);
-    closedRules.push(...bypassRules);
-    rejects(false);
-  }
-
-  // REDIRECT needs listeners on every address, so anyone could send to them
-  // directly; UDP has no SO_ORIGINAL_DST to tell, and the DNS listener would
-  // answer anyone (an open resolver). Only what a redirect rule sent there
-  // (conntrack's dnat status, --local's OUTPUT redirect included) may reach them.
-  const listenPorts = [...new Set([...tcp, ...udp].map((g) => g.listenPort))].sort((a, b) => a - b);
-  const inputRules = tproxy
-    ? []
-    : [`meta l4proto { tcp, udp } th dport ${portSet(listenPorts)} ct direction original ct status & dnat == 0 drop`];
-
-  const lines: string[] = [`table ${TABLE} {}`, `delete table ${TABLE}`, `table ${TABLE} {`];
-  if (cfg.ipv4) lines.push(...setBlock('bypass4', 'ipv4_addr', bypass4), '');
-  if (cfg.ipv6) lines.push(...setBlock('bypass6', 'ipv6_addr', bypass6), '');
-  if (clientsOn && cfg.ipv4) lines.push(...setBlock('clients4', 'ipv4_addr', clients4), '');
-  if (clientsOn && cfg.ipv6) lines.push(...setBlock('clients6', 'ipv6_addr', clients6), '');
-  const chain = (name: string, head: string, body: readonly string[]): string[] => [
-    `\tchain ${name} {`,
-    `\t\t${head}`,
-    ...body.filter((r) => r !== '').map((r) => `\t\t${r}`),
-    '\t}',
-  ];
-  lines.push(
-    ...chain(
-      'prerouting',
-      tproxy ? 'type filter hook prerouting priority mangle; policy accept;' : 'type nat hook prerouting priority dstnat; policy accept;',
-      rules,
-    ),
-  );
-  if (local) {
-    lines.push(
-      ...chain(
-        'output',
-        tproxy ? 'type route hook output priority mangle; policy accept;' : 'type nat hook output priority -100; policy accept;',
-        output,
-      ),
-    );
-  }
-  if (quic) {
-    lines.push(...chain('quic_forward', 'type filter hook forward priority filter; policy accept;', quicRules(true)));
-    if (local) lines.push(...chain('quic_output', 'type filter hook output priority filter; policy accept;', quicRules(false)));
-  }
-  if (failClosed) lines.push(...chain('closed_forward', 'type filter hook forward priority filter; policy accept;', closedRules));
-  if (inputRules.length > 0) lines.push(...chain('listeners_input', 'type filter hook input priority filter; policy accept;', inputRules));
-  if (masq.length > 0) {
-    lines.push(
-      ...chain('postrouting', 'type nat hook postrouting priority srcnat; policy accept;', [
-        `oifname { ${masq.map((n) => `"${n}"`).join(', ')} } ${nfprotos}masquerade`,
-      ]),
-    );
-  }
-  lines.push('}');
-  if (bridge) {
-    // The bridge family cannot see inet sets: the bypass lists are repeated here.
-    const b: string[] = [`table ${BRIDGE_TABLE} {}`, `delete table ${BRIDGE_TABLE}`, `table ${BRIDGE_TABLE} {`];
-    if (cfg.ipv4) b.push(...setBlock('bypass4', 'ipv4_addr', bypass4), '');
-    if (cfg.ipv6) b.push(...setBlock('bypass6', 'ipv6_addr', bypass6), '');
-    if (clientsOn && cfg.ipv4) b.push(...setBlock('clients4', 'ipv4_addr', clients4), '');
-    if (clientsOn && cfg.ipv6) b.push(...setBlock('clients6', 'ipv6_addr', clients6), '');
-    const port = lan.length > 0 ? `iifname { ${lan.map((n) => `"${n}"`).join(', ')} } ` : '';
-    const body: string[] = [];
-    for (const family of families) {
-      const et = family === 4 ? 'ip' : 'ip6';
-      // Not taken up, so other sources are bridged as they are.
-      if (clientsOn) body.push(`${port}ether type ${et} ${et} saddr != @clients${family} return`);
-      body.push(`${port}ether type ${et} ${et} daddr @bypass${family} return`);
-      for (const [proto, groups] of [
-        ['tcp', tcp],
-        ['udp', udp],
-      ] as const) {
-        const ports = groups.flatMap((g) => g.ports).sort((x, y) => x - y);
-        if (ports.length === 0) continue;
-        // Addressed to the bridge itself (PACKET_HOST), the frame goes up to IP instead of being forwarded.
-        body.push(
-          `${port}ether type ${et} ${proto} dport ${portSet(ports)} meta mark set ${mark} meta pkttype set host ether daddr set ${bridge.mac.toLowerCase()} accept`,
-        );
-      }
-      // Bridged QUIC goes up to IP as well (the bridge family cannot reject
-      // on every kernel), unmarked, so it is routed into quic_forward and
-      // rejected there. Marked, tproxy's local route would swallow it: the
-      // kernel's own port-unreachable cannot leave from a foreign address.
-      if (quic) body.push(`${port}ether type ${et} udp dport 443 meta pkttype set host ether daddr set ${bridge.mac.toLowerCase()} accept`);
-    }
-    b.push(...chain('prerouting', 'type filter hook prerouting priority -300; policy accept;', body), '}');
-    lines.push(...b);
-  }
-  const nftScript = `${lines.join('\n')}\n`;
-
-  const routes = tproxy ? families.map((f) => policyRoute(f, cfg)) : [];
-
-  // summary
-  const fam = families.map((f) => `IPv${f}`).join(' + ');
-  const s: string[] = [];
-  s.push(`transgate netfilter rules: ${cfg.mode} mode, ${fam}, nftables table "${TABLE}"`);
-  s.push(
-    lan.length > 0
-      ? `  intercepting traffic arriving on: ${lan.join(', ')}`
-      : '  intercepting traffic arriving on: every interface except lo',
-  );
-  const dest = (family: 4 | 6, port: number): string => {
-    if (!tproxy) return `local port ${port} (REDIRECT to the receiving interface's address)`;
-    const a = family === 4 ? addr4 : addr6;
-    if (a) return family === 4 ? `${a}:${port}` : `[${a}]:${port}`;
-    return `${family === 4 ? '0.0.0.0' : '[::]'}:${port} (any local address)`;
-  };
-  for (const [proto, groups] of [
-    ['TCP', tcp],
-    ['UDP', udp],
-  ] as const) {
-    for (const g of groups) {
-      const targets = families.map((f) => dest(f, g.listenPort));
-      const uniq = targets.filter((t, i) => targets.indexOf(t) === i);
-      s.push(`  ${proto} ${g.ports.length > 1 ? 'ports' : 'port'} ${g.ports.join(', ')} → ${uniq.join(', ')}`);
-    }
-  }
-  s.push(
-    '  never intercepted: traffic addressed to this host itself, traffic from lo' +
-      (local ? " (except this host's own connections, see below)" : '') +
-      (lan.length > 0 ? ' and non-LAN interfaces' : ''),
-  );
-  if (uplinks.length > 0)
-    s.push(
-      `  never intercepted: traffic arriving on the uplink${uplinks.length > 1 ? 's' : ''} ${uplinks.join(', ')} (forwarded as any router would)`,
-    );
-  if (clientsOn) {
-    s.push(
-      `  only these sources are intercepted (--clients): ${[...clients4, ...clients6].join(', ') || '(none)'}${
-        families.some((f) => (f === 4 ? clients4 : clients6).length === 0)
-          ? `; no IPv${families.find((f) => (f === 4 ? clients4 : clients6).length === 0)} source is`
-          : ''
-      }; other sources are forwarded untouched`,
-    );
-  }
-  if (cfg.ipv4) s.push(`  IPv4 bypass: ${bypass4.length > 0 ? bypass4.join(', ') : '(none)'}`);
-  if (cfg.ipv6) s.push(`  IPv6 bypass: ${bypass6.length > 0 ? bypass6.join(', ') : '(none)'}`);
-  if (local) {
-    s.push(
-      `  this host's own connections to TCP ${allTcpPorts.join(', ')} are intercepted too (OUTPUT hook); transgate's own sockets carry mark ${ownMark} and are skipped`,
-    );
-  }
-  if (quic)
-    s.push(
-      `  QUIC: UDP port 443 from ${local ? 'clients and this host' : 'clients'} is rejected (ICMP port unreachable), so browsers use TCP`,
-    );
-  else s.push('  QUIC: UDP port 443 is left alone (--allow-quic): it is not intercepted');
-  if (failClosed) {
-    s.push(
-      "  fail-closed: the rules stay when transgate stops or crashes; what they would intercept is then refused (TCP reset, ICMP port unreachable for UDP) instead of forwarded (chain closed_forward); 'transgate clear' removes them",
-    );
-  }
-  if (inputRules.length > 0)
-    s.push(`  listener ports ${listenPorts.join(', ')}: packets not sent there by a redirect rule are dropped (chain listeners_input)`);
-  if (masq.length > 0) s.push(`  masquerade: forwarded traffic leaving ${masq.join(', ')} gets that interface's address`);
-  if (bridge) {
-    s.push(
-      `  bridge ${bridge.name}: frames to the intercepted ports${lan.length > 0 ? ` entering on ${lan.join(', ')}` : ''} are taken up to IP (table ${BRIDGE_TABLE}, dst MAC ${bridge.mac}); everything else is bridged untouched`,
-    );
-  }
-  if (tproxy) {
-    s.push(
-      `  policy routing: packets marked ${mark} use routing table ${cfg.routeTable} (every destination local, via lo), ip rule pref ${cfg.rulePriority}`,
-    );
-    s.push(`  established flows of transgate's transparent sockets are marked ${mark} and delivered locally`);
-  } else {
-    s.push('  no policy routing (redirect mode)');
-  }
-
   return {
     mode: cfg.mode,
-    nftScript,
-    routes,
-    summary: s.join('\n'),
+    tproxy,
+    ipv4: cfg.ipv4,
+    ipv6: cfg.ipv6,
+    families,
+    tcp,
+    udp,
+    allTcpPorts: tcp.flatMap((g) => g.ports).sort((a, b) => a - b),
+    listenPorts: [...new Set([...tcp, ...udp].map((g) => g.listenPort))].sort((a, b) => a - b),
+    bypass4,
+    bypass6,
+    lan,
+    uplinks,
+    clientsOn,
+    clients4,
+    clients6,
+    ...(addr4 !== undefined ? { addr4 } : {}),
+    ...(addr6 !== undefined ? { addr6 } : {}),
     fwmark: cfg.fwmark,
+    mark,
     routeTable: cfg.routeTable,
     rulePriority: cfg.rulePriority,
+    local,
+    ...(ownMark !== undefined ? { ownMark } : {}),
+    masquerade,
+    rejectQuic: cfg.rejectQuic === true,
+    failClosed: cfg.failClosed === true,
     ...(bridge ? { bridge } : {}),
+  };
+}
+
+/** normalize → render (the nft script, the policy routes) and summarize. */
+export function plan(cfg: RulesConfig): RulesPlan {
+  const n = normalizeRules(cfg);
+  return {
+    mode: n.mode,
+    nftScript: renderNft(n),
+    // Policy routing (tproxy only): marked packets are delivered locally, where the transparent listeners take them.
+    routes: n.tproxy ? n.families.map((f) => policyRoute(f, n)) : [],
+    summary: summarize(n),
+    fwmark: n.fwmark,
+    routeTable: n.routeTable,
+    rulePriority: n.rulePriority,
+    ...(n.bridge ? { bridge: n.bridge } : {}),
   };
 }
 
