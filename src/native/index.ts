@@ -115,6 +115,7 @@ export interface NativeBinding {
     done: TunnelDone,
     unusable: TunnelUnusable,
     speculate: boolean,
+    directFromClient: boolean,
   ): TunnelHandle;
   tunnelClose(handle: TunnelHandle): void;
   tunnelAbortAll(): number;
@@ -178,6 +179,8 @@ export interface TunnelListenOptions {
   sniffTimeoutMs: number;
   connectTimeoutMs: number;
   idleTimeoutMs: number;
+  /** Direct connections (no request) leave from the client's address: IP_TRANSPARENT, bind(client ip, 0). */
+  directFromClient?: boolean;
 }
 
 /**
@@ -584,6 +587,7 @@ export function tunnelListen(opts: TunnelListenOptions, decide: TunnelDecide, do
     done,
     unusable,
     checkBool('options.speculate', o.speculate, false),
+    checkBool('options.directFromClient', o.directFromClient, false),
   );
 }
 

@@ -132,6 +132,14 @@ export interface RulesConfig {
    * is bridged untouched. Needs the bridge's MAC address.
    */
   bridge?: { name: string; mac: string };
+  /**
+   * --direct-source client: direct connections leave from the client's own
+   * address (transparent sockets), so the servers' answers are addressed to
+   * the client and arrive on any interface (the uplink too). Their packets
+   * are marked by the `socket transparent` match wherever they arrive and
+   * delivered locally by the policy route, in redirect mode as well.
+   */
+  transparentDirect?: boolean;
 }
 
 export interface RulesPlan {
@@ -362,7 +370,21 @@ export function plan(cfg: RulesConfig): RulesPlan {
   const sourceRules = (skipLo: boolean): string[] =>
     clientsOn ? families.map((f) => `${skipLo ? 'iifname != "lo" ' : ''}${f === 4 ? 'ip' : 'ip6'} saddr != @clients${f} return`) : [];
 
+  const transparentDirect = cfg.transparentDirect === true;
+  // Packets of connections our transparent sockets already own: delivered
+  // locally as they are. Not a new SYN: when a client reuses its port to
+  // the same destination while our side of the last connection is still in
+  // TIME_WAIT, `socket` finds that TIME_WAIT socket and the SYN would reach
+  // it, not our listener (the kernel then answers with a bare ACK, and the
+  // client resets and sends its SYN again). The tproxy rule below handles a
+  // SYN that meets a TIME_WAIT socket: it ends it and hands the SYN to the listener.
+  const ownSocketRule = `meta l4proto tcp tcp flags & (syn | ack) != syn socket transparent 1 meta mark set ${mark} accept`;
   const rules: string[] = [];
+  // --direct-source client: the answers of a server reached directly from the
+  // client's address come back addressed to the client, on the uplink (whose
+  // packets leave the chain below), so they are matched before any interface
+  // or source check; without the mark they would be forwarded to the client.
+  if (tproxy && transparentDirect) rules.push(ownSocketRule);
   if (bridge) {
     // Frames the bridge table took up arrive on the bridge carrying our mark;
     // other bridged IP traffic (br_netfilter) must not be intercepted here.
@@ -384,14 +406,7 @@ export function plan(cfg: RulesConfig): RulesPlan {
     rules.push(lan.length > 0 ? `iifname != { ${lan.map((n) => `"${n}"`).join(', ')} } return` : 'iifname "lo" return');
   }
   rules.push(...sourceRules(local));
-  // Packets of connections our transparent sockets already own: delivered
-  // locally as they are. Not a new SYN: when a client reuses its port to
-  // the same destination while our side of the last connection is still in
-  // TIME_WAIT, `socket` finds that TIME_WAIT socket and the SYN would reach
-  // it, not our listener (the kernel then answers with a bare ACK, and the
-  // client resets and sends its SYN again). The tproxy rule below handles a
-  // SYN that meets a TIME_WAIT socket: it ends it and hands the SYN to the listener.
-  if (tproxy) rules.push(`meta l4proto tcp tcp flags & (syn | ack) != syn socket transparent 1 meta mark set ${mark} accept`);
+  if (tproxy && !transparentDirect) rules.push(ownSocketRule);
   const interceptRules = (everywhere: boolean): void => {
     for (const [proto, groups] of [
       ['tcp', tcp],
@@ -505,6 +520,12 @@ export function plan(cfg: RulesConfig): RulesPlan {
       rules,
     ),
   );
+  // Redirect mode has no mangle-priority chain of its own (its prerouting is
+  // a nat chain, which sees only a connection's first packet): the answers to
+  // transparent direct connections are marked in one of their own.
+  if (!tproxy && transparentDirect) {
+    lines.push(...chain('divert', 'type filter hook prerouting priority mangle; policy accept;', [ownSocketRule]));
+  }
   if (local) {
     lines.push(
       ...chain(
@@ -564,7 +585,7 @@ export function plan(cfg: RulesConfig): RulesPlan {
   }
   const nftScript = `${lines.join('\n')}\n`;
 
-  const routes = tproxy ? families.map((f) => policyRoute(f, cfg)) : [];
+  const routes = tproxy || transparentDirect ? families.map((f) => policyRoute(f, cfg)) : [];
 
   // summary
   const fam = families.map((f) => `IPv${f}`).join(' + ');
@@ -639,8 +660,17 @@ export function plan(cfg: RulesConfig): RulesPlan {
       `  policy routing: packets marked ${mark} use routing table ${cfg.routeTable} (every destination local, via lo), ip rule pref ${cfg.rulePriority}`,
     );
     s.push(`  established flows of transgate's transparent sockets are marked ${mark} and delivered locally`);
+  } else if (transparentDirect) {
+    s.push(
+      `  policy routing: packets marked ${mark} use routing table ${cfg.routeTable} (every destination local, via lo), ip rule pref ${cfg.rulePriority}`,
+    );
   } else {
     s.push('  no policy routing (redirect mode)');
+  }
+  if (transparentDirect) {
+    s.push(
+      `  direct connections leave from the client's address (--direct-source client): the answers, on any interface, are marked ${mark} and delivered locally${tproxy ? '' : ' (chain divert)'}`,
+    );
   }
 
   return {

@@ -975,6 +975,7 @@ describe('native tunnel front end (native/tunnel.c)', { skip }, () => {
           done as TunnelDone,
           unusable as TunnelUnusable,
           false,
+          false,
         );
       assert.throws(args('nope', noop, noop), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: 'decide must be a function' });
       assert.throws(args(fn, 42, noop), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: 'done must be a function' });
