@@ -79,6 +79,7 @@ typedef struct tg_front {
    * own connections then went out unmarked and were intercepted again). */
   bool has_mark;
   uint32_t mark;
+  bool direct_from_client; /* --direct-source client: see bind_client_source */
   uint32_t sniff_max, sniff_ms, connect_ms, idle_ms;
   int refs; /* the JS object, each initialised handle, and every live connection */
   napi_env env;
@@ -560,6 +561,31 @@ static void on_upstream(uv_poll_t *h, int status, int events) {
   }
 }
 
+/* --direct-source client: a direct connection leaves from the client's own
+ * address, so that the server sees (and logs) who is really connecting.
+ * IP_TRANSPARENT lets the socket bind an address that is not this host's;
+ * port 0 with IP_BIND_ADDRESS_NO_PORT leaves the port to connect(). A client
+ * of another family than the target (none, for a direct connection to the
+ * client's own destination) keeps the gateway's address. 0 or an errno. */
+static int bind_client_source(tg_conn *c, int fd, int family) {
+  struct sockaddr_storage peer, src;
+  socklen_t len = sizeof peer;
+  char ip[INET6_ADDRSTRLEN];
+  uint16_t port;
+  if (getpeername(c->cfd, (struct sockaddr *)&peer, &len) != 0) return errno;
+  /* Text and back: a v4-mapped client of a dual-stack listener becomes plain IPv4. */
+  if (tg_format_addr(&peer, ip, &port) == 0 || !tg_sockaddr(ip, 0, &src, &len)) return EAFNOSUPPORT;
+  if (src.ss_family != family) return 0;
+  int one = 1;
+  if ((family == AF_INET6 ? setsockopt(fd, SOL_IPV6, IPV6_TRANSPARENT, &one, sizeof one)
+                          : setsockopt(fd, SOL_IP, IP_TRANSPARENT, &one, sizeof one)) != 0)
+    return errno;
+#ifdef IP_BIND_ADDRESS_NO_PORT
+  (void)setsockopt(fd, SOL_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one); /* a saving only */
+#endif
+  return bind(fd, (struct sockaddr *)&src, len) == 0 ? 0 : errno;
+}
+
 /* Opens the upstream connection to ip:port; `speculative` while the
  * client is still being read (no deadline of its own then). */
 static void dial(tg_conn *c, const char *ip, uint32_t port, bool speculative) {
@@ -587,6 +613,10 @@ static void dial(tg_conn *c, const char *ip, uint32_t port, bool speculative) {
     err = errno;
     goto fail;
   }
+  /* Only direct connections (no request); a speculative one goes to the proxy. */
+  if (!speculative && c->req == NULL && c->front->direct_from_client &&
+      (err = bind_client_source(c, fd, ss.ss_family)) != 0)
+    goto fail;
   if ((c->upoll = malloc(sizeof *c->upoll)) == NULL) {
     err = ENOMEM;
     goto fail;
@@ -1104,15 +1134,16 @@ static bool get_fn(napi_env env, napi_value v, const char *name, napi_ref *out) 
 }
 
 /* tunnelListen(fd, sniff, redirect, mark | undefined, sniffMaxBytes, sniffMs, connectMs, idleMs,
- *              decide, done, unusable, speculate, next | undefined) -> handle */
+ *              decide, done, unusable, speculate, next | undefined, directFromClient) -> handle */
 static napi_value js_tunnel_listen(napi_env env, napi_callback_info info) {
-  napi_value argv[13];
+  napi_value argv[14];
   napi_valuetype t;
   int fd;
-  bool sniff, redirect, speculate, has_mark;
+  bool sniff, redirect, speculate, has_mark, direct_from_client;
   double mark = 0, sniff_max, sniff_ms, connect_ms, idle_ms;
-  if (!tg_get_args(env, info, 13, argv) || !tg_get_fd(env, argv[0], &fd) ||
+  if (!tg_get_args(env, info, 14, argv) || !tg_get_fd(env, argv[0], &fd) ||
       !tg_get_bool(env, argv[11], "speculate", &speculate) ||
+      !tg_get_bool(env, argv[13], "directFromClient", &direct_from_client) ||
       !tg_get_bool(env, argv[1], "sniff", &sniff) ||
       !tg_get_bool(env, argv[2], "redirect", &redirect))
     return NULL;
@@ -1152,6 +1183,7 @@ static napi_value js_tunnel_listen(napi_env env, napi_callback_info info) {
   f->speculate = sniff && speculate;
   f->has_mark = has_mark;
   f->mark = (uint32_t)mark;
+  f->direct_from_client = direct_from_client;
   f->sniff_max = (uint32_t)sniff_max;
   f->sniff_ms = (uint32_t)sniff_ms;
   f->connect_ms = (uint32_t)connect_ms;

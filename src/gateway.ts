@@ -114,7 +114,8 @@ export class Gateway {
       allow: cfg.clients4.length + cfg.clients6.length > 0 ? (a) => clients.has(a) : undefined,
     });
     this.refusals = new RefusalLog(10_000, (line) => log.warn(line));
-    this.outbounds = new Outbounds(cfg.connectTimeoutMs, mark);
+    const fromClient = cfg.directSource === 'client';
+    this.outbounds = new Outbounds(cfg.connectTimeoutMs, mark, fromClient);
     // The splice relay needs the addon; without it the JS relay carries the same traffic, only with more copies.
     this.relay = cfg.relay === 'splice' && hasSplice() ? new SpliceRelay() : new JsRelay();
     if (this.relay.name !== cfg.relay)
@@ -170,6 +171,7 @@ export class Gateway {
         connectTimeoutMs: cfg.connectTimeoutMs,
         idleTimeoutMs: cfg.idleTimeoutMs,
         mark,
+        directFromClient: fromClient,
         redirect: cfg.mode === 'redirect',
         isLocal: (address) => this.local.has(address),
         isForbiddenAddress: this.isForbiddenAddress,
@@ -202,6 +204,7 @@ export class Gateway {
       connectTimeoutMs: cfg.connectTimeoutMs,
       idleTimeoutMs: cfg.idleTimeoutMs,
       socketMark: mark,
+      directFromClient: fromClient,
       verifier: this.verifier,
       isLocal: this.isForbiddenAddress,
       onInternalError: (ctx, err) => this.internalError(undefined, ctx, err),

@@ -46,6 +46,12 @@ export interface Config {
   json: boolean;
   connectTimeoutMs: number;
   idleTimeoutMs: number;
+  /**
+   * Where direct connections come from: this host's address, or the client's
+   * own (IP_TRANSPARENT + bind(client ip, 0)), so that servers reached
+   * directly see who is really connecting.
+   */
+  directSource: 'gateway' | 'client';
   /** Byte pump after the tunnel is open; splice falls back to js when the addon lacks it. */
   relay: 'splice' | 'js';
   sniffTimeoutMs: number;
@@ -226,6 +232,17 @@ export function buildConfig(values: FlagValues, env: NodeJS.ProcessEnv, given: R
   if (socketMark < 1 || socketMark === (values['fwmark'] as number)) {
     throw configError('--socket-mark must be a non-zero mark different from --fwmark');
   }
+  const directSource = values['direct-source'] as Config['directSource'];
+  // --local's connections are this host's own: their source already is the client's, and this host's
+  // own address is not where a reply to "the client" could be routed back from.
+  if (directSource === 'client' && local) {
+    throw configError("--direct-source client cannot be used with --local: this host's own connections already come from its address");
+  }
+  if (directSource === 'client' && masquerade.length > 0) {
+    warnings.push(
+      `--direct-source client with --masquerade ${masquerade.join(',')}: direct connections leaving there are masqueraded to this host's address anyway`,
+    );
+  }
   if (!proxies.http && !proxies.https) {
     warnings.push('no http_proxy/https_proxy set: connections go directly (export http_proxy=http://proxy:3128 to use a proxy)');
   }
@@ -259,6 +276,7 @@ export function buildConfig(values: FlagValues, env: NodeJS.ProcessEnv, given: R
     connectTimeoutMs: values['connect-timeout'] as number,
     idleTimeoutMs: values['idle-timeout'] as number,
     relay: values['relay'] as Config['relay'],
+    directSource,
     sniffTimeoutMs: values['sniff-timeout'] as number,
     dns: buildDns(values, noProxy, Object.values(listen)),
     logLevel: values['log-level'] as LogLevel,

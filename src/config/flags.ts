@@ -99,6 +99,14 @@ export const FLAGS: readonly FlagSpec[] = [
     help: 'splice: the addon carries TLS and TCP ports from accept to a zero-copy relay (js is used when it is not built); js: Node sockets and streams',
   },
   {
+    name: 'direct-source',
+    type: 'string',
+    default: 'gateway',
+    choices: ['gateway', 'client'],
+    arg: 'FROM',
+    help: "source address of direct (no_proxy, no proxy) connections: gateway (this host's own) or client (the client's address, as a transparent proxy: internal servers see and log the real client; their answers must route back through this host)",
+  },
+  {
     name: 'sniff-timeout',
     type: 'duration',
     default: 2_000,

@@ -119,6 +119,7 @@ export interface NativeBinding {
     unusable: TunnelUnusable,
     speculate: boolean,
     next: TunnelNext | undefined,
+    directFromClient: boolean,
   ): TunnelHandle;
   tunnelClose(handle: TunnelHandle): void;
   tunnelAbortAll(): number;
@@ -220,6 +221,8 @@ export interface TunnelListenOptions {
   sniffTimeoutMs: number;
   connectTimeoutMs: number;
   idleTimeoutMs: number;
+  /** Direct connections (no request) leave from the client's address: IP_TRANSPARENT, bind(client ip, 0). */
+  directFromClient?: boolean;
 }
 
 /**
@@ -632,6 +635,7 @@ export function tunnelListen(opts: TunnelListenOptions, decide: TunnelDecide, do
     unusable,
     checkBool('options.speculate', o.speculate, false),
     o.next === undefined ? undefined : checkFunction('options.next', o.next as TunnelNext),
+    checkBool('options.directFromClient', o.directFromClient, false),
   );
 }
 

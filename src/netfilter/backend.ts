@@ -148,6 +148,7 @@ export function rulesConfigFor(cfg: Config, uplinks?: UplinkJudgement): RulesCon
     masquerade: cfg.masquerade,
     local: cfg.local,
     socketMark: cfg.socketMark,
+    transparentDirect: cfg.directSource === 'client',
     ...(cfg.bridge ? { bridge: { name: cfg.bridge, mac: bridgeMac(cfg.bridge) } } : {}),
   };
 }

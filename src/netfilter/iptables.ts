@@ -143,6 +143,7 @@ function familyRestore(cfg: RulesConfig, family: 4 | 6): string {
   const mangle: string[] = [];
   const nat: string[] = [];
   const filter: string[] = [];
+  const ownSocketJump = `-A PREROUTING -p tcp ! --syn -m socket --transparent -j ${C.divert}`;
   if (tproxy) {
     mangle.push(`:${C.pre} - [0:0]`, `:${C.divert} - [0:0]`);
     if (local) mangle.push(`:${C.out} - [0:0]`);
@@ -151,7 +152,7 @@ function familyRestore(cfg: RulesConfig, family: 4 | 6): string {
     // locally. Not a new SYN, which may meet our TIME_WAIT socket of the
     // client's last connection from the same port: TPROXY below hands that
     // one to the listener (see the nftables plan).
-    mangle.push(`-A ${C.pre} -p tcp ! --syn -m socket --transparent -j ${C.divert}`);
+    if (!cfg.transparentDirect) mangle.push(`-A ${C.pre} -p tcp ! --syn -m socket --transparent -j ${C.divert}`);
     // Groups for every destination (DNS) come before the local and bypass returns.
     const tproxyRules = (everywhere: boolean): void => {
       for (const [proto, groups] of [
@@ -171,6 +172,9 @@ function familyRestore(cfg: RulesConfig, family: 4 | 6): string {
     tproxyRules(true);
     mangle.push(...bypassRules(C.pre));
     tproxyRules(false);
+    // --direct-source client: the answers to direct connections made from the
+    // client's address arrive on the uplink too, which never jumps to C.pre.
+    if (cfg.transparentDirect) mangle.push(ownSocketJump);
     mangle.push(...fromClients('PREROUTING', C.pre));
     if (local) {
       // This host's own connections come back in on lo after OUTPUT marked them.
@@ -182,6 +186,10 @@ function familyRestore(cfg: RulesConfig, family: 4 | 6): string {
       mangle.push(`-A OUTPUT -j ${C.out}`);
     }
   } else {
+    if (cfg.transparentDirect) {
+      // The answers to direct connections made from the client's address (the nftables plan's divert chain).
+      mangle.push(`:${C.divert} - [0:0]`, `-A ${C.divert} -j MARK --set-xmark ${fullMark}`, `-A ${C.divert} -j ACCEPT`, ownSocketJump);
+    }
     nat.push(`:${C.pre} - [0:0]`);
     if (local) nat.push(`:${C.out} - [0:0]`);
     nat.push(...uplinkReturns(C.pre));
@@ -319,13 +327,18 @@ export function planIptables(cfg: RulesConfig, variant: IptablesVariant = 'iptab
   }
   if (!tproxy) s.push(`  listener ports: packets not sent there by REDIRECT are dropped (chain ${IPT_CHAINS.input})`);
   if ((cfg.masquerade ?? []).length > 0) s.push(`  masquerade: forwarded traffic leaving ${cfg.masquerade!.join(', ')}`);
-  if (tproxy) s.push(`  policy routing: packets marked ${formatMark(cfg.fwmark)} use routing table ${cfg.routeTable}`);
+  if (tproxy || cfg.transparentDirect)
+    s.push(`  policy routing: packets marked ${formatMark(cfg.fwmark)} use routing table ${cfg.routeTable}`);
+  if (cfg.transparentDirect)
+    s.push(
+      `  direct connections leave from the client's address (--direct-source client): their answers are marked ${formatMark(cfg.fwmark)} (chain ${IPT_CHAINS.divert}) and delivered locally`,
+    );
   return {
     backend: variant,
     mode: cfg.mode,
     ...(cfg.ipv4 ? { restore4: familyRestore(cfg, 4) } : {}),
     ...(cfg.ipv6 ? { restore6: familyRestore(cfg, 6) } : {}),
-    routes: tproxy ? families.map((f) => policyRoute(f, cfg)) : [],
+    routes: tproxy || cfg.transparentDirect ? families.map((f) => policyRoute(f, cfg)) : [],
     summary: s.join('\n'),
     fwmark: cfg.fwmark,
     routeTable: cfg.routeTable,

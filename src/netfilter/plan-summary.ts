@@ -83,8 +83,17 @@ export function summarize(norm: NormalizedRules): string {
       `  policy routing: packets marked ${mark} use routing table ${norm.routeTable} (every destination local, via lo), ip rule pref ${norm.rulePriority}`,
     );
     s.push(`  established flows of transgate's transparent sockets are marked ${mark} and delivered locally`);
+  } else if (norm.transparentDirect) {
+    s.push(
+      `  policy routing: packets marked ${mark} use routing table ${norm.routeTable} (every destination local, via lo), ip rule pref ${norm.rulePriority}`,
+    );
   } else {
     s.push('  no policy routing (redirect mode)');
+  }
+  if (norm.transparentDirect) {
+    s.push(
+      `  direct connections leave from the client's address (--direct-source client): the answers, on any interface, are marked ${mark} and delivered locally${tproxy ? '' : ' (chain divert)'}`,
+    );
   }
   return s.join('\n');
 }

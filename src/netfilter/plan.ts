@@ -127,6 +127,14 @@ export interface RulesConfig {
    * is bridged untouched. Needs the bridge's MAC address.
    */
   bridge?: { name: string; mac: string };
+  /**
+   * --direct-source client: direct connections leave from the client's own
+   * address (transparent sockets), so the servers' answers are addressed to
+   * the client and arrive on any interface (the uplink too). Their packets
+   * are marked by the `socket transparent` match wherever they arrive and
+   * delivered locally by the policy route, in redirect mode as well.
+   */
+  transparentDirect?: boolean;
 }
 
 export interface RulesPlan {
@@ -334,6 +342,7 @@ export interface NormalizedRules {
   rejectQuic: boolean;
   failClosed: boolean;
   bridge?: { name: string; mac: string };
+  transparentDirect: boolean;
 }
 
 /** Checks a RulesConfig and puts it in canonical form; throws TG_ERR_CONFIG on the first problem. */
@@ -408,6 +417,7 @@ export function normalizeRules(cfg: RulesConfig): NormalizedRules {
     rejectQuic: cfg.rejectQuic === true,
     failClosed: cfg.failClosed === true,
     ...(bridge ? { bridge } : {}),
+    transparentDirect: cfg.transparentDirect === true,
   };
 }
 
@@ -418,7 +428,7 @@ export function plan(cfg: RulesConfig): RulesPlan {
     mode: n.mode,
     nftScript: renderNft(n),
     // Policy routing (tproxy only): marked packets are delivered locally, where the transparent listeners take them.
-    routes: n.tproxy ? n.families.map((f) => policyRoute(f, n)) : [],
+    routes: n.tproxy || n.transparentDirect ? n.families.map((f) => policyRoute(f, n)) : [],
     summary: summarize(n),
     fwmark: n.fwmark,
     routeTable: n.routeTable,

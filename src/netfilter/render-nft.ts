@@ -46,7 +46,21 @@ export function renderNft(norm: NormalizedRules): string {
   const sourceRules = (skipLo: boolean): string[] =>
     clientsOn ? families.map((f) => `${skipLo ? 'iifname != "lo" ' : ''}${f === 4 ? 'ip' : 'ip6'} saddr != @clients${f} return`) : [];
 
+  const transparentDirect = norm.transparentDirect;
+  // Packets of connections our transparent sockets already own: delivered
+  // locally as they are. Not a new SYN: when a client reuses its port to
+  // the same destination while our side of the last connection is still in
+  // TIME_WAIT, `socket` finds that TIME_WAIT socket and the SYN would reach
+  // it, not our listener (the kernel then answers with a bare ACK, and the
+  // client resets and sends its SYN again). The tproxy rule below handles a
+  // SYN that meets a TIME_WAIT socket: it ends it and hands the SYN to the listener.
+  const ownSocketRule = `meta l4proto tcp tcp flags & (syn | ack) != syn socket transparent 1 meta mark set ${mark} accept`;
   const rules: string[] = [];
+  // --direct-source client: the answers of a server reached directly from the
+  // client's address come back addressed to the client, on the uplink (whose
+  // packets leave the chain below), so they are matched before any interface
+  // or source check; without the mark they would be forwarded to the client.
+  if (tproxy && transparentDirect) rules.push(ownSocketRule);
   if (bridge) {
     // Frames the bridge table took up arrive on the bridge carrying our mark;
     // other bridged IP traffic (br_netfilter) must not be intercepted here.
@@ -68,14 +82,7 @@ export function renderNft(norm: NormalizedRules): string {
     rules.push(lan.length > 0 ? `iifname != { ${lan.map((n) => `"${n}"`).join(', ')} } return` : 'iifname "lo" return');
   }
   rules.push(...sourceRules(local));
-  // Packets of connections our transparent sockets already own: delivered
-  // locally as they are. Not a new SYN: when a client reuses its port to
-  // the same destination while our side of the last connection is still in
-  // TIME_WAIT, `socket` finds that TIME_WAIT socket and the SYN would reach
-  // it, not our listener (the kernel then answers with a bare ACK, and the
-  // client resets and sends its SYN again). The tproxy rule below handles a
-  // SYN that meets a TIME_WAIT socket: it ends it and hands the SYN to the listener.
-  if (tproxy) rules.push(`meta l4proto tcp tcp flags & (syn | ack) != syn socket transparent 1 meta mark set ${mark} accept`);
+  if (tproxy && !transparentDirect) rules.push(ownSocketRule);
   const interceptRules = (everywhere: boolean): void => {
     for (const [proto, groups] of [
       ['tcp', tcp],
@@ -187,6 +194,12 @@ export function renderNft(norm: NormalizedRules): string {
       rules,
     ),
   );
+  // Redirect mode has no mangle-priority chain of its own (its prerouting is
+  // a nat chain, which sees only a connection's first packet): the answers to
+  // transparent direct connections are marked in one of their own.
+  if (!tproxy && transparentDirect) {
+    lines.push(...chain('divert', 'type filter hook prerouting priority mangle; policy accept;', [ownSocketRule]));
+  }
   if (local) {
     lines.push(
       ...chain(

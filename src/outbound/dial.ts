@@ -13,6 +13,12 @@ export interface DialOptions {
    * skip packets carrying it, so transgate never intercepts itself).
    */
   mark?: number;
+  /**
+   * Connect from this address, which need not be local (--direct-source
+   * client: the client's own): IP_TRANSPARENT, then bind(source, 0) so that
+   * the kernel picks the port. Ignored when its family is not the target's.
+   */
+  source?: string;
 }
 
 /**
@@ -22,8 +28,11 @@ export interface DialOptions {
  * could attach an error listener.
  */
 function openSocket(opts: DialOptions, host: string): net.Socket {
-  if (opts.mark === undefined) return net.connect({ host, port: opts.port, allowHalfOpen: true, noDelay: true });
-  const sock = connectMarkedSocket({ host, port: opts.port, mark: opts.mark });
+  // A source of the other family cannot be bound; the gateway's own address is then the only one left.
+  const source = opts.source !== undefined && net.isIP(opts.source) === net.isIP(host) ? opts.source : undefined;
+  if (opts.mark === undefined && source === undefined) return net.connect({ host, port: opts.port, allowHalfOpen: true, noDelay: true });
+  // net.connect cannot set IP_TRANSPARENT before its bind: the addon makes the socket, Node binds and connects it.
+  const sock = connectMarkedSocket({ host, port: opts.port, mark: opts.mark, transparent: source !== undefined, localAddress: source });
   // Read by net.Socket when the peer ends: keep our side writable so a half-close is carried through.
   sock.allowHalfOpen = true;
   sock.setNoDelay(true);
@@ -39,7 +48,7 @@ export async function dialTcp(opts: DialOptions, codes: { unreachable: ErrorCode
   const started = Date.now();
   let host = opts.host;
   // The addon connects IP literals only: names (a proxy given by name) are looked up first.
-  if (opts.mark !== undefined && !net.isIP(host)) {
+  if ((opts.mark !== undefined || opts.source !== undefined) && !net.isIP(host)) {
     try {
       host = (await dns.promises.lookup(host)).address;
     } catch (err) {
@@ -110,18 +119,26 @@ export const UPSTREAM_CODES = { unreachable: ErrorCodes.UPSTREAM_UNREACHABLE, ti
 type ConnectCallback = (err: Error | null, sock?: net.Socket) => void;
 
 /**
- * An http.Agent createConnection that opens marked sockets (--local), for the
- * HTTP path's keep-alive agents. IP literals connect in the calling tick;
- * names are looked up first and handed over through the callback.
+ * An http.Agent createConnection that opens marked sockets (--local) or, with
+ * `transparent`, sockets bound to the request's localAddress, which need not
+ * be local (--direct-source client; the agent keeps one pool per
+ * localAddress, so a kept-alive connection serves only the client it came
+ * from), for the HTTP path's keep-alive agents. IP literals connect in the
+ * calling tick; names are looked up first and handed over through the callback.
  */
 export function markedConnector(
-  mark: number,
-): (opts: { host?: string | null; port?: number | string | null }, cb: ConnectCallback) => net.Socket | undefined {
+  mark: number | undefined,
+  transparent = false,
+): (
+  opts: { host?: string | null; port?: number | string | null; localAddress?: string | null },
+  cb: ConnectCallback,
+) => net.Socket | undefined {
   return (opts, cb) => {
     const host = opts.host ?? 'localhost';
     const port = Number(opts.port ?? 80);
     const open = (addr: string): net.Socket => {
-      const sock = connectMarkedSocket({ host: addr, port, mark });
+      const source = transparent && opts.localAddress && net.isIP(opts.localAddress) === net.isIP(addr) ? opts.localAddress : undefined;
+      const sock = connectMarkedSocket({ host: addr, port, mark, transparent: source !== undefined, localAddress: source });
       sock.setNoDelay(true);
       return sock;
     };

@@ -11,10 +11,14 @@ import { openTunnel } from './http-connect';
  * applies), or a direct connection to the original destination address.
  */
 export class Outbounds {
-  /** `mark`: SO_MARK on every outgoing socket (--local), so our own traffic is not intercepted again. */
+  /**
+   * `mark`: SO_MARK on every outgoing socket (--local), so our own traffic is not intercepted again.
+   * `fromClient`: direct connections leave from the client's address (--direct-source client).
+   */
   constructor(
     private readonly connectTimeoutMs: number,
     private readonly mark?: number,
+    private readonly fromClient = false,
   ) {}
 
   open(decision: RouteDecision, ctx: ConnContext, signal?: AbortSignal): Promise<net.Socket> {
@@ -27,7 +31,14 @@ export class Outbounds {
     // Direct: the client already chose the address; the gateway need not resolve anything.
     ctx.via = hostPort(ctx.destination.address, port);
     return dialTcp(
-      { host: ctx.destination.address, port, timeoutMs: this.connectTimeoutMs, signal, mark: this.mark },
+      {
+        host: ctx.destination.address,
+        port,
+        timeoutMs: this.connectTimeoutMs,
+        signal,
+        mark: this.mark,
+        source: this.fromClient ? ctx.client.address : undefined,
+      },
       DIRECT_CODES,
       `direct ${ctx.via}`,
     );

@@ -23,6 +23,8 @@ export interface HttpDeps {
   idleTimeoutMs: number;
   /** SO_MARK for upstream sockets (--local), so this host's interception skips them. */
   socketMark?: number;
+  /** --direct-source client: direct requests leave from the client's address. */
+  directFromClient?: boolean;
   verifier: HostVerifier;
   /** An address of this gateway or of its proxy. */
   isLocal(address: string): boolean;
@@ -164,6 +166,10 @@ export class HttpSession {
       this.proxyAgent.createConnection = connect;
       this.directAgent.createConnection = connect;
     }
+    if (deps.directFromClient) {
+      // --direct-source client: each request names its client as localAddress (see onRequest).
+      this.directAgent.createConnection = markedConnector(deps.socketMark, true) as unknown as http.Agent['createConnection'];
+    }
     this.server = http.createServer({ requireHostHeader: false, joinDuplicateHeaders: false });
     this.server.keepAliveTimeout = 60_000;
     // From the first byte of each later request's head (the first head was read within --sniff-timeout of accept).
@@ -304,6 +310,7 @@ export class HttpSession {
     } else {
       // Direct: the destination the client connected to (a no_proxy name was verified to be it).
       options = { host: ctx.destination.address, port, path: check.path, agent: this.directAgent };
+      if (this.deps.directFromClient) options.localAddress = ctx.client.address;
       ctx.via = hostPort(ctx.destination.address, port);
     }
     options.method = req.method;

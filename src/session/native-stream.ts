@@ -39,6 +39,8 @@ export interface NativeStreamDeps {
   idleTimeoutMs: number;
   /** SO_MARK for upstream sockets (--local). */
   mark?: number;
+  /** --direct-source client. */
+  directFromClient?: boolean;
   redirect: boolean;
   /** The destination is one of this host's addresses (a direct connection to a listener). */
   isLocal(address: string): boolean;
@@ -111,6 +113,7 @@ export class NativeStreams {
         sniffTimeoutMs: d.sniffTimeoutMs,
         connectTimeoutMs: d.connectTimeoutMs,
         idleTimeoutMs: d.idleTimeoutMs,
+        directFromClient: d.directFromClient,
       },
       // A throw in a callback from the addon would reach process 'uncaughtException' (napi_fatal_exception) and stop
       // the gateway: each one catches, and a bug ends only the connection it met.

@@ -977,6 +977,7 @@ describe('native tunnel front end (native/tunnel.c)', { skip }, () => {
           unusable as TunnelUnusable,
           false,
           next as TunnelNext | undefined,
+          false,
         );
       assert.throws(args('nope', noop, noop), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: 'decide must be a function' });
       assert.throws(args(fn, 42, noop), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: 'done must be a function' });
