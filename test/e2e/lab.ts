@@ -171,7 +171,9 @@ function killGroup(pid: number, sig: NodeJS.Signals): void {
 }
 
 function run(argv: string[], input?: string): { code: number; stdout: string; stderr: string } {
-  const r = spawnSync(argv[0], argv.slice(1), {
+  const [cmd, ...args] = argv;
+  if (cmd === undefined) throw new Error('lab: run() needs a command');
+  const r = spawnSync(cmd, args, {
     input,
     encoding: 'utf8',
     env: { PATH: pathEnv(), LANG: 'C' },
@@ -292,9 +294,10 @@ export function repoRoot(): string {
 export function parseKv(line: string): Record<string, string> {
   const out: Record<string, string> = {};
   for (const m of line.matchAll(/([A-Za-z_][\w.-]*)=("(?:[^"\\]|\\.)*"|\S*)/g)) {
-    let v = m[2];
+    // Both groups are not optional: a match has them.
+    let v = m[2]!;
     if (v.startsWith('"')) v = v.slice(1, -1);
-    out[m[1]] = v;
+    out[m[1]!] = v;
   }
   return out;
 }
@@ -428,7 +431,8 @@ export class Gw {
         if (done) return;
         this.tail();
         for (let i = from; i < this.lines.length; i++) {
-          if (re.test(this.lines[i])) return finish(undefined, this.lines[i]);
+          const line = this.lines[i]!; // i < this.lines.length
+          if (re.test(line)) return finish(undefined, line);
         }
         if (this.exitCode !== undefined) {
           finish(new Error(`gateway exited (${this.exitCode}) before a line matched ${re}; output:\n${this.output()}`));
