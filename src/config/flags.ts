@@ -363,7 +363,7 @@ export function parseArgs(argv: readonly string[]): ParsedArgs {
     let spec = byName.get(name);
     let negated = false;
     if (!spec && NEGATIONS[name]) {
-      const neg = NEGATIONS[name]!;
+      const neg = NEGATIONS[name];
       values[neg.flag] = neg.value;
       given.add(neg.flag);
       continue;

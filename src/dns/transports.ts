@@ -649,7 +649,7 @@ export class DohTransport implements DnsTransport {
         if (status !== 200) reject(dnsError(`${this.description}: HTTP status ${status}`));
         else resolve(Buffer.concat(chunks));
       });
-      req.on('error', (err) => {
+      req.on('error', (err: Error) => {
         signal.removeEventListener('abort', onAbort);
         reject(dnsError(`${this.description}: ${err.message}`, err));
       });

@@ -21,8 +21,8 @@ export interface StreamDeps {
   names?: NameLookup;
   verifier: HostVerifier;
   /** An address of this gateway or of its proxy. */
-  isLocal(address: string): boolean;
-  onDone(ctx: ConnContext): void;
+  isLocal: (address: string) => boolean;
+  onDone: (ctx: ConnContext) => void;
 }
 
 /**
