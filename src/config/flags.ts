@@ -277,7 +277,7 @@ export interface ParsedArgs {
   given: Set<string>;
 }
 
-export const COMMANDS = ['run', 'rules', 'clear', 'doctor'] as const;
+const COMMANDS = ['run', 'rules', 'clear', 'doctor'] as const;
 
 function flagError(message: string): GatewayError {
   return new GatewayError(ErrorCodes.FLAG, `${message} (see transgate --help)`);

@@ -62,7 +62,7 @@ export function unframe(buf: Buffer): { messages: Buffer[]; rest: Buffer } {
  * needs to slip a forged answer into the cache, and into the name map.
  * Math.random is not: its state can be recovered from a few outputs.
  */
-export function randomId(): number {
+function randomId(): number {
   return crypto.randomInt(0x10000);
 }
 

@@ -10,8 +10,6 @@ import { dropSysctlState, loadSysctlState, readSysctl, restorableAfterCrash, res
 import { BRIDGE_TABLE, DEFAULT_BYPASS4, DEFAULT_BYPASS6, type RulesConfig } from './plan';
 import { describeUplinks, detectUplinks, judgeUplinks, type UplinkJudgement } from './uplink';
 
-export { describePlan, NftBackend } from './index';
-
 /** What the gateway needs of a rule backend, nftables or iptables. */
 export interface RuleBackend {
   readonly name: string;
@@ -102,7 +100,7 @@ export async function clearAll(cfg: Config): Promise<string[]> {
 }
 
 /** The bridge's MAC address (frames for it go up to IP), from sysfs of this network namespace. */
-export function bridgeMac(name: string): string {
+function bridgeMac(name: string): string {
   try {
     if (!fs.existsSync(`/sys/class/net/${name}/bridge`)) throw new Error('not a bridge');
     return fs.readFileSync(`/sys/class/net/${name}/address`, 'utf8').trim();

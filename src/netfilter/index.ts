@@ -3,21 +3,21 @@
  * (idempotent; needs only the fwmark and table numbers, so it also cleans up
  * after a crash).
  *
- *   const backend = createRuleBackend();
+ *   const backend = new NftablesRuleBackend();
  *   const p = backend.plan(cfg);       // print renderPlan(p) for `transgate rules`
  *   await backend.apply(p);
  *   ...
  *   await backend.revert(p);           // or revert({ fwmark, routeTable }) after a crash
  */
-import { ErrorCodes, GatewayError, withContext } from '../core/errors';
+import { ErrorCodes, withContext } from '../core/errors';
 import { isNotFound, netnsRunner, run, type Runner } from './exec';
 import { nftApplyScript, nftDeleteTable, nftListTable, nftPreflight } from './nftables';
 import { BRIDGE_TABLE, DEFAULT_FWMARK, DEFAULT_ROUTE_TABLE, TABLE, plan, renderPlan, type RulesConfig, type RulesPlan } from './plan';
 import { installPolicyRoutes, listRules, listTableRoutes, removePolicyRoutes, validatePolicyIds, type PolicyIds } from './policy-routing';
 
 export * from './plan';
-export { run, netnsRunner, isNotFound, formatCommand, type Runner, type ExecResult, type ExecOptions } from './exec';
-export { formatMark, type PolicyIds, type PolicyRoute, type IpFamily } from './policy-routing';
+export { run, type Runner, type ExecResult } from './exec';
+export { type PolicyIds } from './policy-routing';
 export { nftError } from './nftables';
 
 /** revert() accepts the config, the plan, or just the numbers (after a crash). */
@@ -188,16 +188,4 @@ export class NftablesRuleBackend implements RuleBackend {
       throw err;
     }
   }
-}
-
-/** Short alias. */
-export { NftablesRuleBackend as NftBackend };
-
-export function createRuleBackend(options: RuleBackendOptions = {}): RuleBackend {
-  return new NftablesRuleBackend(options);
-}
-
-/** True when the error means "not root / no CAP_NET_ADMIN". */
-export function isPermissionError(err: unknown): boolean {
-  return err instanceof GatewayError && err.code === ErrorCodes.PERMISSION;
 }

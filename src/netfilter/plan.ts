@@ -16,8 +16,8 @@ import { INTERFACE_NAME_RULE, isInterfaceName, isInterfacePattern, isPort } from
 import { formatCommand } from './exec';
 import { formatMark, policyRoute, validatePolicyIds, type PolicyRoute } from './policy-routing';
 
-export const TABLE_FAMILY = 'inet';
-export const TABLE_NAME = 'transgate';
+const TABLE_FAMILY = 'inet';
+const TABLE_NAME = 'transgate';
 /** `inet transgate` */
 export const TABLE = `${TABLE_FAMILY} ${TABLE_NAME}`;
 /** `bridge transgate`: bridge mode's table (--bridge). */
@@ -25,7 +25,6 @@ export const BRIDGE_TABLE = `bridge ${TABLE_NAME}`;
 
 export const DEFAULT_FWMARK = 0x7467;
 export const DEFAULT_ROUTE_TABLE = 7467;
-export const DEFAULT_RULE_PRIORITY = 7467;
 
 export const DEFAULT_BYPASS4: readonly string[] = Object.freeze([
   '0.0.0.0/8',

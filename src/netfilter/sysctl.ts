@@ -143,7 +143,7 @@ export const readSysctl: SysctlReader = (path) => {
   }
 };
 
-export const writeSysctl: SysctlWriter = (path, value) => {
+const writeSysctl: SysctlWriter = (path, value) => {
   try {
     fs.writeFileSync(sysctlFile(path), `${value}\n`);
   } catch (err) {

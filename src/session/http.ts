@@ -67,7 +67,7 @@ export function errorStatus(err: unknown): number {
 }
 
 /** A reason phrase Node will write (it throws on control bytes): what the origin sent, less those. */
-export function safeReason(reason: string | undefined): string | undefined {
+function safeReason(reason: string | undefined): string | undefined {
   if (reason === undefined) return undefined;
   const clean = reason.replace(/[^\t\x20-\x7e\x80-\xff]/g, '');
   return clean === '' ? undefined : clean;
@@ -113,7 +113,7 @@ const STATUS_TEXT: Record<number, string> = {
  * origin) rather than one it relayed from the origin. Proxies mark their own
  * errors: Proxy-Status (RFC 9209), squid's X-Squid-Error.
  */
-export function proxyOwnError(res: { statusCode?: number; headers: http.IncomingHttpHeaders }): string | undefined {
+function proxyOwnError(res: { statusCode?: number; headers: http.IncomingHttpHeaders }): string | undefined {
   if ((res.statusCode ?? 0) < 500) return undefined;
   const ps = res.headers['proxy-status'];
   if (typeof ps === 'string' && /error=/.test(ps)) return `(Proxy-Status: ${ps})`;

@@ -119,7 +119,7 @@ function refuse(sock: net.Socket, ctx: ConnContext, code: string, why: string, d
 }
 
 /** routeStream, with a no_proxy name verified against the destination first (it may ask the resolver). */
-export async function routeStreamVerified(
+async function routeStreamVerified(
   ctx: ConnContext,
   router: Router,
   names: NameLookup | undefined,
