@@ -74,7 +74,7 @@ function queryFiles(dir: string): { hits: string; misses: string } {
   const misses = path.join(dir, 'misses.txt');
   fs.writeFileSync(hits, Array.from({ length: 100 }, (_, i) => `hit${i % 10}.example.test A`).join('\n') + '\n');
   const n = 400_000;
-  const lines: string[] = new Array(n);
+  const lines = new Array<string>(n);
   for (let i = 0; i < n; i++) lines[i] = `m${i}.r${process.pid}.example.test A`;
   fs.writeFileSync(misses, lines.join('\n') + '\n');
   fs.chmodSync(hits, 0o644);

@@ -37,8 +37,8 @@ function files(dir: string, tag: string): { miss: string; mixed: string } {
   const miss = path.join(dir, `load-miss-${tag}.txt`);
   const mixed = path.join(dir, `load-mixed-${tag}.txt`);
   const n = QPS * SECONDS * 2;
-  const m: string[] = new Array(n);
-  const x: string[] = new Array(n);
+  const m = new Array<string>(n);
+  const x = new Array<string>(n);
   for (let i = 0; i < n; i++) {
     m[i] = `m${i}.${tag}.example.test A`;
     // A working set like a LAN's: most names repeat, some are new.

@@ -40,4 +40,5 @@ if (snapDir)
   process.on('SIGUSR2', () => console.error(`heap snapshot ${v8.writeHeapSnapshot(path.join(snapDir, `gw-${Date.now()}.heapsnapshot`))}`));
 // TRANSGATE_V8_FLAGS: V8 flags set at run time, for experiments.
 if (process.env['TRANSGATE_V8_FLAGS']) v8.setFlagsFromString(process.env['TRANSGATE_V8_FLAGS']);
+// eslint-disable-next-line @typescript-eslint/no-require-imports -- after the flags above: an import would be hoisted above them
 require(path.join(__dirname, '..', '..', 'bin', 'transgate.js'));

@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 'use strict';
 // First the checks that need no test to fail: the format (Prettier for the
-// TypeScript, clang-format for native/; `npm run format` fixes both).
+// TypeScript, clang-format for native/; `npm run format` fixes both), then the
+// lint (eslint, knip).
 // Then the unit tests under c8 (V8's own coverage, mapped back to src/ by the
 // source maps tsc writes) and prints the coverage of src/ only: the summary,
 // then one line per folder (coverage/coverage-summary.json has it per file).
@@ -85,6 +86,26 @@ if (clang.error) {
     console.error('format: native/ is not clang-formatted: run `npm run format`');
     status = 1;
   }
+}
+
+// The lint (`npm run lint`; tsc itself ran in `npm run build`): typescript-eslint
+// with type information (floating promises, async callbacks where sync ones are
+// expected), then knip (unused files, exports, dependencies). They run before
+// the tests because they take seconds and a test may be slow to fail.
+// A bin of a package in node_modules: knip's "exports" hide its package.json
+// from require.resolve.
+function binOf(pkg, name) {
+  const dir = path.join(root, 'node_modules', pkg);
+  const bin = JSON.parse(require('node:fs').readFileSync(path.join(dir, 'package.json'), 'utf8')).bin;
+  return path.join(dir, typeof bin === 'string' ? bin : bin[name]);
+}
+if (run([binOf('eslint', 'eslint'), '.']) !== 0) {
+  console.error('lint: eslint found problems: run `npx eslint .` (`npx eslint --fix .` fixes some)');
+  status = 1;
+}
+if (run([binOf('knip', 'knip'), '--no-progress']) !== 0) {
+  console.error('lint: knip found unused files, exports or dependencies: run `npx knip` (knip.json says what counts as used)');
+  status = 1;
 }
 
 // --all: a src file that no unit test loads counts as 0%, not as absent.

@@ -54,7 +54,7 @@ const warn = (name: string, message: string, fix: string): Check => ({ name, sta
 const fail = (name: string, message: string, fix: string): Check => ({ name, status: 'FAIL', message, fix });
 
 /** CAP_NET_ADMIN (bit 12) in the effective set, or uid 0. */
-export function hasNetAdmin(): boolean {
+function hasNetAdmin(): boolean {
   if (process.getuid?.() === 0) return true;
   try {
     const m = /^CapEff:\s*([0-9a-f]+)$/m.exec(fs.readFileSync('/proc/self/status', 'utf8'));
@@ -65,7 +65,7 @@ export function hasNetAdmin(): boolean {
 }
 
 /** Pids of other transgate processes (bin/transgate.js run, not doctor/rules/clear) in our network namespace. */
-export function runningTransgate(): number[] {
+function runningTransgate(): number[] {
   let ours: string;
   try {
     ours = fs.readlinkSync('/proc/self/ns/net');
@@ -88,7 +88,7 @@ export function runningTransgate(): number[] {
   return out;
 }
 
-export const defaultDoctorDeps = (): DoctorDeps => ({
+const defaultDoctorDeps = (): DoctorDeps => ({
   runner: run,
   readSysctl,
   isRoot: hasNetAdmin,

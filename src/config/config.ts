@@ -73,7 +73,7 @@ export interface Config {
 }
 
 /** ADDR or ADDR:PORT ([v6]:port for IPv6 with a port); port 53 by default. */
-export function parseDnsServer(raw: string, flag: string): { host: string; port: number } {
+function parseDnsServer(raw: string, flag: string): { host: string; port: number } {
   const text = raw.trim();
   let host = text;
   let port = 53;

@@ -285,7 +285,7 @@ export interface ParsedArgs {
   given: Set<string>;
 }
 
-export const COMMANDS = ['run', 'rules', 'clear', 'doctor'] as const;
+const COMMANDS = ['run', 'rules', 'clear', 'doctor'] as const;
 
 function flagError(message: string): GatewayError {
   return new GatewayError(ErrorCodes.FLAG, `${message} (see transgate --help)`);
@@ -371,7 +371,7 @@ export function parseArgs(argv: readonly string[]): ParsedArgs {
     let spec = byName.get(name);
     let negated = false;
     if (!spec && NEGATIONS[name]) {
-      const neg = NEGATIONS[name]!;
+      const neg = NEGATIONS[name];
       values[neg.flag] = neg.value;
       given.add(neg.flag);
       continue;

@@ -64,7 +64,7 @@ export function withContext(what: string, err: unknown, code: ErrorCode = ErrorC
 }
 
 export function errnoOf(err: unknown): string | undefined {
-  if (err && typeof err === 'object' && 'code' in err && typeof (err as { code: unknown }).code === 'string') {
+  if (err && typeof err === 'object' && 'code' in err && typeof err.code === 'string') {
     return (err as { code: string }).code;
   }
   return undefined;

@@ -156,7 +156,7 @@ export function parseAuthority(value: string, defaultPort: number): { target: Ho
   // Only optional whitespace around the value (RFC 9110 5.5); nothing inside.
   const v = value.replace(/^[ \t]+|[ \t]+$/g, '');
   let hostText: string;
-  let portText = '';
+  let portText: string;
   if (v.startsWith('[')) {
     const close = v.indexOf(']');
     if (close === -1) return undefined;

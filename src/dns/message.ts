@@ -8,7 +8,7 @@
 export const HEADER_LEN = 12;
 export const MAX_UDP_PLAIN = 512;
 /** No DNS message can be longer: TCP's length prefix is 16 bits. */
-export const MAX_MESSAGE = 65535;
+const MAX_MESSAGE = 65535;
 
 export const Rcode = { NOERROR: 0, FORMERR: 1, SERVFAIL: 2, NXDOMAIN: 3, NOTIMP: 4, REFUSED: 5 } as const;
 export const RRType = { A: 1, NS: 2, CNAME: 5, SOA: 6, PTR: 12, MX: 15, TXT: 16, AAAA: 28, OPT: 41 } as const;

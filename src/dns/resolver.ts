@@ -57,7 +57,7 @@ interface Upstream {
 }
 
 /** Counters, declared in one place so that they document themselves. */
-export const DNS_STATS = [
+const DNS_STATS = [
   'queries',
   'cacheHits',
   'upstreamQueries',

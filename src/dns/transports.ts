@@ -62,7 +62,7 @@ export function unframe(buf: Buffer): { messages: Buffer[]; rest: Buffer } {
  * needs to slip a forged answer into the cache, and into the name map.
  * Math.random is not: its state can be recovered from a few outputs.
  */
-export function randomId(): number {
+function randomId(): number {
   return crypto.randomInt(0x10000);
 }
 
@@ -649,7 +649,7 @@ export class DohTransport implements DnsTransport {
         if (status !== 200) reject(dnsError(`${this.description}: HTTP status ${status}`));
         else resolve(Buffer.concat(chunks));
       });
-      req.on('error', (err) => {
+      req.on('error', (err: Error) => {
         signal.removeEventListener('abort', onAbort);
         reject(dnsError(`${this.description}: ${err.message}`, err));
       });

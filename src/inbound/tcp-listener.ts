@@ -7,7 +7,6 @@ import { formatAddress, unmapAddress, type Address } from '../core/types';
 import * as native from '../native/index';
 
 export type ConnHandler = (sock: net.Socket, ctx: ConnContext) => void;
-export type RejectHandler = (sock: net.Socket, ctx: ConnContext) => void;
 
 export interface TcpListenerOptions {
   kind: ListenerKind;

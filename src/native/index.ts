@@ -283,6 +283,7 @@ export function loadNative(): NativeBinding {
       continue;
     }
     try {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports -- a .node addon loads only through require()
       const loaded = require(file) as NativeBinding;
       const abi = typeof loaded.abiVersion === 'function' ? loaded.abiVersion() : 1;
       if (abi !== ABI_VERSION) {

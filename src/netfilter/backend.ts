@@ -12,7 +12,6 @@ import { describeUplinks, detectUplinks, judgeUplinks, type UplinkJudgement } fr
 
 import type { RuleBackend } from './rule-backend';
 
-export { describePlan } from './index';
 export type { RuleBackend } from './rule-backend';
 
 /** Whether an executable of this name is on PATH (or in /usr/sbin, /sbin). */
@@ -98,7 +97,7 @@ export async function clearAll(cfg: Config): Promise<string[]> {
 }
 
 /** The bridge's MAC address (frames for it go up to IP), from sysfs of this network namespace. */
-export function bridgeMac(name: string): string {
+function bridgeMac(name: string): string {
   try {
     if (!fs.existsSync(`/sys/class/net/${name}/bridge`)) throw new Error('not a bridge');
     return fs.readFileSync(`/sys/class/net/${name}/address`, 'utf8').trim();

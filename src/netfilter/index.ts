@@ -9,7 +9,7 @@
  *   ...
  *   await backend.revert(p);           // or revert({ fwmark, routeTable }) after a crash
  */
-import { ErrorCodes, GatewayError, withContext } from '../core/errors';
+import { ErrorCodes, withContext } from '../core/errors';
 import { isNotFound, netnsRunner, run, type Runner } from './exec';
 import { nftApplyScript, nftDeleteTable, nftListTable, nftPreflight } from './nftables';
 import { BRIDGE_TABLE, DEFAULT_FWMARK, DEFAULT_ROUTE_TABLE, TABLE, plan, renderPlan, type RulesConfig, type RulesPlan } from './plan';
@@ -17,10 +17,10 @@ import { installPolicyRoutes, listRules, listTableRoutes, removePolicyRoutes, va
 import type { RevertTarget, RuleBackend, RuleBackendOptions } from './rule-backend';
 
 export * from './plan';
-export { run, netnsRunner, isNotFound, formatCommand, type Runner, type ExecResult, type ExecOptions } from './exec';
-export { formatMark, type PolicyIds, type PolicyRoute, type IpFamily } from './policy-routing';
+export { run, type Runner, type ExecResult } from './exec';
+export { type PolicyIds } from './policy-routing';
 export { nftError } from './nftables';
-export type { AnyRulesPlan, RevertTarget, RuleBackend, RuleBackendOptions } from './rule-backend';
+export type { RevertTarget, RuleBackendOptions } from './rule-backend';
 
 const DEFAULT_IDS: PolicyIds = { fwmark: DEFAULT_FWMARK, routeTable: DEFAULT_ROUTE_TABLE };
 
@@ -155,9 +155,4 @@ export class NftablesRuleBackend implements RuleBackend<RulesPlan> {
       throw err;
     }
   }
-}
-
-/** True when the error means "not root / no CAP_NET_ADMIN". */
-export function isPermissionError(err: unknown): boolean {
-  return err instanceof GatewayError && err.code === ErrorCodes.PERMISSION;
 }

@@ -29,7 +29,7 @@ import type { RevertTarget, RuleBackend, RuleBackendOptions } from './rule-backe
 export type IptablesVariant = 'iptables' | 'iptables-legacy';
 
 /** Every chain transgate owns, in the table that holds it. */
-export const IPT_CHAINS = {
+const IPT_CHAINS = {
   pre: 'TRANSGATE',
   divert: 'TRANSGATE_DIVERT',
   out: 'TRANSGATE_OUT',

@@ -16,11 +16,10 @@ import { formatMark, policyRoute, validatePolicyIds, type PolicyRoute } from './
 import { summarize } from './plan-summary';
 import { renderNft } from './render-nft';
 
-export { BRIDGE_TABLE, TABLE, TABLE_FAMILY, TABLE_NAME } from './render-nft';
+export { BRIDGE_TABLE, TABLE } from './render-nft';
 
 export const DEFAULT_FWMARK = 0x7467;
 export const DEFAULT_ROUTE_TABLE = 7467;
-export const DEFAULT_RULE_PRIORITY = 7467;
 
 export const DEFAULT_BYPASS4: readonly string[] = Object.freeze([
   '0.0.0.0/8',

@@ -77,7 +77,7 @@ function ipFailure(args: readonly string[], stderr: string): GatewayError {
  * (`ip rule del` removes one per call; loop until it fails). Returns how many
  * were removed. Throws only for a permission error.
  */
-export async function deleteRules(runner: Runner, family: IpFamily, ids: PolicyIds): Promise<number> {
+async function deleteRules(runner: Runner, family: IpFamily, ids: PolicyIds): Promise<number> {
   const args = ruleDelArgs(family, ids);
   let removed = 0;
   for (let i = 0; i < MAX_RULE_DELETES; i++) {
@@ -92,7 +92,7 @@ export async function deleteRules(runner: Runner, family: IpFamily, ids: PolicyI
 }
 
 /** `ip -N route flush table T`, ignoring failures (an absent table is the normal case). */
-export async function flushTable(runner: Runner, family: IpFamily, ids: PolicyIds): Promise<void> {
+async function flushTable(runner: Runner, family: IpFamily, ids: PolicyIds): Promise<void> {
   await runner(['ip', `-${family}`, 'route', 'flush', 'table', String(ids.routeTable)]);
 }
 

@@ -11,14 +11,14 @@
  */
 import type { NormalizedRules } from './plan';
 
-export const TABLE_FAMILY = 'inet';
-export const TABLE_NAME = 'transgate';
+const TABLE_FAMILY = 'inet';
+const TABLE_NAME = 'transgate';
 /** `inet transgate` */
 export const TABLE = `${TABLE_FAMILY} ${TABLE_NAME}`;
 /** `bridge transgate`: bridge mode's table (--bridge). */
 export const BRIDGE_TABLE = `bridge ${TABLE_NAME}`;
 
-export function portSet(ports: readonly number[]): string {
+function portSet(ports: readonly number[]): string {
   return `{ ${ports.join(', ')} }`;
 }
 

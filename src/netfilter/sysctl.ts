@@ -143,7 +143,7 @@ export const readSysctl: SysctlReader = (path) => {
   }
 };
 
-export const writeSysctl: SysctlWriter = (path, value) => {
+const writeSysctl: SysctlWriter = (path, value) => {
   try {
     fs.writeFileSync(sysctlFile(path), `${value}\n`);
   } catch (err) {
@@ -197,6 +197,7 @@ export function restoreSysctls(applied: readonly SysctlChange[], write: SysctlWr
       first ??= err;
     }
   }
+  // eslint-disable-next-line @typescript-eslint/only-throw-error -- the first failure, rethrown as it was caught
   if (first !== undefined) throw first;
 }
 
@@ -262,7 +263,7 @@ export function loadSysctlState(file: string = sysctlStateFile()): SysctlChange[
     const data = JSON.parse(fs.readFileSync(file, 'utf8')) as { changes?: unknown };
     if (!Array.isArray(data.changes)) return [];
     return data.changes.filter(
-      (c): c is SysctlChange =>
+      (c: { path?: unknown; from?: unknown; to?: unknown } | null | undefined): c is SysctlChange =>
         !!c &&
         Array.isArray(c.path) &&
         c.path.every((p: unknown) => typeof p === 'string') &&

@@ -71,7 +71,7 @@ export function parseLinks(json: string): string[] {
 }
 
 /** Whether a --lan entry (a trailing * is a prefix) names the interface. */
-export function lanNames(lan: readonly string[], name: string): boolean {
+function lanNames(lan: readonly string[], name: string): boolean {
   return lan.some((l) => interfaceMatches(l, name));
 }
 

@@ -36,9 +36,9 @@ export interface FramerDeps {
   /** The original destination address: where a request without Host goes by name. */
   address: string;
   /** An address of this gateway or its proxy (route/targets.ts). */
-  isLocal(address: string): boolean;
+  isLocal: (address: string) => boolean;
   /** Where a checked request goes. */
-  route(check: Extract<RequestCheck, { ok: true }>): RequestRoute;
+  route: (check: Extract<RequestCheck, { ok: true }>) => RequestRoute;
 }
 
 /** One step over the client's bytes at a boundary. */

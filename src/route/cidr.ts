@@ -79,7 +79,7 @@ export function parseIp(value: string): ParsedIp | undefined {
 function maskInPlace(bytes: Uint8Array, prefix: number): void {
   for (let i = 0; i < bytes.length; i++) {
     const keep = Math.max(0, Math.min(8, prefix - i * 8));
-    bytes[i] &= keep === 0 ? 0 : (0xff << (8 - keep)) & 0xff;
+    bytes[i]! &= keep === 0 ? 0 : (0xff << (8 - keep)) & 0xff;
   }
 }
 

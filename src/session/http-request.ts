@@ -23,7 +23,7 @@ export interface RequestFacts {
   /** The original destination port: the default for a Host without one. */
   port: number;
   /** An address of this gateway or its proxy. */
-  isLocal(address: string): boolean;
+  isLocal: (address: string) => boolean;
 }
 
 /** Methods a client on an HTTP port never gets carried: TRACE echoes the request (with what the proxy adds), CONNECT asks for a tunnel. */

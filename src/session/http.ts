@@ -27,7 +27,7 @@ export interface HttpDeps {
   directFromClient?: boolean;
   verifier: HostVerifier;
   /** An address of this gateway or of its proxy. */
-  isLocal(address: string): boolean;
+  isLocal: (address: string) => boolean;
   /** A bug met by one connection (it is ended; the gateway goes on). */
   onInternalError(ctx: ConnContext, err: unknown): void;
 }
@@ -69,9 +69,8 @@ export function errorStatus(err: unknown): number {
 }
 
 /** A reason phrase Node will write (it throws on control bytes): what the origin sent, less those. */
-export function safeReason(reason: string | undefined): string | undefined {
+function safeReason(reason: string | undefined): string | undefined {
   if (reason === undefined) return undefined;
-  // eslint-disable-next-line no-control-regex
   const clean = reason.replace(/[^\t\x20-\x7e\x80-\xff]/g, '');
   return clean === '' ? undefined : clean;
 }
@@ -314,7 +313,7 @@ export class HttpSession {
       ctx.via = hostPort(ctx.destination.address, port);
     }
     options.method = req.method;
-    options.headers = headers as unknown as http.OutgoingHttpHeaders;
+    options.headers = headers;
     options.setHost = false;
     res.sendDate = false;
 

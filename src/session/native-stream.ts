@@ -45,7 +45,7 @@ export interface NativeStreamDeps {
   /** The destination is one of this host's addresses (a direct connection to a listener). */
   isLocal(address: string): boolean;
   /** An address of this gateway or of its proxy: never asked of the proxy (route/targets.ts). */
-  isForbiddenAddress(address: string): boolean;
+  isForbiddenAddress: (address: string) => boolean;
   admission: Admission;
   /** A connection refused at accept (limits, --clients), for a rate-limited log line. */
   onRefused(client: Address, code: ErrorCode): void;

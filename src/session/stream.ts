@@ -21,8 +21,8 @@ export interface StreamDeps {
   names?: NameLookup;
   verifier: HostVerifier;
   /** An address of this gateway or of its proxy. */
-  isLocal(address: string): boolean;
-  onDone(ctx: ConnContext): void;
+  isLocal: (address: string) => boolean;
+  onDone: (ctx: ConnContext) => void;
 }
 
 /**
@@ -119,7 +119,7 @@ function refuse(sock: net.Socket, ctx: ConnContext, code: string, why: string, d
 }
 
 /** routeStream, with a no_proxy name verified against the destination first (it may ask the resolver). */
-export async function routeStreamVerified(
+async function routeStreamVerified(
   ctx: ConnContext,
   router: Router,
   names: NameLookup | undefined,

@@ -434,7 +434,7 @@ describe('adversarial clients e2e', { skip, timeout: 900_000 }, () => {
         const h = await hog;
         const m = /echo (\d+) reset (\d+) eof (\d+) timeout (\d+) refused (\d+)/.exec(h.stdout);
         assert.ok(m, show(h));
-        const [echo, reset, eof, timeout, refused] = m!.slice(1).map(Number) as [number, number, number, number, number];
+        const [echo, reset, eof, timeout, refused] = m.slice(1).map(Number) as [number, number, number, number, number];
         // The cap is 40: the other 15 are reset right after accept (their connect itself succeeds).
         assert.equal(reset, 15, show(h));
         assert.equal(refused + eof, 0, show(h));

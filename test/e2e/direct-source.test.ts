@@ -102,7 +102,7 @@ describe('--direct-source', { skip, timeout: 600_000 }, () => {
   const cases = [
     ...(['tproxy', 'redirect'] as const).flatMap((mode) =>
       (['splice', 'js'] as const).flatMap((relay) =>
-        (['client', 'gateway'] as const).map((source) => ({ mode, relay, source, firewall: 'nftables' as string })),
+        (['client', 'gateway'] as const).map((source) => ({ mode, relay, source, firewall: 'nftables' })),
       ),
     ),
     // The iptables backend's rules for the answers (mangle PREROUTING, before the per-interface jumps).

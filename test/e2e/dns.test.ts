@@ -236,7 +236,7 @@ describe('dns gateway', { skip }, () => {
           if (!line) await new Promise((res) => setTimeout(res, 50));
         }
         assert.ok(line, `no conn line with name=${name}:\n${gw.linesSince(from).join('\n')}`);
-        assert.equal(parseKv(line!).route, 'direct');
+        assert.equal(parseKv(line).route, 'direct');
       });
 
       test('truncation: a big answer over UDP is cut with TC, dig retries over TCP and gets it all', async () => {

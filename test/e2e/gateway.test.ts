@@ -47,7 +47,8 @@ function dstIs(dst: string | undefined, addr: string, port: number): boolean {
   if (!dst) return false;
   const m = /^\[?(.*?)\]?:(\d+)$/.exec(dst);
   if (!m) return false;
-  return m[1].replace(/^::ffff:/i, '') === addr && Number(m[2]) === port;
+  // Both groups are not optional: a match has them.
+  return m[1]!.replace(/^::ffff:/i, '') === addr && Number(m[2]) === port;
 }
 
 interface Ctx {
@@ -62,7 +63,7 @@ async function waitConn(
   pred: (f: Record<string, string>) => boolean,
   what: string,
   timeoutMs = 5000,
-): Promise<Record<string, string>> {
+): Promise<Record<string, string> & { _line: string }> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     for (const line of gw.linesSince(from)) {
@@ -197,7 +198,7 @@ describe('gateway e2e', { skip, timeout: 600_000 }, () => {
           if (mode === 'tproxy') {
             assert.equal(added.length, 2, `expected one fwmark rule per family, got:\n${added.join('\n')}`);
             for (const r of added) assert.match(r, /fwmark/);
-            const table = /lookup (\S+)/.exec(added[0])?.[1];
+            const table = /lookup (\S+)/.exec(added[0]!)?.[1];
             assert.ok(table, added[0]);
             const routes4 = await lab.exec('gw', ['ip', '-4', 'route', 'show', 'table', table]);
             const routes6 = await lab.exec('gw', ['ip', '-6', 'route', 'show', 'table', table]);
@@ -388,7 +389,7 @@ describe('gateway e2e', { skip, timeout: 600_000 }, () => {
             targets.map((target) => tcpSend(lab, target, 'GET /loop HTTP/1.1\\r\\nHost: www.example.test\\r\\n\\r\\nhello\\n', 1, 2)),
           );
           targets.forEach((target, i) => {
-            const r = results[i];
+            const r = results[i]!; // Promise.all of targets.map: one result per target
             assert.equal(r.timedOut, false, `${target} hung: ${show(r)}`);
             assert.ok(r.ms < 8000, `${target} took ${r.ms} ms`);
             assert.doesNotMatch(r.stdout, /origin host=|HTTP\/1\.[01] 200|hello/, `${target} was relayed: ${show(r)}`);
@@ -604,7 +605,10 @@ describe('gateway e2e', { skip, timeout: 600_000 }, () => {
           }
           const e = await tcpSend(lab, `TCP:${O4}:5000`, 'named\\n');
           assert.equal(e.stdout, 'named\n', `${show(e)}\n${tail(gw)}`);
-          const lines = gw!.linesSince(mark).filter(isConnLine).map(parseKv);
+          const lines = gw!
+            .linesSince(mark)
+            .filter(isConnLine)
+            .map((l): Record<string, string> => ({ ...parseKv(l), _line: l }));
           const tls = lines.filter((f) => f.kind === 'tls');
           assert.equal(tls.length, 3, tail(gw));
           for (const f of tls) {

@@ -205,7 +205,7 @@ describe('HKP: port 11371 is HTTP by default', { skip, timeout: 120_000 }, () =>
       // The origin was started in before(); give it a moment to listen.
       r = await lab
         .exec('cl', ['curl', '-sS', '--max-time', '10', '--resolve', `${ADDR.names.api}:11371:${O4}`, url])
-        .catch((e: { stdout?: string; stderr?: string }) => ({ stdout: e.stdout ?? '', stderr: e.stderr ?? String(e) }));
+        .catch((e: Error & { stdout?: string; stderr?: string }) => ({ stdout: e.stdout ?? '', stderr: e.stderr ?? String(e) }));
       if (r.stdout) break;
       await new Promise((res) => setTimeout(res, 100));
     }

@@ -171,7 +171,9 @@ function killGroup(pid: number, sig: NodeJS.Signals): void {
 }
 
 function run(argv: string[], input?: string): { code: number; stdout: string; stderr: string } {
-  const r = spawnSync(argv[0], argv.slice(1), {
+  const [cmd, ...args] = argv;
+  if (cmd === undefined) throw new Error('lab: run() needs a command');
+  const r = spawnSync(cmd, args, {
     input,
     encoding: 'utf8',
     env: { PATH: pathEnv(), LANG: 'C' },
@@ -292,9 +294,10 @@ export function repoRoot(): string {
 export function parseKv(line: string): Record<string, string> {
   const out: Record<string, string> = {};
   for (const m of line.matchAll(/([A-Za-z_][\w.-]*)=("(?:[^"\\]|\\.)*"|\S*)/g)) {
-    let v = m[2];
+    // Both groups are not optional: a match has them.
+    let v = m[2]!;
     if (v.startsWith('"')) v = v.slice(1, -1);
-    out[m[1]] = v;
+    out[m[1]!] = v;
   }
   return out;
 }
@@ -428,7 +431,8 @@ export class Gw {
         if (done) return;
         this.tail();
         for (let i = from; i < this.lines.length; i++) {
-          if (re.test(this.lines[i])) return finish(undefined, this.lines[i]);
+          const line = this.lines[i]!; // i < this.lines.length
+          if (re.test(line)) return finish(undefined, line);
         }
         if (this.exitCode !== undefined) {
           finish(new Error(`gateway exited (${this.exitCode}) before a line matched ${re}; output:\n${this.output()}`));
@@ -521,7 +525,8 @@ export class Lab {
     return [...this.allPids];
   }
 
-  private nsName(ns: NsRole | string): string {
+  /** `ns`: a role (NsRole) or a namespace's own name. */
+  private nsName(ns: string): string {
     return (this.ns as Record<string, string>)[ns] ?? ns;
   }
 
@@ -746,7 +751,7 @@ export class Lab {
   }
 
   /** Listening TCP sockets of a namespace, as ss prints them ("0.0.0.0:80", "[::]:80", "*:22"). */
-  async listening(ns: NsRole | string): Promise<string[]> {
+  async listening(ns: string): Promise<string[]> {
     const r = await this.exec(ns, ['ss', '-Hltn'], { timeoutMs: 5000 });
     return r.stdout
       .split('\n')
@@ -890,7 +895,7 @@ export class Lab {
   /** Polls the access log (from line index `from`) until a line matches. */
   async waitSquidLog(re: RegExp, timeoutMs = 3000, from = 0): Promise<string> {
     const deadline = Date.now() + timeoutMs;
-    let lines: string[] = [];
+    let lines: string[];
     do {
       lines = (await this.squidLog()).slice(from);
       const hit = lines.find((l) => re.test(l));
@@ -1033,7 +1038,7 @@ export class Lab {
   // -- processes ------------------------------------------------------------
 
   /** Starts a tracked process in a namespace, in its own process group. */
-  spawn(ns: NsRole | string, argv: string[], opts: SpawnOptions = {}): ChildProcess {
+  spawn(ns: string, argv: string[], opts: SpawnOptions = {}): ChildProcess {
     if (this.destroyed) throw new Error('lab: destroyed');
     let stdio: StdioOptions = opts.stdio ?? ['ignore', 'pipe', 'pipe'];
     let fd: number | undefined;
@@ -1060,7 +1065,7 @@ export class Lab {
   }
 
   /** Runs argv (no shell; use ['sh','-c',...] for one) in a namespace; kills the process group on timeout. */
-  async exec(ns: NsRole | string, argv: string[], opts: ExecOptions = {}): Promise<ExecResult> {
+  async exec(ns: string, argv: string[], opts: ExecOptions = {}): Promise<ExecResult> {
     const timeoutMs = opts.timeoutMs ?? 20_000;
     const started = Date.now();
     const child = this.spawn(ns, argv, { env: opts.env, stdio: [opts.input !== undefined ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
@@ -1147,7 +1152,7 @@ export class Lab {
       await gw.waitFor(/\bready\b/, readyTimeoutMs);
     } catch (err) {
       await gw.kill9();
-      throw new Error(`gateway did not become ready (args: ${args.join(' ')}): ${(err as Error).message}`);
+      throw new Error(`gateway did not become ready (args: ${args.join(' ')}): ${(err as Error).message}`, { cause: err });
     }
     return gw;
   }

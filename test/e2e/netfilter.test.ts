@@ -176,9 +176,7 @@ describe('netfilter backend in a network namespace', { skip, timeout: 180_000 },
 
   after(async () => {
     for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
-    await Promise.all(
-      procs.map((p) => (p.exitCode === null && p.signalCode === null ? new Promise((r) => p.once('close', r)) : undefined)),
-    );
+    await Promise.all(procs.filter((p) => p.exitCode === null && p.signalCode === null).map((p) => new Promise((r) => p.once('close', r))));
     for (const ns of [GW, CL]) await sh(['ip', 'netns', 'del', ns]);
     if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
   });
@@ -189,10 +187,10 @@ describe('netfilter backend in a network namespace', { skip, timeout: 180_000 },
     });
     procs.push(p);
     let err = '';
-    p.stderr!.on('data', (b: Buffer) => (err += b.toString()));
+    p.stderr.on('data', (b: Buffer) => (err += b.toString()));
     await new Promise<void>((resolve, reject) => {
       const t = setTimeout(() => reject(new Error(`listener ${addr}:${port} not ready: ${err}`)), 10_000);
-      p.stdout!.on('data', (b: Buffer) => {
+      p.stdout.on('data', (b: Buffer) => {
         if (b.toString().includes('listening')) {
           clearTimeout(t);
           resolve();

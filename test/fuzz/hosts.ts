@@ -43,6 +43,7 @@ function label(r: Rng): string {
     if (r.chance(0.03)) s += r.pick(ODD_CHARS);
     else if (r.chance(0.005)) s += r.pick(UNICODE);
     else if (r.chance(0.05)) s += LABEL_CHARS[r.int(LABEL_CHARS.length)]!.toUpperCase();
+    // eslint-disable-next-line no-dupe-else-if -- each r.chance() is a new draw, not the same condition
     else if (i > 0 && i < len - 1 && r.chance(0.05)) s += r.pick(['-', '_']);
     else s += LABEL_CHARS[r.int(LABEL_CHARS.length)]!;
   }

@@ -93,9 +93,9 @@ describe('dns question names are validated where they enter', () => {
     log.flush();
     const line = lines.find((l) => l.includes('dns client='));
     assert.ok(line, lines.join('\n'));
-    assert.doesNotMatch(line!.trimEnd(), /[\x00-\x1f\x7f-\xff]/);
+    assert.doesNotMatch(line.trimEnd(), /[\x00-\x1f\x7f-\xff]/);
     assert.ok(
-      line!.includes(String.raw`name=x\032HTTP\0471.1\013\010Via\058\0321.1\032x\013\010\013\010GET\032\047\027\09131m\127.example.test `),
+      line.includes(String.raw`name=x\032HTTP\0471.1\013\010Via\058\0321.1\032x\013\010\013\010GET\032\047\027\09131m\127.example.test `),
       line,
     );
     assert.equal(presentName('a\\.b.example.test'), 'a\\046b.example.test');
@@ -214,11 +214,7 @@ describe('dns over TCP under load: the server closes connections', () => {
           Array.from({ length: 150 }, (_, i) => t.query(buildQuery(i, `w${wave}q${i}.test`, 1), AbortSignal.timeout(3000))),
         );
         const failed = results.filter((x) => x.status === 'rejected');
-        assert.equal(
-          failed.length,
-          0,
-          `wave ${wave}: ${failed.length} failed: ${(failed[0] as PromiseRejectedResult | undefined)?.reason}`,
-        );
+        assert.equal(failed.length, 0, `wave ${wave}: ${failed.length} failed: ${failed[0]?.reason}`);
       }
       assert.equal(t.learnedLimit, 20);
       // Once learned, no connection is given more than the server answers: no more retries.

@@ -69,7 +69,7 @@ function runMarked(mark: number): { echoed: string; result: string; all: number;
     timeout: 10_000,
   });
   assert.equal(r.status, 0, `child failed: ${r.stderr}`);
-  return JSON.parse(r.stdout.trim().split('\n').pop()!);
+  return JSON.parse(r.stdout.trim().split('\n').pop()!) as { echoed: string; result: string; all: number; marked: number };
 }
 
 // Regression: tunnel.c kept the mark in an int with -1 for "none" and set it only when >= 0, so

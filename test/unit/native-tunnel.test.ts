@@ -55,7 +55,7 @@ async function waitFor<T>(what: string, fn: () => T | undefined | null | false, 
   const end = Date.now() + ms;
   for (;;) {
     const v = fn();
-    if (v !== undefined && v !== null && v !== false) return v as T;
+    if (v !== undefined && v !== null && v !== false) return v;
     if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
     await delay(5);
   }

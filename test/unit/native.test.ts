@@ -154,6 +154,7 @@ test('without a built addon: importing works, first use says to run npm install'
       fs.mkdirSync(path.dirname(to), { recursive: true });
       fs.copyFileSync(path.join(distSrc, rel), to);
     }
+    // eslint-disable-next-line @typescript-eslint/no-require-imports -- a second copy of the module, loaded from a path built at run time
     const copy = require(path.join(root, 'dist', 'src', 'native', 'index.js')) as typeof native;
     assert.equal(copy.isNativeAvailable(), false);
     let first: unknown;

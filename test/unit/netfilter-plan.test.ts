@@ -237,7 +237,7 @@ describe('netfilter plan: determinism and validation', () => {
   it('is deterministic and does not mutate its input', () => {
     const cfg = deepFreeze(baseConfig({ udp: [{ ports: [53], listenPort: 3153 }], lanInterfaces: ['lan0'] }));
     const a = plan(cfg);
-    const b = plan(structuredClone(cfg) as RulesConfig);
+    const b = plan(structuredClone<RulesConfig>(cfg));
     assert.deepEqual(a, b);
     assert.equal(describePlan(cfg), describePlan(a));
   });
