@@ -9,6 +9,7 @@ import net from 'node:net';
 import type { Config } from '../config/config';
 import type { ProxyEndpoint } from '../config/proxy-url';
 import { ErrorCodes, GatewayError } from '../core/errors';
+import { formatIPv4, formatIPv6, maskBytes, parseIPv4Bytes, parseIPv6Bytes } from '../core/ip';
 import { parseAuthority } from '../core/names';
 import { hostPort } from '../core/types';
 import { interfaceMatches } from '../core/validate';
@@ -277,26 +278,16 @@ interface IpAddr {
 
 /** Another address in the subnet of `local` (the first host that is not `local`), for route look-ups. */
 export function neighbourOf(local: string, prefixlen: number, family: 4 | 6): string | undefined {
-  if (family === 4) {
-    if (prefixlen > 30) return undefined;
-    const n = local.split('.').reduce((acc, o) => acc * 256 + Number(o), 0);
-    const mask = prefixlen === 0 ? 0 : (0xffffffff << (32 - prefixlen)) >>> 0;
-    const net = (n & mask) >>> 0;
-    const host = net + 1 === n ? net + 2 : net + 1;
-    return [24, 16, 8, 0].map((s) => (host >>> s) & 255).join('.');
-  }
-  if (prefixlen > 126 || prefixlen % 16 !== 0) return undefined;
-  const groups = local.includes('::')
-    ? (() => {
-        const [h, t] = local.split('::');
-        const head = h ? h.split(':') : [];
-        const tail = t ? t.split(':') : [];
-        return [...head, ...Array<string>(8 - head.length - tail.length).fill('0'), ...tail];
-      })()
-    : local.split(':');
-  const net = groups.map((g, k) => (k < prefixlen / 16 ? parseInt(g, 16) : 0));
-  net[7] = parseInt(groups[7]!, 16) === 1 && prefixlen / 16 <= 7 ? 2 : 1;
-  return net.map((g) => g.toString(16)).join(':');
+  // Host routes and point-to-point /31, /127 have no other host to ask about.
+  if (prefixlen > (family === 4 ? 30 : 126)) return undefined;
+  const bytes = family === 4 ? parseIPv4Bytes(local) : parseIPv6Bytes(local);
+  if (!bytes) return undefined;
+  // The prefix leaves at least two host bits, so the network's last byte has room for +1 and +2.
+  const host = maskBytes(bytes.slice(), prefixlen);
+  const last = host.length - 1;
+  host[last] = host[last]! + 1;
+  if (host.every((b, i) => b === bytes[i])) host[last] = host[last]! + 1;
+  return family === 4 ? formatIPv4(host) : formatIPv6(host);
 }
 
 /**

@@ -1,10 +1,8 @@
-import { isIP } from 'node:net';
 import { ErrorCodes, GatewayError } from '../core/errors';
-import { parseIPv6 } from '../core/names';
+import { normalizeIp, parseCidr } from '../core/ip';
 import { INTERFACE_NAME_RULE, isInterfaceName, isInterfacePattern, isPort, parsePort } from '../core/validate';
 import type { DnsSettings } from '../dns/service';
 import type { LogLevel } from '../core/log';
-import { parseCidr } from '../route/cidr';
 import { parseNoProxy, type NoProxy } from '../route/no-proxy';
 import type { FlagValues } from './flags';
 import { proxyFromEnv, type ProxyEndpoint } from './proxy-url';
@@ -76,22 +74,22 @@ export function parseDnsServer(raw: string, flag: string): { host: string; port:
   if (bracketed) {
     host = bracketed[1]!;
     portText = bracketed[2];
-  } else if (isIP(text) === 0) {
+  } else if (!normalizeIp(text)) {
     const m = /^([^:]+):(\d+)$/.exec(text);
     if (m) {
       host = m[1]!;
       portText = m[2];
     }
   }
-  if (isIP(host) === 0)
-    throw configError(`--${flag}: '${raw}' is not an address or address:port (e.g. 10.0.0.53, 10.0.0.53:5353, [2001:db8::53]:53)`);
+  const ip = normalizeIp(host);
+  if (!ip) throw configError(`--${flag}: '${raw}' is not an address or address:port (e.g. 10.0.0.53, 10.0.0.53:5353, [2001:db8::53]:53)`);
   if (portText !== undefined) {
     const p = parsePort(portText);
     if (p === undefined) throw configError(`--${flag}: port in '${raw}' must be between 1 and 65535`);
     port = p;
   }
   // Canonical, as every address that reaches a request line must be (CONNECT host:53 through the proxy).
-  return { host: isIP(host) === 6 ? parseIPv6(host)! : host, port };
+  return { host: ip.text, port };
 }
 
 function buildDns(values: FlagValues, noProxy: NoProxy, listenPorts: number[]): DnsSettings | undefined {

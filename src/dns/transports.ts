@@ -5,6 +5,7 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import tls from 'node:tls';
 import { ErrorCodes, GatewayError } from '../core/errors';
+import { normalizeIp } from '../core/ip';
 import { hostPort } from '../core/types';
 import { setMark } from '../native/index';
 import { readHeader } from './message';
@@ -370,7 +371,7 @@ export class UdpTransport implements DnsTransport {
     private readonly mark?: number,
   ) {
     this.description = `udp ${hostPort(server.host, server.port)}`;
-    this.serverAddress = net.isIPv6(server.host) ? new URL(`http://[${server.host}]/`).hostname.slice(1, -1) : server.host;
+    this.serverAddress = normalizeIp(server.host)?.text ?? server.host;
   }
 
   async query(msg: Buffer, signal: AbortSignal): Promise<Buffer> {
