@@ -1,68 +1,13 @@
 import { ErrorCodes, GatewayError } from '../core/errors';
+import type { LogLevel } from '../core/log';
 import { normalizeIp, parseCidr } from '../core/ip';
 import { INTERFACE_NAME_RULE, isInterfaceName, isInterfacePattern, isPort, parsePort } from '../core/validate';
-import type { DnsSettings } from '../dns/service';
-import type { LogLevel } from '../core/log';
-import { parseNoProxy, type NoProxy } from '../route/no-proxy';
+import { parseNoProxy, type NoProxy } from './no-proxy';
 import type { FlagValues } from './flags';
-import { proxyFromEnv, type ProxyEndpoint } from './proxy-url';
+import { proxyFromEnv } from './proxy-url';
+import type { Config, DnsSettings, Mode } from './types';
 
-export type Mode = 'tproxy' | 'redirect';
-
-export interface Config {
-  mode: Mode;
-  httpPorts: number[];
-  tlsPorts: number[];
-  tcpPorts: number[];
-  listen: { http: number; tls: number; tcp: number };
-  upstream: { http?: ProxyEndpoint; https?: ProxyEndpoint };
-  noProxy: NoProxy;
-  noProxyRaw: string;
-  bypass4: string[];
-  bypass6: string[];
-  lan: string[];
-  ipv4: boolean;
-  ipv6: boolean;
-  installRules: boolean;
-  fwmark: number;
-  routeTable: number;
-  /** Set ip_forward/forwarding/send_redirects while running (--no-sysctl: leave them). */
-  sysctl: boolean;
-  /** Let clients' QUIC (UDP/443) through instead of rejecting it. */
-  allowQuic: boolean;
-  /** Uplink interfaces to masquerade forwarded traffic on. */
-  masquerade: string[];
-  /** Also intercept this host's own connections. */
-  local: boolean;
-  /** SO_MARK on transgate's outgoing sockets when local (loop avoidance). */
-  socketMark: number;
-  firewall: 'auto' | 'nftables' | 'iptables' | 'iptables-legacy';
-  /** Bridge mode: the bridge whose frames to the intercepted ports are taken up to IP. */
-  bridge?: string;
-  /** doctor: host:port to CONNECT to through the proxy. */
-  doctorTarget: string;
-  json: boolean;
-  connectTimeoutMs: number;
-  idleTimeoutMs: number;
-  /** Byte pump after the tunnel is open; splice falls back to js when the addon lacks it. */
-  relay: 'splice' | 'js';
-  sniffTimeoutMs: number;
-  /** The DNS gateway; undefined with --no-dns. */
-  dns: DnsSettings | undefined;
-  logLevel: LogLevel;
-  /** Source CIDRs allowed to use the gateway (--clients); empty: any source on the LAN interfaces. */
-  clients4: string[];
-  clients6: string[];
-  /** Open connections per client address; 0: no limit. */
-  maxConnsPerClient: number;
-  /** Open connections in all; 0: derived from RLIMIT_NOFILE at start. */
-  maxConns: number;
-  /** Leave rules (and sysctls) in place at stop and crash (--fail-closed). */
-  failClosed: boolean;
-  /** DNS queries per second per client; 0: no limit. */
-  dnsClientRate: number;
-  warnings: string[];
-}
+export type { Config, DnsServer, DnsSettings, Mode } from './types';
 
 /** ADDR or ADDR:PORT ([v6]:port for IPv6 with a port); port 53 by default. */
 export function parseDnsServer(raw: string, flag: string): { host: string; port: number } {

@@ -4,6 +4,7 @@ import http from 'node:http';
 import http2 from 'node:http2';
 import net from 'node:net';
 import tls from 'node:tls';
+import type { DnsServer } from '../config/types';
 import { ErrorCodes, GatewayError } from '../core/errors';
 import { normalizeIp } from '../core/ip';
 import { hostPort } from '../core/types';
@@ -17,10 +18,8 @@ export interface DnsTransport {
   close(): void;
 }
 
-export interface Server {
-  host: string;
-  port: number;
-}
+/** Where a transport sends its queries (config/types: the DNS settings name servers so). */
+export type Server = DnsServer;
 
 /** Opens a stream to host:port: directly, or a CONNECT tunnel through the proxy. */
 export type StreamOpener = (host: string, port: number, signal: AbortSignal) => Promise<net.Socket>;

@@ -8,7 +8,7 @@ import { parseArgs } from '../../src/config/flags';
 import { Logger } from '../../src/core/log';
 import { DnsService } from '../../src/dns/service';
 import { dnsSettings } from './dns-settings';
-import type { DnsSettings } from '../../src/dns/service';
+import type { DnsSettings } from '../../src/config/types';
 
 /** A DNS-over-TCP server on loopback that answers each query by echoing it with QR set, in reverse order per read. */
 function echoServer(opts: { closeAfterAnswer?: boolean }) {

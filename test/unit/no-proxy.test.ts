@@ -1,6 +1,6 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { parseNoProxy } from '../../src/route/no-proxy';
+import { parseNoProxy } from '../../src/config/no-proxy';
 import { CidrSet, formatCidr, parseCidr, parseIp } from '../../src/core/ip';
 
 type Case = [noProxy: string, kind: 'name' | 'addr', target: string, port: number, expected: boolean];

@@ -1,6 +1,6 @@
 import { type Cidr, cidrContains, parseCidr, parseIPv6Bytes, parseIp } from '../core/ip';
 import { parsePort } from '../core/validate';
-import { normalizeHostname } from '../sniff/http';
+import { normalizeHostname } from '../core/names';
 
 /**
  * The no_proxy / NO_PROXY language, as curl, Go and Python users write it.
