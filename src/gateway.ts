@@ -16,7 +16,7 @@ import { JsRelay } from './relay/js-relay';
 import { SpliceRelay } from './relay/splice-relay';
 import { hasSplice, hasTunnel } from './native';
 import type { Relay } from './relay/relay';
-import { CidrSet } from './route/cidr';
+import { CidrSet } from './core/ip';
 import { Router } from './route/router';
 import { HttpSession } from './session/http';
 import { handleStream, type StreamDeps } from './session/stream';

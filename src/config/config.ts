@@ -1,76 +1,13 @@
-import { isIP } from 'node:net';
 import { ErrorCodes, GatewayError } from '../core/errors';
-import { parseIPv6 } from '../core/names';
-import { INTERFACE_NAME_RULE, isInterfaceName, isInterfacePattern, isPort, parsePort } from '../core/validate';
-import type { DnsSettings } from '../dns/service';
 import type { LogLevel } from '../core/log';
-import { parseCidr } from '../route/cidr';
-import { parseNoProxy, type NoProxy } from '../route/no-proxy';
+import { normalizeIp, parseCidr } from '../core/ip';
+import { INTERFACE_NAME_RULE, isInterfaceName, isInterfacePattern, isPort, parsePort } from '../core/validate';
+import { parseNoProxy, type NoProxy } from './no-proxy';
 import type { FlagValues } from './flags';
-import { proxyFromEnv, type ProxyEndpoint } from './proxy-url';
+import { proxyFromEnv } from './proxy-url';
+import type { Config, DnsSettings, Mode } from './types';
 
-export type Mode = 'tproxy' | 'redirect';
-
-export interface Config {
-  mode: Mode;
-  httpPorts: number[];
-  tlsPorts: number[];
-  tcpPorts: number[];
-  listen: { http: number; tls: number; tcp: number };
-  upstream: { http?: ProxyEndpoint; https?: ProxyEndpoint };
-  noProxy: NoProxy;
-  noProxyRaw: string;
-  bypass4: string[];
-  bypass6: string[];
-  lan: string[];
-  ipv4: boolean;
-  ipv6: boolean;
-  installRules: boolean;
-  fwmark: number;
-  routeTable: number;
-  /** Set ip_forward/forwarding/send_redirects while running (--no-sysctl: leave them). */
-  sysctl: boolean;
-  /** Let clients' QUIC (UDP/443) through instead of rejecting it. */
-  allowQuic: boolean;
-  /** Uplink interfaces to masquerade forwarded traffic on. */
-  masquerade: string[];
-  /** Also intercept this host's own connections. */
-  local: boolean;
-  /** SO_MARK on transgate's outgoing sockets when local (loop avoidance). */
-  socketMark: number;
-  firewall: 'auto' | 'nftables' | 'iptables' | 'iptables-legacy';
-  /** Bridge mode: the bridge whose frames to the intercepted ports are taken up to IP. */
-  bridge?: string;
-  /** doctor: host:port to CONNECT to through the proxy. */
-  doctorTarget: string;
-  json: boolean;
-  connectTimeoutMs: number;
-  idleTimeoutMs: number;
-  /**
-   * Where direct connections come from: this host's address, or the client's
-   * own (IP_TRANSPARENT + bind(client ip, 0)), so that servers reached
-   * directly see who is really connecting.
-   */
-  directSource: 'gateway' | 'client';
-  /** Byte pump after the tunnel is open; splice falls back to js when the addon lacks it. */
-  relay: 'splice' | 'js';
-  sniffTimeoutMs: number;
-  /** The DNS gateway; undefined with --no-dns. */
-  dns: DnsSettings | undefined;
-  logLevel: LogLevel;
-  /** Source CIDRs allowed to use the gateway (--clients); empty: any source on the LAN interfaces. */
-  clients4: string[];
-  clients6: string[];
-  /** Open connections per client address; 0: no limit. */
-  maxConnsPerClient: number;
-  /** Open connections in all; 0: derived from RLIMIT_NOFILE at start. */
-  maxConns: number;
-  /** Leave rules (and sysctls) in place at stop and crash (--fail-closed). */
-  failClosed: boolean;
-  /** DNS queries per second per client; 0: no limit. */
-  dnsClientRate: number;
-  warnings: string[];
-}
+export type { Config } from './types';
 
 /** ADDR or ADDR:PORT ([v6]:port for IPv6 with a port); port 53 by default. */
 function parseDnsServer(raw: string, flag: string): { host: string; port: number } {
@@ -82,22 +19,22 @@ function parseDnsServer(raw: string, flag: string): { host: string; port: number
   if (bracketed) {
     host = bracketed[1]!;
     portText = bracketed[2];
-  } else if (isIP(text) === 0) {
+  } else if (!normalizeIp(text)) {
     const m = /^([^:]+):(\d+)$/.exec(text);
     if (m) {
       host = m[1]!;
       portText = m[2];
     }
   }
-  if (isIP(host) === 0)
-    throw configError(`--${flag}: '${raw}' is not an address or address:port (e.g. 10.0.0.53, 10.0.0.53:5353, [2001:db8::53]:53)`);
+  const ip = normalizeIp(host);
+  if (!ip) throw configError(`--${flag}: '${raw}' is not an address or address:port (e.g. 10.0.0.53, 10.0.0.53:5353, [2001:db8::53]:53)`);
   if (portText !== undefined) {
     const p = parsePort(portText);
     if (p === undefined) throw configError(`--${flag}: port in '${raw}' must be between 1 and 65535`);
     port = p;
   }
   // Canonical, as every address that reaches a request line must be (CONNECT host:53 through the proxy).
-  return { host: isIP(host) === 6 ? parseIPv6(host)! : host, port };
+  return { host: ip.text, port };
 }
 
 function buildDns(values: FlagValues, noProxy: NoProxy, listenPorts: number[]): DnsSettings | undefined {

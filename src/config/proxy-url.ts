@@ -1,8 +1,8 @@
-import { isIPv4, isIPv6 } from 'node:net';
 import { ErrorCodes, GatewayError } from '../core/errors';
+import { normalizeIp, parseIPv6Bytes } from '../core/ip';
 import { hostPort } from '../core/types';
 import { parsePort } from '../core/validate';
-import { normalizeHostname } from '../sniff/http';
+import { normalizeHostname } from '../core/names';
 
 /** The upstream HTTP proxy every proxied connection is CONNECTed through. */
 export interface ProxyEndpoint {
@@ -69,7 +69,7 @@ function parseHostAndPort(hostport: string, original: string): { host: string; p
     const rest = hostport.slice(close + 1);
     if (rest !== '' && !rest.startsWith(':')) throw configError(original, 'unexpected text after ]');
     if (rest !== '') portText = rest.slice(1);
-    if (!isIPv6(hostText) || hostText.includes('%')) throw configError(original, 'bad IPv6 address in the host');
+    if (!parseIPv6Bytes(hostText)) throw configError(original, 'bad IPv6 address in the host');
   } else {
     const colon = hostport.lastIndexOf(':');
     hostText = colon === -1 ? hostport : hostport.slice(0, colon);
@@ -80,8 +80,10 @@ function parseHostAndPort(hostport: string, original: string): { host: string; p
   if (hostText === '') throw configError(original, 'empty host');
 
   let host: string;
-  if (isIPv6(hostText) || isIPv4(hostText)) {
-    host = hostText.toLowerCase();
+  const ip = normalizeIp(hostText);
+  if (ip) {
+    // Canonical, so that it compares equal to the addresses sockets report (the gateway's proxy-address set).
+    host = ip.text;
   } else {
     const name = normalizeHostname(hostText);
     if (name === undefined) throw configError(original, `bad host name "${hostText}"`);

@@ -1,4 +1,4 @@
-import { SocketAddress, isIPv6 } from 'node:net';
+import { formatIPv4Number, formatIPv6, parseIPv6Bytes, parseInetAton } from './ip';
 import { parsePort } from './validate';
 
 /**
@@ -65,29 +65,6 @@ export function isValidHostname(name: string): boolean {
   return normalizeHostname(name) === name;
 }
 
-function ipv4Part(part: string): number | undefined {
-  if (part === '') return undefined;
-  let digits = part;
-  let radix = 10;
-  if (/^0x/i.test(part)) {
-    digits = part.slice(2);
-    radix = 16;
-    if (digits === '') return 0;
-    if (!/^[0-9a-f]+$/i.test(digits)) return undefined;
-  } else if (part.length > 1 && part[0] === '0') {
-    digits = part.slice(1);
-    radix = 8;
-    if (!/^[0-7]+$/.test(digits)) return undefined;
-  } else if (!/^[0-9]+$/.test(digits)) {
-    return undefined;
-  }
-  // Leading zeros are only zeros (WHATWG URL and inet_aton read 0x0000000001 as 1); dropped before the
-  // length check, which is there because long digit strings would lose precision (past 2^32 is refused below).
-  digits = digits.replace(/^0+(?=.)/, '');
-  if (digits.length > 12) return undefined;
-  return parseInt(digits, radix);
-}
-
 /**
  * An IPv4 address in any spelling inet_aton (and so a proxy's resolver)
  * accepts, as dotted quad: `127.1` -> 127.0.0.1, `0x7f000001`,
@@ -95,27 +72,14 @@ function ipv4Part(part: string): number | undefined {
  * warnings. Undefined when it is not one.
  */
 export function parseIPv4(text: string): string | undefined {
-  const parts = text.split('.');
-  if (parts.length > 1 && parts[parts.length - 1] === '') parts.pop();
-  if (parts.length === 0 || parts.length > 4) return undefined;
-  const nums: number[] = [];
-  for (const p of parts) {
-    const n = ipv4Part(p);
-    if (n === undefined) return undefined;
-    nums.push(n);
-  }
-  const last = nums.pop()!;
-  if (nums.some((n) => n > 255)) return undefined;
-  if (last >= 256 ** (4 - nums.length)) return undefined;
-  let value = last;
-  for (let i = 0; i < nums.length; i++) value += nums[i]! * 256 ** (3 - i);
-  return [value >>> 24, (value >>> 16) & 0xff, (value >>> 8) & 0xff, value & 0xff].join('.');
+  const n = parseInetAton(text);
+  return n === undefined ? undefined : formatIPv4Number(n);
 }
 
 /** An IPv6 literal (no brackets, no zone) in its canonical text form (RFC 5952), or undefined. */
 export function parseIPv6(text: string): string | undefined {
-  if (text.includes('%') || !isIPv6(text)) return undefined;
-  return new SocketAddress({ address: text, family: 'ipv6' }).address;
+  const bytes = parseIPv6Bytes(text);
+  return bytes && formatIPv6(bytes);
 }
 
 /**

@@ -4,6 +4,7 @@
  * cached answers can be aged in place. Pure: no I/O. Every reader checks
  * bounds; malformed input throws DnsFormatError, never reads out of range.
  */
+import { formatIPv4, formatIPv6 } from '../core/ip';
 
 export const HEADER_LEN = 12;
 export const MAX_UDP_PLAIN = 512;
@@ -395,33 +396,10 @@ export function answerAddresses(answer: Buffer, parsed: Message): Array<{ addres
     if (r.section !== 'answer') continue;
     const len = r.rdataEnd - r.rdataStart;
     if (r.type === RRType.A && len === 4) {
-      out.push({ address: [...answer.subarray(r.rdataStart, r.rdataEnd)].join('.'), ttl: r.ttl });
+      out.push({ address: formatIPv4(answer, r.rdataStart), ttl: r.ttl });
     } else if (r.type === RRType.AAAA && len === 16) {
-      const groups: string[] = [];
-      for (let i = 0; i < 16; i += 2) groups.push(answer.readUInt16BE(r.rdataStart + i).toString(16));
-      out.push({ address: compressV6(groups), ttl: r.ttl });
+      out.push({ address: formatIPv6(answer, r.rdataStart), ttl: r.ttl });
     }
   }
   return out;
-}
-
-/** RFC 5952 text for eight hex groups: the longest run of two or more zero groups becomes '::'. */
-function compressV6(groups: string[]): string {
-  let best = -1;
-  let bestLen = 1;
-  for (let i = 0; i < 8;) {
-    if (groups[i] !== '0') {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && groups[j] === '0') j++;
-    if (j - i > bestLen) {
-      best = i;
-      bestLen = j - i;
-    }
-    i = j;
-  }
-  if (best < 0) return groups.join(':');
-  return `${groups.slice(0, best).join(':')}::${groups.slice(best + bestLen).join(':')}`;
 }

@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import type net from 'node:net';
 import type { ProxyEndpoint } from '../config/proxy-url';
+import type { DnsSettings } from '../config/types';
 import type { ConnContext } from '../core/context';
 import { ErrorCodes, GatewayError } from '../core/errors';
 import type { Logger } from '../core/log';
@@ -12,20 +13,6 @@ import { ClientRateLimiter, InflightLimit, type Refusal } from './client-limit';
 import { NameMap } from './name-map';
 import { DnsResolver, isPrivateName, type DnsRoute, type DnsRouter, type DnsStats } from './resolver';
 import { DohTransport, TcpTransport, UdpTransport, frame, unframe, type DnsTransport, type Server, type StreamOpener } from './transports';
-
-export interface DnsSettings {
-  listenPort: number;
-  privateDomains: string[];
-  privateDns: Server | undefined;
-  publicDns: Server | undefined;
-  overTcpDisabled: boolean;
-  dohEnabled: boolean;
-  dohUrl: URL | undefined;
-  /** Extra CA certificates (PEM file) trusted for the DoH server. */
-  dohCaFile: string | undefined;
-  timeoutMs: number;
-  cacheSize: number;
-}
 
 export interface DnsServiceOptions {
   dns: DnsSettings;

@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import net from 'node:net';
-import type { Mode } from '../config/config';
+import type { Mode } from '../config/types';
 import { ConnContext, type ListenerKind } from '../core/context';
 import { ErrorCodes, GatewayError, errnoOf } from '../core/errors';
 import { formatAddress, unmapAddress, type Address } from '../core/types';

@@ -1,6 +1,6 @@
 import dgram from 'node:dgram';
 import fs from 'node:fs';
-import type { Mode } from '../config/config';
+import type { Mode } from '../config/types';
 import { ErrorCodes, GatewayError, errnoOf } from '../core/errors';
 import { unmapAddress, type Address } from '../core/types';
 import { Lru } from '../core/lru';

@@ -7,8 +7,8 @@
  * the config, puts it in canonical form), renderNft() (render-nft.ts: the
  * script) and summarize() (plan-summary.ts: what a human is told).
  */
-import { isIPv4, isIPv6 } from 'node:net';
 import { ErrorCodes, GatewayError } from '../core/errors';
+import { formatCidr, formatIPv4, formatIPv6, parseCidrOf, parseIPv4Bytes, parseIPv6Bytes } from '../core/ip';
 import { INTERFACE_NAME_RULE, isInterfaceName, isInterfacePattern, isPort } from '../core/validate';
 import { formatCommand } from './exec';
 import { formatMark, policyRoute, validatePolicyIds, type PolicyRoute } from './policy-routing';
@@ -192,78 +192,13 @@ function normalizeGroups(groups: readonly PortGroup[] | undefined, proto: 'tcp' 
   return out;
 }
 
-function parseIPv4(s: string): number {
-  const parts = s.split('.').map(Number);
-  return ((parts[0]! << 24) | (parts[1]! << 16) | (parts[2]! << 8) | parts[3]!) >>> 0;
-}
-
-function formatIPv4(n: number): string {
-  return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join('.');
-}
-
-function parseIPv6(s: string): bigint {
-  let text = s.toLowerCase();
-  // embedded IPv4 tail (::ffff:1.2.3.4) → two hex groups
-  const v4 = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
-  if (v4) {
-    const n = parseIPv4(v4[1]!);
-    text = `${text.slice(0, v4.index)}${(n >>> 16).toString(16)}:${(n & 0xffff).toString(16)}`;
-  }
-  const [head, tail] = text.includes('::') ? (text.split('::') as [string, string]) : [text, undefined];
-  const h = head ? head.split(':') : [];
-  const t = tail !== undefined && tail !== '' ? tail.split(':') : [];
-  const groups = tail === undefined ? h : [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t];
-  let v = 0n;
-  for (const g of groups) v = (v << 16n) | BigInt(parseInt(g, 16));
-  return v;
-}
-
-/** RFC 5952 text: lower case, longest run (≥2) of zero groups as "::". */
-function formatIPv6(v: bigint): string {
-  const groups: number[] = [];
-  for (let i = 7; i >= 0; i--) groups.push(Number((v >> BigInt(i * 16)) & 0xffffn));
-  let bestStart = -1;
-  let bestLen = 0;
-  for (let i = 0; i < 8;) {
-    if (groups[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLen && j - i >= 2) {
-      bestStart = i;
-      bestLen = j - i;
-    }
-    i = j;
-  }
-  const hex = groups.map((g) => g.toString(16));
-  if (bestStart < 0) return hex.join(':');
-  return `${hex.slice(0, bestStart).join(':')}::${hex.slice(bestStart + bestLen).join(':')}`;
-}
-
 /** Validates a CIDR of the given family and returns it canonical, host bits cleared. */
 export function normalizeCidr(cidr: string, family: 4 | 6, what = `bypass${family}`): string {
   if (typeof cidr !== 'string') throw configError(`${what} entries must be strings, got ${JSON.stringify(cidr)}`);
-  const text = cidr.trim();
-  const slash = text.indexOf('/');
-  const addr = slash >= 0 ? text.slice(0, slash) : text;
-  const max = family === 4 ? 32 : 128;
-  let prefix = max;
-  if (slash >= 0) {
-    const p = text.slice(slash + 1);
-    if (!/^\d{1,3}$/.test(p) || Number(p) > max) throw configError(`bad prefix length in ${what} entry "${cidr}"`);
-    prefix = Number(p);
-  }
-  if (family === 4) {
-    if (!isIPv4(addr)) throw configError(`${what} entry "${cidr}" is not an IPv4 address or CIDR`);
-    const mask = prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
-    return `${formatIPv4((parseIPv4(addr) & mask) >>> 0)}/${prefix}`;
-  }
-  if (!isIPv6(addr) || addr.includes('%')) throw configError(`${what} entry "${cidr}" is not an IPv6 address or CIDR`);
-  const all = (1n << 128n) - 1n;
-  const mask = prefix === 0 ? 0n : (all << BigInt(128 - prefix)) & all;
-  return `${formatIPv6(parseIPv6(addr) & mask)}/${prefix}`;
+  const c = parseCidrOf(cidr, family);
+  if (c === 'prefix') throw configError(`bad prefix length in ${what} entry "${cidr}"`);
+  if (c === 'address') throw configError(`${what} entry "${cidr}" is not an IPv${family} address or CIDR`);
+  return formatCidr(c);
 }
 
 function normalizeBypass(list: readonly string[] | undefined, family: 4 | 6, what = `bypass${family}`): string[] {
@@ -289,10 +224,9 @@ function normalizeInterfaces(list: readonly string[] | undefined, patterns = fal
 
 function checkAddress(addr: string | undefined, family: 4 | 6): string | undefined {
   if (addr === undefined || addr === '') return undefined;
-  if (family === 4 ? !isIPv4(addr) : !isIPv6(addr) || addr.includes('%')) {
-    throw configError(`tproxyAddress${family} must be an IPv${family} address, got ${JSON.stringify(addr)}`);
-  }
-  return family === 4 ? formatIPv4(parseIPv4(addr)) : formatIPv6(parseIPv6(addr));
+  const bytes = family === 4 ? parseIPv4Bytes(addr) : parseIPv6Bytes(addr);
+  if (!bytes) throw configError(`tproxyAddress${family} must be an IPv${family} address, got ${JSON.stringify(addr)}`);
+  return family === 4 ? formatIPv4(bytes) : formatIPv6(bytes);
 }
 
 // ---------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 import type { ProxyEndpoint } from '../config/proxy-url';
 import type { ListenerKind, RouteKind } from '../core/context';
-import type { NoProxy } from './no-proxy';
+import type { NoProxy } from '../config/no-proxy';
 
 export interface RouteDecision {
   kind: Exclude<RouteKind, 'reject'>;

@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { buildQuery, parseMessage } from '../../src/dns/message';
-import { DohTransport } from '../../src/dns/transports';
+import { DohTransport } from '../../src/dns/transports/doh';
 
 const haveOpenssl = spawnSync('openssl', ['version']).status === 0;
 

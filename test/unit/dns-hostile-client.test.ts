@@ -15,7 +15,9 @@ import { HEADER_LEN, buildQuery, parseMessage } from '../../src/dns/message';
 import { NameMap } from '../../src/dns/name-map';
 import { DnsResolver, presentName, type DnsRoute } from '../../src/dns/resolver';
 import { DnsService } from '../../src/dns/service';
-import { TcpTransport, UdpTransport, frame, unframe, type DnsTransport } from '../../src/dns/transports';
+import { frame, unframe, type DnsTransport } from '../../src/dns/transports/shared';
+import { TcpTransport } from '../../src/dns/transports/tcp';
+import { UdpTransport } from '../../src/dns/transports/udp';
 import { dnsSettings } from './dns-settings';
 
 const CLIENT = { address: '192.0.2.2', port: 5353, family: 4 as const };

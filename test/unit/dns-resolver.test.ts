@@ -4,7 +4,7 @@ import { Logger } from '../../src/core/log';
 import { buildQuery, parseMessage } from '../../src/dns/message';
 import { NameMap } from '../../src/dns/name-map';
 import { DnsResolver, isPrivateName, type DnsRoute } from '../../src/dns/resolver';
-import { frame, unframe, type DnsTransport } from '../../src/dns/transports';
+import { frame, unframe, type DnsTransport } from '../../src/dns/transports/shared';
 
 const CLIENT = { address: '192.0.2.2', port: 5353, family: 4 as const };
 const DST = { address: '203.0.113.53', port: 53, family: 4 as const };

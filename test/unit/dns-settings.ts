@@ -1,4 +1,4 @@
-import type { DnsSettings } from '../../src/dns/service';
+import type { DnsSettings } from '../../src/config/types';
 
 /** DNS gateway settings as the flags' defaults make them, with `over` on top (for DnsService in unit tests). */
 export function dnsSettings(over: Partial<DnsSettings> = {}): DnsSettings {

@@ -2,13 +2,14 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { buildQuery } from '../../src/dns/message';
-import { TcpTransport, frame, unframe } from '../../src/dns/transports';
+import { frame, unframe } from '../../src/dns/transports/shared';
+import { TcpTransport } from '../../src/dns/transports/tcp';
 import { buildConfig } from '../../src/config/config';
 import { parseArgs } from '../../src/config/flags';
 import { Logger } from '../../src/core/log';
 import { DnsService } from '../../src/dns/service';
 import { dnsSettings } from './dns-settings';
-import type { DnsSettings } from '../../src/dns/service';
+import type { DnsSettings } from '../../src/config/types';
 
 /** A DNS-over-TCP server on loopback that answers each query by echoing it with QR set, in reverse order per read. */
 function echoServer(opts: { closeAfterAnswer?: boolean }) {
@@ -156,7 +157,7 @@ describe('dns routes', () => {
 
 describe('dns over UDP transport (pooled sockets)', () => {
   it('answers by ID over a few sockets, ignores other senders, and asks again over TCP when truncated', async () => {
-    const { UdpTransport } = await import('../../src/dns/transports');
+    const { UdpTransport } = await import('../../src/dns/transports/udp');
     const dgram = await import('node:dgram');
     const srv = dgram.createSocket('udp4');
     await new Promise<void>((r) => srv.bind(0, '127.0.0.1', () => r()));

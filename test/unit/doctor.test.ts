@@ -81,13 +81,18 @@ describe('neighbourOf: the address whose route shows where replies to clients go
     assert.equal(neighbourOf('192.0.2.1', 24, 4), '192.0.2.2');
     assert.equal(neighbourOf('192.0.2.7', 24, 4), '192.0.2.1');
     assert.equal(neighbourOf('10.1.2.3', 8, 4), '10.0.0.1');
-    assert.equal(neighbourOf('2001:db8:1::1', 64, 6), '2001:db8:1:0:0:0:0:2');
-    assert.equal(neighbourOf('fd00:1:2:3:4:5:6:7', 64, 6), 'fd00:1:2:3:0:0:0:1');
+    assert.equal(neighbourOf('2001:db8:1::1', 64, 6), '2001:db8:1::2');
+    assert.equal(neighbourOf('fd00:1:2:3:4:5:6:7', 64, 6), 'fd00:1:2:3::1');
+    // Prefixes that are not a multiple of 16 bits: a /56 LAN was not checked at all before.
+    assert.equal(neighbourOf('2001:db8:0:ff01::1', 56, 6), '2001:db8:0:ff00::1');
+    assert.equal(neighbourOf('2001:db8::1', 56, 6), '2001:db8::2');
+    assert.equal(neighbourOf('192.0.2.130', 25, 4), '192.0.2.129');
   });
-  it('has nothing to look up for host routes and odd IPv6 prefixes', () => {
+  it('has nothing to look up for host routes and point-to-point links', () => {
     assert.equal(neighbourOf('192.0.2.1', 32, 4), undefined);
     assert.equal(neighbourOf('192.0.2.1', 31, 4), undefined);
-    assert.equal(neighbourOf('2001:db8::1', 56, 6), undefined);
+    assert.equal(neighbourOf('2001:db8::1', 127, 6), undefined);
+    assert.equal(neighbourOf('not an address', 24, 4), undefined);
   });
 });
 

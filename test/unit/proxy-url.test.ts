@@ -220,3 +220,13 @@ describe('proxyFromEnv', () => {
     );
   });
 });
+
+describe('proxy URL hosts are canonical addresses', () => {
+  // The host was only lowercased, so [2001:DB8:0::1] stayed 2001:db8:0::1 and never equalled the address a
+  // socket reports for the proxy (the gateway's set of proxy addresses compares the two as text).
+  it('writes IPv6 literals in RFC 5952 text', () => {
+    assert.equal(parseProxyUrl('http://[2001:DB8:0:0::1]:3128').host, '2001:db8::1');
+    assert.equal(parseProxyUrl('http://[::FFFF:198.51.100.1]:3128').host, '::ffff:198.51.100.1');
+    assert.equal(parseProxyUrl('http://198.51.100.1:3128').host, '198.51.100.1');
+  });
+});

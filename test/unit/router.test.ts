@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { parseProxyUrl } from '../../src/config/proxy-url';
-import { parseNoProxy } from '../../src/route/no-proxy';
+import { parseNoProxy } from '../../src/config/no-proxy';
 import { Router } from '../../src/route/router';
 
 const httpProxy = parseProxyUrl('http://proxy-http.example:3128');

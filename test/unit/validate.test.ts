@@ -9,7 +9,7 @@ import { parseAuthority } from '../../src/core/names';
 import { interfaceMatches, isInterfaceName, isInterfacePattern, isPort, parsePort } from '../../src/core/validate';
 import { planIptables } from '../../src/netfilter/iptables';
 import { plan } from '../../src/netfilter/plan';
-import { parseNoProxy } from '../../src/route/no-proxy';
+import { parseNoProxy } from '../../src/config/no-proxy';
 import { rulesConfig } from '../support/rules-config';
 
 function configMessage(argv: string[]): string | undefined {

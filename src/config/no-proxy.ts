@@ -1,7 +1,6 @@
-import { isIP, isIPv6 } from 'node:net';
+import { type Cidr, cidrContains, parseCidr, parseIPv6Bytes, parseIp } from '../core/ip';
 import { parsePort } from '../core/validate';
-import { normalizeHostname } from '../sniff/http';
-import { type Cidr, cidrContains, parseCidr, parseIp } from './cidr';
+import { normalizeHostname } from '../core/names';
 
 /**
  * The no_proxy / NO_PROXY language, as curl, Go and Python users write it.
@@ -72,12 +71,12 @@ function parseEntry(raw: string): Entry | undefined {
   // [v6], [v6]:port, [v6]/len, [v6]/len:port
   const bracketed = /^\[([^\]]+)\](\/[0-9]{1,3})?(?::([0-9]+))?$/.exec(raw);
   if (bracketed) {
-    if (!isIPv6(bracketed[1]!)) return undefined;
+    if (!parseIPv6Bytes(bracketed[1]!)) return undefined;
     return addressEntry(bracketed[1]! + (bracketed[2] ?? ''), bracketed[3]);
   }
 
   // Whole entry an address: a bare IPv6 address has colons that are not a port.
-  if (isIP(raw) !== 0) return addressEntry(raw, undefined);
+  if (parseIp(raw)) return addressEntry(raw, undefined);
 
   // addr/len or addr/len:port; the prefix length has no colon, so the port is unambiguous.
   const range = /^([^/]+)\/([0-9]{1,3})(?::([0-9]+))?$/.exec(raw);
@@ -87,7 +86,7 @@ function parseEntry(raw: string): Entry | undefined {
   const host = colon === -1 ? raw : raw.slice(0, colon);
   const portText = colon === -1 ? undefined : raw.slice(colon + 1);
   if (host.includes(':')) return undefined;
-  if (isIP(host) !== 0) return addressEntry(host, portText);
+  if (parseIp(host)) return addressEntry(host, portText);
 
   let name = host;
   if (name.startsWith('*.')) name = name.slice(1);
@@ -131,7 +130,7 @@ export function parseNoProxy(value: string): NoProxy {
   const matchName = (name: string, port: number): boolean => {
     if (matchesAll) return true;
     const bare = stripBrackets(name.trim());
-    if (isIP(bare) !== 0) return matchAddress(bare, port);
+    if (parseIp(bare)) return matchAddress(bare, port);
     let n = bare.toLowerCase();
     if (n.endsWith('.')) n = n.slice(0, -1);
     if (n === '') return false;

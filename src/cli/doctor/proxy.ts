@@ -1,0 +1,133 @@
+import net from 'node:net';
+import type { Config } from '../../config/config';
+import type { ProxyEndpoint } from '../../config/proxy-url';
+import { ErrorCodes, GatewayError } from '../../core/errors';
+import { parseAuthority } from '../../core/names';
+import { hostPort } from '../../core/types';
+import { openTunnel } from '../../outbound/http-connect';
+import { errText, fail, ok, warn, type Check, type DoctorDeps } from './check';
+
+/**
+ * --doctor-target as the CONNECT it becomes: a validated host and a port
+ * that must be written (no default). The host goes into a request line, so
+ * it is parsed as any authority is (core/names): `[v6]:port`, canonical.
+ */
+export function splitTarget(target: string): { host: string; port: number } | undefined {
+  // Port 0 stands for "none given" (`host`, `host:`): parseAuthority never returns it for a written port.
+  const a = parseAuthority(target, 0);
+  return a === undefined || a.port === 0 ? undefined : { host: a.target.host, port: a.port };
+}
+
+async function tryConnect(proxy: ProxyEndpoint, host: string, port: number, timeoutMs: number): Promise<GatewayError | undefined> {
+  try {
+    const sock = await openTunnel({ proxy, host, port, timeoutMs });
+    sock.destroy();
+    return undefined;
+  } catch (err) {
+    return err instanceof GatewayError ? err : new GatewayError(ErrorCodes.UPSTREAM_STATUS, errText(err));
+  }
+}
+
+export async function checkProxy(cfg: Config, d: DoctorDeps): Promise<Check[]> {
+  const out: Check[] = [];
+  const target = splitTarget(cfg.doctorTarget);
+  if (!target) return [fail('proxy', `--doctor-target '${cfg.doctorTarget}' is not host:port`, 'e.g. --doctor-target example.com:443')];
+  const seen = new Set<string>();
+  const proxies = [
+    ['http_proxy', cfg.upstream.http],
+    ['https_proxy', cfg.upstream.https],
+  ] as const;
+  if (!cfg.upstream.http && !cfg.upstream.https) {
+    return [
+      warn(
+        'proxy',
+        'no http_proxy/https_proxy set: transgate would connect directly',
+        'export http_proxy=http://user:password@proxy:3128 (and sudo -E to keep it)',
+      ),
+    ];
+  }
+  for (const [name, p] of proxies) {
+    if (!p || seen.has(p.display + (p.authorization ?? ''))) continue;
+    seen.add(p.display + (p.authorization ?? ''));
+    const where = hostPort(p.host, p.port);
+    // Reachability first: a refused TCP connect says more than a failed CONNECT.
+    const reach = await new Promise<string | undefined>((resolve) => {
+      const s = net.connect({ host: p.host, port: p.port });
+      const t = setTimeout(() => {
+        s.destroy();
+        resolve(`no answer within ${d.timeoutMs} ms`);
+      }, d.timeoutMs);
+      s.once('connect', () => {
+        clearTimeout(t);
+        s.destroy();
+        resolve(undefined);
+      });
+      s.once('error', (e: NodeJS.ErrnoException) => {
+        clearTimeout(t);
+        resolve(e.code ?? e.message);
+      });
+    });
+    if (reach) {
+      out.push(
+        fail(
+          'proxy',
+          `${name} ${p.display}: cannot connect to ${where} (${reach})`,
+          `check the host and port in ${name}, that the proxy runs, and that this box may reach it (firewall, route)`,
+        ),
+      );
+      continue;
+    }
+    out.push(ok('proxy', `${name} ${p.display}: reachable`));
+    const e443 = await tryConnect(p, target.host, target.port, d.timeoutMs);
+    if (!e443) {
+      out.push(
+        ok('proxy', `${name}: CONNECT ${hostPort(target.host, target.port)} allowed${p.authorization ? ' (credentials accepted)' : ''}`),
+      );
+    } else if (e443.status === 407) {
+      out.push(
+        fail(
+          'proxy',
+          `${name}: CONNECT ${hostPort(target.host, target.port)}: 407, the proxy ${p.authorization ? 'rejects the credentials' : 'wants credentials'}`,
+          p.authorization
+            ? `check user and password in ${name} (percent-encode special characters: @ is %40, space is %20)`
+            : `put them in the URL: ${name}=http://user:password@${where}`,
+        ),
+      );
+      continue;
+    } else if (e443.status === 403) {
+      out.push(
+        fail(
+          'proxy',
+          `${name}: CONNECT ${hostPort(target.host, target.port)}: 403, refused by the proxy's policy`,
+          'try another --doctor-target the proxy allows, or ask the proxy admins to allow it',
+        ),
+      );
+      continue;
+    } else {
+      out.push(
+        fail(
+          'proxy',
+          `${name}: CONNECT ${hostPort(target.host, target.port)} failed: ${e443.message}`,
+          '--doctor-target a name the proxy can resolve and reach (e.g. example.com:443)',
+        ),
+      );
+      continue;
+    }
+    const tcpProxy = cfg.upstream.https ?? cfg.upstream.http;
+    if (cfg.tcpPorts.length > 0 && tcpProxy && tcpProxy.display === p.display && tcpProxy.authorization === p.authorization) {
+      const port = cfg.tcpPorts[0]!;
+      const eOther = await tryConnect(p, target.host, port, d.timeoutMs);
+      if (!eOther) out.push(ok('proxy', `${name}: CONNECT to port ${port} (--tcp-proxy-dports) allowed`));
+      else if (eOther.status === 403 || eOther.status === 405)
+        out.push(
+          warn(
+            'proxy',
+            `${name}: CONNECT ${hostPort(target.host, port)}: ${eOther.status}, the proxy allows CONNECT to 443 only: connections to --tcp-proxy-dports ${cfg.tcpPorts.join(',')} will be refused`,
+            'ask for those ports to be allowed (squid: http_access allow CONNECT to them), or drop them from --tcp-proxy-dports',
+          ),
+        );
+      else out.push(ok('proxy', `${name}: CONNECT to port ${port} is not refused by policy (${eOther.message})`));
+    }
+  }
+  return out;
+}
