@@ -19,15 +19,12 @@ import type { Relay } from './relay/relay';
 import { CidrSet } from './core/ip';
 import { Router } from './route/router';
 import { HttpSession } from './session/http';
-import { handleStream, type StreamDeps } from './session/stream';
+import { runNode, type StreamDeps } from './session/stream';
 import { NativeStreams } from './session/native-stream';
-import { HTTP_SNIFF_MAX_BYTES, sniffHttp } from './sniff/http';
-import { readFirstBytes } from './session/first-bytes';
 import { ErrorCodes, type ErrorCode, type GatewayError } from './core/errors';
 import { Admission, RefusalLog, connectionBudget } from './inbound/admission';
 import { raiseNofileLimit } from './native';
 import { HostVerifier } from './route/host-verify';
-import { answerAndClose, gatewayResponse } from './session/http';
 
 /**
  * --max-conns by default: the open-files limit, its soft value raised to
@@ -155,7 +152,9 @@ export class Gateway {
     this.streamDeps = {
       router: this.router,
       verifier: this.verifier,
-      isLocal: this.isForbiddenAddress,
+      isLocal: (address) => this.local.has(address),
+      isForbiddenAddress: this.isForbiddenAddress,
+      http: (sock, ctx, head) => this.http.accept(sock, ctx, head, this.logDone),
       outbounds: this.outbounds,
       relay: this.relay,
       idleTimeoutMs: cfg.idleTimeoutMs,
@@ -183,7 +182,7 @@ export class Gateway {
         takeOver: (sock, ctx, head) => {
           this.admission.adopt(ctx.client.address);
           this.track(sock, ctx.client.address);
-          this.runStream(sock, ctx, head);
+          this.runNode(sock, ctx, head);
         },
         takeOverHttp: (sock, ctx, head) => {
           this.admission.adopt(ctx.client.address);
@@ -194,6 +193,7 @@ export class Gateway {
         onInternalError: (ctx, err) => this.internalError(undefined, ctx, err),
         onAcceptError: this.logAcceptError,
         warn: (message) => this.log.warn(message),
+        debug: log.enabled('debug') ? (message) => this.log.debug(message) : undefined,
       });
     }
     this.http = new HttpSession({
@@ -328,20 +328,16 @@ export class Gateway {
       this.dns.acceptTcp(sock, ctx);
       return;
     }
-    if (ctx.kind === 'http') {
-      void this.acceptHttp(sock, ctx);
-    } else {
-      this.runStream(sock, ctx);
-    }
+    this.runNode(sock, ctx);
   }
 
-  /** TLS and TCP on Node's sockets; `head`: first bytes already read (see NativeStreams). */
-  private runStream(sock: net.Socket, ctx: ConnContext, head?: Buffer): void {
+  /** A connection on Node's sockets (pipeline: session/stream.ts); `head`: first bytes already read (see NativeStreams). */
+  private runNode(sock: net.Socket, ctx: ConnContext, head?: Buffer): void {
     // A weak reference: the handler lives as long as the connection, and a
     // strong one would keep the (by then destroyed) socket of every
     // spliced connection in memory.
     const ref = new WeakRef(sock);
-    handleStream(sock, ctx, this.streamDeps, head).catch((err: unknown) => this.internalError(ref.deref(), ctx, err));
+    runNode(sock, ctx, this.streamDeps, head).catch((err: unknown) => this.internalError(ref.deref(), ctx, err));
   }
 
   /** Starts an intercepting TCP listener and keeps it for close(). */
@@ -376,46 +372,6 @@ export class Gateway {
     await udp.start();
     this.udp = udp;
     this.log.info(`started ${tcp.description} and ${udp.description} for port 53`);
-  }
-
-  /** HTTP ports carry other protocols too: only what starts like an HTTP request goes to the HTTP parser. */
-  private async acceptHttp(sock: net.Socket, ctx: ConnContext): Promise<void> {
-    const done = this.logDone;
-    try {
-      const first = await readFirstBytes(sock, sniffHttp, HTTP_SNIFF_MAX_BYTES, this.cfg.sniffTimeoutMs);
-      if (first.outcome === 'closed' && first.head.length === 0) {
-        ctx.result = 'client-closed';
-        sock.destroy();
-        done(ctx);
-        return;
-      }
-      if (first.outcome === 'invalid' || (first.outcome === 'timeout' && first.head.length > 0)) {
-        // Begun as HTTP: a malformed head gets 400, one not whole by the deadline (counted from accept) 408. Never a raw
-        // tunnel: that would carry the request to the origin past the proxy's URL filter.
-        const [status, code, why] =
-          first.outcome === 'invalid'
-            ? [
-                400,
-                ErrorCodes.BAD_REQUEST,
-                `malformed HTTP request: ${first.result?.status === 'invalid' ? first.result.reason : 'bad head'}`,
-              ]
-            : [408, ErrorCodes.SNIFF_TIMEOUT, `no whole request head within ${this.cfg.sniffTimeoutMs} ms of accept`];
-        ctx.refuse(code, why);
-        ctx.bytesUp = first.head.length;
-        sock.once('close', () => done(ctx));
-        answerAndClose(sock, gatewayResponse(status, code, why));
-        return;
-      }
-      if (first.outcome === 'match' || first.outcome === 'too-big' || (first.outcome === 'closed' && first.result?.status !== 'no-match')) {
-        this.http.accept(sock, ctx, first.head, done);
-        return;
-      }
-      // Not HTTP (or a server-speaks-first protocol): carry it as plain TCP.
-      sock.unshift(first.head);
-      await handleStream(sock, ctx, this.streamDeps);
-    } catch (err) {
-      this.internalError(sock, ctx, err);
-    }
   }
 
   /** A bug met by one connection: it ends with a log line and a count, never the gateway. */

@@ -45,7 +45,7 @@ export interface FramerDeps {
 export type FrameStep =
   | { kind: 'need-more' }
   /** Write `out` upstream in place of the first `consumed` bytes, then pass `budget` bytes verbatim. */
-  | { kind: 'forward'; out: string; consumed: number; budget: number; route?: RequestRoute }
+  | { kind: 'forward'; out: string; consumed: number; budget: number; route?: RequestRoute; request?: { method: string; uri: string } }
   /** Not HTTP at all (only possible for the first bytes): carried as raw TCP. */
   | { kind: 'not-http' }
   /** The Node path should carry the connection from here (Upgrade, another route, a lookup). */
@@ -117,7 +117,7 @@ export class RequestFramer {
       if (this.requests === 0) return { kind: 'not-http' };
       return bad('bytes after a request that are not an HTTP request');
     }
-    if (read.status === 'invalid') return bad(read.reason);
+    if (read.status === 'invalid') return bad(`malformed HTTP request: ${read.reason}`);
     void eof;
     if (!HANDED_OVER_VERSIONS.has(read.version)) return { kind: 'handover', why: `${read.version} request` };
     const raw: string[] = [];
@@ -190,7 +190,7 @@ export class RequestFramer {
     this.requests++;
     this.first ??= { method: read.method, uri };
     this.state = chunked ? 'chunk-line' : 'head';
-    return { kind: 'forward', out, consumed: read.end, budget: length, route };
+    return { kind: 'forward', out, consumed: read.end, budget: length, route, request: { method: read.method, uri } };
   }
 
   private chunkLine(buf: Buffer): FrameStep {

@@ -19,14 +19,13 @@ import {
   type NextAction,
   type TunnelAction,
 } from '../native';
-import { RequestFramer, type FrameStep, type RequestRoute } from '../pipeline/http-framer';
-import type { RequestCheck } from './http-request';
-import { HTTP_SNIFF_MAX_BYTES } from '../sniff/http';
+import type { RequestFramer } from '../pipeline/http-framer';
+import { decide } from '../pipeline/decide';
+import { HTTP_SNIFF_MAX_BYTES, sniffHttp } from '../sniff/http';
 import { answerAndClose, errorStatus, gatewayResponse, proxyOwnError } from './http';
 import { proxyAuthFix } from '../outbound/http-connect';
-import type { RouteInput, Router } from '../route/router';
+import type { Router } from '../route/router';
 import { TLS_SNIFF_MAX_BYTES, sniffTls } from '../sniff/tls';
-import { refusedName, routeStream } from './stream';
 import { ErrorCodes, GatewayError, type ErrorCode } from '../core/errors';
 import type { Admission } from '../inbound/admission';
 import type { HostVerifier } from '../route/host-verify';
@@ -64,6 +63,8 @@ export interface NativeStreamDeps {
   /** Accept errors (EMFILE), for a rate-limited log line. */
   onAcceptError(errno: string): void;
   warn(message: string): void;
+  /** One line per request forwarded on the fast path, when debug logging is on (undefined: off). */
+  debug?: (message: string) => void;
 }
 
 interface Live {
@@ -199,151 +200,59 @@ export class NativeStreams {
     final: boolean,
     eof: boolean,
   ): TunnelAction | null {
-    if (kind === 'http') return this.decideHttp(id, fd, cip, cport, dip, dport, head ?? Buffer.alloc(0), final, eof);
-    if (!final && head?.length === 0) return this.speculate(cip, dip, dport);
-    const sniffed = head && head.length > 0 ? sniffTls(head) : undefined;
-    if (!final && (sniffed === undefined || sniffed.status === 'need-more')) return null;
+    if (kind === 'tls' && !final && head?.length === 0) return this.speculate(cip, dip, dport);
+    // The sniffers are cheap on a partial head; the context is made only once there is something to decide.
+    if (!final && head !== undefined && (kind === 'tls' ? sniffTls(head) : sniffHttp(head)).status === 'need-more') return null;
     if (this.deps.closing()) return CLOSE;
     const ctx = new ConnContext(kind, addressOf(cip, cport), addressOf(dip, dport));
-    if (this.deps.isLocal(dip)) {
-      ctx.refuseLoop();
-      this.deps.onDone(ctx);
-      return CLOSE;
-    }
-    if (kind === 'tls' && eof && head?.length === 0) {
-      ctx.result = 'client-closed';
-      this.deps.onDone(ctx);
-      return CLOSE;
-    }
-    if (kind === 'tls' && sniffed?.status === 'need-more' && !eof && head!.length < TLS_SNIFF_MAX_BYTES) {
-      // A ClientHello begun but not finished by the deadline (counted from accept): a trickle, not a client.
-      return this.refuse(ctx, ErrorCodes.SNIFF_TIMEOUT, `no whole ClientHello within ${this.deps.sniffTimeoutMs} ms of accept`);
-    }
-    if (sniffed?.status === 'match') ctx.name = sniffed.sni;
-    return this.routeTcp(id, fd, ctx, head);
-  }
-
-  /** A TLS or TCP connection (or bytes on an HTTP port that are not HTTP): refused, or CONNECTed through the proxy, or direct. */
-  private routeTcp(id: number, fd: number, ctx: ConnContext, head: Buffer | undefined): TunnelAction {
-    const { address: dip, port: dport } = ctx.destination;
-    const kind = ctx.kind;
-    ctx.name ??= this.deps.names?.lookup(ctx.client.address, dip);
-    const refused = refusedName(ctx, this.deps.isForbiddenAddress);
-    if (refused) return this.refuse(ctx, ErrorCodes.FORBIDDEN_TARGET, refused);
-    let verified: boolean | undefined;
-    if (ctx.name !== undefined && this.deps.router.needsVerification({ kind, name: ctx.name, address: dip, port: dport })) {
-      verified = this.deps.verifier.check(ctx.client.address, ctx.name, dip);
-      // The resolver must be asked: the Node path waits for it.
-      if (verified === undefined) return this.handOver(fd, ctx, head);
-    }
-    const decision = routeStream(ctx, this.deps.router, this.deps.names, verified);
-    if (decision.kind === 'proxy' && decision.proxy) {
-      const proxy = decision.proxy;
-      const ip = this.proxyAddress(proxy.host);
-      // The proxy's name is being looked up: this one connection goes the Node way.
-      if (ip === undefined) return this.handOver(fd, ctx, head);
-      ctx.via = hostPort(proxy.host, proxy.port);
-      this.live.set(id, { ctx, proxy });
-      return [TunnelActions.CONNECT, ip, proxy.port, connectRequest(proxy, ctx.name ?? dip, dport)];
-    }
-    // Direct: the client already chose the address.
-    ctx.via = hostPort(dip, dport);
-    this.live.set(id, { ctx, proxy: undefined });
-    return [TunnelActions.CONNECT, dip, dport, undefined];
-  }
-
-  /** A plain HTTP connection's first bytes: the framer reads its first request; the addon carries it (and those after it) in frames. */
-  private decideHttp(
-    id: number,
-    fd: number,
-    cip: string,
-    cport: number,
-    dip: string,
-    dport: number,
-    head: Buffer,
-    final: boolean,
-    eof: boolean,
-  ): TunnelAction | null {
-    if (this.deps.closing()) return CLOSE;
-    const ctx = new ConnContext('http', addressOf(cip, cport), addressOf(dip, dport));
-    if (this.deps.isLocal(dip)) {
-      ctx.refuseLoop();
-      this.deps.onDone(ctx);
-      return CLOSE;
-    }
-    if (head.length === 0 && eof) {
-      ctx.result = 'client-closed';
-      this.deps.onDone(ctx);
-      return CLOSE;
-    }
-    const framer = new RequestFramer({
-      port: dport,
-      address: dip,
-      isLocal: this.deps.isForbiddenAddress,
-      route: (check) => this.routeRequest(ctx, check),
-    });
-    // Nothing sent by the deadline: a protocol where the server speaks first, carried as TCP (as on the Node path).
-    const step: FrameStep = head.length === 0 ? { kind: 'not-http' } : framer.next(head, eof);
-    switch (step.kind) {
-      case 'need-more':
-        if (!final) return null;
-        if (eof) {
-          ctx.result = 'client-closed';
-          this.deps.onDone(ctx);
-          return CLOSE;
-        }
-        // A head begun but not whole by the deadline (counted from accept): a trickle, not a client.
-        return this.answerHttp(
-          fd,
-          ctx,
-          408,
-          ErrorCodes.SNIFF_TIMEOUT,
-          `no whole request head within ${this.deps.sniffTimeoutMs} ms of accept`,
-        );
-      case 'not-http':
-        return this.routeTcp(id, fd, ctx, head);
+    const bytes = head ?? EMPTY;
+    const d = decide(ctx, { head: bytes, final, eof, framed: true }, this.deps);
+    switch (d.kind) {
+      case 'read-more':
+        return null;
+      case 'close':
+        this.deps.onDone(ctx);
+        return CLOSE;
       case 'refuse':
-        ctx.requests = 1;
-        return this.answerHttp(fd, ctx, step.status, step.code, step.reason);
-      case 'handover':
-        return this.handOverHttp(fd, ctx, head);
-      case 'forward': {
-        const route = step.route!;
-        ctx.name = framer.lastCheck?.target?.host;
-        ctx.requests = 1;
-        let ip: string | undefined;
-        let port: number;
-        if (route.kind === 'proxy') {
-          ip = this.proxyAddress(route.proxy.host);
-          port = route.proxy.port;
-          if (ip === undefined) return this.handOverHttp(fd, ctx, head);
-          ctx.route = 'proxy';
-          ctx.via = hostPort(route.proxy.host, port);
-        } else {
-          ip = dip;
-          port = dport;
-          ctx.route = 'direct';
-          ctx.via = hostPort(dip, dport);
+        if (d.status !== undefined) return this.answerHttp(fd, ctx, d.status, d.code, d.why);
+        ctx.refuse(d.code, d.why);
+        this.deps.onDone(ctx);
+        return RESET;
+      case 'verify':
+      case 'http-session':
+        // The resolver must be asked (the Node path waits for it), or the Node HTTP session carries this one.
+        return kind === 'http' && d.kind === 'http-session' ? this.handOverHttp(fd, ctx, bytes) : this.handOver(fd, ctx, bytes);
+      case 'tunnel': {
+        const proxy = d.route.kind === 'proxy' ? d.route.proxy : undefined;
+        if (proxy) {
+          const ip = this.proxyAddress(proxy.host);
+          // The proxy's name is being looked up: this one connection goes the Node way.
+          if (ip === undefined) return this.handOver(fd, ctx, bytes);
+          ctx.via = hostPort(proxy.host, proxy.port);
+          this.live.set(id, { ctx, proxy });
+          return [TunnelActions.CONNECT, ip, proxy.port, connectRequest(proxy, ctx.name ?? dip, dport)];
         }
-        this.live.set(id, { ctx, proxy: route.kind === 'proxy' ? route.proxy : undefined, framer });
-        return [TunnelActions.HTTP, ip, port, step.out, step.consumed, step.budget];
+        // Direct: the client already chose the address.
+        ctx.via = hostPort(dip, dport);
+        this.live.set(id, { ctx, proxy: undefined });
+        return [TunnelActions.CONNECT, dip, dport, undefined];
+      }
+      case 'http': {
+        const proxy = d.route.kind === 'proxy' ? d.route.proxy : undefined;
+        let ip = dip;
+        let port = dport;
+        if (proxy) {
+          const known = this.proxyAddress(proxy.host);
+          if (known === undefined) return this.handOverHttp(fd, ctx, bytes);
+          ip = known;
+          port = proxy.port;
+        }
+        ctx.via = hostPort(proxy ? proxy.host : dip, port);
+        this.live.set(id, { ctx, proxy, framer: d.framer });
+        if (d.request) this.logRequest(ctx, d.request);
+        return [TunnelActions.HTTP, ip, port, d.out, d.consumed, d.budget];
       }
     }
-  }
-
-  /** Where one request of a plain HTTP connection goes (the Node path's HttpSession.route, without waiting). */
-  private routeRequest(ctx: ConnContext, check: Extract<RequestCheck, { ok: true }>): RequestRoute {
-    const input: RouteInput = { kind: 'http', name: check.target?.host, address: ctx.destination.address, port: ctx.destination.port };
-    if (input.name !== undefined && this.deps.router.needsVerification(input)) {
-      const known = this.deps.verifier.check(ctx.client.address, input.name, input.address);
-      if (known === undefined) return { kind: 'handover', why: 'the name must be looked up to be verified' };
-      input.nameVerified = known;
-    }
-    const decision = this.deps.router.select(input);
-    if (decision.kind === 'proxy' && decision.proxy) {
-      return { kind: 'proxy', key: `proxy ${decision.proxy.host} ${decision.proxy.port}`, proxy: decision.proxy };
-    }
-    return { kind: 'direct', key: 'direct' };
   }
 
   /** At a request boundary of a framed connection: the next step, as the addon reads it. */
@@ -357,6 +266,7 @@ export class NativeStreams {
           return eof ? NEXT_CLOSE : null;
         case 'forward':
           entry.ctx.requests = entry.framer.requests;
+          if (step.request) this.logRequest(entry.ctx, step.request);
           return [NextActions.FORWARD, step.out, step.consumed, step.budget];
         case 'not-http':
         case 'refuse':
@@ -368,6 +278,14 @@ export class NativeStreams {
       this.deps.onInternalError(entry.ctx, err);
       return NEXT_CLOSE;
     }
+  }
+
+  /** The Node path's debug line for a request, less what the fast path does not read (the response status). */
+  private logRequest(ctx: ConnContext, request: { method: string; uri: string }): void {
+    this.deps.debug?.(
+      `req id=${ctx.id}.${ctx.requests} client=${field(hostPort(ctx.client.address, ctx.client.port))} method=${field(request.method)} ` +
+        `url=${field(request.uri)} route=${ctx.route ?? '-'} via=${field(ctx.via)} status=-`,
+    );
   }
 
   /** The gateway's own answer to a plain HTTP request (400, 403, 405, 408), on the client socket the addon gave up. */
@@ -382,12 +300,6 @@ export class NativeStreams {
   private handOverHttp(fd: number, ctx: ConnContext, head: Buffer): TunnelAction {
     this.deps.takeOverHttp(socketOf(fd), ctx, head);
     return TAKEN;
-  }
-
-  private refuse(ctx: ConnContext, code: ErrorCode, why: string): TunnelAction {
-    ctx.refuse(code, why);
-    this.deps.onDone(ctx);
-    return RESET;
   }
 
   private handOver(fd: number, ctx: ConnContext, head: Buffer | undefined): TunnelAction {
@@ -567,6 +479,8 @@ export class NativeStreams {
 }
 
 function noop(): void {}
+
+const EMPTY = Buffer.alloc(0);
 
 const NEXT_CLOSE: NextAction = [NextActions.CLOSE];
 const NEXT_HANDOVER: NextAction = [NextActions.HANDOVER];

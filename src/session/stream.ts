@@ -2,65 +2,97 @@ import type net from 'node:net';
 import type { ConnContext } from '../core/context';
 import { GatewayError, errnoOf } from '../core/errors';
 import type { Outbounds } from '../outbound/outbounds';
+import { decide, type DecideDeps, type Decision, type FirstBytes } from '../pipeline/decide';
 import type { Relay, RelayResult } from '../relay/relay';
-import type { RouteDecision, RouteInput, Router } from '../route/router';
-import type { NameLookup } from '../dns/name-map';
-import { ErrorCodes } from '../core/errors';
 import type { HostVerifier } from '../route/host-verify';
-import { forbiddenTarget } from '../route/targets';
+import { HTTP_SNIFF_MAX_BYTES, sniffHttp } from '../sniff/http';
 import { TLS_SNIFF_MAX_BYTES, sniffTls } from '../sniff/tls';
 import { readFirstBytes } from './first-bytes';
+import { answerAndClose, gatewayResponse } from './http';
 
-export interface StreamDeps {
-  router: Router;
+export interface StreamDeps extends DecideDeps {
   outbounds: Outbounds;
   relay: Relay;
   idleTimeoutMs: number;
-  sniffTimeoutMs: number;
-  /** Names the DNS gateway answered for addresses (per client); absent with --no-dns. */
-  names?: NameLookup;
   verifier: HostVerifier;
-  /** An address of this gateway or of its proxy. */
-  isLocal: (address: string) => boolean;
+  /** Plain HTTP for the Node HTTP session, with the bytes read so far. */
+  http: (sock: net.Socket, ctx: ConnContext, head: Buffer) => void;
   onDone: (ctx: ConnContext) => void;
 }
 
+const EMPTY = Buffer.alloc(0);
+
 /**
- * TLS and other TCP: find a name (TLS: the ClientHello's SNI), pick the
- * route, open the tunnel, write what was read while sniffing, relay.
- * The client's bytes are never altered.
+ * The Node executor of the pipeline (pipeline/decide.ts): every kind of
+ * connection on Node's sockets, for --relay js, for a build without the
+ * addon, and for the connections the addon hands over (a name to verify, a
+ * proxy name being looked up). It reads the first bytes, decides, and
+ * carries the decision out: a refusal, the Node HTTP session, or a tunnel
+ * (outbound/ opens it, relay/ moves the bytes). The client's bytes are
+ * never altered on a tunnel.
+ *
+ * `sniffed`: the first bytes were read before this socket existed (the addon).
  */
-export async function handleStream(sock: net.Socket, ctx: ConnContext, deps: StreamDeps, sniffed?: Buffer): Promise<void> {
-  // `sniffed`: the first bytes were read (and ctx.name set) before this socket existed (native-stream.ts).
-  let head: Buffer = sniffed ?? Buffer.alloc(0);
-  if (ctx.kind === 'tls' && sniffed === undefined) {
-    const first = await readFirstBytes(sock, sniffTls, TLS_SNIFF_MAX_BYTES, deps.sniffTimeoutMs);
-    head = first.head;
-    if (first.outcome === 'closed' && head.length === 0) {
-      ctx.result = 'client-closed';
+export async function runNode(sock: net.Socket, ctx: ConnContext, deps: StreamDeps, sniffed?: Buffer): Promise<void> {
+  let first: FirstBytes = { head: sniffed ?? EMPTY, final: true, eof: false, framed: false };
+  if (sniffed === undefined && ctx.kind !== 'tcp') {
+    const read =
+      ctx.kind === 'tls'
+        ? await readFirstBytes(sock, sniffTls, TLS_SNIFF_MAX_BYTES, deps.sniffTimeoutMs)
+        : await readFirstBytes(sock, sniffHttp, HTTP_SNIFF_MAX_BYTES, deps.sniffTimeoutMs);
+    first = { head: read.head, final: true, eof: read.outcome === 'closed', framed: false };
+  }
+  let d = decide(ctx, first, deps);
+  if (d.kind === 'verify') {
+    // The one lookup decide() cannot make: the name against the destination, then the same decision with its answer.
+    const verified = await deps.verifier.verify(ctx.client.address, d.name, ctx.destination.address);
+    d = decide(ctx, first, { ...deps, verifier: { check: () => verified } });
+  }
+  return execute(sock, ctx, first.head, d, deps);
+}
+
+async function execute(sock: net.Socket, ctx: ConnContext, head: Buffer, d: Decision, deps: StreamDeps): Promise<void> {
+  switch (d.kind) {
+    case 'read-more': // not with final bytes
+    case 'verify': // answered above
+    case 'close':
       sock.destroy();
       deps.onDone(ctx);
       return;
-    }
-    if (first.outcome === 'timeout' && head.length > 0) {
-      // A ClientHello begun but not finished by the deadline (counted from accept): a trickle, not a client. Cut it.
-      refuse(sock, ctx, ErrorCodes.SNIFF_TIMEOUT, `no whole ClientHello within ${deps.sniffTimeoutMs} ms of accept`, deps);
+    case 'refuse':
+      ctx.refuse(d.code, d.why);
+      if (d.status !== undefined) {
+        ctx.bytesUp = head.length;
+        sock.once('close', () => deps.onDone(ctx));
+        answerAndClose(sock, gatewayResponse(d.status, d.code, d.why));
+        return;
+      }
+      // Not a hang: a reset tells the client at once.
+      if (!sock.destroyed) sock.resetAndDestroy();
+      deps.onDone(ctx);
       return;
-    }
-    if (first.result?.status === 'match') ctx.name = first.result.sni;
+    case 'http':
+    case 'http-session':
+      deps.http(sock, ctx, head);
+      return;
+    case 'tunnel':
+      return tunnel(sock, ctx, head, d, deps);
   }
-  const refused = refusedName(ctx, deps.isLocal);
-  if (refused) {
-    refuse(sock, ctx, ErrorCodes.FORBIDDEN_TARGET, refused, deps);
-    return;
-  }
-  const decision = await routeStreamVerified(ctx, deps.router, deps.names, deps.verifier);
+}
+
+async function tunnel(
+  sock: net.Socket,
+  ctx: ConnContext,
+  head: Buffer,
+  d: Extract<Decision, { kind: 'tunnel' }>,
+  deps: StreamDeps,
+): Promise<void> {
   const abort = new AbortController();
   const onEarlyClose = (): void => abort.abort();
   sock.once('close', onEarlyClose);
   let upstream: net.Socket;
   try {
-    upstream = await deps.outbounds.open(decision, ctx, abort.signal);
+    upstream = await deps.outbounds.open(d.route, ctx, abort.signal);
   } catch (err) {
     sock.off('close', onEarlyClose);
     ctx.result = err instanceof GatewayError ? err.code : (errnoOf(err) ?? 'error');
@@ -82,59 +114,6 @@ export async function handleStream(sock: net.Socket, ctx: ConnContext, deps: Str
   // controller) ends here instead of living as long as the connection; an
   // idle spliced connection then keeps only its context in memory.
   return finishRelay(deps.relay.run(sock, upstream, { idleTimeoutMs: deps.idleTimeoutMs }), ctx, head.length, deps.onDone);
-}
-
-/**
- * Where a TLS or TCP connection goes, from its sniffed name (ctx.name) and
- * destination; sets ctx.name and ctx.route. Without Host or SNI (SSH, a TLS
- * client without SNI) the name is the one this client resolved to this
- * address through the gateway, so the proxy gets `CONNECT name:port` and
- * no_proxy names apply.
- */
-export function routeStream(ctx: ConnContext, router: Router, names: NameLookup | undefined, nameVerified?: boolean): RouteDecision {
-  ctx.name ??= names?.lookup(ctx.client.address, ctx.destination.address);
-  const decision = router.select({
-    kind: ctx.kind,
-    name: ctx.name,
-    address: ctx.destination.address,
-    port: ctx.destination.port,
-    nameVerified,
-  });
-  ctx.route = decision.kind;
-  return decision;
-}
-
-/** Why a stream's name (SNI, or the client's DNS answer) must not be asked of the proxy, if it must not. */
-export function refusedName(ctx: ConnContext, isLocal: (address: string) => boolean): string | undefined {
-  if (ctx.name === undefined) return undefined;
-  // Sniffed names are validated (sniff/tls.ts, dns/name-map.ts): names, never IP literals.
-  const why = forbiddenTarget({ kind: 'name', host: ctx.name }, isLocal);
-  return why && `${why}: not asked of the proxy for a client`;
-}
-
-function refuse(sock: net.Socket, ctx: ConnContext, code: string, why: string, deps: StreamDeps): void {
-  ctx.refuse(code, why);
-  if (!sock.destroyed) sock.resetAndDestroy();
-  deps.onDone(ctx);
-}
-
-/** routeStream, with a no_proxy name verified against the destination first (it may ask the resolver). */
-async function routeStreamVerified(
-  ctx: ConnContext,
-  router: Router,
-  names: NameLookup | undefined,
-  verifier: HostVerifier,
-): Promise<RouteDecision> {
-  ctx.name ??= names?.lookup(ctx.client.address, ctx.destination.address);
-  const input: RouteInput = { kind: ctx.kind, name: ctx.name, address: ctx.destination.address, port: ctx.destination.port };
-  if (input.name !== undefined && router.needsVerification(input)) {
-    input.nameVerified =
-      verifier.check(ctx.client.address, input.name, input.address) ??
-      (await verifier.verify(ctx.client.address, input.name, input.address));
-  }
-  const decision = router.select(input);
-  ctx.route = decision.kind;
-  return decision;
 }
 
 function finishRelay(run: Promise<RelayResult>, ctx: ConnContext, headLength: number, onDone: (ctx: ConnContext) => void): Promise<void> {
