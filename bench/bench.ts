@@ -677,6 +677,9 @@ function ratios(results: Result[], rounds: Map<string, Result[]>): Ratio[] {
   add('port 80 CPU per GiB / redsocks', 'httpCpuSecPerGiB', 'redsocks', '<= 0.8', (x) => x <= 0.8);
   add('port 80 CPU per new conn / redsocks', 'httpCpuUsPerConn', 'redsocks', '<= 1.5', (x) => x <= 1.5);
   add('port 80 new conns/s / redsocks', 'httpConnsPerSec', 'redsocks', '>= 1.0', (x) => x >= 1.0);
+  // The explicit client sends the same absolute-form GETs to squid: the limit of the HTTP path (squid's GET relay, not its tunnel).
+  add('port 80 throughput 1x / explicit', 'http1MBps', 'explicit', '>= 0.9', (x) => x >= 0.9);
+  add(`port 80 throughput ${PARALLEL}x / explicit`, 'httpNMBps', 'explicit', '>= 0.9', (x) => x >= 0.9);
   if (t?.rssHeldMiB !== undefined && t.rssBeforeHeldMiB !== undefined && t.held) {
     const growth = t.rssHeldMiB - t.rssBeforeHeldMiB;
     out.push({
