@@ -15,6 +15,16 @@
  *   transgate-direct   no_proxy: the gateway dials the server itself
  *   forward            no gateway process: kernel forwarding (the limit)
  *
+ * Workloads, in each round of each variant: one and BENCH_PARALLEL downloads
+ * of the large file and BENCH_CONN_REQUESTS short requests without keep-alive,
+ * first over TLS (CONNECT, port 443: the native path), then the same over
+ * plain HTTP on port 80 (transgate's HTTP path: each request rewritten to
+ * absolute form for squid; redsocks: REDIRECT and CONNECT to port 80; the
+ * explicit client: an absolute-form GET to squid); then latency and held
+ * connections (TCP, port 5001). The direct variants have no port-80 row of
+ * their own: their main workloads are already plain HTTP to the intranet
+ * server, relayed as TCP.
+ *
  * Gateway CPU is utime+stime from /proc/<pid>/stat around each workload;
  * RSS is VmRSS from /proc/<pid>/status.
  *
@@ -43,6 +53,8 @@ const FILE_MIB = opt('FILE_MIB', 256);
 const PARALLEL = opt('PARALLEL', 8);
 const CONN_REQUESTS = opt('CONN_REQUESTS', 2000);
 const CONN_CONCURRENCY = opt('CONN_CONCURRENCY', 16);
+/** What hey sends for -n CONN_REQUESTS: each of its -c workers makes n/c requests, rounded down. */
+const CONN_SENT = Math.floor(CONN_REQUESTS / CONN_CONCURRENCY) * CONN_CONCURRENCY;
 /**
  * Connections opened before the measured connection workload, in every
  * variant: the steady state of a gateway that runs for days, not its first
@@ -119,6 +131,17 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 interface Result {
   variant: string;
+  /** The port-80 (plain HTTP) workloads: the same figures as bulk1MBps ... connHostBusy, over http://. */
+  http1MBps?: number;
+  httpNMBps?: number;
+  httpCpuSecPerGiB?: number;
+  httpCpuSecPerGiB1?: number;
+  httpCpuSecPerGiBN?: number;
+  httpConnsPerSec?: number;
+  httpCpuUsPerConn?: number;
+  httpConnErrors?: number;
+  httpConnCpuUserShare?: number;
+  httpConnHostBusy?: number;
   bulk1MBps?: number;
   bulkNMBps?: number;
   cpuSecPerGiB?: number;
@@ -158,7 +181,12 @@ interface Variant {
   stop(): Promise<void>;
   /** Extra client arguments: curl -x / hey -x for the explicit variant. */
   explicit: boolean;
+  /** Runs the port-80 workloads (the variants with squid; see the header). */
+  http80: boolean;
 }
+
+/** Which of the two workload sets: TLS on port 443, or plain HTTP on port 80. */
+type Proto = 'tls' | 'http';
 
 class Bench {
   private gw: Gw | undefined;
@@ -180,6 +208,7 @@ class Bench {
       name,
       squid: !direct,
       explicit: false,
+      http80: !direct,
       start: async () => {
         const args = ['--mode', 'tproxy', '--relay', relay];
         // Direct: port 80 is carried as plain TCP (the relay path), straight to the intranet server.
@@ -220,6 +249,7 @@ class Bench {
       name,
       squid: true,
       explicit: false,
+      http80: true,
       start: () => this.startRedsocks(copy),
       stop: () => this.stopRedsocks(),
     });
@@ -238,6 +268,7 @@ class Bench {
       name,
       squid,
       explicit,
+      http80: squid,
       start: async () => {
         if (!squid) await ports('61000 64999');
         const r = await lab.exec('gw', ['nft', '-f', '-'], { input: nat });
@@ -293,7 +324,8 @@ class Bench {
       'table ip tgbench_redsocks {',
       '  chain pre {',
       '    type nat hook prerouting priority dstnat; policy accept;',
-      `    iifname "lan0" ip daddr ${O4} tcp dport { 22, 443, ${ECHO_PORT} } redirect to :${REDSOCKS_PORT}`,
+      // Port 80 too: redsocks CONNECTs to the original address and port (the lab's squid allows CONNECT to any port).
+      `    iifname "lan0" ip daddr ${O4} tcp dport { 22, 80, 443, ${ECHO_PORT} } redirect to :${REDSOCKS_PORT}`,
       '  }',
       '}',
       '',
@@ -320,14 +352,16 @@ class Bench {
     }
   }
 
-  private bulkUrl(v: Variant): string {
-    return v.squid ? 'https://www.example.test/files/large.bin' : `http://${INTRA}/files/large.bin`;
+  private bulkUrl(v: Variant, proto: Proto): string {
+    if (!v.squid) return `http://${INTRA}/files/large.bin`;
+    return proto === 'http' ? 'http://www.example.test/files/large.bin' : 'https://www.example.test/files/large.bin';
   }
 
-  private curlArgs(v: Variant): string {
-    const tls = `--cacert ${this.lab.caFile} --resolve www.example.test:443:${O4}`;
-    if (v.explicit) return `-x ${ADDR.proxyUrl} --cacert ${this.lab.caFile}`;
-    return v.squid ? tls : '';
+  private curlArgs(v: Variant, proto: Proto): string {
+    if (v.explicit) return proto === 'http' ? `-x ${ADDR.proxyUrl}` : `-x ${ADDR.proxyUrl} --cacert ${this.lab.caFile}`;
+    if (!v.squid) return '';
+    // The client resolves the name to the origin (as its DNS would); the gateway sees the name in SNI or Host.
+    return proto === 'http' ? `--resolve www.example.test:80:${O4}` : `--cacert ${this.lab.caFile} --resolve www.example.test:443:${O4}`;
   }
 
   /** N parallel downloads of the large file; returns aggregate MB/s and gateway CPU seconds. */
@@ -335,10 +369,11 @@ class Bench {
     v: Variant,
     pid: number | undefined,
     n: number,
+    proto: Proto,
   ): Promise<{ mbps: number; cpuSec: number; bytes: number; hostBusy: number; wakeups: number }> {
-    const one = `curl -sS --fail -o /dev/null -w '%{size_download}\\n' --max-time 120 ${this.curlArgs(v)} ${this.bulkUrl(v)}`;
+    const one = `curl -sS --fail -o /dev/null -w '%{size_download}\\n' --max-time 120 ${this.curlArgs(v, proto)} ${this.bulkUrl(v, proto)}`;
     const script = Array.from({ length: n }, () => `${one} &`).join('\n') + '\nwait\n';
-    const perf = await this.perfStart(v, pid, `bulk${n}`);
+    const perf = await this.perfStart(v, pid, `${proto === 'http' ? 'http' : ''}bulk${n}`);
     const c0 = pid ? cpuTicks(pid) : 0;
     const w0 = pid ? ctxtSwitches(pid) : NaN;
     const h0 = hostCpu();
@@ -352,7 +387,7 @@ class Bench {
     const sizes = r.stdout.split('\n').filter(Boolean).map(Number);
     const bytes = sizes.reduce((a, b) => a + b, 0);
     if (sizes.length !== n || sizes.some((s) => s !== FILE_MIB * MIB)) {
-      throw new Error(`${v.name}: bulk x${n} incomplete (${sizes.join(',')}): ${r.stderr.slice(0, 500)}`);
+      throw new Error(`${v.name}: ${proto} bulk x${n} incomplete (${sizes.join(',')}): ${r.stderr.slice(0, 500)}`);
     }
     return { mbps: bytes / MIB / secs, cpuSec, bytes, hostBusy: (h1[0] - h0[0]) / (h1[1] - h0[1]), wakeups };
   }
@@ -360,8 +395,9 @@ class Bench {
   private async conns(
     v: Variant,
     pid: number | undefined,
+    proto: Proto,
   ): Promise<{ perSec: number; cpuUsPerConn: number; errors: number; userShare: number; hostBusy: number }> {
-    const url = v.squid ? `https://${O4}/` : `http://${INTRA}/`;
+    const url = !v.squid ? `http://${INTRA}/` : proto === 'http' ? `http://${O4}/` : `https://${O4}/`;
     const hey = (n: number) => [
       'hey',
       '-n',
@@ -376,7 +412,7 @@ class Bench {
     ];
     if (CONN_WARMUP > 0) await this.lab.exec('cl', hey(CONN_WARMUP), { timeoutMs: 180_000 });
     const args = hey(CONN_REQUESTS);
-    const perf = await this.perfStart(v, pid, 'conns');
+    const perf = await this.perfStart(v, pid, `${proto === 'http' ? 'http' : ''}conns`);
     const c0 = pid ? cpuSplit(pid) : [0, 0];
     const h0 = hostCpu();
     const r = await this.lab.exec('cl', args, { timeoutMs: 180_000 });
@@ -387,10 +423,10 @@ class Bench {
     const userShare = (c1[0]! - c0[0]!) / (c1[0]! - c0[0]! + c1[1]! - c0[1]!);
     const rps = /Requests\/sec:\s+([\d.]+)/.exec(r.stdout);
     const ok = /\[200\]\s+(\d+) responses/.exec(r.stdout);
-    if (!rps) throw new Error(`${v.name}: hey printed no rate: ${r.stdout.slice(-800)} ${r.stderr.slice(0, 400)}`);
+    if (!rps) throw new Error(`${v.name}: ${proto} hey printed no rate: ${r.stdout.slice(-800)} ${r.stderr.slice(0, 400)}`);
     const okCount = ok ? Number(ok[1]) : 0;
     const hostBusy = (h1[0] - h0[0]) / (h1[1] - h0[1]);
-    return { perSec: Number(rps[1]), cpuUsPerConn: (cpu * 1e6) / CONN_REQUESTS, errors: CONN_REQUESTS - okCount, userShare, hostBusy };
+    return { perSec: Number(rps[1]), cpuUsPerConn: (cpu * 1e6) / CONN_SENT, errors: CONN_SENT - okCount, userShare, hostBusy };
   }
 
   /** BENCH_PERF=DIR: perf record of the gateway until the returned function is called. */
@@ -463,10 +499,10 @@ class Bench {
       await sleep(500);
       // RSS at idle is read before any load: what a freshly started gateway holds.
       const rssIdle = pid ? rssMiB(pid) : undefined;
-      const b1 = await this.bulk(v, pid, 1);
+      const b1 = await this.bulk(v, pid, 1, 'tls');
       res.bulk1MBps = b1.mbps;
       res.bulk1HostBusy = b1.hostBusy;
-      const bn = await this.bulk(v, pid, PARALLEL);
+      const bn = await this.bulk(v, pid, PARALLEL, 'tls');
       res.bulkNMBps = bn.mbps;
       if (pid) {
         res.cpuSecPerGiB = (b1.cpuSec + bn.cpuSec) / ((b1.bytes + bn.bytes) / GIB);
@@ -474,12 +510,31 @@ class Bench {
         res.cpuSecPerGiBN = bn.cpuSec / (bn.bytes / GIB);
         res.wakeupsPerMiBN = bn.wakeups / (bn.bytes / MIB);
       }
-      const c = await this.conns(v, pid);
+      const c = await this.conns(v, pid, 'tls');
       res.connsPerSec = c.perSec;
       res.cpuUsPerConn = pid ? c.cpuUsPerConn : undefined;
       res.connErrors = c.errors;
       if (pid) res.connCpuUserShare = c.userShare;
       res.connHostBusy = c.hostBusy;
+      if (c.errors) res.notes.push(`${c.errors} of ${CONN_SENT} TLS requests failed`);
+      if (v.http80) {
+        const h1 = await this.bulk(v, pid, 1, 'http');
+        const hn = await this.bulk(v, pid, PARALLEL, 'http');
+        res.http1MBps = h1.mbps;
+        res.httpNMBps = hn.mbps;
+        if (pid) {
+          res.httpCpuSecPerGiB = (h1.cpuSec + hn.cpuSec) / ((h1.bytes + hn.bytes) / GIB);
+          res.httpCpuSecPerGiB1 = h1.cpuSec / (h1.bytes / GIB);
+          res.httpCpuSecPerGiBN = hn.cpuSec / (hn.bytes / GIB);
+        }
+        const hc = await this.conns(v, pid, 'http');
+        res.httpConnsPerSec = hc.perSec;
+        res.httpCpuUsPerConn = pid ? hc.cpuUsPerConn : undefined;
+        res.httpConnErrors = hc.errors;
+        if (pid) res.httpConnCpuUserShare = hc.userShare;
+        res.httpConnHostBusy = hc.hostBusy;
+        if (hc.errors) res.notes.push(`${hc.errors} of ${CONN_SENT} port-80 requests failed`);
+      }
       if (v.squid) {
         const l = await this.latency(v);
         res.latencyP50Ms = l.p50;
@@ -551,6 +606,27 @@ function table(results: Result[]): string {
     r.rssHeldMiB === undefined || r.rssBeforeHeldMiB === undefined ? '-' : fmt(r.rssHeldMiB - r.rssBeforeHeldMiB),
     r.held === undefined ? '-' : String(r.held),
   ]);
+  return markdown(head, rows);
+}
+
+/** The port-80 (plain HTTP) workloads, one row per variant that ran them. */
+function httpTable(results: Result[]): string {
+  const head = ['variant, port 80', '1x MB/s', `${PARALLEL}x MB/s`, 'CPU s/GiB', 'conn/s', 'CPU µs/conn', 'host busy'];
+  const rows = results
+    .filter((r) => r.http1MBps !== undefined)
+    .map((r) => [
+      r.variant,
+      fmt(r.http1MBps, 0),
+      fmt(r.httpNMBps, 0),
+      fmt(r.httpCpuSecPerGiB, 2),
+      fmt(r.httpConnsPerSec, 0),
+      fmt(r.httpCpuUsPerConn, 0),
+      r.httpConnHostBusy === undefined ? '-' : `${Math.round(r.httpConnHostBusy * 100)}%`,
+    ]);
+  return markdown(head, rows);
+}
+
+function markdown(head: string[], rows: string[][]): string {
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
   const line = (cells: string[]) =>
     '| ' + cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(' | ') + ' |';
@@ -595,6 +671,15 @@ function ratios(results: Result[], rounds: Map<string, Result[]>): Ratio[] {
   add('new conns/s / redsocks', 'connsPerSec', 'redsocks', '>= 1.0', (x) => x >= 1.0);
   add('throughput 1x / explicit', 'bulk1MBps', 'explicit', '>= 0.9', (x) => x >= 0.9);
   add(`throughput ${PARALLEL}x / explicit`, 'bulkNMBps', 'explicit', '>= 0.9', (x) => x >= 0.9);
+  // Port 80: the same targets, for transgate's HTTP path against redsocks' CONNECT to port 80.
+  add('port 80 throughput 1x / redsocks', 'http1MBps', 'redsocks', '>= 1.0', (x) => x >= 1.0);
+  add(`port 80 throughput ${PARALLEL}x / redsocks`, 'httpNMBps', 'redsocks', '>= 1.0', (x) => x >= 1.0);
+  add('port 80 CPU per GiB / redsocks', 'httpCpuSecPerGiB', 'redsocks', '<= 0.8', (x) => x <= 0.8);
+  add('port 80 CPU per new conn / redsocks', 'httpCpuUsPerConn', 'redsocks', '<= 1.5', (x) => x <= 1.5);
+  add('port 80 new conns/s / redsocks', 'httpConnsPerSec', 'redsocks', '>= 1.0', (x) => x >= 1.0);
+  // The explicit client sends the same absolute-form GETs to squid: the limit of the HTTP path (squid's GET relay, not its tunnel).
+  add('port 80 throughput 1x / explicit', 'http1MBps', 'explicit', '>= 0.9', (x) => x >= 0.9);
+  add(`port 80 throughput ${PARALLEL}x / explicit`, 'httpNMBps', 'explicit', '>= 0.9', (x) => x >= 0.9);
   if (t?.rssHeldMiB !== undefined && t.rssBeforeHeldMiB !== undefined && t.held) {
     const growth = t.rssHeldMiB - t.rssBeforeHeldMiB;
     out.push({
@@ -643,6 +728,12 @@ async function main(): Promise<void> {
             (r.cpuSecPerGiB !== undefined
               ? `, ${fmt(r.cpuSecPerGiB, 2)} CPU s/GiB (1x ${fmt(r.cpuSecPerGiB1, 2)}, ${PARALLEL}x ${fmt(r.cpuSecPerGiBN, 2)}, ${fmt(r.wakeupsPerMiBN, 1)} wake-ups/MiB), ${fmt(r.cpuUsPerConn, 0)} CPU µs/conn`
               : '') +
+            (r.http1MBps !== undefined
+              ? `; port 80: ${fmt(r.http1MBps, 0)}/${fmt(r.httpNMBps, 0)} MB/s, ${fmt(r.httpConnsPerSec, 0)} conn/s` +
+                (r.httpCpuSecPerGiB !== undefined
+                  ? `, ${fmt(r.httpCpuSecPerGiB, 2)} CPU s/GiB (1x ${fmt(r.httpCpuSecPerGiB1, 2)}, ${PARALLEL}x ${fmt(r.httpCpuSecPerGiBN, 2)}), ${fmt(r.httpCpuUsPerConn, 0)} CPU µs/conn`
+                  : '')
+              : '') +
             (r.notes.length ? ` (${r.notes.join('; ')})` : ''),
         );
       }
@@ -674,6 +765,8 @@ async function main(): Promise<void> {
     console.log('');
     console.log(`median of ${ROUNDS} round${ROUNDS > 1 ? 's' : ''}:`);
     console.log(table(results));
+    console.log('');
+    console.log(httpTable(results));
     console.log('');
     for (const r of rs) {
       const spread =
