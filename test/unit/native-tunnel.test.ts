@@ -15,6 +15,7 @@ import {
   listenTcp,
   loadNative,
   localPort,
+  socketFd,
   spliceAbortAll,
   spliceActive,
   tunnelAbortAll,
@@ -1243,40 +1244,44 @@ describe('native plain HTTP relay in frames (native/splice.c)', { skip }, () => 
     await delay(5);
   });
 
-  it('one request: out replaces the head, the body passes verbatim (part with the head, the rest in pieces), the response comes back unchanged', T, async () => {
-    const origin = await recordingOrigin();
-    const front = openHttpFront({}, httpDecider(origin.port), () => assert.fail('no boundary after the only request'));
-    const body = randomBytes(40);
-    const head = `POST /upload HTTP/1.1\r\nHost: origin.test\r\nContent-Length: ${body.length}\r\n\r\n`;
-    const out = rewrite(head);
-    const client = await connectClient(front.port);
-    client.write(Buffer.concat([Buffer.from(head, 'latin1'), body.subarray(0, 7)]));
-    const up = await waitFor('the origin connection', () => origin.conns[0]);
-    await waitFor('the head and the first body bytes', () => got(up).length === out.length + 7);
-    // The rest in 3-byte pieces, each sent once the one before has arrived: each is its own segment.
-    for (let at = 7; at < body.length; at += 3) {
-      const piece = body.subarray(at, at + 3);
-      client.write(piece);
-      await waitFor(`body up to ${at + piece.length}`, () => got(up).length === out.length + at + piece.length);
-    }
-    assert.equal(got(up).toString('latin1'), out + body.toString('latin1'));
-    const res = response(randomBytes(64 * 1024));
-    const back = readBytes(client, res.length);
-    up.sock.write(res);
-    assert.equal(sha(await back), sha(res));
+  it(
+    'one request: out replaces the head, the body passes verbatim (part with the head, the rest in pieces), the response comes back unchanged',
+    T,
+    async () => {
+      const origin = await recordingOrigin();
+      const front = openHttpFront({}, httpDecider(origin.port), () => assert.fail('no boundary after the only request'));
+      const body = randomBytes(40);
+      const head = `POST /upload HTTP/1.1\r\nHost: origin.test\r\nContent-Length: ${body.length}\r\n\r\n`;
+      const out = rewrite(head);
+      const client = await connectClient(front.port);
+      client.write(Buffer.concat([Buffer.from(head, 'latin1'), body.subarray(0, 7)]));
+      const up = await waitFor('the origin connection', () => origin.conns[0]);
+      await waitFor('the head and the first body bytes', () => got(up).length === out.length + 7);
+      // The rest in 3-byte pieces, each sent once the one before has arrived: each is its own segment.
+      for (let at = 7; at < body.length; at += 3) {
+        const piece = body.subarray(at, at + 3);
+        client.write(piece);
+        await waitFor(`body up to ${at + piece.length}`, () => got(up).length === out.length + at + piece.length);
+      }
+      assert.equal(got(up).toString('latin1'), out + body.toString('latin1'));
+      const res = response(randomBytes(64 * 1024));
+      const back = readBytes(client, res.length);
+      up.sock.write(res);
+      assert.equal(sha(await back), sha(res));
 
-    const all = collect(client);
-    client.end();
-    await waitFor('the FIN at the origin', () => up.ended);
-    up.sock.end();
-    assert.equal((await all).length, 0);
-    const d = await onlyHttpDoneOf(front, front.decides[front.decides.length - 1]!.id);
-    assert.deepEqual(
-      { ...d, id: 0 },
-      { id: 0, up: out.length + body.length, down: res.length, outcome: 'ok', status: 200, reason: '', fd: -1, rest: undefined },
-    );
-    assert.equal(front.nexts.length, 0);
-  });
+      const all = collect(client);
+      client.end();
+      await waitFor('the FIN at the origin', () => up.ended);
+      up.sock.end();
+      assert.equal((await all).length, 0);
+      const d = await onlyHttpDoneOf(front, front.decides[front.decides.length - 1]!.id);
+      assert.deepEqual(
+        { ...d, id: 0 },
+        { id: 0, up: out.length + body.length, down: res.length, outcome: 'ok', status: 200, reason: '', fd: -1, rest: undefined },
+      );
+      assert.equal(front.nexts.length, 0);
+    },
+  );
 
   it('keep-alive: next() at each boundary, pipelined requests in one segment, forward steps in order, bodies between', T, async () => {
     const origin = await recordingOrigin();
@@ -1401,5 +1406,361 @@ describe('native plain HTTP relay in frames (native/splice.c)', { skip }, () => 
     up.sock.end();
     const d = await onlyHttpDoneOf(front, front.decides[0]!.id);
     assert.deepEqual([d.up, d.down, d.outcome, d.status], [want.length, res.length, 'ok', 200]);
+  });
+  it('hand-over while a response is still on its way: done() once it is all out, with the fd and the unread bytes', T, async () => {
+    const origin = await recordingOrigin();
+    let handOver = false;
+    const front = openHttpFront({}, httpDecider(origin.port), (call) => (handOver ? [1] : headNexter(call, 0)));
+    const req1 = 'GET /big HTTP/1.1\r\nHost: origin.test\r\n\r\n';
+    const req2 = 'GET /elsewhere HTTP/1.1\r\nHost: other.test\r\n\r\n';
+    const client = await connectClient(front.port);
+    client.pause(); // the client does not read yet: the response piles up in the kernel and in the relay's pipe
+    client.write(req1);
+    const up = await waitFor('the origin connection', () => origin.conns[0]);
+    await waitFor('the first request', () => got(up).length === rewrite(req1).length);
+    // Written on the fd, not through Node's stream: every byte is then in the kernel (bytes left in
+    // Node's own buffer are invisible to the addon, which would see upstream quiet between two
+    // writes), and the path is known to be full: the client's queue, the relay's pipe, the sockets.
+    const upFd = socketFd(up.sock);
+    const sent: Buffer[] = [Buffer.from('HTTP/1.1 200 OK\r\n\r\n')];
+    fs.writeSync(upFd, sent[0]!);
+    const block = randomBytes(64 * 1024);
+    const fill = (): number => {
+      let n = 0;
+      for (;;) {
+        let w: number;
+        try {
+          w = fs.writeSync(upFd, block);
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code === 'EAGAIN') return n;
+          throw e;
+        }
+        sent.push(block.subarray(0, w));
+        n += w;
+        if (w < block.length) return n;
+      }
+    };
+    let idle = 0;
+    await waitFor('the way to the client to be full', () => (fill() === 0 ? ++idle >= 3 : ((idle = 0), false)), 5_000);
+    const res = Buffer.concat(sent);
+    handOver = true;
+    client.write(req2);
+    await waitFor('next() on the second request', () => front.nexts.length === 1);
+    assert.equal(front.nexts[0]!.bytes.toString('latin1'), req2);
+    await delay(QUIET_MS);
+    assert.equal(
+      front.dones.length,
+      0,
+      `no hand-over while response bytes wait for the client: ${JSON.stringify(front.dones)} of ${res.length}`,
+    );
+    const all: Buffer[] = [];
+    client.on('data', (b: Buffer) => all.push(b));
+    client.resume();
+    const d = await onlyHttpDoneOf(front, front.decides[0]!.id);
+    assert.deepEqual(
+      [d.outcome, d.up, d.down, d.status, d.rest?.toString('latin1')],
+      ['handed-over', rewrite(req1).length, res.length, 200, req2],
+    );
+    assert.ok(d.fd >= 0, `fd ${d.fd}`);
+    await waitFor('the origin connection to be closed', () => up.ended);
+    assert.equal(got(up).toString('latin1'), rewrite(req1), 'the handed-over request never went upstream');
+    // The fd is the client's socket: what JS writes comes after the last response byte.
+    const sock = front.take(d);
+    const fromClient = readBytes(sock, 5);
+    client.write('later');
+    assert.equal((await fromClient).toString(), 'later');
+    const ended = new Promise<void>((r) => client.once('end', r));
+    sock.end('HTTP/1.1 502 Bad Gateway\r\n\r\n');
+    await withTimeout(ended, 3_000, 'EOF at the client');
+    const seen = Buffer.concat(all);
+    assert.equal(sha(seen), sha(Buffer.concat([res, Buffer.from('HTTP/1.1 502 Bad Gateway\r\n\r\n')])));
+  });
+
+  it('hand-over with upstream quiet: done() at once, rest = what next() saw', T, async () => {
+    const origin = await recordingOrigin();
+    const front = openHttpFront({}, httpDecider(origin.port), () => [1]);
+    const client = await connectClient(front.port);
+    client.write('GET / HTTP/1.1\r\nHost: origin.test\r\n\r\n');
+    const up = await waitFor('the origin connection', () => origin.conns[0]);
+    await waitFor('the first request', () => got(up).length > 0);
+    const res = response('one');
+    const back = readBytes(client, res.length);
+    up.sock.write(res);
+    await back;
+    client.write('PUT /x HTTP/1.1\r\n'); // a partial head is enough for this framer
+    const d = await onlyHttpDoneOf(front, front.decides[0]!.id);
+    assert.deepEqual([d.outcome, d.down, d.rest?.toString('latin1')], ['handed-over', res.length, 'PUT /x HTTP/1.1\r\n']);
+    const sock = front.take(d);
+    const got2 = readBytes(client, 2);
+    sock.write('ok');
+    assert.equal((await got2).toString(), 'ok');
+  });
+  // A pipelining client whose next request is handed over while the response before it is still
+  // being produced (a slow origin): "quiet" only sees the bytes already in the kernel, so the relay
+  // lets go between two of the upstream's writes, closes the upstream and the rest of the response is lost.
+  it(
+    'hand-over waits for the end of a response that arrives in two writes',
+    { ...T, todo: 'the relay cannot tell a pause in a response from its end' },
+    async () => {
+      const origin = await recordingOrigin();
+      let handOver = false;
+      const front = openHttpFront({}, httpDecider(origin.port), (call) => (handOver ? [1] : headNexter(call, 0)));
+      const client = await connectClient(front.port);
+      client.write('GET /slow HTTP/1.1\r\nHost: origin.test\r\n\r\n');
+      const up = await waitFor('the origin connection', () => origin.conns[0]);
+      await waitFor('the first request', () => got(up).length > 0);
+      const res = response('0123456789'.repeat(10));
+      const first = readBytes(client, res.length - 50);
+      up.sock.write(res.subarray(0, res.length - 50));
+      await first;
+      handOver = true;
+      client.write('GET /other HTTP/1.1\r\nHost: other.test\r\n\r\n');
+      await waitFor('next() on the second request', () => front.nexts.length === 1);
+      up.sock.write(res.subarray(res.length - 50));
+      const d = await httpDoneOf(front, front.decides[0]!.id);
+      assert.equal(d.down, res.length, 'the end of the first response reached the client before the hand-over');
+    },
+  );
+
+  for (const [what, head, stops] of [
+    ['407', 'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm="x"\r\nContent-Length: 5\r\n\r\n', true],
+    [
+      '502 with X-Squid-Error',
+      'HTTP/1.1 502 Bad Gateway\r\nServer: squid\r\nX-Squid-Error: ERR_CONNECT_FAIL 111\r\nContent-Length: 5\r\n\r\n',
+      true,
+    ],
+    [
+      '503 with Proxy-Status',
+      'HTTP/1.1 503 Service Unavailable\r\nProxy-Status: squid; error=connection_refused\r\nContent-Length: 5\r\n\r\n',
+      true,
+    ],
+    ['502 from the origin', 'HTTP/1.1 502 Bad Gateway\r\nServer: nginx\r\nContent-Length: 5\r\n\r\n', false],
+    ['200', 'HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n', false],
+  ] as const) {
+    it(
+      `first response ${what}: ${stops ? 'stops before the client sees a byte, done() gets the fd and the head' : 'passes unchanged, its status reported'}`,
+      T,
+      async () => {
+        const origin = await recordingOrigin();
+        const front = openHttpFront({}, httpDecider(origin.port), headNexter);
+        const req = 'GET / HTTP/1.1\r\nHost: origin.test\r\n\r\n';
+        const client = await connectClient(front.port);
+        const seen: Buffer[] = [];
+        client.on('data', (b: Buffer) => seen.push(b));
+        client.write(req);
+        const up = await waitFor('the origin connection', () => origin.conns[0]);
+        await waitFor('the request', () => got(up).length === rewrite(req).length);
+        up.sock.write(head + 'body!');
+        const status = Number(head.slice(9, 12));
+        if (!stops) {
+          await waitFor('the response at the client', () => Buffer.concat(seen).length === head.length + 5);
+          assert.equal(Buffer.concat(seen).toString('latin1'), head + 'body!');
+          client.end();
+          await waitFor('the FIN at the origin', () => up.ended);
+          up.sock.end();
+          const d = await onlyHttpDoneOf(front, front.decides[0]!.id);
+          assert.deepEqual([d.outcome, d.status, d.reason, d.fd, d.down], ['ok', status, '', -1, head.length + 5]);
+          return;
+        }
+        const d = await onlyHttpDoneOf(front, front.decides[0]!.id);
+        assert.deepEqual([d.outcome, d.status, d.up, d.down], ['answer-status', status, rewrite(req).length, 0]);
+        assert.equal(d.reason, head, 'reason: the response head');
+        await waitFor('the origin connection to be closed', () => up.closed); // a reset: its response was not read
+        // The client heard nothing from upstream: the fd is JS's for the gateway's own answer.
+        const sock = front.take(d);
+        const ended = new Promise<void>((r) => client.once('end', r));
+        sock.end('gateway answer');
+        await withTimeout(ended, 3_000, 'EOF at the client');
+        assert.equal(Buffer.concat(seen).toString('latin1'), 'gateway answer');
+      },
+    );
+  }
+
+  it('connect refused on [6]: done(connect ECONNREFUSED) with the client fd, which still works', T, async () => {
+    const port = await freePort();
+    const front = openHttpFront({}, httpDecider(port), headNexter);
+    const client = await connectClient(front.port);
+    client.write('GET / HTTP/1.1\r\nHost: origin.test\r\n\r\n');
+    const d = await onlyHttpDoneOf(front, await waitFor('decide', () => front.decides.find((c) => headLength(c.head!) > 0)?.id));
+    assert.deepEqual([d.outcome, d.up, d.down, d.status], ['connect ECONNREFUSED', 0, 0, 0]);
+    const sock = front.take(d);
+    const back = collect(client);
+    sock.end('HTTP/1.1 502 Bad Gateway\r\n\r\n');
+    assert.equal((await back).toString(), 'HTTP/1.1 502 Bad Gateway\r\n\r\n');
+  });
+
+  // A listener whose accept queue is full drops SYNs: the connect hangs until connectTimeoutMs.
+  it('connect timeout on [6]: done(connect-timeout) with the client fd', T, async () => {
+    const lfd = listenTcp({ host: '127.0.0.1', port: 0, backlog: 1 });
+    cleanups.push(() => fs.closeSync(lfd));
+    const full = localPort(lfd);
+    for (let i = 0; i < 2; i++) await connectClient(full);
+    const front = openHttpFront({ connectTimeoutMs: 300 }, httpDecider(full), headNexter);
+    const client = await connectClient(front.port);
+    client.write('GET / HTTP/1.1\r\nHost: origin.test\r\n\r\n');
+    const d = await onlyHttpDoneOf(front, await waitFor('decide', () => front.decides[0]?.id));
+    assert.deepEqual([d.outcome, d.up, d.down], ['connect-timeout', 0, 0]);
+    const sock = front.take(d);
+    const back = readBytes(client, 3);
+    sock.write('504');
+    assert.equal((await back).toString(), '504');
+  });
+
+  it(
+    'next() throwing or answering nonsense resets the client (internal-error); [2] resets it (refused); the process goes on',
+    T,
+    async () => {
+      const thrown: unknown[] = [];
+      process.setUncaughtExceptionCaptureCallback((e) => thrown.push(e));
+      cleanups.push(() => process.setUncaughtExceptionCaptureCallback(null));
+      const cases: Array<[unknown, string]> = [
+        ['throw', 'internal-error'],
+        ['x', 'internal-error'],
+        [[7], 'internal-error'],
+        [[3], 'internal-error'], // "read on" is null, never a number
+        [[0, 42, 0, 0], 'internal-error'],
+        [[0, '', 9999, 0], 'internal-error'], // consumes more than it was given
+        [[0, '', -1, 0], 'internal-error'],
+        [[0, '', 0, 1.5], 'internal-error'],
+        [[2], 'refused'],
+      ];
+      const origin = await recordingOrigin();
+      const front = openHttpFront({}, httpDecider(origin.port), (_call, n) => {
+        const answer = cases[n - 1]![0];
+        if (answer === 'throw') throw new Error('a framer bug');
+        return answer;
+      });
+      for (const [i, [answer, outcome]] of cases.entries()) {
+        const client = await connectClient(front.port);
+        const how = closedHow(client);
+        client.write('GET /a HTTP/1.1\r\nHost: origin.test\r\n\r\n');
+        const up = await waitFor('the origin connection', () => origin.conns[i]);
+        await waitFor('the first request', () => got(up).length > 0);
+        client.write('GET /b HTTP/1.1\r\n\r\n');
+        const d = await onlyHttpDoneOf(front, front.decides[front.decides.length - 1]!.id);
+        assert.deepEqual([d.outcome, d.fd], [outcome, -1], `answer ${JSON.stringify(answer)}`);
+        assert.equal(await how, 'ECONNRESET', `answer ${JSON.stringify(answer)}`);
+        assert.equal(front.nexts.length, i + 1, `answer ${JSON.stringify(answer)}: next() once`);
+      }
+      assert.equal(thrown.length, 1);
+      assert.match(String(thrown[0]), /a framer bug/);
+    },
+  );
+
+  it('client EOF mid-body: upstream gets FIN after the last byte; ok once both sides closed', T, async () => {
+    const origin = await recordingOrigin();
+    const front = openHttpFront({}, httpDecider(origin.port), headNexter);
+    const head = 'POST /p HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 100\r\n\r\n';
+    const client = await connectClient(front.port);
+    client.write(head + 'x'.repeat(10));
+    const up = await waitFor('the origin connection', () => origin.conns[0]);
+    await waitFor('the head', () => got(up).length === rewrite(head).length + 10);
+    const back = collect(client);
+    client.end('y'.repeat(20));
+    await waitFor('the FIN at the origin', () => up.ended);
+    assert.equal(got(up).toString('latin1'), rewrite(head) + 'x'.repeat(10) + 'y'.repeat(20));
+    const res = response('short');
+    up.sock.end(res);
+    assert.equal((await back).toString(), res.toString());
+    const d = await onlyHttpDoneOf(front, front.decides[0]!.id);
+    assert.deepEqual([d.outcome, d.up, d.down, d.fd], ['ok', rewrite(head).length + 30, res.length, -1]);
+    assert.equal(front.nexts.length, 0);
+  });
+
+  // null even with eof (src/session/native-stream.ts answers [2] there): the relay drops the partial head itself.
+  it('client EOF at a boundary and mid-head: next() hears eof, nothing of the partial head goes up, then FIN', T, async () => {
+    const origin = await recordingOrigin();
+    const front = openHttpFront({}, httpDecider(origin.port), ({ bytes }) => (headLength(bytes) < 0 ? null : [2]));
+    const req = 'GET / HTTP/1.1\r\nHost: origin.test\r\n\r\n';
+    const client = await connectClient(front.port);
+    client.write(req);
+    const up = await waitFor('the origin connection', () => origin.conns[0]);
+    await waitFor('the request', () => got(up).length === rewrite(req).length);
+    const back = collect(client);
+    client.end('GET /half HT'); // a head cut short by EOF: one segment with the FIN, or two
+    await waitFor('the FIN at the origin', () => up.ended);
+    assert.equal(got(up).toString('latin1'), rewrite(req));
+    const last = front.nexts[front.nexts.length - 1]!;
+    assert.deepEqual([last.bytes.toString(), last.eof], ['GET /half HT', true]);
+    const res = response('bye');
+    up.sock.end(res);
+    assert.equal((await back).toString(), res.toString());
+    const d = await onlyHttpDoneOf(front, front.decides[0]!.id);
+    assert.deepEqual([d.outcome, d.up, d.down], ['ok', rewrite(req).length, res.length]);
+  });
+
+  it('client EOF at a boundary with nothing after: FIN upstream, no next()', T, async () => {
+    const origin = await recordingOrigin();
+    const front = openHttpFront({}, httpDecider(origin.port), headNexter);
+    const req = 'GET / HTTP/1.1\r\nHost: origin.test\r\n\r\n';
+    const client = await connectClient(front.port);
+    client.end(req);
+    const up = await waitFor('the origin connection', () => origin.conns[0]);
+    await waitFor('the FIN at the origin', () => up.ended);
+    assert.equal(got(up).toString('latin1'), rewrite(req));
+    const back = collect(client);
+    up.sock.end('HTTP/1.1 204 No Content\r\n\r\n');
+    assert.equal((await back).toString(), 'HTTP/1.1 204 No Content\r\n\r\n');
+    const d = await onlyHttpDoneOf(front, front.decides[0]!.id);
+    assert.deepEqual([d.outcome, d.status], ['ok', 204]);
+    assert.equal(front.nexts.length, 0);
+  });
+
+  it('tunnelAbortAll and spliceAbortAll during a framed relay: done(aborted) once, no socket left open', T, async () => {
+    const origin = await recordingOrigin();
+    const front = openHttpFront({}, httpDecider(origin.port), headNexter);
+    const before = openSockets();
+    const client = await connectClient(front.port);
+    const how = closedHow(client);
+    client.write('POST / HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 1000\r\n\r\nhalf a body');
+    const up = await waitFor('the origin connection', () => origin.conns[0]);
+    await waitFor('the body', () => got(up).toString().endsWith('half a body'));
+    assert.equal(tunnelAbortAll(), 0, 'a relaying connection is not pending');
+    assert.ok(spliceActive() >= 1);
+    assert.equal(spliceAbortAll(), 1);
+    const d = await onlyHttpDoneOf(front, front.decides[0]!.id);
+    assert.deepEqual([d.outcome, d.fd], ['aborted', -1]);
+    await how;
+    await waitFor('the origin connection to be closed', () => up.ended);
+    client.destroy();
+    up.sock.destroy();
+    const after = await waitFor('the sockets to be closed', () => (openSockets() === before ? before : false)).catch(() => openSockets());
+    assert.equal(after, before, 'sockets open before the connection and after it');
+  });
+
+  it('tunnelAbortAll on a framed connection still connecting: done(aborted) with the fd, no socket left once JS closes it', T, async () => {
+    const lfd = listenTcp({ host: '127.0.0.1', port: 0, backlog: 1 });
+    cleanups.push(() => fs.closeSync(lfd));
+    const full = localPort(lfd);
+    const fillers: net.Socket[] = [];
+    for (let i = 0; i < 2; i++) fillers.push(await connectClient(full));
+    const front = openHttpFront({ connectTimeoutMs: 10_000 }, httpDecider(full), headNexter);
+    const before = openSockets();
+    const client = await connectClient(front.port);
+    client.write('GET / HTTP/1.1\r\nHost: origin.test\r\n\r\n');
+    await waitFor('decide', () => front.decides.find((c) => headLength(c.head!) > 0));
+    await waitFor('the connection to be pending', () => tunnelPending() === 1);
+    assert.equal(tunnelAbortAll(), 1);
+    const d = await onlyHttpDoneOf(front, front.decides[0]!.id);
+    assert.equal(d.outcome, 'aborted');
+    if (d.fd >= 0) front.take(d).destroy();
+    client.destroy();
+    const after = await waitFor('the sockets to be closed', () => (openSockets() === before ? before : false)).catch(() => openSockets());
+    assert.equal(after, before);
+  });
+  // A step that consumes nothing, writes nothing and passes nothing leaves the relay where it was:
+  // it asked next() again with the same bytes, forever, inside one libuv callback (the whole gateway hung).
+  it('a forward step that makes no progress is internal-error, not a loop asking next() forever', T, async () => {
+    const origin = await recordingOrigin();
+    const front = openHttpFront({}, httpDecider(origin.port), (_call, n) => (n < 1000 ? [0, '', 0, 0] : [2]));
+    const client = await connectClient(front.port);
+    const how = closedHow(client);
+    client.write('GET /a HTTP/1.1\r\nHost: origin.test\r\n\r\n');
+    const up = await waitFor('the origin connection', () => origin.conns[0]);
+    await waitFor('the first request', () => got(up).length > 0);
+    client.write('GET /b HTTP/1.1\r\n\r\n');
+    const d = await onlyHttpDoneOf(front, front.decides[0]!.id);
+    assert.deepEqual([d.outcome, front.nexts.length], ['internal-error', 1]);
+    assert.equal(await how, 'ECONNRESET');
   });
 });
