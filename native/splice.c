@@ -465,6 +465,13 @@ static bool pump_framed(tg_relay *r) {
     }
     switch (step.action) {
     case TG_NEXT_FORWARD:
+      if (step.consumed == 0 && step.out_len == 0 && step.budget == 0) {
+        /* Nothing changes: the framer would be asked the same again, forever, in this callback. */
+        free(step.out);
+        set_linger0(r->fd[CLIENT]);
+        finish(r, "internal-error");
+        return false;
+      }
       cbuf_drop(r, step.consumed);
       r->out = step.out;
       r->out_len = step.out_len;

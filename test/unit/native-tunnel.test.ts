@@ -15,6 +15,7 @@ import {
   listenTcp,
   loadNative,
   localPort,
+  socketFd,
   spliceAbortAll,
   spliceActive,
   tunnelAbortAll,
@@ -1038,5 +1039,728 @@ describe('native tunnel front end (native/tunnel.c)', { skip }, () => {
     }
     assert.equal(front.decides.length, cases.length);
     assert.equal(tunnelPending(), 0);
+  });
+});
+
+// ---- plain HTTP: the framed client direction (native/splice.c) --------------------
+
+interface FullDone extends DoneCall {
+  fd: number;
+  rest: Buffer | undefined;
+}
+
+interface NextCall {
+  id: number;
+  bytes: Buffer;
+  eof: boolean;
+}
+
+interface HttpFront {
+  port: number;
+  decides: DecideCall[];
+  nexts: NextCall[];
+  dones: FullDone[];
+  /** A net.Socket on a client fd done() gave up (the test then owns it). */
+  take(d: FullDone): net.Socket;
+}
+
+/** What next() answers; `unknown` so that nonsense can be answered too. */
+type Nexter = (call: NextCall, n: number) => unknown;
+
+/**
+ * A listener with next() (an HTTP port): it sniffs, so decide() sees the
+ * first request's head. Client fds that done() gives up are closed after the
+ * test unless the test took them.
+ */
+function openHttpFront(o: FrontOptions, decider: Decider, nexter: Nexter): HttpFront {
+  const fd = listenTcp({ host: '127.0.0.1', port: 0, transparent: false });
+  const decides: DecideCall[] = [];
+  const nexts: NextCall[] = [];
+  const dones: FullDone[] = [];
+  const untaken = new Set<number>();
+  const decide = ((id, cfd, clientIp, clientPort, dstIp, dstPort, head, final, eof) => {
+    const call: DecideCall = {
+      id,
+      fd: cfd,
+      clientIp,
+      clientPort,
+      dstIp,
+      dstPort,
+      head: head === undefined ? undefined : Buffer.from(head),
+      final,
+      eof,
+      at: Date.now(),
+    };
+    decides.push(call);
+    return decider(call, decides.length);
+  }) as TunnelDecide;
+  const next = ((id, bytes, eof) => {
+    const call: NextCall = { id, bytes: Buffer.from(bytes), eof };
+    nexts.push(call);
+    return nexter(call, nexts.length);
+  }) as TunnelNext;
+  const done: TunnelDone = (id, up, down, outcome, status, reason, dfd, rest) => {
+    if (dfd >= 0) untaken.add(dfd);
+    dones.push({ id, up, down, outcome, status, reason, fd: dfd, rest: rest === undefined ? undefined : Buffer.from(rest) });
+  };
+  let handle: TunnelHandle;
+  try {
+    handle = tunnelListen(
+      {
+        fd,
+        sniff: true,
+        redirect: false,
+        sniffMaxBytes: o.sniffMaxBytes ?? 16 * 1024,
+        sniffTimeoutMs: o.sniffTimeoutMs ?? 2_000,
+        connectTimeoutMs: o.connectTimeoutMs ?? 2_000,
+        idleTimeoutMs: o.idleTimeoutMs ?? 0,
+        next,
+      },
+      decide,
+      done,
+      noop,
+    );
+  } catch (err) {
+    fs.closeSync(fd);
+    throw err;
+  }
+  cleanups.push(() => {
+    tunnelClose(handle);
+    for (const f of untaken) fs.closeSync(f);
+    untaken.clear();
+  });
+  return {
+    port: localPort(fd),
+    decides,
+    nexts,
+    dones,
+    take(d) {
+      assert.ok(d.fd >= 0 && untaken.delete(d.fd), `done(${d.id}) gave no fd of its own (${d.fd})`);
+      const s = new net.Socket({ fd: d.fd, readable: true, writable: true });
+      s.on('error', noop);
+      cleanups.push(() => s.destroy());
+      return s;
+    },
+  };
+}
+
+function httpDoneOf(front: HttpFront, id: number, ms = 3_000): Promise<FullDone> {
+  return waitFor(`done(${id})`, () => front.dones.find((d) => d.id === id), ms);
+}
+
+async function onlyHttpDoneOf(front: HttpFront, id: number, ms = 3_000): Promise<FullDone> {
+  const d = await httpDoneOf(front, id, ms);
+  await delay(QUIET_MS);
+  assert.equal(front.dones.filter((x) => x.id === id).length, 1, `done(${id}) called more than once`);
+  return d;
+}
+
+interface OriginConn {
+  sock: net.Socket;
+  chunks: Buffer[];
+  ended: boolean;
+  closed: boolean;
+}
+
+/** An origin (or proxy) that keeps what it receives and answers only when the test says. Half-open: a FIN is seen as `ended`. */
+async function recordingOrigin(): Promise<{ port: number; conns: OriginConn[] }> {
+  const conns: OriginConn[] = [];
+  const srv = await listenServer(
+    (sock) => {
+      const c: OriginConn = { sock, chunks: [], ended: false, closed: false };
+      conns.push(c);
+      sock.on('data', (d: Buffer) => c.chunks.push(d));
+      sock.on('end', () => (c.ended = true));
+      sock.on('close', () => (c.closed = true));
+    },
+    { allowHalfOpen: true },
+  );
+  return { port: srv.port, conns };
+}
+
+const got = (c: OriginConn): Buffer => Buffer.concat(c.chunks);
+
+/** The length of the request head at the start of `b` (with its CRLFCRLF), or -1 when it is not whole yet. */
+function headLength(b: Buffer): number {
+  const i = b.indexOf('\r\n\r\n');
+  return i < 0 ? -1 : i + 4;
+}
+
+/** The head as the framer would send it on: absolute form, so that the test can tell it from the client's. */
+const rewrite = (head: string): string => head.replace(/^(\S+) \//, '$1 http://origin.test/');
+
+function contentLength(head: string): number {
+  const m = /\r\ncontent-length: *(\d+)/i.exec(head);
+  return m ? Number(m[1]) : 0;
+}
+
+/** decide() of an HTTP port: read on until the head is whole, then [6] to `port` with the rewritten head and its body as budget. */
+function httpDecider(port: number): Decider {
+  return (call) => {
+    const n = headLength(call.head!);
+    if (n < 0) return call.final ? [0] : null;
+    const head = call.head!.toString('latin1', 0, n);
+    return [6, '127.0.0.1', port, rewrite(head), n, contentLength(head)];
+  };
+}
+
+/** next() of a Content-Length framer: read on until a head is whole, then forward it rewritten with its body. */
+const headNexter: Nexter = ({ bytes, eof }) => {
+  const n = headLength(bytes);
+  if (n < 0) return eof ? [2] : null;
+  const head = bytes.toString('latin1', 0, n);
+  return [0, rewrite(head), n, contentLength(head)];
+};
+
+function response(body: Buffer | string, status = '200 OK', extra = ''): Buffer {
+  const b = Buffer.isBuffer(body) ? body : Buffer.from(body, 'latin1');
+  return Buffer.concat([Buffer.from(`HTTP/1.1 ${status}\r\nContent-Length: ${b.length}\r\n${extra}\r\n`, 'latin1'), b]);
+}
+
+/** Sockets this process has open (/proc/self/fd links named socket:[inode]). */
+function openSockets(): number {
+  let n = 0;
+  for (const f of fs.readdirSync('/proc/self/fd')) {
+    try {
+      if (fs.readlinkSync(`/proc/self/fd/${f}`).startsWith('socket:')) n++;
+    } catch {
+      // the fd of readdir itself, closed meanwhile
+    }
+  }
+  return n;
+}
+
+describe('native plain HTTP relay in frames (native/splice.c)', { skip }, () => {
+  afterEach(async () => {
+    tunnelAbortAll();
+    while (cleanups.length > 0) {
+      try {
+        cleanups.pop()!();
+      } catch {
+        // already closed
+      }
+    }
+    spliceAbortAll();
+    await delay(5);
+  });
+
+  it(
+    'one request: out replaces the head, the body passes verbatim (part with the head, the rest in pieces), the response comes back unchanged',
+    T,
+    async () => {
+      const origin = await recordingOrigin();
+      const front = openHttpFront({}, httpDecider(origin.port), () => assert.fail('no boundary after the only request'));
+      const body = randomBytes(40);
+      const head = `POST /upload HTTP/1.1\r\nHost: origin.test\r\nContent-Length: ${body.length}\r\n\r\n`;
+      const out = rewrite(head);
+      const client = await connectClient(front.port);
+      client.write(Buffer.concat([Buffer.from(head, 'latin1'), body.subarray(0, 7)]));
+      const up = await waitFor('the origin connection', () => origin.conns[0]);
+      await waitFor('the head and the first body bytes', () => got(up).length === out.length + 7);
+      // The rest in 3-byte pieces, each sent once the one before has arrived: each is its own segment.
+      for (let at = 7; at < body.length; at += 3) {
+        const piece = body.subarray(at, at + 3);
+        client.write(piece);
+        await waitFor(`body up to ${at + piece.length}`, () => got(up).length === out.length + at + piece.length);
+      }
+      assert.equal(got(up).toString('latin1'), out + body.toString('latin1'));
+      const res = response(randomBytes(64 * 1024));
+      const back = readBytes(client, res.length);
+      up.sock.write(res);
+      assert.equal(sha(await back), sha(res));
+
+      const all = collect(client);
+      client.end();
+      await waitFor('the FIN at the origin', () => up.ended);
+      up.sock.end();
+      assert.equal((await all).length, 0);
+      const d = await onlyHttpDoneOf(front, front.decides[front.decides.length - 1]!.id);
+      assert.deepEqual(
+        { ...d, id: 0 },
+        { id: 0, up: out.length + body.length, down: res.length, outcome: 'ok', status: 200, reason: '', fd: -1, rest: undefined },
+      );
+      assert.equal(front.nexts.length, 0);
+    },
+  );
+
+  it('keep-alive: next() at each boundary, pipelined requests in one segment, forward steps in order, bodies between', T, async () => {
+    const origin = await recordingOrigin();
+    const front = openHttpFront({}, httpDecider(origin.port), headNexter);
+    const req1 = 'GET /one HTTP/1.1\r\nHost: origin.test\r\n\r\n';
+    const req2 = 'POST /two HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 4\r\n\r\n';
+    const req3 = 'GET /three HTTP/1.1\r\nHost: origin.test\r\n\r\n';
+    const client = await connectClient(front.port);
+    client.write(req1);
+    const up = await waitFor('the origin connection', () => origin.conns[0]);
+    await waitFor('the first request', () => got(up).length === rewrite(req1).length);
+    const res1 = response('first');
+    const back1 = readBytes(client, res1.length);
+    up.sock.write(res1);
+    assert.equal((await back1).toString(), res1.toString());
+    assert.equal(front.nexts.length, 0, 'no boundary before the client sent more');
+
+    client.write(req2 + 'abcd' + req3); // pipelined: one write, one segment
+    const expected = rewrite(req1) + rewrite(req2) + 'abcd' + rewrite(req3);
+    await waitFor('the pipelined requests', () => got(up).length === expected.length);
+    assert.equal(got(up).toString('latin1'), expected);
+    const id = front.decides[0]!.id;
+    assert.deepEqual(
+      front.nexts.map((n) => [n.id, n.bytes.toString('latin1'), n.eof]),
+      [
+        [id, req2 + 'abcd' + req3, false],
+        [id, req3, false],
+      ],
+    );
+    const res23 = Buffer.concat([response('second'), response(randomBytes(3000))]);
+    const back23 = readBytes(client, res23.length);
+    up.sock.write(res23);
+    assert.equal(sha(await back23), sha(res23));
+
+    const rest = collect(client);
+    client.end();
+    await waitFor('the FIN at the origin', () => up.ended);
+    up.sock.end();
+    await rest;
+    const d = await onlyHttpDoneOf(front, id);
+    assert.deepEqual([d.up, d.down, d.outcome, d.status, d.fd], [expected.length, res1.length + res23.length, 'ok', 200, -1]);
+    assert.equal(front.nexts.length, 2, 'EOF at a boundary with nothing read asks nothing');
+  });
+
+  it('read more: next() answers null until the head is whole, sent a few bytes at a time; nothing goes upstream before', T, async () => {
+    const origin = await recordingOrigin();
+    const front = openHttpFront({}, httpDecider(origin.port), headNexter);
+    const req1 = 'GET /a HTTP/1.1\r\nHost: origin.test\r\n\r\n';
+    const req2 = 'GET /b HTTP/1.1\r\nHost: origin.test\r\nX-Long: ' + 'y'.repeat(40) + '\r\n\r\n';
+    const client = await connectClient(front.port);
+    client.write(req1);
+    const up = await waitFor('the origin connection', () => origin.conns[0]);
+    await waitFor('the first request', () => got(up).length === rewrite(req1).length);
+    const pieces: string[] = [];
+    for (let at = 0; at < req2.length; at += 5) pieces.push(req2.slice(at, at + 5));
+    for (const [i, piece] of pieces.entries()) {
+      client.write(piece);
+      await waitFor(`next() on piece ${i}`, () => front.nexts.length === i + 1);
+      assert.equal(front.nexts[i]!.bytes.toString('latin1'), pieces.slice(0, i + 1).join(''), `piece ${i}: all bytes since the boundary`);
+      if (i < pieces.length - 1) assert.equal(got(up).length, rewrite(req1).length, `piece ${i}: nothing of a partial head upstream`);
+    }
+    await waitFor('the second request', () => got(up).length === rewrite(req1).length + rewrite(req2).length);
+    assert.equal(got(up).toString('latin1'), rewrite(req1) + rewrite(req2));
+    client.end();
+    await waitFor('the FIN at the origin', () => up.ended);
+    up.sock.end();
+    const d = await onlyHttpDoneOf(front, front.decides[0]!.id);
+    assert.deepEqual([d.up, d.down, d.outcome], [rewrite(req1).length + rewrite(req2).length, 0, 'ok']);
+  });
+
+  it('chunked-like: many small forward steps with budgets, each out in place of what it consumed, all from one segment', T, async () => {
+    const origin = await recordingOrigin();
+    // As src/pipeline/http-framer.ts does per chunk: the chunk line (here normalised to lower case,
+    // without its extension) replaces the client's, the data passes as budget, then CRLF, then the last chunk.
+    let state: 'line' | 'end' | 'trailers' = 'line';
+    const nexter: Nexter = ({ bytes }) => {
+      const crlf = bytes.indexOf('\r\n');
+      if (state === 'end') {
+        if (bytes.length < 2) return null;
+        state = 'line';
+        return [0, '\r\n', 2, 0];
+      }
+      if (crlf < 0) return null;
+      if (state === 'trailers') return [0, '\r\n', 2, 0];
+      const line = bytes.toString('latin1', 0, crlf);
+      const size = parseInt(line.split(';')[0]!, 16);
+      state = size === 0 ? 'trailers' : 'end';
+      return [0, `${size.toString(16)}\r\n`, crlf + 2, size];
+    };
+    const front = openHttpFront(
+      {},
+      (call) => {
+        const n = headLength(call.head!);
+        if (n < 0) return null;
+        return [6, '127.0.0.1', origin.port, rewrite(call.head!.toString('latin1', 0, n)), n, 0];
+      },
+      nexter,
+    );
+    const head = 'POST /chunks HTTP/1.1\r\nHost: origin.test\r\nTransfer-Encoding: chunked\r\n\r\n';
+    const sent: Buffer[] = [Buffer.from(head, 'latin1')];
+    const expected: Buffer[] = [Buffer.from(rewrite(head), 'latin1')];
+    for (let i = 0; i < 60; i++) {
+      const data = randomBytes(1 + ((i * 37) % 300));
+      sent.push(Buffer.from(`${data.length.toString(16).toUpperCase()};ext=${i}\r\n`, 'latin1'), data, Buffer.from('\r\n'));
+      expected.push(Buffer.from(`${data.length.toString(16)}\r\n`, 'latin1'), data, Buffer.from('\r\n'));
+    }
+    sent.push(Buffer.from('0\r\n\r\n'));
+    expected.push(Buffer.from('0\r\n\r\n'));
+    const want = Buffer.concat(expected);
+    const client = await connectClient(front.port);
+    client.write(Buffer.concat(sent));
+    const up = await waitFor('the origin connection', () => origin.conns[0]);
+    await waitFor('the whole chunked body', () => got(up).length >= want.length);
+    assert.equal(sha(got(up)), sha(want));
+    assert.equal(front.nexts.length, 60 * 2 + 2, 'one step per chunk line, per chunk end, for the last chunk and the trailers');
+    const res = response('ok');
+    const back = readBytes(client, res.length);
+    up.sock.write(res);
+    assert.equal((await back).toString(), res.toString());
+    client.end();
+    await waitFor('the FIN at the origin', () => up.ended);
+    up.sock.end();
+    const d = await onlyHttpDoneOf(front, front.decides[0]!.id);
+    assert.deepEqual([d.up, d.down, d.outcome, d.status], [want.length, res.length, 'ok', 200]);
+  });
+  it('hand-over while a response is still on its way: done() once it is all out, with the fd and the unread bytes', T, async () => {
+    const origin = await recordingOrigin();
+    let handOver = false;
+    const front = openHttpFront({}, httpDecider(origin.port), (call) => (handOver ? [1] : headNexter(call, 0)));
+    const req1 = 'GET /big HTTP/1.1\r\nHost: origin.test\r\n\r\n';
+    const req2 = 'GET /elsewhere HTTP/1.1\r\nHost: other.test\r\n\r\n';
+    const client = await connectClient(front.port);
+    client.pause(); // the client does not read yet: the response piles up in the kernel and in the relay's pipe
+    client.write(req1);
+    const up = await waitFor('the origin connection', () => origin.conns[0]);
+    await waitFor('the first request', () => got(up).length === rewrite(req1).length);
+    // Written on the fd, not through Node's stream: every byte is then in the kernel (bytes left in
+    // Node's own buffer are invisible to the addon, which would see upstream quiet between two
+    // writes), and the path is known to be full: the client's queue, the relay's pipe, the sockets.
+    const upFd = socketFd(up.sock);
+    const sent: Buffer[] = [Buffer.from('HTTP/1.1 200 OK\r\n\r\n')];
+    fs.writeSync(upFd, sent[0]!);
+    const block = randomBytes(64 * 1024);
+    const fill = (): number => {
+      let n = 0;
+      for (;;) {
+        let w: number;
+        try {
+          w = fs.writeSync(upFd, block);
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code === 'EAGAIN') return n;
+          throw e;
+        }
+        sent.push(block.subarray(0, w));
+        n += w;
+        if (w < block.length) return n;
+      }
+    };
+    let idle = 0;
+    await waitFor('the way to the client to be full', () => (fill() === 0 ? ++idle >= 3 : ((idle = 0), false)), 5_000);
+    const res = Buffer.concat(sent);
+    handOver = true;
+    client.write(req2);
+    await waitFor('next() on the second request', () => front.nexts.length === 1);
+    assert.equal(front.nexts[0]!.bytes.toString('latin1'), req2);
+    await delay(QUIET_MS);
+    assert.equal(
+      front.dones.length,
+      0,
+      `no hand-over while response bytes wait for the client: ${JSON.stringify(front.dones)} of ${res.length}`,
+    );
+    const all: Buffer[] = [];
+    client.on('data', (b: Buffer) => all.push(b));
+    client.resume();
+    const d = await onlyHttpDoneOf(front, front.decides[0]!.id);
+    assert.deepEqual(
+      [d.outcome, d.up, d.down, d.status, d.rest?.toString('latin1')],
+      ['handed-over', rewrite(req1).length, res.length, 200, req2],
+    );
+    assert.ok(d.fd >= 0, `fd ${d.fd}`);
+    await waitFor('the origin connection to be closed', () => up.ended);
+    assert.equal(got(up).toString('latin1'), rewrite(req1), 'the handed-over request never went upstream');
+    // The fd is the client's socket: what JS writes comes after the last response byte.
+    const sock = front.take(d);
+    const fromClient = readBytes(sock, 5);
+    client.write('later');
+    assert.equal((await fromClient).toString(), 'later');
+    const ended = new Promise<void>((r) => client.once('end', r));
+    sock.end('HTTP/1.1 502 Bad Gateway\r\n\r\n');
+    await withTimeout(ended, 3_000, 'EOF at the client');
+    const seen = Buffer.concat(all);
+    assert.equal(sha(seen), sha(Buffer.concat([res, Buffer.from('HTTP/1.1 502 Bad Gateway\r\n\r\n')])));
+  });
+
+  it('hand-over with upstream quiet: done() at once, rest = what next() saw', T, async () => {
+    const origin = await recordingOrigin();
+    const front = openHttpFront({}, httpDecider(origin.port), () => [1]);
+    const client = await connectClient(front.port);
+    client.write('GET / HTTP/1.1\r\nHost: origin.test\r\n\r\n');
+    const up = await waitFor('the origin connection', () => origin.conns[0]);
+    await waitFor('the first request', () => got(up).length > 0);
+    const res = response('one');
+    const back = readBytes(client, res.length);
+    up.sock.write(res);
+    await back;
+    client.write('PUT /x HTTP/1.1\r\n'); // a partial head is enough for this framer
+    const d = await onlyHttpDoneOf(front, front.decides[0]!.id);
+    assert.deepEqual([d.outcome, d.down, d.rest?.toString('latin1')], ['handed-over', res.length, 'PUT /x HTTP/1.1\r\n']);
+    const sock = front.take(d);
+    const got2 = readBytes(client, 2);
+    sock.write('ok');
+    assert.equal((await got2).toString(), 'ok');
+  });
+  // A pipelining client whose next request is handed over while the response before it is still
+  // being produced (a slow origin): "quiet" only sees the bytes already in the kernel, so the relay
+  // lets go between two of the upstream's writes, closes the upstream and the rest of the response is lost.
+  it(
+    'hand-over waits for the end of a response that arrives in two writes',
+    { ...T, todo: 'the relay cannot tell a pause in a response from its end' },
+    async () => {
+      const origin = await recordingOrigin();
+      let handOver = false;
+      const front = openHttpFront({}, httpDecider(origin.port), (call) => (handOver ? [1] : headNexter(call, 0)));
+      const client = await connectClient(front.port);
+      client.write('GET /slow HTTP/1.1\r\nHost: origin.test\r\n\r\n');
+      const up = await waitFor('the origin connection', () => origin.conns[0]);
+      await waitFor('the first request', () => got(up).length > 0);
+      const res = response('0123456789'.repeat(10));
+      const first = readBytes(client, res.length - 50);
+      up.sock.write(res.subarray(0, res.length - 50));
+      await first;
+      handOver = true;
+      client.write('GET /other HTTP/1.1\r\nHost: other.test\r\n\r\n');
+      await waitFor('next() on the second request', () => front.nexts.length === 1);
+      up.sock.write(res.subarray(res.length - 50));
+      const d = await httpDoneOf(front, front.decides[0]!.id);
+      assert.equal(d.down, res.length, 'the end of the first response reached the client before the hand-over');
+    },
+  );
+
+  for (const [what, head, stops] of [
+    ['407', 'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm="x"\r\nContent-Length: 5\r\n\r\n', true],
+    [
+      '502 with X-Squid-Error',
+      'HTTP/1.1 502 Bad Gateway\r\nServer: squid\r\nX-Squid-Error: ERR_CONNECT_FAIL 111\r\nContent-Length: 5\r\n\r\n',
+      true,
+    ],
+    [
+      '503 with Proxy-Status',
+      'HTTP/1.1 503 Service Unavailable\r\nProxy-Status: squid; error=connection_refused\r\nContent-Length: 5\r\n\r\n',
+      true,
+    ],
+    ['502 from the origin', 'HTTP/1.1 502 Bad Gateway\r\nServer: nginx\r\nContent-Length: 5\r\n\r\n', false],
+    ['200', 'HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n', false],
+  ] as const) {
+    it(
+      `first response ${what}: ${stops ? 'stops before the client sees a byte, done() gets the fd and the head' : 'passes unchanged, its status reported'}`,
+      T,
+      async () => {
+        const origin = await recordingOrigin();
+        const front = openHttpFront({}, httpDecider(origin.port), headNexter);
+        const req = 'GET / HTTP/1.1\r\nHost: origin.test\r\n\r\n';
+        const client = await connectClient(front.port);
+        const seen: Buffer[] = [];
+        client.on('data', (b: Buffer) => seen.push(b));
+        client.write(req);
+        const up = await waitFor('the origin connection', () => origin.conns[0]);
+        await waitFor('the request', () => got(up).length === rewrite(req).length);
+        up.sock.write(head + 'body!');
+        const status = Number(head.slice(9, 12));
+        if (!stops) {
+          await waitFor('the response at the client', () => Buffer.concat(seen).length === head.length + 5);
+          assert.equal(Buffer.concat(seen).toString('latin1'), head + 'body!');
+          client.end();
+          await waitFor('the FIN at the origin', () => up.ended);
+          up.sock.end();
+          const d = await onlyHttpDoneOf(front, front.decides[0]!.id);
+          assert.deepEqual([d.outcome, d.status, d.reason, d.fd, d.down], ['ok', status, '', -1, head.length + 5]);
+          return;
+        }
+        const d = await onlyHttpDoneOf(front, front.decides[0]!.id);
+        assert.deepEqual([d.outcome, d.status, d.up, d.down], ['answer-status', status, rewrite(req).length, 0]);
+        assert.equal(d.reason, head, 'reason: the response head');
+        await waitFor('the origin connection to be closed', () => up.closed); // a reset: its response was not read
+        // The client heard nothing from upstream: the fd is JS's for the gateway's own answer.
+        const sock = front.take(d);
+        const ended = new Promise<void>((r) => client.once('end', r));
+        sock.end('gateway answer');
+        await withTimeout(ended, 3_000, 'EOF at the client');
+        assert.equal(Buffer.concat(seen).toString('latin1'), 'gateway answer');
+      },
+    );
+  }
+
+  it('connect refused on [6]: done(connect ECONNREFUSED) with the client fd, which still works', T, async () => {
+    const port = await freePort();
+    const front = openHttpFront({}, httpDecider(port), headNexter);
+    const client = await connectClient(front.port);
+    client.write('GET / HTTP/1.1\r\nHost: origin.test\r\n\r\n');
+    const d = await onlyHttpDoneOf(front, await waitFor('decide', () => front.decides.find((c) => headLength(c.head!) > 0)?.id));
+    assert.deepEqual([d.outcome, d.up, d.down, d.status], ['connect ECONNREFUSED', 0, 0, 0]);
+    const sock = front.take(d);
+    const back = collect(client);
+    sock.end('HTTP/1.1 502 Bad Gateway\r\n\r\n');
+    assert.equal((await back).toString(), 'HTTP/1.1 502 Bad Gateway\r\n\r\n');
+  });
+
+  // A listener whose accept queue is full drops SYNs: the connect hangs until connectTimeoutMs.
+  it('connect timeout on [6]: done(connect-timeout) with the client fd', T, async () => {
+    const lfd = listenTcp({ host: '127.0.0.1', port: 0, backlog: 1 });
+    cleanups.push(() => fs.closeSync(lfd));
+    const full = localPort(lfd);
+    for (let i = 0; i < 2; i++) await connectClient(full);
+    const front = openHttpFront({ connectTimeoutMs: 300 }, httpDecider(full), headNexter);
+    const client = await connectClient(front.port);
+    client.write('GET / HTTP/1.1\r\nHost: origin.test\r\n\r\n');
+    const d = await onlyHttpDoneOf(front, await waitFor('decide', () => front.decides[0]?.id));
+    assert.deepEqual([d.outcome, d.up, d.down], ['connect-timeout', 0, 0]);
+    const sock = front.take(d);
+    const back = readBytes(client, 3);
+    sock.write('504');
+    assert.equal((await back).toString(), '504');
+  });
+
+  it(
+    'next() throwing or answering nonsense resets the client (internal-error); [2] resets it (refused); the process goes on',
+    T,
+    async () => {
+      const thrown: unknown[] = [];
+      process.setUncaughtExceptionCaptureCallback((e) => thrown.push(e));
+      cleanups.push(() => process.setUncaughtExceptionCaptureCallback(null));
+      const cases: Array<[unknown, string]> = [
+        ['throw', 'internal-error'],
+        ['x', 'internal-error'],
+        [[7], 'internal-error'],
+        [[3], 'internal-error'], // "read on" is null, never a number
+        [[0, 42, 0, 0], 'internal-error'],
+        [[0, '', 9999, 0], 'internal-error'], // consumes more than it was given
+        [[0, '', -1, 0], 'internal-error'],
+        [[0, '', 0, 1.5], 'internal-error'],
+        [[2], 'refused'],
+      ];
+      const origin = await recordingOrigin();
+      const front = openHttpFront({}, httpDecider(origin.port), (_call, n) => {
+        const answer = cases[n - 1]![0];
+        if (answer === 'throw') throw new Error('a framer bug');
+        return answer;
+      });
+      for (const [i, [answer, outcome]] of cases.entries()) {
+        const client = await connectClient(front.port);
+        const how = closedHow(client);
+        client.write('GET /a HTTP/1.1\r\nHost: origin.test\r\n\r\n');
+        const up = await waitFor('the origin connection', () => origin.conns[i]);
+        await waitFor('the first request', () => got(up).length > 0);
+        client.write('GET /b HTTP/1.1\r\n\r\n');
+        const d = await onlyHttpDoneOf(front, front.decides[front.decides.length - 1]!.id);
+        assert.deepEqual([d.outcome, d.fd], [outcome, -1], `answer ${JSON.stringify(answer)}`);
+        assert.equal(await how, 'ECONNRESET', `answer ${JSON.stringify(answer)}`);
+        assert.equal(front.nexts.length, i + 1, `answer ${JSON.stringify(answer)}: next() once`);
+      }
+      assert.equal(thrown.length, 1);
+      assert.match(String(thrown[0]), /a framer bug/);
+    },
+  );
+
+  it('client EOF mid-body: upstream gets FIN after the last byte; ok once both sides closed', T, async () => {
+    const origin = await recordingOrigin();
+    const front = openHttpFront({}, httpDecider(origin.port), headNexter);
+    const head = 'POST /p HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 100\r\n\r\n';
+    const client = await connectClient(front.port);
+    client.write(head + 'x'.repeat(10));
+    const up = await waitFor('the origin connection', () => origin.conns[0]);
+    await waitFor('the head', () => got(up).length === rewrite(head).length + 10);
+    const back = collect(client);
+    client.end('y'.repeat(20));
+    await waitFor('the FIN at the origin', () => up.ended);
+    assert.equal(got(up).toString('latin1'), rewrite(head) + 'x'.repeat(10) + 'y'.repeat(20));
+    const res = response('short');
+    up.sock.end(res);
+    assert.equal((await back).toString(), res.toString());
+    const d = await onlyHttpDoneOf(front, front.decides[0]!.id);
+    assert.deepEqual([d.outcome, d.up, d.down, d.fd], ['ok', rewrite(head).length + 30, res.length, -1]);
+    assert.equal(front.nexts.length, 0);
+  });
+
+  // null even with eof (src/session/native-stream.ts answers [2] there): the relay drops the partial head itself.
+  it('client EOF at a boundary and mid-head: next() hears eof, nothing of the partial head goes up, then FIN', T, async () => {
+    const origin = await recordingOrigin();
+    const front = openHttpFront({}, httpDecider(origin.port), ({ bytes }) => (headLength(bytes) < 0 ? null : [2]));
+    const req = 'GET / HTTP/1.1\r\nHost: origin.test\r\n\r\n';
+    const client = await connectClient(front.port);
+    client.write(req);
+    const up = await waitFor('the origin connection', () => origin.conns[0]);
+    await waitFor('the request', () => got(up).length === rewrite(req).length);
+    const back = collect(client);
+    client.end('GET /half HT'); // a head cut short by EOF: one segment with the FIN, or two
+    await waitFor('the FIN at the origin', () => up.ended);
+    assert.equal(got(up).toString('latin1'), rewrite(req));
+    const last = front.nexts[front.nexts.length - 1]!;
+    assert.deepEqual([last.bytes.toString(), last.eof], ['GET /half HT', true]);
+    const res = response('bye');
+    up.sock.end(res);
+    assert.equal((await back).toString(), res.toString());
+    const d = await onlyHttpDoneOf(front, front.decides[0]!.id);
+    assert.deepEqual([d.outcome, d.up, d.down], ['ok', rewrite(req).length, res.length]);
+  });
+
+  it('client EOF at a boundary with nothing after: FIN upstream, no next()', T, async () => {
+    const origin = await recordingOrigin();
+    const front = openHttpFront({}, httpDecider(origin.port), headNexter);
+    const req = 'GET / HTTP/1.1\r\nHost: origin.test\r\n\r\n';
+    const client = await connectClient(front.port);
+    client.end(req);
+    const up = await waitFor('the origin connection', () => origin.conns[0]);
+    await waitFor('the FIN at the origin', () => up.ended);
+    assert.equal(got(up).toString('latin1'), rewrite(req));
+    const back = collect(client);
+    up.sock.end('HTTP/1.1 204 No Content\r\n\r\n');
+    assert.equal((await back).toString(), 'HTTP/1.1 204 No Content\r\n\r\n');
+    const d = await onlyHttpDoneOf(front, front.decides[0]!.id);
+    assert.deepEqual([d.outcome, d.status], ['ok', 204]);
+    assert.equal(front.nexts.length, 0);
+  });
+
+  it('tunnelAbortAll and spliceAbortAll during a framed relay: done(aborted) once, no socket left open', T, async () => {
+    const origin = await recordingOrigin();
+    const front = openHttpFront({}, httpDecider(origin.port), headNexter);
+    const before = openSockets();
+    const client = await connectClient(front.port);
+    const how = closedHow(client);
+    client.write('POST / HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 1000\r\n\r\nhalf a body');
+    const up = await waitFor('the origin connection', () => origin.conns[0]);
+    await waitFor('the body', () => got(up).toString().endsWith('half a body'));
+    assert.equal(tunnelAbortAll(), 0, 'a relaying connection is not pending');
+    assert.ok(spliceActive() >= 1);
+    assert.equal(spliceAbortAll(), 1);
+    const d = await onlyHttpDoneOf(front, front.decides[0]!.id);
+    assert.deepEqual([d.outcome, d.fd], ['aborted', -1]);
+    await how;
+    await waitFor('the origin connection to be closed', () => up.ended);
+    client.destroy();
+    up.sock.destroy();
+    const after = await waitFor('the sockets to be closed', () => (openSockets() === before ? before : false)).catch(() => openSockets());
+    assert.equal(after, before, 'sockets open before the connection and after it');
+  });
+
+  it('tunnelAbortAll on a framed connection still connecting: done(aborted) with the fd, no socket left once JS closes it', T, async () => {
+    const lfd = listenTcp({ host: '127.0.0.1', port: 0, backlog: 1 });
+    cleanups.push(() => fs.closeSync(lfd));
+    const full = localPort(lfd);
+    const fillers: net.Socket[] = [];
+    for (let i = 0; i < 2; i++) fillers.push(await connectClient(full));
+    const front = openHttpFront({ connectTimeoutMs: 10_000 }, httpDecider(full), headNexter);
+    const before = openSockets();
+    const client = await connectClient(front.port);
+    client.write('GET / HTTP/1.1\r\nHost: origin.test\r\n\r\n');
+    await waitFor('decide', () => front.decides.find((c) => headLength(c.head!) > 0));
+    await waitFor('the connection to be pending', () => tunnelPending() === 1);
+    assert.equal(tunnelAbortAll(), 1);
+    const d = await onlyHttpDoneOf(front, front.decides[0]!.id);
+    assert.equal(d.outcome, 'aborted');
+    if (d.fd >= 0) front.take(d).destroy();
+    client.destroy();
+    const after = await waitFor('the sockets to be closed', () => (openSockets() === before ? before : false)).catch(() => openSockets());
+    assert.equal(after, before);
+  });
+  // A step that consumes nothing, writes nothing and passes nothing leaves the relay where it was:
+  // it asked next() again with the same bytes, forever, inside one libuv callback (the whole gateway hung).
+  it('a forward step that makes no progress is internal-error, not a loop asking next() forever', T, async () => {
+    const origin = await recordingOrigin();
+    const front = openHttpFront({}, httpDecider(origin.port), (_call, n) => (n < 1000 ? [0, '', 0, 0] : [2]));
+    const client = await connectClient(front.port);
+    const how = closedHow(client);
+    client.write('GET /a HTTP/1.1\r\nHost: origin.test\r\n\r\n');
+    const up = await waitFor('the origin connection', () => origin.conns[0]);
+    await waitFor('the first request', () => got(up).length > 0);
+    client.write('GET /b HTTP/1.1\r\n\r\n');
+    const d = await onlyHttpDoneOf(front, front.decides[0]!.id);
+    assert.deepEqual([d.outcome, front.nexts.length], ['internal-error', 1]);
+    assert.equal(await how, 'ECONNRESET');
   });
 });
