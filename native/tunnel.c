@@ -261,9 +261,10 @@ static void conn_end(tg_conn *c, const char *outcome, int status, const char *re
   close_upoll(c);
   uv_close((uv_handle_t *)&c->timer, conn_handle_closed);
   if (c->ufd >= 0) close(c->ufd);
-  /* A plain HTTP client whose request could not be carried gets the gateway's own answer from JS. */
+  /* A plain HTTP client whose request could not be carried gets the gateway's own answer from
+   * JS; one ended by a shutdown (tunnelAbortAll) is reset like any other. */
   int kept = -1;
-  if (close_client && tell && c->framed && c->cfd >= 0) {
+  if (close_client && tell && c->framed && c->cfd >= 0 && strcmp(outcome, "aborted") != 0) {
     kept = c->cfd;
   } else if (close_client && c->cfd >= 0) {
     set_linger0(c->cfd);
