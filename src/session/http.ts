@@ -277,6 +277,8 @@ export class HttpSession {
     }
     const { ctx } = st;
     ctx.requests++;
+    // Taken before any await: a pipelined request behind this one counts itself while this one is routed.
+    const reqId = `${ctx.id}.${ctx.requests}`;
     const started = performance.now();
     const check = this.check(ctx, req);
     if (!check.ok) {
@@ -316,11 +318,14 @@ export class HttpSession {
     options.headers = headers;
     options.setHost = false;
     res.sendDate = false;
+    // This request's upstream, taken now: with pipelining the next request has changed ctx.via by the time this one's
+    // response ends, and its log line (and timeout texts) named the other request's number and upstream.
+    const via = ctx.via;
 
     const logReq = (status: number | string): void => {
       if (this.deps.log.enabled('debug')) {
         this.deps.log.debug(
-          `req id=${ctx.id}.${ctx.requests} client=${field(hostPort(ctx.client.address, ctx.client.port))} method=${field(req.method)} url=${field(url)} route=${decision.kind} via=${field(ctx.via)} status=${status} ms=${Math.round(performance.now() - started)}`,
+          `req id=${reqId} client=${field(hostPort(ctx.client.address, ctx.client.port))} method=${field(req.method)} url=${field(url)} route=${decision.kind} via=${field(via)} status=${status} ms=${Math.round(performance.now() - started)}`,
         );
       }
     };
@@ -328,9 +333,7 @@ export class HttpSession {
       const gerr = err instanceof GatewayError ? err : this.classify(err, decision, ctx);
       ctx.result = gerr.code;
       ctx.error = gerr.message;
-      this.deps.log.warn(
-        `req id=${ctx.id}.${ctx.requests} host=${field(name)} route=${decision.kind} error=${gerr.code} ${field(gerr.message)}`,
-      );
+      this.deps.log.warn(`req id=${reqId} host=${field(name)} route=${decision.kind} error=${gerr.code} ${field(gerr.message)}`);
       logReq(gerr.code);
       if (!res.headersSent) {
         const body = `transgate: ${gerr.message}\n`;
@@ -364,7 +367,7 @@ export class HttpSession {
         preq.destroy(
           new GatewayError(
             decision.kind === 'proxy' ? ErrorCodes.UPSTREAM_TIMEOUT : ErrorCodes.DIRECT_TIMEOUT,
-            `${decision.kind === 'proxy' ? 'proxy' : 'destination'} ${ctx.via} did not answer within ${this.deps.connectTimeoutMs} ms`,
+            `${decision.kind === 'proxy' ? 'proxy' : 'destination'} ${via} did not answer within ${this.deps.connectTimeoutMs} ms`,
           ),
         );
       }, this.deps.connectTimeoutMs);
@@ -377,7 +380,7 @@ export class HttpSession {
         else onConnected();
       });
       preq.setTimeout(this.deps.idleTimeoutMs, () => {
-        preq.destroy(new GatewayError(ErrorCodes.UPSTREAM_TIMEOUT, `no response from ${ctx.via} within ${this.deps.idleTimeoutMs} ms`));
+        preq.destroy(new GatewayError(ErrorCodes.UPSTREAM_TIMEOUT, `no response from ${via} within ${this.deps.idleTimeoutMs} ms`));
       });
       let answered = false;
       preq.on('error', (err) =>
@@ -424,7 +427,7 @@ export class HttpSession {
             return;
           }
           const status = pres.statusCode ?? 0;
-          const from = decision.kind === 'proxy' ? `proxy ${decision.proxy!.display}` : `destination ${ctx.via}`;
+          const from = decision.kind === 'proxy' ? `proxy ${decision.proxy!.display}` : `destination ${via}`;
           if (status < 100 || status > 999) {
             pres.resume();
             fail(
@@ -472,7 +475,11 @@ export class HttpSession {
         { cause: err },
       );
     }
-    return new GatewayError(ErrorCodes.DIRECT_UNREACHABLE, `destination ${ctx.via} unreachable (${errno})`, { cause: err });
+    return new GatewayError(
+      ErrorCodes.DIRECT_UNREACHABLE,
+      `destination ${hostPort(ctx.destination.address, ctx.destination.port)} unreachable (${errno})`,
+      { cause: err },
+    );
   }
 
   /**
