@@ -19,12 +19,13 @@ enum tg_action {
   TG_ACTION_SPECULATE = 3, /* [3, ip, port]: before the first bytes: connect meanwhile, ask again */
   TG_ACTION_READ_ON = 4,   /* null before the final call: read on (never sent as a number) */
   TG_ACTION_RESET = 5,     /* [5]: reset the client (JS logged it) */
-  TG_ACTION_HTTP = 6,      /* [6, ip, port, out, consumed, budget]: connect, relay in frames */
+  TG_ACTION_HTTP = 6, /* [6, ip, port, out, consumed, budget, head?]: connect, relay in frames */
 };
 
 /* next()'s answer at a boundary of a framed (HTTP) connection. */
 enum tg_next {
-  TG_NEXT_FORWARD = 0,  /* [0, out, consumed, budget]: write out, drop consumed, pass budget */
+  TG_NEXT_FORWARD =
+      0, /* [0, out, consumed, budget, head?]: write out, drop consumed, pass budget */
   TG_NEXT_HANDOVER = 1, /* [1]: once upstream is quiet, JS takes the client with the bytes read */
   TG_NEXT_CLOSE = 2,    /* [2]: reset the client (JS logged why) */
   TG_NEXT_READ_ON = 3,  /* null: read more before deciding (never sent as a number) */

@@ -79,7 +79,15 @@ typedef struct tg_relay {
   size_t cbuf_len, cbuf_cap;
   char *out; /* the framer's bytes, written upstream before anything else */
   size_t out_len, out_off;
-  bool want_more;    /* the framer saw cbuf and asked for more */
+  bool want_more; /* the framer saw cbuf and asked for more */
+  /* A request head went upstream and no byte of any answer has come back
+   * since (down_mark: bytes[UPSTREAM] + inpipe[UPSTREAM] then). The next
+   * head is not read until one does: a client that pipelines then has at
+   * most one answer under way at each boundary, so a hand-over, which
+   * waits for upstream to go quiet, never leaves before an answer that
+   * has not even begun. */
+  bool awaiting;
+  uint64_t down_mark;
   bool handing_over; /* TG_NEXT_HANDOVER: the client goes to JS once upstream is quiet */
   bool keep_client;  /* finish() leaves the client socket open: done() gets it */
   int kept_fd;
@@ -156,12 +164,16 @@ static void on_handle_closed(uv_handle_t *h) {
 static void on_poll(uv_poll_t *h, int status, int events);
 static void local_fail(tg_relay *r, int err);
 
+static bool answer_begun(tg_relay *r);
+
 static void update_polls(tg_relay *r) {
   for (int side = 0; side < 2; side++) {
     int d_in = side, d_out = 1 - side;
     int ev = 0;
     if (!r->rd_eof[d_in] && !r->in_full[d_in] && r->inpipe[d_in] < PIPE_CAP &&
-        !(d_in == CLIENT && r->frame != NULL && (r->wr_blocked[CLIENT] || r->handing_over)))
+        !(d_in == CLIENT && r->frame != NULL &&
+          (r->wr_blocked[CLIENT] || r->handing_over ||
+           (r->awaiting && r->budget == 0 && r->out == NULL && !answer_begun(r)))))
       ev |= UV_READABLE;
     if (r->wr_blocked[d_out]) ev |= UV_WRITABLE;
     if (ev == r->events[side]) continue;
@@ -385,6 +397,15 @@ static bool hand_over_if_quiet(tg_relay *r) {
   return false;
 }
 
+static bool answer_begun(tg_relay *r) {
+  return r->bytes[UPSTREAM] + r->inpipe[UPSTREAM] > r->down_mark;
+}
+
+static void await_answer(tg_relay *r) {
+  r->awaiting = true;
+  r->down_mark = r->bytes[UPSTREAM] + r->inpipe[UPSTREAM];
+}
+
 /* The client direction of a framed relay: the pipe first, then the
  * framer's bytes, then `budget` bytes verbatim (from cbuf, then spliced),
  * then the framer again. Same contract as pump(). */
@@ -444,7 +465,8 @@ static bool pump_framed(tg_relay *r) {
       break;
     }
     /* A boundary: the framer decides on what the client sent next. */
-    if (r->handing_over) break;
+    if (r->handing_over || (r->awaiting && !answer_begun(r))) break;
+    r->awaiting = false;
     if (r->cbuf_len == 0 || r->want_more) {
       if (r->rd_eof[d]) {
         /* The client finished sending mid-head: nothing of it can go on. */
@@ -478,6 +500,7 @@ static bool pump_framed(tg_relay *r) {
       r->out_off = 0;
       if (r->out != NULL && r->out_len == 0) free(r->out), r->out = NULL;
       r->budget = step.budget;
+      if (step.head) await_answer(r);
       continue;
     case TG_NEXT_READ_ON:
       r->want_more = true;
@@ -503,7 +526,7 @@ static bool pump_framed(tg_relay *r) {
   }
   /* The client is done: after the last of its bytes, upstream is half-closed as in pump(). */
   if (r->rd_eof[d] && r->inpipe[d] == 0 && r->out == NULL && (r->budget == 0 || r->cbuf_len == 0) &&
-      !r->shut[d]) {
+      !(r->awaiting && r->cbuf_len > 0) && !r->shut[d]) {
     r->shut[d] = true;
     if (shutdown(r->fd[UPSTREAM], SHUT_WR) != 0 && errno != ENOTCONN) {
       fail(r, UPSTREAM, errno);
@@ -581,6 +604,8 @@ static void on_poll(uv_poll_t *h, int status, int events) {
     r->wr_blocked[1 - side] = false;
     if (!pump(r, 1 - side)) return;
   }
+  /* An answer began: the client's next request (perhaps read already) may be looked at now. */
+  if (r->frame != NULL && r->awaiting && answer_begun(r) && !pump(r, CLIENT)) return;
   if (!hand_over_if_quiet(r)) return;
   update_polls(r);
 }
@@ -659,6 +684,7 @@ int tg_relay_start(tg_env *te, int client_fd, int upstream_fd, uint64_t idle_ms,
     r->out = framed->out; /* ours now, freed with r */
     r->out_len = framed->out_len;
     r->budget = framed->budget;
+    if (framed->head) await_answer(r);
     if (framed->rest_len > 0) {
       size_t cap = framed->rest_len < 4096 ? 4096 : framed->rest_len;
       if ((r->cbuf = malloc(cap)) == NULL) {

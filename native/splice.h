@@ -38,6 +38,7 @@ typedef struct tg_frame_step {
   size_t out_len;
   size_t consumed; /* client bytes the step replaces (dropped from the buffer) */
   uint64_t budget; /* client bytes after those that pass verbatim before the next boundary */
+  bool head;       /* the step forwards a request head: its response is awaited (see awaiting) */
 } tg_frame_step;
 
 /* A framer: called with the client bytes read at a boundary (eof: the
@@ -56,6 +57,7 @@ typedef struct tg_relay_framed {
   const char *rest; /* copied */
   size_t rest_len;
   uint64_t budget;
+  bool head; /* out is a request head: the next one is not read until its answer begins */
 } tg_relay_framed;
 
 /* Relays between two connected non-blocking stream sockets, which it then

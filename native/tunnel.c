@@ -123,7 +123,8 @@ typedef struct tg_conn {
   bool framed;
   size_t consumed;
   uint64_t budget;
-  char *answer; /* the CONNECT answer head so far */
+  bool await_answer; /* [6, ..., true]: req is a request head (tg_relay_framed.head) */
+  char *answer;      /* the CONNECT answer head so far */
   size_t answer_len, answer_cap;
   int refs; /* the machine, the timer, a JS call in progress, the relay */
   struct tg_conn *prev, *next;
@@ -301,7 +302,7 @@ static void start_relay(tg_conn *c) {
   close_upoll(c);
   uv_close((uv_handle_t *)&c->timer, conn_handle_closed);
   free(c->ep), c->ep = NULL;
-  tg_relay_framed framed = {.frame = frame_next, .budget = c->budget};
+  tg_relay_framed framed = {.frame = frame_next, .budget = c->budget, .head = c->await_answer};
   if (c->framed) {
     framed.out = c->req; /* the relay's from the call */
     framed.out_len = c->req_len;
@@ -724,6 +725,11 @@ static int parse_action(tg_conn *c, napi_env env, napi_value result, bool final,
       return -1;
     c->consumed = (size_t)consumed;
     c->budget = (uint64_t)budget;
+    napi_value h;
+    bool is_head = false;
+    if (napi_get_element(env, result, 6, &h) == napi_ok &&
+        napi_get_value_bool(env, h, &is_head) == napi_ok)
+      c->await_answer = is_head;
     return TG_ACTION_HTTP;
   }
   if (napi_get_element(env, result, 3, &v) != napi_ok || napi_typeof(env, v, &t) != napi_ok)
@@ -770,6 +776,12 @@ static void frame_next(void *user, const char *buf, size_t len, bool eof, tg_fra
     step->action = TG_NEXT_FORWARD;
     step->consumed = (size_t)consumed;
     step->budget = (uint64_t)budget;
+    /* [0, out, consumed, budget, true]: out is a request head (its answer is awaited). */
+    napi_value h;
+    bool is_head = false;
+    if (napi_get_element(env, result, 4, &h) == napi_ok &&
+        napi_get_value_bool(env, h, &is_head) == napi_ok)
+      step->head = is_head;
   }
 out:
   napi_close_handle_scope(env, scope);

@@ -159,7 +159,7 @@ export type TunnelAction =
    * first request head as rewritten), drop the first `consumed` bytes of the
    * head, pass the next `budget` client bytes verbatim, then ask next().
    */
-  | readonly [typeof TunnelActions.HTTP, string, number, string, number, number];
+  | readonly [typeof TunnelActions.HTTP, string, number, string, number, number, boolean?];
 
 /**
  * At each request boundary of a plain HTTP connection: `bytes` is what the
@@ -171,7 +171,8 @@ export type TunnelAction =
 export type TunnelNext = (id: number, bytes: Buffer, eof: boolean) => NextAction | null;
 
 export type NextAction =
-  | readonly [typeof NextActions.FORWARD, string, number, number]
+  /** head: `out` is a request head; the next one is not read until its answer has begun. */
+  | readonly [typeof NextActions.FORWARD, string, number, number, boolean?]
   | readonly [typeof NextActions.HANDOVER]
   | readonly [typeof NextActions.CLOSE];
 

@@ -250,7 +250,7 @@ export class NativeStreams {
         ctx.via = hostPort(proxy ? proxy.host : dip, port);
         this.live.set(id, { ctx, proxy, framer: d.framer });
         if (d.request) this.logRequest(ctx, d.request);
-        return [TunnelActions.HTTP, ip, port, d.out, d.consumed, d.budget];
+        return [TunnelActions.HTTP, ip, port, d.out, d.consumed, d.budget, true];
       }
     }
   }
@@ -267,7 +267,7 @@ export class NativeStreams {
         case 'forward':
           entry.ctx.requests = entry.framer.requests;
           if (step.request) this.logRequest(entry.ctx, step.request);
-          return [NextActions.FORWARD, step.out, step.consumed, step.budget];
+          return [NextActions.FORWARD, step.out, step.consumed, step.budget, step.request !== undefined];
         case 'not-http':
         case 'refuse':
         case 'handover':

@@ -1326,6 +1326,53 @@ describe('native plain HTTP relay in frames (native/splice.c)', { skip }, () => 
     assert.equal(front.nexts.length, 2, 'EOF at a boundary with nothing read asks nothing');
   });
 
+  // Two requests in one write, the second going another way: the hand-over waited only for upstream to be quiet, which
+  // it was before the first answer had even begun, and that answer was lost. With `head` marked, the next request is
+  // not looked at until the last one's answer begins.
+  it('head marked: the next pipelined request is not read before the answer to the last one begins', T, async () => {
+    const origin = await recordingOrigin();
+    const decider: Decider = (call) => {
+      const n = headLength(call.head!);
+      if (n < 0) return call.final ? [0] : null;
+      return [6, '127.0.0.1', origin.port, rewrite(call.head!.toString('latin1', 0, n)), n, 0, true];
+    };
+    const nexter: Nexter = ({ bytes }) => {
+      const n = headLength(bytes);
+      if (n < 0) return null;
+      const head = bytes.toString('latin1', 0, n);
+      return head.includes('/other') ? [1] : [0, rewrite(head), n, 0, true];
+    };
+    const front = openHttpFront({}, decider, nexter);
+    const req1 = 'GET /one HTTP/1.1\r\nHost: origin.test\r\n\r\n';
+    const req2 = 'GET /two HTTP/1.1\r\nHost: origin.test\r\n\r\n';
+    const req3 = 'GET /other HTTP/1.1\r\nHost: origin.test\r\n\r\n';
+    const client = await connectClient(front.port);
+    client.write(req1 + req2 + req3);
+    const up = await waitFor('the origin connection', () => origin.conns[0]);
+    await waitFor('the first request', () => got(up).length === rewrite(req1).length);
+    // No answer yet: the second request waits in the relay, unread by next().
+    await new Promise((r) => setTimeout(r, QUIET_MS));
+    assert.equal(front.nexts.length, 0, 'next() before the first answer began');
+    assert.equal(got(up).toString('latin1'), rewrite(req1));
+    const res1 = response('first');
+    const res2 = response('second');
+    const back = readBytes(client, res1.length + res2.length);
+    up.sock.write(res1);
+    await waitFor('the second request', () => got(up).length === rewrite(req1).length + rewrite(req2).length);
+    assert.equal(front.nexts.length, 1, 'the second request was read once the first answer began');
+    // The third goes elsewhere: hand-over, but not before the second answer (owed, not begun) has come and gone out.
+    await new Promise((r) => setTimeout(r, QUIET_MS));
+    assert.equal(front.dones.length, 0, 'handed over before the second answer began');
+    up.sock.write(res2);
+    assert.equal((await back).toString('latin1'), res1.toString('latin1') + res2.toString('latin1'));
+    const d = await onlyHttpDoneOf(front, front.decides[0]!.id);
+    assert.equal(d.outcome, 'handed-over');
+    assert.equal(d.rest?.toString('latin1'), req3);
+    assert.ok(d.fd >= 0);
+    front.take(d).destroy();
+    client.destroy();
+  });
+
   it('read more: next() answers null until the head is whole, sent a few bytes at a time; nothing goes upstream before', T, async () => {
     const origin = await recordingOrigin();
     const front = openHttpFront({}, httpDecider(origin.port), headNexter);
