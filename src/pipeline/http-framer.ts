@@ -72,7 +72,15 @@ const HOP_BY_HOP = new Set([
 const CHUNK_LINE_MAX = 4096;
 const TRAILERS_MAX = 16 * 1024;
 
-const CHUNK_LINE = /^([0-9a-fA-F]{1,15})((?:;[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:=(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+|"[^"\\\r\n]*"))?)*)\r\n/;
+/** Longest chunk size, in hex digits after leading zeros: 13 keep it below 2^53, so the budget is exact (and within the addon's). */
+const CHUNK_SIZE_DIGITS = 13;
+
+// A quoted extension value holds qdtext only (RFC 9112 7.1.1): no control byte for a peer to end the line at.
+const CHUNK_LINE =
+  /^([0-9a-fA-F]{1,15})((?:;[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:=(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+|"[\t\x20\x21\x23-\x5b\x5d-\x7e\x80-\xff]*"))?)*)\r\n/;
+
+/** Headers that frame the body: a Connection option naming one would take it off the proxy's head while the body still passes. */
+const FRAMING = new Set(['content-length', 'transfer-encoding']);
 const TRAILER_LINE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e\x80-\xff]*$/;
 
 type State = 'head' | 'chunk-line' | 'chunk-end' | 'trailers';
@@ -150,12 +158,15 @@ export class RequestFramer {
         .filter((t) => t !== ''),
     );
     if (upgrade || tokens.has('upgrade')) return { kind: 'handover', why: 'an Upgrade request' };
+    for (const t of tokens) if (FRAMING.has(t)) return bad(`Connection names ${t}, a framing header`);
 
     let chunked = false;
     let length = 0;
     if (te !== undefined) {
       // RFC 9112 6.1: chunked must be the last coding of a request; with Content-Length too, the framing is ambiguous.
       if (lengths.length > 0) return bad('both Transfer-Encoding and Content-Length');
+      // RFC 9112 6.1: an HTTP/1.0 recipient may not know chunked and read the chunks as the next requests.
+      if (read.version === 'HTTP/1.0') return bad('Transfer-Encoding in an HTTP/1.0 request');
       const codings = te.split(',').map((c) => c.trim().toLowerCase());
       if (codings[codings.length - 1] !== 'chunked' || codings.filter((c) => c === 'chunked').length !== 1) {
         return bad(`Transfer-Encoding ${te} cannot be framed`);
@@ -194,11 +205,15 @@ export class RequestFramer {
   }
 
   private chunkLine(buf: Buffer): FrameStep {
+    // The same limit whether the line arrives whole or in pieces: without a CRLF, more than the limit is
+    // buffered only when the line (less its CRLF) is at least CHUNK_LINE_MAX long.
     const crlf = buf.indexOf('\r\n', 0, 'latin1');
     if (crlf === -1) return buf.length > CHUNK_LINE_MAX ? bad('a chunk-size line too long') : { kind: 'need-more' };
+    if (crlf >= CHUNK_LINE_MAX) return bad('a chunk-size line too long');
     const text = buf.toString('latin1', 0, crlf + 2);
     const m = CHUNK_LINE.exec(text);
     if (!m || m[0].length !== text.length) return bad('a malformed chunk-size line');
+    if (m[1]!.replace(/^0+/, '').length > CHUNK_SIZE_DIGITS) return bad('a chunk size too large');
     const size = parseInt(m[1]!, 16);
     if (size === 0) {
       this.state = 'trailers';
@@ -213,7 +228,8 @@ export class RequestFramer {
     let pos = 0;
     for (;;) {
       const crlf = buf.indexOf('\r\n', pos, 'latin1');
-      if (crlf === -1) return buf.length > TRAILERS_MAX ? bad('a trailer section too long') : { kind: 'need-more' };
+      // One byte over the limit may be the CR of the empty line that ends a section of exactly the limit.
+      if (crlf === -1) return buf.length > TRAILERS_MAX + 1 ? bad('a trailer section too long') : { kind: 'need-more' };
       if (crlf === pos) {
         const out = buf.toString('latin1', 0, crlf + 2);
         this.state = 'head';

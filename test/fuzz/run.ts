@@ -7,6 +7,7 @@
  */
 import { runTarget, type Target } from './harness';
 import { dnsTarget } from './dns.fuzz';
+import { framerTarget } from './framer.fuzz';
 import { httpTarget } from './http.fuzz';
 import { namesTarget } from './names.fuzz';
 import { tlsTarget } from './tls.fuzz';
@@ -14,7 +15,7 @@ import { tlsTarget } from './tls.fuzz';
 const DEFAULT_SEED = 0x7a11f022;
 const DEFAULT_ITERATIONS = 100_000;
 
-const all: Target[] = [dnsTarget, tlsTarget, httpTarget, namesTarget];
+const all: Target[] = [dnsTarget, tlsTarget, httpTarget, framerTarget, namesTarget];
 
 function envInt(name: string, fallback: number): number {
   const v = process.env[name];
