@@ -700,7 +700,12 @@ async function main(): Promise<void> {
   const started = Date.now();
   const probe = path.join(__dirname, 'probe.js');
   console.log(`bench: building the lab with a ${FILE_MIB} MiB file ...`);
-  const lab = await Lab.create({ largeFileMiB: FILE_MIB, squid: { maxFds: hardNofile() } });
+  // BENCH_READ_AHEAD_GAP: squid's read_ahead_gap ("default": squid's 16 KB).
+  const gap = process.env['BENCH_READ_AHEAD_GAP'] ?? '1 MB';
+  const lab = await Lab.create({
+    largeFileMiB: FILE_MIB,
+    squid: { maxFds: hardNofile(), ...(gap === 'default' ? {} : { readAheadGap: gap }) },
+  });
   try {
     // One echo server (not socat's fork per connection) for latency and held connections.
     lab.spawn('in', [

@@ -24,8 +24,7 @@ enum tg_action {
 
 /* next()'s answer at a boundary of a framed (HTTP) connection. */
 enum tg_next {
-  TG_NEXT_FORWARD =
-      0, /* [0, out, consumed, budget, head?]: write out, drop consumed, pass budget */
+  TG_NEXT_FORWARD = 0,  /* [0, out, consumed, budget, head?]: write out, drop consumed, pass on */
   TG_NEXT_HANDOVER = 1, /* [1]: once upstream is quiet, JS takes the client with the bytes read */
   TG_NEXT_CLOSE = 2,    /* [2]: reset the client (JS logged why) */
   TG_NEXT_READ_ON = 3,  /* null: read more before deciding (never sent as a number) */

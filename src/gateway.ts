@@ -14,16 +14,15 @@ import type { RuleBackend } from './netfilter/rule-backend';
 import { Outbounds } from './outbound/outbounds';
 import { JsRelay } from './relay/js-relay';
 import { SpliceRelay } from './relay/splice-relay';
-import { hasSplice, hasTunnel } from './native';
+import { hasSplice, hasTunnel, loadNative, raiseNofileLimit } from './native';
 import type { Relay } from './relay/relay';
 import { CidrSet } from './core/ip';
 import { Router } from './route/router';
 import { HttpSession } from './session/http';
 import { runNode, type StreamDeps } from './session/stream';
 import { NativeStreams } from './session/native-stream';
-import { ErrorCodes, type ErrorCode, type GatewayError } from './core/errors';
+import { ErrorCodes, GatewayError, type ErrorCode } from './core/errors';
 import { Admission, RefusalLog, connectionBudget } from './inbound/admission';
-import { raiseNofileLimit } from './native';
 import { HostVerifier } from './route/host-verify';
 
 /**
@@ -114,9 +113,8 @@ export class Gateway {
     const fromClient = cfg.directSource === 'client';
     this.outbounds = new Outbounds(cfg.connectTimeoutMs, mark, fromClient);
     // The splice relay needs the addon; without it the JS relay carries the same traffic, only with more copies.
+    // Without the addon start() stops with TG_ERR_NATIVE; hasSplice() is false only then.
     this.relay = cfg.relay === 'splice' && hasSplice() ? new SpliceRelay() : new JsRelay();
-    if (this.relay.name !== cfg.relay)
-      log.warn(`--relay ${cfg.relay}: the native addon is not built; using the js relay (run npm install to build it)`);
     if (cfg.dns) {
       // After REDIRECT a UDP query's destination is gone (no SO_ORIGINAL_DST for UDP).
       const own = resolvConfServer();
@@ -220,6 +218,17 @@ export class Gateway {
   }
 
   async start(): Promise<void> {
+    // Interception needs the addon in both modes, whatever --relay says: the
+    // listeners are transparent sockets (TPROXY) and a redirected connection's
+    // destination is read with SO_ORIGINAL_DST, neither of which Node offers.
+    try {
+      loadNative();
+    } catch (err) {
+      const why = err instanceof Error ? err.message : String(err);
+      throw new GatewayError(ErrorCodes.NATIVE, `interception needs the native addon (in both modes, with either relay): ${why}`, {
+        cause: err,
+      });
+    }
     this.log.info(`relay ${this.relay.name}`);
     // Only reads (and logs what is odd): nothing changes before the listeners are up.
     await this.interception.plan();

@@ -96,7 +96,7 @@ export const FLAGS: readonly FlagSpec[] = [
     default: 'splice',
     choices: ['splice', 'js'],
     arg: 'RELAY',
-    help: 'splice: the addon carries TLS and TCP ports from accept to a zero-copy relay (js is used when it is not built); js: Node sockets and streams',
+    help: 'splice: the addon carries every port from accept to a zero-copy relay; js: Node sockets and streams (both need the addon)',
   },
   {
     name: 'direct-source',

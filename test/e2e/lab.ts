@@ -73,6 +73,13 @@ export interface SquidOptions {
   connectOnly443?: boolean;
   /** max_filedescriptors (the bench holds thousands of idle tunnels); squid raises its own limit as root. */
   maxFds?: number;
+  /**
+   * read_ahead_gap: how far squid reads an answer ahead of what the client
+   * took (16 KB by default). Relayed GETs (not CONNECT tunnels) go out in
+   * pieces of at most this size; the bench raises it so that squid is not
+   * what limits plain HTTP.
+   */
+  readAheadGap?: string;
 }
 
 export interface LabOptions {
@@ -811,6 +818,7 @@ export class Lab {
       `http_port ${ADDR.proxy.v4}:${ADDR.proxy.port}`,
       `http_port [${ADDR.proxy.v6}]:${ADDR.proxy.port}`,
       ...(o.maxFds ? [`max_filedescriptors ${o.maxFds}`] : []),
+      ...(o.readAheadGap ? [`read_ahead_gap ${o.readAheadGap}`] : []),
       'acl CONNECT method CONNECT',
       'acl SSL_ports port 443',
     ];

@@ -21,14 +21,14 @@ function repoRoot(): string {
 const header = fs.readFileSync(path.join(repoRoot(), 'native', 'protocol.h'), 'utf8');
 
 test('TunnelActions mirror enum tg_action', () => {
-  const inC = Object.fromEntries([...header.matchAll(/TG_ACTION_([A-Z_]+) = (\d+)/g)].map((m) => [m[1]!, Number(m[2])]));
+  const inC = Object.fromEntries([...header.matchAll(/TG_ACTION_([A-Z_]+)\s*=\s*(\d+)/g)].map((m) => [m[1]!, Number(m[2])]));
   const { READ_ON, ...sent } = inC;
   assert.equal(typeof READ_ON, 'number', 'READ_ON stays in C: it is a null answer');
   assert.deepEqual(sent, { ...TunnelActions });
 });
 
 test('NextActions mirror enum tg_next', () => {
-  const inC = Object.fromEntries([...header.matchAll(/TG_NEXT_([A-Z_]+) = (\d+)/g)].map((m) => [m[1]!, Number(m[2])]));
+  const inC = Object.fromEntries([...header.matchAll(/TG_NEXT_([A-Z_]+)\s*=\s*(\d+)/g)].map((m) => [m[1]!, Number(m[2])]));
   const { READ_ON, ...sent } = inC;
   assert.equal(typeof READ_ON, 'number', 'READ_ON stays in C: it is a null answer');
   assert.deepEqual(sent, { ...NextActions });
