@@ -615,8 +615,11 @@ static void dial(tg_conn *c, const char *ip, uint32_t port, bool speculative) {
     err = errno;
     goto fail;
   }
-  /* Only direct connections (no request); a speculative one goes to the proxy. */
-  if (!speculative && c->req == NULL && c->front->direct_from_client &&
+  /* Only direct connections (no CONNECT request; plain HTTP: to the original destination itself);
+   * a speculative one goes to the proxy. */
+  bool direct = c->framed ? c->ep != NULL && port == c->ep->dport && strcmp(ip, c->ep->dip) == 0
+                          : c->req == NULL;
+  if (!speculative && direct && c->front->direct_from_client &&
       (err = bind_client_source(c, fd, ss.ss_family)) != 0)
     goto fail;
   if ((c->upoll = malloc(sizeof *c->upoll)) == NULL) {

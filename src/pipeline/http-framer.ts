@@ -1,7 +1,7 @@
 import type { ProxyEndpoint } from '../config/proxy-url';
 import type { ErrorCode } from '../core/errors';
 import { ErrorCodes } from '../core/errors';
-import { checkRequest, type RequestCheck } from '../session/http-request';
+import { HOP_BY_HOP, checkRequest, type RequestCheck } from '../session/http-request';
 import { absoluteUri } from '../session/http-request';
 import { readRequestHead } from '../sniff/http';
 
@@ -55,18 +55,6 @@ export type FrameStep =
 
 /** What a client request may carry that the fast path leaves to the Node path. */
 const HANDED_OVER_VERSIONS = new Set(['HTTP/1.0', 'HTTP/1.1']);
-
-/** Headers never passed on: hop-by-hop ones (RFC 9110 7.6.1) and those meant for a proxy the client never configured. */
-const HOP_BY_HOP = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-connection',
-  'proxy-authorization',
-  'proxy-authenticate',
-  'te',
-  'trailer',
-  'upgrade',
-]);
 
 /** The longest chunk-size line (with extensions) or trailer section accepted: ample for real clients. */
 const CHUNK_LINE_MAX = 4096;

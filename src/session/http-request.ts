@@ -26,6 +26,23 @@ export interface RequestFacts {
   isLocal: (address: string) => boolean;
 }
 
+/**
+ * Headers never passed on to the proxy: hop-by-hop ones (RFC 9110 7.6.1)
+ * and those meant for a proxy the client never configured. Not
+ * Transfer-Encoding: the framed path passes bodies on as they came (the
+ * Node path, which frames them anew, drops it too).
+ */
+export const HOP_BY_HOP: ReadonlySet<string> = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'proxy-authorization',
+  'proxy-authenticate',
+  'te',
+  'trailer',
+  'upgrade',
+]);
+
 /** Methods a client on an HTTP port never gets carried: TRACE echoes the request (with what the proxy adds), CONNECT asks for a tunnel. */
 const REFUSED_METHODS = new Set(['TRACE', 'TRACK', 'CONNECT']);
 

@@ -10,7 +10,7 @@ import type { HostVerifier } from '../route/host-verify';
 import type { RouteDecision, RouteInput, Router } from '../route/router';
 import { markedConnector } from '../outbound/dial';
 import { proxyAuthFix } from '../outbound/http-connect';
-import { absoluteUri, checkRequest, type RequestCheck } from './http-request';
+import { HOP_BY_HOP, absoluteUri, checkRequest, type RequestCheck } from './http-request';
 
 export { absoluteUri } from './http-request';
 
@@ -32,19 +32,6 @@ export interface HttpDeps {
   onInternalError(ctx: ConnContext, err: unknown): void;
 }
 
-/** Hop-by-hop headers (RFC 9110 7.6.1) and proxy headers a transparent client never meant for the proxy. */
-const HOP_BY_HOP = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-connection',
-  'proxy-authorization',
-  'proxy-authenticate',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-]);
-
 /** Copies raw headers minus hop-by-hop ones and those the Connection header names. */
 export function endToEndHeaders(raw: readonly string[], connection: string | string[] | undefined): string[] {
   const named = new Set<string>();
@@ -54,7 +41,8 @@ export function endToEndHeaders(raw: readonly string[], connection: string | str
   const out: string[] = [];
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const k = raw[i]!.toLowerCase();
-    if (HOP_BY_HOP.has(k) || named.has(k)) continue;
+    // Node frames the body anew: the client's Transfer-Encoding goes too.
+    if (HOP_BY_HOP.has(k) || k === 'transfer-encoding' || named.has(k)) continue;
     out.push(raw[i]!, raw[i + 1]!);
   }
   return out;

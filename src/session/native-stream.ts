@@ -18,6 +18,7 @@ import {
   tunnelListen,
   type NextAction,
   type TunnelAction,
+  type TunnelDone,
 } from '../native';
 import type { RequestFramer } from '../pipeline/http-framer';
 import { decide } from '../pipeline/decide';
@@ -303,15 +304,7 @@ export class NativeStreams {
   }
 
   private handOver(fd: number, ctx: ConnContext, head: Buffer | undefined): TunnelAction {
-    const sock = new net.Socket({
-      fd,
-      readable: true,
-      writable: true,
-      allowHalfOpen: true,
-      pauseOnCreate: true,
-    } as net.SocketConstructorOpts);
-    sock.on('error', noop);
-    this.deps.takeOver(sock, ctx, head ?? Buffer.alloc(0));
+    this.deps.takeOver(socketOf(fd), ctx, head ?? EMPTY);
     return TAKEN;
   }
 
@@ -330,16 +323,7 @@ export class NativeStreams {
     return ip === undefined ? null : [TunnelActions.SPECULATE, ip, decision.proxy.port];
   }
 
-  private done(
-    id: number,
-    up: number,
-    down: number,
-    outcome: string,
-    status: number,
-    reason: string,
-    fd: number,
-    rest: Buffer | undefined,
-  ): void {
+  private done(...[id, up, down, outcome, status, reason, fd, rest]: Parameters<TunnelDone>): void {
     this.release(id);
     const entry = this.live.get(id);
     if (entry === undefined) {
