@@ -3,7 +3,7 @@
  * (see normalizeRules in plan.ts): what is intercepted, to where, what is
  * never touched. Pure.
  */
-import type { NormalizedRules } from './plan';
+import type { NormalizedRules } from './normalized';
 import { BRIDGE_TABLE, TABLE } from './render-nft';
 
 export function summarize(norm: NormalizedRules): string {

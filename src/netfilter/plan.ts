@@ -7,6 +7,7 @@
  * the config, puts it in canonical form), renderNft() (render-nft.ts: the
  * script) and summarize() (plan-summary.ts: what a human is told).
  */
+import type { NormGroup, NormalizedRules } from './normalized';
 import { ErrorCodes, GatewayError } from '../core/errors';
 import { formatCidr, formatIPv4, formatIPv6, parseCidrOf, parseIPv4Bytes, parseIPv6Bytes } from '../core/ip';
 import { INTERFACE_NAME_RULE, isInterfaceName, isInterfacePattern, isPort } from '../core/validate';
@@ -166,12 +167,6 @@ function checkPort(p: unknown, what: string): number {
   return p;
 }
 
-interface NormGroup {
-  ports: number[];
-  listenPort: number;
-  allDestinations: boolean;
-}
-
 function normalizeGroups(groups: readonly PortGroup[] | undefined, proto: 'tcp' | 'udp'): NormGroup[] {
   const seen = new Map<number, number>();
   const out: NormGroup[] = [];
@@ -232,53 +227,9 @@ function checkAddress(addr: string | undefined, family: 4 | 6): string | undefin
 // ---------------------------------------------------------------------------
 // normalize → render, summarize
 
-/**
- * A RulesConfig checked and in canonical form: CIDRs with host bits cleared
- * and deduplicated, ports deduplicated, interface names checked. What
- * renderNft() and summarize() read; neither checks anything again.
- */
-export interface NormalizedRules {
-  mode: RulesConfig['mode'];
-  tproxy: boolean;
-  ipv4: boolean;
-  ipv6: boolean;
-  /** The enabled families, IPv4 first. */
-  families: Array<4 | 6>;
-  tcp: Array<{ ports: number[]; listenPort: number; allDestinations: boolean }>;
-  udp: Array<{ ports: number[]; listenPort: number; allDestinations: boolean }>;
-  /** Every intercepted TCP port, sorted (the OUTPUT hook's set). */
-  allTcpPorts: number[];
-  /** Every listener port, sorted, once. */
-  listenPorts: number[];
-  /** Empty when the family is off. */
-  bypass4: string[];
-  bypass6: string[];
-  lan: string[];
-  /** Without lo and the bridge. */
-  uplinks: string[];
-  /** --clients given (for either family): sources not listed are not intercepted. */
-  clientsOn: boolean;
-  clients4: string[];
-  clients6: string[];
-  /** tproxy mode: the listeners' addresses, canonical; undefined: `tproxy to :PORT`. */
-  addr4?: string;
-  addr6?: string;
-  fwmark: number;
-  /** fwmark as nft writes it (0x7467). */
-  mark: string;
-  routeTable: number;
-  rulePriority: number;
-  local: boolean;
-  /** local: transgate's own SO_MARK, formatted. */
-  ownMark?: string;
-  masquerade: string[];
-  rejectQuic: boolean;
-  failClosed: boolean;
-  bridge?: { name: string; mac: string };
-  transparentDirect: boolean;
-}
-
 /** Checks a RulesConfig and puts it in canonical form; throws TG_ERR_CONFIG on the first problem. */
+export type { NormalizedRules } from './normalized';
+
 export function normalizeRules(cfg: RulesConfig): NormalizedRules {
   if (cfg.mode !== 'tproxy' && cfg.mode !== 'redirect')
     throw configError(`mode must be "tproxy" or "redirect", got ${JSON.stringify(cfg.mode)}`);

@@ -9,7 +9,7 @@
  *   delete table inet transgate      # ... so this cannot fail
  *   table inet transgate { ... }     # the new contents
  */
-import type { NormalizedRules } from './plan';
+import type { NormalizedRules } from './normalized';
 
 const TABLE_FAMILY = 'inet';
 const TABLE_NAME = 'transgate';
