@@ -4,7 +4,7 @@ import type { NameLookup } from '../dns/name-map';
 import type { HostVerifier } from '../route/host-verify';
 import type { RouteDecision, RouteInput, Router } from '../route/router';
 import { forbiddenTarget } from '../route/targets';
-import { TLS_SNIFF_MAX_BYTES, sniffTls } from '../sniff/tls';
+import { TLS_SNIFF_MAX_BYTES, sniffTls, type TlsSniffResult } from '../sniff/tls';
 import type { RequestCheck } from '../session/http-request';
 import { RequestFramer, type RequestRoute } from './http-framer';
 
@@ -45,6 +45,8 @@ export interface FirstBytes {
   eof: boolean;
   /** The executor can carry plain HTTP in frames (the addon); otherwise HTTP goes to the Node HTTP session. */
   framed: boolean;
+  /** sniffTls(head), when the caller already has it (the addon's side reads on until it is not need-more). */
+  tls?: TlsSniffResult;
 }
 
 export type Decision =
@@ -85,7 +87,7 @@ export function decide(ctx: ConnContext, first: FirstBytes, deps: DecideDeps): D
     case 'http':
       return decideHttp(ctx, first, deps);
     case 'tls': {
-      const sniffed = head.length > 0 ? sniffTls(head) : undefined;
+      const sniffed = head.length > 0 ? (first.tls ?? sniffTls(head)) : undefined;
       if (!final && (sniffed === undefined || sniffed.status === 'need-more')) return READ_MORE;
       if (eof && head.length === 0) {
         ctx.result = 'client-closed';

@@ -202,12 +202,14 @@ export class NativeStreams {
     eof: boolean,
   ): TunnelAction | null {
     if (kind === 'tls' && !final && head?.length === 0) return this.speculate(cip, dip, dport);
-    // The sniffers are cheap on a partial head; the context is made only once there is something to decide.
-    if (!final && head !== undefined && (kind === 'tls' ? sniffTls(head) : sniffHttp(head)).status === 'need-more') return null;
+    // The sniffers are cheap on a partial head; the context is made only once there is something to decide. The
+    // ClientHello's verdict goes on to decide(), which would otherwise parse it a second time.
+    const tls = kind === 'tls' && head !== undefined && head.length > 0 ? sniffTls(head) : undefined;
+    if (!final && head !== undefined && (tls ?? sniffHttp(head)).status === 'need-more') return null;
     if (this.deps.closing()) return CLOSE;
     const ctx = new ConnContext(kind, addressOf(cip, cport), addressOf(dip, dport));
     const bytes = head ?? EMPTY;
-    const d = decide(ctx, { head: bytes, final, eof, framed: true }, this.deps);
+    const d = decide(ctx, { head: bytes, final, eof, framed: true, ...(tls ? { tls } : {}) }, this.deps);
     switch (d.kind) {
       case 'read-more':
         return null;
