@@ -589,6 +589,17 @@ static int peek_status(tg_relay *r) {
   return -1;
 }
 
+/* After bytes moved, wherever they moved: an answer that began lets the
+ * client's next request (perhaps read already) be looked at, and a hand-over
+ * waiting for upstream to go quiet may leave. Left out at the start, an
+ * answer already waiting when the relay began (a fast origin) was moved
+ * there with nobody looking: the pipelined request behind it then waited
+ * for the client's next packet, its FIN. False when the relay finished. */
+static bool settle(tg_relay *r) {
+  if (r->frame != NULL && r->awaiting && answer_begun(r) && !pump(r, CLIENT)) return false;
+  return hand_over_if_quiet(r);
+}
+
 static void on_poll(uv_poll_t *h, int status, int events) {
   tg_relay *r = (tg_relay *)h->data;
   const int side = h == &r->poll[CLIENT] ? CLIENT : UPSTREAM;
@@ -604,10 +615,7 @@ static void on_poll(uv_poll_t *h, int status, int events) {
     r->wr_blocked[1 - side] = false;
     if (!pump(r, 1 - side)) return;
   }
-  /* An answer began: the client's next request (perhaps read already) may be looked at now. */
-  if (r->frame != NULL && r->awaiting && answer_begun(r) && !pump(r, CLIENT)) return;
-  if (!hand_over_if_quiet(r)) return;
-  update_polls(r);
+  if (settle(r)) update_polls(r);
 }
 
 static void on_timer(uv_timer_t *t) {
@@ -731,7 +739,7 @@ int tg_relay_start(tg_env *te, int client_fd, int upstream_fd, uint64_t idle_ms,
 
   /* Bytes may already wait in the kernel (and EOF flags may already be set):
    * move them now rather than on the first poll. */
-  if (pump(r, CLIENT) && pump(r, UPSTREAM)) update_polls(r);
+  if (pump(r, CLIENT) && pump(r, UPSTREAM) && settle(r)) update_polls(r);
   return 0;
 }
 

@@ -6,6 +6,7 @@
  * redirect: false), so the destination is the listener's own address.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -1369,6 +1370,51 @@ describe('native plain HTTP relay in frames (native/splice.c)', { skip }, () => 
     assert.equal(d.outcome, 'handed-over');
     assert.equal(d.rest?.toString('latin1'), req3);
     assert.ok(d.fd >= 0);
+    front.take(d).destroy();
+    client.destroy();
+  });
+
+  // An origin that answers at once (nginx on the next veth): its answer was already in the socket when the relay
+  // started, was moved there, and nothing looked at the client side after it. The pipelined request behind, routed
+  // elsewhere, waited for the client's next packet (its FIN, a second later in the e2e suite) to be handed over.
+  it('an answer already waiting when the relay starts: the pipelined request behind it is still looked at at once', T, async () => {
+    const res1 = response('first');
+    // Another process, so that it can accept and answer while this loop is held (below).
+    const origin = spawn(
+      process.execPath,
+      [
+        '-e',
+        `const net = require('net');
+         const srv = net.createServer((s) => { s.write(Buffer.from(process.argv[1], 'base64')); s.on('data', () => {}); s.on('error', () => {}); });
+         srv.listen(0, '127.0.0.1', () => console.log(srv.address().port));`,
+        res1.toString('base64'),
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    cleanups.push(() => origin.kill());
+    const port = Number(await new Promise<string>((resolve) => origin.stdout.once('data', (d: Buffer) => resolve(d.toString()))));
+    const decider: Decider = (call) => {
+      const n = headLength(call.head!);
+      if (n < 0) return call.final ? [0] : null;
+      // Held once the connect is under way: when the loop looks again, the connection is up and its answer is there.
+      setImmediate(() => {
+        const until = Date.now() + 200;
+        while (Date.now() < until);
+      });
+      return [6, '127.0.0.1', port, rewrite(call.head!.toString('latin1', 0, n)), n, 0, true];
+    };
+    const nexter: Nexter = ({ bytes }) => (headLength(bytes) < 0 ? null : [1]);
+    const front = openHttpFront({}, decider, nexter);
+    const req1 = 'GET /one HTTP/1.1\r\nHost: origin.test\r\n\r\n';
+    const req2 = 'GET /other HTTP/1.1\r\nHost: elsewhere.test\r\n\r\n';
+    const client = await connectClient(front.port);
+    const back = readBytes(client, res1.length);
+    client.write(req1 + req2);
+    assert.equal((await back).toString('latin1'), res1.toString('latin1'));
+    // Well before the client does anything more (it never does here).
+    const d = await onlyHttpDoneOf(front, (await waitFor('decide()', () => front.decides[0])).id, 1_000);
+    assert.equal(d.outcome, 'handed-over');
+    assert.equal(d.rest?.toString('latin1'), req2);
     front.take(d).destroy();
     client.destroy();
   });
