@@ -80,6 +80,7 @@ typedef struct tg_relay {
   char *out; /* the framer's bytes, written upstream before anything else */
   size_t out_len, out_off;
   bool want_more; /* the framer saw cbuf and asked for more */
+  size_t seen;    /* with want_more: cbuf bytes known to hold no LF */
   /* A request head went upstream and no byte of any answer has come back
    * since (down_mark: bytes[UPSTREAM] + inpipe[UPSTREAM] then). The next
    * head is not read until one does: a client that pipelines then has at
@@ -477,6 +478,15 @@ static bool pump_framed(tg_relay *r) {
       if (got < 0) return false;
       if (got == 0 && !r->rd_eof[d]) break;
       if (got == 0 && r->cbuf_len == 0) break;
+      /* Whatever the framer waits for (a head, a chunk line, trailers) ends
+       * with a LF: until one comes it would say read-on again, and a client
+       * sending its head a byte at a time would cost a call into JS (and a
+       * copy of cbuf) per byte. A full cbuf and the client's EOF are told. */
+      if (r->want_more && !r->rd_eof[d] && r->cbuf_len < r->cbuf_cap &&
+          memchr(r->cbuf + r->seen, '\n', r->cbuf_len - r->seen) == NULL) {
+        r->seen = r->cbuf_len;
+        continue;
+      }
       r->want_more = false;
     }
     tg_frame_step step = {.action = -1};
@@ -504,6 +514,7 @@ static bool pump_framed(tg_relay *r) {
       continue;
     case TG_NEXT_READ_ON:
       r->want_more = true;
+      r->seen = r->cbuf_len;
       continue;
     case TG_NEXT_HANDOVER:
       r->handing_over = true;

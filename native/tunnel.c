@@ -949,8 +949,16 @@ static bool read_client(tg_conn *c) {
     return true;
   }
   if (n == 0) c->client_eof = true;
+  size_t before = c->head_len;
   c->head_len += (size_t)n;
-  decide_now(c, c->client_eof || c->head_len >= c->front->sniff_max);
+  bool final = c->client_eof || c->head_len >= c->front->sniff_max;
+  /* An HTTP head ends with a LF: until one comes decide() would say read on,
+   * and a head sent a byte at a time would cost a call into JS per byte (as
+   * in the framed relay, splice.c). The sniff deadline still decides. */
+  if (!final && before > 0 && c->front->next_fn != NULL &&
+      memchr(c->head + before, '\n', (size_t)n) == NULL)
+    return true;
+  decide_now(c, final);
   return true;
 }
 

@@ -78,6 +78,8 @@ const bad = (reason: string): FrameStep => refuse(400, ErrorCodes.BAD_REQUEST, r
 
 export class RequestFramer {
   private state: State = 'head';
+  /** The bytes of a partial head already searched for its end. */
+  private scanned = 0;
   /** The route of the connection's first request: later ones must go the same way. */
   private key: string | undefined;
   /** Requests forwarded so far. */
@@ -89,7 +91,10 @@ export class RequestFramer {
 
   constructor(private readonly deps: FramerDeps) {}
 
-  /** The next step over `buf` (the bytes after the last step's consumed and budget ones). */
+  /**
+   * The next step over `buf` (the bytes after the last step's consumed and budget ones). After need-more, the
+   * next call's `buf` starts with the same bytes.
+   */
   next(buf: Buffer, eof: boolean): FrameStep {
     switch (this.state) {
       case 'head':
@@ -107,8 +112,13 @@ export class RequestFramer {
   }
 
   private head(buf: Buffer, eof: boolean): FrameStep {
-    const read = readRequestHead(buf);
-    if (read.status === 'need-more') return { kind: 'need-more' };
+    const read = readRequestHead(buf, Math.min(this.scanned, buf.length));
+    if (read.status === 'need-more') {
+      // Asked again with these bytes and more (the executor's contract): what was searched is not searched again.
+      this.scanned = buf.length;
+      return { kind: 'need-more' };
+    }
+    this.scanned = 0;
     if (read.status === 'no-match') {
       if (this.requests === 0) return { kind: 'not-http' };
       return bad('bytes after a request that are not an HTTP request');

@@ -94,6 +94,8 @@ export class NativeStreams {
   private readonly live = new Map<number, Live>();
   /** Connections counted by the admission, by id: their client address, released at their end. */
   private readonly admitted = new Map<number, string>();
+  /** HTTP connections whose first head is still partial: how much of it was searched. */
+  private readonly scanned = new Map<number, number>();
   private readonly proxyAddresses = new Map<string, { address: string; expires: number }>();
   private readonly lookups = new Set<string>();
   private drained: (() => void) | undefined;
@@ -183,6 +185,7 @@ export class NativeStreams {
   }
 
   private release(id: number): void {
+    this.scanned.delete(id);
     const client = this.admitted.get(id);
     if (client === undefined) return;
     this.admitted.delete(id);
@@ -205,7 +208,12 @@ export class NativeStreams {
     // The sniffers are cheap on a partial head; the context is made only once there is something to decide. The
     // ClientHello's verdict goes on to decide(), which would otherwise parse it a second time.
     const tls = kind === 'tls' && head !== undefined && head.length > 0 ? sniffTls(head) : undefined;
-    if (!final && head !== undefined && (tls ?? sniffHttp(head)).status === 'need-more') return null;
+    if (!final && head !== undefined && (tls ?? sniffHttp(head, this.scanned.get(id))).status === 'need-more') {
+      // The addon asks again with these bytes and more: a head trickled in is searched once (sniff/http.ts).
+      if (!tls) this.scanned.set(id, head.length);
+      return null;
+    }
+    this.scanned.delete(id);
     if (this.deps.closing()) return CLOSE;
     const ctx = new ConnContext(kind, addressOf(cip, cport), addressOf(dip, dport));
     const bytes = head ?? EMPTY;
