@@ -15,18 +15,8 @@ import { ErrorCodes, GatewayError, withContext } from '../core/errors';
 import { INTERFACE_NAME_RULE, isInterfaceName, isInterfacePattern, isPort } from '../core/validate';
 import { formatCommand, isNotFound, netnsRunner, run, type Runner } from './exec';
 import { normalizeCidr, type RulesConfig } from './plan';
-import {
-  formatMark,
-  installPolicyRoutes,
-  policyRoute,
-  removePolicyRoutes,
-  validatePolicyIds,
-  type PolicyIds,
-  type PolicyRoute,
-} from './policy-routing';
-import type { RevertTarget, RuleBackend, RuleBackendOptions } from './rule-backend';
-
-export type IptablesVariant = 'iptables' | 'iptables-legacy';
+import { formatMark, installPolicyRoutes, policyRoute, removePolicyRoutes, validatePolicyIds, type PolicyIds } from './policy-routing';
+import type { IptablesPlan, IptablesVariant, RevertTarget, RuleBackend, RuleBackendOptions } from './rule-backend';
 
 /** Every chain transgate owns, in the table that holds it. */
 const IPT_CHAINS = {
@@ -63,19 +53,6 @@ const OWN_CHAINS: ReadonlyArray<[table: string, chain: string]> = [
   ['filter', IPT_CHAINS.closed],
   ['filter', IPT_CHAINS.input],
 ];
-
-export interface IptablesPlan {
-  backend: IptablesVariant;
-  mode: RulesConfig['mode'];
-  /** `iptables-restore --noflush` input, per family (absent: family off). */
-  restore4?: string;
-  restore6?: string;
-  routes: PolicyRoute[];
-  summary: string;
-  fwmark: number;
-  routeTable: number;
-  rulePriority: number;
-}
 
 function configError(msg: string): GatewayError {
   return new GatewayError(ErrorCodes.CONFIG, `rules (iptables): ${msg}`);

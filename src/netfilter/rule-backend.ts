@@ -4,9 +4,25 @@
  * Interception, `transgate clear`, doctor) may rely on.
  */
 import type { Runner } from './exec';
-import type { IptablesPlan, IptablesVariant } from './iptables';
 import type { RulesConfig, RulesPlan } from './plan';
-import type { PolicyIds } from './policy-routing';
+import type { PolicyIds, PolicyRoute } from './policy-routing';
+
+/** The iptables binaries transgate drives: iptables-nft (`iptables`) or the legacy one. */
+export type IptablesVariant = 'iptables' | 'iptables-legacy';
+
+/** What the iptables backend applies: restore input per family and the policy routes. */
+export interface IptablesPlan {
+  backend: IptablesVariant;
+  mode: RulesConfig['mode'];
+  /** `iptables-restore --noflush` input, per family (absent: family off). */
+  restore4?: string;
+  restore6?: string;
+  routes: PolicyRoute[];
+  summary: string;
+  fwmark: number;
+  routeTable: number;
+  rulePriority: number;
+}
 
 /** A plan of either backend. */
 export type AnyRulesPlan = RulesPlan | IptablesPlan;
