@@ -1,9 +1,12 @@
 import type net from 'node:net';
 import type { ProxyEndpoint } from '../config/proxy-url';
 import { ErrorCodes, GatewayError } from '../core/errors';
-import { requestLineHost } from '../core/names';
 import { hostPort } from '../core/types';
 import { UPSTREAM_CODES, dialTcp } from './dial';
+import { connectRequest } from './request-head';
+
+// The CONNECT head is built with the other upstream heads (request-head.ts); the addon's tunnel sends it too.
+export { connectRequest } from './request-head';
 
 const MAX_RESPONSE_HEAD = 16 * 1024;
 const HEAD_END = Buffer.from('\r\n\r\n');
@@ -17,14 +20,6 @@ export interface TunnelOptions {
   /** SO_MARK for the connection to the proxy (see DialOptions.mark). */
   mark?: number;
   signal?: AbortSignal;
-}
-
-/** The request head for `CONNECT host:port`, with the proxy's credentials. */
-export function connectRequest(proxy: ProxyEndpoint, host: string, port: number): string {
-  const authority = hostPort(requestLineHost(host), port);
-  let head = `CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n`;
-  if (proxy.authorization) head += `Proxy-Authorization: ${proxy.authorization}\r\n`;
-  return head + '\r\n';
 }
 
 /** Parses `HTTP/1.1 200 Connection established`; undefined when it is not a status line. */

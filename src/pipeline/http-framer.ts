@@ -1,8 +1,8 @@
 import type { ProxyEndpoint } from '../config/proxy-url';
 import type { ErrorCode } from '../core/errors';
 import { ErrorCodes } from '../core/errors';
-import { HOP_BY_HOP, checkRequest, type RequestCheck } from '../session/http-request';
-import { absoluteUri } from '../session/http-request';
+import { connectionTokens, forwardHead, serialize } from '../outbound/request-head';
+import { checkRequest, type RequestCheck } from '../session/http-request';
 import { readRequestHead } from '../sniff/http';
 
 /**
@@ -138,23 +138,16 @@ export class RequestFramer {
     if (!check.ok) return refuse(check.status, check.code, check.reason);
     this.lastCheck = check;
 
-    let connection = '';
     let upgrade = false;
     let te: string | undefined;
     const lengths: string[] = [];
     for (const [name, value] of read.headers) {
       const n = name.toLowerCase();
-      if (n === 'connection') connection += `,${value.toLowerCase()}`;
-      else if (n === 'upgrade') upgrade = true;
+      if (n === 'upgrade') upgrade = true;
       else if (n === 'transfer-encoding') te = te === undefined ? value : `${te}, ${value}`;
       else if (n === 'content-length') lengths.push(value);
     }
-    const tokens = new Set(
-      connection
-        .split(',')
-        .map((t) => t.trim())
-        .filter((t) => t !== ''),
-    );
+    const tokens = connectionTokens(read.headers);
     if (upgrade || tokens.has('upgrade')) return { kind: 'handover', why: 'an Upgrade request' };
     for (const t of tokens) if (FRAMING.has(t)) return bad(`Connection names ${t}, a framing header`);
 
@@ -181,21 +174,20 @@ export class RequestFramer {
     if (this.key !== undefined && route.key !== this.key) return { kind: 'handover', why: 'a request that goes another way' };
     this.key = route.key;
 
-    const target = check.target;
-    const name = target?.host ?? this.deps.address;
-    const uri = route.kind === 'proxy' ? absoluteUri(name, this.deps.port, check.path) : check.path;
-    let out = `${read.method} ${uri} ${read.version}\r\n`;
-    for (const [n, v] of read.headers) {
-      const lower = n.toLowerCase();
-      if (route.kind === 'proxy' ? HOP_BY_HOP.has(lower) || tokens.has(lower) : lower.startsWith('proxy-')) continue;
-      out += `${n}: ${v}\r\n`;
-    }
-    if (route.kind === 'proxy') {
-      if (tokens.has('close')) out += 'Connection: close\r\n';
-      else if (read.version === 'HTTP/1.0' && tokens.has('keep-alive')) out += 'Connection: keep-alive\r\n';
-      if (route.proxy.authorization) out += `Proxy-Authorization: ${route.proxy.authorization}\r\n`;
-    }
-    out += '\r\n';
+    // The same head as the Node path sends for this request (outbound/request-head.ts says where Node differs).
+    const parts = forwardHead(
+      {
+        method: read.method,
+        version: read.version,
+        host: check.target?.host ?? this.deps.address,
+        port: this.deps.port,
+        path: check.path,
+        headers: read.headers,
+      },
+      route.kind === 'proxy' ? { kind: 'proxy', proxy: route.proxy } : { kind: 'direct' },
+    );
+    const out = serialize(parts);
+    const uri = parts.target;
     this.requests++;
     this.first ??= { method: read.method, uri };
     this.state = chunked ? 'chunk-line' : 'head';

@@ -1,6 +1,5 @@
 import { ErrorCodes, type ErrorCode } from '../core/errors';
-import { parseAuthority, requestLineHost, type HostTarget } from '../core/names';
-import { hostPort } from '../core/types';
+import { parseAuthority, type HostTarget } from '../core/names';
 import { forbiddenTarget } from '../route/targets';
 
 /** What one request on an HTTP port asks for, validated; or why it is answered by the gateway itself. */
@@ -25,23 +24,6 @@ export interface RequestFacts {
   /** An address of this gateway or its proxy. */
   isLocal: (address: string) => boolean;
 }
-
-/**
- * Headers never passed on to the proxy: hop-by-hop ones (RFC 9110 7.6.1)
- * and those meant for a proxy the client never configured. Not
- * Transfer-Encoding: the framed path passes bodies on as they came (the
- * Node path, which frames them anew, drops it too).
- */
-export const HOP_BY_HOP: ReadonlySet<string> = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-connection',
-  'proxy-authorization',
-  'proxy-authenticate',
-  'te',
-  'trailer',
-  'upgrade',
-]);
 
 /** Methods a client on an HTTP port never gets carried: TRACE echoes the request (with what the proxy adds), CONNECT asks for a tunnel. */
 const REFUSED_METHODS = new Set(['TRACE', 'TRACK', 'CONNECT']);
@@ -100,11 +82,4 @@ export function checkRequest(f: RequestFacts): RequestCheck {
     if (why) return refuse(403, ErrorCodes.FORBIDDEN_TARGET, `${why}: not asked of the proxy for a client`);
   }
   return { ok: true, target, path };
-}
-
-/** The absolute-form URI a proxy expects: `http://name[:port]/path` (the port as the client connected to it). */
-export function absoluteUri(host: string, port: number, path: string): string {
-  requestLineHost(host);
-  const authority = port === 80 ? (host.includes(':') ? `[${host}]` : host) : hostPort(host, port);
-  return `http://${authority}${path === '*' ? '' : path}`;
 }

@@ -10,9 +10,17 @@ import type { HostVerifier } from '../route/host-verify';
 import type { RouteDecision, RouteInput, Router } from '../route/router';
 import { markedConnector } from '../outbound/dial';
 import { proxyAuthFix } from '../outbound/http-connect';
-import { HOP_BY_HOP, absoluteUri, checkRequest, type RequestCheck } from './http-request';
-
-export { absoluteUri } from './http-request';
+import {
+  HOP_BY_HOP,
+  absoluteUri,
+  forwardHead,
+  headerPairs,
+  serialize,
+  upgradeHead,
+  type ForwardRequest,
+  type RequestParts,
+} from '../outbound/request-head';
+import { checkRequest, type RequestCheck } from './http-request';
 
 export interface HttpDeps {
   router: Router;
@@ -32,7 +40,7 @@ export interface HttpDeps {
   onInternalError(ctx: ConnContext, err: unknown): void;
 }
 
-/** Copies raw headers minus hop-by-hop ones and those the Connection header names. */
+/** Copies a response's raw headers minus hop-by-hop ones and those the Connection header names. */
 export function endToEndHeaders(raw: readonly string[], connection: string | string[] | undefined): string[] {
   const named = new Set<string>();
   for (const v of Array.isArray(connection) ? connection : connection ? [connection] : []) {
@@ -41,7 +49,7 @@ export function endToEndHeaders(raw: readonly string[], connection: string | str
   const out: string[] = [];
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const k = raw[i]!.toLowerCase();
-    // Node frames the body anew: the client's Transfer-Encoding goes too.
+    // Node frames the body anew: the origin's Transfer-Encoding goes too.
     if (HOP_BY_HOP.has(k) || k === 'transfer-encoding' || named.has(k)) continue;
     out.push(raw[i]!, raw[i + 1]!);
   }
@@ -257,6 +265,23 @@ export class HttpSession {
     });
   }
 
+  /** A checked request as the upstream head builder takes it. */
+  private forwardRequest(
+    req: http.IncomingMessage,
+    host: string,
+    port: number,
+    check: Extract<RequestCheck, { ok: true }>,
+  ): ForwardRequest {
+    return {
+      method: req.method ?? 'GET',
+      version: `HTTP/${req.httpVersion}`,
+      host,
+      port,
+      path: check.path,
+      headers: headerPairs(req.rawHeaders),
+    };
+  }
+
   private async onRequest(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const st = this.states.get(req.socket);
     if (!st) {
@@ -289,21 +314,26 @@ export class HttpSession {
     if (res.destroyed || req.socket.destroyed) return;
     const port = ctx.destination.port;
     const url = absoluteUri(name, port, check.path);
-    const headers = endToEndHeaders(req.rawHeaders, req.headers.connection);
+    const facts = this.forwardRequest(req, name, port, check);
     let options: http.RequestOptions;
+    let parts: RequestParts;
     if (decision.kind === 'proxy' && decision.proxy) {
       const p = decision.proxy;
-      if (p.authorization) headers.push('Proxy-Authorization', p.authorization);
-      options = { host: p.host, port: p.port, path: url, agent: this.proxyAgent };
+      parts = forwardHead(facts, { kind: 'proxy', proxy: p });
+      options = { host: p.host, port: p.port, agent: this.proxyAgent };
       ctx.via = hostPort(p.host, p.port);
     } else {
       // Direct: the destination the client connected to (a no_proxy name was verified to be it).
-      options = { host: ctx.destination.address, port, path: check.path, agent: this.directAgent };
+      parts = forwardHead(facts, { kind: 'direct' });
+      options = { host: ctx.destination.address, port, agent: this.directAgent };
       if (this.deps.directFromClient) options.localAddress = ctx.client.address;
       ctx.via = hostPort(ctx.destination.address, port);
     }
-    options.method = req.method;
-    options.headers = headers;
+    // The fast path's head for the same request (outbound/request-head.ts says what Node writes differently).
+    // An array of headers is written as given, names and order kept; setHost: false, or Node would add a Host.
+    options.method = parts.method;
+    options.path = parts.target;
+    options.headers = parts.headers.flat();
     options.setHost = false;
     res.sendDate = false;
     // This request's upstream, taken now: with pipelining the next request has changed ctx.via by the time this one's
@@ -505,10 +535,9 @@ export class HttpSession {
       return;
     }
     // Replayed in origin form: the tunnel already goes to the Host's authority.
-    let reqHead = `${req.method} ${check.path} HTTP/${req.httpVersion}\r\n`;
-    for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) reqHead += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
-    reqHead += '\r\n';
-    upstream.write(reqHead);
+    upstream.write(
+      serialize(upgradeHead(this.forwardRequest(req, check.target?.host ?? ctx.destination.address, ctx.destination.port, check))),
+    );
     if (head.length > 0) upstream.write(head);
     st.upgraded = true;
     const before = { up: sock.bytesRead, down: sock.bytesWritten };

@@ -4,7 +4,8 @@ import { after, before, describe, test } from 'node:test';
 import { parseProxyUrl } from '../../src/config/proxy-url';
 import { GatewayError } from '../../src/core/errors';
 import { connectRequest, openTunnel, parseStatusLine } from '../../src/outbound/http-connect';
-import { absoluteUri, endToEndHeaders, errorStatus } from '../../src/session/http';
+import { absoluteUri } from '../../src/outbound/request-head';
+import { endToEndHeaders, errorStatus } from '../../src/session/http';
 
 describe('CONNECT request and answer parsing', () => {
   test('request head carries Basic credentials and brackets IPv6', () => {

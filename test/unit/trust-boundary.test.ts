@@ -11,7 +11,8 @@ import { parseProxyUrl } from '../../src/config/proxy-url';
 import { Admission, RefusalLog, connectionBudget } from '../../src/inbound/admission';
 import { HostVerifier } from '../../src/route/host-verify';
 import { forbiddenTarget } from '../../src/route/targets';
-import { absoluteUri, checkRequest } from '../../src/session/http-request';
+import { absoluteUri } from '../../src/outbound/request-head';
+import { checkRequest } from '../../src/session/http-request';
 
 describe('parseHost', () => {
   const cases: Array<[string, ReturnType<typeof parseHost>]> = [
