@@ -1,15 +1,15 @@
 /*
  * What the addon and TypeScript say to each other about a connection, in
  * one place: src/native/index.ts mirrors these numbers (TunnelActions,
- * ABI_VERSION) and test/unit/native-protocol.test.ts reads this file to
- * check that it still does. TG_ABI_VERSION changes with any change here;
+ * NextActions, Outcomes, ABI_VERSION) and test/unit/native-protocol.test.ts
+ * reads this file to check that it still does. TG_ABI_VERSION changes with any change here;
  * the TypeScript side refuses an addon built with another one (a stale
  * build/ after a pull would otherwise misread every answer).
  */
 #ifndef TRANSGATE_PROTOCOL_H
 #define TRANSGATE_PROTOCOL_H
 
-#define TG_ABI_VERSION 3
+#define TG_ABI_VERSION 4
 
 /* decide()'s answer, as the first element of the array it returns. */
 enum tg_action {
@@ -28,6 +28,34 @@ enum tg_next {
   TG_NEXT_HANDOVER = 1, /* [1]: once upstream is quiet, JS takes the client with the bytes read */
   TG_NEXT_CLOSE = 2,    /* [2]: reset the client (JS logged why) */
   TG_NEXT_READ_ON = 3,  /* null: read more before deciding (never sent as a number) */
+};
+
+/* How a connection ended: done() in tunnel.c, the relay's callback in
+ * splice.c. A detail string goes beside it: the errno name for the ones
+ * marked (errno), else "". TypeScript turns the pair into the log's words
+ * (outcomeText: "client ECONNRESET", "idle-timeout") and, for failures
+ * before any answer reached the client, into an error (outbound/failures.ts). */
+enum tg_outcome {
+  TG_OUTCOME_OK = 0,                /* both directions ended (the relay) */
+  TG_OUTCOME_HANDED_OVER = 1,       /* framed: JS takes the client fd and the bytes read */
+  TG_OUTCOME_ABORTED = 2,           /* tunnelAbortAll, spliceAbortAll, teardown */
+  TG_OUTCOME_IDLE_TIMEOUT = 3,      /* no bytes either way for idleMs */
+  TG_OUTCOME_REFUSED = 4,           /* next() said TG_NEXT_CLOSE (JS logged why) */
+  TG_OUTCOME_REJECTED = 5,          /* decide() said close (JS logged why; JS not told) */
+  TG_OUTCOME_UNUSABLE = 6,          /* no original destination (unusable() told instead) */
+  TG_OUTCOME_INTERNAL_ERROR = 7,    /* decide() or next() threw or answered nonsense */
+  TG_OUTCOME_CONNECT = 8,           /* (errno) connect() to the proxy or destination failed */
+  TG_OUTCOME_SOCKET = 9,            /* (errno) the upstream socket could not be made */
+  TG_OUTCOME_CONNECT_TIMEOUT = 10,  /* connect() did not complete within connectMs */
+  TG_OUTCOME_ANSWER = 11,           /* (errno) reading the proxy's answer to CONNECT */
+  TG_OUTCOME_ANSWER_TIMEOUT = 12,   /* no whole answer to CONNECT within connectMs */
+  TG_OUTCOME_ANSWER_CLOSED = 13,    /* the proxy closed before answering CONNECT */
+  TG_OUTCOME_ANSWER_PROTOCOL = 14,  /* the answer is not HTTP */
+  TG_OUTCOME_ANSWER_OVERSIZED = 15, /* the answer head is too long */
+  TG_OUTCOME_ANSWER_STATUS = 16,    /* refused CONNECT, or a framed proxy error: status, reason */
+  TG_OUTCOME_CLIENT_ERROR = 17,     /* (errno) the client side failed; the upstream was reset */
+  TG_OUTCOME_UPSTREAM_ERROR = 18,   /* (errno) the upstream side failed; the client was reset */
+  TG_OUTCOME_RELAY_ERROR = 19,      /* (errno) a local failure: pipe2 out of fds, a failed poll */
 };
 
 #endif

@@ -14,11 +14,12 @@
  * sends a FIN nor frees a descriptor number that this code still polls. The
  * relay closes its duplicates exactly once, when it finishes.
  *
- * The result is one callback(up, down, outcome) on the loop thread after all
- * handles are closed: outcome is "ok" (both directions reached EOF and were
- * half-closed in turn), "idle-timeout", "aborted", "<side> <ERRNO>" when a
- * side failed (the other side is then reset: SO_LINGER 0 before close), or
- * "relay <ERRNO>" for a local failure (pipe2 out of fds).
+ * The result is one callback(up, down, outcome, detail) on the loop thread
+ * after all handles are closed: outcome (enum tg_outcome) is OK (both
+ * directions reached EOF and were half-closed in turn), IDLE_TIMEOUT,
+ * ABORTED, CLIENT_ERROR or UPSTREAM_ERROR with the errno name as detail when
+ * a side failed (the other side is then reset: SO_LINGER 0 before close), or
+ * RELAY_ERROR with the errno name for a local failure (pipe2 out of fds).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* splice, pipe2, F_DUPFD_CLOEXEC */
@@ -53,7 +54,6 @@
 #define PIPE_CAP (r->te->pipe_cap)
 
 enum { CLIENT = 0, UPSTREAM = 1 };
-static const char *const SIDE_NAME[2] = {"client", "upstream"};
 
 typedef struct tg_relay {
   tg_env *te;
@@ -95,7 +95,9 @@ typedef struct tg_relay {
   bool status_known; /* the first response's status was looked at */
   int first_status;
   char *first_head; /* the first response's head, when the relay stopped for it */
-  char outcome[64];
+  /* enum tg_outcome, and its detail (static: an errno name or "") */
+  int outcome;
+  const char *detail;
   tg_relay_done_fn done; /* called once, after every handle is closed */
   void *user;
   struct tg_relay *prev, *next;
@@ -133,7 +135,7 @@ static void pipe_put(tg_env *te, int r, int w, bool empty) {
   close(w);
 }
 
-static void finish(tg_relay *r, const char *outcome);
+static void finish(tg_relay *r, int outcome, const char *detail);
 
 /* The relay's memory goes with its last handle; done() is called then,
  * unless the relay never started (tg_relay_start failed: r->done NULL). */
@@ -145,6 +147,7 @@ static void on_handle_closed(uv_handle_t *h) {
       tg_relay_end end = {.up = r->bytes[CLIENT],
                           .down = r->bytes[UPSTREAM],
                           .outcome = r->outcome,
+                          .detail = r->detail,
                           .kept_fd = r->keep_client ? r->kept_fd : -1,
                           .rest = r->cbuf,
                           .rest_len = r->cbuf_len,
@@ -199,16 +202,13 @@ static void set_linger0(int fd) {
 /* Side `side` failed with err: the other side gets a reset, as a transparent
  * path would have delivered. */
 static void fail(tg_relay *r, int side, int err) {
-  char msg[64];
-  snprintf(msg, sizeof msg, "%s %s", SIDE_NAME[side], tg_errno_name(err));
   set_linger0(r->fd[1 - side]);
-  finish(r, msg);
+  finish(r, side == CLIENT ? TG_OUTCOME_CLIENT_ERROR : TG_OUTCOME_UPSTREAM_ERROR,
+         tg_errno_name(err));
 }
 
 static void local_fail(tg_relay *r, int err) {
-  char msg[64];
-  snprintf(msg, sizeof msg, "relay %s", tg_errno_name(err));
-  finish(r, msg);
+  finish(r, TG_OUTCOME_RELAY_ERROR, tg_errno_name(err));
 }
 
 /* Moves what can move in direction d without blocking. Returns false when the relay finished. */
@@ -301,7 +301,7 @@ static bool pump(tg_relay *r, int d) {
     }
   }
   if (r->shut[0] && r->shut[1]) {
-    finish(r, "ok");
+    finish(r, TG_OUTCOME_OK, "");
     return false;
   }
   return true;
@@ -350,7 +350,7 @@ static int read_client(tg_relay *r) {
     if (want <= r->cbuf_len) {
       /* The framer kept asking for more than a head can be: a bug on its side. */
       set_linger0(r->fd[CLIENT]);
-      finish(r, "internal-error");
+      finish(r, TG_OUTCOME_INTERNAL_ERROR, "");
       return -1;
     }
     char *p = realloc(r->cbuf, want);
@@ -394,7 +394,7 @@ static bool upstream_quiet(tg_relay *r) {
 static bool hand_over_if_quiet(tg_relay *r) {
   if (!r->handing_over || !upstream_quiet(r)) return true;
   r->keep_client = true;
-  finish(r, "handed-over");
+  finish(r, TG_OUTCOME_HANDED_OVER, "");
   return false;
 }
 
@@ -501,7 +501,7 @@ static bool pump_framed(tg_relay *r) {
         /* Nothing changes: the framer would be asked the same again, forever, in this callback. */
         free(step.out);
         set_linger0(r->fd[CLIENT]);
-        finish(r, "internal-error");
+        finish(r, TG_OUTCOME_INTERNAL_ERROR, "");
         return false;
       }
       cbuf_drop(r, step.consumed);
@@ -521,12 +521,12 @@ static bool pump_framed(tg_relay *r) {
       return hand_over_if_quiet(r);
     case TG_NEXT_CLOSE:
       set_linger0(r->fd[CLIENT]);
-      finish(r, "refused");
+      finish(r, TG_OUTCOME_REFUSED, "");
       return false;
     default:
       free(step.out);
       set_linger0(r->fd[CLIENT]);
-      finish(r, "internal-error");
+      finish(r, TG_OUTCOME_INTERNAL_ERROR, "");
       return false;
     }
   }
@@ -545,7 +545,7 @@ static bool pump_framed(tg_relay *r) {
     }
   }
   if (r->shut[0] && r->shut[1]) {
-    finish(r, "ok");
+    finish(r, TG_OUTCOME_OK, "");
     return false;
   }
   return true;
@@ -596,7 +596,7 @@ static int peek_status(tg_relay *r) {
     r->first_head[head_len] = 0;
   }
   r->keep_client = true;
-  finish(r, "answer-status");
+  finish(r, TG_OUTCOME_ANSWER_STATUS, "");
   return -1;
 }
 
@@ -633,17 +633,18 @@ static void on_timer(uv_timer_t *t) {
   tg_relay *r = (tg_relay *)t->data;
   uint64_t idle = uv_now(t->loop) - r->last_active;
   if (idle >= r->idle_ms) {
-    finish(r, "idle-timeout");
+    finish(r, TG_OUTCOME_IDLE_TIMEOUT, "");
     return;
   }
   int rc = uv_timer_start(t, on_timer, r->idle_ms - idle, 0);
   if (rc != 0) local_fail(r, -rc);
 }
 
-static void finish(tg_relay *r, const char *outcome) {
+static void finish(tg_relay *r, int outcome, const char *detail) {
   if (r->finished) return;
   r->finished = true;
-  snprintf(r->outcome, sizeof r->outcome, "%s", outcome);
+  r->outcome = outcome;
+  r->detail = detail;
   tg_env *te = r->te;
   if (r->prev)
     r->prev->next = r->next;
@@ -800,15 +801,15 @@ typedef struct {
 static void js_relay_done(void *user, const tg_relay_end *end) {
   js_done *d = user;
   uint64_t up = end->up, down = end->down;
-  const char *outcome = end->outcome;
   napi_env env = d->te->env;
   napi_handle_scope scope;
   if (!d->te->stopping && napi_open_handle_scope(env, &scope) == napi_ok) {
-    napi_value argv[3];
+    napi_value argv[4];
     if (napi_create_double(env, (double)up, &argv[0]) == napi_ok &&
         napi_create_double(env, (double)down, &argv[1]) == napi_ok &&
-        napi_create_string_utf8(env, outcome, NAPI_AUTO_LENGTH, &argv[2]) == napi_ok)
-      tg_call_js(d->te, d->cb, 3, argv);
+        napi_create_uint32(env, (uint32_t)end->outcome, &argv[2]) == napi_ok &&
+        napi_create_string_latin1(env, end->detail, NAPI_AUTO_LENGTH, &argv[3]) == napi_ok)
+      tg_call_js(d->te, d->cb, 4, argv);
     napi_close_handle_scope(env, scope);
   }
   napi_delete_reference(env, d->cb);
@@ -891,7 +892,7 @@ static napi_value js_splice_abort_all(napi_env env, napi_callback_info info) {
   if (te == NULL) return NULL;
   uint32_t n = 0;
   while (te->relays != NULL) {
-    finish(te->relays, "aborted");
+    finish(te->relays, TG_OUTCOME_ABORTED, "");
     n++;
   }
   return tg_u32(env, n);
@@ -906,7 +907,7 @@ static napi_value js_splice_active(napi_env env, napi_callback_info info) {
 }
 
 void tg_splice_teardown(tg_env *te) {
-  while (te->relays != NULL) finish(te->relays, "aborted");
+  while (te->relays != NULL) finish(te->relays, TG_OUTCOME_ABORTED, "");
 }
 
 napi_status tg_splice_register(napi_env env, napi_value exports) {

@@ -18,7 +18,8 @@
  * head from upstream (framed relays; 0 when not known). */
 typedef struct tg_relay_end {
   uint64_t up, down;
-  const char *outcome;
+  int outcome;        /* enum tg_outcome (protocol.h) */
+  const char *detail; /* the errno name for the outcomes that carry one, else "" (static) */
   int kept_fd;
   const char *rest;
   size_t rest_len;

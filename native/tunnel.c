@@ -24,11 +24,13 @@
  *     [2]                      hand over: JS now owns fd (a net.Socket); the
  *                              bytes read so far are the `head` it was given
  *   The client is not polled while JS runs, so JS may take fd at once.
- * done(id, up, down, outcome, status, reason), once per connection that
- *   decide() sent on: outcome is a relay outcome (splice.c) or one of
- *   "connect <ERRNO>", "connect-timeout", "answer-timeout", "answer-closed",
- *   "answer <ERRNO>", "answer-protocol", "answer-oversized", "answer-status"
- *   (status and reason set), "socket <ERRNO>", "aborted".
+ * done(id, up, down, outcome, detail, status, reason), once per connection
+ *   that decide() sent on: outcome (enum tg_outcome, protocol.h) is a relay
+ *   outcome (splice.c) or one of CONNECT, CONNECT_TIMEOUT, ANSWER_TIMEOUT,
+ *   ANSWER_CLOSED, ANSWER, ANSWER_PROTOCOL, ANSWER_OVERSIZED, ANSWER_STATUS
+ *   (status and reason set), SOCKET, UPSTREAM_ERROR, INTERNAL_ERROR,
+ *   ABORTED; detail is the errno name for CONNECT, ANSWER, SOCKET and
+ *   UPSTREAM_ERROR, else "".
  * unusable(clientIp, clientPort, errnoName): a connection without an
  *   original destination (REDIRECT mode), or clientIp null for an accept
  *   error (EMFILE: accepting pauses for a moment).
@@ -206,32 +208,34 @@ static void unlink_conn(tg_conn *c) {
   te->conn_count--;
 }
 
-/* done(id, up, down, outcome, status, reason, fd, rest) in JS. fd >= 0 is
+/* done(id, up, down, outcome, detail, status, reason, fd, rest) in JS. fd >= 0 is
  * a client socket JS now owns (a plain HTTP connection that ends before a
  * response reached it gets the gateway's own answer; a handed-over one goes
  * to the Node path), rest the client bytes read and not yet passed on. */
-static void tell_done_fd(tg_conn *c, uint64_t up, uint64_t down, const char *outcome, int status,
-                         const char *reason, int fd, const char *rest, size_t rest_len) {
+static void tell_done_fd(tg_conn *c, uint64_t up, uint64_t down, int outcome, const char *detail,
+                         int status, const char *reason, int fd, const char *rest,
+                         size_t rest_len) {
   napi_env env = c->front->env;
   napi_handle_scope scope;
   if (c->front->te->stopping || napi_open_handle_scope(env, &scope) != napi_ok) {
     if (fd >= 0) close(fd);
     return;
   }
-  napi_value argv[8];
+  napi_value argv[9];
   void *data;
   bool ok =
       napi_create_uint32(env, c->id, &argv[0]) == napi_ok &&
       napi_create_double(env, (double)up, &argv[1]) == napi_ok &&
       napi_create_double(env, (double)down, &argv[2]) == napi_ok &&
-      napi_create_string_utf8(env, outcome, NAPI_AUTO_LENGTH, &argv[3]) == napi_ok &&
-      napi_create_uint32(env, (uint32_t)status, &argv[4]) == napi_ok &&
-      napi_create_string_latin1(env, reason ? reason : "", NAPI_AUTO_LENGTH, &argv[5]) == napi_ok &&
-      napi_create_int32(env, fd, &argv[6]) == napi_ok &&
-      (rest_len > 0 ? napi_create_buffer_copy(env, rest_len, rest, &data, &argv[7])
-                    : napi_get_undefined(env, &argv[7])) == napi_ok;
+      napi_create_uint32(env, (uint32_t)outcome, &argv[3]) == napi_ok &&
+      napi_create_string_latin1(env, detail, NAPI_AUTO_LENGTH, &argv[4]) == napi_ok &&
+      napi_create_uint32(env, (uint32_t)status, &argv[5]) == napi_ok &&
+      napi_create_string_latin1(env, reason ? reason : "", NAPI_AUTO_LENGTH, &argv[6]) == napi_ok &&
+      napi_create_int32(env, fd, &argv[7]) == napi_ok &&
+      (rest_len > 0 ? napi_create_buffer_copy(env, rest_len, rest, &data, &argv[8])
+                    : napi_get_undefined(env, &argv[8])) == napi_ok;
   if (ok)
-    tg_call_js(c->front->te, c->front->done, 8, argv);
+    tg_call_js(c->front->te, c->front->done, 9, argv);
   else if (fd >= 0)
     close(fd);
   napi_close_handle_scope(env, scope);
@@ -253,8 +257,8 @@ static void tell_unusable(tg_front *f, const char *cip, uint16_t cport, int err)
 /* Ends a connection before the relay: handles closed, sockets closed (the
  * client with a reset, as the Node path did: its destination failed), and
  * JS told once. `tell` is false for connections JS closed or took itself. */
-static void conn_end(tg_conn *c, const char *outcome, int status, const char *reason, bool tell,
-                     bool close_client) {
+static void conn_end(tg_conn *c, int outcome, const char *detail, int status, const char *reason,
+                     bool tell, bool close_client) {
   if (c->state == DONE) return;
   c->state = DONE;
   unlink_conn(c);
@@ -265,28 +269,26 @@ static void conn_end(tg_conn *c, const char *outcome, int status, const char *re
   /* A plain HTTP client whose request could not be carried gets the gateway's own answer from
    * JS; one ended by a shutdown (tunnelAbortAll) is reset like any other. */
   int kept = -1;
-  if (close_client && tell && c->framed && c->cfd >= 0 && strcmp(outcome, "aborted") != 0) {
+  if (close_client && tell && c->framed && c->cfd >= 0 && outcome != TG_OUTCOME_ABORTED) {
     kept = c->cfd;
   } else if (close_client && c->cfd >= 0) {
     set_linger0(c->cfd);
     close(c->cfd);
   }
   c->cfd = c->ufd = -1;
-  if (tell) tell_done_fd(c, c->head_off, 0, outcome, status, reason, kept, NULL, 0);
+  if (tell) tell_done_fd(c, c->head_off, 0, outcome, detail, status, reason, kept, NULL, 0);
   conn_release(c); /* the machine's own reference */
 }
 
-static void conn_fail_errno(tg_conn *c, const char *what, int err) {
-  char msg[64];
-  snprintf(msg, sizeof msg, "%s %s", what, tg_errno_name(err));
-  conn_end(c, msg, 0, NULL, true, true);
+static void conn_fail_errno(tg_conn *c, int outcome, int err) {
+  conn_end(c, outcome, tg_errno_name(err), 0, NULL, true, true);
 }
 
 /* ---- relay ------------------------------------------------------------------ */
 
 static void relay_done(void *user, const tg_relay_end *end) {
   tg_conn *c = user;
-  tell_done_fd(c, c->head_off + end->up, end->down, end->outcome, end->first_status,
+  tell_done_fd(c, c->head_off + end->up, end->down, end->outcome, end->detail, end->first_status,
                end->first_head, end->kept_fd, end->rest, end->rest_len);
   conn_release(c);
 }
@@ -317,13 +319,12 @@ static void start_relay(tg_conn *c) {
   free(c->req), c->req = NULL;
   free(c->answer), c->answer = NULL;
   if (rc != 0) {
-    char msg[64];
-    snprintf(msg, sizeof msg, "relay %s", tg_errno_name(-rc));
     set_linger0(c->cfd);
     close(c->cfd);
     close(c->ufd);
     c->state = DONE;
-    tg_relay_end end = {.outcome = msg, .kept_fd = -1};
+    tg_relay_end end = {
+        .outcome = TG_OUTCOME_RELAY_ERROR, .detail = tg_errno_name(-rc), .kept_fd = -1};
     relay_done(c, &end);
   }
   c->cfd = c->ufd = -1; /* the relay's now, or closed */
@@ -339,7 +340,7 @@ static void drop_spec(tg_conn *c);
 static bool upoll_want(tg_conn *c, int events) {
   int rc = uv_poll_start(c->upoll, events, on_upstream);
   if (rc != 0) {
-    conn_fail_errno(c, "socket", -rc);
+    conn_fail_errno(c, TG_OUTCOME_SOCKET, -rc);
     return false;
   }
   return true;
@@ -349,7 +350,7 @@ static bool upoll_want(tg_conn *c, int events) {
 static bool timer_want(tg_conn *c, uint64_t ms) {
   int rc = uv_timer_start(&c->timer, on_timeout, ms, 0);
   if (rc != 0) {
-    conn_fail_errno(c, "socket", -rc);
+    conn_fail_errno(c, TG_OUTCOME_SOCKET, -rc);
     return false;
   }
   return true;
@@ -379,7 +380,7 @@ static void send_head(tg_conn *c) {
       if (timer_want(c, c->front->connect_ms)) upoll_want(c, UV_WRITABLE);
       return;
     }
-    conn_fail_errno(c, "upstream", errno);
+    conn_fail_errno(c, TG_OUTCOME_UPSTREAM_ERROR, errno);
     return;
   }
   start_relay(c);
@@ -391,7 +392,7 @@ static void send_request(tg_conn *c) {
     if (errno == EAGAIN)
       upoll_want(c, UV_WRITABLE);
     else
-      conn_fail_errno(c, "answer", errno);
+      conn_fail_errno(c, TG_OUTCOME_ANSWER, errno);
     return;
   }
   c->state = ANSWER;
@@ -431,18 +432,18 @@ static bool grow(char **buf, size_t len, size_t *cap, size_t first, size_t max) 
  * greeting) stays in the kernel for the relay. */
 static void read_answer(tg_conn *c) {
   if (!grow(&c->answer, c->answer_len, &c->answer_cap, ANSWER_FIRST, ANSWER_MAX)) {
-    conn_fail_errno(c, "socket", ENOMEM);
+    conn_fail_errno(c, TG_OUTCOME_SOCKET, ENOMEM);
     return;
   }
   ssize_t n;
   do n = recv(c->ufd, c->answer + c->answer_len, c->answer_cap - c->answer_len, MSG_PEEK);
   while (n < 0 && errno == EINTR);
   if (n < 0) {
-    if (errno != EAGAIN) conn_fail_errno(c, "answer", errno);
+    if (errno != EAGAIN) conn_fail_errno(c, TG_OUTCOME_ANSWER, errno);
     return;
   }
   if (n == 0) {
-    conn_end(c, "answer-closed", 0, NULL, true, true);
+    conn_end(c, TG_OUTCOME_ANSWER_CLOSED, "", 0, NULL, true, true);
     return;
   }
   size_t have = c->answer_len + (size_t)n;
@@ -461,12 +462,13 @@ static void read_answer(tg_conn *c) {
   do got = recv(c->ufd, sink, take, 0);
   while (got < 0 && errno == EINTR);
   if (got != (ssize_t)take) {
-    conn_fail_errno(c, "answer", got < 0 ? errno : EIO);
+    conn_fail_errno(c, TG_OUTCOME_ANSWER, got < 0 ? errno : EIO);
     return;
   }
   c->answer_len += take;
   if (end == 0) {
-    if (c->answer_len >= ANSWER_MAX) conn_end(c, "answer-oversized", 0, NULL, true, true);
+    if (c->answer_len >= ANSWER_MAX)
+      conn_end(c, TG_OUTCOME_ANSWER_OVERSIZED, "", 0, NULL, true, true);
     return; /* more to come; the poll stays */
   }
   (void)uv_timer_stop(&c->timer);
@@ -476,7 +478,7 @@ static void read_answer(tg_conn *c) {
   size_t reason_len;
   int status = status_of(c->answer, line_len, &reason, &reason_len);
   if (status < 0) {
-    conn_end(c, "answer-protocol", 0, NULL, true, true);
+    conn_end(c, TG_OUTCOME_ANSWER_PROTOCOL, "", 0, NULL, true, true);
     return;
   }
   if (status < 200 || status > 299) {
@@ -484,7 +486,7 @@ static void read_answer(tg_conn *c) {
     size_t l = reason_len < sizeof text - 1 ? reason_len : sizeof text - 1;
     memcpy(text, reason, l);
     text[l] = 0;
-    conn_end(c, "answer-status", status, text, true, true);
+    conn_end(c, TG_OUTCOME_ANSWER_STATUS, "", status, text, true, true);
     return;
   }
   send_head(c); /* the relay's own polls replace upoll, or upoll waits for POLLOUT */
@@ -537,14 +539,15 @@ static void on_upstream(uv_poll_t *h, int status, int events) {
     return;
   }
   if (status < 0 && c->state != CONNECTING) {
-    conn_fail_errno(c, c->state == HEAD ? "upstream" : "answer", tg_socket_error(c->ufd, status));
+    conn_fail_errno(c, c->state == HEAD ? TG_OUTCOME_UPSTREAM_ERROR : TG_OUTCOME_ANSWER,
+                    tg_socket_error(c->ufd, status));
     return;
   }
   switch (c->state) {
   case CONNECTING: {
     int err = tg_socket_error(c->ufd, status);
     if (err != 0)
-      conn_fail_errno(c, "connect", err);
+      conn_fail_errno(c, TG_OUTCOME_CONNECT, err);
     else
       upstream_connected(c);
     return;
@@ -595,7 +598,7 @@ static void dial(tg_conn *c, const char *ip, uint32_t port, bool speculative) {
   socklen_t len;
   if (!tg_sockaddr(ip, (uint16_t)port, &ss, &len)) {
     if (speculative) return; /* nothing to open early; the final answer is checked again */
-    conn_fail_errno(c, "socket", EINVAL);
+    conn_fail_errno(c, TG_OUTCOME_SOCKET, EINVAL);
     return;
   }
   int err = 0;
@@ -647,7 +650,7 @@ static void dial(tg_conn *c, const char *ip, uint32_t port, bool speculative) {
       drop_spec(c);
       return;
     }
-    conn_fail_errno(c, "connect", errno);
+    conn_fail_errno(c, TG_OUTCOME_CONNECT, errno);
     return;
   }
   if (!speculative && !timer_want(c, c->front->connect_ms)) return;
@@ -658,7 +661,7 @@ fail:
   if (speculative)
     drop_spec(c); /* dialled again, and reported, once the connection is decided */
   else
-    conn_fail_errno(c, "socket", err);
+    conn_fail_errno(c, TG_OUTCOME_SOCKET, err);
 }
 
 /* ---- client ----------------------------------------------------------------- */
@@ -827,7 +830,7 @@ static void decide(tg_conn *c, const char *cip, uint16_t cport, const char *dip,
   (void)uv_timer_stop(&c->timer);
   napi_handle_scope scope;
   if (napi_open_handle_scope(env, &scope) != napi_ok) {
-    conn_fail_errno(c, "socket", ENOMEM);
+    conn_fail_errno(c, TG_OUTCOME_SOCKET, ENOMEM);
     return;
   }
   napi_value argv[9], result = NULL;
@@ -869,21 +872,21 @@ static void decide(tg_conn *c, const char *cip, uint16_t cport, const char *dip,
   if (action == TG_ACTION_SPECULATE || action == TG_ACTION_READ_ON) {
     /* The ClientHello is not whole yet: read on. */
     int err = watch_client(c);
-    if (err != 0) conn_fail_errno(c, "socket", err);
+    if (err != 0) conn_fail_errno(c, TG_OUTCOME_SOCKET, err);
     return;
   }
   switch (action) {
   case TG_ACTION_CLOSE: /* closed by JS's decision; logged there */
     close(c->cfd);
     c->cfd = -1;
-    conn_end(c, "rejected", 0, NULL, false, false);
+    conn_end(c, TG_OUTCOME_REJECTED, "", 0, NULL, false, false);
     return;
   case TG_ACTION_RESET: /* refused by JS (logged there): a reset, so that the client stops at once */
-    conn_end(c, "refused", 0, NULL, false, true);
+    conn_end(c, TG_OUTCOME_REFUSED, "", 0, NULL, false, true);
     return;
   case TG_ACTION_TAKEN: /* JS took the fd */
     c->cfd = -1;
-    conn_end(c, "handed-over", 0, NULL, false, false);
+    conn_end(c, TG_OUTCOME_HANDED_OVER, "", 0, NULL, false, false);
     return;
   case TG_ACTION_HTTP:
     c->framed = true;
@@ -909,7 +912,7 @@ static void decide(tg_conn *c, const char *cip, uint16_t cport, const char *dip,
   default: {
     /* A decide() that threw or answered nonsense: a bug, reported through
      * 'uncaughtException' above or here; the client gets a reset. */
-    conn_end(c, "internal-error", 0, NULL, true, true);
+    conn_end(c, TG_OUTCOME_INTERNAL_ERROR, "", 0, NULL, true, true);
     return;
   }
   }
@@ -936,7 +939,7 @@ static void decide_now(tg_conn *c, bool final) {
  * False when nothing was there yet (EAGAIN). */
 static bool read_client(tg_conn *c) {
   if (!grow(&c->head, c->head_len, &c->head_cap, HEAD_FIRST, c->front->sniff_max)) {
-    conn_fail_errno(c, "socket", ENOMEM);
+    conn_fail_errno(c, TG_OUTCOME_SOCKET, ENOMEM);
     return true;
   }
   ssize_t n;
@@ -982,14 +985,14 @@ static void on_timeout(uv_timer_t *t) {
     decide_now(c, true);
     return;
   case CONNECTING:
-    conn_end(c, "connect-timeout", 0, NULL, true, true);
+    conn_end(c, TG_OUTCOME_CONNECT_TIMEOUT, "", 0, NULL, true, true);
     return;
   case REQUEST:
   case ANSWER:
-    conn_end(c, "answer-timeout", 0, NULL, true, true);
+    conn_end(c, TG_OUTCOME_ANSWER_TIMEOUT, "", 0, NULL, true, true);
     return;
   case HEAD:
-    conn_end(c, "upstream ETIMEDOUT", 0, NULL, true, true);
+    conn_end(c, TG_OUTCOME_UPSTREAM_ERROR, tg_errno_name(ETIMEDOUT), 0, NULL, true, true);
     return;
   default:
     return;
@@ -1034,7 +1037,7 @@ static void start_conn(tg_front *f, int fd, const struct sockaddr_storage *peer)
   int one = 1;
   if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0) {
     int err = errno;
-    conn_end(c, "unusable", 0, NULL, false, true);
+    conn_end(c, TG_OUTCOME_UNUSABLE, "", 0, NULL, false, true);
     tell_unusable(f, NULL, 0, err); /* f is still held by c's timer */
     return;
   }
@@ -1045,7 +1048,7 @@ static void start_conn(tg_front *f, int fd, const struct sockaddr_storage *peer)
     char cip[INET6_ADDRSTRLEN];
     uint16_t cport = 0;
     if (tg_format_addr(peer, cip, &cport) != 0) tell_unusable(f, cip, cport, err);
-    conn_end(c, "unusable", 0, NULL, false, true);
+    conn_end(c, TG_OUTCOME_UNUSABLE, "", 0, NULL, false, true);
     return;
   }
   if (!f->sniff) {
@@ -1053,7 +1056,7 @@ static void start_conn(tg_front *f, int fd, const struct sockaddr_storage *peer)
     return;
   }
   if ((c->ep = malloc(sizeof *c->ep)) == NULL) {
-    conn_end(c, "unusable", 0, NULL, false, true);
+    conn_end(c, TG_OUTCOME_UNUSABLE, "", 0, NULL, false, true);
     tell_unusable(f, NULL, 0, ENOMEM);
     return;
   }
@@ -1068,7 +1071,7 @@ static void start_conn(tg_front *f, int fd, const struct sockaddr_storage *peer)
   }
   int err = watch_client(c);
   if (err != 0) {
-    conn_end(c, "unusable", 0, NULL, false, true);
+    conn_end(c, TG_OUTCOME_UNUSABLE, "", 0, NULL, false, true);
     tell_unusable(f, NULL, 0, err);
   }
 }
@@ -1272,14 +1275,14 @@ static napi_value js_tunnel_close(napi_env env, napi_callback_info info) {
   return undef;
 }
 
-/* tunnelAbortAll() -> how many connections (not yet relaying) were ended; each gets done("aborted"). */
+/* tunnelAbortAll() -> how many connections (not yet relaying) were ended; each gets done(ABORTED). */
 static napi_value js_tunnel_abort_all(napi_env env, napi_callback_info info) {
   (void)info;
   tg_env *te = tg_env_of(env);
   if (te == NULL) return NULL;
   uint32_t n = 0;
   while (te->conns != NULL) {
-    conn_end(te->conns, "aborted", 0, NULL, true, true);
+    conn_end(te->conns, TG_OUTCOME_ABORTED, "", 0, NULL, true, true);
     n++;
   }
   return tg_u32(env, n);
@@ -1294,7 +1297,7 @@ static napi_value js_tunnel_pending(napi_env env, napi_callback_info info) {
 }
 
 void tg_tunnel_teardown(tg_env *te) {
-  while (te->conns != NULL) conn_end(te->conns, "aborted", 0, NULL, false, true);
+  while (te->conns != NULL) conn_end(te->conns, TG_OUTCOME_ABORTED, "", 0, NULL, false, true);
   while (te->fronts != NULL) front_stop(te->fronts, true);
 }
 

@@ -68,13 +68,81 @@ export interface NativeSystemError extends Error {
 
 /** The raw addon, as native/transgate.c exports it. Arguments are positional and all required. */
 /** native/protocol.h's TG_ABI_VERSION: an addon built from other sources is refused at load. */
-export const ABI_VERSION = 3;
+export const ABI_VERSION = 4;
 
 /** native/protocol.h's enum tg_action: the first element of decide()'s answer (READ_ON is a null answer, never sent). */
 export const TunnelActions = { CLOSE: 0, CONNECT: 1, TAKEN: 2, SPECULATE: 3, RESET: 5, HTTP: 6 } as const;
 
 /** native/protocol.h's enum tg_next: next()'s answer at a request boundary (READ_ON is a null answer, never sent). */
 export const NextActions = { FORWARD: 0, HANDOVER: 1, CLOSE: 2 } as const;
+
+/**
+ * native/protocol.h's enum tg_outcome: how a connection carried by the addon
+ * ended (done(), the splice relay's callback). The JS executors (openTunnel,
+ * the Node relays) report theirs with the same numbers, so that one table
+ * (outbound/failures.ts) turns a failure into the same error wherever it ran.
+ */
+export const Outcomes = {
+  OK: 0,
+  HANDED_OVER: 1,
+  ABORTED: 2,
+  IDLE_TIMEOUT: 3,
+  REFUSED: 4,
+  REJECTED: 5,
+  UNUSABLE: 6,
+  INTERNAL_ERROR: 7,
+  /** detail: the errno name (connect to the proxy or the destination failed). */
+  CONNECT: 8,
+  /** detail: the errno name (the upstream socket could not be made). */
+  SOCKET: 9,
+  CONNECT_TIMEOUT: 10,
+  /** detail: the errno name (reading the proxy's answer to CONNECT). */
+  ANSWER: 11,
+  ANSWER_TIMEOUT: 12,
+  ANSWER_CLOSED: 13,
+  ANSWER_PROTOCOL: 14,
+  ANSWER_OVERSIZED: 15,
+  /** status and reason set: a refused CONNECT, or (framed) the first response was the proxy's own error. */
+  ANSWER_STATUS: 16,
+  /** detail: the errno name of the client side's failure (the upstream was reset). */
+  CLIENT_ERROR: 17,
+  /** detail: the errno name of the upstream side's failure (the client was reset). */
+  UPSTREAM_ERROR: 18,
+  /** detail: the errno name of a local failure (out of fds for the pipes). */
+  RELAY_ERROR: 19,
+} as const;
+
+export type Outcome = (typeof Outcomes)[keyof typeof Outcomes];
+
+/** The log's word for each outcome: the strings the addon sent before outcomes were numbers, so log lines stay as they were. */
+const OUTCOME_WORDS: Record<Outcome, string> = {
+  [Outcomes.OK]: 'ok',
+  [Outcomes.HANDED_OVER]: 'handed-over',
+  [Outcomes.ABORTED]: 'aborted',
+  [Outcomes.IDLE_TIMEOUT]: 'idle-timeout',
+  [Outcomes.REFUSED]: 'refused',
+  [Outcomes.REJECTED]: 'rejected',
+  [Outcomes.UNUSABLE]: 'unusable',
+  [Outcomes.INTERNAL_ERROR]: 'internal-error',
+  [Outcomes.CONNECT]: 'connect',
+  [Outcomes.SOCKET]: 'socket',
+  [Outcomes.CONNECT_TIMEOUT]: 'connect-timeout',
+  [Outcomes.ANSWER]: 'answer',
+  [Outcomes.ANSWER_TIMEOUT]: 'answer-timeout',
+  [Outcomes.ANSWER_CLOSED]: 'answer-closed',
+  [Outcomes.ANSWER_PROTOCOL]: 'answer-protocol',
+  [Outcomes.ANSWER_OVERSIZED]: 'answer-oversized',
+  [Outcomes.ANSWER_STATUS]: 'answer-status',
+  [Outcomes.CLIENT_ERROR]: 'client',
+  [Outcomes.UPSTREAM_ERROR]: 'upstream',
+  [Outcomes.RELAY_ERROR]: 'relay',
+};
+
+/** An outcome as the access log's result shows it: `idle-timeout`, `client ECONNRESET`, `connect ECONNREFUSED`. */
+export function outcomeText(outcome: Outcome, detail = ''): string {
+  const word = OUTCOME_WORDS[outcome] ?? `outcome-${String(outcome)}`;
+  return detail === '' ? word : `${word} ${detail}`;
+}
 
 export interface NativeBinding {
   abiVersion(): number;
@@ -177,18 +245,20 @@ export type NextAction =
   | readonly [typeof NextActions.CLOSE];
 
 /**
- * The end of a connection decide() sent on: bytes each way, outcome, and the
- * proxy's status and reason for "answer-status" (for plain HTTP, `status` is
- * the first response's). `fd` >= 0 is a client socket TypeScript now owns: a
- * plain HTTP connection ended before any response reached the client (it
- * gets the gateway's own answer) or handed over (outcome "handed-over"),
- * with `rest` the client bytes read and not passed on; else -1.
+ * The end of a connection decide() sent on: bytes each way, outcome with its
+ * detail (the errno name, or ''), and the proxy's status and reason for
+ * ANSWER_STATUS (for plain HTTP, `status` is the first response's). `fd` >= 0
+ * is a client socket TypeScript now owns: a plain HTTP connection ended
+ * before any response reached the client (it gets the gateway's own answer)
+ * or handed over (HANDED_OVER), with `rest` the client bytes read and not
+ * passed on; else -1.
  */
 export type TunnelDone = (
   id: number,
   up: number,
   down: number,
-  outcome: string,
+  outcome: Outcome,
+  detail: string,
   status: number,
   reason: string,
   fd: number,
@@ -228,10 +298,11 @@ export interface TunnelListenOptions {
 
 /**
  * The end of a splice relay: bytes written to the upstream (up) and to the
- * client (down), and 'ok', 'idle-timeout', 'aborted', '<client|upstream> <ERRNO>'
- * (the other side was reset) or 'relay <ERRNO>' (a local failure, e.g. EMFILE).
+ * client (down), and OK, IDLE_TIMEOUT, ABORTED, CLIENT_ERROR or
+ * UPSTREAM_ERROR with the errno name as detail (the other side was reset), or
+ * RELAY_ERROR with the errno name (a local failure, e.g. EMFILE).
  */
-export type SpliceDoneCallback = (up: number, down: number, outcome: string) => void;
+export type SpliceDoneCallback = (up: number, down: number, outcome: Outcome, detail: string) => void;
 
 export interface SpliceRelayOptions {
   /** 0 turns the idle timeout off. */
@@ -592,7 +663,7 @@ export function spliceRelay(clientFd: number, upstreamFd: number, opts: SpliceRe
   loadNative().spliceRelay(c, u, idle, clientEof, upstreamEof, onDone);
 }
 
-/** Ends every running splice relay (outcome 'aborted'); for shutdown. Returns how many. */
+/** Ends every running splice relay (Outcomes.ABORTED); for shutdown. Returns how many. */
 export function spliceAbortAll(): number {
   return hasSplice() ? loadNative().spliceAbortAll() : 0;
 }
@@ -646,7 +717,7 @@ export function tunnelClose(handle: TunnelHandle): void {
   loadNative().tunnelClose(handle);
 }
 
-/** Ends every connection that is not relaying yet (shutdown); each gets done('aborted'). */
+/** Ends every connection that is not relaying yet (shutdown); each gets done(Outcomes.ABORTED). */
 export function tunnelAbortAll(): number {
   return hasTunnel() ? loadNative().tunnelAbortAll() : 0;
 }

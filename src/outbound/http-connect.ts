@@ -1,8 +1,10 @@
 import type net from 'node:net';
 import type { ProxyEndpoint } from '../config/proxy-url';
-import { ErrorCodes, GatewayError } from '../core/errors';
+import { ErrorCodes, GatewayError, errnoOf } from '../core/errors';
 import { hostPort } from '../core/types';
+import { Outcomes, type Outcome } from '../native';
 import { UPSTREAM_CODES, dialTcp } from './dial';
+import { outcomeError, type FailureDetail } from './failures';
 import { connectRequest } from './request-head';
 
 // The CONNECT head is built with the other upstream heads (request-head.ts); the addon's tunnel sends it too.
@@ -29,48 +31,18 @@ export function parseStatusLine(line: string): { status: number; reason: string 
   return { status: Number(m[1]), reason: (m[2] ?? '').trim() };
 }
 
-/** What to do about a 407 from this proxy: one text for CONNECT and for plain HTTP requests. */
-export function proxyAuthFix(proxy: ProxyEndpoint): string {
-  return proxy.authorization
-    ? 'the credentials in https_proxy/http_proxy were rejected: check user and password (percent-encode @ : / and spaces)'
-    : 'the proxy wants credentials: put them in the URL, http://user:password@proxy:port';
-}
-
-/** Turns a refused CONNECT into an error that says what the user can do. */
-export function connectRefusal(proxy: ProxyEndpoint, authority: string, port: number, status: number, reason: string): GatewayError {
-  const said = `proxy ${proxy.display} answered ${status}${reason ? ` ${reason}` : ''} to CONNECT ${authority}`;
-  if (status === 407) return new GatewayError(ErrorCodes.UPSTREAM_407, `${said}: ${proxyAuthFix(proxy)}`, { status });
-  if (status === 403) {
-    const hint = port !== 443 ? `; many proxies allow CONNECT only to port 443 (port ${port} refused)` : '';
-    return new GatewayError(ErrorCodes.UPSTREAM_403, `${said}: the proxy's policy refuses this destination${hint}`, { status });
-  }
-  return new GatewayError(ErrorCodes.UPSTREAM_STATUS, said, { status });
-}
-
-/** How a CONNECT exchange fails, in the same words wherever the exchange runs (here or in the addon). */
-export const tunnelFailure = {
-  timeout: (proxy: ProxyEndpoint, authority: string, ms: number): GatewayError =>
-    new GatewayError(ErrorCodes.UPSTREAM_TIMEOUT, `proxy ${proxy.display} did not answer CONNECT ${authority} within ${ms} ms`),
-  closed: (proxy: ProxyEndpoint, authority: string): GatewayError =>
-    new GatewayError(ErrorCodes.UPSTREAM_CLOSED, `proxy ${proxy.display} closed the connection before answering CONNECT ${authority}`),
-  notHttp: (proxy: ProxyEndpoint): GatewayError =>
-    new GatewayError(
-      ErrorCodes.UPSTREAM_PROTOCOL,
-      `proxy ${proxy.display} did not answer CONNECT with HTTP: is ${proxy.display} an HTTP proxy?`,
-    ),
-  oversized: (proxy: ProxyEndpoint): GatewayError =>
-    new GatewayError(ErrorCodes.UPSTREAM_PROTOCOL, `proxy ${proxy.display} sent an oversized answer to CONNECT`),
-  error: (proxy: ProxyEndpoint, detail: string, cause?: unknown): GatewayError =>
-    new GatewayError(ErrorCodes.UPSTREAM_UNREACHABLE, `proxy ${proxy.display}: ${detail}`, { cause }),
-};
-
 /**
  * Opens a tunnel through an HTTP proxy with CONNECT. Resolves once the proxy
  * said 2xx; bytes the proxy sent after its head are put back on the socket.
+ * Its failures are the addon's outcomes (native/tunnel.c reads the answer
+ * the same way), turned into errors by the same table (outbound/failures.ts).
  */
 export async function openTunnel(opts: TunnelOptions): Promise<net.Socket> {
   const { proxy, host, port } = opts;
   const authority = hostPort(host, port);
+  const site = { proxy, via: hostPort(proxy.host, proxy.port), authority, port, timeoutMs: opts.timeoutMs };
+  // Every outcome reaching here is one of the table's errors (a proxy is always set).
+  const failure = (outcome: Outcome, detail = '', d?: FailureDetail): GatewayError => outcomeError(outcome, detail, site, d)!;
   const sock = await dialTcp(
     { host: proxy.host, port: proxy.port, timeoutMs: opts.timeoutMs, signal: opts.signal, mark: opts.mark },
     UPSTREAM_CODES,
@@ -79,7 +51,7 @@ export async function openTunnel(opts: TunnelOptions): Promise<net.Socket> {
   sock.write(connectRequest(proxy, host, port));
   return new Promise((resolve, reject) => {
     let buffered: Buffer = Buffer.alloc(0);
-    const timer = setTimeout(() => fail(tunnelFailure.timeout(proxy, authority, opts.timeoutMs)), opts.timeoutMs);
+    const timer = setTimeout(() => fail(failure(Outcomes.ANSWER_TIMEOUT)), opts.timeoutMs);
     const onAbort = (): void => fail(new GatewayError(ErrorCodes.UPSTREAM_CLOSED, `CONNECT ${authority}: cancelled`));
     opts.signal?.addEventListener('abort', onAbort, { once: true });
 
@@ -100,18 +72,18 @@ export async function openTunnel(opts: TunnelOptions): Promise<net.Socket> {
       const end = buffered.indexOf(HEAD_END);
       if (end < 0) {
         if (buffered.length > MAX_RESPONSE_HEAD) {
-          fail(tunnelFailure.oversized(proxy));
+          fail(failure(Outcomes.ANSWER_OVERSIZED));
         }
         return;
       }
       const head = buffered.subarray(0, end).toString('latin1');
       const statusLine = parseStatusLine(head.split('\r\n', 1)[0]!);
       if (!statusLine) {
-        fail(tunnelFailure.notHttp(proxy));
+        fail(failure(Outcomes.ANSWER_PROTOCOL));
         return;
       }
       if (statusLine.status < 200 || statusLine.status > 299) {
-        fail(connectRefusal(proxy, authority, port, statusLine.status, statusLine.reason));
+        fail(failure(Outcomes.ANSWER_STATUS, '', statusLine));
         return;
       }
       cleanup();
@@ -121,10 +93,11 @@ export async function openTunnel(opts: TunnelOptions): Promise<net.Socket> {
       resolve(sock);
     }
     function onError(err: Error): void {
-      fail(tunnelFailure.error(proxy, err.message, err));
+      // The errno name, as the addon reports it (Node's message adds the syscall: `read ECONNRESET`).
+      fail(failure(Outcomes.ANSWER, errnoOf(err) ?? err.message, { cause: err }));
     }
     function onEnd(): void {
-      fail(tunnelFailure.closed(proxy, authority));
+      fail(failure(Outcomes.ANSWER_CLOSED));
     }
     sock.on('data', onData);
     sock.once('error', onError);

@@ -1,5 +1,6 @@
 import type net from 'node:net';
 import { errnoOf } from '../core/errors';
+import { Outcomes, outcomeText } from '../native';
 import type { Relay, RelayOptions, RelayResult } from './relay';
 
 /**
@@ -14,7 +15,7 @@ export class JsRelay implements Relay {
     const upBase = upstream.bytesWritten;
     const downBase = client.bytesWritten;
     return new Promise((resolve) => {
-      let outcome = 'ok';
+      let outcome = OK;
       let open = 2;
       const onClose = (): void => {
         if (--open > 0) {
@@ -29,11 +30,12 @@ export class JsRelay implements Relay {
       const onError =
         (from: net.Socket, to: net.Socket) =>
         (err: Error): void => {
-          if (outcome === 'ok') outcome = `${from === client ? 'client' : 'upstream'} ${errnoOf(err) ?? err.message}`;
+          if (outcome === OK)
+            outcome = outcomeText(from === client ? Outcomes.CLIENT_ERROR : Outcomes.UPSTREAM_ERROR, errnoOf(err) ?? err.message);
           if (!to.destroyed) to.resetAndDestroy();
         };
       const onTimeout = (): void => {
-        if (outcome === 'ok') outcome = 'idle-timeout';
+        if (outcome === OK) outcome = outcomeText(Outcomes.IDLE_TIMEOUT);
         client.destroy();
         upstream.destroy();
       };
@@ -52,3 +54,5 @@ export class JsRelay implements Relay {
     });
   }
 }
+
+const OK = outcomeText(Outcomes.OK);

@@ -10,7 +10,7 @@ export interface RelayResult {
   up: number;
   /** Bytes carried upstream → client during the relay. */
   down: number;
-  /** 'ok', 'idle-timeout', or the errno/message of the side that failed. */
+  /** The log's result, outcomeText(...) of src/native: 'ok', 'idle-timeout', 'client ECONNRESET', 'relay EMFILE'. */
   outcome: string;
 }
 

@@ -1,6 +1,6 @@
 import type net from 'node:net';
 import { errnoOf } from '../core/errors';
-import { socketFd, spliceAbortAll, spliceRelay, type SpliceRelayOptions } from '../native';
+import { Outcomes, outcomeText, socketFd, spliceAbortAll, spliceRelay, type SpliceRelayOptions } from '../native';
 import type { Relay, RelayOptions, RelayResult } from './relay';
 
 /** The parts of Node's internal TCP handle the hand-over needs. */
@@ -57,9 +57,9 @@ function handOver(
   onEnd: () => void,
 ): Promise<RelayResult> {
   return new Promise((resolve) => {
-    spliceRelay(clientFd, upstreamFd, opts, (splicedUp, splicedDown, outcome) => {
+    spliceRelay(clientFd, upstreamFd, opts, (splicedUp, splicedDown, outcome, detail) => {
       // Resolve first: the connection's log line is then queued before a waiting close() goes on.
-      resolve({ up: up + splicedUp, down: down + splicedDown, outcome });
+      resolve({ up: up + splicedUp, down: down + splicedDown, outcome: outcomeText(outcome, detail) });
       onEnd();
     });
   });
@@ -94,7 +94,7 @@ function start(
     // the connection ends here with the reason.
     client.resetAndDestroy();
     upstream.resetAndDestroy();
-    return { up, down, outcome: `relay ${errnoOf(err) ?? (err as Error).message}` };
+    return { up, down, outcome: outcomeText(Outcomes.RELAY_ERROR, errnoOf(err) ?? (err as Error).message) };
   }
   // Node's descriptors go; the addon's duplicates carry the connection.
   client.destroy();
@@ -160,7 +160,7 @@ export class SpliceRelay implements Relay {
     const onError =
       (from: net.Socket, to: net.Socket) =>
       (err: Error): void => {
-        failure ??= `${from === client ? 'client' : 'upstream'} ${errnoOf(err) ?? err.message}`;
+        failure ??= outcomeText(from === client ? Outcomes.CLIENT_ERROR : Outcomes.UPSTREAM_ERROR, errnoOf(err) ?? err.message);
         if (!to.destroyed) to.resetAndDestroy();
       };
     const onClientError = onError(client, upstream);
@@ -172,11 +172,12 @@ export class SpliceRelay implements Relay {
       if (u.pending.length > 0) client.write(u.pending.length === 1 ? u.pending[0]! : Buffer.concat(u.pending));
       await Promise.all([flushed(client), flushed(upstream)]);
     } catch (err) {
-      failure ??= `relay ${errnoOf(err) ?? (err as Error).message}`;
+      failure ??= outcomeText(Outcomes.RELAY_ERROR, errnoOf(err) ?? (err as Error).message);
     }
     client.off('error', onClientError);
     upstream.off('error', onUpstreamError);
-    if (failure === undefined && (client.destroyed || upstream.destroyed)) failure = `${client.destroyed ? 'client' : 'upstream'} closed`;
+    if (failure === undefined && (client.destroyed || upstream.destroyed))
+      failure = outcomeText(client.destroyed ? Outcomes.CLIENT_ERROR : Outcomes.UPSTREAM_ERROR, 'closed');
     if (failure !== undefined) {
       client.destroy();
       upstream.destroy();

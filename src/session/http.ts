@@ -9,7 +9,8 @@ import type { Relay } from '../relay/relay';
 import type { HostVerifier } from '../route/host-verify';
 import type { RouteDecision, RouteInput, Router } from '../route/router';
 import { markedConnector } from '../outbound/dial';
-import { proxyAuthFix } from '../outbound/http-connect';
+import { outcomeError, proxyOwnError } from '../outbound/failures';
+import { Outcomes } from '../native';
 import {
   HOP_BY_HOP,
   absoluteUri,
@@ -105,29 +106,6 @@ const STATUS_TEXT: Record<number, string> = {
   503: 'Service Unavailable',
   504: 'Gateway Timeout',
 };
-
-/**
- * A 5xx that the proxy made itself (it could not resolve or reach the
- * origin) rather than one it relayed from the origin. Proxies mark their own
- * errors: Proxy-Status (RFC 9209), squid's X-Squid-Error.
- */
-export function proxyOwnError(res: { statusCode?: number; headers: http.IncomingHttpHeaders }): string | undefined {
-  if ((res.statusCode ?? 0) < 500) return undefined;
-  const ps = res.headers['proxy-status'];
-  if (typeof ps === 'string' && /error=/.test(ps)) return `(Proxy-Status: ${ps})`;
-  const squid = res.headers['x-squid-error'];
-  if (typeof squid === 'string') {
-    const what = /^ERR_DNS_FAIL/.test(squid)
-      ? 'name not found by the proxy'
-      : /^ERR_CONNECT_FAIL/.test(squid)
-        ? 'origin unreachable from the proxy'
-        : /^ERR_READ_TIMEOUT|^ERR_CONNECT_TIMEOUT/.test(squid)
-          ? 'origin timed out at the proxy'
-          : 'proxy error';
-    return `${what} (${squid})`;
-  }
-  return undefined;
-}
 
 /** How long a request head after the first may take to arrive whole (slowloris). */
 const HEADERS_TIMEOUT_MS = 20_000;
@@ -420,27 +398,23 @@ export class HttpSession {
         guard(() => {
           answered = true;
           clearTimeout(connectTimer);
-          if (decision.kind === 'proxy' && pres.statusCode === 407) {
-            pres.resume();
-            const p = decision.proxy!;
-            fail(
-              new GatewayError(
-                ErrorCodes.UPSTREAM_407,
-                `proxy ${p.display} answered 407 to ${req.method ?? 'GET'} ${url}: ${proxyAuthFix(p)}`,
-                { status: 407 },
-              ),
-            );
-            return;
-          }
-          const proxyError = decision.kind === 'proxy' ? proxyOwnError(pres) : undefined;
-          if (proxyError) {
+          // 407, or an error the proxy made itself: the gateway's page, in the words of the fast path (outbound/failures.ts).
+          if (decision.kind === 'proxy' && (pres.statusCode === 407 || proxyOwnError(pres))) {
             pres.resume();
             fail(
-              new GatewayError(
-                pres.statusCode === 504 ? ErrorCodes.UPSTREAM_TIMEOUT : ErrorCodes.UPSTREAM_STATUS,
-                `proxy ${decision.proxy!.display} could not fetch ${url}: ${pres.statusCode} ${proxyError}`,
-                { status: pres.statusCode },
-              ),
+              outcomeError(
+                Outcomes.ANSWER_STATUS,
+                '',
+                {
+                  proxy: decision.proxy,
+                  via,
+                  authority: via,
+                  port: ctx.destination.port,
+                  timeoutMs: this.deps.connectTimeoutMs,
+                  request: { method: req.method ?? 'GET', uri: url },
+                },
+                { status: pres.statusCode, reason: pres.statusMessage, headers: pres.headers },
+              )!,
             );
             return;
           }

@@ -7,24 +7,26 @@ import { hostPort, type Address } from '../core/types';
 import { field } from '../core/log';
 import { addressOf, noOriginalDst } from '../inbound/tcp-listener';
 import type { NameLookup } from '../dns/name-map';
-import { DIRECT_CODES, UPSTREAM_CODES, dialFailure } from '../outbound/dial';
-import { connectRefusal, connectRequest, tunnelFailure } from '../outbound/http-connect';
+import { connectRequest } from '../outbound/http-connect';
+import { outcomeError } from '../outbound/failures';
 import {
   NextActions,
+  Outcomes,
   TunnelActions,
+  outcomeText,
   spliceAbortAll,
   tunnelAbortAll,
   tunnelClose,
   tunnelListen,
   type NextAction,
+  type Outcome,
   type TunnelAction,
   type TunnelDone,
 } from '../native';
 import type { RequestFramer } from '../pipeline/http-framer';
 import { decide } from '../pipeline/decide';
 import { HTTP_SNIFF_MAX_BYTES, sniffHttp } from '../sniff/http';
-import { answerAndClose, errorStatus, gatewayResponse, proxyOwnError } from './http';
-import { proxyAuthFix } from '../outbound/http-connect';
+import { answerAndClose, errorStatus, gatewayResponse } from './http';
 import type { Router } from '../route/router';
 import { TLS_SNIFF_MAX_BYTES, sniffTls } from '../sniff/tls';
 import { ErrorCodes, GatewayError, type ErrorCode } from '../core/errors';
@@ -130,9 +132,9 @@ export class NativeStreams {
           return RESET;
         }
       },
-      (id, up, down, outcome, status, reason, fd, rest) => {
+      (id, up, down, outcome, detail, status, reason, fd, rest) => {
         try {
-          this.done(id, up, down, outcome, status, reason, fd, rest);
+          this.done(id, up, down, outcome, detail, status, reason, fd, rest);
         } catch (err) {
           const ctx = this.live.get(id)?.ctx;
           this.live.delete(id);
@@ -333,7 +335,7 @@ export class NativeStreams {
     return ip === undefined ? null : [TunnelActions.SPECULATE, ip, decision.proxy.port];
   }
 
-  private done(...[id, up, down, outcome, status, reason, fd, rest]: Parameters<TunnelDone>): void {
+  private done(...[id, up, down, outcome, detail, status, reason, fd, rest]: Parameters<TunnelDone>): void {
     this.release(id);
     const entry = this.live.get(id);
     if (entry === undefined) {
@@ -344,17 +346,17 @@ export class NativeStreams {
     const { ctx } = entry;
     ctx.bytesUp = up;
     ctx.bytesDown = down;
-    if (outcome === 'handed-over' && fd >= 0) {
+    if (outcome === Outcomes.HANDED_OVER && fd >= 0) {
       // A later request the fast path does not carry (another route, Upgrade, a refusal): the Node path takes the
       // connection with what the client sent after the last request, and logs it at its end.
       this.deps.takeOverHttp(socketOf(fd), ctx, rest ?? Buffer.alloc(0));
     } else {
-      const err = outcome === 'ok' ? undefined : this.failure(entry, outcome, status, reason);
+      const err = this.failure(entry, outcome, detail, status, reason);
       if (err) {
         ctx.result = err.code;
         ctx.error = err.message;
-      } else if (outcome !== 'ok') {
-        ctx.result = outcome;
+      } else if (outcome !== Outcomes.OK) {
+        ctx.result = outcomeText(outcome, detail);
       }
       if (err && entry.framer) {
         // The Node path's line for a request that failed, with the same fields.
@@ -368,7 +370,11 @@ export class NativeStreams {
         sock.once('close', () => this.deps.onDone(ctx));
         answerAndClose(
           sock,
-          gatewayResponse(errorStatus(err), err?.code ?? ErrorCodes.INTERNAL, err?.message ?? `the request ended: ${outcome}`),
+          gatewayResponse(
+            errorStatus(err),
+            err?.code ?? ErrorCodes.INTERNAL,
+            err?.message ?? `the request ended: ${outcomeText(outcome, detail)}`,
+          ),
         );
       } else {
         this.deps.onDone(ctx);
@@ -380,55 +386,19 @@ export class NativeStreams {
     }
   }
 
-  /** The addon's pre-relay outcomes as the Node path reports them; undefined for relay outcomes. */
-  private failure(entry: Live, outcome: string, status: number, reason: string): GatewayError | undefined {
-    const { ctx, proxy } = entry;
-    const ms = this.deps.connectTimeoutMs;
-    const sp = outcome.indexOf(' ');
-    const [what, detail] = sp < 0 ? [outcome, ''] : [outcome.slice(0, sp), outcome.slice(sp + 1)];
+  /** The addon's outcome as the Node path reports it (outbound/failures.ts); undefined for relay outcomes. */
+  private failure(entry: Live, outcome: Outcome, detail: string, status: number, reason: string): GatewayError | undefined {
+    const { ctx, proxy, framer } = entry;
     const authority = hostPort(ctx.name ?? ctx.destination.address, ctx.destination.port);
-    const dialWhat = proxy ? `proxy ${proxy.display}` : `direct ${ctx.via}`;
-    const codes = proxy ? UPSTREAM_CODES : DIRECT_CODES;
-    switch (what) {
-      case 'connect':
-      case 'socket':
-        return dialFailure.error(codes, dialWhat, detail);
-      case 'connect-timeout':
-        return dialFailure.timeout(codes, dialWhat, ms);
-    }
-    if (!proxy) return undefined;
-    if (entry.framer && what === 'answer-status') {
-      // The first response stopped the relay (native/splice.c peek_status): `reason` is its head.
-      const first = entry.framer.first;
-      const request = `${first?.method ?? 'GET'} ${first?.uri ?? authority}`;
-      if (status === 407) {
-        return new GatewayError(ErrorCodes.UPSTREAM_407, `proxy ${proxy.display} answered 407 to ${request}: ${proxyAuthFix(proxy)}`, {
-          status: 407,
-        });
-      }
-      const own = proxyOwnError({ statusCode: status, headers: headFields(reason) }) ?? 'proxy error';
-      return new GatewayError(
-        status === 504 ? ErrorCodes.UPSTREAM_TIMEOUT : ErrorCodes.UPSTREAM_STATUS,
-        `proxy ${proxy.display} could not fetch ${first?.uri ?? authority}: ${status} ${own}`,
-        { status },
-      );
-    }
-    switch (what) {
-      case 'answer':
-        return tunnelFailure.error(proxy, detail);
-      case 'answer-timeout':
-        return tunnelFailure.timeout(proxy, authority, ms);
-      case 'answer-closed':
-        return tunnelFailure.closed(proxy, authority);
-      case 'answer-protocol':
-        return tunnelFailure.notHttp(proxy);
-      case 'answer-oversized':
-        return tunnelFailure.oversized(proxy);
-      case 'answer-status':
-        return connectRefusal(proxy, authority, ctx.destination.port, status, reason);
-      default:
-        return undefined;
-    }
+    // A framed connection's ANSWER_STATUS is its first response, which stopped the relay (native/splice.c
+    // peek_status): `reason` is then that response's head.
+    const first = framer ? (framer.first ?? { method: 'GET', uri: authority }) : undefined;
+    return outcomeError(
+      outcome,
+      detail,
+      { proxy, via: ctx.via ?? authority, authority, port: ctx.destination.port, timeoutMs: this.deps.connectTimeoutMs, request: first },
+      first ? { status, headers: headFields(reason) } : { status, reason },
+    );
   }
 
   private unusable(cip: string | null, cport: number, errno: string): void {

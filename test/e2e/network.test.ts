@@ -454,7 +454,7 @@ describe('network e2e', { skip, timeout: 300_000 }, () => {
       assert.match(r.stdout, /^FAIL +sysctl: net\.ipv6\.conf\.all\.forwarding = 0.*\n +fix: sysctl -w net\.ipv6\.conf\.all\.forwarding=1/m);
       assert.match(
         r.stdout,
-        /^FAIL +proxy: http_proxy .*cannot connect to 198\.51\.100\.2:3999 \(ECONNREFUSED\)\n +fix: check the host and port/m,
+        /^FAIL +proxy: http_proxy: proxy http:\/\/198\.51\.100\.2:3999: ECONNREFUSED \(TG_ERR_UPSTREAM_UNREACHABLE\): cannot connect to 198\.51\.100\.2:3999\n +fix: check the host and port/m,
       );
       assert.match(r.stdout, /^OK +kernel: nftables accepts/m);
       await setSysctls(lab, ['net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1']);
@@ -486,7 +486,7 @@ describe('network e2e', { skip, timeout: 300_000 }, () => {
       assert.equal(r.code, 1, show(r));
       assert.match(
         r.stdout,
-        /^FAIL +proxy: http_proxy: CONNECT www\.example\.test:443: 407, the proxy rejects the credentials\n +fix: check user and password/m,
+        /^FAIL +proxy: http_proxy: proxy \S+ answered 407 .*to CONNECT www\.example\.test:443: the credentials .* were rejected.* \(TG_ERR_UPSTREAM_407\)\n +fix: check user and password/m,
       );
       const j = await doctor({ http_proxy: bad }, ['--json']);
       const parsed = JSON.parse(j.stdout) as { ok: boolean; checks: Array<{ name: string; status: string; fix?: string }> };

@@ -1,5 +1,9 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import net from 'node:net';
+import { parseProxyUrl } from '../../src/config/proxy-url';
+import { GatewayError } from '../../src/core/errors';
+import { openTunnel } from '../../src/outbound/http-connect';
 import { parseArgs } from '../../src/config/flags';
 import { buildConfig } from '../../src/config/config';
 import { _internal, formatChecks, neighbourOf, runDoctor, type DoctorDeps } from '../../src/cli/doctor';
@@ -125,5 +129,67 @@ describe('doctor: uplink', () => {
     assert.equal(two.status, 'OK');
     assert.match(two.message, /wan0 \(IPv4 default route\): traffic arriving there is not intercepted/);
     assert.equal((await check(['--clients', '192.0.2.0/24'], 'eth0', ['eth0'])).status, 'OK');
+  });
+});
+
+/**
+ * doctor's CONNECT check reports a failure in the gateway's own words (the
+ * one table, outbound/failures.ts): it used to say `407, the proxy rejects
+ * the credentials` where the access log said TG_ERR_UPSTREAM_407 with
+ * another text, so the two could not be matched up.
+ */
+describe('doctor proxy check: the same code and message as the gateway', () => {
+  async function scriptedProxy(answer: string): Promise<{ port: number; close(): Promise<void> }> {
+    const conns = new Set<net.Socket>();
+    const server = net.createServer((s) => {
+      conns.add(s);
+      s.on('error', () => {});
+      s.once('data', () => s.write(answer));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    return {
+      port: (server.address() as net.AddressInfo).port,
+      close: () => {
+        for (const c of conns) c.destroy();
+        return new Promise<void>((r) => server.close(() => r()));
+      },
+    };
+  }
+
+  for (const [what, answer, code] of [
+    ['403', 'HTTP/1.1 403 Forbidden\r\n\r\n', 'TG_ERR_UPSTREAM_403'],
+    ['407', 'HTTP/1.1 407 Proxy Authentication Required\r\n\r\n', 'TG_ERR_UPSTREAM_407'],
+    ['not HTTP', 'SSH-2.0-x\r\n\r\n', 'TG_ERR_UPSTREAM_PROTOCOL'],
+  ] as const) {
+    it(`a ${what} answer to CONNECT: FAIL with openTunnel's message and ${code}`, async () => {
+      const p = await scriptedProxy(answer);
+      try {
+        const url = `http://127.0.0.1:${p.port}`;
+        const checks = await _internal.checkProxy(cfgOf(['--doctor-target', 'a.example:443'], { http_proxy: url }), deps({}));
+        const failed = checks.find((c) => c.status === 'FAIL');
+        const e = await openTunnel({ proxy: parseProxyUrl(url), host: 'a.example', port: 443, timeoutMs: 500 }).then(
+          (s) => s.destroy(),
+          (err: unknown) => err,
+        );
+        assert.ok(e instanceof GatewayError && e.code === code, String(e));
+        assert.equal(failed?.message, `http_proxy: ${e.message} (${e.code})`);
+      } finally {
+        await p.close();
+      }
+    });
+  }
+
+  it('a proxy that refuses the TCP connection: FAIL with the dial error of the table', async () => {
+    const p = await scriptedProxy('');
+    await p.close();
+    const checks = await _internal.checkProxy(
+      cfgOf(['--doctor-target', 'a.example:443'], { http_proxy: `http://127.0.0.1:${p.port}` }),
+      deps({}),
+    );
+    const failed = checks.find((c) => c.status === 'FAIL');
+    assert.equal(
+      failed?.message,
+      `http_proxy: proxy http://127.0.0.1:${p.port}: ECONNREFUSED (TG_ERR_UPSTREAM_UNREACHABLE): cannot connect to 127.0.0.1:${p.port}`,
+    );
   });
 });

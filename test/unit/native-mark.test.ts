@@ -48,7 +48,7 @@ execFileSync('ip', ['link', 'set', 'lo', 'up']);
   const outcome = new Promise((r) => (ended = r));
   const h = native.tunnelListen(
     { fd, sniff: false, redirect: false, mark, sniffMaxBytes: 16, sniffTimeoutMs: 1000, connectTimeoutMs: 2000, idleTimeoutMs: 0 },
-    () => [1, '127.0.0.1', port, undefined], (_id, _up, _down, o) => ended(o), () => undefined,
+    () => [1, '127.0.0.1', port, undefined], (_id, _up, _down, o, detail) => ended(native.outcomeText(o, detail)), () => undefined,
   );
   const c = net.connect(native.localPort(fd), '127.0.0.1');
   c.write('ping');

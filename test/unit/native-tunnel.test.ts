@@ -11,9 +11,16 @@ import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import { afterEach, describe, it } from 'node:test';
+import { parseProxyUrl } from '../../src/config/proxy-url';
+import type { GatewayError } from '../../src/core/errors';
+import { hostPort } from '../../src/core/types';
+import { outcomeError } from '../../src/outbound/failures';
+import { connectRequest, openTunnel } from '../../src/outbound/http-connect';
 import {
+  Outcomes,
   hasTunnel,
   listenTcp,
+  outcomeText,
   loadNative,
   localPort,
   socketFd,
@@ -23,6 +30,7 @@ import {
   tunnelClose,
   tunnelListen,
   tunnelPending,
+  type Outcome,
   type TunnelDecide,
   type TunnelDone,
   type TunnelHandle,
@@ -109,6 +117,8 @@ interface Front {
   handle: TunnelHandle;
   decides: DecideCall[];
   dones: DoneCall[];
+  /** done()'s outcome and detail as the addon sent them, by id. */
+  raw: Map<number, { outcome: Outcome; detail: string }>;
   unusable: Array<[string | null, number, string]>;
   close(): void;
 }
@@ -126,6 +136,7 @@ function openFront(o: FrontOptions, decider: Decider): Front {
   const fd = listenTcp({ host: '127.0.0.1', port: 0, transparent: false });
   const decides: DecideCall[] = [];
   const dones: DoneCall[] = [];
+  const raw = new Map<number, { outcome: Outcome; detail: string }>();
   const unusable: Array<[string | null, number, string]> = [];
   const decide = ((id, cfd, clientIp, clientPort, dstIp, dstPort, head, final, eof) => {
     const call: DecideCall = {
@@ -143,8 +154,10 @@ function openFront(o: FrontOptions, decider: Decider): Front {
     decides.push(call);
     return decider(call, decides.length);
   }) as TunnelDecide;
-  const done: TunnelDone = (id, up, down, outcome, status, reason) => {
-    dones.push({ id, up, down, outcome, status, reason });
+  // The log's text of the typed outcome: what these tests compare (a number that is not an Outcome would not read so).
+  const done: TunnelDone = (id, up, down, outcome, detail, status, reason) => {
+    raw.set(id, { outcome, detail });
+    dones.push({ id, up, down, outcome: outcomeText(outcome, detail), status, reason });
   };
   const onUnusable: TunnelUnusable = (ip, port, errno) => {
     unusable.push([ip, port, errno]);
@@ -176,6 +189,7 @@ function openFront(o: FrontOptions, decider: Decider): Front {
     handle,
     decides,
     dones,
+    raw,
     unusable,
     close() {
       if (!open) return;
@@ -565,6 +579,100 @@ describe('native tunnel front end (native/tunnel.c)', { skip }, () => {
     const d = await onlyDoneOf(front, id);
     assert.deepEqual(d, { id, up: 0, down: 0, outcome: 'connect ECONNREFUSED', status: 0, reason: '' });
     assert.equal(await how, 'ECONNRESET');
+  });
+
+  // ---- 6b. one error table for both executors ----------------------------------------
+
+  /**
+   * The same proxy behaviour met by the addon (done()'s outcome through
+   * outbound/failures.ts) and by the JS CONNECT client (openTunnel): the
+   * client's page and the log line must not depend on which executor ran.
+   * Before the shared table, openTunnel said `proxy …: read ECONNRESET`
+   * where the addon said `proxy …: ECONNRESET`.
+   */
+  async function bothExecutors(
+    behave: (c: ProxyConn) => void,
+    target = { host: 'a.example', port: 22 },
+    timeoutMs = 300,
+  ): Promise<{ native: GatewayError | undefined; js: GatewayError | undefined; outcome: Outcome }> {
+    const proxy = await fakeProxy((c) => behave(c));
+    const endpoint = parseProxyUrl(`http://127.0.0.1:${proxy.port}`);
+    const front = openFront({ connectTimeoutMs: timeoutMs }, () => [
+      1,
+      '127.0.0.1',
+      proxy.port,
+      connectRequest(endpoint, target.host, target.port),
+    ]);
+    const client = await connectClient(front.port);
+    const how = closedHow(client);
+    const id = await waitFor('decide', () => front.decides[0]?.id);
+    const d = await onlyDoneOf(front, id);
+    await how;
+    const { outcome, detail } = front.raw.get(id)!;
+    const authority = hostPort(target.host, target.port);
+    const native = outcomeError(
+      outcome,
+      detail,
+      { proxy: endpoint, via: hostPort(endpoint.host, endpoint.port), authority, port: target.port, timeoutMs },
+      { status: d.status, reason: d.reason },
+    );
+    let js: GatewayError | undefined;
+    await openTunnel({ proxy: endpoint, host: target.host, port: target.port, timeoutMs }).then(
+      (s) => s.destroy(),
+      (err: GatewayError) => (js = err),
+    );
+    return { native, js, outcome };
+  }
+
+  function sameError(r: { native: GatewayError | undefined; js: GatewayError | undefined }): GatewayError {
+    assert.ok(r.native && r.js, `both executors failed (native ${r.native?.message}, js ${r.js?.message})`);
+    assert.deepEqual(
+      { code: r.js.code, status: r.js.status, message: r.js.message },
+      { code: r.native.code, status: r.native.status, message: r.native.message },
+    );
+    return r.native;
+  }
+
+  it('a 403 to CONNECT: the same code, status and message from the addon and from openTunnel', T, async () => {
+    const r = await bothExecutors(({ sock }) => sock.write('HTTP/1.1 403 Forbidden\r\n\r\n'));
+    assert.equal(r.outcome, Outcomes.ANSWER_STATUS);
+    const e = sameError(r);
+    assert.equal(e.code, 'TG_ERR_UPSTREAM_403');
+    assert.equal(e.status, 403);
+    assert.match(e.message, /answered 403 Forbidden to CONNECT a\.example:22: .*port 22 refused/);
+  });
+
+  it('a 407 to CONNECT: the same error from both executors', T, async () => {
+    const r = await bothExecutors(({ sock }) => sock.write('HTTP/1.1 407 Proxy Authentication Required\r\n\r\n'));
+    assert.equal(sameError(r).code, 'TG_ERR_UPSTREAM_407');
+  });
+
+  it('a proxy that closes before answering: the same error from both executors', T, async () => {
+    const r = await bothExecutors(({ sock }) => sock.end());
+    assert.equal(r.outcome, Outcomes.ANSWER_CLOSED);
+    assert.equal(sameError(r).code, 'TG_ERR_UPSTREAM_CLOSED');
+  });
+
+  it('a proxy that stays silent: the same timeout error from both executors', T, async () => {
+    const r = await bothExecutors(noop);
+    assert.equal(r.outcome, Outcomes.ANSWER_TIMEOUT);
+    const e = sameError(r);
+    assert.equal(e.code, 'TG_ERR_UPSTREAM_TIMEOUT');
+    assert.match(e.message, /within 300 ms/);
+  });
+
+  it('an answer that is not HTTP: the same error from both executors', T, async () => {
+    const r = await bothExecutors(({ sock }) => sock.write('SSH-2.0-x\r\n\r\n'));
+    assert.equal(r.outcome, Outcomes.ANSWER_PROTOCOL);
+    assert.equal(sameError(r).code, 'TG_ERR_UPSTREAM_PROTOCOL');
+  });
+
+  it('a proxy that resets instead of answering: the same errno message from both executors', T, async () => {
+    const r = await bothExecutors(({ sock }) => sock.resetAndDestroy());
+    assert.equal(r.outcome, Outcomes.ANSWER);
+    const e = sameError(r);
+    assert.equal(e.code, 'TG_ERR_UPSTREAM_UNREACHABLE');
+    assert.match(e.message, /: ECONNRESET$/);
   });
 
   // ---- 7. sniffing ------------------------------------------------------------------
@@ -1100,9 +1208,18 @@ function openHttpFront(o: FrontOptions, decider: Decider, nexter: Nexter): HttpF
     nexts.push(call);
     return nexter(call, nexts.length);
   }) as TunnelNext;
-  const done: TunnelDone = (id, up, down, outcome, status, reason, dfd, rest) => {
+  const done: TunnelDone = (id, up, down, outcome, detail, status, reason, dfd, rest) => {
     if (dfd >= 0) untaken.add(dfd);
-    dones.push({ id, up, down, outcome, status, reason, fd: dfd, rest: rest === undefined ? undefined : Buffer.from(rest) });
+    dones.push({
+      id,
+      up,
+      down,
+      outcome: outcomeText(outcome, detail),
+      status,
+      reason,
+      fd: dfd,
+      rest: rest === undefined ? undefined : Buffer.from(rest),
+    });
   };
   let handle: TunnelHandle;
   try {

@@ -57,4 +57,4 @@ export async function doctorCommand(cfg: Config, write: (s: string) => void = (s
 }
 
 // Exported for unit tests.
-export const _internal = { splitTarget, checkSysctls, checkUplink };
+export const _internal = { splitTarget, checkSysctls, checkUplink, checkProxy };

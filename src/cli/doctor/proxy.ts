@@ -1,9 +1,9 @@
-import net from 'node:net';
 import type { Config } from '../../config/config';
 import type { ProxyEndpoint } from '../../config/proxy-url';
 import { ErrorCodes, GatewayError } from '../../core/errors';
 import { parseAuthority } from '../../core/names';
 import { hostPort } from '../../core/types';
+import { UPSTREAM_CODES, dialTcp } from '../../outbound/dial';
 import { openTunnel } from '../../outbound/http-connect';
 import { errText, fail, ok, warn, type Check, type DoctorDeps } from './check';
 
@@ -16,6 +16,15 @@ export function splitTarget(target: string): { host: string; port: number } | un
   // Port 0 stands for "none given" (`host`, `host:`): parseAuthority never returns it for a written port.
   const a = parseAuthority(target, 0);
   return a === undefined || a.port === 0 ? undefined : { host: a.target.host, port: a.port };
+}
+
+/**
+ * A failure as the gateway itself would log it: the message and code from
+ * the one table (outbound/failures.ts) that the addon's and the JS
+ * executors' failures go through, so doctor's words match the access log's.
+ */
+function said(name: string, e: GatewayError): string {
+  return `${name}: ${e.message} (${e.code})`;
 }
 
 async function tryConnect(proxy: ProxyEndpoint, host: string, port: number, timeoutMs: number): Promise<GatewayError | undefined> {
@@ -51,27 +60,15 @@ export async function checkProxy(cfg: Config, d: DoctorDeps): Promise<Check[]> {
     seen.add(p.display + (p.authorization ?? ''));
     const where = hostPort(p.host, p.port);
     // Reachability first: a refused TCP connect says more than a failed CONNECT.
-    const reach = await new Promise<string | undefined>((resolve) => {
-      const s = net.connect({ host: p.host, port: p.port });
-      const t = setTimeout(() => {
-        s.destroy();
-        resolve(`no answer within ${d.timeoutMs} ms`);
-      }, d.timeoutMs);
-      s.once('connect', () => {
-        clearTimeout(t);
-        s.destroy();
-        resolve(undefined);
-      });
-      s.once('error', (e: NodeJS.ErrnoException) => {
-        clearTimeout(t);
-        resolve(e.code ?? e.message);
-      });
-    });
+    const reach = await dialTcp({ host: p.host, port: p.port, timeoutMs: d.timeoutMs }, UPSTREAM_CODES, `proxy ${p.display}`).then(
+      (s) => void s.destroy(),
+      (e: unknown) => (e instanceof GatewayError ? e : new GatewayError(ErrorCodes.UPSTREAM_UNREACHABLE, errText(e))),
+    );
     if (reach) {
       out.push(
         fail(
           'proxy',
-          `${name} ${p.display}: cannot connect to ${where} (${reach})`,
+          `${said(name, reach)}: cannot connect to ${where}`,
           `check the host and port in ${name}, that the proxy runs, and that this box may reach it (firewall, route)`,
         ),
       );
@@ -87,7 +84,7 @@ export async function checkProxy(cfg: Config, d: DoctorDeps): Promise<Check[]> {
       out.push(
         fail(
           'proxy',
-          `${name}: CONNECT ${hostPort(target.host, target.port)}: 407, the proxy ${p.authorization ? 'rejects the credentials' : 'wants credentials'}`,
+          said(name, e443),
           p.authorization
             ? `check user and password in ${name} (percent-encode special characters: @ is %40, space is %20)`
             : `put them in the URL: ${name}=http://user:password@${where}`,
@@ -95,22 +92,10 @@ export async function checkProxy(cfg: Config, d: DoctorDeps): Promise<Check[]> {
       );
       continue;
     } else if (e443.status === 403) {
-      out.push(
-        fail(
-          'proxy',
-          `${name}: CONNECT ${hostPort(target.host, target.port)}: 403, refused by the proxy's policy`,
-          'try another --doctor-target the proxy allows, or ask the proxy admins to allow it',
-        ),
-      );
+      out.push(fail('proxy', said(name, e443), 'try another --doctor-target the proxy allows, or ask the proxy admins to allow it'));
       continue;
     } else {
-      out.push(
-        fail(
-          'proxy',
-          `${name}: CONNECT ${hostPort(target.host, target.port)} failed: ${e443.message}`,
-          '--doctor-target a name the proxy can resolve and reach (e.g. example.com:443)',
-        ),
-      );
+      out.push(fail('proxy', said(name, e443), '--doctor-target a name the proxy can resolve and reach (e.g. example.com:443)'));
       continue;
     }
     const tcpProxy = cfg.upstream.https ?? cfg.upstream.http;
