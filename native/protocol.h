@@ -56,6 +56,7 @@ enum tg_outcome {
   TG_OUTCOME_CLIENT_ERROR = 17,     /* (errno) the client side failed; the upstream was reset */
   TG_OUTCOME_UPSTREAM_ERROR = 18,   /* (errno) the upstream side failed; the client was reset */
   TG_OUTCOME_RELAY_ERROR = 19,      /* (errno) a local failure: pipe2 out of fds, a failed poll */
+  TG_OUTCOME_HEAD_TIMEOUT = 20, /* framed: a later request's head did not come whole in headMs */
 };
 
 #endif

@@ -58,7 +58,7 @@ enum { CLIENT = 0, UPSTREAM = 1 };
 typedef struct tg_relay {
   tg_env *te;
   uv_poll_t poll[2]; /* poll[i] watches fd[i] */
-  uv_timer_t timer;  /* idle timeout; unused when idle_ms == 0 */
+  uv_timer_t timer;  /* the idle timeout and a partial frame's deadline (arm_timer) */
   int fd[2];         /* our duplicates; -1 once closed */
   /* Direction d carries side d's bytes to side 1-d through pipe[d]. */
   int pipe_r[2], pipe_w[2];
@@ -80,7 +80,11 @@ typedef struct tg_relay {
   char *out; /* the framer's bytes, written upstream before anything else */
   size_t out_len, out_off;
   bool want_more; /* the framer saw cbuf and asked for more */
-  size_t seen;    /* with want_more: cbuf bytes known to hold no LF */
+  /* Slowloris on a kept-alive connection: the first head has the sniff
+   * deadline, a later one head_ms from the framer's first read-on about it,
+   * as the Node path's headersTimeout. 0: no partial frame. */
+  uint64_t head_ms, head_since;
+  size_t seen; /* with want_more: cbuf bytes known to hold no LF */
   /* A request head went upstream and no byte of any answer has come back
    * since (down_mark: bytes[UPSTREAM] + inpipe[UPSTREAM] then). The next
    * head is not read until one does: a client that pipelines then has at
@@ -245,6 +249,8 @@ static bool drain(tg_relay *r, int d) {
  * POLLOUT (wr_blocked), so nothing can stall in the pipe. */
 static bool pump_framed(tg_relay *r);
 static int peek_status(tg_relay *r);
+static bool arm_timer(tg_relay *r);
+static void on_timer(uv_timer_t *t);
 
 static bool pump(tg_relay *r, int d) {
   const int src = d, dst = 1 - d;
@@ -504,6 +510,7 @@ static bool pump_framed(tg_relay *r) {
         finish(r, TG_OUTCOME_INTERNAL_ERROR, "");
         return false;
       }
+      r->head_since = 0;
       cbuf_drop(r, step.consumed);
       r->out = step.out;
       r->out_len = step.out_len;
@@ -513,6 +520,10 @@ static bool pump_framed(tg_relay *r) {
       if (step.head) await_answer(r);
       continue;
     case TG_NEXT_READ_ON:
+      if (r->head_since == 0 && r->head_ms > 0) {
+        r->head_since = uv_now(r->poll[0].loop);
+        if (!arm_timer(r)) return false;
+      }
       r->want_more = true;
       r->seen = r->cbuf_len;
       continue;
@@ -600,6 +611,29 @@ static int peek_status(tg_relay *r) {
   return -1;
 }
 
+/* The timer for the nearer of the idle deadline and a partial frame's
+ * (rechecked a little later while an answer still flows). False when the
+ * relay finished. */
+static bool arm_timer(tg_relay *r) {
+  uint64_t now = uv_now(r->poll[0].loop), wait = UINT64_MAX;
+  if (r->idle_ms > 0) {
+    uint64_t at = r->last_active + r->idle_ms;
+    wait = at > now ? at - now : 0;
+  }
+  if (r->head_since > 0) {
+    uint64_t at = r->head_since + r->head_ms;
+    uint64_t w = at > now ? at - now : 100;
+    if (w < wait) wait = w;
+  }
+  if (wait == UINT64_MAX) return true;
+  int rc = uv_timer_start(&r->timer, on_timer, wait, 0);
+  if (rc != 0) {
+    local_fail(r, -rc);
+    return false;
+  }
+  return true;
+}
+
 /* After bytes moved, wherever they moved: an answer that began lets the
  * client's next request (perhaps read already) be looked at, and a hand-over
  * waiting for upstream to go quiet may leave. Left out at the start, an
@@ -631,13 +665,19 @@ static void on_poll(uv_poll_t *h, int status, int events) {
 
 static void on_timer(uv_timer_t *t) {
   tg_relay *r = (tg_relay *)t->data;
-  uint64_t idle = uv_now(t->loop) - r->last_active;
-  if (idle >= r->idle_ms) {
+  uint64_t now = uv_now(t->loop);
+  if (r->idle_ms > 0 && now - r->last_active >= r->idle_ms) {
     finish(r, TG_OUTCOME_IDLE_TIMEOUT, "");
     return;
   }
-  int rc = uv_timer_start(t, on_timer, r->idle_ms - idle, 0);
-  if (rc != 0) local_fail(r, -rc);
+  /* Only while upstream is quiet: an answer still flowing is work done for
+   * the client, and the gateway's 408 must not land in the middle of it. */
+  if (r->head_since > 0 && now - r->head_since >= r->head_ms && upstream_quiet(r)) {
+    r->keep_client = true; /* done() answers 408, as the Node path does */
+    finish(r, TG_OUTCOME_HEAD_TIMEOUT, "");
+    return;
+  }
+  (void)arm_timer(r);
 }
 
 static void finish(tg_relay *r, int outcome, const char *detail) {
@@ -705,6 +745,7 @@ int tg_relay_start(tg_env *te, int client_fd, int upstream_fd, uint64_t idle_ms,
     r->out_len = framed->out_len;
     r->budget = framed->budget;
     if (framed->head) await_answer(r);
+    r->head_ms = framed->head_ms;
     if (framed->rest_len > 0) {
       size_t cap = framed->rest_len < 4096 ? 4096 : framed->rest_len;
       if ((r->cbuf = malloc(cap)) == NULL) {

@@ -58,7 +58,8 @@ typedef struct tg_relay_framed {
   const char *rest; /* copied */
   size_t rest_len;
   uint64_t budget;
-  bool head; /* out is a request head: the next one is not read until its answer begins */
+  bool head;        /* out is a request head: the next one is not read until its answer begins */
+  uint64_t head_ms; /* a partial frame must come whole within this (0: no limit) */
 } tg_relay_framed;
 
 /* Relays between two connected non-blocking stream sockets, which it then

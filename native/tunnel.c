@@ -83,7 +83,8 @@ typedef struct tg_front {
   uint32_t mark;
   bool direct_from_client; /* --direct-source client: see bind_client_source */
   uint32_t sniff_max, sniff_ms, connect_ms, idle_ms;
-  int refs; /* the JS object, each initialised handle, and every live connection */
+  uint32_t head_ms; /* framed: a later request head's deadline (0: none) */
+  int refs;         /* the JS object, each initialised handle, and every live connection */
   napi_env env;
   napi_ref decide, done, unusable;
   napi_ref next_fn; /* plain HTTP: next() at each request boundary; NULL for other ports */
@@ -304,7 +305,10 @@ static void start_relay(tg_conn *c) {
   close_upoll(c);
   uv_close((uv_handle_t *)&c->timer, conn_handle_closed);
   free(c->ep), c->ep = NULL;
-  tg_relay_framed framed = {.frame = frame_next, .budget = c->budget, .head = c->await_answer};
+  tg_relay_framed framed = {.frame = frame_next,
+                            .budget = c->budget,
+                            .head = c->await_answer,
+                            .head_ms = c->front->head_ms};
   if (c->framed) {
     framed.out = c->req; /* the relay's from the call */
     framed.out_len = c->req_len;
@@ -1161,14 +1165,15 @@ static bool get_fn(napi_env env, napi_value v, const char *name, napi_ref *out) 
 }
 
 /* tunnelListen(fd, sniff, redirect, mark | undefined, sniffMaxBytes, sniffMs, connectMs, idleMs,
- *              decide, done, unusable, speculate, next | undefined, directFromClient) -> handle */
+ *              decide, done, unusable, speculate, next | undefined, directFromClient, headMs)
+ *   -> handle */
 static napi_value js_tunnel_listen(napi_env env, napi_callback_info info) {
-  napi_value argv[14];
+  napi_value argv[15];
   napi_valuetype t;
   int fd;
   bool sniff, redirect, speculate, has_mark, direct_from_client;
-  double mark = 0, sniff_max, sniff_ms, connect_ms, idle_ms;
-  if (!tg_get_args(env, info, 14, argv) || !tg_get_fd(env, argv[0], &fd) ||
+  double mark = 0, sniff_max, sniff_ms, connect_ms, idle_ms, head_ms;
+  if (!tg_get_args(env, info, 15, argv) || !tg_get_fd(env, argv[0], &fd) ||
       !tg_get_bool(env, argv[11], "speculate", &speculate) ||
       !tg_get_bool(env, argv[13], "directFromClient", &direct_from_client) ||
       !tg_get_bool(env, argv[1], "sniff", &sniff) ||
@@ -1181,7 +1186,8 @@ static napi_value js_tunnel_listen(napi_env env, napi_callback_info info) {
       !tg_get_int(env, argv[4], "sniffMaxBytes", 1, 1 << 20, &sniff_max) ||
       !tg_get_int(env, argv[5], "sniffMs", 1, 2147483647.0, &sniff_ms) ||
       !tg_get_int(env, argv[6], "connectMs", 1, 2147483647.0, &connect_ms) ||
-      !tg_get_int(env, argv[7], "idleMs", 0, 2147483647.0, &idle_ms))
+      !tg_get_int(env, argv[7], "idleMs", 0, 2147483647.0, &idle_ms) ||
+      !tg_get_int(env, argv[14], "headMs", 0, 2147483647.0, &head_ms))
     return NULL;
   tg_env *te = tg_env_of(env);
   if (te == NULL) return NULL;
@@ -1215,6 +1221,7 @@ static napi_value js_tunnel_listen(napi_env env, napi_callback_info info) {
   f->sniff_ms = (uint32_t)sniff_ms;
   f->connect_ms = (uint32_t)connect_ms;
   f->idle_ms = (uint32_t)idle_ms;
+  f->head_ms = (uint32_t)head_ms;
   /* One reference: this function's own, until the JS handle exists (or not). */
   f->refs = 1;
   int rc = tg_poll_init(te, &f->poll, fd);

@@ -110,6 +110,8 @@ export const Outcomes = {
   UPSTREAM_ERROR: 18,
   /** detail: the errno name of a local failure (out of fds for the pipes). */
   RELAY_ERROR: 19,
+  /** Framed: a later request's head did not come whole within headTimeoutMs (the client's fd comes with it). */
+  HEAD_TIMEOUT: 20,
 } as const;
 
 export type Outcome = (typeof Outcomes)[keyof typeof Outcomes];
@@ -136,6 +138,7 @@ const OUTCOME_WORDS: Record<Outcome, string> = {
   [Outcomes.CLIENT_ERROR]: 'client',
   [Outcomes.UPSTREAM_ERROR]: 'upstream',
   [Outcomes.RELAY_ERROR]: 'relay',
+  [Outcomes.HEAD_TIMEOUT]: 'head-timeout',
 };
 
 /** An outcome as the access log's result shows it: `idle-timeout`, `client ECONNRESET`, `connect ECONNREFUSED`. */
@@ -188,6 +191,7 @@ export interface NativeBinding {
     speculate: boolean,
     next: TunnelNext | undefined,
     directFromClient: boolean,
+    headMs: number,
   ): TunnelHandle;
   tunnelClose(handle: TunnelHandle): void;
   tunnelAbortAll(): number;
@@ -294,6 +298,11 @@ export interface TunnelListenOptions {
   idleTimeoutMs: number;
   /** Direct connections (no request) leave from the client's address: IP_TRANSPARENT, bind(client ip, 0). */
   directFromClient?: boolean;
+  /**
+   * Plain HTTP: a request head after the first (or a chunk line) must come whole within this, from its first bytes;
+   * else done(HEAD_TIMEOUT) with the client's fd. 0 or absent: no limit.
+   */
+  headTimeoutMs?: number;
 }
 
 /**
@@ -709,6 +718,7 @@ export function tunnelListen(opts: TunnelListenOptions, decide: TunnelDecide, do
     checkBool('options.speculate', o.speculate, false),
     o.next === undefined ? undefined : checkFunction('options.next', o.next as TunnelNext),
     checkBool('options.directFromClient', o.directFromClient, false),
+    o.headTimeoutMs === undefined ? 0 : checkInt('options.headTimeoutMs', o.headTimeoutMs, 0, 0x7fffffff),
   );
 }
 

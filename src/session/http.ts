@@ -61,6 +61,7 @@ export function endToEndHeaders(raw: readonly string[], connection: string | str
 export function errorStatus(err: unknown): number {
   if (err instanceof GatewayError) {
     if (err.code === ErrorCodes.UPSTREAM_TIMEOUT || err.code === ErrorCodes.DIRECT_TIMEOUT) return 504;
+    if (err.code === ErrorCodes.SNIFF_TIMEOUT) return 408;
   }
   return 502;
 }
@@ -108,7 +109,7 @@ const STATUS_TEXT: Record<number, string> = {
 };
 
 /** How long a request head after the first may take to arrive whole (slowloris). */
-const HEADERS_TIMEOUT_MS = 20_000;
+export const HEADERS_TIMEOUT_MS = 20_000;
 
 interface ConnState {
   ctx: ConnContext;

@@ -26,7 +26,7 @@ import {
 import type { RequestFramer } from '../pipeline/http-framer';
 import { decide } from '../pipeline/decide';
 import { HTTP_SNIFF_MAX_BYTES, sniffHttp } from '../sniff/http';
-import { answerAndClose, errorStatus, gatewayResponse } from './http';
+import { HEADERS_TIMEOUT_MS, answerAndClose, errorStatus, gatewayResponse } from './http';
 import type { Router } from '../route/router';
 import { TLS_SNIFF_MAX_BYTES, sniffTls } from '../sniff/tls';
 import { ErrorCodes, GatewayError, type ErrorCode } from '../core/errors';
@@ -117,6 +117,8 @@ export class NativeStreams {
         speculate: kind === 'tls',
         next: kind === 'http' ? (id, bytes, eof) => this.next(id, bytes, eof) : undefined,
         sniffTimeoutMs: d.sniffTimeoutMs,
+        // Later request heads: the Node HTTP session's headersTimeout, on the fast path too.
+        headTimeoutMs: kind === 'http' ? HEADERS_TIMEOUT_MS : 0,
         connectTimeoutMs: d.connectTimeoutMs,
         idleTimeoutMs: d.idleTimeoutMs,
         directFromClient: d.directFromClient,

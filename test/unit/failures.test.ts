@@ -48,6 +48,7 @@ const PROXY_FIXTURES: Array<[Outcome, string, { status?: number; reason?: string
     503,
     /answered 503 Service Unavailable to CONNECT/,
   ],
+  [Outcomes.HEAD_TIMEOUT, '', {}, 'TG_ERR_SNIFF_TIMEOUT', 408, /^the request head did not arrive in time$/],
 ];
 
 /** Outcomes that are the log's own result, not an error page. */

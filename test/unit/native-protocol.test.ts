@@ -44,7 +44,7 @@ test('Outcomes mirror enum tg_outcome', () => {
  * The access log's result field kept its words when the addon's outcomes
  * became numbers: log readers and tests grep for these strings.
  */
-test('outcomeText gives the words the addon sent before ABI 4', () => {
+test('outcomeText: the words of the log (those the addon sent before ABI 4, and head-timeout)', () => {
   const cases: Array<[number, string, string]> = [
     [Outcomes.OK, '', 'ok'],
     [Outcomes.HANDED_OVER, '', 'handed-over'],
@@ -66,6 +66,7 @@ test('outcomeText gives the words the addon sent before ABI 4', () => {
     [Outcomes.CLIENT_ERROR, 'ECONNRESET', 'client ECONNRESET'],
     [Outcomes.UPSTREAM_ERROR, 'ETIMEDOUT', 'upstream ETIMEDOUT'],
     [Outcomes.RELAY_ERROR, 'EMFILE', 'relay EMFILE'],
+    [Outcomes.HEAD_TIMEOUT, '', 'head-timeout'],
   ];
   assert.deepEqual(new Set(cases.map((c) => c[0])), new Set(Object.values(Outcomes)), 'every outcome has a case');
   for (const [o, detail, text] of cases) assert.equal(outcomeText(o as (typeof Outcomes)[keyof typeof Outcomes], detail), text);

@@ -130,6 +130,7 @@ interface FrontOptions {
   sniffTimeoutMs?: number;
   connectTimeoutMs?: number;
   idleTimeoutMs?: number;
+  headTimeoutMs?: number;
 }
 
 function openFront(o: FrontOptions, decider: Decider): Front {
@@ -1088,6 +1089,7 @@ describe('native tunnel front end (native/tunnel.c)', { skip }, () => {
           false,
           next as TunnelNext | undefined,
           false,
+          0,
         );
       assert.throws(args('nope', noop, noop), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: 'decide must be a function' });
       assert.throws(args(fn, 42, noop), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: 'done must be a function' });
@@ -1232,6 +1234,7 @@ function openHttpFront(o: FrontOptions, decider: Decider, nexter: Nexter): HttpF
         sniffTimeoutMs: o.sniffTimeoutMs ?? 2_000,
         connectTimeoutMs: o.connectTimeoutMs ?? 2_000,
         idleTimeoutMs: o.idleTimeoutMs ?? 0,
+        headTimeoutMs: o.headTimeoutMs ?? 0,
         next,
       },
       decide,
@@ -1577,6 +1580,39 @@ describe('native plain HTTP relay in frames (native/splice.c)', { skip }, () => 
       assert.deepEqual([d.up, d.down, d.outcome], [rewrite(req1).length + rewrite(req2).length, 0, 'ok']);
     },
   );
+
+  // Slowloris on a kept-alive connection: the first head had the sniff deadline, a later one none on the fast path
+  // (the Node path's headersTimeout did not apply there): a byte now and then, each resetting the idle timer, held
+  // the connection for ever.
+  it('a later head trickled in is cut at headTimeoutMs from its first bytes: done(head-timeout) with the client fd', T, async () => {
+    const origin = await recordingOrigin();
+    const front = openHttpFront({ headTimeoutMs: 300, idleTimeoutMs: 5_000 }, httpDecider(origin.port), headNexter);
+    const req1 = 'GET /a HTTP/1.1\r\nHost: origin.test\r\n\r\n';
+    const client = await connectClient(front.port);
+    client.write(req1);
+    const up = await waitFor('the origin connection', () => origin.conns[0]);
+    await waitFor('the first request', () => got(up).length === rewrite(req1).length);
+    const res1 = response('first');
+    const back = readBytes(client, res1.length);
+    up.sock.write(res1);
+    await back;
+    // An idle kept-alive connection is not a partial head: no deadline runs while nothing came.
+    await delay(450);
+    assert.equal(front.dones.length, 0, 'cut while idle between requests');
+    const started = Date.now();
+    const trickle = setInterval(() => client.write('X'), 50);
+    cleanups.push(() => clearInterval(trickle));
+    client.write('GET /b HTTP/1.1\r\nHost: origin.test\r\n');
+    const d = await onlyHttpDoneOf(front, front.decides[0]!.id, 2_000);
+    clearInterval(trickle);
+    const took = Date.now() - started;
+    assert.equal(d.outcome, 'head-timeout');
+    assert.ok(d.fd >= 0, 'the client fd comes back for the 408');
+    assert.ok(took >= 280 && took < 1_500, `cut after ${took} ms`);
+    assert.equal(got(up).toString('latin1'), rewrite(req1), 'nothing of the partial head went upstream');
+    front.take(d).destroy();
+    client.destroy();
+  });
 
   it('chunked-like: many small forward steps with budgets, each out in place of what it consumed, all from one segment', T, async () => {
     const origin = await recordingOrigin();
