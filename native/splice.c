@@ -84,7 +84,8 @@ typedef struct tg_relay {
    * deadline, a later one head_ms from the framer's first read-on about it,
    * as the Node path's headersTimeout. 0: no partial frame. */
   uint64_t head_ms, head_since;
-  size_t seen; /* with want_more: cbuf bytes known to hold no LF */
+  uint64_t last_down; /* when upstream bytes last moved (0: never) */
+  size_t seen;        /* with want_more: cbuf bytes known to hold no LF */
   /* A request head went upstream and no byte of any answer has come back
    * since (down_mark: bytes[UPSTREAM] + inpipe[UPSTREAM] then). The next
    * head is not read until one does: a client that pipelines then has at
@@ -272,6 +273,7 @@ static bool pump(tg_relay *r, int d) {
     if (n > 0) {
       r->inpipe[d] += (size_t)n;
       r->last_active = uv_now(r->poll[0].loop);
+      if (d == UPSTREAM) r->last_down = r->last_active;
       if ((size_t)n == want) continue; /* a full read: more may be waiting */
       if (!r->wr_blocked[d] && !drain(r, d)) return false;
       break;
@@ -318,6 +320,9 @@ static bool pump(tg_relay *r, int d) {
 /* The most a framer may ask to see at one boundary: a request head (64 KiB,
  * src/sniff/http.ts) and what came with it. */
 #define FRAME_MAX (80 * 1024)
+
+/* How long upstream must have sent nothing before a hand-over leaves (see hand_over_if_quiet). */
+#define HANDOVER_GRACE_MS 250
 
 /* Writes buf[*off..len) upstream: 1 when all is out, 0 when the socket is
  * full (wr_blocked: POLLOUT is awaited), -1 when the relay failed. */
@@ -396,9 +401,17 @@ static bool upstream_quiet(tg_relay *r) {
 }
 
 /* A handed-over connection leaves once upstream is quiet: the client socket
- * and the bytes read go to done(). False when the relay finished. */
+ * and the bytes read go to done(). Quiet means nothing waiting and nothing
+ * for HANDOVER_GRACE_MS: the answer to a pipelined request may still be
+ * under way, and squid writes a head and its body apart, so nothing waiting
+ * for an instant was not its end (the body was lost behind a hand-over).
+ * Answers are not parsed, so a pause longer than this still ends one early:
+ * only a pipelining client that changes routes meets it. False when the
+ * relay finished. */
 static bool hand_over_if_quiet(tg_relay *r) {
   if (!r->handing_over || !upstream_quiet(r)) return true;
+  if (!r->rd_eof[UPSTREAM] && uv_now(r->poll[0].loop) - r->last_down < HANDOVER_GRACE_MS)
+    return arm_timer(r);
   r->keep_client = true;
   finish(r, TG_OUTCOME_HANDED_OVER, "");
   return false;
@@ -625,6 +638,11 @@ static bool arm_timer(tg_relay *r) {
     uint64_t w = at > now ? at - now : 100;
     if (w < wait) wait = w;
   }
+  if (r->handing_over) {
+    uint64_t at = r->last_down + HANDOVER_GRACE_MS;
+    uint64_t w = at > now ? at - now : 1;
+    if (w < wait) wait = w;
+  }
   if (wait == UINT64_MAX) return true;
   int rc = uv_timer_start(&r->timer, on_timer, wait, 0);
   if (rc != 0) {
@@ -677,6 +695,7 @@ static void on_timer(uv_timer_t *t) {
     finish(r, TG_OUTCOME_HEAD_TIMEOUT, "");
     return;
   }
+  if (!hand_over_if_quiet(r)) return;
   (void)arm_timer(r);
 }
 

@@ -1757,13 +1757,15 @@ describe('native plain HTTP relay in frames (native/splice.c)', { skip }, () => 
     sock.write('ok');
     assert.equal((await got2).toString(), 'ok');
   });
-  // A pipelining client whose next request is handed over while the response before it is still
-  // being produced (a slow origin): "quiet" only sees the bytes already in the kernel, so the relay
-  // lets go between two of the upstream's writes, closes the upstream and the rest of the response is lost.
-  it(
-    'hand-over waits for the end of a response that arrives in two writes',
-    { ...T, todo: 'the relay cannot tell a pause in a response from its end' },
-    async () => {
+  // A pipelining client whose next request is handed over while the response before it is still being produced
+  // (squid writes a head and its body apart; a slow origin): "quiet" saw only the bytes already in the kernel, so the
+  // relay let go between two of the upstream's writes, closed the upstream, and the rest of the response was lost.
+  // Now upstream must also have sent nothing for 250 ms; a longer pause still ends the response early (todo).
+  for (const [pauseMs, todo] of [
+    [100, false],
+    [400, 'answers are not parsed: a pause longer than the grace looks like the end'],
+  ] as const) {
+    it(`hand-over waits for the end of a response whose second half comes ${pauseMs} ms later`, { ...T, todo }, async () => {
       const origin = await recordingOrigin();
       let handOver = false;
       const front = openHttpFront({}, httpDecider(origin.port), (call) => (handOver ? [1] : headNexter(call, 0)));
@@ -1778,11 +1780,15 @@ describe('native plain HTTP relay in frames (native/splice.c)', { skip }, () => 
       handOver = true;
       client.write('GET /other HTTP/1.1\r\nHost: other.test\r\n\r\n');
       await waitFor('next() on the second request', () => front.nexts.length === 1);
+      await delay(pauseMs);
       up.sock.write(res.subarray(res.length - 50));
       const d = await httpDoneOf(front, front.decides[0]!.id);
+      assert.equal(d.outcome, 'handed-over');
       assert.equal(d.down, res.length, 'the end of the first response reached the client before the hand-over');
-    },
-  );
+      front.take(d).destroy();
+      client.destroy();
+    });
+  }
 
   for (const [what, head, stops] of [
     ['407', 'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm="x"\r\nContent-Length: 5\r\n\r\n', true],
