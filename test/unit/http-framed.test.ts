@@ -24,13 +24,19 @@ const T = { timeout: 20_000 };
 const RECORD_MAX = 1 << 20;
 const AUTH = 'Proxy-Authorization: Basic dXNlcjpwdw==\r\n';
 const servers: net.Server[] = [];
+/** Every socket a test made or accepted: destroyed at the end, so that the file's process can exit. */
+const sockets: net.Socket[] = [];
 
 after(() => {
   for (const s of servers) s.close();
+  for (const s of sockets) s.destroy();
 });
 
 function listen(onConn: (s: net.Socket) => void): Promise<number> {
-  const srv = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, onConn);
+  const srv = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (s) => {
+    sockets.push(s);
+    onConn(s);
+  });
   servers.push(srv);
   return new Promise((resolve) => srv.listen(0, '127.0.0.1', () => resolve((srv.address() as net.AddressInfo).port)));
 }
@@ -123,6 +129,7 @@ async function gateway(proxyPort: number, originPort: number, idleTimeoutMs = 0)
   });
   const connect = async (): Promise<{ client: net.Socket; seen: () => string }> => {
     const client = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+    sockets.push(client);
     const chunks: Buffer[] = [];
     client.on('data', (b: Buffer) => chunks.push(b));
     client.on('error', () => undefined);
