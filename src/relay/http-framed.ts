@@ -43,6 +43,8 @@ const FRAME_MAX = 80 * 1024;
 const PEEK_MAX = 4096;
 const HEAD_END = Buffer.from('\r\n\r\n', 'latin1');
 const EMPTY = Buffer.alloc(0);
+/** How long upstream must send nothing before a hand-over lets it go (a proxy's pause between head and body is shorter). */
+const QUIET_MS = 100;
 
 /**
  * Where the framer is in the client's stream. It keeps this to itself; the
@@ -126,9 +128,8 @@ class FramedRelay {
   /** Upstream is paused because the client does not read. */
   private upstreamHeld = false;
   private handingOver = false;
-  /** Bumped by every byte upstream sends: the hand-over waits for a loop turn without one. */
-  private upstreamReads = 0;
-  private quietCheck: NodeJS.Immediate | undefined;
+  /** When upstream last sent bytes: the hand-over waits until it has been quiet for a while. */
+  private lastUpstreamRead = 0;
   private quietTimer: NodeJS.Timeout | undefined;
   private outcome = 'ok';
   private lastActive = Date.now();
@@ -309,7 +310,7 @@ class FramedRelay {
   private readonly onUpstreamData = (chunk: Buffer): void =>
     this.guard(() => {
       this.lastActive = Date.now();
-      this.upstreamReads++;
+      this.lastUpstreamRead = Date.now();
       if (this.peek !== undefined) {
         this.peek = this.peek.length === 0 ? chunk : Buffer.concat([this.peek, chunk]);
         if (!this.lookAtFirst(false)) return;
@@ -394,31 +395,29 @@ class FramedRelay {
     });
 
   /**
-   * Upstream is quiet when nothing it sent is waiting in this process and a
-   * loop turn passed without a read from it: what splice.c checks with
-   * FIONREAD. A client that sends its next request after reading the last
-   * response (every client that does not pipeline) finds it so at once.
+   * Upstream is quiet when nothing it sent is waiting in this process and
+   * it sent nothing for QUIET_MS. splice.c looks once (FIONREAD), and lets
+   * go between a response's head and its body when a proxy writes them
+   * apart (squid does): the body was lost. A client that sends its next
+   * request after reading the last response waits QUIET_MS once, at the
+   * hand-over.
    */
   private handOverWhenQuiet(): void {
-    if (this.finished || this.quietCheck || this.quietTimer) return;
-    const reads = this.upstreamReads;
-    this.quietCheck = setImmediate(() => {
-      this.quietCheck = setImmediate(() => {
-        this.quietCheck = undefined;
-        if (this.finished) return;
-        const quiet =
-          this.peek === undefined &&
-          (this.upstreamEof || (!this.upstreamHeld && this.upstream.readableLength === 0 && reads === this.upstreamReads));
-        if (quiet) this.handOver();
-        // Not yet: looked at again after the next read (or, while the client is full, its next drain).
-        else if (!this.upstreamHeld) {
-          this.quietTimer = setTimeout(() => {
-            this.quietTimer = undefined;
-            this.handOverWhenQuiet();
-          }, 1);
-        }
-      });
-    });
+    if (this.finished || this.quietTimer) return;
+    const since = Date.now() - this.lastUpstreamRead;
+    const quiet =
+      this.peek === undefined && (this.upstreamEof || (!this.upstreamHeld && this.upstream.readableLength === 0 && since >= QUIET_MS));
+    if (quiet) this.handOver();
+    // Not yet: looked at again after the rest of the quiet time (or, while the client is full, at its next drain).
+    else if (!this.upstreamHeld) {
+      this.quietTimer = setTimeout(
+        () => {
+          this.quietTimer = undefined;
+          this.handOverWhenQuiet();
+        },
+        Math.max(1, QUIET_MS - since),
+      );
+    }
   }
 
   private handOver(): void {
@@ -437,7 +436,6 @@ class FramedRelay {
   private detach(): void {
     const { sock, upstream } = this;
     if (this.idleTimer) clearTimeout(this.idleTimer);
-    if (this.quietCheck) clearImmediate(this.quietCheck);
     if (this.quietTimer) clearTimeout(this.quietTimer);
     sock.off('data', this.onClientData);
     sock.off('end', this.onClientEnd);
