@@ -241,6 +241,11 @@ class FramedRelay {
    */
   private pump(): void {
     if (this.finished || this.handingOver) return;
+    // Upstream is gone after its answer (a proxy closes once it answered early): what the client still sends is dropped.
+    if (this.upstream.destroyed) {
+      this.pending = EMPTY;
+      return;
+    }
     let hold = false;
     for (;;) {
       if (this.upstream.writableNeedDrain) {
@@ -476,6 +481,9 @@ class FramedRelay {
   };
 
   private readonly onUpstreamError = (err: Error): void => {
+    // After upstream ended its answer, a write error (the client still sending a body the origin did not wait for)
+    // must not reset the client before it has read that answer.
+    if (this.upstreamEof) return;
     if (this.outcome === 'ok') this.outcome = `upstream ${errnoOf(err) ?? err.message}`;
     if (!this.sock.destroyed) this.sock.resetAndDestroy();
   };
@@ -494,6 +502,12 @@ class FramedRelay {
   private readonly onClose = (): void => {
     const { sock, upstream, ctx } = this;
     // One side is gone for good: the other cannot carry anything useful any more.
+    if (!sock.destroyed && upstream.destroyed && this.upstreamEof) {
+      // Upstream answered and left: the client gets the rest of the answer, then the connection ends.
+      if (sock.writableFinished) sock.destroy();
+      else sock.once('finish', () => sock.destroy());
+      return;
+    }
     if (!sock.destroyed || !upstream.destroyed) {
       (sock.destroyed ? upstream : sock).destroy();
       return;
