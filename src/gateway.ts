@@ -159,6 +159,8 @@ export class Gateway {
       sniffTimeoutMs: cfg.sniffTimeoutMs,
       names: this.dns?.names,
       onDone: this.logDone,
+      warn: (message) => this.log.warn(message),
+      debug: log.enabled('debug') ? (message) => this.log.debug(message) : undefined,
     };
     if (this.relay.name === 'splice' && hasTunnel()) {
       this.streams = new NativeStreams({

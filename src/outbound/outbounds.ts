@@ -1,8 +1,9 @@
 import type net from 'node:net';
+import type { ProxyEndpoint } from '../config/proxy-url';
 import type { ConnContext } from '../core/context';
 import { hostPort } from '../core/types';
 import type { RouteDecision } from '../route/router';
-import { DIRECT_CODES, dialTcp } from './dial';
+import { DIRECT_CODES, UPSTREAM_CODES, dialTcp } from './dial';
 import { openTunnel } from './http-connect';
 
 /**
@@ -28,6 +29,31 @@ export class Outbounds {
       ctx.via = hostPort(decision.proxy.host, decision.proxy.port);
       return openTunnel({ proxy: decision.proxy, host, port, timeoutMs: this.connectTimeoutMs, signal, mark: this.mark });
     }
+    return this.direct(ctx, signal);
+  }
+
+  /**
+   * A plain TCP connection for framed HTTP (relay/http-framed.ts): to the
+   * proxy itself, which gets each request in absolute form (no CONNECT), or
+   * direct as open() dials it (mark, --direct-source client).
+   */
+  openPlain(
+    route: { kind: 'proxy'; proxy: ProxyEndpoint } | { kind: 'direct' },
+    ctx: ConnContext,
+    signal?: AbortSignal,
+  ): Promise<net.Socket> {
+    if (route.kind === 'direct') return this.direct(ctx, signal);
+    const p = route.proxy;
+    ctx.via = hostPort(p.host, p.port);
+    return dialTcp(
+      { host: p.host, port: p.port, timeoutMs: this.connectTimeoutMs, signal, mark: this.mark },
+      UPSTREAM_CODES,
+      `proxy ${p.display}`,
+    );
+  }
+
+  private direct(ctx: ConnContext, signal?: AbortSignal): Promise<net.Socket> {
+    const port = ctx.destination.port;
     // Direct: the client already chose the address; the gateway need not resolve anything.
     ctx.via = hostPort(ctx.destination.address, port);
     return dialTcp(

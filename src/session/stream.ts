@@ -3,6 +3,7 @@ import type { ConnContext } from '../core/context';
 import { GatewayError, errnoOf } from '../core/errors';
 import type { Outbounds } from '../outbound/outbounds';
 import { decide, type DecideDeps, type Decision, type FirstBytes } from '../pipeline/decide';
+import { runFramed } from '../relay/http-framed';
 import type { Relay, RelayResult } from '../relay/relay';
 import type { HostVerifier } from '../route/host-verify';
 import { HTTP_SNIFF_MAX_BYTES, sniffHttp } from '../sniff/http';
@@ -18,6 +19,10 @@ export interface StreamDeps extends DecideDeps {
   /** Plain HTTP for the Node HTTP session, with the bytes read so far. */
   http: (sock: net.Socket, ctx: ConnContext, head: Buffer) => void;
   onDone: (ctx: ConnContext) => void;
+  /** The Node path's warning for a plain HTTP request that failed (framed path). */
+  warn?: (message: string) => void;
+  /** One line per request forwarded on the framed path, when debug logging is on. */
+  debug?: (message: string) => void;
 }
 
 const EMPTY = Buffer.alloc(0);
@@ -34,13 +39,16 @@ const EMPTY = Buffer.alloc(0);
  * `sniffed`: the first bytes were read before this socket existed (the addon).
  */
 export async function runNode(sock: net.Socket, ctx: ConnContext, deps: StreamDeps, sniffed?: Buffer): Promise<void> {
-  let first: FirstBytes = { head: sniffed ?? EMPTY, final: true, eof: false, framed: false };
+  // Plain HTTP in frames with --relay js (relay/http-framed.ts). With the splice relay, the HTTP connections that come
+  // here are the addon's hand-overs (a name to verify), which the Node HTTP session carries as before.
+  const framed = deps.relay.name === 'js';
+  let first: FirstBytes = { head: sniffed ?? EMPTY, final: true, eof: false, framed };
   if (sniffed === undefined && ctx.kind !== 'tcp') {
     const read =
       ctx.kind === 'tls'
         ? await readFirstBytes(sock, sniffTls, TLS_SNIFF_MAX_BYTES, deps.sniffTimeoutMs)
         : await readFirstBytes(sock, sniffHttp, HTTP_SNIFF_MAX_BYTES, deps.sniffTimeoutMs);
-    first = { head: read.head, final: true, eof: read.outcome === 'closed', framed: false };
+    first = { head: read.head, final: true, eof: read.outcome === 'closed', framed };
   }
   let d = decide(ctx, first, deps);
   if (d.kind === 'verify') {
@@ -72,6 +80,7 @@ async function execute(sock: net.Socket, ctx: ConnContext, head: Buffer, d: Deci
       deps.onDone(ctx);
       return;
     case 'http':
+      return runFramed(sock, ctx, head, d, deps);
     case 'http-session':
       deps.http(sock, ctx, head);
       return;
