@@ -249,20 +249,38 @@ export class Gateway {
     await this.interception.apply();
   }
 
-  /** Idempotent; safe after a failed start. Rules first, so clients stop being sent to listeners that are going away. */
+  /**
+   * Idempotent; safe after a failed start. TPROXY: rules first, so clients stop being sent to listeners that are
+   * going away (a TPROXY rule without its socket lets the packet through unproxied). REDIRECT: connections first:
+   * the kernel translates only while a nat chain exists (nf_nat unregisters its hooks with the last one), and once
+   * the rules were gone the FIN or reset that ends a redirected connection left un-NATed, from the listener's
+   * address: the client never heard of it and its connection hung until it next sent. A connection that comes in
+   * between meets a closed port and is refused.
+   */
   close(): Promise<void> {
     this.closing ??= (async () => {
+      const rulesFirst = this.cfg.mode !== 'redirect';
       // --fail-closed: rules and sysctls stay (Interception.revert).
-      await this.interception.revert();
-      // Listeners stop accepting at once; net.Server.close() then waits for every connection, so those are ended
-      // before it is awaited (awaiting first left a stop hanging for as long as any client kept a connection open).
-      const listenersClosed = Promise.all(this.listeners.map((l) => l.close()));
-      this.udp?.close();
-      this.dns?.close();
-      this.http.close();
-      for (const s of this.active) s.destroy();
-      this.active.clear();
-      await this.streams?.close();
+      if (rulesFirst) await this.interception.revert();
+      let listenersClosed: Promise<unknown>;
+      let streamsClosed: Promise<void> | undefined;
+      try {
+        // Listeners stop accepting at once; net.Server.close() then waits for every connection, so those are ended
+        // before it is awaited (awaiting first left a stop hanging for as long as any client kept a connection open).
+        listenersClosed = Promise.all(this.listeners.map((l) => l.close()));
+        this.udp?.close();
+        this.dns?.close();
+        this.http.close();
+        // A destroyed socket's descriptor is closed at once (libuv), so its FIN or reset is out before the rules go.
+        for (const s of this.active) s.destroy();
+        this.active.clear();
+        // Ends the addon's connections at once; resolves when each was told.
+        streamsClosed = this.streams?.close();
+      } finally {
+        // Whatever went wrong above (close() also runs after an internal error), the rules come out.
+        if (!rulesFirst) await this.interception.revert();
+      }
+      await streamsClosed;
       await this.relay.close?.();
       await listenersClosed;
     })();

@@ -10,8 +10,27 @@ import type { Relay, RelayOptions, RelayResult } from './relay';
  */
 export class JsRelay implements Relay {
   readonly name = 'js';
+  /** Relays running now, with their sockets (close()). */
+  private readonly running = new Map<Promise<RelayResult>, [net.Socket, net.Socket]>();
 
   run(client: net.Socket, upstream: net.Socket, opts: RelayOptions): Promise<RelayResult> {
+    const done: Promise<RelayResult> = this.pump(client, upstream, opts).finally(() => this.running.delete(done));
+    this.running.set(done, [client, upstream]);
+    return done;
+  }
+
+  /**
+   * Ends every relay (gateway shutdown) and resolves once each run() has, both sockets closed. Without it the
+   * gateway destroyed the client sockets and the upstream ones followed on the clients' 'close', a loop turn after
+   * Gateway.close() had resolved.
+   */
+  close(): Promise<void> {
+    const all = [...this.running];
+    for (const [, sockets] of all) for (const s of sockets) s.destroy();
+    return Promise.all(all.map(([done]) => done)).then(() => undefined);
+  }
+
+  private pump(client: net.Socket, upstream: net.Socket, opts: RelayOptions): Promise<RelayResult> {
     const upBase = upstream.bytesWritten;
     const downBase = client.bytesWritten;
     return new Promise((resolve) => {

@@ -189,6 +189,30 @@ for (const [name, make] of relays) {
       await Promise.all(checks);
     });
 
+    // Gateway.close() awaits relay.close(). The JS relay had none: the upstream sockets it carried closed a loop
+    // turn after the gateway's close() had resolved (test/e2e/close.test.ts found them still open).
+    it('close() ends every running relay and resolves after each run() has', async () => {
+      const relay = make();
+      const rigs = await Promise.all([rig(relay), rig(relay)]);
+      let settled = 0;
+      for (const r of rigs) void r.result.then(() => settled++);
+      const ended = (s: net.Socket): Promise<unknown> =>
+        new Promise((resolve) => {
+          for (const ev of ['end', 'error', 'close']) s.once(ev, resolve);
+          s.resume();
+        });
+      const ends = rigs.flatMap((r) => [ended(r.peer), ended(r.origin)]);
+      try {
+        assert.equal(typeof relay.close, 'function', `the ${name} relay has no close()`);
+        await relay.close?.();
+        assert.equal(settled, rigs.length, 'a run() had not resolved when close() did');
+        await Promise.all(ends);
+      } finally {
+        // A failure leaves the relays running: the test process would never end.
+        for (const r of rigs) for (const s of [r.peer, r.origin]) s.destroy();
+      }
+    });
+
     it('idle timeout closes both sides', async () => {
       const t0 = Date.now();
       const r = await rig(make(), 300);
