@@ -69,6 +69,16 @@ export function proxyOwnError(res: { statusCode?: number; headers: http.Incoming
   return undefined;
 }
 
+/** A response head's fields, names lowercased (the last of a repeated one): what proxyOwnError reads. */
+export function responseFields(head: string): Record<string, string> {
+  const fields: Record<string, string> = {};
+  for (const line of head.split('\r\n').slice(1)) {
+    const colon = line.indexOf(':');
+    if (colon > 0) fields[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
+  }
+  return fields;
+}
+
 /** A CONNECT the proxy answered with a status other than 2xx, in words that say what the user can do. */
 function connectRefusal(proxy: ProxyEndpoint, site: FailureSite, status: number, reason: string): GatewayError {
   const said = `proxy ${proxy.display} answered ${status}${reason ? ` ${reason}` : ''} to CONNECT ${site.authority}`;

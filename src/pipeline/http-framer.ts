@@ -92,6 +92,16 @@ export class RequestFramer {
   constructor(private readonly deps: FramerDeps) {}
 
   /**
+   * The next bytes are a request head (not a chunk line or trailers). The
+   * executors hold a pipelined head until the answer before it begins, but
+   * never a body: a proxy that waits for the whole body before it answers
+   * would wait for ever.
+   */
+  get atHead(): boolean {
+    return this.state === 'head';
+  }
+
+  /**
    * The next step over `buf` (the bytes after the last step's consumed and budget ones). After need-more, the
    * next call's `buf` starts with the same bytes.
    */

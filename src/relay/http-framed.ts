@@ -4,10 +4,11 @@ import type { ConnContext } from '../core/context';
 import { ErrorCodes, GatewayError, errnoOf } from '../core/errors';
 import { field } from '../core/log';
 import { hostPort } from '../core/types';
-import { proxyAuthFix } from '../outbound/http-connect';
+import { Outcomes } from '../native';
+import { outcomeError, responseFields } from '../outbound/failures';
 import type { Outbounds } from '../outbound/outbounds';
 import type { Decision } from '../pipeline/decide';
-import { answerAndClose, errorStatus, gatewayResponse, proxyOwnError } from '../session/http';
+import { answerAndClose, errorStatus, gatewayResponse } from '../session/http';
 
 /**
  * The framed executor of a plain HTTP decision on Node's sockets (--relay
@@ -43,19 +44,9 @@ const FRAME_MAX = 80 * 1024;
 const PEEK_MAX = 4096;
 const HEAD_END = Buffer.from('\r\n\r\n', 'latin1');
 const EMPTY = Buffer.alloc(0);
-/** How long upstream must send nothing before a hand-over lets it go (a proxy's pause between head and body is shorter). */
-const QUIET_MS = 100;
+/** How long upstream must send nothing before a hand-over lets it go (a proxy's pause between head and body is shorter): native/splice.c's HANDOVER_GRACE_MS. */
+const QUIET_MS = 250;
 
-/**
- * Where the framer is in the client's stream. It keeps this to itself; the
- * relay needs to know it only for one rule (the next request head is not
- * read until the answer to the last has begun), and follows it from the
- * steps: a head whose rebuilt form says chunked starts chunks, a zero-size
- * chunk line starts the trailers, and the step after those ends the body.
- */
-type Phase = 'head' | 'chunks' | 'trailers';
-const CHUNKED = /\r\ntransfer-encoding:[^\r]*chunked/i;
-const LAST_CHUNK = /^0+[;\r]/;
 
 export async function runFramed(sock: net.Socket, ctx: ConnContext, head: Buffer, d: HttpDecision, deps: FramedDeps): Promise<void> {
   const proxy = d.route.kind === 'proxy' ? d.route.proxy : undefined;
@@ -113,7 +104,6 @@ class FramedRelay {
   private pending: Buffer = EMPTY;
   /** Client bytes that pass verbatim before the next boundary. */
   private budget: number;
-  private phase: Phase = 'head';
   /** A request head went upstream and no byte of its answer has come back: the next head waits (splice.c's awaiting). */
   private awaiting = false;
   private downMark = 0;
@@ -169,7 +159,6 @@ class FramedRelay {
     upstream.on('drain', this.onUpstreamDrain);
     if (this.deps.idleTimeoutMs > 0) this.idleTimer = setTimeout(this.onIdle, this.deps.idleTimeoutMs);
     this.guard(() => {
-      this.phase = CHUNKED.test(d.out) ? 'chunks' : 'head';
       if (d.request) this.awaitAnswer();
       this.writeUp(Buffer.from(d.out, 'latin1'));
       this.pending = head.subarray(d.consumed);
@@ -263,7 +252,7 @@ class FramedRelay {
       }
       // A boundary. The next request head waits until the answer to the last has begun: a pipelining client then
       // has at most one answer under way, which a hand-over (it waits for upstream to go quiet) never cuts off.
-      if (this.phase === 'head' && this.awaiting && !this.answerBegun()) {
+      if (this.d.framer.atHead && this.awaiting && !this.answerBegun()) {
         hold = true;
         break;
       }
@@ -292,11 +281,6 @@ class FramedRelay {
         this.ctx.requests = this.d.framer.requests;
         logRequest(this.ctx, step.request, this.deps);
         this.awaitAnswer();
-        this.phase = CHUNKED.test(step.out) ? 'chunks' : 'head';
-      } else if (this.phase === 'chunks' && LAST_CHUNK.test(step.out)) {
-        this.phase = 'trailers';
-      } else if (this.phase === 'trailers') {
-        this.phase = 'head';
       }
       this.writeUp(Buffer.from(step.out, 'latin1'));
     }
@@ -364,26 +348,21 @@ class FramedRelay {
     return false;
   }
 
+  /** The gateway's own answer instead of the first response, as native/splice.c peek_status stops for: 407, or the proxy's own 5xx. */
   private proxyAnswer(status: number, head: string | undefined): GatewayError | undefined {
-    const proxy = this.proxy!;
-    const first = this.d.framer.first;
+    const fields = head === undefined ? {} : responseFields(head);
+    if (status !== 407 && (status < 500 || (fields['x-squid-error'] === undefined && fields['proxy-status'] === undefined)))
+      return undefined;
     const authority = hostPort(this.ctx.name ?? this.ctx.destination.address, this.ctx.destination.port);
-    if (status === 407) {
-      return new GatewayError(
-        ErrorCodes.UPSTREAM_407,
-        `proxy ${proxy.display} answered 407 to ${first?.method ?? 'GET'} ${first?.uri ?? authority}: ${proxyAuthFix(proxy)}`,
-        { status: 407 },
-      );
-    }
-    if (status < 500 || head === undefined) return undefined;
-    const fields = headFields(head);
-    if (fields['x-squid-error'] === undefined && fields['proxy-status'] === undefined) return undefined;
-    const own = proxyOwnError({ statusCode: status, headers: fields }) ?? 'proxy error';
-    return new GatewayError(
-      status === 504 ? ErrorCodes.UPSTREAM_TIMEOUT : ErrorCodes.UPSTREAM_STATUS,
-      `proxy ${proxy.display} could not fetch ${first?.uri ?? authority}: ${status} ${own}`,
-      { status },
-    );
+    const site = {
+      proxy: this.proxy,
+      via: this.ctx.via ?? authority,
+      authority,
+      port: this.ctx.destination.port,
+      timeoutMs: 0, // not named by ANSWER_STATUS
+      request: this.d.framer.first ?? { method: 'GET', uri: authority },
+    };
+    return outcomeError(Outcomes.ANSWER_STATUS, '', site, { status, headers: fields });
   }
 
   private readonly onUpstreamEnd = (): void =>
@@ -401,9 +380,9 @@ class FramedRelay {
 
   /**
    * Upstream is quiet when nothing it sent is waiting in this process and
-   * it sent nothing for QUIET_MS. splice.c looks once (FIONREAD), and lets
-   * go between a response's head and its body when a proxy writes them
-   * apart (squid does): the body was lost. A client that sends its next
+   * it sent nothing for QUIET_MS, as in splice.c: a proxy writes a
+   * response's head and its body apart (squid does), and a hand-over
+   * between the two lost the body. A client that sends its next
    * request after reading the last response waits QUIET_MS once, at the
    * hand-over.
    */
@@ -525,13 +504,3 @@ class FramedRelay {
 }
 
 function noop(): void {}
-
-/** A response head's fields, names lowercased (the last of a repeated one), for proxyOwnError. */
-function headFields(head: string): Record<string, string> {
-  const fields: Record<string, string> = {};
-  for (const line of head.split('\r\n').slice(1)) {
-    const colon = line.indexOf(':');
-    if (colon > 0) fields[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
-  }
-  return fields;
-}

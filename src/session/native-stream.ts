@@ -8,7 +8,7 @@ import { field } from '../core/log';
 import { addressOf, noOriginalDst } from '../inbound/tcp-listener';
 import type { NameLookup } from '../dns/name-map';
 import { connectRequest } from '../outbound/http-connect';
-import { outcomeError } from '../outbound/failures';
+import { outcomeError, responseFields } from '../outbound/failures';
 import {
   NextActions,
   Outcomes,
@@ -265,7 +265,7 @@ export class NativeStreams {
         ctx.via = hostPort(proxy ? proxy.host : dip, port);
         this.live.set(id, { ctx, proxy, framer: d.framer });
         if (d.request) this.logRequest(ctx, d.request);
-        return [TunnelActions.HTTP, ip, port, d.out, d.consumed, d.budget, true];
+        return [TunnelActions.HTTP, ip, port, d.out, d.consumed, d.budget, d.framer.atHead];
       }
     }
   }
@@ -282,7 +282,9 @@ export class NativeStreams {
         case 'forward':
           entry.ctx.requests = entry.framer.requests;
           if (step.request) this.logRequest(entry.ctx, step.request);
-          return [NextActions.FORWARD, step.out, step.consumed, step.budget, step.request !== undefined];
+          // A chunked body's lines are not held like a head (native/splice.c reads nothing at a marked boundary until an
+          // answer begins): its request is marked by the step that ends it.
+          return [NextActions.FORWARD, step.out, step.consumed, step.budget, entry.framer.atHead];
         case 'not-http':
         case 'refuse':
         case 'handover':
@@ -399,7 +401,7 @@ export class NativeStreams {
       outcome,
       detail,
       { proxy, via: ctx.via ?? authority, authority, port: ctx.destination.port, timeoutMs: this.deps.connectTimeoutMs, request: first },
-      first ? { status, headers: headFields(reason) } : { status, reason },
+      first ? { status, headers: responseFields(reason) } : { status, reason },
     );
   }
 
@@ -462,16 +464,6 @@ function socketOf(fd: number): net.Socket {
   } as net.SocketConstructorOpts);
   sock.on('error', noop);
   return sock;
-}
-
-/** A response head's fields, names lowercased (the last of a repeated one), for proxyOwnError. */
-function headFields(head: string): Record<string, string> {
-  const fields: Record<string, string> = {};
-  for (const line of head.split('\r\n').slice(1)) {
-    const colon = line.indexOf(':');
-    if (colon > 0) fields[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
-  }
-  return fields;
 }
 
 function closeFd(fd: number): void {
