@@ -47,7 +47,6 @@ const EMPTY = Buffer.alloc(0);
 /** How long upstream must send nothing before a hand-over lets it go (a proxy's pause between head and body is shorter): native/splice.c's HANDOVER_GRACE_MS. */
 const QUIET_MS = 250;
 
-
 export async function runFramed(sock: net.Socket, ctx: ConnContext, head: Buffer, d: HttpDecision, deps: FramedDeps): Promise<void> {
   const proxy = d.route.kind === 'proxy' ? d.route.proxy : undefined;
   ctx.via = proxy ? hostPort(proxy.host, proxy.port) : hostPort(ctx.destination.address, ctx.destination.port);
