@@ -18,7 +18,7 @@ import { hasSplice, hasTunnel, loadNative, raiseNofileLimit } from './native';
 import type { Relay } from './relay/relay';
 import { CidrSet } from './core/ip';
 import { Router } from './route/router';
-import { HttpSession } from './session/http';
+import { HEADERS_TIMEOUT_MS, HttpSession } from './session/http';
 import { runNode, type StreamDeps } from './session/stream';
 import { NativeStreams } from './session/native-stream';
 import { ErrorCodes, GatewayError, type ErrorCode } from './core/errors';
@@ -156,6 +156,7 @@ export class Gateway {
       outbounds: this.outbounds,
       relay: this.relay,
       idleTimeoutMs: cfg.idleTimeoutMs,
+      headTimeoutMs: HEADERS_TIMEOUT_MS,
       sniffTimeoutMs: cfg.sniffTimeoutMs,
       names: this.dns?.names,
       onDone: this.logDone,

@@ -5,7 +5,7 @@ import { ErrorCodes, GatewayError, errnoOf } from '../core/errors';
 import { field } from '../core/log';
 import { hostPort } from '../core/types';
 import { Outcomes } from '../native';
-import { outcomeError, responseFields } from '../outbound/failures';
+import { outcomeError, responseFields, type FailureSite } from '../outbound/failures';
 import type { Outbounds } from '../outbound/outbounds';
 import type { Decision } from '../pipeline/decide';
 import { answerAndClose, errorStatus, gatewayResponse } from '../session/http';
@@ -28,6 +28,8 @@ export type HttpDecision = Extract<Decision, { kind: 'http' }>;
 export interface FramedDeps {
   outbounds: Pick<Outbounds, 'openPlain'>;
   idleTimeoutMs: number;
+  /** A request head after the first must come whole within this (the Node path's headersTimeout); 0 or absent: no limit. */
+  headTimeoutMs?: number;
   /** The Node HTTP session takes the connection from `rest` on, and logs it at its end. */
   http: (sock: net.Socket, ctx: ConnContext, rest: Buffer) => void;
   /** The connection's one log line (not called for a handed-over one). */
@@ -123,6 +125,8 @@ class FramedRelay {
   private outcome = 'ok';
   private lastActive = Date.now();
   private idleTimer: NodeJS.Timeout | undefined;
+  /** A partial head (or chunk line) came: it must be whole within deps.headTimeoutMs (splice.c's head_ms). */
+  private headTimer: NodeJS.Timeout | undefined;
   private finished = false;
   private upBase: number;
   private resolve!: () => void;
@@ -264,8 +268,11 @@ class FramedRelay {
           break;
         }
         if (this.pending.length >= FRAME_MAX) throw new Error(`the framer asked for more than ${FRAME_MAX} bytes at a boundary`);
+        if (!this.headTimer && this.deps.headTimeoutMs) this.headTimer = setTimeout(this.onHeadTimeout, this.deps.headTimeoutMs);
         break;
       }
+      if (this.headTimer) clearTimeout(this.headTimer);
+      this.headTimer = undefined;
       if (step.kind !== 'forward') {
         // Another route, an Upgrade, a refusal: the Node HTTP session carries (or refuses) it once upstream is quiet.
         this.handingOver = true;
@@ -352,16 +359,20 @@ class FramedRelay {
     const fields = head === undefined ? {} : responseFields(head);
     if (status !== 407 && (status < 500 || (fields['x-squid-error'] === undefined && fields['proxy-status'] === undefined)))
       return undefined;
+    return outcomeError(Outcomes.ANSWER_STATUS, '', this.site(), { status, headers: fields });
+  }
+
+  /** What the outcome table names (outbound/failures.ts). */
+  private site(): FailureSite {
     const authority = hostPort(this.ctx.name ?? this.ctx.destination.address, this.ctx.destination.port);
-    const site = {
+    return {
       proxy: this.proxy,
       via: this.ctx.via ?? authority,
       authority,
       port: this.ctx.destination.port,
-      timeoutMs: 0, // not named by ANSWER_STATUS
+      timeoutMs: 0, // named by none of the outcomes met here
       request: this.d.framer.first ?? { method: 'GET', uri: authority },
     };
-    return outcomeError(Outcomes.ANSWER_STATUS, '', site, { status, headers: fields });
   }
 
   private readonly onUpstreamEnd = (): void =>
@@ -419,6 +430,7 @@ class FramedRelay {
   private detach(): void {
     const { sock, upstream } = this;
     if (this.idleTimer) clearTimeout(this.idleTimer);
+    if (this.headTimer) clearTimeout(this.headTimer);
     if (this.quietTimer) clearTimeout(this.quietTimer);
     sock.off('data', this.onClientData);
     sock.off('end', this.onClientEnd);
@@ -465,6 +477,17 @@ class FramedRelay {
     if (this.outcome === 'ok') this.outcome = `upstream ${errnoOf(err) ?? err.message}`;
     if (!this.sock.destroyed) this.sock.resetAndDestroy();
   };
+
+  /** Slowloris on a kept-alive connection: the Node path's 408, once no answer is flowing (as in splice.c). */
+  private readonly onHeadTimeout = (): void =>
+    this.guard(() => {
+      const since = Date.now() - this.lastUpstreamRead;
+      if (since < QUIET_MS || this.upstream.readableLength > 0) {
+        this.headTimer = setTimeout(this.onHeadTimeout, QUIET_MS);
+        return;
+      }
+      this.answerInstead(outcomeError(Outcomes.HEAD_TIMEOUT, '', this.site())!);
+    });
 
   private readonly onIdle = (): void => {
     const idle = Date.now() - this.lastActive;

@@ -15,6 +15,8 @@ export interface StreamDeps extends DecideDeps {
   outbounds: Outbounds;
   relay: Relay;
   idleTimeoutMs: number;
+  /** Plain HTTP on the framed path: a later request head's deadline (the Node path's headersTimeout). */
+  headTimeoutMs?: number;
   verifier: HostVerifier;
   /** Plain HTTP for the Node HTTP session, with the bytes read so far. */
   http: (sock: net.Socket, ctx: ConnContext, head: Buffer) => void;

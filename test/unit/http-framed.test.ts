@@ -101,7 +101,7 @@ interface Handed {
  * intranet.test, goes there direct once verified) and the proxy at
  * `proxyPort` for the rest.
  */
-async function gateway(proxyPort: number, originPort: number, idleTimeoutMs = 0) {
+async function gateway(proxyPort: number, originPort: number, idleTimeoutMs = 0, headTimeoutMs = 0) {
   const done: ConnContext[] = [];
   const handed: Handed[] = [];
   const accepted: net.Socket[] = [];
@@ -115,6 +115,7 @@ async function gateway(proxyPort: number, originPort: number, idleTimeoutMs = 0)
     outbounds: new Outbounds(2000),
     relay: new JsRelay(),
     idleTimeoutMs,
+    headTimeoutMs,
     http: (sock, ctx, rest) => handed.push({ sock, ctx, rest }),
     onDone: (ctx) => done.push(ctx),
   };
@@ -375,6 +376,29 @@ describe('http-framed: plain HTTP in frames on Node sockets', () => {
     await ended;
     const ctx = await waitFor('the log line', () => gw.done[0]);
     assert.equal(ctx.result, 'idle-timeout');
+  });
+
+  // Slowloris on a kept-alive connection: a second head trickled a byte now and then held it for ever (each byte reset
+  // the idle timer); the Node path's headersTimeout did not apply on the framed path.
+  it('a later head trickled in gets 408 at the head deadline', T, async () => {
+    const px = await upstream((up) => {
+      if (up.sock.bytesWritten === 0 && up.got.includes('\r\n\r\n')) up.sock.write(ok('first'));
+    });
+    const gw = await gateway(px.port, await freePort(), 5_000, 300);
+    const { client, seen } = await gw.connect();
+    client.write('GET /a HTTP/1.1\r\nHost: origin.test\r\n\r\n');
+    await waitFor('the first answer', () => seen() === ok('first'));
+    const ended = new Promise((r) => client.once('end', r));
+    const started = Date.now();
+    client.write('GET /b HTTP/1.1\r\nHost: origin.test\r\n');
+    const trickle = setInterval(() => client.write('X'), 50);
+    await ended;
+    clearInterval(trickle);
+    const took = Date.now() - started;
+    assert.match(seen().slice(ok('first').length), /^HTTP\/1\.1 408 /);
+    assert.ok(took >= 280 && took < 2_000, `cut after ${took} ms`);
+    const ctx = await waitFor('the log line', () => gw.done[0]);
+    assert.equal(ctx.result, 'TG_ERR_SNIFF_TIMEOUT');
   });
 
   // Backpressure both ways: the relay holds at most a few reads of either side, whatever the other side's pace.
