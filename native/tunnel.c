@@ -10,7 +10,7 @@
  *
  * JS runs twice per connection: decide() and done(). Everything a user sees
  * (names, routes, error texts, the log line) stays in TypeScript
- * (src/session/native-stream.ts); this file only moves the state machine
+ * (src/relay/native-executor.ts); this file only moves the state machine
  * off Node's sockets, whose per-connection cost (two net.Sockets, promises,
  * timers) was three times redsocks' CPU per connection.
  *

@@ -18,9 +18,9 @@ import { hasSplice, hasTunnel, loadNative, raiseNofileLimit } from './native';
 import type { Relay } from './relay/relay';
 import { CidrSet } from './core/ip';
 import { Router } from './route/router';
-import { HEADERS_TIMEOUT_MS, HttpSession } from './session/http';
-import { runNode, type StreamDeps } from './session/stream';
-import { NativeStreams } from './session/native-stream';
+import { HEADERS_TIMEOUT_MS, HttpSession } from './relay/http-session';
+import { runNode, type StreamDeps } from './relay/node-executor';
+import { NativeExecutor } from './relay/native-executor';
 import { ErrorCodes, GatewayError, type ErrorCode } from './core/errors';
 import { Admission, RefusalLog, connectionBudget } from './inbound/admission';
 import { HostVerifier } from './route/host-verify';
@@ -84,7 +84,7 @@ export class Gateway {
   /** A connection ended: its log line. */
   private readonly logDone = (ctx: ConnContext): void => this.logConn(ctx);
   /** TLS and TCP ports carried by the addon from accept to splice; undefined with --relay js. */
-  private readonly streams: NativeStreams | undefined;
+  private readonly streams: NativeExecutor | undefined;
   private readonly dns: DnsService | undefined;
   private udp: UdpListener | undefined;
   /** Sysctls, rules and policy routes: planned, applied last, reverted first. */
@@ -164,7 +164,7 @@ export class Gateway {
       debug: log.enabled('debug') ? (message) => this.log.debug(message) : undefined,
     };
     if (this.relay.name === 'splice' && hasTunnel()) {
-      this.streams = new NativeStreams({
+      this.streams = new NativeExecutor({
         router: this.router,
         names: this.dns?.names,
         sniffTimeoutMs: cfg.sniffTimeoutMs,
@@ -361,7 +361,7 @@ export class Gateway {
     this.runNode(sock, ctx);
   }
 
-  /** A connection on Node's sockets (pipeline: session/stream.ts); `head`: first bytes already read (see NativeStreams). */
+  /** A connection on Node's sockets (pipeline: relay/node-executor.ts); `head`: first bytes already read (see NativeExecutor). */
   private runNode(sock: net.Socket, ctx: ConnContext, head?: Buffer): void {
     // A weak reference: the handler lives as long as the connection, and a
     // strong one would keep the (by then destroyed) socket of every

@@ -25,7 +25,7 @@ export interface TcpListenerOptions {
   onUnusable: (sock: net.Socket, client: Address, err: GatewayError) => void;
   /**
    * Hands each listening fd to a native acceptor instead of a net.Server
-   * (src/session/native-stream.ts); onConnection and onUnusable are then
+   * (src/relay/native-executor.ts); onConnection and onUnusable are then
    * not called.
    */
   nativeAccept?: (fd: number) => { close(): void };

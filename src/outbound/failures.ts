@@ -138,7 +138,7 @@ const TABLE: Record<Outcome, Entry> = {
   // Before the relay (a write of the request head that failed) or during it: the relay's words, as on the Node path.
   [Outcomes.UPSTREAM_ERROR]: ITS_OWN_RESULT,
   [Outcomes.RELAY_ERROR]: ITS_OWN_RESULT,
-  // The Node HTTP session's words for its headersTimeout (session/http.ts clientError).
+  // The Node HTTP session's words for its headersTimeout (relay/http-session.ts clientError).
   [Outcomes.HEAD_TIMEOUT]: () => new GatewayError(ErrorCodes.SNIFF_TIMEOUT, 'the request head did not arrive in time', { status: 408 }),
   [Outcomes.CONNECT]: dialed,
   [Outcomes.SOCKET]: dialed,

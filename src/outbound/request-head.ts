@@ -7,7 +7,7 @@ import { hostPort } from '../core/types';
  * a tunnel, and the head of a plain HTTP request as it leaves (absolute form
  * with the proxy's credentials, or origin form direct). Pure: the fast path
  * (pipeline/http-framer.ts) serializes the parts to the bytes it writes, the
- * Node HTTP session (session/http.ts) hands the same parts to
+ * Node HTTP session (relay/http-session.ts) hands the same parts to
  * http.request(), so both send the same head for the same request.
  *
  * What Node's http.request() still writes differently from serialize(), for
@@ -38,7 +38,7 @@ export interface RequestParts {
   headers: HeaderPair[];
 }
 
-/** A request that passed session/http-request.ts checkRequest(), described for the upstream. */
+/** A request that passed pipeline/http-request.ts checkRequest(), described for the upstream. */
 export interface ForwardRequest {
   method: string;
   /** The client's request-line version, `HTTP/1.1` or `HTTP/1.0`. */

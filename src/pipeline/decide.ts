@@ -5,7 +5,7 @@ import type { HostVerifier } from '../route/host-verify';
 import type { RouteDecision, RouteInput, Router } from '../route/router';
 import { forbiddenTarget } from '../route/targets';
 import { TLS_SNIFF_MAX_BYTES, sniffTls, type TlsSniffResult } from '../sniff/tls';
-import type { RequestCheck } from '../session/http-request';
+import type { RequestCheck } from './http-request';
 import { RequestFramer, type RequestRoute } from './http-framer';
 
 /**

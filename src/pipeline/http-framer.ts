@@ -2,7 +2,7 @@ import type { ProxyEndpoint } from '../config/proxy-url';
 import type { ErrorCode } from '../core/errors';
 import { ErrorCodes } from '../core/errors';
 import { connectionTokens, forwardHead, serialize } from '../outbound/request-head';
-import { checkRequest, type RequestCheck } from '../session/http-request';
+import { checkRequest, type RequestCheck } from './http-request';
 import { readRequestHead } from '../sniff/http';
 
 /**

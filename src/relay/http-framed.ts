@@ -8,7 +8,7 @@ import { Outcomes } from '../native';
 import { outcomeError, responseFields, type FailureSite } from '../outbound/failures';
 import type { Outbounds } from '../outbound/outbounds';
 import type { Decision } from '../pipeline/decide';
-import { answerAndClose, errorStatus, gatewayResponse } from '../session/http';
+import { answerAndClose, errorStatus, gatewayResponse } from './http-session';
 
 /**
  * The framed executor of a plain HTTP decision on Node's sockets (--relay

@@ -7,7 +7,7 @@
  *
  * Each case runs in both modes and with both relays: `--relay splice` (the
  * default: native/tunnel.c accepts, src/pipeline/http-framer.ts frames each
- * request, responses are spliced) and `--relay js` (src/session/http.ts for
+ * request, responses are spliced) and `--relay js` (src/relay/http-session.ts for
  * everything). TG_E2E_RELAY=js|splice runs one relay only.
  */
 import assert from 'node:assert/strict';

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { parseProxyUrl } from '../../src/config/proxy-url';
 import { parseAuthority } from '../../src/core/names';
 import { RequestFramer, type RequestRoute } from '../../src/pipeline/http-framer';
-import { checkRequest, type RequestCheck } from '../../src/session/http-request';
+import { checkRequest, type RequestCheck } from '../../src/pipeline/http-request';
 import { readRequestHead } from '../../src/sniff/http';
 import { cutAt, drive, summary, type DriveResult } from '../support/framer-driver';
 import { inputRng, type Rng, type Target } from './harness';

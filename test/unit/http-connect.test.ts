@@ -5,7 +5,7 @@ import { parseProxyUrl } from '../../src/config/proxy-url';
 import { GatewayError } from '../../src/core/errors';
 import { connectRequest, openTunnel, parseStatusLine } from '../../src/outbound/http-connect';
 import { absoluteUri } from '../../src/outbound/request-head';
-import { endToEndHeaders, errorStatus } from '../../src/session/http';
+import { endToEndHeaders, errorStatus } from '../../src/relay/http-session';
 
 describe('CONNECT request and answer parsing', () => {
   test('request head carries Basic credentials and brackets IPv6', () => {

@@ -1,6 +1,6 @@
 /**
  * The framed executor for plain HTTP on Node's sockets (relay/http-framed.ts,
- * --relay js), driven the way the gateway drives it (session/stream.ts
+ * --relay js), driven the way the gateway drives it (relay/node-executor.ts
  * runNode: first bytes, decide, execute) on loopback sockets: a net.Server
  * as the gateway's listener, another as the proxy (it records what it
  * receives and answers as told) or as a no_proxy origin. What the client
@@ -17,7 +17,7 @@ import { Outbounds } from '../../src/outbound/outbounds';
 import { JsRelay } from '../../src/relay/js-relay';
 import { Router } from '../../src/route/router';
 import { HostVerifier } from '../../src/route/host-verify';
-import { runNode, type StreamDeps } from '../../src/session/stream';
+import { runNode, type StreamDeps } from '../../src/relay/node-executor';
 
 const T = { timeout: 20_000 };
 /** What a fake upstream keeps of the bytes it receives (it counts the rest). */
@@ -213,7 +213,7 @@ describe('http-framed: plain HTTP in frames on Node sockets', () => {
   });
 
   // The same cases as native-tunnel.test.ts "first response ...": the proxy's 407 or its own 5xx is not passed on;
-  // the client gets the gateway's answer (done() in native-stream.ts: gatewayResponse(errorStatus(err), ...)).
+  // the client gets the gateway's answer (done() in relay/native-executor.ts: gatewayResponse(errorStatus(err), ...)).
   for (const [what, answer, status, code, says] of [
     [
       '407',

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { parseProxyUrl, type ProxyEndpoint } from '../../src/config/proxy-url';
 import { ErrorCodes } from '../../src/core/errors';
 import { RequestFramer, type FramerDeps, type RequestRoute } from '../../src/pipeline/http-framer';
-import type { RequestCheck } from '../../src/session/http-request';
+import type { RequestCheck } from '../../src/pipeline/http-request';
 import { Rng } from '../fuzz/harness';
 import { cutAt, drive, summary, type DriveResult } from '../support/framer-driver';
 

@@ -1935,7 +1935,7 @@ describe('native plain HTTP relay in frames (native/splice.c)', { skip }, () => 
     assert.equal(front.nexts.length, 0);
   });
 
-  // null even with eof (src/session/native-stream.ts answers [2] there): the relay drops the partial head itself.
+  // null even with eof (src/relay/native-executor.ts answers [2] there): the relay drops the partial head itself.
   it('client EOF at a boundary and mid-head: next() hears eof, nothing of the partial head goes up, then FIN', T, async () => {
     const origin = await recordingOrigin();
     const front = openHttpFront({}, httpDecider(origin.port), ({ bytes }) => (headLength(bytes) < 0 ? null : [2]));

@@ -19,7 +19,7 @@ import { RequestFramer } from '../../src/pipeline/http-framer';
 import type { Relay } from '../../src/relay/relay';
 import type { HostVerifier } from '../../src/route/host-verify';
 import { Router } from '../../src/route/router';
-import { HttpSession } from '../../src/session/http';
+import { HttpSession } from '../../src/relay/http-session';
 import { drive } from '../support/framer-driver';
 
 const PROXY: ProxyEndpoint = parseProxyUrl('http://user:pw@proxy.test:3128');

@@ -12,7 +12,7 @@ import { Admission, RefusalLog, connectionBudget } from '../../src/inbound/admis
 import { HostVerifier } from '../../src/route/host-verify';
 import { forbiddenTarget } from '../../src/route/targets';
 import { absoluteUri } from '../../src/outbound/request-head';
-import { checkRequest } from '../../src/session/http-request';
+import { checkRequest } from '../../src/pipeline/http-request';
 
 describe('parseHost', () => {
   const cases: Array<[string, ReturnType<typeof parseHost>]> = [

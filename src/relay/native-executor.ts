@@ -26,7 +26,7 @@ import {
 import type { RequestFramer } from '../pipeline/http-framer';
 import { decide } from '../pipeline/decide';
 import { HTTP_SNIFF_MAX_BYTES, sniffHttp } from '../sniff/http';
-import { HEADERS_TIMEOUT_MS, answerAndClose, errorStatus, gatewayResponse } from './http';
+import { HEADERS_TIMEOUT_MS, answerAndClose, errorStatus, gatewayResponse } from './http-session';
 import type { Router } from '../route/router';
 import { TLS_SNIFF_MAX_BYTES, sniffTls } from '../sniff/tls';
 import { ErrorCodes, GatewayError, type ErrorCode } from '../core/errors';
@@ -92,7 +92,7 @@ const PROXY_ADDRESS_TTL_MS = 60_000;
  * route (decide), and the log line with the same result codes and texts as
  * the Node path (done). Connections it cannot carry in C go to the Node path.
  */
-export class NativeStreams {
+export class NativeExecutor {
   private readonly live = new Map<number, Live>();
   /** Connections counted by the admission, by id: their client address, released at their end. */
   private readonly admitted = new Map<number, string>();

@@ -3,13 +3,13 @@ import type { ConnContext } from '../core/context';
 import { GatewayError, errnoOf } from '../core/errors';
 import type { Outbounds } from '../outbound/outbounds';
 import { decide, type DecideDeps, type Decision, type FirstBytes } from '../pipeline/decide';
-import { runFramed } from '../relay/http-framed';
-import type { Relay, RelayResult } from '../relay/relay';
+import { runFramed } from './http-framed';
+import type { Relay, RelayResult } from './relay';
 import type { HostVerifier } from '../route/host-verify';
 import { HTTP_SNIFF_MAX_BYTES, sniffHttp } from '../sniff/http';
 import { TLS_SNIFF_MAX_BYTES, sniffTls } from '../sniff/tls';
 import { readFirstBytes } from './first-bytes';
-import { answerAndClose, gatewayResponse } from './http';
+import { answerAndClose, gatewayResponse } from './http-session';
 
 export interface StreamDeps extends DecideDeps {
   outbounds: Outbounds;

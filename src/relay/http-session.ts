@@ -5,7 +5,7 @@ import { ErrorCodes, GatewayError, errnoOf } from '../core/errors';
 import { field, type Logger } from '../core/log';
 import { hostPort } from '../core/types';
 import type { Outbounds } from '../outbound/outbounds';
-import type { Relay } from '../relay/relay';
+import type { Relay } from './relay';
 import type { HostVerifier } from '../route/host-verify';
 import type { RouteDecision, RouteInput, Router } from '../route/router';
 import { markedConnector } from '../outbound/dial';
@@ -21,7 +21,7 @@ import {
   type ForwardRequest,
   type RequestParts,
 } from '../outbound/request-head';
-import { checkRequest, type RequestCheck } from './http-request';
+import { checkRequest, type RequestCheck } from '../pipeline/http-request';
 
 export interface HttpDeps {
   router: Router;
