@@ -8,6 +8,7 @@ import { Outcomes } from '../native';
 import { outcomeError, responseFields, type FailureSite } from '../outbound/failures';
 import type { Outbounds } from '../outbound/outbounds';
 import type { Decision } from '../pipeline/decide';
+import { openFor } from './relay';
 import { answerAndClose, errorStatus, gatewayResponse } from './http-session';
 
 /**
@@ -53,19 +54,10 @@ export async function runFramed(sock: net.Socket, ctx: ConnContext, head: Buffer
   const proxy = d.route.kind === 'proxy' ? d.route.proxy : undefined;
   ctx.via = proxy ? hostPort(proxy.host, proxy.port) : hostPort(ctx.destination.address, ctx.destination.port);
   if (d.request) logRequest(ctx, d.request, deps);
-  const abort = new AbortController();
-  const onEarlyClose = (): void => abort.abort();
-  sock.once('close', onEarlyClose);
-  let upstream: net.Socket;
-  try {
-    upstream = await deps.outbounds.openPlain(d.route, ctx, abort.signal);
-  } catch (err) {
-    sock.off('close', onEarlyClose);
-    if (sock.destroyed) {
-      ctx.result = 'client-closed';
-      deps.onDone(ctx);
-      return;
-    }
+  const opened = await openFor(sock, ctx, deps.onDone, (signal) => deps.outbounds.openPlain(d.route, ctx, signal));
+  if (opened === undefined) return;
+  if ('error' in opened) {
+    const err = opened.error;
     const gerr = err instanceof GatewayError ? err : new GatewayError(ErrorCodes.INTERNAL, String(err), { cause: err });
     failed(ctx, gerr, deps);
     // The request got no response: the gateway's own answer says why (502, 504), as the native path gives.
@@ -73,14 +65,7 @@ export async function runFramed(sock: net.Socket, ctx: ConnContext, head: Buffer
     answerAndClose(sock, gatewayResponse(errorStatus(gerr), gerr.code, gerr.message));
     return;
   }
-  sock.off('close', onEarlyClose);
-  if (sock.destroyed) {
-    upstream.destroy();
-    ctx.result = 'client-closed';
-    deps.onDone(ctx);
-    return;
-  }
-  return new FramedRelay(sock, upstream, ctx, d, proxy, deps).run(head);
+  return new FramedRelay(sock, opened.upstream, ctx, d, proxy, deps).run(head);
 }
 
 /** A request that got the gateway's answer instead of a response: the result, and the Node path's warning. */

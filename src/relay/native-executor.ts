@@ -85,12 +85,30 @@ const TAKEN: TunnelAction = [TunnelActions.TAKEN];
 /** How long a looked-up proxy address is used before it is looked up again (in the background). */
 const PROXY_ADDRESS_TTL_MS = 60_000;
 
+/** One call of the addon's decide(): the connection, and its first bytes so far. */
+interface DecideCall {
+  id: number;
+  /** The client socket, for a hand-over to the Node path. */
+  fd: number;
+  cip: string;
+  cport: number;
+  dip: string;
+  dport: number;
+  head: Buffer | undefined;
+  /** No more bytes will come before the decision (the sniff deadline, EOF, the size limit). */
+  final: boolean;
+  eof: boolean;
+}
+
 /**
- * TLS and other TCP connections carried by the addon from accept to the
- * splice relay (native/tunnel.c): no Node socket per connection. This class
- * keeps what a user sees in TypeScript: the sniffed name, no_proxy and the
- * route (decide), and the log line with the same result codes and texts as
- * the Node path (done). Connections it cannot carry in C go to the Node path.
+ * The addon's executor of the pipeline: every intercepted TCP connection is
+ * carried by the addon from accept to the splice relay (native/tunnel.c,
+ * native/splice.c), with no Node socket per connection. This class is the
+ * TypeScript side: it admits the client, runs decide() (pipeline/) on the
+ * first bytes and turns the Decision into the addon's action, frames plain
+ * HTTP at each request boundary (next), and writes the log line with the
+ * same result codes and texts as the Node path (done). What the addon cannot
+ * carry (a name to verify, a hand-over) goes to the Node executor.
  */
 export class NativeExecutor {
   private readonly live = new Map<number, Live>();
@@ -127,7 +145,7 @@ export class NativeExecutor {
       // the gateway: each one catches, and a bug ends only the connection it met.
       (id, cfd, cip, cport, dip, dport, head, final, eof) => {
         try {
-          return this.decide(kind, id, cfd, cip, cport, dip, dport, head, final, eof);
+          return this.decide(kind, { id, fd: cfd, cip, cport, dip, dport, head, final, eof });
         } catch (err) {
           this.release(id);
           this.deps.onInternalError(new ConnContext(kind, addressOf(cip, cport), addressOf(dip, dport)), err);
@@ -160,18 +178,8 @@ export class NativeExecutor {
     return this.live.size;
   }
 
-  private decide(
-    kind: 'http' | 'tls' | 'tcp',
-    id: number,
-    fd: number,
-    cip: string,
-    cport: number,
-    dip: string,
-    dport: number,
-    head: Buffer | undefined,
-    final: boolean,
-    eof: boolean,
-  ): TunnelAction | null {
+  private decide(kind: 'http' | 'tls' | 'tcp', call: DecideCall): TunnelAction | null {
+    const { id, cip, cport } = call;
     if (!this.admitted.has(id)) {
       // The first word about a connection comes at accept: admit it there, before any byte is read.
       const client = addressOf(cip, cport);
@@ -182,7 +190,7 @@ export class NativeExecutor {
       }
       this.admitted.set(id, client.address);
     }
-    const action = this.decideAdmitted(kind, id, fd, cip, cport, dip, dport, head, final, eof);
+    const action = this.decideAdmitted(kind, call);
     // Closed or handed over: the addon says no more about it (a handed-over one is counted on the Node path).
     if (action === CLOSE || action === RESET || action === TAKEN) this.release(id);
     return action;
@@ -196,18 +204,8 @@ export class NativeExecutor {
     this.deps.admission.release(client);
   }
 
-  private decideAdmitted(
-    kind: 'http' | 'tls' | 'tcp',
-    id: number,
-    fd: number,
-    cip: string,
-    cport: number,
-    dip: string,
-    dport: number,
-    head: Buffer | undefined,
-    final: boolean,
-    eof: boolean,
-  ): TunnelAction | null {
+  private decideAdmitted(kind: 'http' | 'tls' | 'tcp', call: DecideCall): TunnelAction | null {
+    const { id, fd, cip, cport, dip, dport, head, final, eof } = call;
     if (kind === 'tls' && !final && head?.length === 0) return this.speculate(cip, dip, dport);
     // The sniffers are cheap on a partial head; the context is made only once there is something to decide. The
     // ClientHello's verdict goes on to decide(), which would otherwise parse it a second time.

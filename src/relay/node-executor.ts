@@ -4,7 +4,7 @@ import { GatewayError, errnoOf } from '../core/errors';
 import type { Outbounds } from '../outbound/outbounds';
 import { decide, type DecideDeps, type Decision, type FirstBytes } from '../pipeline/decide';
 import { runFramed } from './http-framed';
-import type { Relay, RelayResult } from './relay';
+import { openFor, type Relay, type RelayResult } from './relay';
 import type { HostVerifier } from '../route/host-verify';
 import { HTTP_SNIFF_MAX_BYTES, sniffHttp } from '../sniff/http';
 import { TLS_SNIFF_MAX_BYTES, sniffTls } from '../sniff/tls';
@@ -98,28 +98,18 @@ async function tunnel(
   d: Extract<Decision, { kind: 'tunnel' }>,
   deps: StreamDeps,
 ): Promise<void> {
-  const abort = new AbortController();
-  const onEarlyClose = (): void => abort.abort();
-  sock.once('close', onEarlyClose);
-  let upstream: net.Socket;
-  try {
-    upstream = await deps.outbounds.open(d.route, ctx, abort.signal);
-  } catch (err) {
-    sock.off('close', onEarlyClose);
+  const opened = await openFor(sock, ctx, deps.onDone, (signal) => deps.outbounds.open(d.route, ctx, signal));
+  if (opened === undefined) return;
+  if ('error' in opened) {
+    const err = opened.error;
     ctx.result = err instanceof GatewayError ? err.code : (errnoOf(err) ?? 'error');
     ctx.error = err instanceof Error ? err.message : String(err);
     // Not a hang: a reset tells the client at once that its destination failed.
-    if (!sock.destroyed) sock.resetAndDestroy();
+    sock.resetAndDestroy();
     deps.onDone(ctx);
     return;
   }
-  sock.off('close', onEarlyClose);
-  if (sock.destroyed) {
-    upstream.destroy();
-    ctx.result = 'client-closed';
-    deps.onDone(ctx);
-    return;
-  }
+  const { upstream } = opened;
   if (head.length > 0) upstream.write(head);
   // Returned, not awaited: this frame (both sockets, the head, the abort
   // controller) ends here instead of living as long as the connection; an
