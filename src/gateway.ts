@@ -20,6 +20,7 @@ import { CidrSet } from './core/ip';
 import { Router } from './route/router';
 import { HEADERS_TIMEOUT_MS, HttpSession } from './relay/http-session';
 import { runNode, type StreamDeps } from './relay/node-executor';
+import { closeFramed } from './relay/http-framed';
 import { NativeExecutor } from './relay/native-executor';
 import { ErrorCodes, GatewayError, type ErrorCode } from './core/errors';
 import { Admission, RefusalLog, connectionBudget } from './inbound/admission';
@@ -283,6 +284,7 @@ export class Gateway {
       }
       await streamsClosed;
       await this.relay.close?.();
+      await closeFramed();
       await listenersClosed;
     })();
     return this.closing;

@@ -68,6 +68,20 @@ export async function runFramed(sock: net.Socket, ctx: ConnContext, head: Buffer
   return new FramedRelay(sock, opened.upstream, ctx, d, proxy, deps).run(head);
 }
 
+/** Framed connections under way: close() ends them and waits until each has logged its end. */
+const running = new Map<FramedRelay, Promise<void>>();
+
+/**
+ * Ends every framed connection (gateway shutdown; each is logged), resolving
+ * once all are: the upstream's close came a loop turn after the client's, and
+ * its log line after close() had resolved.
+ */
+export async function closeFramed(): Promise<void> {
+  const all = [...running.values()];
+  for (const r of running.keys()) r.destroy();
+  await Promise.all(all);
+}
+
 /** A request that got the gateway's answer instead of a response: the result, and the Node path's warning. */
 function failed(ctx: ConnContext, err: GatewayError, deps: FramedDeps): void {
   ctx.result = err.code;
@@ -134,7 +148,8 @@ class FramedRelay {
 
   run(head: Buffer): Promise<void> {
     const { sock, upstream, d } = this;
-    const done = new Promise<void>((resolve) => (this.resolve = resolve));
+    const done = new Promise<void>((resolve) => (this.resolve = resolve)).finally(() => running.delete(this));
+    running.set(this, done);
     sock.on('data', this.onClientData);
     sock.on('end', this.onClientEnd);
     sock.on('error', this.onClientError);
@@ -484,6 +499,11 @@ class FramedRelay {
     this.sock.destroy();
     this.upstream.destroy();
   };
+
+  destroy(): void {
+    this.sock.destroy();
+    this.upstream.destroy();
+  }
 
   private readonly onClose = (): void => {
     const { sock, upstream, ctx } = this;
