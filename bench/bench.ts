@@ -671,10 +671,10 @@ function ratios(results: Result[], rounds: Map<string, Result[]>): Ratio[] {
   add('new conns/s / redsocks', 'connsPerSec', 'redsocks', '>= 1.0', (x) => x >= 1.0);
   add('throughput 1x / explicit', 'bulk1MBps', 'explicit', '>= 0.9', (x) => x >= 0.9);
   add(`throughput ${PARALLEL}x / explicit`, 'bulkNMBps', 'explicit', '>= 0.9', (x) => x >= 0.9);
-  // Port 80: the same targets, for transgate's HTTP path against redsocks' CONNECT to port 80.
+  // Port 80: transgate's HTTP path against redsocks' CONNECT to port 80; CPU per GiB at par (not 0.8 as for TLS).
   add('port 80 throughput 1x / redsocks', 'http1MBps', 'redsocks', '>= 1.0', (x) => x >= 1.0);
   add(`port 80 throughput ${PARALLEL}x / redsocks`, 'httpNMBps', 'redsocks', '>= 1.0', (x) => x >= 1.0);
-  add('port 80 CPU per GiB / redsocks', 'httpCpuSecPerGiB', 'redsocks', '<= 0.8', (x) => x <= 0.8);
+  add('port 80 CPU per GiB / redsocks', 'httpCpuSecPerGiB', 'redsocks', '<= 1.0', (x) => x <= 1.0);
   add('port 80 CPU per new conn / redsocks', 'httpCpuUsPerConn', 'redsocks', '<= 1.5', (x) => x <= 1.5);
   add('port 80 new conns/s / redsocks', 'httpConnsPerSec', 'redsocks', '>= 1.0', (x) => x >= 1.0);
   // The explicit client sends the same absolute-form GETs to squid: the limit of the HTTP path (squid's GET relay, not its tunnel).
