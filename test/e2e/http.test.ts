@@ -74,9 +74,10 @@ describe('HTTP path e2e', { skip, timeout: 300_000 }, () => {
   });
 
   test('POST bodies (chunked and with length) reach the origin through the proxy', async () => {
-    // Small enough to be written before the origin answers: nginx answers a POST to a static file at once
-    // and squid then closes, which would turn a large upload into a write error (a race of the origin's making).
-    const body = crypto.randomBytes(15_000).toString('base64');
+    // Small enough to go with the head in one segment: nginx answers a POST to a static file from its head, squid
+    // then closes, and body bytes still on their way get a reset that can reach the gateway before it has read the
+    // answer (a race of the origin's making: 20 KB lost it now and then with --relay js). Large bodies: http-fast.
+    const body = crypto.randomBytes(1_500).toString('base64');
     const file = path.join(lab.dir, 'post-body.txt');
     fs.writeFileSync(file, body);
     for (const extra of [[], ['-H', 'Transfer-Encoding: chunked']]) {
