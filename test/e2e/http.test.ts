@@ -80,7 +80,9 @@ describe('HTTP path e2e', { skip, timeout: 300_000 }, () => {
     const body = crypto.randomBytes(1_500).toString('base64');
     const file = path.join(lab.dir, 'post-body.txt');
     fs.writeFileSync(file, body);
-    for (const extra of [[], ['-H', 'Transfer-Encoding: chunked']]) {
+    // Chunked, curl writes the head and the chunks apart: it waits for the answer first (Expect), or the chunks raced
+    // squid's reset as above. Bodies are checked byte for byte against an origin that reads them in http-fast.
+    for (const extra of [[], ['-H', 'Transfer-Encoding: chunked', '-H', 'Expect: 100-continue']]) {
       const r = await lab.exec('cl', [
         'curl',
         '-sS',
