@@ -9,7 +9,7 @@
 #ifndef TRANSGATE_PROTOCOL_H
 #define TRANSGATE_PROTOCOL_H
 
-#define TG_ABI_VERSION 4
+#define TG_ABI_VERSION 5
 
 /* decide()'s answer, as the first element of the array it returns. */
 enum tg_action {
@@ -20,6 +20,21 @@ enum tg_action {
   TG_ACTION_READ_ON = 4,   /* null before the final call: read on (never sent as a number) */
   TG_ACTION_RESET = 5,     /* [5]: reset the client (JS logged it) */
   TG_ACTION_HTTP = 6, /* [6, ip, port, out, consumed, budget, head?]: connect, relay in frames */
+  TG_ACTION_EXCHANGE =
+      7, /* [7, ip, port, out]: connect, send out, then upstream() reads the answer */
+  TG_ACTION_PENDING = 8, /* [8]: JS answers later, with tunnelResume(id, action) */
+};
+
+/* upstream()'s answer, while the connection to the upstream is set up: to
+ * the bytes of an exchange (outcome OK), or to a failure before the relay
+ * (connect, answer; ANSWER_STATUS with the answer head as the bytes). */
+enum tg_up {
+  TG_UP_CONTINUE = 0,    /* [0, out, consumed]: drop consumed bytes, send out, read on (exchange) */
+  TG_UP_ESTABLISHED = 1, /* [1, consumed, out?]: drop consumed bytes; relay (framed: out first) */
+  TG_UP_REDIAL = 2,      /* [2, ip, port, out, exchange]: a new upstream connection */
+  TG_UP_FAIL = 3,        /* [3, outcome, detail, status, reason]: end with that outcome */
+  TG_UP_PENDING = 4,     /* [4]: JS answers later, with tunnelResume(id, answer) */
+  TG_UP_READ_ON = 5,     /* null to bytes: read more (never sent as a number) */
 };
 
 /* next()'s answer at a boundary of a framed (HTTP) connection. */
@@ -56,7 +71,9 @@ enum tg_outcome {
   TG_OUTCOME_CLIENT_ERROR = 17,     /* (errno) the client side failed; the upstream was reset */
   TG_OUTCOME_UPSTREAM_ERROR = 18,   /* (errno) the upstream side failed; the client was reset */
   TG_OUTCOME_RELAY_ERROR = 19,      /* (errno) a local failure: pipe2 out of fds, a failed poll */
-  TG_OUTCOME_HEAD_TIMEOUT = 20, /* framed: a later request's head did not come whole in headMs */
+  TG_OUTCOME_HEAD_TIMEOUT = 20,    /* framed: a later request's head did not come whole in headMs */
+  TG_OUTCOME_PENDING_TIMEOUT = 21, /* JS did not resume a pending answer within connectMs */
+  TG_OUTCOME_HANDSHAKE = 22,       /* the upstream handshake took more rounds than allowed */
 };
 
 #endif

@@ -8,7 +8,8 @@
  *   CONNECT request, answer head read with MSG_PEEK so that not one byte
  *   behind it is taken] -> first bytes written upstream -> tg_relay_start.
  *
- * JS runs twice per connection: decide() and done(). Everything a user sees
+ * JS runs twice per connection: decide() and done() (plus upstream() for a
+ * failover or a handshake). Everything a user sees
  * (names, routes, error texts, the log line) stays in TypeScript
  * (src/relay/native-executor.ts); this file only moves the state machine
  * off Node's sockets, whose per-connection cost (two net.Sockets, promises,
@@ -23,6 +24,18 @@
  *                              direct connection), then relay
  *     [2]                      hand over: JS now owns fd (a net.Socket); the
  *                              bytes read so far are the `head` it was given
+ *     [7, ip, port, out]       connect, send out, and show what comes back to
+ *                              upstream() (a handshake: auth legs, SOCKS5)
+ *     [8]                      pending: JS answers with tunnelResume(id, action)
+ *                              within connectMs (a token, a lookup)
+ * upstream(id, outcome, detail, bytes, eof), with a listener that has it:
+ *   while the upstream connection is set up, either outcome OK with the
+ *   bytes of an exchange so far (peeked: what it does not consume stays in
+ *   the kernel for the relay), or a failure (connect, answer; a non-2xx
+ *   answer with its head as bytes). It answers with the next leg on the same
+ *   connection, "established", a redial (the next proxy: failover), a
+ *   failure of its own, or pending (enum tg_up, protocol.h). At most
+ *   ROUNDS_MAX legs and redials per connection.
  *   The client is not polled while JS runs, so JS may take fd at once.
  * done(id, up, down, outcome, detail, status, reason), once per connection
  *   that decide() sent on: outcome (enum tg_outcome, protocol.h) is a relay
@@ -87,11 +100,28 @@ typedef struct tg_front {
   int refs;         /* the JS object, each initialised handle, and every live connection */
   napi_env env;
   napi_ref decide, done, unusable;
-  napi_ref next_fn; /* plain HTTP: next() at each request boundary; NULL for other ports */
+  napi_ref next_fn;     /* plain HTTP: next() at each request boundary; NULL for other ports */
+  napi_ref upstream_fn; /* upstream(): exchanges and failures before the relay; NULL: none */
   struct tg_front *prev, *next; /* te->fronts while not closed */
 } tg_front;
 
-enum state { SNIFF, CONNECTING, REQUEST, ANSWER, HEAD, RELAY, DONE };
+/* WAIT: JS answered "pending" and owes tunnelResume(); EXCHANGE: the
+ * upstream's bytes go to upstream() until it says the handshake is done. */
+enum state { SNIFF, WAIT, CONNECTING, REQUEST, ANSWER, EXCHANGE, HEAD, RELAY, DONE };
+
+/* What a WAIT connection waits for: decide()'s answer, or upstream()'s. */
+enum wait_for { WAIT_DECIDE, WAIT_UPSTREAM };
+
+/* Handshake rounds (exchanges, redials, failovers) per connection: a proxy
+ * answering 407 forever, or a JS bug, ends the connection instead of looping. */
+#define ROUNDS_MAX 16
+
+/* What upstream() is asked about: a failure, or (outcome OK) the bytes of an exchange. */
+typedef struct {
+  int outcome, status;
+  const char *detail; /* a static string: tg_errno_name(), or "" */
+  char reason[128];
+} up_event;
 
 /* The addresses of a connection as text, for decide(). */
 typedef struct {
@@ -127,8 +157,17 @@ typedef struct tg_conn {
   size_t consumed;
   uint64_t budget;
   bool await_answer; /* [6, ..., true]: req is a request head (tg_relay_framed.head) */
-  char *answer;      /* the CONNECT answer head so far */
+  char *answer; /* the CONNECT answer head so far; in an exchange, the bytes upstream() has seen */
   size_t answer_len, answer_cap;
+  /* An exchange ([7], or a redial with exchange true): the upstream's bytes
+   * are shown to upstream() (peeked: what it does not consume stays in the
+   * kernel for the relay); answer[0..answer_len) was taken from the socket
+   * already, `peeked` more were shown on top of it. */
+  bool exchange;
+  size_t peeked;
+  enum wait_for wait;
+  up_event pending; /* WAIT_UPSTREAM: what upstream() was asked */
+  uint32_t rounds;
   int refs; /* the machine, the timer, a JS call in progress, the relay */
   struct tg_conn *prev, *next;
 } tg_conn;
@@ -141,6 +180,7 @@ static void front_release(tg_front *f) {
   napi_delete_reference(f->env, f->done);
   napi_delete_reference(f->env, f->unusable);
   if (f->next_fn) napi_delete_reference(f->env, f->next_fn);
+  if (f->upstream_fn) napi_delete_reference(f->env, f->upstream_fn);
   free(f);
 }
 
@@ -340,6 +380,11 @@ static void start_relay(tg_conn *c) {
 static void on_upstream(uv_poll_t *h, int status, int events);
 static void on_timeout(uv_timer_t *t);
 static void drop_spec(tg_conn *c);
+static void up_failed(tg_conn *c, int outcome, const char *detail, int status, const char *reason);
+static void read_exchange(tg_conn *c);
+static void up_failed_errno(tg_conn *c, int outcome, int err) {
+  up_failed(c, outcome, tg_errno_name(err), 0, NULL);
+}
 
 static bool upoll_want(tg_conn *c, int events) {
   int rc = uv_poll_start(c->upoll, events, on_upstream);
@@ -396,10 +441,10 @@ static void send_request(tg_conn *c) {
     if (errno == EAGAIN)
       upoll_want(c, UV_WRITABLE);
     else
-      conn_fail_errno(c, TG_OUTCOME_ANSWER, errno);
+      up_failed_errno(c, TG_OUTCOME_ANSWER, errno);
     return;
   }
-  c->state = ANSWER;
+  c->state = c->exchange ? EXCHANGE : ANSWER;
   upoll_want(c, UV_READABLE);
 }
 
@@ -443,11 +488,11 @@ static void read_answer(tg_conn *c) {
   do n = recv(c->ufd, c->answer + c->answer_len, c->answer_cap - c->answer_len, MSG_PEEK);
   while (n < 0 && errno == EINTR);
   if (n < 0) {
-    if (errno != EAGAIN) conn_fail_errno(c, TG_OUTCOME_ANSWER, errno);
+    if (errno != EAGAIN) up_failed_errno(c, TG_OUTCOME_ANSWER, errno);
     return;
   }
   if (n == 0) {
-    conn_end(c, TG_OUTCOME_ANSWER_CLOSED, "", 0, NULL, true, true);
+    up_failed(c, TG_OUTCOME_ANSWER_CLOSED, "", 0, NULL);
     return;
   }
   size_t have = c->answer_len + (size_t)n;
@@ -466,13 +511,12 @@ static void read_answer(tg_conn *c) {
   do got = recv(c->ufd, sink, take, 0);
   while (got < 0 && errno == EINTR);
   if (got != (ssize_t)take) {
-    conn_fail_errno(c, TG_OUTCOME_ANSWER, got < 0 ? errno : EIO);
+    up_failed_errno(c, TG_OUTCOME_ANSWER, got < 0 ? errno : EIO);
     return;
   }
   c->answer_len += take;
   if (end == 0) {
-    if (c->answer_len >= ANSWER_MAX)
-      conn_end(c, TG_OUTCOME_ANSWER_OVERSIZED, "", 0, NULL, true, true);
+    if (c->answer_len >= ANSWER_MAX) up_failed(c, TG_OUTCOME_ANSWER_OVERSIZED, "", 0, NULL);
     return; /* more to come; the poll stays */
   }
   (void)uv_timer_stop(&c->timer);
@@ -482,7 +526,7 @@ static void read_answer(tg_conn *c) {
   size_t reason_len;
   int status = status_of(c->answer, line_len, &reason, &reason_len);
   if (status < 0) {
-    conn_end(c, TG_OUTCOME_ANSWER_PROTOCOL, "", 0, NULL, true, true);
+    up_failed(c, TG_OUTCOME_ANSWER_PROTOCOL, "", 0, NULL);
     return;
   }
   if (status < 200 || status > 299) {
@@ -490,7 +534,7 @@ static void read_answer(tg_conn *c) {
     size_t l = reason_len < sizeof text - 1 ? reason_len : sizeof text - 1;
     memcpy(text, reason, l);
     text[l] = 0;
-    conn_end(c, TG_OUTCOME_ANSWER_STATUS, "", status, text, true, true);
+    up_failed(c, TG_OUTCOME_ANSWER_STATUS, "", status, text); /* upstream() sees the head */
     return;
   }
   send_head(c); /* the relay's own polls replace upoll, or upoll waits for POLLOUT */
@@ -515,7 +559,7 @@ static bool spec_alive(tg_conn *c) {
  * direct connection the client's first bytes. */
 static void upstream_connected(tg_conn *c) {
   (void)uv_timer_stop(&c->timer);
-  if (c->framed) {
+  if (c->framed && !c->exchange) {
     start_relay(c); /* the relay writes the request head, then frames the rest */
   } else if (c->req != NULL) {
     /* One deadline for the whole answer, as for the connect. */
@@ -543,15 +587,17 @@ static void on_upstream(uv_poll_t *h, int status, int events) {
     return;
   }
   if (status < 0 && c->state != CONNECTING) {
-    conn_fail_errno(c, c->state == HEAD ? TG_OUTCOME_UPSTREAM_ERROR : TG_OUTCOME_ANSWER,
-                    tg_socket_error(c->ufd, status));
+    if (c->state == HEAD)
+      conn_fail_errno(c, TG_OUTCOME_UPSTREAM_ERROR, tg_socket_error(c->ufd, status));
+    else
+      up_failed_errno(c, TG_OUTCOME_ANSWER, tg_socket_error(c->ufd, status));
     return;
   }
   switch (c->state) {
   case CONNECTING: {
     int err = tg_socket_error(c->ufd, status);
     if (err != 0)
-      conn_fail_errno(c, TG_OUTCOME_CONNECT, err);
+      up_failed_errno(c, TG_OUTCOME_CONNECT, err);
     else
       upstream_connected(c);
     return;
@@ -561,6 +607,9 @@ static void on_upstream(uv_poll_t *h, int status, int events) {
     return;
   case ANSWER:
     if (events & UV_READABLE) read_answer(c);
+    return;
+  case EXCHANGE:
+    if (events & UV_READABLE) read_exchange(c);
     return;
   case HEAD:
     if (events & UV_WRITABLE) send_head(c);
@@ -654,7 +703,7 @@ static void dial(tg_conn *c, const char *ip, uint32_t port, bool speculative) {
       drop_spec(c);
       return;
     }
-    conn_fail_errno(c, TG_OUTCOME_CONNECT, errno);
+    up_failed_errno(c, TG_OUTCOME_CONNECT, errno);
     return;
   }
   if (!speculative && !timer_want(c, c->front->connect_ms)) return;
@@ -712,13 +761,16 @@ static int parse_action(tg_conn *c, napi_env env, napi_value result, bool final,
   if (napi_get_element(env, result, 0, &v) != napi_ok ||
       napi_get_value_double(env, v, &d) != napi_ok)
     return -1;
-  if (!(d >= TG_ACTION_CLOSE && d <= TG_ACTION_HTTP) || d != (int)d || d == TG_ACTION_READ_ON)
+  if (!(d >= TG_ACTION_CLOSE && d <= TG_ACTION_PENDING) || d != (int)d || d == TG_ACTION_READ_ON)
     return -1;
   int action = (int)d;
   if (action == TG_ACTION_CLOSE || action == TG_ACTION_TAKEN || action == TG_ACTION_RESET)
     return action;
+  /* Pending: only once nothing more is read (the client is not polled while JS owes the answer). */
+  if (action == TG_ACTION_PENDING) return final ? action : -1;
   if (action == TG_ACTION_HTTP && c->front->next_fn == NULL) return -1;
-  if (action != TG_ACTION_CONNECT && action != TG_ACTION_HTTP &&
+  if (action == TG_ACTION_EXCHANGE && c->front->upstream_fn == NULL) return -1;
+  if (action != TG_ACTION_CONNECT && action != TG_ACTION_HTTP && action != TG_ACTION_EXCHANGE &&
       !(action == TG_ACTION_SPECULATE && !final))
     return -1;
   if (napi_get_element(env, result, 1, &v) != napi_ok ||
@@ -740,16 +792,20 @@ static int parse_action(tg_conn *c, napi_env env, napi_value result, bool final,
     if (napi_get_element(env, result, 6, &h) == napi_ok &&
         napi_get_value_bool(env, h, &is_head) == napi_ok)
       c->await_answer = is_head;
+    /* [..., true]: out is a handshake's first leg; upstream() gives the request head to relay. */
+    bool exchange = false;
+    if (napi_get_element(env, result, 7, &h) == napi_ok &&
+        napi_get_value_bool(env, h, &exchange) == napi_ok && exchange &&
+        c->front->upstream_fn == NULL)
+      return -1;
+    c->exchange = exchange;
     return TG_ACTION_HTTP;
   }
   if (napi_get_element(env, result, 3, &v) != napi_ok || napi_typeof(env, v, &t) != napi_ok)
     return -1;
-  if (t != napi_string) return t == napi_undefined ? 1 : -1;
-  if (napi_get_value_string_latin1(env, v, NULL, 0, &l) != napi_ok ||
-      (*req = malloc(l + 1)) == NULL ||
-      napi_get_value_string_latin1(env, v, *req, l + 1, req_len) != napi_ok)
-    return -1;
-  return TG_ACTION_CONNECT;
+  if (t != napi_string) return t == napi_undefined && action == TG_ACTION_CONNECT ? action : -1;
+  if (!get_bytes(env, result, 3, req, req_len)) return -1;
+  return action;
 }
 
 /* next(id, bytes, eof) in JS at a request boundary of a plain HTTP connection. */
@@ -797,6 +853,272 @@ out:
   napi_close_handle_scope(env, scope);
 }
 
+/* ---- upstream(): exchanges and failures before the relay ------------------- */
+
+/* What upstream() answered, read out of its array while the handle scope is open. */
+typedef struct {
+  int action; /* enum tg_up, or -1 for nonsense */
+  char ip[INET6_ADDRSTRLEN + 1];
+  uint32_t port;
+  char *out; /* malloc'd, or NULL */
+  size_t out_len;
+  size_t consumed;
+  bool exchange;
+  int outcome, status;
+  char detail[64], reason[128];
+} up_answer;
+
+/* A latin1 string element into a fixed buffer ("" when absent). */
+static bool get_text(napi_env env, napi_value array, uint32_t i, char *buf, size_t size) {
+  napi_value v;
+  napi_valuetype t;
+  size_t l = 0;
+  buf[0] = 0;
+  if (napi_get_element(env, array, i, &v) != napi_ok || napi_typeof(env, v, &t) != napi_ok)
+    return false;
+  if (t == napi_undefined) return true;
+  return t == napi_string && napi_get_value_string_latin1(env, v, buf, size, &l) == napi_ok;
+}
+
+/* `shown`: how many bytes upstream() was given (consumed may not pass them). */
+static void parse_up(napi_env env, napi_value result, size_t shown, up_answer *a) {
+  napi_valuetype t;
+  bool is_array = false;
+  napi_value v;
+  double d, n;
+  a->action = -1;
+  if (result == NULL || napi_typeof(env, result, &t) != napi_ok) return;
+  if (t == napi_null || t == napi_undefined) {
+    a->action = TG_UP_READ_ON;
+    return;
+  }
+  if (napi_is_array(env, result, &is_array) != napi_ok || !is_array ||
+      napi_get_element(env, result, 0, &v) != napi_ok ||
+      napi_get_value_double(env, v, &d) != napi_ok || d != (int)d)
+    return;
+  switch ((int)d) {
+  case TG_UP_CONTINUE:
+    if (!get_bytes(env, result, 1, &a->out, &a->out_len) ||
+        !get_count(env, result, 2, (double)shown, &n))
+      return;
+    a->consumed = (size_t)n;
+    break;
+  case TG_UP_ESTABLISHED: {
+    if (!get_count(env, result, 1, (double)shown, &n)) return;
+    a->consumed = (size_t)n;
+    napi_value o;
+    if (napi_get_element(env, result, 2, &o) != napi_ok || napi_typeof(env, o, &t) != napi_ok)
+      return;
+    if (t == napi_string && !get_bytes(env, result, 2, &a->out, &a->out_len)) return;
+    break;
+  }
+  case TG_UP_REDIAL: {
+    size_t l = 0;
+    napi_value b;
+    if (napi_get_element(env, result, 1, &v) != napi_ok ||
+        napi_get_value_string_latin1(env, v, a->ip, sizeof a->ip, &l) != napi_ok || l == 0 ||
+        l >= sizeof a->ip - 1 || napi_get_element(env, result, 2, &v) != napi_ok ||
+        napi_get_value_uint32(env, v, &a->port) != napi_ok || a->port == 0 || a->port > 65535 ||
+        !get_bytes(env, result, 3, &a->out, &a->out_len) ||
+        napi_get_element(env, result, 4, &b) != napi_ok ||
+        napi_get_value_bool(env, b, &a->exchange) != napi_ok)
+      return;
+    break;
+  }
+  case TG_UP_FAIL:
+    if (!get_count(env, result, 1, TG_OUTCOME_HANDSHAKE, &n) || n == TG_OUTCOME_OK) return;
+    a->outcome = (int)n;
+    if (!get_text(env, result, 2, a->detail, sizeof a->detail) ||
+        !get_count(env, result, 3, 999, &n) ||
+        !get_text(env, result, 4, a->reason, sizeof a->reason))
+      return;
+    a->status = (int)n;
+    break;
+  case TG_UP_PENDING:
+    break;
+  default:
+    return;
+  }
+  a->action = (int)d;
+}
+
+/* upstream(id, outcome, detail, bytes, eof): outcome OK with the bytes of an
+ * exchange so far, or a failure (ANSWER_STATUS with the answer head). */
+static void call_upstream(tg_conn *c, int outcome, const char *detail, const char *bytes,
+                          size_t len, bool eof, up_answer *a) {
+  tg_front *f = c->front;
+  napi_env env = f->env;
+  napi_handle_scope scope;
+  a->action = -1;
+  if (f->te->stopping || napi_open_handle_scope(env, &scope) != napi_ok) return;
+  napi_value argv[5], result = NULL;
+  void *data;
+  if (napi_create_uint32(env, c->id, &argv[0]) == napi_ok &&
+      napi_create_uint32(env, (uint32_t)outcome, &argv[1]) == napi_ok &&
+      napi_create_string_latin1(env, detail, NAPI_AUTO_LENGTH, &argv[2]) == napi_ok &&
+      napi_create_buffer_copy(env, len, len ? bytes : "", &data, &argv[3]) == napi_ok &&
+      napi_get_boolean(env, eof, &argv[4]) == napi_ok)
+    result = tg_call_js(f->te, f->upstream_fn, 5, argv);
+  if (c->state != DONE) parse_up(env, result, len, a);
+  napi_close_handle_scope(env, scope);
+}
+
+/* Takes `n` bytes the exchange has consumed from the socket (they were peeked). */
+static bool take(tg_conn *c, size_t n) {
+  char sink[ANSWER_MAX];
+  while (n > 0) {
+    ssize_t got = recv(c->ufd, sink, n < sizeof sink ? n : sizeof sink, 0);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) {
+      up_failed_errno(c, TG_OUTCOME_ANSWER, got < 0 ? errno : EIO);
+      return false;
+    }
+    n -= (size_t)got;
+  }
+  return true;
+}
+
+static void act_up(tg_conn *c, up_answer *a, const up_event *ev);
+
+/* Calls upstream() and acts on its answer. `ev` is the failure (or OK for the
+ * bytes answer[0 .. answer_len + peeked)). */
+static void ask_upstream(tg_conn *c, const up_event *ev, bool eof) {
+  up_answer a = {0};
+  c->refs++; /* JS may end this connection (tunnelAbortAll) while it runs */
+  size_t shown = ev->outcome == TG_OUTCOME_OK || ev->outcome == TG_OUTCOME_ANSWER_STATUS
+                     ? c->answer_len + c->peeked
+                     : 0;
+  call_upstream(c, ev->outcome, ev->detail, c->answer, shown, eof, &a);
+  if (c->state == DONE) {
+    free(a.out);
+    conn_release(c);
+    return;
+  }
+  c->refs--;
+  act_up(c, &a, ev);
+}
+
+/* Closes the upstream connection, for a redial. */
+static void drop_upstream(tg_conn *c) {
+  close_upoll(c);
+  if (c->ufd >= 0) close(c->ufd);
+  c->ufd = -1;
+  c->answer_len = c->peeked = 0;
+}
+
+static void act_up(tg_conn *c, up_answer *a, const up_event *ev) {
+  bool bytes = ev->outcome == TG_OUTCOME_OK || ev->outcome == TG_OUTCOME_ANSWER_STATUS;
+  switch (a->action) {
+  case TG_UP_READ_ON:
+    if (ev->outcome != TG_OUTCOME_OK) {
+      conn_end(c, ev->outcome, ev->detail, ev->status, ev->reason, true, true);
+      return;
+    }
+    if (c->peeked == 0) { /* end of stream (or nothing new): nothing more will come */
+      conn_end(c, TG_OUTCOME_ANSWER_CLOSED, "", 0, NULL, true, true);
+      return;
+    }
+    /* The peeked bytes are part of what JS waits to see whole: taken, so that the poll rests. */
+    if (!take(c, c->peeked)) return;
+    c->answer_len += c->peeked;
+    c->peeked = 0;
+    if (c->answer_len >= ANSWER_MAX) {
+      conn_end(c, TG_OUTCOME_ANSWER_OVERSIZED, "", 0, NULL, true, true);
+      return;
+    }
+    c->state = EXCHANGE;
+    upoll_want(c, UV_READABLE);
+    return;
+  case TG_UP_CONTINUE:
+  case TG_UP_ESTABLISHED:
+    /* What JS saw whole was taken already: it may not give part of it back. */
+    if (!bytes || a->consumed < c->answer_len ||
+        (a->action == TG_UP_ESTABLISHED && c->framed && a->out == NULL))
+      break;
+    if (!take(c, a->consumed - c->answer_len)) {
+      free(a->out);
+      return;
+    }
+    c->answer_len = c->peeked = 0;
+    if (a->action == TG_UP_ESTABLISHED) {
+      (void)uv_timer_stop(&c->timer);
+      if (c->framed) {
+        free(c->req);
+        c->req = a->out, c->req_len = a->out_len;
+        start_relay(c); /* the relay writes the request head, then frames the rest */
+      } else {
+        free(a->out);
+        send_head(c);
+      }
+      return;
+    }
+    if (++c->rounds > ROUNDS_MAX) break;
+    c->exchange = true;
+    free(c->req);
+    c->req = a->out, c->req_len = a->out_len, c->req_off = 0;
+    if (timer_want(c, c->front->connect_ms)) send_request(c); /* each leg its own deadline */
+    return;
+  case TG_UP_REDIAL:
+    if (++c->rounds > ROUNDS_MAX) break;
+    drop_upstream(c);
+    free(c->req);
+    c->req = a->out, c->req_len = a->out_len, c->req_off = 0;
+    c->exchange = a->exchange;
+    (void)uv_timer_stop(&c->timer);
+    dial(c, a->ip, a->port, false);
+    return;
+  case TG_UP_FAIL:
+    conn_end(c, a->outcome, a->detail, a->status, a->reason, true, true);
+    return;
+  case TG_UP_PENDING:
+    c->state = WAIT;
+    c->wait = WAIT_UPSTREAM;
+    c->pending = *ev; /* its detail is a static string (tg_errno_name, or "") */
+    if (c->upoll != NULL) (void)uv_poll_stop(c->upoll);
+    timer_want(c, c->front->connect_ms); /* or c is ended */
+    return;
+  default:
+    break;
+  }
+  free(a->out);
+  /* Too many rounds, or nonsense (a bug on the JS side): the client gets a reset. */
+  conn_end(c, c->rounds > ROUNDS_MAX ? TG_OUTCOME_HANDSHAKE : TG_OUTCOME_INTERNAL_ERROR, "", 0,
+           NULL, true, true);
+}
+
+/* Reads in an exchange: the new bytes are peeked and shown to upstream() with
+ * those it has seen, so that nothing behind the handshake is taken. */
+static void read_exchange(tg_conn *c) {
+  if (!grow(&c->answer, c->answer_len, &c->answer_cap, ANSWER_FIRST, ANSWER_MAX)) {
+    conn_fail_errno(c, TG_OUTCOME_SOCKET, ENOMEM);
+    return;
+  }
+  ssize_t n;
+  do n = recv(c->ufd, c->answer + c->answer_len, c->answer_cap - c->answer_len, MSG_PEEK);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno != EAGAIN) up_failed_errno(c, TG_OUTCOME_ANSWER, errno);
+    return;
+  }
+  c->peeked = (size_t)n;
+  up_event ev = {.outcome = TG_OUTCOME_OK, .detail = ""};
+  ask_upstream(c, &ev, n == 0);
+}
+
+/* A failure while the upstream connection is set up: upstream() may answer it
+ * with another way (the next proxy, a new connection for the next handshake
+ * leg) before the connection ends with it. */
+static void up_failed(tg_conn *c, int outcome, const char *detail, int status, const char *reason) {
+  if (c->front->upstream_fn == NULL) {
+    conn_end(c, outcome, detail, status, reason, true, true);
+    return;
+  }
+  up_event ev = {.outcome = outcome, .status = status, .detail = detail};
+  snprintf(ev.reason, sizeof ev.reason, "%s", reason ? reason : "");
+  if (outcome != TG_OUTCOME_ANSWER_STATUS) c->answer_len = c->peeked = 0;
+  ask_upstream(c, &ev, false);
+}
+
 /* Polls the client for (more of) its first bytes until the sniff deadline.
  * 0, or the errno that kept it from watching (the caller ends c). */
 static int watch_client(tg_conn *c) {
@@ -823,6 +1145,8 @@ static int watch_client(tg_conn *c) {
   }
   return 0;
 }
+
+static void act(tg_conn *c, int action, const char *ip, uint32_t port);
 
 /* Calls decide() and acts on its answer. */
 static void decide(tg_conn *c, const char *cip, uint16_t cport, const char *dip, uint16_t dport,
@@ -869,6 +1193,11 @@ static void decide(tg_conn *c, const char *cip, uint16_t cport, const char *dip,
     return;
   }
   c->refs--;
+  act(c, action, ip, port);
+}
+
+/* Acts on decide()'s answer (or on the one tunnelResume() brings). */
+static void act(tg_conn *c, int action, const char *ip, uint32_t port) {
   if (action == TG_ACTION_SPECULATE && !c->spec) {
     dial(c, ip, port, true);
     if (c->state == DONE) return;
@@ -892,12 +1221,21 @@ static void decide(tg_conn *c, const char *cip, uint16_t cport, const char *dip,
     c->cfd = -1;
     conn_end(c, TG_OUTCOME_HANDED_OVER, "", 0, NULL, false, false);
     return;
+  case TG_ACTION_PENDING:
+    /* JS looks something up (a token, a name): tunnelResume() brings the answer. The
+     * speculative connection, if any, stays for it. */
+    c->state = WAIT;
+    c->wait = WAIT_DECIDE;
+    timer_want(c, c->front->connect_ms); /* or c is ended */
+    return;
   case TG_ACTION_HTTP:
     c->framed = true;
     if (c->spec) drop_spec(c);
     dial(c, ip, port, false);
     return;
+  case TG_ACTION_EXCHANGE:
   case TG_ACTION_CONNECT:
+    c->exchange = action == TG_ACTION_EXCHANGE;
     if (c->spec && c->spec_connected && !spec_alive(c)) drop_spec(c);
     if (c->spec && strcmp(ip, c->spec_ip) == 0 && port == c->spec_port) {
       /* The connection opened meanwhile goes there already. */
@@ -988,12 +1326,16 @@ static void on_timeout(uv_timer_t *t) {
     /* A client that waits for the server to speak first: decide without a name. */
     decide_now(c, true);
     return;
+  case WAIT:
+    conn_end(c, TG_OUTCOME_PENDING_TIMEOUT, "", 0, NULL, true, true);
+    return;
   case CONNECTING:
-    conn_end(c, TG_OUTCOME_CONNECT_TIMEOUT, "", 0, NULL, true, true);
+    up_failed(c, TG_OUTCOME_CONNECT_TIMEOUT, "", 0, NULL);
     return;
   case REQUEST:
   case ANSWER:
-    conn_end(c, TG_OUTCOME_ANSWER_TIMEOUT, "", 0, NULL, true, true);
+  case EXCHANGE:
+    up_failed(c, TG_OUTCOME_ANSWER_TIMEOUT, "", 0, NULL);
     return;
   case HEAD:
     conn_end(c, TG_OUTCOME_UPSTREAM_ERROR, tg_errno_name(ETIMEDOUT), 0, NULL, true, true);
@@ -1165,15 +1507,16 @@ static bool get_fn(napi_env env, napi_value v, const char *name, napi_ref *out) 
 }
 
 /* tunnelListen(fd, sniff, redirect, mark | undefined, sniffMaxBytes, sniffMs, connectMs, idleMs,
- *              decide, done, unusable, speculate, next | undefined, directFromClient, headMs)
+ *              decide, done, unusable, speculate, next | undefined, directFromClient, headMs,
+ *              upstream | undefined)
  *   -> handle */
 static napi_value js_tunnel_listen(napi_env env, napi_callback_info info) {
-  napi_value argv[15];
+  napi_value argv[16];
   napi_valuetype t;
   int fd;
   bool sniff, redirect, speculate, has_mark, direct_from_client;
   double mark = 0, sniff_max, sniff_ms, connect_ms, idle_ms, head_ms;
-  if (!tg_get_args(env, info, 15, argv) || !tg_get_fd(env, argv[0], &fd) ||
+  if (!tg_get_args(env, info, 16, argv) || !tg_get_fd(env, argv[0], &fd) ||
       !tg_get_bool(env, argv[11], "speculate", &speculate) ||
       !tg_get_bool(env, argv[13], "directFromClient", &direct_from_client) ||
       !tg_get_bool(env, argv[1], "sniff", &sniff) ||
@@ -1195,18 +1538,21 @@ static napi_value js_tunnel_listen(napi_env env, napi_callback_info info) {
   if (f == NULL) return tg_throw_errno(env, "calloc", ENOMEM);
   f->te = te;
   f->env = env;
-  napi_valuetype next_t;
+  napi_valuetype next_t, up_t;
   bool fns = get_fn(env, argv[8], "decide", &f->decide) && get_fn(env, argv[9], "done", &f->done) &&
              get_fn(env, argv[10], "unusable", &f->unusable) &&
              napi_typeof(env, argv[12], &next_t) == napi_ok &&
-             (next_t == napi_undefined || get_fn(env, argv[12], "next", &f->next_fn));
+             (next_t == napi_undefined || get_fn(env, argv[12], "next", &f->next_fn)) &&
+             napi_typeof(env, argv[15], &up_t) == napi_ok &&
+             (up_t == napi_undefined || get_fn(env, argv[15], "upstream", &f->upstream_fn));
   if (!fns) {
     if (f->decide) napi_delete_reference(env, f->decide);
     if (f->done) napi_delete_reference(env, f->done);
     if (f->unusable) napi_delete_reference(env, f->unusable);
+    if (f->next_fn) napi_delete_reference(env, f->next_fn);
     bool pending = false;
     if (napi_is_exception_pending(env, &pending) != napi_ok || !pending)
-      tg_throw_arg(env, "next must be a function or undefined");
+      tg_throw_arg(env, "next and upstream must be functions or undefined");
     free(f);
     return NULL;
   }
@@ -1295,6 +1641,45 @@ static napi_value js_tunnel_abort_all(napi_env env, napi_callback_info info) {
   return tg_u32(env, n);
 }
 
+/* tunnelResume(id, answer) -> true when connection id was waiting for it (decide()'s or
+ * upstream()'s "pending"), false when it is gone (ended meanwhile: a timeout, the client). */
+static napi_value js_tunnel_resume(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  double id;
+  if (!tg_get_args(env, info, 2, argv) || !tg_get_int(env, argv[0], "id", 0, UINT32_MAX, &id))
+    return NULL;
+  tg_env *te = tg_env_of(env);
+  if (te == NULL) return NULL;
+  tg_conn *c = te->conns;
+  /* Only connections being set up are listed: a short walk. */
+  while (c != NULL && c->id != (uint32_t)id) c = c->next;
+  napi_value yes;
+  if (c == NULL || c->state != WAIT) {
+    napi_get_boolean(env, false, &yes);
+    return yes;
+  }
+  (void)uv_timer_stop(&c->timer);
+  c->refs++; /* acting may end it */
+  if (c->wait == WAIT_DECIDE) {
+    char ip[INET6_ADDRSTRLEN + 1];
+    uint32_t port = 0;
+    int action = parse_action(c, env, argv[1], true, ip, sizeof ip, &port, &c->req, &c->req_len);
+    if (action == TG_ACTION_PENDING) action = -1; /* pending twice: nonsense */
+    act(c, action, ip, port);
+  } else {
+    up_answer a = {0};
+    bool bytes =
+        c->pending.outcome == TG_OUTCOME_OK || c->pending.outcome == TG_OUTCOME_ANSWER_STATUS;
+    parse_up(env, argv[1], bytes ? c->answer_len + c->peeked : 0, &a);
+    if (a.action == TG_UP_PENDING) a.action = -1;
+    up_event ev = c->pending;
+    act_up(c, &a, &ev);
+  }
+  conn_release(c);
+  napi_get_boolean(env, true, &yes);
+  return yes;
+}
+
 /* tunnelPending() -> connections of this environment not yet relaying. */
 static napi_value js_tunnel_pending(napi_env env, napi_callback_info info) {
   (void)info;
@@ -1314,6 +1699,7 @@ napi_status tg_tunnel_register(napi_env env, napi_value exports) {
       {"tunnelClose", NULL, js_tunnel_close, NULL, NULL, NULL, napi_enumerable, NULL},
       {"tunnelAbortAll", NULL, js_tunnel_abort_all, NULL, NULL, NULL, napi_enumerable, NULL},
       {"tunnelPending", NULL, js_tunnel_pending, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"tunnelResume", NULL, js_tunnel_resume, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   return napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
 }

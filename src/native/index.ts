@@ -68,10 +68,13 @@ export interface NativeSystemError extends Error {
 
 /** The raw addon, as native/transgate.c exports it. Arguments are positional and all required. */
 /** native/protocol.h's TG_ABI_VERSION: an addon built from other sources is refused at load. */
-export const ABI_VERSION = 4;
+export const ABI_VERSION = 5;
 
 /** native/protocol.h's enum tg_action: the first element of decide()'s answer (READ_ON is a null answer, never sent). */
-export const TunnelActions = { CLOSE: 0, CONNECT: 1, TAKEN: 2, SPECULATE: 3, RESET: 5, HTTP: 6 } as const;
+export const TunnelActions = { CLOSE: 0, CONNECT: 1, TAKEN: 2, SPECULATE: 3, RESET: 5, HTTP: 6, EXCHANGE: 7, PENDING: 8 } as const;
+
+/** native/protocol.h's enum tg_up: upstream()'s answer while the upstream connection is set up (READ_ON is null). */
+export const UpActions = { CONTINUE: 0, ESTABLISHED: 1, REDIAL: 2, FAIL: 3, PENDING: 4 } as const;
 
 /** native/protocol.h's enum tg_next: next()'s answer at a request boundary (READ_ON is a null answer, never sent). */
 export const NextActions = { FORWARD: 0, HANDOVER: 1, CLOSE: 2 } as const;
@@ -112,6 +115,10 @@ export const Outcomes = {
   RELAY_ERROR: 19,
   /** Framed: a later request's head did not come whole within headTimeoutMs (the client's fd comes with it). */
   HEAD_TIMEOUT: 20,
+  /** JS answered "pending" (decide() or upstream()) and did not resume within connectTimeoutMs. */
+  PENDING_TIMEOUT: 21,
+  /** The upstream handshake (exchanges, redials, failovers) took more rounds than the addon allows (16). */
+  HANDSHAKE: 22,
 } as const;
 
 export type Outcome = (typeof Outcomes)[keyof typeof Outcomes];
@@ -139,6 +146,8 @@ const OUTCOME_WORDS: Record<Outcome, string> = {
   [Outcomes.UPSTREAM_ERROR]: 'upstream',
   [Outcomes.RELAY_ERROR]: 'relay',
   [Outcomes.HEAD_TIMEOUT]: 'head-timeout',
+  [Outcomes.PENDING_TIMEOUT]: 'pending-timeout',
+  [Outcomes.HANDSHAKE]: 'handshake',
 };
 
 /** An outcome as the access log's result shows it: `idle-timeout`, `client ECONNRESET`, `connect ECONNREFUSED`. */
@@ -192,7 +201,9 @@ export interface NativeBinding {
     next: TunnelNext | undefined,
     directFromClient: boolean,
     headMs: number,
+    upstream: TunnelUpstream | undefined,
   ): TunnelHandle;
+  tunnelResume(id: number, answer: TunnelAction | UpAction | null): boolean;
   tunnelClose(handle: TunnelHandle): void;
   tunnelAbortAll(): number;
   tunnelPending(): number;
@@ -231,7 +242,32 @@ export type TunnelAction =
    * first request head as rewritten), drop the first `consumed` bytes of the
    * head, pass the next `budget` client bytes verbatim, then ask next().
    */
-  | readonly [typeof TunnelActions.HTTP, string, number, string, number, number, boolean?];
+  | readonly [typeof TunnelActions.HTTP, string, number, string, number, number, boolean?, boolean?]
+  /** Connect to ip:port, send `out`, then upstream() reads the answer (a handshake: auth legs, SOCKS5). */
+  | readonly [typeof TunnelActions.EXCHANGE, string, number, string]
+  /** (final calls only) JS answers later with tunnelResume(id, action), within connectTimeoutMs. */
+  | readonly [typeof TunnelActions.PENDING];
+
+/**
+ * While the upstream connection of `id` is set up: `outcome` OK with the
+ * bytes an exchange received so far (`eof`: the upstream closed), or a
+ * failure (CONNECT, CONNECT_TIMEOUT, ANSWER*, with the errno name as
+ * detail; ANSWER_STATUS with the refusing answer's head as `bytes`).
+ * null: read more (bytes), or end with the failure.
+ */
+export type TunnelUpstream = (id: number, outcome: Outcome, detail: string, bytes: Buffer, eof: boolean) => UpAction | null;
+
+export type UpAction =
+  /** Drop `consumed` of the bytes shown (at least all that were shown before), send `out`, read on: the next leg. */
+  | readonly [typeof UpActions.CONTINUE, string, number]
+  /** The handshake is done: drop `consumed`, the rest is the destination's; framed connections give the request head to relay. */
+  | readonly [typeof UpActions.ESTABLISHED, number, string?]
+  /** Close this upstream connection and open another: the next proxy, or a fresh connection for the next leg. */
+  | readonly [typeof UpActions.REDIAL, string, number, string, boolean]
+  /** End the connection with this outcome (as done() reports it). */
+  | readonly [typeof UpActions.FAIL, Outcome, string, number, string]
+  /** JS answers later with tunnelResume(id, answer), within connectTimeoutMs. */
+  | readonly [typeof UpActions.PENDING];
 
 /**
  * At each request boundary of a plain HTTP connection: `bytes` is what the
@@ -303,6 +339,8 @@ export interface TunnelListenOptions {
    * else done(HEAD_TIMEOUT) with the client's fd. 0 or absent: no limit.
    */
   headTimeoutMs?: number;
+  /** Exchanges (TunnelActions.EXCHANGE) and failures before the relay go to this (failover, handshakes); none: they end the connection. */
+  upstream?: TunnelUpstream;
 }
 
 /**
@@ -719,7 +757,18 @@ export function tunnelListen(opts: TunnelListenOptions, decide: TunnelDecide, do
     o.next === undefined ? undefined : checkFunction('options.next', o.next as TunnelNext),
     checkBool('options.directFromClient', o.directFromClient, false),
     o.headTimeoutMs === undefined ? 0 : checkInt('options.headTimeoutMs', o.headTimeoutMs, 0, 0x7fffffff),
+    o.upstream === undefined ? undefined : checkFunction('options.upstream', o.upstream as TunnelUpstream),
   );
+}
+
+/**
+ * The answer a connection waits for (TunnelActions.PENDING from decide(), or
+ * UpActions.PENDING from upstream()). False when it no longer waits (it
+ * timed out, or was aborted): the answer is dropped.
+ */
+export function tunnelResume(id: number, answer: TunnelAction | UpAction | null): boolean {
+  checkInt('id', id, 0, 0xffffffff);
+  return loadNative().tunnelResume(id, answer);
 }
 
 /** Stops accepting and closes the listening fd; connections already accepted go on. */

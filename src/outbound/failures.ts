@@ -162,6 +162,17 @@ const TABLE: Record<Outcome, Entry> = {
   [Outcomes.ANSWER_OVERSIZED]: fromProxy(
     (p) => new GatewayError(ErrorCodes.UPSTREAM_PROTOCOL, `proxy ${p.display} sent an oversized answer to CONNECT`),
   ),
+  // The gateway itself was looking something up for the upstream (a token, a PAC answer) and ran out of time.
+  [Outcomes.PENDING_TIMEOUT]: (_, s) =>
+    new GatewayError(
+      ErrorCodes.UPSTREAM_TIMEOUT,
+      `${s.proxy ? `proxy ${s.proxy.display}` : `direct ${s.via}`}: the way upstream was not ready within ${s.timeoutMs} ms`,
+    ),
+  [Outcomes.HANDSHAKE]: (_, s) =>
+    new GatewayError(
+      ErrorCodes.UPSTREAM_PROTOCOL,
+      `${s.proxy ? `proxy ${s.proxy.display}` : `direct ${s.via}`}: the handshake for ${s.authority} did not end within 16 rounds`,
+    ),
   [Outcomes.ANSWER_STATUS]: fromProxy((p, _, s, d) =>
     s.request ? requestRefusal(p, s.request, d) : connectRefusal(p, s, d.status ?? 0, d.reason ?? ''),
   ),

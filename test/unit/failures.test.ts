@@ -49,6 +49,15 @@ const PROXY_FIXTURES: Array<[Outcome, string, { status?: number; reason?: string
     /answered 503 Service Unavailable to CONNECT/,
   ],
   [Outcomes.HEAD_TIMEOUT, '', {}, 'TG_ERR_SNIFF_TIMEOUT', 408, /^the request head did not arrive in time$/],
+  [Outcomes.PENDING_TIMEOUT, '', {}, 'TG_ERR_UPSTREAM_TIMEOUT', undefined, /^proxy .*: the way upstream was not ready within 5000 ms$/],
+  [
+    Outcomes.HANDSHAKE,
+    '',
+    {},
+    'TG_ERR_UPSTREAM_PROTOCOL',
+    undefined,
+    /^proxy .*: the handshake for www\.example\.test:443 did not end within 16 rounds$/,
+  ],
 ];
 
 /** Outcomes that are the log's own result, not an error page. */

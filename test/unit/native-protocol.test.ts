@@ -6,7 +6,16 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
-import { ABI_VERSION, NextActions, Outcomes, TunnelActions, isNativeAvailable, loadNative, outcomeText } from '../../src/native/index';
+import {
+  ABI_VERSION,
+  NextActions,
+  Outcomes,
+  TunnelActions,
+  UpActions,
+  isNativeAvailable,
+  loadNative,
+  outcomeText,
+} from '../../src/native/index';
 
 function repoRoot(): string {
   let dir = __dirname;
@@ -27,12 +36,19 @@ test('TunnelActions mirror enum tg_action', () => {
   assert.deepEqual(sent, { ...TunnelActions });
 });
 
-test('NextActions mirror enum tg_next', () => {
-  const inC = Object.fromEntries([...header.matchAll(/TG_NEXT_([A-Z_]+)\s*=\s*(\d+)/g)].map((m) => [m[1]!, Number(m[2])]));
-  const { READ_ON, ...sent } = inC;
-  assert.equal(typeof READ_ON, 'number', 'READ_ON stays in C: it is a null answer');
-  assert.deepEqual(sent, { ...NextActions });
-});
+for (const [name, prefix, mirror] of [
+  ['NextActions mirror enum tg_next', 'TG_NEXT_', NextActions],
+  ['UpActions mirror enum tg_up', 'TG_UP_', UpActions],
+] as const) {
+  test(name, () => {
+    const inC = Object.fromEntries(
+      [...header.matchAll(new RegExp(`${prefix}([A-Z_]+)\\s*=\\s*(\\d+)`, 'g'))].map((m) => [m[1]!, Number(m[2])]),
+    );
+    const { READ_ON, ...sent } = inC;
+    assert.equal(typeof READ_ON, 'number', 'READ_ON stays in C: it is a null answer');
+    assert.deepEqual(sent, { ...mirror });
+  });
+}
 
 test('Outcomes mirror enum tg_outcome', () => {
   const inC = Object.fromEntries([...header.matchAll(/TG_OUTCOME_([A-Z_]+)\s*=\s*(\d+)/g)].map((m) => [m[1]!, Number(m[2])]));
@@ -44,7 +60,7 @@ test('Outcomes mirror enum tg_outcome', () => {
  * The access log's result field kept its words when the addon's outcomes
  * became numbers: log readers and tests grep for these strings.
  */
-test('outcomeText: the words of the log (those the addon sent before ABI 4, and head-timeout)', () => {
+test('outcomeText: the words of the log (those the addon sent before ABI 4, and the later ones)', () => {
   const cases: Array<[number, string, string]> = [
     [Outcomes.OK, '', 'ok'],
     [Outcomes.HANDED_OVER, '', 'handed-over'],
@@ -67,6 +83,8 @@ test('outcomeText: the words of the log (those the addon sent before ABI 4, and 
     [Outcomes.UPSTREAM_ERROR, 'ETIMEDOUT', 'upstream ETIMEDOUT'],
     [Outcomes.RELAY_ERROR, 'EMFILE', 'relay EMFILE'],
     [Outcomes.HEAD_TIMEOUT, '', 'head-timeout'],
+    [Outcomes.PENDING_TIMEOUT, '', 'pending-timeout'],
+    [Outcomes.HANDSHAKE, '', 'handshake'],
   ];
   assert.deepEqual(new Set(cases.map((c) => c[0])), new Set(Object.values(Outcomes)), 'every outcome has a case');
   for (const [o, detail, text] of cases) assert.equal(outcomeText(o as (typeof Outcomes)[keyof typeof Outcomes], detail), text);

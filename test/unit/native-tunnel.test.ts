@@ -36,6 +36,8 @@ import {
   type TunnelHandle,
   type TunnelUnusable,
   type TunnelNext,
+  type TunnelUpstream,
+  tunnelResume,
 } from '../../src/native';
 
 const T = { timeout: 8_000 };
@@ -48,6 +50,20 @@ const OK = 'HTTP/1.1 200 OK\r\n\r\n';
 const cleanups: Array<() => void> = [];
 
 function noop(): void {}
+
+/** After every test: a failed one may leave connections behind, which the next test (and the exit) must not wait on. */
+async function cleanUp(): Promise<void> {
+  tunnelAbortAll();
+  while (cleanups.length > 0) {
+    try {
+      cleanups.pop()!();
+    } catch {
+      // already closed
+    }
+  }
+  spliceAbortAll();
+  await delay(5); // the closes above take effect on the next loop turns
+}
 
 /**
  * How long a "nothing more happens" check waits (a second done(), a request
@@ -112,6 +128,15 @@ interface DoneCall {
 /** What a test answers; `unknown` so that nonsense can be answered too. */
 type Decider = (call: DecideCall, n: number) => unknown;
 
+interface UpCall {
+  id: number;
+  outcome: string;
+  bytes: Buffer;
+  eof: boolean;
+}
+
+type Upstreamer = (call: UpCall, n: number) => unknown;
+
 interface Front {
   port: number;
   handle: TunnelHandle;
@@ -120,6 +145,8 @@ interface Front {
   /** done()'s outcome and detail as the addon sent them, by id. */
   raw: Map<number, { outcome: Outcome; detail: string }>;
   unusable: Array<[string | null, number, string]>;
+  /** upstream()'s calls, when the front has one. */
+  ups: UpCall[];
   close(): void;
 }
 
@@ -131,6 +158,7 @@ interface FrontOptions {
   connectTimeoutMs?: number;
   idleTimeoutMs?: number;
   headTimeoutMs?: number;
+  upstream?: Upstreamer;
 }
 
 function openFront(o: FrontOptions, decider: Decider): Front {
@@ -163,6 +191,15 @@ function openFront(o: FrontOptions, decider: Decider): Front {
   const onUnusable: TunnelUnusable = (ip, port, errno) => {
     unusable.push([ip, port, errno]);
   };
+  const ups: UpCall[] = [];
+  const upstream = o.upstream;
+  const onUpstream = upstream
+    ? (((id, outcome, detail, bytes, eof) => {
+        const call: UpCall = { id, outcome: outcomeText(outcome, detail), bytes: Buffer.from(bytes), eof };
+        ups.push(call);
+        return upstream(call, ups.length);
+      }) as TunnelUpstream)
+    : undefined;
   let handle: TunnelHandle;
   try {
     handle = tunnelListen(
@@ -175,6 +212,7 @@ function openFront(o: FrontOptions, decider: Decider): Front {
         sniffTimeoutMs: o.sniffTimeoutMs ?? 2_000,
         connectTimeoutMs: o.connectTimeoutMs ?? 2_000,
         idleTimeoutMs: o.idleTimeoutMs ?? 0,
+        ...(onUpstream ? { upstream: onUpstream } : {}),
       },
       decide,
       done,
@@ -192,6 +230,7 @@ function openFront(o: FrontOptions, decider: Decider): Front {
     dones,
     raw,
     unusable,
+    ups,
     close() {
       if (!open) return;
       open = false;
@@ -387,20 +426,7 @@ function readBytes(s: net.Socket, n: number, ms = 3_000): Promise<Buffer> {
 const skip = hasTunnel() ? false : 'the native addon (with tunnelListen) is not built: run `npm run install`';
 
 describe('native tunnel front end (native/tunnel.c)', { skip }, () => {
-  afterEach(async () => {
-    // A failed test may leave connections behind: end them so that the next
-    // test (and the process exit) does not wait on them.
-    tunnelAbortAll();
-    while (cleanups.length > 0) {
-      try {
-        cleanups.pop()!();
-      } catch {
-        // already closed
-      }
-    }
-    spliceAbortAll();
-    await delay(5); // the closes above take effect on the next loop turns
-  });
+  afterEach(cleanUp);
 
   // ---- 1. plain TCP ----------------------------------------------------------
 
@@ -1073,7 +1099,7 @@ describe('native tunnel front end (native/tunnel.c)', { skip }, () => {
         code: 'ERR_INVALID_ARG_TYPE',
       });
       const raw = loadNative();
-      const args = (decide: unknown, done: unknown, unusable: unknown, next?: unknown) => () =>
+      const args = (decide: unknown, done: unknown, unusable: unknown, next?: unknown, upstream?: unknown) => () =>
         raw.tunnelListen(
           fd,
           false,
@@ -1090,11 +1116,17 @@ describe('native tunnel front end (native/tunnel.c)', { skip }, () => {
           next as TunnelNext | undefined,
           false,
           0,
+          upstream as TunnelUpstream | undefined,
         );
       assert.throws(args('nope', noop, noop), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: 'decide must be a function' });
       assert.throws(args(fn, 42, noop), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: 'done must be a function' });
       assert.throws(args(fn, noop, null), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: 'unusable must be a function' });
       assert.throws(args(fn, noop, noop, 7), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE', message: 'next must be a function' });
+      assert.throws(args(fn, noop, noop, undefined, 'x'), {
+        name: 'TypeError',
+        code: 'ERR_INVALID_ARG_TYPE',
+        message: 'upstream must be a function',
+      });
       // The fd was not taken: it still is an open socket of ours.
       assert.ok(fs.fstatSync(fd).isSocket());
     } finally {
@@ -1149,6 +1181,230 @@ describe('native tunnel front end (native/tunnel.c)', { skip }, () => {
       assert.equal(await how, 'ECONNRESET', `answer ${JSON.stringify(answer)}`);
     }
     assert.equal(front.decides.length, cases.length);
+    assert.equal(tunnelPending(), 0);
+  });
+});
+
+// ---- upstream(): failover, handshakes, pending answers (native/tunnel.c) ----------------
+
+/** A 407 whose body the next leg's reader must skip: what squid sends before an NTLM challenge is answered. */
+function answer407(challenge: string, body = 'x'.repeat(300)): string {
+  return (
+    `HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: ${challenge}\r\n` +
+    `Content-Length: ${body.length}\r\nConnection: keep-alive\r\n\r\n${body}`
+  );
+}
+
+/** Bytes of a 407 head and its Content-Length body, once all of them are in `b`; else undefined. */
+function whole407(b: Buffer): number | undefined {
+  const end = b.indexOf('\r\n\r\n');
+  if (end < 0) return undefined;
+  const length = Number(/Content-Length: (\d+)/i.exec(b.subarray(0, end).toString('latin1'))?.[1] ?? 0);
+  return b.length >= end + 4 + length ? end + 4 + length : undefined;
+}
+
+describe('native upstream(): failover, exchanges and pending answers', { skip }, () => {
+  afterEach(cleanUp);
+
+  it('a refused connect goes to upstream(), whose redial to the next proxy carries the connection', T, async () => {
+    const dead = await freePort();
+    const proxy = await echoProxy();
+    const front = openFront({ upstream: () => [2, '127.0.0.1', proxy.port, REQ, false] }, () => [1, '127.0.0.1', dead, REQ]);
+    const client = await connectClient(front.port);
+    const got = collect(client);
+    client.end('over the second proxy');
+    assert.equal((await got).toString(), 'over the second proxy');
+    assert.deepEqual(
+      front.ups.map((u) => [u.outcome, u.bytes.length]),
+      [['connect ECONNREFUSED', 0]],
+    );
+    assert.deepEqual(proxy.requests, [REQ]);
+    assert.equal((await onlyDoneOf(front, front.decides[0]!.id)).outcome, 'ok');
+  });
+
+  it('a proxy that closes before answering, then null from upstream(): done(answer-closed), as without it', T, async () => {
+    const proxy = await fakeProxy(({ sock }) => sock.destroy());
+    const front = openFront({ upstream: () => null }, () => [1, '127.0.0.1', proxy.port, REQ]);
+    const client = await connectClient(front.port);
+    const how = closedHow(client);
+    const d = await onlyDoneOf(front, await waitFor('decide', () => front.decides[0]?.id));
+    assert.equal(d.outcome, 'answer-closed');
+    assert.deepEqual(
+      front.ups.map((u) => u.outcome),
+      ['answer-closed'],
+    );
+    assert.equal(await how, 'ECONNRESET');
+  });
+
+  it('a 407 shows its head; CONTINUE sends the next leg on the same connection, whose exchange skips the body', T, async () => {
+    let legs = 0;
+    const proxy = await fakeProxy(({ sock }) => {
+      // After the first head, the fake reads the next ones itself.
+      let buf = Buffer.alloc(0);
+      sock.write(answer407('NTLM'));
+      legs = 1;
+      sock.on('data', (d: Buffer) => {
+        buf = Buffer.concat([buf, d]);
+        const end = buf.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        const head = buf.subarray(0, end + 4).toString('latin1');
+        buf = buf.subarray(end + 4);
+        legs++;
+        if (head.includes('leg=2')) sock.write(answer407('NTLM challenge-bytes'));
+        else if (head.includes('leg=3')) {
+          sock.write(OK);
+          sock.removeAllListeners('data');
+          if (buf.length > 0) sock.write(buf);
+          sock.pipe(sock);
+        }
+      });
+      sock.resume();
+    });
+    const up: Upstreamer = ({ outcome, bytes }) => {
+      if (outcome === 'answer-status') return [0, 'CONNECT x:1 HTTP/1.1\r\nleg=2\r\n\r\n', bytes.length];
+      // The first 407's body, then the second 407 whole, then the 200.
+      const n = whole407(bytes);
+      if (bytes.toString('latin1').startsWith('HTTP/1.1 200')) return [1, bytes.indexOf('\r\n\r\n') + 4];
+      if (n === undefined) return bytes.length < 300 ? [0, '', bytes.length] : null;
+      if (bytes.includes('challenge-bytes')) return [0, 'CONNECT x:1 HTTP/1.1\r\nleg=3\r\n\r\n', n];
+      return null;
+    };
+    const front = openFront({ upstream: up }, () => [1, '127.0.0.1', proxy.port, REQ]);
+    const client = await connectClient(front.port);
+    const got = collect(client);
+    client.end('authenticated');
+    assert.equal((await got).toString(), 'authenticated');
+    assert.equal(legs, 3);
+    assert.equal(proxy.conns.length, 1, 'every leg on one connection');
+    assert.equal(front.ups[0]!.outcome, 'answer-status');
+    assert.match(front.ups[0]!.bytes.toString('latin1'), /^HTTP\/1\.1 407 [^]*\r\n\r\n$/, 'the head only, not its body');
+    assert.ok(
+      front.ups.slice(1).every((u) => u.outcome === 'ok'),
+      'the legs after are exchanges',
+    );
+    assert.equal((await onlyDoneOf(front, front.decides[0]!.id)).outcome, 'ok');
+  });
+
+  it('[7] exchange: the answer comes split, null reads on, and bytes behind the handshake reach the client first', T, async () => {
+    const greeting = 'SERVER-SPEAKS-FIRST\n';
+    const srv = await listenServer((sock) => {
+      let buf = '';
+      sock.on('data', (d: Buffer) => {
+        buf += d.toString('latin1');
+        if (buf === 'HELLO') {
+          sock.write('OK');
+          setTimeout(() => sock.write('1'), 30);
+        } else if (buf === 'HELLOREQ') {
+          sock.removeAllListeners('data');
+          sock.write('DONE' + greeting); // the reply and the destination's first bytes in one segment
+          sock.pipe(sock);
+        }
+      });
+    });
+    const up: Upstreamer = ({ bytes }) => {
+      const text = bytes.toString('latin1');
+      if (text === 'OK') return null;
+      if (text === 'OK1') return [0, 'REQ', 3];
+      if (text.startsWith('DONE')) return [1, 4];
+      return [3, Outcomes.ANSWER_PROTOCOL, '', 0, ''];
+    };
+    const front = openFront({ upstream: up }, () => [7, '127.0.0.1', srv.port, 'HELLO']);
+    const client = await connectClient(front.port);
+    const chunks: Buffer[] = [];
+    client.on('data', (c: Buffer) => chunks.push(c));
+    await waitFor('the greeting', () => Buffer.concat(chunks).toString() === greeting);
+    client.end('echo me');
+    await withTimeout(new Promise((r) => client.once('end', r)), 3_000, 'EOF');
+    assert.equal(Buffer.concat(chunks).toString(), greeting + 'echo me');
+    assert.deepEqual(
+      front.ups.map((u) => u.bytes.toString('latin1')),
+      ['OK', 'OK1', 'DONE' + greeting],
+    );
+    const d = await onlyDoneOf(front, front.decides[0]!.id);
+    assert.deepEqual([d.outcome, d.up, d.down], ['ok', 7, greeting.length + 7]);
+  });
+
+  it('[8] pending: tunnelResume brings the action later; an unknown or settled id is refused', T, async () => {
+    const proxy = await echoProxy();
+    const front = openFront({}, () => [8]);
+    const client = await connectClient(front.port);
+    const got = collect(client);
+    const id = await waitFor('decide', () => front.decides[0]?.id);
+    await delay(50);
+    assert.equal(tunnelPending(), 1);
+    assert.equal(tunnelResume(id, [1, '127.0.0.1', proxy.port, REQ]), true);
+    assert.equal(tunnelResume(id, [1, '127.0.0.1', proxy.port, REQ]), false, 'it waits no more');
+    assert.equal(tunnelResume(id + 1000, [0]), false);
+    client.end('resumed');
+    assert.equal((await got).toString(), 'resumed');
+    assert.equal((await onlyDoneOf(front, id)).outcome, 'ok');
+  });
+
+  it('[8] never resumed: done(pending-timeout) after connectTimeoutMs, the client is reset', T, async () => {
+    const front = openFront({ connectTimeoutMs: 150 }, () => [8]);
+    const client = await connectClient(front.port);
+    const how = closedHow(client);
+    const call = await waitFor('decide', () => front.decides[0]);
+    const d = await onlyDoneOf(front, call.id);
+    assert.equal(d.outcome, 'pending-timeout');
+    assert.ok(Date.now() - call.at >= 140, `ended after ${Date.now() - call.at} ms`);
+    assert.equal(await how, 'ECONNRESET');
+    assert.equal(tunnelResume(call.id, [0]), false);
+  });
+
+  it('upstream() pending, then resumed with a redial: the failover may wait for a lookup', T, async () => {
+    const dead = await freePort();
+    const proxy = await echoProxy();
+    const front = openFront({ upstream: () => [4] }, () => [1, '127.0.0.1', dead, REQ]);
+    const client = await connectClient(front.port);
+    const got = collect(client);
+    const id = await waitFor('decide', () => front.decides[0]?.id);
+    await waitFor('upstream()', () => front.ups[0]);
+    await delay(30);
+    assert.equal(tunnelResume(id, [2, '127.0.0.1', proxy.port, REQ, false]), true);
+    client.end('after the lookup');
+    assert.equal((await got).toString(), 'after the lookup');
+    assert.equal((await onlyDoneOf(front, id)).outcome, 'ok');
+  });
+
+  it('a proxy that answers 407 for ever: the 17th leg ends the connection with done(handshake)', T, async () => {
+    const proxy = await fakeProxy(({ sock }) => {
+      sock.write(answer407('NTLM', ''));
+      sock.on('data', () => sock.write(answer407('NTLM', '')));
+      sock.resume();
+    });
+    const up: Upstreamer = ({ outcome, bytes }) =>
+      outcome === 'answer-status' || whole407(bytes) !== undefined ? [0, REQ, whole407(bytes) ?? bytes.length] : null;
+    const front = openFront({ upstream: up }, () => [1, '127.0.0.1', proxy.port, REQ]);
+    const client = await connectClient(front.port);
+    const how = closedHow(client);
+    const d = await onlyDoneOf(front, await waitFor('decide', () => front.decides[0]?.id));
+    assert.equal(d.outcome, 'handshake');
+    assert.equal(front.ups.length, 17);
+    assert.equal(await how, 'ECONNRESET');
+  });
+
+  it('[3] fail from upstream() ends with that outcome; nonsense ends with internal-error; neither crashes', T, async () => {
+    const dead = await freePort();
+    const cases: Array<[unknown, string]> = [
+      [[3, Outcomes.ANSWER_STATUS, '', 502, 'Bad Gateway'], 'answer-status'],
+      [[3, Outcomes.CONNECT, 'EHOSTUNREACH', 0, ''], 'connect EHOSTUNREACH'],
+      [[1, 0], 'internal-error'], // established after a failure: nothing was shown
+      [[0, 'x', 5], 'internal-error'], // consumes more than it was shown
+      [[2, 'nope', 1, REQ, false], 'socket EINVAL'], // as from decide()
+      [[3, 0, '', 0, ''], 'internal-error'], // "fail" with OK
+      [[9], 'internal-error'],
+      ['x', 'internal-error'],
+    ];
+    const front = openFront({ upstream: (_c, n) => cases[n - 1]![0] }, () => [1, '127.0.0.1', dead, REQ]);
+    for (const [i, [answer, outcome]] of cases.entries()) {
+      const client = dialClient(front.port);
+      const how = closedHow(client);
+      const call = await waitFor('decide', () => front.decides[i]);
+      const d = await onlyDoneOf(front, call.id);
+      assert.equal(d.outcome, outcome, `answer ${JSON.stringify(answer)}`);
+      assert.equal(await how, 'ECONNRESET', `answer ${JSON.stringify(answer)}`);
+    }
     assert.equal(tunnelPending(), 0);
   });
 });
@@ -1352,18 +1608,7 @@ function openSockets(): number {
 }
 
 describe('native plain HTTP relay in frames (native/splice.c)', { skip }, () => {
-  afterEach(async () => {
-    tunnelAbortAll();
-    while (cleanups.length > 0) {
-      try {
-        cleanups.pop()!();
-      } catch {
-        // already closed
-      }
-    }
-    spliceAbortAll();
-    await delay(5);
-  });
+  afterEach(cleanUp);
 
   it(
     'one request: out replaces the head, the body passes verbatim (part with the head, the rest in pieces), the response comes back unchanged',
