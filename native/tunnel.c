@@ -476,21 +476,26 @@ static bool grow(char **buf, size_t len, size_t *cap, size_t first, size_t max) 
   return true;
 }
 
-/* Reads the proxy's answer. MSG_PEEK first, then only the head is taken
- * from the socket: what the server sends right behind the 200 (an SSH
- * greeting) stays in the kernel for the relay. */
-static void read_answer(tg_conn *c) {
+/* Peeks what the upstream sent after answer[0..answer_len): the count
+ * (0 at its end), or -1 when there is nothing yet or c was ended. */
+static ssize_t peek_upstream(tg_conn *c) {
   if (!grow(&c->answer, c->answer_len, &c->answer_cap, ANSWER_FIRST, ANSWER_MAX)) {
     conn_fail_errno(c, TG_OUTCOME_SOCKET, ENOMEM);
-    return;
+    return -1;
   }
   ssize_t n;
   do n = recv(c->ufd, c->answer + c->answer_len, c->answer_cap - c->answer_len, MSG_PEEK);
   while (n < 0 && errno == EINTR);
-  if (n < 0) {
-    if (errno != EAGAIN) up_failed_errno(c, TG_OUTCOME_ANSWER, errno);
-    return;
-  }
+  if (n < 0 && errno != EAGAIN) up_failed_errno(c, TG_OUTCOME_ANSWER, errno);
+  return n;
+}
+
+/* Reads the proxy's answer. MSG_PEEK first, then only the head is taken
+ * from the socket: what the server sends right behind the 200 (an SSH
+ * greeting) stays in the kernel for the relay. */
+static void read_answer(tg_conn *c) {
+  ssize_t n = peek_upstream(c);
+  if (n < 0) return;
   if (n == 0) {
     up_failed(c, TG_OUTCOME_ANSWER_CLOSED, "", 0, NULL);
     return;
@@ -980,15 +985,20 @@ static bool take(tg_conn *c, size_t n) {
 
 static void act_up(tg_conn *c, up_answer *a, const up_event *ev);
 
+/* Whether upstream() is shown bytes for `ev` (those of the exchange, or the refusing answer's head), and how many. */
+static bool shows_bytes(const up_event *ev) {
+  return ev->outcome == TG_OUTCOME_OK || ev->outcome == TG_OUTCOME_ANSWER_STATUS;
+}
+static size_t shown_for(const tg_conn *c, const up_event *ev) {
+  return shows_bytes(ev) ? c->answer_len + c->peeked : 0;
+}
+
 /* Calls upstream() and acts on its answer. `ev` is the failure (or OK for the
  * bytes answer[0 .. answer_len + peeked)). */
 static void ask_upstream(tg_conn *c, const up_event *ev, bool eof) {
   up_answer a = {0};
   c->refs++; /* JS may end this connection (tunnelAbortAll) while it runs */
-  size_t shown = ev->outcome == TG_OUTCOME_OK || ev->outcome == TG_OUTCOME_ANSWER_STATUS
-                     ? c->answer_len + c->peeked
-                     : 0;
-  call_upstream(c, ev->outcome, ev->detail, c->answer, shown, eof, &a);
+  call_upstream(c, ev->outcome, ev->detail, c->answer, shown_for(c, ev), eof, &a);
   if (c->state == DONE) {
     free(a.out);
     conn_release(c);
@@ -1007,7 +1017,7 @@ static void drop_upstream(tg_conn *c) {
 }
 
 static void act_up(tg_conn *c, up_answer *a, const up_event *ev) {
-  bool bytes = ev->outcome == TG_OUTCOME_OK || ev->outcome == TG_OUTCOME_ANSWER_STATUS;
+  bool bytes = shows_bytes(ev);
   switch (a->action) {
   case TG_UP_READ_ON:
     if (ev->outcome != TG_OUTCOME_OK) {
@@ -1089,17 +1099,8 @@ static void act_up(tg_conn *c, up_answer *a, const up_event *ev) {
 /* Reads in an exchange: the new bytes are peeked and shown to upstream() with
  * those it has seen, so that nothing behind the handshake is taken. */
 static void read_exchange(tg_conn *c) {
-  if (!grow(&c->answer, c->answer_len, &c->answer_cap, ANSWER_FIRST, ANSWER_MAX)) {
-    conn_fail_errno(c, TG_OUTCOME_SOCKET, ENOMEM);
-    return;
-  }
-  ssize_t n;
-  do n = recv(c->ufd, c->answer + c->answer_len, c->answer_cap - c->answer_len, MSG_PEEK);
-  while (n < 0 && errno == EINTR);
-  if (n < 0) {
-    if (errno != EAGAIN) up_failed_errno(c, TG_OUTCOME_ANSWER, errno);
-    return;
-  }
+  ssize_t n = peek_upstream(c);
+  if (n < 0) return;
   c->peeked = (size_t)n;
   up_event ev = {.outcome = TG_OUTCOME_OK, .detail = ""};
   ask_upstream(c, &ev, n == 0);
@@ -1668,11 +1669,9 @@ static napi_value js_tunnel_resume(napi_env env, napi_callback_info info) {
     act(c, action, ip, port);
   } else {
     up_answer a = {0};
-    bool bytes =
-        c->pending.outcome == TG_OUTCOME_OK || c->pending.outcome == TG_OUTCOME_ANSWER_STATUS;
-    parse_up(env, argv[1], bytes ? c->answer_len + c->peeked : 0, &a);
-    if (a.action == TG_UP_PENDING) a.action = -1;
     up_event ev = c->pending;
+    parse_up(env, argv[1], shown_for(c, &ev), &a);
+    if (a.action == TG_UP_PENDING) a.action = -1;
     act_up(c, &a, &ev);
   }
   conn_release(c);

@@ -425,6 +425,18 @@ function readBytes(s: net.Socket, n: number, ms = 3_000): Promise<Buffer> {
 
 const skip = hasTunnel() ? false : 'the native addon (with tunnelListen) is not built: run `npm run install`';
 
+/** One client per case, in order: its connection ends with the case's outcome, and the client is reset. */
+async function eachResets(front: Front, cases: ReadonlyArray<readonly [unknown, string]>): Promise<void> {
+  for (const [i, [answer, outcome]] of cases.entries()) {
+    const client = dialClient(front.port);
+    const how = closedHow(client);
+    const call = await waitFor('decide', () => front.decides[i]);
+    const d = await onlyDoneOf(front, call.id);
+    assert.equal(d.outcome, outcome, `answer ${JSON.stringify(answer)}`);
+    assert.equal(await how, 'ECONNRESET', `answer ${JSON.stringify(answer)}`);
+  }
+}
+
 describe('native tunnel front end (native/tunnel.c)', { skip }, () => {
   afterEach(cleanUp);
 
@@ -1172,14 +1184,7 @@ describe('native tunnel front end (native/tunnel.c)', { skip }, () => {
       [[1, 'not-an-ip', 1, undefined], 'socket EINVAL'],
     ];
     const front = openFront({}, (_call, n) => cases[n - 1]![0]);
-    for (const [i, [answer, outcome]] of cases.entries()) {
-      const client = dialClient(front.port);
-      const how = closedHow(client);
-      const call = await waitFor('decide', () => front.decides[i]);
-      const d = await onlyDoneOf(front, call.id);
-      assert.equal(d.outcome, outcome, `answer ${JSON.stringify(answer)}`);
-      assert.equal(await how, 'ECONNRESET', `answer ${JSON.stringify(answer)}`);
-    }
+    await eachResets(front, cases);
     assert.equal(front.decides.length, cases.length);
     assert.equal(tunnelPending(), 0);
   });
@@ -1397,14 +1402,7 @@ describe('native upstream(): failover, exchanges and pending answers', { skip },
       ['x', 'internal-error'],
     ];
     const front = openFront({ upstream: (_c, n) => cases[n - 1]![0] }, () => [1, '127.0.0.1', dead, REQ]);
-    for (const [i, [answer, outcome]] of cases.entries()) {
-      const client = dialClient(front.port);
-      const how = closedHow(client);
-      const call = await waitFor('decide', () => front.decides[i]);
-      const d = await onlyDoneOf(front, call.id);
-      assert.equal(d.outcome, outcome, `answer ${JSON.stringify(answer)}`);
-      assert.equal(await how, 'ECONNRESET', `answer ${JSON.stringify(answer)}`);
-    }
+    await eachResets(front, cases);
     assert.equal(tunnelPending(), 0);
   });
 });
