@@ -18,6 +18,11 @@ import { hasSplice, hasTunnel, loadNative, raiseNofileLimit } from './native';
 import type { Relay } from './relay/relay';
 import { CidrSet } from './core/ip';
 import { Router } from './route/router';
+import { UpstreamHealth } from './route/upstream-health';
+import { UpstreamProber } from './outbound/upstream-probe';
+import type { ProxyEndpoint } from './config/proxy-url';
+import { splitTarget } from './core/names';
+import type { StreamOpener } from './dns/transports';
 import { HEADERS_TIMEOUT_MS, HttpSession } from './relay/http-session';
 import { runNode, type StreamDeps } from './relay/node-executor';
 import { closeFramed } from './relay/http-framed';
@@ -77,6 +82,10 @@ export class Gateway {
   /** Counters of what clients did that the gateway refused or survived. */
   readonly stats = { refused: 0, internalErrors: 0 };
   private readonly router: Router;
+  /** Up/down per upstream, shared by every path. */
+  private readonly health: UpstreamHealth;
+  /** Probes the upstreams when there are several to choose from. */
+  private readonly prober: UpstreamProber | undefined;
   private readonly outbounds: Outbounds;
   private readonly relay: Relay;
   private readonly http: HttpSession;
@@ -100,8 +109,14 @@ export class Gateway {
     this.interception = new Interception(cfg, log, rules);
     // --local: every socket of the gateway's own carries the mark, so its own rules skip it.
     const mark = cfg.local ? cfg.socketMark : undefined;
-    this.router = new Router(cfg.upstream, cfg.noProxy);
-    for (const p of [cfg.upstream.http, cfg.upstream.https]) if (p && net.isIP(p.host)) this.proxyAddresses.add(p.host);
+    this.health = new UpstreamHealth((p, st) =>
+      st.up
+        ? log.info(`upstream ${p.display} is up again${st.latencyMs !== undefined ? ` (${st.latencyMs} ms)` : ''}`)
+        : log.warn(`upstream ${p.display} is down: ${st.lastError ?? 'failed'}; retried in ${Math.max(0, st.retryAt - Date.now())} ms`),
+    );
+    this.router = new Router(cfg.upstream, cfg.noProxy, this.health);
+    const upstreams = [...new Set([...cfg.upstream.http, ...cfg.upstream.https])];
+    for (const p of upstreams) if (net.isIP(p.host)) this.proxyAddresses.add(p.host);
     const clients = new CidrSet();
     for (const c of [...cfg.clients4, ...cfg.clients6]) clients.add(c);
     this.maxConns = cfg.maxConns > 0 ? cfg.maxConns : defaultMaxConns(log);
@@ -112,7 +127,16 @@ export class Gateway {
     });
     this.refusals = new RefusalLog(10_000, (line) => log.warn(line));
     const fromClient = cfg.directSource === 'client';
-    this.outbounds = new Outbounds(cfg.connectTimeoutMs, mark, fromClient);
+    this.outbounds = new Outbounds(cfg.connectTimeoutMs, mark, fromClient, this.health);
+    const target = splitTarget(cfg.doctorTarget);
+    if (upstreams.length > 1 && target) {
+      this.prober = new UpstreamProber({
+        proxies: upstreams,
+        health: this.health,
+        intervalMs: cfg.upstreamCheckMs,
+        probe: (p, signal) => this.outbounds.probe(p, target.host, target.port, signal),
+      });
+    }
     // The splice relay needs the addon; without it the JS relay carries the same traffic, only with more copies.
     // Without the addon start() stops with TG_ERR_NATIVE; hasSplice() is false only then.
     this.relay = cfg.relay === 'splice' && hasSplice() ? new SpliceRelay() : new JsRelay();
@@ -132,7 +156,7 @@ export class Gateway {
         if (!c.startsWith('::ffff:')) internal.add(c);
       this.dns = new DnsService({
         dns: cfg.dns,
-        proxy: cfg.upstream.https ?? cfg.upstream.http,
+        proxy: this.dnsProxy(cfg.upstream.https.length > 0 ? cfg.upstream.https : cfg.upstream.http),
         connectTimeoutMs: cfg.connectTimeoutMs,
         fallbackServer: fallback,
         ownResolver: own,
@@ -249,6 +273,11 @@ export class Gateway {
     }
     if (this.dns) await this.startDns(bind);
     await this.interception.apply();
+    if (this.prober) {
+      this.prober.start();
+      // The first round at once: a dead upstream is known before the first clients meet it.
+      void this.prober.tick();
+    }
   }
 
   /**
@@ -272,6 +301,7 @@ export class Gateway {
         listenersClosed = Promise.all(this.listeners.map((l) => l.close()));
         this.udp?.close();
         this.dns?.close();
+        this.prober?.close();
         this.http.close();
         // A destroyed socket's descriptor is closed at once (libuv), so its FIN or reset is out before the rules go.
         for (const s of this.active) s.destroy();
@@ -292,6 +322,15 @@ export class Gateway {
 
   get activeConnections(): number {
     return this.active.size + (this.streams?.active ?? 0);
+  }
+
+  /** The DNS service's way through the upstreams (public names over TCP, DoH), with the connections' failover. */
+  private dnsProxy(list: readonly ProxyEndpoint[]): { open: StreamOpener; display: string } | undefined {
+    if (list.length === 0) return undefined;
+    return {
+      open: (host, port, signal) => this.outbounds.tunnel(this.health.order(list), host, port, signal),
+      display: list.map((p) => p.display).join(','),
+    };
   }
 
   /** Keeps the socket for close(); its admission is released when it closes. */

@@ -82,8 +82,10 @@ async function run(cfg: Config, log: Logger): Promise<number> {
     report(err);
     return 1;
   }
-  const up = (p: typeof cfg.upstream.http): string =>
-    p ? (p.auth ? `http://${encodeURIComponent(p.auth.user)}@${p.display.slice(7)}` : p.display) : 'direct';
+  const up = (list: typeof cfg.upstream.http): string =>
+    list.length === 0
+      ? 'direct'
+      : list.map((p) => (p.auth ? `http://${encodeURIComponent(p.auth.user)}@${p.display.slice(7)}` : p.display)).join(',');
   log.info(
     `ready mode=${cfg.mode} http_proxy=${up(cfg.upstream.http)} https_proxy=${up(cfg.upstream.https)} ` +
       `http=${cfg.httpPorts.join(',') || '-'}:${cfg.listen.http} tls=${cfg.tlsPorts.join(',') || '-'}:${cfg.listen.tls} ` +

@@ -4,7 +4,7 @@ import { normalizeIp, parseCidr } from '../core/ip';
 import { INTERFACE_NAME_RULE, isInterfaceName, isInterfacePattern, isPort, parsePort } from '../core/validate';
 import { parseNoProxy, type NoProxy } from './no-proxy';
 import type { FlagValues } from './flags';
-import { proxyFromEnv } from './proxy-url';
+import { parseProxyUrl, proxyFromEnv, type ProxyEndpoint } from './proxy-url';
 import type { Config, DnsSettings, Mode } from './types';
 
 export type { Config } from './types';
@@ -88,6 +88,26 @@ function cidrsByFamily(list: readonly string[], flag: string, example: string): 
     (c.family === 4 ? v4 : v6).push(raw.includes('/') ? raw : `${raw}/${c.family === 4 ? 32 : 128}`);
   }
   return [v4, v6];
+}
+
+/**
+ * The upstreams of each kind of port, in order of preference: --upstream
+ * for every port when given (several, for failover), else the environment's
+ * one proxy per kind. A URL named twice is one upstream.
+ */
+function buildUpstreams(given: readonly string[], env: { http?: ProxyEndpoint; https?: ProxyEndpoint }): Config['upstream'] {
+  if (given.length === 0) return { http: env.http ? [env.http] : [], https: env.https ? [env.https] : [] };
+  const list: ProxyEndpoint[] = [];
+  for (const raw of given) {
+    let p: ProxyEndpoint;
+    try {
+      p = parseProxyUrl(raw);
+    } catch (err) {
+      throw configError(`--upstream: ${(err as Error).message}`);
+    }
+    if (!list.some((q) => q.display === p.display)) list.push(p);
+  }
+  return { http: list, https: list };
 }
 
 function configError(message: string): GatewayError {
@@ -180,9 +200,11 @@ export function buildConfig(values: FlagValues, env: NodeJS.ProcessEnv, given: R
       `--direct-source client with --masquerade ${masquerade.join(',')}: direct connections leaving there are masqueraded to this host's address anyway`,
     );
   }
-  if (!proxies.http && !proxies.https) {
+  const upstream = buildUpstreams(values['upstream'] as string[], proxies);
+  if (upstream.http.length === 0 && upstream.https.length === 0) {
     warnings.push('no http_proxy/https_proxy set: connections go directly (export http_proxy=http://proxy:3128 to use a proxy)');
   }
+  const upstreamCheckMs = values['upstream-check-interval'] as number;
 
   return {
     mode: values['mode'] as Mode,
@@ -190,7 +212,8 @@ export function buildConfig(values: FlagValues, env: NodeJS.ProcessEnv, given: R
     tlsPorts,
     tcpPorts,
     listen,
-    upstream: { http: proxies.http, https: proxies.https },
+    upstream,
+    upstreamCheckMs,
     noProxy,
     noProxyRaw: proxies.noProxy,
     bypass4,

@@ -88,6 +88,20 @@ export const FLAGS: readonly FlagSpec[] = [
   },
   { name: 'fwmark', type: 'int', default: 0x7467, arg: 'MARK', help: 'packet mark used for TPROXY policy routing' },
   { name: 'route-table', type: 'int', default: 7467, arg: 'TABLE', help: 'routing table (and ip rule priority) for TPROXY' },
+  {
+    name: 'upstream',
+    type: 'list',
+    default: [],
+    arg: 'URL,...',
+    help: 'upstream proxies in order of preference, for every port (repeatable; overrides http_proxy/https_proxy): a connection whose proxy is down or fails to connect goes to the next',
+  },
+  {
+    name: 'upstream-check-interval',
+    type: 'duration',
+    default: 30_000,
+    arg: 'DUR',
+    help: 'how often each upstream is probed with a CONNECT to --doctor-target (0: only real connections tell); a down one is retried after 1s, 2s, 4s, ... up to 60s',
+  },
   { name: 'connect-timeout', type: 'duration', default: 10_000, arg: 'DUR', help: 'timeout to reach the proxy or a direct destination' },
   { name: 'idle-timeout', type: 'duration', default: 300_000, arg: 'DUR', help: 'close a connection idle in both directions this long' },
   {
@@ -391,7 +405,9 @@ export function parseArgs(argv: readonly string[]): ParsedArgs {
         inline = argv[++i];
         if (inline === undefined) throw flagError(`--${spec.name} needs a value (${spec.arg ?? 'VALUE'})`);
       }
-      values[spec.name] = convert(spec, inline);
+      const v = convert(spec, inline);
+      // A list flag given again adds to it (`--upstream a --upstream b`), as a repeated option does in most tools.
+      values[spec.name] = spec.type === 'list' && given.has(spec.name) ? [...(values[spec.name] as string[]), ...(v as string[])] : v;
     }
     given.add(spec.name);
   }

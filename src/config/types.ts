@@ -36,7 +36,10 @@ export interface Config {
   tlsPorts: number[];
   tcpPorts: number[];
   listen: { http: number; tls: number; tcp: number };
-  upstream: { http?: ProxyEndpoint; https?: ProxyEndpoint };
+  /** The proxies for HTTP ports and for the others, in order of preference (empty: direct). */
+  upstream: { http: readonly ProxyEndpoint[]; https: readonly ProxyEndpoint[] };
+  /** How often each upstream is probed (0: never; failures of real connections still count). */
+  upstreamCheckMs: number;
   noProxy: NoProxy;
   noProxyRaw: string;
   bypass4: string[];

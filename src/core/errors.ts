@@ -45,19 +45,27 @@ export class GatewayError extends Error {
   readonly code: ErrorCode;
   /** Upstream proxy status, where the proxy answered. */
   readonly status?: number;
+  /**
+   * The proxy itself failed (not reached, or it did not answer as a proxy):
+   * the next upstream may carry the connection, and this one is marked down.
+   * A status it answered (403, 407, 502) is its policy or the origin's
+   * failure, never a reason to ask another proxy.
+   */
+  readonly upstreamDown?: boolean;
 
-  constructor(code: ErrorCode, message: string, options?: { cause?: unknown; status?: number }) {
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown; status?: number; upstreamDown?: boolean }) {
     super(message, options?.cause !== undefined ? { cause: options.cause } : undefined);
     this.name = 'GatewayError';
     this.code = code;
     if (options?.status !== undefined) this.status = options.status;
+    if (options?.upstreamDown) this.upstreamDown = true;
   }
 }
 
 /** Adds context at a boundary, keeping the original as cause: `start listener[tls :443]: EADDRINUSE`. */
 export function withContext(what: string, err: unknown, code: ErrorCode = ErrorCodes.CONFIG): GatewayError {
   if (err instanceof GatewayError) {
-    return new GatewayError(err.code, `${what}: ${err.message}`, { cause: err, status: err.status });
+    return new GatewayError(err.code, `${what}: ${err.message}`, { cause: err, status: err.status, upstreamDown: err.upstreamDown });
   }
   const msg = err instanceof Error ? err.message : String(err);
   return new GatewayError(code, `${what}: ${msg}`, { cause: err });

@@ -158,3 +158,14 @@ export function requestLineHost(host: string): string {
   if (isValidHostname(host) || parseIPv4(host) === host || parseIPv6(host) === host) return host;
   throw new Error(`refusing an unvalidated host in an upstream request line: ${JSON.stringify(host.slice(0, 80))}`);
 }
+
+/**
+ * --doctor-target as the CONNECT it becomes: a validated host and a port
+ * that must be written (no default). The host goes into a request line, so
+ * it is parsed as any authority is (core/names): `[v6]:port`, canonical.
+ */
+export function splitTarget(target: string): { host: string; port: number } | undefined {
+  // Port 0 stands for "none given" (`host`, `host:`): parseAuthority never returns it for a written port.
+  const a = parseAuthority(target, 0);
+  return a === undefined || a.port === 0 ? undefined : { host: a.target.host, port: a.port };
+}

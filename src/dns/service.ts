@@ -1,6 +1,5 @@
 import fs from 'node:fs';
 import type net from 'node:net';
-import type { ProxyEndpoint } from '../config/proxy-url';
 import type { DnsSettings } from '../config/types';
 import type { ConnContext } from '../core/context';
 import { ErrorCodes, GatewayError } from '../core/errors';
@@ -8,7 +7,6 @@ import type { Logger } from '../core/log';
 import { hostPort } from '../core/types';
 import type { Datagram } from '../inbound/udp-listener';
 import { DIRECT_CODES, dialTcp } from '../outbound/dial';
-import { openTunnel } from '../outbound/http-connect';
 import { ClientRateLimiter, InflightLimit, type Refusal } from './client-limit';
 import { NameMap } from './name-map';
 import { DnsResolver, isPrivateName, type DnsRoute, type DnsRouter, type DnsStats } from './resolver';
@@ -16,7 +14,11 @@ import { DohTransport, TcpTransport, UdpTransport, frame, unframe, type DnsTrans
 
 export interface DnsServiceOptions {
   dns: DnsSettings;
-  proxy: ProxyEndpoint | undefined;
+  /**
+   * A CONNECT tunnel through the upstreams (with their failover:
+   * Outbounds.tunnel), and what the log calls them; undefined: no proxy.
+   */
+  proxy: { open: StreamOpener; display: string } | undefined;
   connectTimeoutMs: number;
   /** Where public names go when the destination of a query is unknown (UDP after REDIRECT). */
   fallbackServer: Server | undefined;
@@ -148,10 +150,6 @@ export class DnsService implements DnsRouter {
       `direct ${hostPort(host, port)}`,
     );
 
-  private openProxy(proxy: ProxyEndpoint): StreamOpener {
-    return (host, port, signal) => openTunnel({ proxy, host, port, timeoutMs: this.opts.connectTimeoutMs, signal, mark: this.opts.mark });
-  }
-
   private direct(server: Server): DnsTransport {
     const where = hostPort(server.host, server.port);
     return this.cached(
@@ -160,13 +158,13 @@ export class DnsService implements DnsRouter {
     );
   }
 
-  private viaProxy(server: Server, proxy: ProxyEndpoint): DnsTransport {
+  private viaProxy(server: Server, proxy: { open: StreamOpener; display: string }): DnsTransport {
     const where = hostPort(server.host, server.port);
-    return this.cached(`proxy ${where}`, () => new TcpTransport(server, this.openProxy(proxy), `tcp ${where} via proxy ${proxy.display}`));
+    return this.cached(`proxy ${where}`, () => new TcpTransport(server, proxy.open, `tcp ${where} via proxy ${proxy.display}`));
   }
 
   private doh(url: URL): DnsTransport {
-    const open = this.opts.proxy ? this.openProxy(this.opts.proxy) : this.openDirect;
+    const open = this.opts.proxy ? this.opts.proxy.open : this.openDirect;
     return this.cached(`doh ${url.href}`, () => new DohTransport({ url, open, ca: this.ca, connectTimeoutMs: this.opts.connectTimeoutMs }));
   }
 

@@ -44,7 +44,7 @@ export function createBackend(cfg: Config): RuleBackend {
 
 /** This host's uplinks as the rules of `cfg` see them (routes read now). */
 export async function uplinksFor(cfg: Config, runner: Runner = run): Promise<UplinkJudgement> {
-  const proxyHosts = [cfg.upstream.http?.host, cfg.upstream.https?.host].filter((h): h is string => h !== undefined);
+  const proxyHosts = [...new Set([...cfg.upstream.http, ...cfg.upstream.https].map((p) => p.host))];
   const host = await detectUplinks({ proxyHosts, ipv4: cfg.ipv4, ipv6: cfg.ipv6, runner });
   return judgeUplinks(host, cfg.lan, cfg.bridge);
 }

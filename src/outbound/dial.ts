@@ -54,6 +54,7 @@ export async function dialTcp(opts: DialOptions, codes: { unreachable: ErrorCode
     } catch (err) {
       throw new GatewayError(codes.unreachable, `${what}: cannot resolve ${opts.host} (${errnoOf(err) ?? (err as Error).message})`, {
         cause: err,
+        upstreamDown: isUpstream(codes),
       });
     }
   }
@@ -105,12 +106,17 @@ function connecting(
   });
 }
 
+/** A proxy that cannot be connected to is down (GatewayError.upstreamDown); a direct destination is only one connection's. */
+function isUpstream(codes: { unreachable?: ErrorCode; timeout?: ErrorCode }): boolean {
+  return codes.unreachable === ErrorCodes.UPSTREAM_UNREACHABLE || codes.timeout === ErrorCodes.UPSTREAM_TIMEOUT;
+}
+
 /** How a connect fails, in the same words wherever it runs (here or in the addon). */
 export const dialFailure = {
   timeout: (codes: { timeout: ErrorCode }, what: string, ms: number): GatewayError =>
-    new GatewayError(codes.timeout, `${what}: no answer within ${ms} ms`),
+    new GatewayError(codes.timeout, `${what}: no answer within ${ms} ms`, { upstreamDown: isUpstream(codes) }),
   error: (codes: { unreachable: ErrorCode }, what: string, detail: string, cause?: unknown): GatewayError =>
-    new GatewayError(codes.unreachable, `${what}: ${detail}`, { cause }),
+    new GatewayError(codes.unreachable, `${what}: ${detail}`, { cause, upstreamDown: isUpstream(codes) }),
 };
 
 export const DIRECT_CODES = { unreachable: ErrorCodes.DIRECT_UNREACHABLE, timeout: ErrorCodes.DIRECT_TIMEOUT } as const;

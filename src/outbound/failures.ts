@@ -145,22 +145,32 @@ const TABLE: Record<Outcome, Entry> = {
   [Outcomes.CONNECT_TIMEOUT]: (_, s) =>
     dialFailure.timeout(s.proxy ? UPSTREAM_CODES : DIRECT_CODES, s.proxy ? `proxy ${s.proxy.display}` : `direct ${s.via}`, s.timeoutMs),
   [Outcomes.ANSWER]: fromProxy(
-    (p, detail, _, d) => new GatewayError(ErrorCodes.UPSTREAM_UNREACHABLE, `proxy ${p.display}: ${detail}`, { cause: d.cause }),
+    (p, detail, _, d) =>
+      new GatewayError(ErrorCodes.UPSTREAM_UNREACHABLE, `proxy ${p.display}: ${detail}`, { cause: d.cause, upstreamDown: true }),
   ),
+  // Not upstreamDown: squid answers CONNECT only once it has reached the origin, so a slow origin looks the same.
   [Outcomes.ANSWER_TIMEOUT]: fromProxy(
     (p, _, s) =>
       new GatewayError(ErrorCodes.UPSTREAM_TIMEOUT, `proxy ${p.display} did not answer CONNECT ${s.authority} within ${s.timeoutMs} ms`),
   ),
   [Outcomes.ANSWER_CLOSED]: fromProxy(
     (p, _, s) =>
-      new GatewayError(ErrorCodes.UPSTREAM_CLOSED, `proxy ${p.display} closed the connection before answering CONNECT ${s.authority}`),
+      new GatewayError(ErrorCodes.UPSTREAM_CLOSED, `proxy ${p.display} closed the connection before answering CONNECT ${s.authority}`, {
+        upstreamDown: true,
+      }),
   ),
   [Outcomes.ANSWER_PROTOCOL]: fromProxy(
     (p) =>
-      new GatewayError(ErrorCodes.UPSTREAM_PROTOCOL, `proxy ${p.display} did not answer CONNECT with HTTP: is ${p.display} an HTTP proxy?`),
+      new GatewayError(
+        ErrorCodes.UPSTREAM_PROTOCOL,
+        `proxy ${p.display} did not answer CONNECT with HTTP: is ${p.display} an HTTP proxy?`,
+        {
+          upstreamDown: true,
+        },
+      ),
   ),
   [Outcomes.ANSWER_OVERSIZED]: fromProxy(
-    (p) => new GatewayError(ErrorCodes.UPSTREAM_PROTOCOL, `proxy ${p.display} sent an oversized answer to CONNECT`),
+    (p) => new GatewayError(ErrorCodes.UPSTREAM_PROTOCOL, `proxy ${p.display} sent an oversized answer to CONNECT`, { upstreamDown: true }),
   ),
   // The gateway itself was looking something up for the upstream (a token, a PAC answer) and ran out of time.
   [Outcomes.PENDING_TIMEOUT]: (_, s) =>

@@ -190,7 +190,8 @@ function routeRequest(ctx: ConnContext, check: Extract<RequestCheck, { ok: true 
   }
   const decision = deps.router.select(input);
   if (decision.kind === 'proxy' && decision.proxy) {
-    return { kind: 'proxy', key: `proxy ${decision.proxy.host} ${decision.proxy.port}`, proxy: decision.proxy };
+    // One key for every proxy route: the framer keeps the connection's proxy while a request's route names it.
+    return { kind: 'proxy', key: 'proxy', proxy: decision.proxy, proxies: decision.proxies ?? [decision.proxy] };
   }
   return { kind: 'direct', key: 'direct' };
 }

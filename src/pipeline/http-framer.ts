@@ -25,7 +25,8 @@ import { readRequestHead } from '../sniff/http';
 
 /** Where one request goes; `key` is equal for requests that may share the upstream connection. */
 export type RequestRoute =
-  | { kind: 'proxy'; key: string; proxy: ProxyEndpoint }
+  /** `proxies`: the upstreams that may carry it, in order; `proxy` is the first. */
+  | { kind: 'proxy'; key: string; proxy: ProxyEndpoint; proxies: readonly ProxyEndpoint[] }
   | { kind: 'direct'; key: string }
   /** The route needs what the framer cannot wait for (a lookup for host verification): the Node path takes over. */
   | { kind: 'handover'; why: string };
@@ -88,6 +89,14 @@ export class RequestFramer {
   first: { method: string; uri: string } | undefined;
   /** The check of the last request head read (for the log and the route). */
   lastCheck: Extract<RequestCheck, { ok: true }> | undefined;
+  /**
+   * The proxy the connection is open to (the first request's, or the one it
+   * failed over to: reroute()): later requests go to it while their route
+   * names it, and their heads carry its credentials.
+   */
+  private via: ProxyEndpoint | undefined;
+  /** The last request's head before it was rebuilt, for reroute(). */
+  private lastHead: Parameters<typeof forwardHead>[0] | undefined;
 
   constructor(private readonly deps: FramerDeps) {}
 
@@ -182,26 +191,39 @@ export class RequestFramer {
     const route = this.deps.route(check);
     if (route.kind === 'handover') return { kind: 'handover', why: route.why };
     if (this.key !== undefined && route.key !== this.key) return { kind: 'handover', why: 'a request that goes another way' };
+    if (route.kind === 'proxy' && this.via !== undefined && !route.proxies.some((p) => p.display === this.via!.display)) {
+      return { kind: 'handover', why: 'a request for another proxy' };
+    }
     this.key = route.key;
+    if (route.kind === 'proxy') this.via ??= route.proxy;
 
     // The same head as the Node path sends for this request (outbound/request-head.ts says where Node differs).
-    const parts = forwardHead(
-      {
-        method: read.method,
-        version: read.version,
-        host: check.target?.host ?? this.deps.address,
-        port: this.deps.port,
-        path: check.path,
-        headers: read.headers,
-      },
-      route.kind === 'proxy' ? { kind: 'proxy', proxy: route.proxy } : { kind: 'direct' },
-    );
+    this.lastHead = {
+      method: read.method,
+      version: read.version,
+      host: check.target?.host ?? this.deps.address,
+      port: this.deps.port,
+      path: check.path,
+      headers: read.headers,
+    };
+    const parts = forwardHead(this.lastHead, this.via ? { kind: 'proxy', proxy: this.via } : { kind: 'direct' });
     const out = serialize(parts);
     const uri = parts.target;
     this.requests++;
     this.first ??= { method: read.method, uri };
     this.state = chunked ? 'chunk-line' : 'head';
     return { kind: 'forward', out, consumed: read.end, budget: length, route, request: { method: read.method, uri } };
+  }
+
+  /**
+   * The connection fails over to `proxy` before its first request went out:
+   * that request's head as `proxy` must get it (its own credentials), and
+   * later requests go to it too.
+   */
+  reroute(proxy: ProxyEndpoint): string {
+    this.via = proxy;
+    if (this.lastHead === undefined) throw new Error('reroute() before a request head');
+    return serialize(forwardHead(this.lastHead, { kind: 'proxy', proxy }));
   }
 
   private chunkLine(buf: Buffer): FrameStep {

@@ -51,10 +51,18 @@ const EMPTY = Buffer.alloc(0);
 const QUIET_MS = 250;
 
 export async function runFramed(sock: net.Socket, ctx: ConnContext, head: Buffer, d: HttpDecision, deps: FramedDeps): Promise<void> {
-  const proxy = d.route.kind === 'proxy' ? d.route.proxy : undefined;
+  let proxy = d.route.kind === 'proxy' ? d.route.proxy : undefined;
   ctx.via = proxy ? hostPort(proxy.host, proxy.port) : hostPort(ctx.destination.address, ctx.destination.port);
   if (d.request) logRequest(ctx, d.request, deps);
-  const opened = await openFor(sock, ctx, deps.onDone, (signal) => deps.outbounds.openPlain(d.route, ctx, signal));
+  let out = d.out;
+  const onTry = (p: ProxyEndpoint): void => {
+    // A failover: the first request's head is rebuilt for the proxy that will get it (its credentials).
+    if (p !== proxy) out = d.framer.reroute(p);
+    proxy = p;
+  };
+  const opened = await openFor(sock, ctx, deps.onDone, (signal) =>
+    deps.outbounds.openPlain(d.route.kind === 'proxy' ? { kind: 'proxy', proxies: d.route.proxies } : d.route, ctx, signal, onTry),
+  );
   if (opened === undefined) return;
   if ('error' in opened) {
     const err = opened.error;
@@ -65,7 +73,7 @@ export async function runFramed(sock: net.Socket, ctx: ConnContext, head: Buffer
     answerAndClose(sock, gatewayResponse(errorStatus(gerr), gerr.code, gerr.message));
     return;
   }
-  return new FramedRelay(sock, opened.upstream, ctx, d, proxy, deps).run(head);
+  return new FramedRelay(sock, opened.upstream, ctx, { ...d, out }, proxy, deps).run(head);
 }
 
 /** Framed connections under way: close() ends them and waits until each has logged its end. */

@@ -1,5 +1,6 @@
 import http from 'node:http';
 import type net from 'node:net';
+import type { ProxyEndpoint } from '../config/proxy-url';
 import type { ConnContext } from '../core/context';
 import { ErrorCodes, GatewayError, errnoOf } from '../core/errors';
 import { field, type Logger } from '../core/log';
@@ -296,11 +297,16 @@ export class HttpSession {
     const facts = this.forwardRequest(req, name, port, check);
     let options: http.RequestOptions;
     let parts: RequestParts;
-    if (decision.kind === 'proxy' && decision.proxy) {
-      const p = decision.proxy;
+    // The upstreams left to fail over to, after the one asked now.
+    const proxies = decision.kind === 'proxy' ? (decision.proxies ?? (decision.proxy ? [decision.proxy] : [])) : [];
+    let proxyIndex = 0;
+    const toProxy = (p: ProxyEndpoint): void => {
       parts = forwardHead(facts, { kind: 'proxy', proxy: p });
       options = { host: p.host, port: p.port, agent: this.proxyAgent };
       ctx.via = hostPort(p.host, p.port);
+    };
+    if (proxies.length > 0) {
+      toProxy(proxies[0]!);
     } else {
       // Direct: the destination the client connected to (a no_proxy name was verified to be it).
       parts = forwardHead(facts, { kind: 'direct' });
@@ -308,16 +314,19 @@ export class HttpSession {
       if (this.deps.directFromClient) options.localAddress = ctx.client.address;
       ctx.via = hostPort(ctx.destination.address, port);
     }
-    // The fast path's head for the same request (outbound/request-head.ts says what Node writes differently).
-    // An array of headers is written as given, names and order kept; setHost: false, or Node would add a Host.
-    options.method = parts.method;
-    options.path = parts.target;
-    options.headers = parts.headers.flat();
-    options.setHost = false;
+    const finishOptions = (): void => {
+      // The fast path's head for the same request (outbound/request-head.ts says what Node writes differently).
+      // An array of headers is written as given, names and order kept; setHost: false, or Node would add a Host.
+      options.method = parts.method;
+      options.path = parts.target;
+      options.headers = parts.headers.flat();
+      options.setHost = false;
+    };
+    finishOptions();
     res.sendDate = false;
     // This request's upstream, taken now: with pipelining the next request has changed ctx.via by the time this one's
     // response ends, and its log line (and timeout texts) named the other request's number and upstream.
-    const via = ctx.via;
+    let via = ctx.via!;
 
     const logReq = (status: number | string): void => {
       if (this.deps.log.enabled('debug')) {
@@ -368,10 +377,12 @@ export class HttpSession {
           ),
         );
       }, this.deps.connectTimeoutMs);
+      const asked = performance.now();
       preq.on('socket', (s: net.Socket) => {
         const onConnected = (): void => {
           connected = true;
           clearTimeout(connectTimer);
+          if (proxies.length > 0) this.deps.outbounds.proxyUp(proxies[proxyIndex]!, Math.round(performance.now() - asked));
         };
         if (s.connecting) s.once('connect', onConnected);
         else onConnected();
@@ -392,6 +403,19 @@ export class HttpSession {
             send(false);
             return;
           }
+          if (!connected && proxies.length > 0) {
+            // The proxy could not be reached: it is marked down, and a request whose bytes are all still here goes to the next.
+            const p = proxies[proxyIndex]!;
+            const down = err instanceof GatewayError ? err : this.classify(err, decision, ctx);
+            this.deps.outbounds.proxyFailed(p, down.message);
+            if (replayable && proxyIndex + 1 < proxies.length) {
+              toProxy(proxies[++proxyIndex]!);
+              finishOptions();
+              via = ctx.via!;
+              send(mayRetry);
+              return;
+            }
+          }
           fail(err);
         }),
       );
@@ -407,7 +431,7 @@ export class HttpSession {
                 Outcomes.ANSWER_STATUS,
                 '',
                 {
-                  proxy: decision.proxy,
+                  proxy: proxies[proxyIndex],
                   via,
                   authority: via,
                   port: ctx.destination.port,
@@ -420,7 +444,7 @@ export class HttpSession {
             return;
           }
           const status = pres.statusCode ?? 0;
-          const from = decision.kind === 'proxy' ? `proxy ${decision.proxy!.display}` : `destination ${via}`;
+          const from = decision.kind === 'proxy' ? `proxy ${proxies[proxyIndex]!.display}` : `destination ${via}`;
           if (status < 100 || status > 999) {
             pres.resume();
             fail(

@@ -1,11 +1,14 @@
 import type { ProxyEndpoint } from '../config/proxy-url';
 import type { ListenerKind, RouteKind } from '../core/context';
 import type { NoProxy } from '../config/no-proxy';
+import type { UpstreamHealth } from './upstream-health';
 
 export interface RouteDecision {
   kind: Exclude<RouteKind, 'reject'>;
-  /** Set when kind is 'proxy'. */
+  /** Set when kind is 'proxy': the first of `proxies`. */
   proxy?: ProxyEndpoint;
+  /** Set when kind is 'proxy': every upstream to try, in order (up ones first; the executors fail over along it). */
+  proxies?: readonly ProxyEndpoint[];
   /** Why: the no_proxy entry class that matched, or which proxy variable applies. */
   reason: string;
 }
@@ -29,14 +32,17 @@ export interface RouteInput {
 }
 
 /**
- * Policy only, no I/O: which way a connection leaves. HTTP ports use
- * http_proxy; TLS and other TCP use https_proxy (which already falls back to
- * http_proxy). no_proxy matches the name and the original destination.
+ * Policy only, no I/O: which way a connection leaves. HTTP ports use the
+ * HTTP upstreams (http_proxy); TLS and other TCP the others (https_proxy,
+ * which already falls back to http_proxy). no_proxy matches the name and the
+ * original destination. With several upstreams, the health (route/upstream-
+ * health.ts) puts the ones up first.
  */
 export class Router {
   constructor(
-    private readonly upstream: { http?: ProxyEndpoint; https?: ProxyEndpoint },
+    private readonly upstream: { http: readonly ProxyEndpoint[]; https: readonly ProxyEndpoint[] },
     private readonly noProxy: NoProxy,
+    private readonly health?: UpstreamHealth,
   ) {}
 
   select(input: RouteInput): RouteDecision {
@@ -46,9 +52,10 @@ export class Router {
     if (this.noProxy.matchAddress(input.address, input.port)) {
       return { kind: 'direct', reason: 'no_proxy address' };
     }
-    const proxy = input.kind === 'http' ? this.upstream.http : this.upstream.https;
-    if (!proxy) return { kind: 'direct', reason: 'no proxy configured' };
-    return { kind: 'proxy', proxy, reason: input.kind === 'http' ? 'http_proxy' : 'https_proxy' };
+    const list = input.kind === 'http' ? this.upstream.http : this.upstream.https;
+    if (list.length === 0) return { kind: 'direct', reason: 'no proxy configured' };
+    const proxies = this.health ? this.health.order(list) : list;
+    return { kind: 'proxy', proxy: proxies[0]!, proxies, reason: input.kind === 'http' ? 'http_proxy' : 'https_proxy' };
   }
 
   /**
@@ -59,6 +66,6 @@ export class Router {
   needsVerification(input: RouteInput): boolean {
     if (input.name === undefined || !this.noProxy.matchName(input.name, input.port)) return false;
     if (this.noProxy.matchAddress(input.address, input.port)) return false;
-    return (input.kind === 'http' ? this.upstream.http : this.upstream.https) !== undefined;
+    return (input.kind === 'http' ? this.upstream.http : this.upstream.https).length > 0;
   }
 }

@@ -45,7 +45,9 @@ function route(c: Check): RequestRoute {
   if (host.startsWith('direct')) return { kind: 'direct', key: 'direct' };
   if (host.startsWith('hand')) return { kind: 'handover', why: 'lookup' };
   // Most go through the proxy; a name ending in a digit other way round, to exercise the route-key handover.
-  return /[0-9]$/.test(host) && host.length % 3 === 0 ? { kind: 'direct', key: 'direct' } : { kind: 'proxy', key: 'proxy', proxy: PROXY };
+  return /[0-9]$/.test(host) && host.length % 3 === 0
+    ? { kind: 'direct', key: 'direct' }
+    : { kind: 'proxy', key: 'proxy', proxy: PROXY, proxies: [PROXY] };
 }
 
 function newFramer(seen: Check[]): RequestFramer {

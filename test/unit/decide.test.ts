@@ -38,7 +38,7 @@ const INTRANET = '198.51.100.3';
 
 function deps(over: Partial<DecideDeps> = {}, names: Record<string, string> = {}, verified?: boolean): DecideDeps {
   return {
-    router: new Router({ http: PROXY, https: PROXY }, parseNoProxy(`.corp.test,${INTRANET}`)),
+    router: new Router({ http: [PROXY], https: [PROXY] }, parseNoProxy(`.corp.test,${INTRANET}`)),
     names: { lookup: (_client, address) => names[address] },
     verifier: { check: () => verified },
     isLocal: (a) => a === GATEWAY,

@@ -109,7 +109,8 @@ describe('dns question names are validated where they enter', () => {
 describe('dns routes of private names without --private-dns', () => {
   const settings = dnsSettings({ privateDomains: ['corp.test'] });
 
-  const proxy = { host: '198.51.100.2', port: 3128, display: '198.51.100.2:3128' } as never;
+  // Routes only: nothing is opened through it.
+  const proxy = { open: () => Promise.reject(new Error('not opened in these tests')), display: 'http://198.51.100.2:3128' };
   const classify = (a: string): 'local' | 'internal' | 'public' =>
     a === '192.0.2.1' ? 'local' : a.startsWith('10.') ? 'internal' : 'public';
   const svc = (own: { host: string; port: number } | undefined) =>

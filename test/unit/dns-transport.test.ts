@@ -113,7 +113,8 @@ describe('dns routes', () => {
   const settings = (over: Partial<DnsSettings> = {}): DnsSettings =>
     dnsSettings({ privateDomains: ['corp.test'], privateDns: { host: '198.51.100.53', port: 53 }, ...over });
 
-  const proxy = { host: '198.51.100.2', port: 3128, display: '198.51.100.2:3128' } as never;
+  // Routes only: nothing is opened through it.
+  const proxy = { open: () => Promise.reject(new Error('not opened in these tests')), display: 'http://198.51.100.2:3128' };
   const svc = (over: Record<string, unknown> = {}, withProxy = true) =>
     new DnsService({
       dns: settings(over),

@@ -111,9 +111,9 @@ describe('buildConfig', () => {
 
   test('proxy and no_proxy from the environment', () => {
     const cfg = buildConfig(parseArgs([]).values, env);
-    assert.equal(cfg.upstream.http?.host, 'proxy.example');
-    assert.equal(cfg.upstream.https?.port, 3128, 'https falls back to http_proxy');
-    assert.equal(cfg.upstream.http?.auth?.password, 'p@ss');
+    assert.equal(cfg.upstream.http[0]?.host, 'proxy.example');
+    assert.equal(cfg.upstream.https[0]?.port, 3128, 'https falls back to http_proxy');
+    assert.equal(cfg.upstream.http[0]?.auth?.password, 'p@ss');
     assert.ok(cfg.noProxy.matchName('git.corp.example', 22));
     assert.ok(
       cfg.warnings.some((w) => w.includes('bad/99')),
@@ -139,8 +139,37 @@ describe('buildConfig', () => {
 
   test('no proxy at all: direct, with a warning that says how to set one', () => {
     const cfg = buildConfig(parseArgs([]).values, {});
-    assert.equal(cfg.upstream.http, undefined);
+    assert.deepEqual(cfg.upstream, { http: [], https: [] });
     assert.ok(cfg.warnings.some((w) => /http_proxy/.test(w)));
+  });
+
+  test('--upstream: several proxies in order for every port, repeatable, over the environment; a bad one names the flag', () => {
+    const cfg = buildConfig(
+      parseArgs([
+        '--upstream',
+        'http://a.example:3128,http://b.example:3128',
+        '--upstream=http://c.example:8080',
+        '--upstream',
+        'a.example:3128',
+      ]).values,
+      env,
+    );
+    assert.deepEqual(
+      cfg.upstream.http.map((p) => p.display),
+      ['http://a.example:3128', 'http://b.example:3128', 'http://c.example:8080'],
+      'in order, the repeated one once, the environment not used',
+    );
+    assert.equal(cfg.upstream.https, cfg.upstream.http);
+    assert.equal(cfg.upstreamCheckMs, 30_000);
+    assert.equal(buildConfig(parseArgs(['--upstream-check-interval', '0']).values, env).upstreamCheckMs, 0);
+    assert.throws(
+      () => buildConfig(parseArgs(['--upstream', 'http://ok.example:1,http://u:secret@bad!host:3128']).values, env),
+      (e: GatewayError) => e.code === 'TG_ERR_CONFIG' && /--upstream/.test(e.message) && !/secret/.test(e.message),
+    );
+  });
+
+  test('a list flag given twice adds to it', () => {
+    assert.deepEqual(parseArgs(['--lan', 'eth1', '--lan', 'eth2,eth3']).values['lan'], ['eth1', 'eth2', 'eth3']);
   });
 
   test('conflicting and invalid settings fail before start-up', () => {

@@ -107,7 +107,7 @@ async function gateway(proxyPort: number, originPort: number, idleTimeoutMs = 0,
   const accepted: net.Socket[] = [];
   const proxy = parseProxyUrl(`http://user:pw@127.0.0.1:${proxyPort}`);
   const deps: StreamDeps = {
-    router: new Router({ http: proxy, https: proxy }, parseNoProxy('intranet.test')),
+    router: new Router({ http: [proxy], https: [proxy] }, parseNoProxy('intranet.test')),
     verifier: new HostVerifier({ resolve: () => Promise.resolve(['127.0.0.1']) }),
     isLocal: () => false,
     isForbiddenAddress: () => false,

@@ -18,7 +18,7 @@ const AUTH = 'Proxy-Authorization: Basic dXNlcjpwdw==\r\n';
 type Check = Extract<RequestCheck, { ok: true }>;
 type Router = (check: Check) => RequestRoute;
 
-const toProxy: Router = () => ({ kind: 'proxy', key: 'proxy', proxy: PROXY });
+const toProxy: Router = () => ({ kind: 'proxy', key: 'proxy', proxy: PROXY, proxies: [PROXY] });
 const direct: Router = () => ({ kind: 'direct', key: 'direct' });
 
 function framer(route: Router = toProxy, seen: Check[] = [], port = 80): RequestFramer {
@@ -159,6 +159,7 @@ describe('RequestFramer rebuilds request heads', () => {
       kind: 'proxy',
       key: 'p',
       proxy: anon,
+      proxies: [anon],
     }));
     assert.equal(r.upstream.toString('latin1'), 'GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n');
   });
@@ -435,7 +436,9 @@ describe('RequestFramer refuses requests the gateway must not carry', () => {
 describe('RequestFramer hands over what the fast path does not carry', () => {
   it('a second request that goes another way is handed over (the spliced responses would come from the wrong upstream)', () => {
     const byHost: Router = (c) =>
-      c.target?.host === 'direct.test' ? { kind: 'direct', key: 'direct' } : { kind: 'proxy', key: 'proxy', proxy: PROXY };
+      c.target?.host === 'direct.test'
+        ? { kind: 'direct', key: 'direct' }
+        : { kind: 'proxy', key: 'proxy', proxy: PROXY, proxies: [PROXY] };
     const r = run('GET / HTTP/1.1\r\nHost: a.test\r\n\r\nGET / HTTP/1.1\r\nHost: direct.test\r\n\r\n', byHost);
     assert.equal(r.forwards.length, 1);
     assert.equal(r.end.kind, 'handover');

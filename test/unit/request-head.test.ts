@@ -14,7 +14,7 @@ import {
   type HeadRoute,
   type HeaderPair,
 } from '../../src/outbound/request-head';
-import type { Outbounds } from '../../src/outbound/outbounds';
+import { Outbounds } from '../../src/outbound/outbounds';
 import { RequestFramer } from '../../src/pipeline/http-framer';
 import type { Relay } from '../../src/relay/relay';
 import type { HostVerifier } from '../../src/route/host-verify';
@@ -280,9 +280,9 @@ describe('the framer and the Node HTTP session send the same head', () => {
     session?.close();
     const internal: unknown[] = [];
     session = new HttpSession({
-      router: new Router(route === 'proxy' ? { http: proxy } : {}, parseNoProxy('')),
-      // Upgrade only: these requests never reach them.
-      outbounds: {} as Outbounds,
+      router: new Router(route === 'proxy' ? { http: [proxy], https: [] } : { http: [], https: [] }, parseNoProxy('')),
+      // The proxy's health is told of each connection; the relay is for Upgrade only, which these requests are not.
+      outbounds: new Outbounds(5000),
       relay: {} as Relay,
       verifier: {} as HostVerifier,
       log: new Logger('error', () => {}),
@@ -308,7 +308,7 @@ describe('the framer and the Node HTTP session send the same head', () => {
       port: destination.port,
       address: destination.address,
       isLocal: () => false,
-      route: () => (route === 'proxy' ? { kind: 'proxy', key: 'p', proxy } : { kind: 'direct', key: 'd' }),
+      route: () => (route === 'proxy' ? { kind: 'proxy', key: 'p', proxy, proxies: [proxy] } : { kind: 'direct', key: 'd' }),
     });
     const r = drive(f, [Buffer.from(bytes, 'latin1')]);
     const first = r.forwards[0];

@@ -1,22 +1,11 @@
 import type { Config } from '../../config/config';
 import type { ProxyEndpoint } from '../../config/proxy-url';
 import { ErrorCodes, GatewayError } from '../../core/errors';
-import { parseAuthority } from '../../core/names';
+import { splitTarget } from '../../core/names';
 import { hostPort } from '../../core/types';
 import { UPSTREAM_CODES, dialTcp } from '../../outbound/dial';
 import { openTunnel } from '../../outbound/http-connect';
 import { errText, fail, ok, warn, type Check, type DoctorDeps } from './check';
-
-/**
- * --doctor-target as the CONNECT it becomes: a validated host and a port
- * that must be written (no default). The host goes into a request line, so
- * it is parsed as any authority is (core/names): `[v6]:port`, canonical.
- */
-export function splitTarget(target: string): { host: string; port: number } | undefined {
-  // Port 0 stands for "none given" (`host`, `host:`): parseAuthority never returns it for a written port.
-  const a = parseAuthority(target, 0);
-  return a === undefined || a.port === 0 ? undefined : { host: a.target.host, port: a.port };
-}
 
 /**
  * A failure as the gateway itself would log it: the message and code from
@@ -37,16 +26,22 @@ async function tryConnect(proxy: ProxyEndpoint, host: string, port: number, time
   }
 }
 
+/** Each upstream with the name the user set it by: http_proxy/https_proxy, or its place in --upstream. */
+function labelledUpstreams(up: Config['upstream']): [string, ProxyEndpoint][] {
+  if (up.http === up.https) return up.http.map((p, i) => [up.http.length > 1 ? `upstream ${i + 1}` : 'upstream', p]);
+  return [
+    ...up.http.map((p): [string, ProxyEndpoint] => ['http_proxy', p]),
+    ...up.https.map((p): [string, ProxyEndpoint] => ['https_proxy', p]),
+  ];
+}
+
 export async function checkProxy(cfg: Config, d: DoctorDeps): Promise<Check[]> {
   const out: Check[] = [];
   const target = splitTarget(cfg.doctorTarget);
   if (!target) return [fail('proxy', `--doctor-target '${cfg.doctorTarget}' is not host:port`, 'e.g. --doctor-target example.com:443')];
   const seen = new Set<string>();
-  const proxies = [
-    ['http_proxy', cfg.upstream.http],
-    ['https_proxy', cfg.upstream.https],
-  ] as const;
-  if (!cfg.upstream.http && !cfg.upstream.https) {
+  const proxies = labelledUpstreams(cfg.upstream);
+  if (proxies.length === 0) {
     return [
       warn(
         'proxy',
@@ -56,7 +51,7 @@ export async function checkProxy(cfg: Config, d: DoctorDeps): Promise<Check[]> {
     ];
   }
   for (const [name, p] of proxies) {
-    if (!p || seen.has(p.display + (p.authorization ?? ''))) continue;
+    if (seen.has(p.display + (p.authorization ?? ''))) continue;
     seen.add(p.display + (p.authorization ?? ''));
     const where = hostPort(p.host, p.port);
     // Reachability first: a refused TCP connect says more than a failed CONNECT.
@@ -98,8 +93,7 @@ export async function checkProxy(cfg: Config, d: DoctorDeps): Promise<Check[]> {
       out.push(fail('proxy', said(name, e443), '--doctor-target a name the proxy can resolve and reach (e.g. example.com:443)'));
       continue;
     }
-    const tcpProxy = cfg.upstream.https ?? cfg.upstream.http;
-    if (cfg.tcpPorts.length > 0 && tcpProxy && tcpProxy.display === p.display && tcpProxy.authorization === p.authorization) {
+    if (cfg.tcpPorts.length > 0 && cfg.upstream.https.some((q) => q.display === p.display && q.authorization === p.authorization)) {
       const port = cfg.tcpPorts[0]!;
       const eOther = await tryConnect(p, target.host, port, d.timeoutMs);
       if (!eOther) out.push(ok('proxy', `${name}: CONNECT to port ${port} (--tcp-proxy-dports) allowed`));
