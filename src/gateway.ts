@@ -191,6 +191,7 @@ export class Gateway {
     if (this.relay.name === 'splice' && hasTunnel()) {
       this.streams = new NativeExecutor({
         router: this.router,
+        health: this.health,
         names: this.dns?.names,
         sniffTimeoutMs: cfg.sniffTimeoutMs,
         connectTimeoutMs: cfg.connectTimeoutMs,

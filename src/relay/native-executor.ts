@@ -13,6 +13,7 @@ import {
   NextActions,
   Outcomes,
   TunnelActions,
+  UpActions,
   outcomeText,
   spliceAbortAll,
   tunnelAbortAll,
@@ -22,6 +23,7 @@ import {
   type Outcome,
   type TunnelAction,
   type TunnelDone,
+  type UpAction,
 } from '../native';
 import type { RequestFramer } from '../pipeline/http-framer';
 import { decide } from '../pipeline/decide';
@@ -32,9 +34,12 @@ import { TLS_SNIFF_MAX_BYTES, sniffTls } from '../sniff/tls';
 import { ErrorCodes, GatewayError, type ErrorCode } from '../core/errors';
 import type { Admission } from '../inbound/admission';
 import type { HostVerifier } from '../route/host-verify';
+import type { UpstreamHealth } from '../route/upstream-health';
 
 export interface NativeStreamDeps {
   router: Router;
+  /** Up/down per upstream: failures before the relay mark a proxy down, and the next one is dialled. */
+  health?: UpstreamHealth;
   names?: NameLookup;
   sniffTimeoutMs: number;
   connectTimeoutMs: number;
@@ -74,6 +79,9 @@ interface Live {
   ctx: ConnContext;
   /** The proxy CONNECTed through; undefined for a direct connection. */
   proxy: ProxyEndpoint | undefined;
+  /** The upstreams of the route, in order, and which of them `proxy` is: a failover takes the next. */
+  proxies?: readonly ProxyEndpoint[];
+  index?: number;
   /** Plain HTTP on the fast path: the client's requests, framed. */
   framer?: RequestFramer;
 }
@@ -140,6 +148,15 @@ export class NativeExecutor {
         connectTimeoutMs: d.connectTimeoutMs,
         idleTimeoutMs: d.idleTimeoutMs,
         directFromClient: d.directFromClient,
+        upstream: (id, outcome, detail, bytes, eof) => {
+          try {
+            return this.upstream(id, outcome, detail, bytes, eof);
+          } catch (err) {
+            const ctx = this.live.get(id)?.ctx;
+            if (ctx) this.deps.onInternalError(ctx, err);
+            return null;
+          }
+        },
       },
       // A throw in a callback from the addon would reach process 'uncaughtException' (napi_fatal_exception) and stop
       // the gateway: each one catches, and a bug ends only the connection it met.
@@ -242,7 +259,7 @@ export class NativeExecutor {
           // The proxy's name is being looked up: this one connection goes the Node way.
           if (ip === undefined) return this.handOver(fd, ctx, bytes);
           ctx.via = hostPort(proxy.host, proxy.port);
-          this.live.set(id, { ctx, proxy });
+          this.live.set(id, { ctx, proxy, proxies: d.route.kind === 'proxy' ? d.route.proxies : undefined, index: 0 });
           return [TunnelActions.CONNECT, ip, proxy.port, connectRequest(proxy, ctx.name ?? dip, dport)];
         }
         // Direct: the client already chose the address.
@@ -261,11 +278,41 @@ export class NativeExecutor {
           port = proxy.port;
         }
         ctx.via = hostPort(proxy ? proxy.host : dip, port);
-        this.live.set(id, { ctx, proxy, framer: d.framer });
+        this.live.set(id, { ctx, proxy, framer: d.framer, proxies: d.route.kind === 'proxy' ? d.route.proxies : undefined, index: 0 });
         if (d.request) this.logRequest(ctx, d.request);
         return [TunnelActions.HTTP, ip, port, d.out, d.consumed, d.budget, d.framer.atHead];
       }
     }
+  }
+
+  /**
+   * Before the relay, the proxy failed (native/tunnel.c asks before it ends
+   * the connection): one that could not be reached or did not answer as a
+   * proxy is marked down and the next upstream is dialled, with the request
+   * rebuilt for it; a status it answered ends the connection as before
+   * (null). Exchanges are not used yet: the bytes of one never come here.
+   */
+  private upstream(id: number, outcome: Outcome, detail: string, _bytes: Buffer, _eof: boolean): UpAction | null {
+    const entry = this.live.get(id);
+    if (entry?.proxy === undefined || entry.proxies === undefined || entry.index === undefined) return null;
+    const err = this.failure(entry, outcome, detail, 0, '');
+    if (err?.upstreamDown !== true) return null;
+    this.deps.health?.failed(entry.proxy, err.message);
+    for (let i = entry.index + 1; i < entry.proxies.length; i++) {
+      const next = entry.proxies[i]!;
+      const ip = this.proxyAddress(next.host);
+      // A name not looked up yet is skipped (the lookup starts): the connection's deadline is not spent waiting for it.
+      if (ip === undefined) continue;
+      entry.index = i;
+      entry.proxy = next;
+      entry.ctx.via = hostPort(next.host, next.port);
+      const { ctx } = entry;
+      const out = entry.framer
+        ? entry.framer.reroute(next)
+        : connectRequest(next, ctx.name ?? ctx.destination.address, ctx.destination.port);
+      return [UpActions.REDIAL, ip, next.port, out, false];
+    }
+    return null;
   }
 
   /** At a request boundary of a framed connection: the next step, as the addon reads it. */
@@ -354,6 +401,9 @@ export class NativeExecutor {
       this.deps.takeOverHttp(socketOf(fd), ctx, rest ?? Buffer.alloc(0));
     } else {
       const err = this.failure(entry, outcome, detail, status, reason);
+      // The proxy carried the connection, or answered it (a status): it is alive. A failure was counted in upstream().
+      if (entry.proxy && (err === undefined || (err.status !== undefined && err.upstreamDown !== true)))
+        this.deps.health?.succeeded(entry.proxy);
       if (err) {
         ctx.result = err.code;
         ctx.error = err.message;
