@@ -437,7 +437,7 @@ export function helpText(version: string): string {
     '  http_proxy    proxy for HTTP ports, e.g. http://user:password@proxy.example:3128',
     '  https_proxy   proxy for TLS and other TCP ports (default: http_proxy)',
     '  no_proxy      names, domains (.corp.example), addresses and CIDRs sent directly, e.g. .corp.example,10.0.0.0/8',
-    '  With no proxy set, connections go directly.',
+    '  With no proxy set, connections go directly. --upstream URL (repeatable) replaces http_proxy/https_proxy.',
     '',
     "Flags (--flag VALUE, --flag=VALUE or go-transproxy's -flag VALUE):",
   ];

@@ -55,6 +55,7 @@ export async function checkProxy(cfg: Config, d: DoctorDeps): Promise<Check[]> {
     seen.add(p.display + (p.authorization ?? ''));
     const where = hostPort(p.host, p.port);
     // Reachability first: a refused TCP connect says more than a failed CONNECT.
+    const started = performance.now();
     const reach = await dialTcp({ host: p.host, port: p.port, timeoutMs: d.timeoutMs }, UPSTREAM_CODES, `proxy ${p.display}`).then(
       (s) => void s.destroy(),
       (e: unknown) => (e instanceof GatewayError ? e : new GatewayError(ErrorCodes.UPSTREAM_UNREACHABLE, errText(e))),
@@ -69,7 +70,7 @@ export async function checkProxy(cfg: Config, d: DoctorDeps): Promise<Check[]> {
       );
       continue;
     }
-    out.push(ok('proxy', `${name} ${p.display}: reachable`));
+    out.push(ok('proxy', `${name} ${p.display}: reachable (connect ${Math.round(performance.now() - started)} ms)`));
     const e443 = await tryConnect(p, target.host, target.port, d.timeoutMs);
     if (!e443) {
       out.push(
