@@ -37,13 +37,22 @@ export interface FailureDetail {
   /** The response's fields, names lowercased: a proxy's own error is told by them (proxyOwnError). */
   headers?: http.IncomingHttpHeaders;
   cause?: unknown;
+  /** A 407: the scheme the gateway answered with last, and the ones the proxy offered. */
+  scheme?: string;
+  offered?: readonly string[];
 }
 
 /** What to do about a 407 from this proxy: one text for CONNECT and for plain HTTP requests. */
-function proxyAuthFix(proxy: ProxyEndpoint): string {
-  return proxy.authorization
-    ? 'the credentials in https_proxy/http_proxy were rejected: check user and password (percent-encode @ : / and spaces)'
-    : 'the proxy wants credentials: put them in the URL, http://user:password@proxy:port';
+function proxyAuthFix(proxy: ProxyEndpoint, d: FailureDetail = {}): string {
+  if (!proxy.authorization) return 'the proxy wants credentials: put them in the URL, http://user:password@proxy:port';
+  const offered = d.offered && d.offered.length > 0 ? ` (it offers ${d.offered.join(', ')})` : '';
+  if (d.scheme === 'ntlm')
+    return `the NTLM credentials were rejected${offered}: check DOMAIN\\user (DOMAIN%5Cuser in the URL) and password`;
+  if (d.scheme === 'digest') return `the Digest credentials were rejected${offered}: check user and password`;
+  if (d.offered && d.offered.length > 0 && !d.offered.some((s) => s === 'basic' || s === 'ntlm' || s === 'digest')) {
+    return `the proxy asks for ${d.offered.join(', ')}, which transgate cannot answer yet`;
+  }
+  return `the credentials in https_proxy/http_proxy were rejected${offered}: check user and password (percent-encode @ : / and spaces)`;
 }
 
 /**
@@ -80,9 +89,9 @@ export function responseFields(head: string): Record<string, string> {
 }
 
 /** A CONNECT the proxy answered with a status other than 2xx, in words that say what the user can do. */
-function connectRefusal(proxy: ProxyEndpoint, site: FailureSite, status: number, reason: string): GatewayError {
+function connectRefusal(proxy: ProxyEndpoint, site: FailureSite, status: number, reason: string, d: FailureDetail = {}): GatewayError {
   const said = `proxy ${proxy.display} answered ${status}${reason ? ` ${reason}` : ''} to CONNECT ${site.authority}`;
-  if (status === 407) return new GatewayError(ErrorCodes.UPSTREAM_407, `${said}: ${proxyAuthFix(proxy)}`, { status });
+  if (status === 407) return new GatewayError(ErrorCodes.UPSTREAM_407, `${said}: ${proxyAuthFix(proxy, d)}`, { status });
   if (status === 403) {
     const hint = site.port !== 443 ? `; many proxies allow CONNECT only to port 443 (port ${site.port} refused)` : '';
     return new GatewayError(ErrorCodes.UPSTREAM_403, `${said}: the proxy's policy refuses this destination${hint}`, { status });
@@ -184,7 +193,7 @@ const TABLE: Record<Outcome, Entry> = {
       `${s.proxy ? `proxy ${s.proxy.display}` : `direct ${s.via}`}: the handshake for ${s.authority} did not end within 16 rounds`,
     ),
   [Outcomes.ANSWER_STATUS]: fromProxy((p, _, s, d) =>
-    s.request ? requestRefusal(p, s.request, d) : connectRefusal(p, s, d.status ?? 0, d.reason ?? ''),
+    s.request ? requestRefusal(p, s.request, d) : connectRefusal(p, s, d.status ?? 0, d.reason ?? '', d),
   ),
 };
 

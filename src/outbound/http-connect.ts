@@ -6,6 +6,7 @@ import { Outcomes, type Outcome } from '../native';
 import { UPSTREAM_CODES, dialTcp } from './dial';
 import { outcomeError, type FailureDetail } from './failures';
 import { connectRequest } from './request-head';
+import { ProxyAuthenticator, readAnswerHead, type AnswerHead } from './auth/proxy-auth';
 
 // The CONNECT head is built with the other upstream heads (request-head.ts); the addon's tunnel sends it too.
 export { connectRequest } from './request-head';
@@ -34,8 +35,11 @@ export function parseStatusLine(line: string): { status: number; reason: string 
 /**
  * Opens a tunnel through an HTTP proxy with CONNECT. Resolves once the proxy
  * said 2xx; bytes the proxy sent after its head are put back on the socket.
- * Its failures are the addon's outcomes (native/tunnel.c reads the answer
- * the same way), turned into errors by the same table (outbound/failures.ts).
+ * A 407 is answered as the proxy asks (outbound/auth/proxy-auth.ts: NTLM,
+ * Digest, Basic), on the same connection when the proxy keeps it, each leg
+ * within the timeout. Its failures are the addon's outcomes (native/tunnel.c
+ * reads the answer the same way), turned into errors by the same table
+ * (outbound/failures.ts).
  */
 export async function openTunnel(opts: TunnelOptions): Promise<net.Socket> {
   const { proxy, host, port } = opts;
@@ -43,14 +47,65 @@ export async function openTunnel(opts: TunnelOptions): Promise<net.Socket> {
   const site = { proxy, via: hostPort(proxy.host, proxy.port), authority, port, timeoutMs: opts.timeoutMs };
   // Every outcome reaching here is one of the table's errors (a proxy is always set).
   const failure = (outcome: Outcome, detail = '', d?: FailureDetail): GatewayError => outcomeError(outcome, detail, site, d)!;
-  const sock = await dialTcp(
-    { host: proxy.host, port: proxy.port, timeoutMs: opts.timeoutMs, signal: opts.signal, mark: opts.mark },
-    UPSTREAM_CODES,
-    `proxy ${proxy.display}`,
-  );
-  sock.write(connectRequest(proxy, host, port));
+  const dial = (): Promise<net.Socket> =>
+    dialTcp(
+      { host: proxy.host, port: proxy.port, timeoutMs: opts.timeoutMs, signal: opts.signal, mark: opts.mark },
+      UPSTREAM_CODES,
+      `proxy ${proxy.display}`,
+    );
+  const auth = new ProxyAuthenticator(proxy, 'CONNECT', authority);
+  let authorization = auth.initial;
+  let sock = await dial();
+  let carried: Buffer = Buffer.alloc(0);
+  for (;;) {
+    sock.write(connectRequest(proxy, host, port, authorization));
+    let answer: { head: AnswerHead; rest: Buffer };
+    try {
+      answer = await readAnswer(sock, carried, opts, failure, authority);
+    } catch (err) {
+      sock.destroy();
+      throw err;
+    }
+    const { head, rest } = answer;
+    if (head.status >= 200 && head.status <= 299) {
+      sock.pause();
+      if (rest.length > 0) sock.unshift(rest);
+      return sock;
+    }
+    const leg = head.status === 407 ? auth.answer(head.fields) : undefined;
+    const reuse = leg !== undefined && head.keepAlive;
+    if (leg === undefined || (leg.sameConnection && !reuse)) {
+      sock.destroy();
+      throw failure(Outcomes.ANSWER_STATUS, '', { status: head.status, reason: head.reason, scheme: auth.current, offered: auth.offered });
+    }
+    authorization = leg.authorization;
+    if (reuse) {
+      try {
+        carried = await skipBody(sock, rest, head.bodyLength!, opts, failure);
+      } catch (err) {
+        sock.destroy();
+        throw err;
+      }
+    } else {
+      sock.destroy();
+      carried = Buffer.alloc(0);
+      sock = await dial();
+    }
+  }
+}
+
+type Failure = (outcome: Outcome, detail?: string, d?: FailureDetail) => GatewayError;
+
+/** One answer head from the proxy (after `carried`, bytes already read), with what came behind it. */
+function readAnswer(
+  sock: net.Socket,
+  carried: Buffer,
+  opts: TunnelOptions,
+  failure: Failure,
+  authority: string,
+): Promise<{ head: AnswerHead; rest: Buffer }> {
   return new Promise((resolve, reject) => {
-    let buffered: Buffer = Buffer.alloc(0);
+    let buffered = carried;
     const timer = setTimeout(() => fail(failure(Outcomes.ANSWER_TIMEOUT)), opts.timeoutMs);
     const onAbort = (): void => fail(new GatewayError(ErrorCodes.UPSTREAM_CLOSED, `CONNECT ${authority}: cancelled`));
     opts.signal?.addEventListener('abort', onAbort, { once: true });
@@ -64,33 +119,25 @@ export async function openTunnel(opts: TunnelOptions): Promise<net.Socket> {
     }
     function fail(err: GatewayError): void {
       cleanup();
-      sock.destroy();
       reject(err);
+    }
+    function look(): boolean {
+      const head = readAnswerHead(buffered);
+      if (head === undefined) {
+        if (buffered.length > MAX_RESPONSE_HEAD) fail(failure(Outcomes.ANSWER_OVERSIZED));
+        return buffered.length > MAX_RESPONSE_HEAD;
+      }
+      if (head === 'invalid') {
+        fail(failure(buffered.indexOf(HEAD_END) > MAX_RESPONSE_HEAD ? Outcomes.ANSWER_OVERSIZED : Outcomes.ANSWER_PROTOCOL));
+        return true;
+      }
+      cleanup();
+      resolve({ head, rest: buffered.subarray(head.headLength) });
+      return true;
     }
     function onData(chunk: Buffer): void {
       buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk]);
-      const end = buffered.indexOf(HEAD_END);
-      if (end < 0) {
-        if (buffered.length > MAX_RESPONSE_HEAD) {
-          fail(failure(Outcomes.ANSWER_OVERSIZED));
-        }
-        return;
-      }
-      const head = buffered.subarray(0, end).toString('latin1');
-      const statusLine = parseStatusLine(head.split('\r\n', 1)[0]!);
-      if (!statusLine) {
-        fail(failure(Outcomes.ANSWER_PROTOCOL));
-        return;
-      }
-      if (statusLine.status < 200 || statusLine.status > 299) {
-        fail(failure(Outcomes.ANSWER_STATUS, '', statusLine));
-        return;
-      }
-      cleanup();
-      sock.pause();
-      const rest = buffered.subarray(end + HEAD_END.length);
-      if (rest.length > 0) sock.unshift(rest);
-      resolve(sock);
+      look();
     }
     function onError(err: Error): void {
       // The errno name, as the addon reports it (Node's message adds the syscall: `read ECONNRESET`).
@@ -99,8 +146,40 @@ export async function openTunnel(opts: TunnelOptions): Promise<net.Socket> {
     function onEnd(): void {
       fail(failure(Outcomes.ANSWER_CLOSED));
     }
+    if (buffered.length > 0 && look()) return;
     sock.on('data', onData);
     sock.once('error', onError);
     sock.once('end', onEnd);
+    sock.resume();
+  });
+}
+
+/** Reads and drops a 407's body of `length` bytes (`have` of it already read); resolves with the bytes after it. */
+function skipBody(sock: net.Socket, have: Buffer, length: number, opts: TunnelOptions, failure: Failure): Promise<Buffer> {
+  if (have.length >= length) return Promise.resolve(have.subarray(length));
+  let left = length - have.length;
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => done(failure(Outcomes.ANSWER_TIMEOUT)), opts.timeoutMs);
+    function done(err?: GatewayError, rest?: Buffer): void {
+      clearTimeout(timer);
+      sock.off('data', onData);
+      sock.off('end', onEnd);
+      sock.off('error', onError);
+      if (err) reject(err);
+      else resolve(rest ?? Buffer.alloc(0));
+    }
+    function onData(chunk: Buffer): void {
+      if (chunk.length < left) {
+        left -= chunk.length;
+        return;
+      }
+      done(undefined, chunk.subarray(left));
+    }
+    const onEnd = (): void => done(failure(Outcomes.ANSWER_CLOSED));
+    const onError = (err: Error): void => done(failure(Outcomes.ANSWER, errnoOf(err) ?? err.message, { cause: err }));
+    sock.on('data', onData);
+    sock.once('end', onEnd);
+    sock.once('error', onError);
+    sock.resume();
   });
 }

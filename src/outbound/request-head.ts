@@ -114,11 +114,11 @@ export function absoluteUri(host: string, port: number, path: string): string {
   return `http://${authority}${path === '*' ? '' : path}`;
 }
 
-/** The request head for `CONNECT host:port`, with the proxy's credentials. */
-export function connectRequest(proxy: ProxyEndpoint, host: string, port: number): string {
+/** The request head for `CONNECT host:port`, with the proxy's credentials (Basic, or the handshake's leg). */
+export function connectRequest(proxy: ProxyEndpoint, host: string, port: number, authorization = proxy.authorization): string {
   const authority = hostPort(requestLineHost(host), port);
   const headers: HeaderPair[] = [['Host', authority]];
-  if (proxy.authorization) headers.push(['Proxy-Authorization', proxy.authorization]);
+  if (authorization) headers.push(['Proxy-Authorization', authorization]);
   return serialize({ method: 'CONNECT', target: authority, version: 'HTTP/1.1', headers });
 }
 

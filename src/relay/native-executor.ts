@@ -35,6 +35,7 @@ import { ErrorCodes, GatewayError, type ErrorCode } from '../core/errors';
 import type { Admission } from '../inbound/admission';
 import type { HostVerifier } from '../route/host-verify';
 import type { UpstreamHealth } from '../route/upstream-health';
+import { ProxyAuthenticator, readAnswerHead } from '../outbound/auth/proxy-auth';
 
 export interface NativeStreamDeps {
   router: Router;
@@ -82,6 +83,10 @@ interface Live {
   /** The upstreams of the route, in order, and which of them `proxy` is: a failover takes the next. */
   proxies?: readonly ProxyEndpoint[];
   index?: number;
+  /** A 407 is being answered (NTLM, Digest): the handshake's state. */
+  auth?: ProxyAuthenticator;
+  /** Bytes of a 407's body still to come before the next answer (the addon shows them with it). */
+  skip?: number;
   /** Plain HTTP on the fast path: the client's requests, framed. */
   framer?: RequestFramer;
 }
@@ -292,9 +297,12 @@ export class NativeExecutor {
    * rebuilt for it; a status it answered ends the connection as before
    * (null). Exchanges are not used yet: the bytes of one never come here.
    */
-  private upstream(id: number, outcome: Outcome, detail: string, _bytes: Buffer, _eof: boolean): UpAction | null {
+  private upstream(id: number, outcome: Outcome, detail: string, bytes: Buffer, eof: boolean): UpAction | null {
     const entry = this.live.get(id);
     if (entry?.proxy === undefined || entry.proxies === undefined || entry.index === undefined) return null;
+    if (entry.framer === undefined && (outcome === Outcomes.ANSWER_STATUS || (outcome === Outcomes.OK && entry.auth))) {
+      return this.authenticate(entry, outcome, bytes, eof);
+    }
     const err = this.failure(entry, outcome, detail, 0, '');
     if (err?.upstreamDown !== true) return null;
     this.deps.health?.failed(entry.proxy, err.message);
@@ -305,6 +313,7 @@ export class NativeExecutor {
       if (ip === undefined) continue;
       entry.index = i;
       entry.proxy = next;
+      entry.auth = undefined;
       entry.ctx.via = hostPort(next.host, next.port);
       const { ctx } = entry;
       const out = entry.framer
@@ -313,6 +322,48 @@ export class NativeExecutor {
       return [UpActions.REDIAL, ip, next.port, out, false];
     }
     return null;
+  }
+
+  /**
+   * A CONNECT's 407 (ANSWER_STATUS, `bytes` its head) or the answers of the
+   * legs after it (OK, `bytes` from the end of the last leg's answer):
+   * answered as outbound/auth/proxy-auth.ts says, on the same connection
+   * (its body skipped) when the proxy keeps it, else on a new one. Plain
+   * HTTP connections on the fast path are not authenticated here: their
+   * 407 gets the gateway's page.
+   */
+  private authenticate(entry: Live, outcome: Outcome, bytes: Buffer, eof: boolean): UpAction | null {
+    const { ctx } = entry;
+    const proxy = entry.proxy!;
+    const host = ctx.name ?? ctx.destination.address;
+    const port = ctx.destination.port;
+    entry.auth ??= new ProxyAuthenticator(proxy, 'CONNECT', hostPort(host, port));
+    // After a CONTINUE the first bytes may be the rest of the last 407's body (the addon peeks; nothing is lost).
+    const skip = outcome === Outcomes.OK ? (entry.skip ?? 0) : 0;
+    if (bytes.length < skip) return eof ? this.refusedAuth(Outcomes.ANSWER_CLOSED) : null;
+    const head = readAnswerHead(bytes.subarray(skip));
+    if (head === undefined) return eof ? this.refusedAuth(Outcomes.ANSWER_CLOSED) : null;
+    if (head === 'invalid') return this.refusedAuth(Outcomes.ANSWER_PROTOCOL);
+    if (head.status >= 200 && head.status <= 299) return [UpActions.ESTABLISHED, skip + head.headLength];
+    const leg = head.status === 407 ? entry.auth.answer(head.fields) : undefined;
+    const reuse = leg !== undefined && head.keepAlive;
+    if (leg === undefined || (leg.sameConnection && !reuse)) {
+      return [UpActions.FAIL, Outcomes.ANSWER_STATUS, '', head.status, head.reason];
+    }
+    const out = connectRequest(proxy, host, port, leg.authorization);
+    if (!reuse) {
+      entry.skip = 0;
+      return [UpActions.REDIAL, this.proxyAddress(proxy.host) ?? proxy.host, proxy.port, out, false];
+    }
+    // The head is taken; the body (all of it, or what is still to come) before the next answer.
+    const end = skip + head.headLength + head.bodyLength!;
+    const consumed = Math.min(end, bytes.length);
+    entry.skip = end - consumed;
+    return [UpActions.CONTINUE, out, consumed];
+  }
+
+  private refusedAuth(outcome: Outcome): UpAction {
+    return [UpActions.FAIL, outcome, '', 0, ''];
   }
 
   /** At a request boundary of a framed connection: the next step, as the addon reads it. */
@@ -449,7 +500,7 @@ export class NativeExecutor {
       outcome,
       detail,
       { proxy, via: ctx.via ?? authority, authority, port: ctx.destination.port, timeoutMs: this.deps.connectTimeoutMs, request: first },
-      first ? { status, headers: responseFields(reason) } : { status, reason },
+      first ? { status, headers: responseFields(reason) } : { status, reason, scheme: entry.auth?.current, offered: entry.auth?.offered },
     );
   }
 

@@ -67,8 +67,15 @@ export const LAB_HOSTS = [
 ];
 
 export interface SquidOptions {
-  /** Require basic auth (alice / "s3cr3t p@ss"). */
+  /** Require auth (alice / "s3cr3t p@ss"): Basic, or the scheme `authScheme` names. */
   auth?: boolean;
+  /**
+   * ntlm: squid's ntlm_fake_auth (the NTLM message flow; it accepts any
+   * credentials). digest: digest_file_auth with alice's password. Either
+   * alone: a squid that offers Basic too takes the gateway's first request
+   * (Basic up front) and the scheme would never be used.
+   */
+  authScheme?: 'basic' | 'ntlm' | 'digest';
   /** Deny CONNECT to ports other than 443 (403), like corporate proxies. */
   connectOnly443?: boolean;
   /** max_filedescriptors (the bench holds thousands of idle tunnels); squid raises its own limit as root. */
@@ -550,6 +557,7 @@ export class Lab {
     if (opts.largeFileMiB) this.writeLargeFile(opts.largeFileMiB);
     fs.writeFileSync(path.join(this.dir, 'squid', 'hosts'), LAB_HOSTS.join('\n') + '\n', { mode: 0o644 });
     mustRun(['htpasswd', '-b', '-c', '-m', path.join(this.dir, 'squid', 'htpasswd'), ADDR.auth.user, ADDR.auth.password]);
+    fs.writeFileSync(path.join(this.dir, 'squid', 'digest-passwd'), `${ADDR.auth.user}:${ADDR.auth.password}\n`, { mode: 0o644 });
     fs.chmodSync(path.join(this.dir, 'squid', 'htpasswd'), 0o644);
     mustRun(['chown', '-R', 'proxy:proxy', path.join(this.dir, 'squid')]);
 
@@ -823,15 +831,26 @@ export class Lab {
       'acl SSL_ports port 443',
     ];
     if (o.connectOnly443) lines.push('http_access deny CONNECT !SSL_ports');
-    if (o.auth) {
+    if (o.auth && o.authScheme === 'ntlm') {
+      lines.push('auth_param ntlm program /usr/lib/squid/ntlm_fake_auth', 'auth_param ntlm children 2 startup=1 idle=1');
+    }
+    if (o.auth && o.authScheme === 'digest') {
       lines.push(
-        `auth_param basic program /usr/lib/squid/basic_ncsa_auth ${d}/htpasswd`,
-        'auth_param basic children 2 startup=1 idle=1',
-        'auth_param basic realm transgate-lab',
-        'acl authed proxy_auth REQUIRED',
-        'http_access allow authed',
-        'http_access deny all',
+        `auth_param digest program /usr/lib/squid/digest_file_auth ${d}/digest-passwd`,
+        'auth_param digest children 2 startup=1 idle=1',
+        'auth_param digest realm transgate-lab',
       );
+    }
+    if (o.auth) {
+      // Basic only where no other scheme is asked for: a proxy that offers Basic too accepts the gateway's first request.
+      if (o.authScheme === undefined || o.authScheme === 'basic') {
+        lines.push(
+          `auth_param basic program /usr/lib/squid/basic_ncsa_auth ${d}/htpasswd`,
+          'auth_param basic children 2 startup=1 idle=1',
+          'auth_param basic realm transgate-lab',
+        );
+      }
+      lines.push('acl authed proxy_auth REQUIRED', 'http_access allow authed', 'http_access deny all');
     } else {
       lines.push('http_access allow all');
     }

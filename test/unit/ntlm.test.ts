@@ -98,7 +98,7 @@ describe('NTLMv2 against MS-NLMP 4.2.4', () => {
     Buffer.from('NTLMSSP\0', 'latin1').copy(msg);
     msg.writeUInt32LE(2, 8);
     msg.writeUInt32LE(48, 16);
-    msg.writeUInt32LE(NtlmFlags.UNICODE | NtlmFlags.NTLM, 20);
+    msg.writeUInt32LE(NtlmFlags.UNICODE | NtlmFlags.NTLM | NtlmFlags.TARGET_INFO, 20);
     msg.writeUInt16LE(info.length, 40);
     msg.writeUInt16LE(info.length, 42);
     msg.writeUInt32LE(48, 44);
@@ -131,7 +131,21 @@ describe('NTLM messages off the network', () => {
     assert.equal(parseNtlmChallenge(bad((b) => b.writeUInt16LE(0xffff, 40))), undefined);
     assert.equal(parseNtlmChallenge(bad((b) => b.writeUInt16LE(0x0001, b.length - 4))), undefined);
     assert.equal(parseNtlmChallenge(CHALLENGE_4_2_4.subarray(0, 31)), undefined);
+    assert.equal(
+      parseNtlmChallenge(bad((b) => b.writeUInt32LE((b.readUInt32LE(20) & ~NtlmFlags.TARGET_INFO) >>> 0, 20)))?.targetInfo.length,
+      0,
+    );
     assert.equal(parseNtlmChallenge(Buffer.alloc(5000)), undefined);
+  });
+
+  // Squid 5.7's ntlm_fake_auth: a 40-byte header, the target name "WORKGROUP" behind it at a garbage offset
+  // (0xaaaaaaae), no target info. curl answers it; so must we.
+  it("regression: squid's ntlm_fake_auth challenge, with a target name offset outside the message, is answered", () => {
+    const c = parseNtlmChallenge(hex('4e544c4d535350000200000009000900aeaaaaaa06820800bae005bca2ed85480000000000003a00574f524b47524f5550'));
+    assert.ok(c);
+    assert.equal(c.serverChallenge.toString('hex'), 'bae005bca2ed8548');
+    assert.equal(c.targetName, '');
+    assert.equal(c.targetInfo.length, 0);
   });
 
   it('Proxy-Authenticate values: the NTLM one with a token, whatever else the proxy offers', () => {

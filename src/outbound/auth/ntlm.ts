@@ -86,19 +86,21 @@ function field(msg: Buffer, at: number): Buffer | undefined {
 
 /**
  * Reads a CHALLENGE message (type 2). Undefined for anything else: a
- * wrong signature or type, a field outside the message, a target info list
- * that does not end with MsvAvEOL, a message over CHALLENGE_MAX.
+ * wrong signature or type, a target info field outside the message or a
+ * list that does not end with MsvAvEOL, a message over CHALLENGE_MAX.
  */
 export function parseNtlmChallenge(msg: Buffer): NtlmChallenge | undefined {
   if (msg.length < 32 || msg.length > CHALLENGE_MAX) return undefined;
   if (!msg.subarray(0, 8).equals(SIGNATURE) || msg.readUInt32LE(8) !== 2) return undefined;
   const flags = msg.readUInt32LE(20);
   const serverChallenge = Buffer.from(msg.subarray(24, 32));
-  const name = field(msg, 12);
-  if (name === undefined) return undefined;
+  // The target name is only shown: one that points outside the message (squid's ntlm_fake_auth writes a garbage offset,
+  // which curl ignores too) is read as empty rather than refusing the challenge.
+  const name = field(msg, 12) ?? Buffer.alloc(0);
   let targetInfo: Buffer = Buffer.alloc(0);
   let timestamp: Buffer | undefined;
-  if (msg.length >= 48) {
+  // TargetInfoFields mean something only with NEGOTIATE_TARGET_INFO: without it those bytes may be the payload.
+  if (flags & NtlmFlags.TARGET_INFO && msg.length >= 48) {
     const info = field(msg, 40);
     if (info === undefined) return undefined;
     if (info.length > 0) {
