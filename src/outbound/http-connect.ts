@@ -68,6 +68,7 @@ export async function openTunnel(opts: TunnelOptions): Promise<net.Socket> {
     }
     const { head, rest } = answer;
     if (head.status >= 200 && head.status <= 299) {
+      auth.succeeded();
       sock.pause();
       if (rest.length > 0) sock.unshift(rest);
       return sock;

@@ -264,8 +264,10 @@ export class NativeExecutor {
           // The proxy's name is being looked up: this one connection goes the Node way.
           if (ip === undefined) return this.handOver(fd, ctx, bytes);
           ctx.via = hostPort(proxy.host, proxy.port);
-          this.live.set(id, { ctx, proxy, proxies: d.route.kind === 'proxy' ? d.route.proxies : undefined, index: 0 });
-          return [TunnelActions.CONNECT, ip, proxy.port, connectRequest(proxy, ctx.name ?? dip, dport)];
+          // With credentials, the handshake starts as the proxy last accepted it (NTLM's first leg, or Basic).
+          const auth = proxy.auth ? new ProxyAuthenticator(proxy, 'CONNECT', hostPort(ctx.name ?? dip, dport)) : undefined;
+          this.live.set(id, { ctx, proxy, proxies: d.route.kind === 'proxy' ? d.route.proxies : undefined, index: 0, auth });
+          return [TunnelActions.CONNECT, ip, proxy.port, connectRequest(proxy, ctx.name ?? dip, dport, auth ? auth.initial : undefined)];
         }
         // Direct: the client already chose the address.
         ctx.via = hostPort(dip, dport);
@@ -313,12 +315,13 @@ export class NativeExecutor {
       if (ip === undefined) continue;
       entry.index = i;
       entry.proxy = next;
-      entry.auth = undefined;
       entry.ctx.via = hostPort(next.host, next.port);
       const { ctx } = entry;
+      const authority = hostPort(ctx.name ?? ctx.destination.address, ctx.destination.port);
+      entry.auth = next.auth && !entry.framer ? new ProxyAuthenticator(next, 'CONNECT', authority) : undefined;
       const out = entry.framer
         ? entry.framer.reroute(next)
-        : connectRequest(next, ctx.name ?? ctx.destination.address, ctx.destination.port);
+        : connectRequest(next, ctx.name ?? ctx.destination.address, ctx.destination.port, entry.auth?.initial);
       return [UpActions.REDIAL, ip, next.port, out, false];
     }
     return null;
@@ -344,7 +347,10 @@ export class NativeExecutor {
     const head = readAnswerHead(bytes.subarray(skip));
     if (head === undefined) return eof ? this.refusedAuth(Outcomes.ANSWER_CLOSED) : null;
     if (head === 'invalid') return this.refusedAuth(Outcomes.ANSWER_PROTOCOL);
-    if (head.status >= 200 && head.status <= 299) return [UpActions.ESTABLISHED, skip + head.headLength];
+    if (head.status >= 200 && head.status <= 299) {
+      entry.auth.succeeded();
+      return [UpActions.ESTABLISHED, skip + head.headLength];
+    }
     const leg = head.status === 407 ? entry.auth.answer(head.fields) : undefined;
     const reuse = leg !== undefined && head.keepAlive;
     if (leg === undefined || (leg.sameConnection && !reuse)) {

@@ -65,6 +65,10 @@ describe('proxy authentication: NTLM and Digest with a real squid', { skip, time
               assert.ok(ok, lines.join('\n'));
               assert.doesNotMatch(ok, / -$/, `squid knows the user: ${ok}`);
               if (scheme === 'digest') assert.match(ok, / alice$/);
+              // The next connection starts with the scheme the proxy accepted (NTLM's first leg; for Digest, no
+              // Basic up front): it gets through as well.
+              const again = await curl(`${tag}-again`);
+              assert.equal(again.code, 0, `${again.stderr}\n${gw.output()}`);
               // The handshake's 407s went to the gateway, never to the client.
               assert.ok(
                 lines.some((l) => / CONNECT www\.example\.test:443 407 /.test(l)),

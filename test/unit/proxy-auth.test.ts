@@ -87,6 +87,27 @@ describe('ProxyAuthenticator', () => {
     assert.equal(none.answer(head('HTTP/1.1 407 X\r\nProxy-Authenticate: NTLM\r\nContent-Length: 0\r\n\r\n').fields), undefined);
   });
 
+  it('later connections start with the scheme the proxy accepted: NTLM at once, Digest without Basic up front', () => {
+    const ntlmProxy = parseProxyUrl('http://CORP%5Cbob:pw@ntlm.test:3128');
+    const a = new ProxyAuthenticator(ntlmProxy, 'CONNECT', 'a.test:443');
+    a.answer(head('HTTP/1.1 407 X\r\nProxy-Authenticate: NTLM\r\nContent-Length: 0\r\n\r\n').fields);
+    a.answer(head(`HTTP/1.1 407 X\r\nProxy-Authenticate: NTLM ${SQUID_CHALLENGE}\r\nContent-Length: 0\r\n\r\n`).fields);
+    a.succeeded();
+    const b = new ProxyAuthenticator(ntlmProxy, 'CONNECT', 'b.test:443');
+    assert.match(b.initial ?? '', /^NTLM TlRMTVNTUAAB/);
+    assert.equal(
+      b.answer(head(`HTTP/1.1 407 X\r\nProxy-Authenticate: NTLM ${SQUID_CHALLENGE}\r\nContent-Length: 0\r\n\r\n`).fields)?.sameConnection,
+      true,
+    );
+
+    const digestProxy = parseProxyUrl('http://bob:pw@digest.test:3128');
+    const d = new ProxyAuthenticator(digestProxy, 'CONNECT', 'a.test:443');
+    d.answer(head('HTTP/1.1 407 X\r\nProxy-Authenticate: Digest realm="r", nonce="n"\r\nContent-Length: 0\r\n\r\n').fields);
+    d.succeeded();
+    assert.equal(new ProxyAuthenticator(digestProxy, 'CONNECT', 'b.test:443').initial, undefined, 'no password in Basic to a Digest proxy');
+    assert.match(new ProxyAuthenticator(proxy, 'CONNECT', 'b.test:443').initial ?? '', /^Basic /, 'other proxies as before');
+  });
+
   it('a proxy that keeps asking gets at most four legs', () => {
     const a = new ProxyAuthenticator(parseProxyUrl('http://alice:pw@proxy.test:3128'), 'CONNECT', 'a.test:443');
     const stale = head('HTTP/1.1 407 X\r\nProxy-Authenticate: Digest realm="r", nonce="n", stale=true\r\nContent-Length: 0\r\n\r\n');

@@ -78,6 +78,20 @@ export function readAnswerHead(buf: Buffer): AnswerHead | 'invalid' | undefined 
 /** At most this many 407s are answered on one connection (a Digest stale nonce, NTLM's two legs, a scheme change). */
 const LEGS_MAX = 4;
 
+/**
+ * The scheme each upstream last accepted: later connections start with it
+ * (NTLM's NEGOTIATE in the first request, one round trip less), and a proxy
+ * that wants NTLM or Digest is not sent the password as Basic up front again.
+ */
+const accepted = new WeakMap<ProxyEndpoint, AuthScheme>();
+
+let hostName: string | undefined;
+/** This host's short name, uppercase, as NTLM's workstation (15 characters, NetBIOS). */
+function workstationName(): string {
+  hostName ??= os.hostname().split('.')[0]!.toUpperCase().slice(0, 15);
+  return hostName;
+}
+
 export class ProxyAuthenticator {
   private scheme: AuthScheme | undefined;
   private ntlmSent = false;
@@ -91,14 +105,26 @@ export class ProxyAuthenticator {
     /** The request line's method and target (CONNECT host:port), which Digest signs. */
     private readonly method: string,
     private readonly uri: string,
-    private readonly workstation: string = os.hostname().split('.')[0]!.toUpperCase().slice(0, 15),
+    private readonly workstation: string = workstationName(),
   ) {
-    if (proxy.authorization) this.scheme = 'basic';
+    const last = proxy.auth ? accepted.get(proxy) : undefined;
+    if (last === 'ntlm') {
+      this.scheme = 'ntlm';
+      this.ntlmSent = true;
+      this.initial = ntlmHeader(ntlmNegotiate());
+    } else if (last === undefined || last === 'basic') {
+      // Digest needs the proxy's nonce: after a Digest success the first request goes without credentials.
+      if (proxy.authorization) this.scheme = 'basic';
+      this.initial = proxy.authorization;
+    }
   }
 
   /** The first request's Proxy-Authorization. */
-  get initial(): string | undefined {
-    return this.proxy.authorization;
+  readonly initial: string | undefined;
+
+  /** The proxy accepted the last leg (a 2xx): later connections to it start with this scheme. */
+  succeeded(): void {
+    if (this.scheme !== undefined) accepted.set(this.proxy, this.scheme);
   }
 
   /** The scheme in use (undefined: none sent). */
