@@ -1,4 +1,5 @@
-import { ErrorCodes, GatewayError } from '../core/errors';
+import fs from 'node:fs';
+import { ErrorCodes, GatewayError, errnoOf } from '../core/errors';
 import type { LogLevel } from '../core/log';
 import { normalizeIp, parseCidr } from '../core/ip';
 import { INTERFACE_NAME_RULE, isInterfaceName, isInterfacePattern, isPort, parsePort } from '../core/validate';
@@ -110,6 +111,45 @@ function buildUpstreams(given: readonly string[], env: { http?: ProxyEndpoint; h
   return { http: list, https: list };
 }
 
+/**
+ * --proxy-credentials FILE: `user:password` on its first line, for every
+ * upstream whose URL carries none. The file must be readable by its owner
+ * only (the password is the gateway's, not its users'), and its text is
+ * never put in a message.
+ */
+function withCredentials(up: Config['upstream'], file: string): Config['upstream'] {
+  if (file === '') return up;
+  let st: fs.Stats;
+  let text: string;
+  try {
+    st = fs.statSync(file);
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw configError(`--proxy-credentials: cannot read ${file} (${errnoOf(err) ?? (err as Error).message})`);
+  }
+  if ((st.mode & 0o077) !== 0) {
+    throw configError(`--proxy-credentials: ${file} is readable by others (mode ${(st.mode & 0o777).toString(8)}): chmod 600 ${file}`);
+  }
+  const line = text.split(/\r?\n/, 1)[0]!;
+  const colon = line.indexOf(':');
+  if (colon <= 0) throw configError(`--proxy-credentials: the first line of ${file} must be user:password`);
+  const auth = { user: line.slice(0, colon), password: line.slice(colon + 1) };
+  const authorization = `Basic ${Buffer.from(`${auth.user}:${auth.password}`, 'utf8').toString('base64')}`;
+  const cache = new Map<ProxyEndpoint, ProxyEndpoint>();
+  // The same endpoint object stays the same (the http and https lists may share them, the health keys on display).
+  const fill = (p: ProxyEndpoint): ProxyEndpoint => {
+    if (p.auth) return p;
+    let q = cache.get(p);
+    if (q === undefined) {
+      q = { ...p, auth, authorization };
+      cache.set(p, q);
+    }
+    return q;
+  };
+  const http = up.http.map(fill);
+  return { http, https: up.https === up.http ? http : up.https.map(fill) };
+}
+
 function configError(message: string): GatewayError {
   return new GatewayError(ErrorCodes.CONFIG, message);
 }
@@ -200,7 +240,7 @@ export function buildConfig(values: FlagValues, env: NodeJS.ProcessEnv, given: R
       `--direct-source client with --masquerade ${masquerade.join(',')}: direct connections leaving there are masqueraded to this host's address anyway`,
     );
   }
-  const upstream = buildUpstreams(values['upstream'] as string[], proxies);
+  const upstream = withCredentials(buildUpstreams(values['upstream'] as string[], proxies), values['proxy-credentials'] as string);
   if (upstream.http.length === 0 && upstream.https.length === 0) {
     warnings.push('no http_proxy/https_proxy set: connections go directly (export http_proxy=http://proxy:3128 to use a proxy)');
   }

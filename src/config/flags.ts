@@ -96,6 +96,13 @@ export const FLAGS: readonly FlagSpec[] = [
     help: 'upstream proxies in order of preference, for every port (repeatable; overrides http_proxy/https_proxy): a connection whose proxy is down or fails to connect goes to the next',
   },
   {
+    name: 'proxy-credentials',
+    type: 'string',
+    default: '',
+    arg: 'FILE',
+    help: 'user:password (first line; DOMAIN\\user for NTLM) for every upstream whose URL has none, from a file only root can read (mode 0600): not in the environment or the process list',
+  },
+  {
     name: 'upstream-check-interval',
     type: 'duration',
     default: 30_000,

@@ -1,3 +1,6 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { buildConfig } from '../../src/config/config';
@@ -166,6 +169,36 @@ describe('buildConfig', () => {
       () => buildConfig(parseArgs(['--upstream', 'http://ok.example:1,http://u:secret@bad!host:3128']).values, env),
       (e: GatewayError) => e.code === 'TG_ERR_CONFIG' && /--upstream/.test(e.message) && !/secret/.test(e.message),
     );
+  });
+
+  test('--proxy-credentials: user:password from a file of mode 0600 for the upstreams without any; others refused', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tg-cred-'));
+    try {
+      const file = path.join(dir, 'cred');
+      fs.writeFileSync(file, 'CORP\\alice:s3cret:x\nignored\n', { mode: 0o600 });
+      const cfg = buildConfig(
+        parseArgs(['--proxy-credentials', file, '--upstream', 'http://a.test:3128,http://bob:pw@b.test:3128']).values,
+        {},
+      );
+      assert.deepEqual(cfg.upstream.http[0]!.auth, { user: 'CORP\\alice', password: 's3cret:x' });
+      assert.equal(cfg.upstream.http[0]!.authorization, `Basic ${Buffer.from('CORP\\alice:s3cret:x').toString('base64')}`);
+      assert.deepEqual(cfg.upstream.http[1]!.auth, { user: 'bob', password: 'pw' }, "a URL's own credentials win");
+      assert.equal(cfg.upstream.https, cfg.upstream.http);
+      fs.chmodSync(file, 0o640);
+      assert.throws(
+        () => buildConfig(parseArgs(['--proxy-credentials', file]).values, { http_proxy: 'http://a.test:3128' }),
+        (e: GatewayError) => e.code === 'TG_ERR_CONFIG' && /chmod 600/.test(e.message) && !/s3cret/.test(e.message),
+      );
+      fs.writeFileSync(file, 's3cret-without-user\n', { mode: 0o600 });
+      fs.chmodSync(file, 0o600);
+      assert.throws(
+        () => buildConfig(parseArgs(['--proxy-credentials', file]).values, {}),
+        (e: GatewayError) => /user:password/.test(e.message) && !/s3cret/.test(e.message),
+      );
+      assert.throws(() => buildConfig(parseArgs(['--proxy-credentials', path.join(dir, 'none')]).values, {}), /ENOENT/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   test('a list flag given twice adds to it', () => {
