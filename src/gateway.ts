@@ -80,7 +80,9 @@ export class Gateway {
   private readonly refusals: RefusalLog;
   private readonly verifier: HostVerifier;
   /** Counters of what clients did that the gateway refused or survived. */
-  readonly stats = { refused: 0, internalErrors: 0 };
+  readonly stats = { refused: 0, internalErrors: 0, authRejected: 0 };
+  /** Upstreams whose credentials were rejected, told once each (until one of their connections gets through again). */
+  private readonly rejectedBy = new Set<string>();
   private readonly router: Router;
   /** Up/down per upstream, shared by every path. */
   private readonly health: UpstreamHealth;
@@ -463,5 +465,16 @@ export class Gateway {
       (ctx.error ? ` error=${field(ctx.error)}` : '');
     if (ctx.result === 'ok') this.log.info(line);
     else this.log.warn(line);
+    if (ctx.via === undefined || ctx.route !== 'proxy') return;
+    if (ctx.result === ErrorCodes.UPSTREAM_407) {
+      this.stats.authRejected++;
+      if (!this.rejectedBy.has(ctx.via)) {
+        // Every connection through this proxy will fail the same way: one line that says what to fix, not one per client.
+        this.rejectedBy.add(ctx.via);
+        this.log.error(`upstream ${ctx.via} rejects the gateway's credentials: ${ctx.error ?? 'proxy answered 407'}`);
+      }
+    } else if (ctx.result === 'ok' && this.rejectedBy.delete(ctx.via)) {
+      this.log.info(`upstream ${ctx.via} accepts the gateway's credentials again`);
+    }
   }
 }

@@ -93,6 +93,12 @@ describe('proxy authentication: NTLM and Digest with a real squid', { skip, time
               const line = await gw.waitFor(/conn id=.*TG_ERR_UPSTREAM_407/, 8000, from);
               const f = parseKv(line);
               assert.match(f.error ?? line, /Digest credentials were rejected/, line);
+              // Told once per upstream, however many clients meet it.
+              const second = gw.mark();
+              assert.notEqual((await curl('/wrong-again')).code, 0);
+              await gw.waitFor(/conn id=.*TG_ERR_UPSTREAM_407/, 8000, second);
+              const told = gw.linesSince(from).filter((l) => /rejects the gateway's credentials/.test(l));
+              assert.equal(told.length, 1, gw.linesSince(from).join('\n'));
             } finally {
               await gw.stop('SIGTERM', 5000).catch(() => gw.kill9());
               await lab.transgate(['clear']).catch(() => undefined);

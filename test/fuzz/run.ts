@@ -12,12 +12,13 @@ import { httpTarget } from './http.fuzz';
 import { namesTarget } from './names.fuzz';
 import { ntlmTarget } from './ntlm.fuzz';
 import { challengeTarget } from './challenge.fuzz';
+import { socks5Target } from './socks5.fuzz';
 import { tlsTarget } from './tls.fuzz';
 
 const DEFAULT_SEED = 0x7a11f022;
 const DEFAULT_ITERATIONS = 100_000;
 
-const all: Target[] = [dnsTarget, tlsTarget, httpTarget, framerTarget, namesTarget, ntlmTarget, challengeTarget];
+const all: Target[] = [dnsTarget, tlsTarget, httpTarget, framerTarget, namesTarget, ntlmTarget, challengeTarget, socks5Target];
 
 function envInt(name: string, fallback: number): number {
   const v = process.env[name];
