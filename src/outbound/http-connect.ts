@@ -23,6 +23,8 @@ export interface TunnelOptions {
   /** SO_MARK for the connection to the proxy (see DialOptions.mark). */
   mark?: number;
   signal?: AbortSignal;
+  /** Told the scheme the proxy accepted (undefined: it asked for none), once the tunnel is open (doctor says which). */
+  onAccepted?: (scheme: string | undefined) => void;
 }
 
 /** Parses `HTTP/1.1 200 Connection established`; undefined when it is not a status line. */
@@ -69,6 +71,7 @@ export async function openTunnel(opts: TunnelOptions): Promise<net.Socket> {
     const { head, rest } = answer;
     if (head.status >= 200 && head.status <= 299) {
       auth.succeeded();
+      opts.onAccepted?.(auth.current);
       sock.pause();
       if (rest.length > 0) sock.unshift(rest);
       return sock;

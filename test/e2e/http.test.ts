@@ -74,15 +74,13 @@ describe('HTTP path e2e', { skip, timeout: 300_000 }, () => {
   });
 
   test('POST bodies (chunked and with length) reach the origin through the proxy', async () => {
-    // Small enough to go with the head in one segment: nginx answers a POST to a static file from its head, squid
-    // then closes, and body bytes still on their way get a reset that can reach the gateway before it has read the
-    // answer (a race of the origin's making: 20 KB lost it now and then with --relay js). Large bodies: http-fast.
-    const body = crypto.randomBytes(1_500).toString('base64');
+    // /post reads the whole body before it answers (lab.ts: nginx buffers it for its proxy_pass). An origin that
+    // answered from the head made squid close while body bytes were still on their way, and their reset could reach
+    // the gateway before it had read the answer (lost now and then with --relay js, whatever the body's size).
+    const body = crypto.randomBytes(15_000).toString('base64');
     const file = path.join(lab.dir, 'post-body.txt');
     fs.writeFileSync(file, body);
-    // Chunked, curl writes the head and the chunks apart: it waits for the answer first (Expect), or the chunks raced
-    // squid's reset as above. Bodies are checked byte for byte against an origin that reads them in http-fast.
-    for (const extra of [[], ['-H', 'Transfer-Encoding: chunked', '-H', 'Expect: 100-continue']]) {
+    for (const extra of [[], ['-H', 'Transfer-Encoding: chunked']]) {
       const r = await lab.exec('cl', [
         'curl',
         '-sS',
@@ -99,8 +97,7 @@ describe('HTTP path e2e', { skip, timeout: 300_000 }, () => {
         `www.example.test:80:${O4}`,
         'http://www.example.test/post',
       ]);
-      // nginx answers POST to a static location with 405, which proves the request (with its body) got through in order.
-      assert.match(r.stdout, /^(200|405)$/, `${r.stdout} ${r.stderr}\n${gw!.output()}`);
+      assert.equal(r.stdout, '200', `${r.stdout} ${r.stderr}\n${gw!.output()}`);
     }
     const log = await lab.squidLog();
     assert.ok(log.filter((l) => /POST http:\/\/www\.example\.test\/post/.test(l)).length >= 2, log.join('\n'));

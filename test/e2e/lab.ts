@@ -725,8 +725,12 @@ export class Lab {
       `    root ${this.dir}/www;`,
       '    location = /big.bin { default_type application/octet-stream; }',
       '    location /files/ { default_type application/octet-stream; }',
+      // proxy_pass buffers the whole request body before it asks the upstream: /post answers only once it has read
+      // every byte, so an upload's end never meets a connection the proxy already closed after an early answer.
+      '    location = /post { proxy_pass http://127.0.0.1:8099/posted; }',
       `    location / { return 200 "${body}\\n"; }`,
       '  }',
+      '  server { listen 127.0.0.1:8099; location / { return 200 "posted\\n"; } }',
       '}',
       '',
     ].join('\n');

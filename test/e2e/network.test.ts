@@ -512,7 +512,7 @@ describe('network e2e', { skip, timeout: 300_000 }, () => {
       console.log(`--- doctor, healthy lab ---\n${r.stdout}`);
       assert.equal(r.code, 0, show(r));
       assert.doesNotMatch(r.stdout, /^FAIL/m);
-      assert.match(r.stdout, /^OK +proxy: http_proxy: CONNECT www\.example\.test:443 allowed \(credentials accepted\)/m);
+      assert.match(r.stdout, /^OK +proxy: http_proxy: CONNECT www\.example\.test:443 allowed \(Basic credentials accepted\)/m);
       assert.match(r.stdout, /^OK +leftovers: no transgate rules installed/m);
       assert.match(r.stdout, /^0 FAIL, 0 WARN, \d+ OK$/m);
       await lab.restartSquid({ connectOnly443: true });

@@ -82,6 +82,19 @@ describe('proxy authentication: NTLM and Digest with a real squid', { skip, time
         }
       }
 
+      test(`doctor says the ${scheme} credentials were accepted`, async () => {
+        const r = await lab.transgate(['doctor', '--doctor-target', `${WWW}:443`, '--no-dns'], {
+          https_proxy: URLS[scheme],
+          http_proxy: URLS[scheme],
+        });
+        const name = scheme === 'ntlm' ? 'NTLM' : 'Digest';
+        assert.match(
+          r.stdout,
+          new RegExp(`OK +proxy: http_proxy: CONNECT www\\.example\\.test:443 allowed \\(${name} credentials accepted\\)`),
+          r.stdout,
+        );
+      });
+
       if (scheme === 'digest') {
         for (const relay of RELAYS) {
           test(`--relay ${relay}: a wrong Digest password is a 407 that says the Digest credentials were rejected`, async () => {

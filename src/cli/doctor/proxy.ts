@@ -16,9 +16,15 @@ function said(name: string, e: GatewayError): string {
   return `${name}: ${e.message} (${e.code})`;
 }
 
-async function tryConnect(proxy: ProxyEndpoint, host: string, port: number, timeoutMs: number): Promise<GatewayError | undefined> {
+async function tryConnect(
+  proxy: ProxyEndpoint,
+  host: string,
+  port: number,
+  timeoutMs: number,
+  onAccepted?: (scheme: string | undefined) => void,
+): Promise<GatewayError | undefined> {
   try {
-    const sock = await openTunnel({ proxy, host, port, timeoutMs });
+    const sock = await openTunnel({ proxy, host, port, timeoutMs, onAccepted });
     sock.destroy();
     return undefined;
   } catch (err) {
@@ -71,11 +77,12 @@ export async function checkProxy(cfg: Config, d: DoctorDeps): Promise<Check[]> {
       continue;
     }
     out.push(ok('proxy', `${name} ${p.display}: reachable (connect ${Math.round(performance.now() - started)} ms)`));
-    const e443 = await tryConnect(p, target.host, target.port, d.timeoutMs);
+    let scheme: string | undefined;
+    const e443 = await tryConnect(p, target.host, target.port, d.timeoutMs, (s) => (scheme = s));
     if (!e443) {
-      out.push(
-        ok('proxy', `${name}: CONNECT ${hostPort(target.host, target.port)} allowed${p.authorization ? ' (credentials accepted)' : ''}`),
-      );
+      const how =
+        scheme === undefined ? '' : ` (${scheme === 'ntlm' ? 'NTLM' : scheme === 'digest' ? 'Digest' : 'Basic'} credentials accepted)`;
+      out.push(ok('proxy', `${name}: CONNECT ${hostPort(target.host, target.port)} allowed${how}`));
     } else if (e443.status === 407) {
       out.push(
         fail(
