@@ -52,7 +52,7 @@ async function measure(lab: Lab, scheme: Scheme, relay: string): Promise<Run> {
   const user = scheme === 'ntlm' ? `LAB%5C${ADDR.auth.user}` : ADDR.auth.user;
   const url = `http://${user}:${pw}@${ADDR.proxy.v4}:${ADDR.proxy.port}`;
   const gw = await lab.startGateway(
-    ['--relay', relay, '--no-dns', '--log-level', 'warn'],
+    ['--relay', relay, '--no-dns'],
     { https_proxy: url, http_proxy: url },
     { logToFile: true },
   );
