@@ -51,11 +51,7 @@ async function measure(lab: Lab, scheme: Scheme, relay: string): Promise<Run> {
   const pw = encodeURIComponent(ADDR.auth.password);
   const user = scheme === 'ntlm' ? `LAB%5C${ADDR.auth.user}` : ADDR.auth.user;
   const url = `http://${user}:${pw}@${ADDR.proxy.v4}:${ADDR.proxy.port}`;
-  const gw = await lab.startGateway(
-    ['--relay', relay, '--no-dns'],
-    { https_proxy: url, http_proxy: url },
-    { logToFile: true },
-  );
+  const gw = await lab.startGateway(['--relay', relay, '--no-dns'], { https_proxy: url, http_proxy: url }, { logToFile: true });
   try {
     const hey = (n: number) => [
       'hey',
