@@ -11,9 +11,6 @@ import { ProxyAuthenticator, readAnswerHead, type AnswerHead } from './auth/prox
 // The CONNECT head is built with the other upstream heads (request-head.ts); the addon's tunnel sends it too.
 export { connectRequest } from './request-head';
 
-const MAX_RESPONSE_HEAD = 16 * 1024;
-const HEAD_END = Buffer.from('\r\n\r\n');
-
 export interface TunnelOptions {
   proxy: ProxyEndpoint;
   /** Name or address literal (unbracketed). */
@@ -127,12 +124,9 @@ function readAnswer(
     }
     function look(): boolean {
       const head = readAnswerHead(buffered);
-      if (head === undefined) {
-        if (buffered.length > MAX_RESPONSE_HEAD) fail(failure(Outcomes.ANSWER_OVERSIZED));
-        return buffered.length > MAX_RESPONSE_HEAD;
-      }
-      if (head === 'invalid') {
-        fail(failure(buffered.indexOf(HEAD_END) > MAX_RESPONSE_HEAD ? Outcomes.ANSWER_OVERSIZED : Outcomes.ANSWER_PROTOCOL));
+      if (head === undefined) return false;
+      if (head === 'invalid' || head === 'oversized') {
+        fail(failure(head === 'oversized' ? Outcomes.ANSWER_OVERSIZED : Outcomes.ANSWER_PROTOCOL));
         return true;
       }
       cleanup();

@@ -346,7 +346,9 @@ export class NativeExecutor {
     if (bytes.length < skip) return eof ? this.refusedAuth(Outcomes.ANSWER_CLOSED) : null;
     const head = readAnswerHead(bytes.subarray(skip));
     if (head === undefined) return eof ? this.refusedAuth(Outcomes.ANSWER_CLOSED) : null;
-    if (head === 'invalid') return this.refusedAuth(Outcomes.ANSWER_PROTOCOL);
+    if (head === 'invalid' || head === 'oversized') {
+      return this.refusedAuth(head === 'oversized' ? Outcomes.ANSWER_OVERSIZED : Outcomes.ANSWER_PROTOCOL);
+    }
     if (head.status >= 200 && head.status <= 299) {
       entry.auth.succeeded();
       return [UpActions.ESTABLISHED, skip + head.headLength];

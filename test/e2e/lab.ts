@@ -24,6 +24,31 @@ export const LAB_PREFIX = 'tge2e';
 export type NsRole = 'cl' | 'gw' | 'up' | 'in';
 const ROLES: readonly NsRole[] = ['cl', 'gw', 'up', 'in'];
 
+/**
+ * What every squid of the lab is given, with its files in `dir`: a name,
+ * the pid, logs in one line format (`%un`: the user), no cache, the lab's
+ * hosts file for names. Listening ports and access rules come after.
+ */
+export function squidBaseConf(name: string, dir: string): string[] {
+  return [
+    `visible_hostname ${name}`,
+    `pid_filename ${dir}/squid.pid`,
+    `cache_log ${dir}/cache.log`,
+    'logformat tg %ts.%03tu %>a %rm %ru %>Hs %<st %un',
+    `access_log stdio:${dir}/access.log tg`,
+    'buffered_logs off',
+    'logfile_rotate 0',
+    `coredump_dir ${dir}`,
+    'cache deny all',
+    'cache_mem 8 MB',
+    'netdb_filename none',
+    'pinger_enable off',
+    'shutdown_lifetime 0 seconds',
+    `hosts_file ${dir}/hosts`,
+    'dns_nameservers 127.0.0.1',
+  ];
+}
+
 /** Every address of the lab. */
 export const ADDR = {
   client: { v4: '192.0.2.2', v6: '2001:db8:1::2' },
@@ -810,21 +835,7 @@ export class Lab {
   private squidConf(o: SquidOptions): string {
     const d = this.squidDir;
     const lines = [
-      'visible_hostname transgate-lab-squid',
-      `pid_filename ${d}/squid.pid`,
-      `cache_log ${d}/cache.log`,
-      'logformat tg %ts.%03tu %>a %rm %ru %>Hs %<st %un',
-      `access_log stdio:${d}/access.log tg`,
-      'buffered_logs off',
-      'logfile_rotate 0',
-      `coredump_dir ${d}`,
-      'cache deny all',
-      'cache_mem 8 MB',
-      'netdb_filename none',
-      'pinger_enable off',
-      'shutdown_lifetime 0 seconds',
-      `hosts_file ${d}/hosts`,
-      'dns_nameservers 127.0.0.1',
+      ...squidBaseConf('transgate-lab-squid', d),
       'dns_timeout 3 seconds',
       'connect_timeout 5 seconds',
       `http_port ${ADDR.proxy.v4}:${ADDR.proxy.port}`,

@@ -16,7 +16,7 @@ import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { ADDR, type Gw, Lab, e2eSkipReason } from './lab';
+import { ADDR, type Gw, Lab, e2eSkipReason, squidBaseConf } from './lab';
 
 const skip = e2eSkipReason();
 const WWW = ADDR.names.www;
@@ -39,25 +39,7 @@ class SecondSquid {
     const d = this.dir;
     fs.writeFileSync(
       path.join(d, 'squid.conf'),
-      [
-        'visible_hostname transgate-lab-squid2',
-        `pid_filename ${d}/squid.pid`,
-        `cache_log ${d}/cache.log`,
-        'logformat tg %ts.%03tu %>a %rm %ru %>Hs %<st %un',
-        `access_log stdio:${d}/access.log tg`,
-        'buffered_logs off',
-        'logfile_rotate 0',
-        `coredump_dir ${d}`,
-        'cache deny all',
-        'cache_mem 8 MB',
-        'netdb_filename none',
-        'pinger_enable off',
-        'shutdown_lifetime 0 seconds',
-        `hosts_file ${d}/hosts`,
-        'dns_nameservers 127.0.0.1',
-        `http_port ${ADDR.proxy.v4}:${SECOND_PORT}`,
-        'http_access allow all',
-      ].join('\n') + '\n',
+      [...squidBaseConf('transgate-lab-squid2', d), `http_port ${ADDR.proxy.v4}:${SECOND_PORT}`, 'http_access allow all'].join('\n') + '\n',
       { mode: 0o644 },
     );
     fs.writeFileSync(path.join(d, 'access.log'), '', { mode: 0o644 });

@@ -44,11 +44,14 @@ export interface AnswerHead {
 
 const HEAD_MAX = 16 * 1024;
 
-/** The answer head at the start of `buf`: undefined while incomplete, 'invalid' when it is not an HTTP answer or too long. */
-export function readAnswerHead(buf: Buffer): AnswerHead | 'invalid' | undefined {
+/**
+ * The answer head at the start of `buf`: undefined while incomplete,
+ * 'oversized' past HEAD_MAX, 'invalid' when it is not an HTTP answer.
+ */
+export function readAnswerHead(buf: Buffer): AnswerHead | 'invalid' | 'oversized' | undefined {
   const end = buf.indexOf('\r\n\r\n', 0, 'latin1');
-  if (end < 0) return buf.length > HEAD_MAX ? 'invalid' : undefined;
-  if (end > HEAD_MAX) return 'invalid';
+  if (end < 0) return buf.length > HEAD_MAX ? 'oversized' : undefined;
+  if (end > HEAD_MAX) return 'oversized';
   const lines = buf.toString('latin1', 0, end).split('\r\n');
   const m = /^HTTP\/1\.([01]) (\d{3})(?: (.*))?$/.exec(lines[0]!);
   if (!m) return 'invalid';
