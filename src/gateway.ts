@@ -194,6 +194,7 @@ export class Gateway {
       this.streams = new NativeExecutor({
         router: this.router,
         health: this.health,
+        handshakes: upstreams.length > 1 || upstreams.some((p) => p.auth !== undefined),
         names: this.dns?.names,
         sniffTimeoutMs: cfg.sniffTimeoutMs,
         connectTimeoutMs: cfg.connectTimeoutMs,
